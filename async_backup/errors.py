@@ -1,0 +1,127 @@
+"""The exception hierarchy and the failure collector.
+
+Owns: every error type the tool raises on purpose, the kinds of per-item failure, and the one
+collector that gathers failures for the run's report and Teams card. Imports nothing of S3,
+the filesystem or the network: adapters map their foreign errors onto these types.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+
+class BackupError(Exception):
+    """Base of every error the tool raises on purpose; its text is one line fit for an operator."""
+
+
+class ConfigError(BackupError):
+    """config.json or the command line cannot work; raised before any I/O against S3 (exit 2)."""
+
+
+class LockHeldError(BackupError):
+    """Another run holds this cache's lock (exit 3)."""
+
+    def __init__(self, lock_path: str, holder_pid: int | None) -> None:
+        holder = f"process {holder_pid}" if holder_pid else "another process"
+        super().__init__(
+            f"{lock_path} is locked by {holder}: another async-backup run uses this cache; "
+            "wait for it to finish or stop it"
+        )
+        self.holder_pid = holder_pid
+
+
+class FatalError(BackupError):
+    """Nothing more can succeed in this run (bad credentials, unreachable endpoint): stop at once."""
+
+
+class S3Error(BackupError):
+    """One S3 request failed after botocore's retries; `code` is S3's error code or a transport name."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class FailureKind(enum.StrEnum):
+    """What went wrong with one item; the Teams card and the report group failures by kind."""
+
+    UNREADABLE = "unreadable"  # a file or directory the OS refused to read
+    CHANGED_WHILE_READING = "changed while reading"  # size or mtime moved during the upload
+    S3 = "S3 error"  # an S3 request failed after retries; the code says which
+    DELETION_GUARD = "deletion guard"  # deletes held back for a target
+    TARGET_MISSING = "target missing"  # a known target's folder is gone (unmounted share?)
+    KEY_TOO_LONG = "key too long"  # S3 keys are limited to 1,024 bytes
+    BUCKET = "bucket setup"  # a bucket could not be created or configured
+    CACHE_BACKUP = "cache backup"  # the cache snapshot could not be uploaded
+    FATAL = "fatal"  # the run stopped early
+    NOTIFICATION = "notification"  # the Teams card could not be delivered (a warning only)
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """One thing that did not get backed up (or deleted), and why.
+
+    `path` is the local path or object key as text that is safe to print (undecodable bytes
+    are already escaped); `code` refines the kind (an S3 error code, an errno name).
+    """
+
+    kind: FailureKind
+    target: str
+    path: str
+    message: str
+    code: str = ""
+
+    @property
+    def group(self) -> str:
+        """The heading this failure is grouped under: the kind, refined by its code."""
+        return f"{self.kind.value}: {self.code}" if self.code else self.kind.value
+
+
+class FailureCollector:
+    """Gathers every failure of a run, from any task or worker thread, in arrival order.
+
+    Warnings (a failed notification, a skipped special file) are kept apart: they are reported
+    but do not make the run fail.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._failures: list[Failure] = []
+        self._warnings: list[Failure] = []
+
+    def add(self, failure: Failure) -> None:
+        with self._lock:
+            self._failures.append(failure)
+
+    def warn(self, warning: Failure) -> None:
+        with self._lock:
+            self._warnings.append(warning)
+
+    @property
+    def failures(self) -> list[Failure]:
+        with self._lock:
+            return list(self._failures)
+
+    @property
+    def warnings(self) -> list[Failure]:
+        with self._lock:
+            return list(self._warnings)
+
+    def __len__(self) -> int:
+        return len(self._failures)
+
+    def __iter__(self) -> Iterator[Failure]:
+        return iter(self.failures)
+
+    def count_for(self, target: str) -> int:
+        with self._lock:
+            return sum(1 for f in self._failures if f.target == target)
+
+    def counts_by_group(self) -> Counter[str]:
+        with self._lock:
+            return Counter(f.group for f in self._failures)
