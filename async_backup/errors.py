@@ -10,8 +10,12 @@ from __future__ import annotations
 import enum
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+
+import anyio
+from anyio.abc import TaskGroup
 
 
 class BackupError(Exception):
@@ -125,3 +129,34 @@ class FailureCollector:
     def counts_by_group(self) -> Counter[str]:
         with self._lock:
             return Counter(f.group for f in self._failures)
+
+
+def first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first exception in a (nested) group that is not a cancellation, else the first one."""
+    leaves: list[BaseException] = []
+
+    def collect(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                collect(inner)
+        else:
+            leaves.append(exc)
+
+    collect(group)
+    cancelled = anyio.get_cancelled_exc_class()
+    for leaf in leaves:
+        if not isinstance(leaf, cancelled):
+            return leaf
+    return leaves[0]
+
+
+@asynccontextmanager
+async def unwrapped_group() -> AsyncIterator[TaskGroup]:
+    """A task group that re-raises its first real error as itself, not wrapped in a group,
+    so callers can catch our error types plainly. Fatal errors win over per-item ones."""
+    try:
+        async with anyio.create_task_group() as tg:
+            yield tg
+    except BaseExceptionGroup as group:
+        fatal = group.subgroup(lambda e: isinstance(e, FatalError))
+        raise first_leaf(fatal if fatal is not None else group) from None

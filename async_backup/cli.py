@@ -1,0 +1,244 @@
+"""The command line: parse arguments, load the config, run the pipeline, map the outcome to an exit code.
+
+Exit codes: 0 all done; 1 finished but something failed; 2 configuration or usage error;
+3 another run holds this cache's lock; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import anyio
+
+from . import __version__
+from .config import Config, load_config
+from .errors import (
+    BackupError,
+    ConfigError,
+    Failure,
+    FailureCollector,
+    FailureKind,
+    FatalError,
+    LockHeldError,
+)
+from .lock import cache_lock
+from .logsetup import setup_logging
+from .pipeline import Backup, RunOptions
+from .state import StateStore
+from .summary import RunSummary, format_bytes
+from .targets import Target, discover_targets, nested_target_warnings
+
+log = logging.getLogger("async_backup")
+
+EXIT_OK = 0
+EXIT_FAILURES = 1
+EXIT_USAGE = 2
+EXIT_LOCKED = 3
+EXIT_INTERRUPTED = 130
+DEFAULT_CACHE = "~/.local/async-backup/"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="async-backup",
+        description="Back up folders to versioned S3 Deep Archive buckets, one bucket per target.",
+        epilog="Exit codes: 0 all done, 1 some files failed, 2 configuration or usage error, "
+        "3 another run holds the lock, 130 interrupted.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--cache",
+        default=DEFAULT_CACHE,
+        metavar="DIR",
+        help=f"cache directory holding config.json (default {DEFAULT_CACHE})",
+    )
+    parser.add_argument(
+        "--reset", action="store_true", help="forget the local file cache: every file is uploaded again"
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="walk and plan only: no upload, no delete, no notification"
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="TARGET",
+        help="back up only this target (folder path or bucket); repeatable",
+    )
+    parser.add_argument("--concurrency", type=int, metavar="N", help="upload workers (default: tuning.workers, 16)")
+    parser.add_argument(
+        "--allow-mass-delete",
+        action="store_true",
+        help="let deletes through the deletion guard (an emptied folder, or more than the allowed share)",
+    )
+    parser.add_argument(
+        "--forget-target",
+        metavar="PATH",
+        help="drop a removed target from the cache (its bucket is left as it is) and exit",
+    )
+    parser.add_argument("--no-cache-backup", action="store_true", help="do not upload the cache snapshot after the run")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more detail (-vv adds botocore)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.concurrency is not None and args.concurrency < 1:
+        print("async-backup: error: --concurrency must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
+    cache_dir = Path(os.path.expanduser(args.cache)).resolve()
+    try:
+        config = load_config(cache_dir)
+    except ConfigError as exc:
+        print(f"async-backup: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.concurrency:
+        config = dataclasses.replace(config, tuning=dataclasses.replace(config.tuning, workers=args.concurrency))
+    verbosity = -1 if args.quiet else args.verbose
+    setup_logging(None if args.dry_run else cache_dir, config.secrets, verbosity=verbosity)
+    for warning in config.warnings:
+        log.warning("%s", warning)
+    try:
+        if args.dry_run:
+            return _run(config, cache_dir, args)
+        with cache_lock(cache_dir):
+            return _run(config, cache_dir, args)
+    except LockHeldError as exc:
+        log.error("%s", exc)
+        return EXIT_LOCKED
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return EXIT_USAGE
+    except BackupError as exc:
+        log.error("%s", exc)
+        return EXIT_FAILURES
+
+
+def _run(config: Config, cache_dir: Path, args: argparse.Namespace) -> int:
+    store = StateStore(cache_dir, readonly=args.dry_run)
+    try:
+        if args.forget_target:
+            dropped = store.forget_target(os.path.normpath(args.forget_target))
+            log.info("forgot target %s (%d cached files); its bucket is unchanged", args.forget_target, dropped)
+            return EXIT_OK
+        if args.reset and not args.dry_run:
+            store.reset()
+            log.info("cache reset: every file will be uploaded again")
+        targets = _select(discover_targets(config, store.known_targets()), args.only)
+        for warning in nested_target_warnings(targets):
+            log.warning("%s", warning)
+        if not args.dry_run:
+            store.remember_targets((t.path, t.bucket, t.root) for t in targets if not t.missing)
+            if config.naming == "legacy" and not args.reset:
+                for bucket, rows in store.adopt_legacy({t.bucket: t.path for t in targets}).items():
+                    log.info("adopted %d files from the old cache of bucket %s", rows, bucket)
+        elif config.naming == "legacy":
+            log.info("dry run: old caches are not adopted, so their files show as new")
+        if args.dry_run and args.reset:
+            store.close()
+            store = StateStore(cache_dir / "nonexistent-for-dry-reset", readonly=True)
+        return _execute(config, targets, store, args)
+    finally:
+        store.close()
+
+
+def _select(targets: list[Target], only: Sequence[str]) -> list[Target]:
+    if not only:
+        return targets
+    wanted = {os.path.normpath(o) if o.startswith("/") else o for o in only}
+    chosen = [t for t in targets if t.path in wanted or t.bucket in wanted]
+    found = {t.path for t in chosen} | {t.bucket for t in chosen}
+    unknown = sorted(wanted - found)
+    if unknown:
+        raise ConfigError(f"--only {unknown[0]} names no configured target; give a folder path or bucket name")
+    return chosen
+
+
+def _execute(config: Config, targets: list[Target], store: StateStore, args: argparse.Namespace) -> int:
+    collector = FailureCollector()
+    options = RunOptions(
+        dry_run=args.dry_run, allow_mass_delete=args.allow_mass_delete, backup_cache=not args.no_cache_backup
+    )
+    backup = Backup(config, targets, store, collector, options)
+    summary = RunSummary(host=socket.gethostname(), started_at=time.time(), dry_run=args.dry_run)
+    log.info(
+        "%s %d targets%s",
+        "planning" if args.dry_run else "backing up",
+        len(targets),
+        " (dry run)" if args.dry_run else "",
+    )
+    interrupted = False
+    try:
+        interrupted = anyio.run(_run_until_signal, backup)
+    except FatalError as exc:
+        collector.add(Failure(FailureKind.FATAL, "run", "", str(exc)))
+        log.error("%s", exc)
+    summary.finished_at = time.time()
+    summary.targets = [r.stats for r in backup.runs]
+    summary.failures = collector.failures
+    summary.warnings = collector.warnings
+    summary.interrupted = interrupted
+    summary.exit_code = EXIT_INTERRUPTED if interrupted else EXIT_FAILURES if summary.failures else EXIT_OK
+    _report(summary, args.dry_run)
+    return summary.exit_code
+
+
+async def _run_until_signal(backup: Backup) -> bool:
+    """Run the backup; SIGINT or SIGTERM cancels it gracefully. Returns True when interrupted."""
+    interrupted = False
+    async with anyio.create_task_group() as tg:
+
+        async def watch_signals() -> None:
+            nonlocal interrupted
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for signum in signals:
+                    interrupted = True
+                    log.warning("%s received: stopping; finished uploads are recorded", signal.Signals(signum).name)
+                    tg.cancel_scope.cancel()
+                    return
+
+        tg.start_soon(watch_signals)
+        try:
+            await backup.run()
+        except BaseExceptionGroup as group:
+            from .errors import first_leaf
+
+            raise first_leaf(group) from None
+        tg.cancel_scope.cancel()
+    return interrupted
+
+
+def _report(summary: RunSummary, dry_run: bool) -> None:
+    for failure in summary.failures[:50]:
+        log.error("failed: [%s] %s: %s", failure.group, failure.path or failure.target, failure.message)
+    if len(summary.failures) > 50:
+        log.error("... and %d more failures", len(summary.failures) - 50)
+    for warning in summary.warnings[:20]:
+        log.warning("%s: %s: %s", warning.group, warning.path, warning.message)
+    if dry_run:
+        for t in summary.targets:
+            print(
+                f"{t.name} -> s3://{t.bucket}: would upload {t.planned_uploads} files "
+                f"({format_bytes(t.planned_upload_bytes)}), delete {t.planned_deletes}, "
+                f"{t.unchanged} unchanged, {t.skipped} skipped"
+            )
+    log.info(
+        "%s: %d targets, %d files uploaded (%s), %d deleted, %d failures in %.1f s",
+        "dry run done" if dry_run else "interrupted" if summary.interrupted else "done",
+        len(summary.targets),
+        summary.files_uploaded,
+        format_bytes(summary.bytes_uploaded),
+        summary.files_deleted,
+        len(summary.failures),
+        summary.duration_s,
+    )

@@ -1,0 +1,446 @@
+"""The backup run: walk -> plan -> upload/delete -> record, as concurrent stages.
+
+The only module that wires stages together. `Backup.run` reads top to bottom like a script:
+check the endpoint, start the cache writer and the upload workers, walk every target (each walk
+in a worker thread, merged with the cache into actions), let each target delete what vanished
+once its uploads are done, then close each stage's input in order and wait. Every arrow between
+stages is a bounded memory stream, so a fast walk can never run ahead of the uploads by more
+than the queue size.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import os
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream as ObjectReceiveStream
+from anyio.streams.memory import MemoryObjectSendStream as ObjectSendStream
+
+from .buckets import ensure_bucket
+from .config import Config
+from .delete import KeyFailure, delete_paths
+from .errors import Failure, FailureCollector, FailureKind, FatalError, S3Error, unwrapped_group
+from .keys import KeyTooLongError, check_key_length, display_path, key_for_path
+from .plan import PlanCounts, Upload, deletion_guard, merge
+from .s3 import S3, endpoint_name, open_s3
+from .state import Change, Removed, StateStore, Stored, UploadEnded, UploadStarted, run_writer
+from .summary import TargetStats, format_bytes
+from .targets import Target
+from .upload import FileChanged, FileUnreadable, FileVanished, UploadSettings, upload_file
+from .walk import Excluder, walk_target
+
+log = logging.getLogger(__name__)
+
+# Actions cross from the walk thread to the event loop in chunks: one thread hop per chunk,
+# not per file. Small enough that an incremental run starts uploading almost at once.
+CHUNK_FILES = 32
+CACHE_SNAPSHOT_KEY = "async-backup.db.gz"
+CACHE_LOG_KEY = "backup.log"
+
+
+@dataclass(frozen=True, slots=True)
+class RunOptions:
+    dry_run: bool = False
+    allow_mass_delete: bool = False
+    backup_cache: bool = True
+
+
+@dataclass(eq=False)
+class TargetRun:
+    """One target's progress through the run."""
+
+    target: Target
+    stats: TargetStats
+    counts: PlanCounts = field(default_factory=PlanCounts)
+    deletes: list[bytes] = field(default_factory=list)
+    pending: int = 0
+    walk_finished: bool = False
+    uploads_done: anyio.Event = field(default_factory=anyio.Event)
+    bucket_ready: bool = False
+    bucket_failed: bool = False
+    bucket_lock: anyio.Lock = field(default_factory=anyio.Lock)
+
+    def job_finished(self) -> None:
+        self.pending -= 1
+        self._check_done()
+
+    def walk_done(self) -> None:
+        self.walk_finished = True
+        self._check_done()
+
+    def _check_done(self) -> None:
+        if self.walk_finished and self.pending == 0:
+            self.uploads_done.set()
+
+
+@dataclass(frozen=True, slots=True)
+class UploadJob:
+    run: TargetRun
+    upload: Upload
+
+
+class Backup:
+    def __init__(
+        self,
+        config: Config,
+        targets: list[Target],
+        store: StateStore,
+        collector: FailureCollector,
+        options: RunOptions,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.collector = collector
+        self.options = options
+        self.runs = [TargetRun(t, TargetStats(name=t.path, bucket=t.bucket)) for t in targets]
+        self.excluder = Excluder(config.exclude)
+        self.settings = UploadSettings(
+            storage_class=config.storage_class,
+            multipart_threshold_bytes=config.tuning.multipart_threshold_bytes,
+            part_size_bytes=config.tuning.part_size_bytes,
+        )
+        self._stopping = threading.Event()
+        self._s3: S3 | None = None
+        self._part_slots = anyio.Semaphore(config.tuning.parts_in_flight)
+
+    @property
+    def s3(self) -> S3:
+        assert self._s3 is not None, "S3 is used only inside Backup.run"
+        return self._s3
+
+    async def run(self) -> None:
+        if self.options.dry_run:
+            await self._plan_only()
+            return
+        tuning = self.config.tuning
+        async with open_s3(self.config.aws, tuning) as s3:
+            self._s3 = s3
+            await self._check_endpoint()
+            await self._abort_leftover_uploads()
+            upload_send, upload_receive = anyio.create_memory_object_stream[UploadJob](tuning.queue_size)
+            change_send, change_receive = anyio.create_memory_object_stream[Change](4 * tuning.queue_size)
+            try:
+                async with unwrapped_group() as stages:
+                    stages.start_soon(run_writer, self.store, change_receive)
+                    with change_send:
+                        async with unwrapped_group() as workers:
+                            with upload_receive:
+                                for _ in range(tuning.workers):
+                                    workers.start_soon(self._upload_worker, upload_receive.clone(), change_send.clone())
+                            walk_slots = anyio.CapacityLimiter(tuning.walk_threads)
+                            with upload_send:
+                                async with unwrapped_group() as producers:
+                                    for run in self.runs:
+                                        producers.start_soon(
+                                            self._run_target,
+                                            run,
+                                            upload_send.clone(),
+                                            change_send.clone(),
+                                            walk_slots,
+                                        )
+            finally:
+                self._stopping.set()
+            if self.options.backup_cache:
+                await self._backup_cache()
+
+    # Stage: walk and plan one target, then its deletes once its uploads are done
+
+    async def _run_target(
+        self,
+        run: TargetRun,
+        upload_send: ObjectSendStream[UploadJob],
+        change_send: ObjectSendStream[Change],
+        walk_slots: anyio.CapacityLimiter,
+    ) -> None:
+        target = run.target
+        try:
+            with change_send:
+                with upload_send:
+                    if target.missing:
+                        self._target_missing(run)
+                        return
+                    async with walk_slots:
+                        await anyio.to_thread.run_sync(self._produce, run, upload_send)
+                run.walk_done()
+                await run.uploads_done.wait()
+                await self._delete_vanished(run, change_send)
+        finally:
+            run.stats.finished_at = time.time()
+            run.stats.failed = self.collector.count_for(target.path)
+            log.info("%s", run.stats.line())
+
+    def _produce(self, run: TargetRun, upload_send: ObjectSendStream[UploadJob] | None) -> None:
+        """Runs in a worker thread: the sorted walk merged with the cache's rows."""
+        target = run.target
+        root = target.path_bytes
+        excluded: Callable[[bytes], bool] = (
+            (lambda p: self.excluder.excludes_any_part(root, p)) if self.excluder else (lambda _p: False)
+        )
+        walk = walk_target(root, self.excluder, self.collector.add, target.path)
+        chunk: list[UploadJob] = []
+        for action in merge(walk, self.store.recorded(target.bucket), run.counts, excluded):
+            if self._stopping.is_set():
+                return
+            if isinstance(action, Upload):
+                run.stats.planned_uploads += 1
+                run.stats.planned_upload_bytes += action.file.size
+                if upload_send is not None:
+                    chunk.append(UploadJob(run, action))
+                    if len(chunk) >= CHUNK_FILES:
+                        anyio.from_thread.run(self._enqueue, chunk, upload_send)
+                        chunk = []
+            else:
+                run.deletes.append(action.path)
+        if chunk and upload_send is not None:
+            anyio.from_thread.run(self._enqueue, chunk, upload_send)
+        counts = run.counts
+        run.stats.planned_deletes = len(run.deletes)
+        run.stats.unchanged = counts.unchanged
+        run.stats.skipped += counts.skipped
+
+    async def _enqueue(self, chunk: list[UploadJob], upload_send: ObjectSendStream[UploadJob]) -> None:
+        for job in chunk:
+            job.run.pending += 1
+            await upload_send.send(job)
+
+    def _target_missing(self, run: TargetRun) -> None:
+        self.collector.add(
+            Failure(
+                FailureKind.TARGET_MISSING,
+                run.target.path,
+                run.target.path,
+                "the folder is missing (an unmounted share?); nothing was uploaded or deleted. "
+                "Mount it, or remove it from config.json and run with --forget-target if it is gone for good",
+            )
+        )
+
+    async def _delete_vanished(self, run: TargetRun, change_send: ObjectSendStream[Change]) -> None:
+        if not run.deletes:
+            return
+        reason = deletion_guard(
+            recorded=run.counts.recorded,
+            deletes=len(run.deletes),
+            on_disk=run.counts.on_disk,
+            max_delete_percent=self.config.tuning.max_delete_percent,
+            allow_mass_delete=self.options.allow_mass_delete,
+        )
+        if reason:
+            self.collector.add(Failure(FailureKind.DELETION_GUARD, run.target.path, run.target.path, reason))
+            return
+        if not await self._bucket_ready(run):
+            return
+        bucket = run.target.bucket
+
+        async def deleted(path: bytes) -> None:
+            run.stats.deleted += 1
+            await change_send.send(Removed(bucket, path))
+
+        async def failed(failure: KeyFailure) -> None:
+            self.collector.add(
+                Failure(FailureKind.S3, run.target.path, display_path(failure.path), failure.message, failure.code)
+            )
+
+        await delete_paths(self.s3, bucket, run.deletes, deleted, failed)
+
+    # Stage: upload workers
+
+    async def _upload_worker(self, jobs: ObjectReceiveStream[UploadJob], change_send: ObjectSendStream[Change]) -> None:
+        with jobs, change_send:
+            async for job in jobs:
+                try:
+                    await self._upload_one(job, change_send)
+                finally:
+                    job.run.job_finished()
+
+    async def _upload_one(self, job: UploadJob, change_send: ObjectSendStream[Change]) -> None:
+        run, file = job.run, job.upload.file
+        bucket = run.target.bucket
+        shown = display_path(file.path)
+
+        def fail(kind: FailureKind, message: str, code: str = "") -> None:
+            self.collector.add(Failure(kind, run.target.path, shown, message, code))
+
+        try:
+            key = key_for_path(file.path)
+            check_key_length(key)
+        except KeyTooLongError as exc:
+            fail(FailureKind.KEY_TOO_LONG, f"{exc}; shorten the path")
+            return
+        if not await self._bucket_ready(run):
+            return
+
+        async def started(upload_id: str) -> None:
+            await change_send.send(UploadStarted(bucket, key, upload_id))
+
+        async def ended(upload_id: str) -> None:
+            await change_send.send(UploadEnded(bucket, upload_id))
+
+        for attempt in (1, 2):
+            try:
+                done = await upload_file(self.s3, bucket, key, file, self.settings, self._part_slots, started, ended)
+            except FileChanged as exc:
+                if attempt == 1:
+                    continue  # one more read: a file being written often settles quickly
+                run.stats.skipped += 1
+                self.collector.warn(
+                    Failure(
+                        FailureKind.CHANGED_WHILE_READING,
+                        run.target.path,
+                        shown,
+                        f"{exc}; left for the next run",
+                    )
+                )
+                return
+            except FileVanished:
+                run.stats.skipped += 1  # deleted after the walk: the next run deletes it from S3
+                return
+            except FileUnreadable as exc:
+                fail(FailureKind.UNREADABLE, f"{exc}; check its permissions", exc.errno_name)
+                return
+            except S3Error as exc:
+                fail(FailureKind.S3, exc.message, exc.code)
+                return
+            await change_send.send(Stored(bucket, file.path, done.size, done.mtime_ns, done.checksum))
+            if job.upload.is_new:
+                run.stats.new += 1
+            else:
+                run.stats.updated += 1
+            run.stats.bytes_uploaded += done.size
+            return
+
+    async def _bucket_ready(self, run: TargetRun) -> bool:
+        """Create and configure the target's bucket on first need, once per run."""
+        if run.bucket_ready:
+            return True
+        async with run.bucket_lock:
+            if run.bucket_ready or run.bucket_failed:
+                return run.bucket_ready
+            try:
+                await ensure_bucket(self.s3, run.target.bucket, self.config.noncurrent_days)
+            except S3Error as exc:
+                run.bucket_failed = True
+                self.collector.add(
+                    Failure(
+                        FailureKind.BUCKET,
+                        run.target.path,
+                        f"s3://{run.target.bucket}",
+                        f"{exc.message}; nothing of this target was backed up",
+                        exc.code,
+                    )
+                )
+                return False
+            run.bucket_ready = True
+            return True
+
+    # Before and after
+
+    async def _check_endpoint(self) -> None:
+        """One cheap request before any work: bad credentials or an unreachable endpoint stop the
+        run here, with one clear error, instead of as thousands of per-file failures."""
+        probe = self.runs[0].target.bucket if self.runs else "async-backup-probe"
+        try:
+            await self.s3.bucket_versioning(probe)
+        except S3Error as exc:
+            where = endpoint_name(self.config.aws)
+            if exc.code in ("EndpointConnectionError", "ConnectTimeoutError", "ConnectionClosedError"):
+                raise FatalError(f"cannot reach S3 at {where}: check aws.endpoint_url and the network") from None
+            if exc.code in ("AccessDenied", "403", "Forbidden"):
+                raise FatalError(
+                    f"S3 at {where} denied access to bucket {probe} ({exc.code}); check the credentials' "
+                    "permissions (see the README's IAM policy)"
+                ) from None
+            raise FatalError(f"S3 at {where} failed the first request ({exc}); check the endpoint") from None
+
+    async def _abort_leftover_uploads(self) -> None:
+        """Multipart uploads an earlier run started but could not finish or abort (a crash)."""
+        for run in self.runs:
+            leftovers = await anyio.to_thread.run_sync(self.store.open_uploads, run.target.bucket)
+            for key, upload_id in leftovers:
+                try:
+                    await self.s3.abort_multipart_upload(run.target.bucket, key, upload_id)
+                except S3Error as exc:
+                    if exc.code != "NoSuchBucket":
+                        log.warning("could not abort an earlier multipart upload of %s: %s", key, exc)
+                        continue
+                await anyio.to_thread.run_sync(self.store.apply, [UploadEnded(run.target.bucket, upload_id)])
+
+    async def _backup_cache(self) -> None:
+        """A consistent snapshot of the cache, and the log, to their own non-versioned bucket."""
+        bucket = cache_bucket_name(self.config)
+        try:
+            with tempfile.TemporaryDirectory(prefix="async-backup-") as tmp:
+                snapshot = Path(tmp) / "snapshot.db"
+                body = await anyio.to_thread.run_sync(_snapshot_gz, self.store, snapshot)
+                await ensure_bucket(self.s3, bucket, self.config.noncurrent_days, versioned=False)
+                await self.s3.put_plain_object(bucket, CACHE_SNAPSHOT_KEY, body)
+                log_path = self.store.cache_dir / "backup.log"
+                if log_path.exists():
+                    log_body = await anyio.to_thread.run_sync(log_path.read_bytes)
+                    await self.s3.put_plain_object(bucket, CACHE_LOG_KEY, log_body)
+        except (S3Error, OSError) as exc:
+            self.collector.add(
+                Failure(
+                    FailureKind.CACHE_BACKUP,
+                    "cache",
+                    f"s3://{bucket}",
+                    f"the cache snapshot was not uploaded: {exc}",
+                )
+            )
+        else:
+            log.info("cache snapshot (%s) uploaded to s3://%s", format_bytes(len(body)), bucket)
+
+    # Dry run
+
+    async def _plan_only(self) -> None:
+        walk_slots = anyio.CapacityLimiter(self.config.tuning.walk_threads)
+
+        async def plan(run: TargetRun) -> None:
+            if run.target.missing:
+                self._target_missing(run)
+                return
+            async with walk_slots:
+                await anyio.to_thread.run_sync(self._produce, run, None)
+            reason = deletion_guard(
+                recorded=run.counts.recorded,
+                deletes=len(run.deletes),
+                on_disk=run.counts.on_disk,
+                max_delete_percent=self.config.tuning.max_delete_percent,
+                allow_mass_delete=self.options.allow_mass_delete,
+            )
+            if reason:
+                self.collector.add(Failure(FailureKind.DELETION_GUARD, run.target.path, run.target.path, reason))
+            run.stats.finished_at = time.time()
+
+        async with unwrapped_group() as tg:
+            for run in self.runs:
+                tg.start_soon(plan, run)
+
+
+def cache_bucket_name(config: Config) -> str:
+    """backup.cache_bucket, or the bucket prefix + "cache-" + this host's name and a hash of it."""
+    if config.cache_bucket:
+        return config.cache_bucket
+    from .targets import stable_bucket_name
+
+    host = socket.gethostname().split(".")[0] or "host"
+    return stable_bucket_name(config.bucket_prefix + "cache-", "/" + host + str(config.source.parent))
+
+
+def _snapshot_gz(store: StateStore, snapshot: Path) -> bytes:
+    store.snapshot(snapshot)
+    packed = snapshot.with_suffix(".db.gz")
+    with open(snapshot, "rb") as src, gzip.open(packed, "wb", compresslevel=6) as dst:
+        shutil.copyfileobj(src, dst, 1024 * 1024)
+    data = packed.read_bytes()
+    os.unlink(packed)
+    return data

@@ -1,0 +1,321 @@
+"""The local cache: what S3 has confirmed, per bucket and path, in SQLite.
+
+Owns the schema, the adoption of the old script's per-bucket caches, and the single writer task
+that applies every change in batched transactions. A row is written only after S3 confirmed the
+upload or delete it describes, so a crash at any moment loses nothing: at most the files in
+flight are sent again. Reads for the planner open their own connection (WAL lets them run beside
+the writer). Imports nothing of S3.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sqlite3
+import time
+import urllib.parse
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream as ObjectReceiveStream
+
+from .errors import FatalError
+from .plan import Recorded
+
+log = logging.getLogger(__name__)
+
+STATE_NAME = "async-backup.db"
+LEGACY_DIR = "db"
+WRITE_BATCH_ROWS = 500
+WRITE_BATCH_S = 0.5
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS files (
+    bucket   TEXT    NOT NULL,
+    path     BLOB    NOT NULL,   -- absolute path bytes; BLOB order is the walk's order
+    size     INTEGER,            -- NULL for rows adopted from the old script's cache
+    mtime_ns INTEGER NOT NULL,
+    checksum TEXT,               -- "crc32:<b64>[-parts]" or "md5:<hex>[-parts]" as S3 stored it
+    PRIMARY KEY (bucket, path)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS targets (
+    path      TEXT PRIMARY KEY,
+    bucket    TEXT NOT NULL,
+    root      TEXT,
+    last_seen REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS multipart_uploads (
+    bucket    TEXT NOT NULL,
+    key       TEXT NOT NULL,
+    upload_id TEXT NOT NULL,
+    started   REAL NOT NULL,
+    PRIMARY KEY (bucket, upload_id)
+);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """S3 confirmed this file's upload."""
+
+    bucket: str
+    path: bytes
+    size: int
+    mtime_ns: int
+    checksum: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Removed:
+    """S3 confirmed this key's delete."""
+
+    bucket: str
+    path: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class UploadStarted:
+    """A multipart upload was created; remembered so a crash cannot leave it open for good."""
+
+    bucket: str
+    key: str
+    upload_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class UploadEnded:
+    bucket: str
+    upload_id: str
+
+
+Change = Stored | Removed | UploadStarted | UploadEnded
+
+
+def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    if readonly:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+    else:
+        conn = sqlite3.connect(path, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable to the last checkpoint-safe commit
+        conn.executescript(_SCHEMA)
+    conn.execute("PRAGMA busy_timeout=30000")
+    return conn
+
+
+class StateStore:
+    """Synchronous access to the cache; call its methods from worker threads, not the event loop."""
+
+    def __init__(self, cache_dir: Path, *, readonly: bool = False) -> None:
+        self.cache_dir = cache_dir
+        self.path = cache_dir / STATE_NAME
+        self.readonly = readonly
+        self._conn: sqlite3.Connection | None = None
+        if readonly and not self.path.exists():
+            return  # a dry run on a fresh cache: everything is new
+        try:
+            self._conn = connect(self.path, readonly=readonly)
+        except sqlite3.Error as exc:
+            raise FatalError(f"cache {self.path} cannot be opened ({exc}); move it away or run with --reset") from None
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _query(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+        if self._conn is None:
+            return []
+        return list(self._conn.execute(sql, params))
+
+    def known_targets(self) -> dict[str, tuple[str, str | None]]:
+        rows = self._query("SELECT path, bucket, root FROM targets")
+        known = {str(p): (str(b), None if r is None else str(r)) for p, b, r in rows}
+        # A bucket with rows but no targets entry (an adopted old cache) still counts as known.
+        return known
+
+    def remember_targets(self, targets: Iterable[tuple[str, str, str | None]]) -> None:
+        assert self._conn is not None
+        now = time.time()
+        with self._conn:
+            self._conn.executemany(
+                "INSERT INTO targets(path, bucket, root, last_seen) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(path) DO UPDATE SET bucket=excluded.bucket, root=excluded.root, "
+                "last_seen=excluded.last_seen",
+                [(p, b, r, now) for p, b, r in targets],
+            )
+
+    def forget_target(self, path: str) -> int:
+        """Drop a target and its rows (its bucket stays as it is in S3); returns rows dropped."""
+        assert self._conn is not None
+        with self._conn:
+            row = self._conn.execute("SELECT bucket FROM targets WHERE path=?", (path,)).fetchone()
+            if row is None:
+                return 0
+            n = self._conn.execute("DELETE FROM files WHERE bucket=?", (row[0],)).rowcount
+            self._conn.execute("DELETE FROM targets WHERE path=?", (path,))
+            return int(n)
+
+    def count(self, bucket: str) -> int:
+        rows = self._query("SELECT COUNT(*) FROM files WHERE bucket=?", (bucket,))
+        return int(rows[0][0]) if rows else 0  # type: ignore[call-overload]
+
+    def recorded(self, bucket: str) -> Iterator[Recorded]:
+        """Stream one bucket's rows in path order over a connection of its own (for the walk thread)."""
+        if not self.path.exists():
+            return
+        conn = connect(self.path, readonly=True)
+        try:
+            cursor = conn.execute("SELECT path, size, mtime_ns FROM files WHERE bucket=? ORDER BY path", (bucket,))
+            cursor.arraysize = 1000
+            while rows := cursor.fetchmany():
+                for path, size, mtime_ns in rows:
+                    yield Recorded(bytes(path), size, mtime_ns)
+        finally:
+            conn.close()
+
+    def rows(self, bucket: str) -> list[tuple[bytes, int | None, int, str | None]]:
+        """Every row of a bucket (for verify and tests): path, size, mtime_ns, checksum."""
+        if self._conn is None:
+            return []
+        cursor = self._conn.execute(
+            "SELECT path, size, mtime_ns, checksum FROM files WHERE bucket=? ORDER BY path", (bucket,)
+        )
+        return [(bytes(p), s, m, c) for p, s, m, c in cursor]
+
+    def open_uploads(self, bucket: str) -> list[tuple[str, str]]:
+        return [
+            (str(k), str(u))
+            for k, u in self._query("SELECT key, upload_id FROM multipart_uploads WHERE bucket=?", (bucket,))
+        ]
+
+    def apply(self, changes: Iterable[Change]) -> None:
+        """Apply confirmed changes in one transaction."""
+        assert self._conn is not None
+        stored, removed, started, ended = [], [], [], []
+        for c in changes:
+            if isinstance(c, Stored):
+                stored.append((c.bucket, c.path, c.size, c.mtime_ns, c.checksum))
+            elif isinstance(c, Removed):
+                removed.append((c.bucket, c.path))
+            elif isinstance(c, UploadStarted):
+                started.append((c.bucket, c.key, c.upload_id, time.time()))
+            else:
+                ended.append((c.bucket, c.upload_id))
+        with self._conn:
+            if stored:
+                self._conn.executemany(
+                    "INSERT OR REPLACE INTO files(bucket, path, size, mtime_ns, checksum) VALUES (?, ?, ?, ?, ?)",
+                    stored,
+                )
+            if removed:
+                self._conn.executemany("DELETE FROM files WHERE bucket=? AND path=?", removed)
+            if started:
+                self._conn.executemany(
+                    "INSERT OR REPLACE INTO multipart_uploads(bucket, key, upload_id, started) VALUES (?, ?, ?, ?)",
+                    started,
+                )
+            if ended:
+                self._conn.executemany("DELETE FROM multipart_uploads WHERE bucket=? AND upload_id=?", ended)
+
+    def reset(self) -> None:
+        """Forget every recorded file (--reset); targets and adoption marks stay."""
+        assert self._conn is not None
+        with self._conn:
+            self._conn.execute("DELETE FROM files")
+            self._conn.execute("INSERT OR REPLACE INTO meta(name, value) VALUES ('reset_at', ?)", (str(time.time()),))
+
+    def get_meta(self, name: str) -> str | None:
+        rows = self._query("SELECT value FROM meta WHERE name=?", (name,))
+        return str(rows[0][0]) if rows else None
+
+    def set_meta(self, name: str, value: str) -> None:
+        assert self._conn is not None
+        with self._conn:
+            self._conn.execute("INSERT OR REPLACE INTO meta(name, value) VALUES (?, ?)", (name, value))
+
+    def adopt_legacy(self, buckets: Mapping[str, str]) -> dict[str, int]:
+        """Import the old script's caches, `db/<quote_plus(bucket)>.db`, once per bucket.
+
+        Their rows hold key = absolute path and timestamp = st_mtime as a float; they become rows
+        with an unknown size, which the planner compares by mtime alone, so nothing unchanged is
+        uploaded again. `buckets` maps bucket name -> target path. Returns rows imported per bucket.
+        """
+        assert self._conn is not None
+        imported: dict[str, int] = {}
+        for bucket in buckets:
+            legacy = self.cache_dir / LEGACY_DIR / f"{urllib.parse.quote_plus(bucket)}.db"
+            mark = f"adopted:{bucket}"
+            if not legacy.exists() or self.get_meta(mark) is not None:
+                continue
+            try:
+                old = sqlite3.connect(f"file:{legacy}?mode=ro", uri=True)
+                try:
+                    rows = old.execute("SELECT key, timestamp FROM files").fetchall()
+                finally:
+                    old.close()
+            except sqlite3.Error as exc:
+                log.warning("old cache %s cannot be read (%s); its files will be uploaded again", legacy, exc)
+                continue
+            batch = []
+            for key, timestamp in rows:
+                if not isinstance(key, str) or not isinstance(timestamp, int | float) or math.isnan(timestamp):
+                    continue
+                batch.append((bucket, os.fsencode(key), None, round(float(timestamp) * 1e9), None))
+            with self._conn:
+                self._conn.executemany(
+                    "INSERT OR IGNORE INTO files(bucket, path, size, mtime_ns, checksum) VALUES (?, ?, ?, ?, ?)",
+                    batch,
+                )
+                self._conn.execute("INSERT OR REPLACE INTO meta(name, value) VALUES (?, ?)", (mark, str(time.time())))
+            imported[bucket] = len(batch)
+        return imported
+
+    def snapshot(self, dest: Path) -> None:
+        """A consistent copy of the live database through SQLite's backup API."""
+        assert self._conn is not None
+        target = sqlite3.connect(dest)
+        try:
+            self._conn.backup(target)
+        finally:
+            target.close()
+
+
+async def run_writer(store: StateStore, changes: ObjectReceiveStream[Change]) -> None:
+    """The one task that writes the cache: batches confirmed changes into short transactions.
+
+    A batch is flushed when it holds WRITE_BATCH_ROWS changes or WRITE_BATCH_S seconds after its
+    first change, and once more when every sender has closed its end of the stream.
+    """
+    batch: list[Change] = []
+    deadline = math.inf
+    async with changes:
+        while True:
+            timeout = max(0.0, deadline - anyio.current_time()) if batch else math.inf
+            with anyio.move_on_after(timeout):
+                try:
+                    change = await changes.receive()
+                except anyio.EndOfStream:
+                    break
+                if not batch:
+                    deadline = anyio.current_time() + WRITE_BATCH_S
+                batch.append(change)
+                if len(batch) < WRITE_BATCH_ROWS:
+                    continue
+            await _flush(store, batch)
+            batch = []
+    if batch:
+        await _flush(store, batch)
+
+
+async def _flush(store: StateStore, batch: list[Change]) -> None:
+    try:
+        # Shielded: a cancelled run still records what S3 already confirmed.
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(store.apply, batch)
+    except sqlite3.Error as exc:
+        raise FatalError(f"cache {store.path} cannot be written ({exc}); check free disk space") from None

@@ -1,0 +1,217 @@
+"""Upload one file: a single PutObject for small files, a multipart upload for large ones.
+
+Owns reading files for upload with bounded memory, detecting files that change while read, and
+aborting multipart uploads that fail. Small files are read whole in one worker-thread call;
+multipart parts are read one at a time with aiofiles and sent with bounded concurrency, so file
+contents in memory never exceed the formula in `config.Tuning`.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiofiles
+import anyio
+
+from .errors import unwrapped_group
+from .plan import part_ranges, part_size_for
+from .s3 import S3, PartChecksum, composite_checksum
+from .walk import DiskFile
+
+log = logging.getLogger(__name__)
+
+
+class FileVanished(Exception):
+    """The file disappeared between the walk and the upload."""
+
+
+class FileChanged(Exception):
+    """The file's size or mtime moved while it was read: what was read is not a consistent copy."""
+
+
+class FileUnreadable(Exception):
+    def __init__(self, exc: OSError) -> None:
+        super().__init__(exc.strerror or str(exc))
+        self.errno_name = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Uploaded:
+    """What S3 confirmed: the file as it was read, and the checksum S3 verified."""
+
+    size: int
+    mtime_ns: int
+    checksum: str
+
+
+@dataclass(frozen=True, slots=True)
+class UploadSettings:
+    storage_class: str
+    multipart_threshold_bytes: int
+    part_size_bytes: int
+
+
+def mtime_metadata(mtime_ns: int) -> dict[str, str]:
+    """The file's mtime as user metadata, in seconds with nanoseconds (rclone reads the same key)."""
+    seconds, nanos = divmod(mtime_ns, 1_000_000_000)
+    return {"mtime": f"{seconds}.{nanos:09d}"}
+
+
+def parse_mtime_metadata(metadata: dict[str, str]) -> int | None:
+    value = metadata.get("mtime")
+    if not value:
+        return None
+    seconds, _, fraction = value.partition(".")
+    try:
+        return int(seconds) * 1_000_000_000 + int((fraction + "000000000")[:9])
+    except ValueError:
+        return None
+
+
+def _open_nofollow(path: bytes) -> int:
+    # O_NOFOLLOW: a file replaced by a symlink since the walk is not followed.
+    return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+
+
+def _os_error(exc: OSError) -> Exception:
+    if isinstance(exc, FileNotFoundError) or exc.errno == errno.ELOOP:
+        return FileVanished(str(exc))
+    return FileUnreadable(exc)
+
+
+def read_whole(path: bytes) -> tuple[bytes, int, int]:
+    """Read a small file in one go; returns (data, size, mtime_ns) of a consistent read."""
+    try:
+        fd = _open_nofollow(path)
+    except OSError as exc:
+        raise _os_error(exc) from None
+    try:
+        before = os.fstat(fd)
+        chunks = []
+        remaining = before.st_size
+        while True:
+            chunk = os.read(fd, max(remaining, 65536))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+        after = os.fstat(fd)
+    except OSError as exc:
+        raise _os_error(exc) from None
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns) or len(data) != after.st_size:
+        raise FileChanged("size or modification time changed while the file was read")
+    return data, after.st_size, after.st_mtime_ns
+
+
+UploadHook = Callable[[str], Awaitable[None]]
+
+
+async def upload_file(
+    s3: S3,
+    bucket: str,
+    key: str,
+    file: DiskFile,
+    settings: UploadSettings,
+    part_slots: anyio.Semaphore,
+    on_multipart_started: UploadHook,
+    on_multipart_ended: UploadHook,
+) -> Uploaded:
+    """Upload `file` to bucket/key; raises FileVanished, FileChanged, FileUnreadable or S3Error."""
+    if file.size < settings.multipart_threshold_bytes:
+        data, size, mtime_ns = await anyio.to_thread.run_sync(read_whole, file.path)
+        if size < settings.multipart_threshold_bytes or size == 0:
+            checksum = PartChecksum.of(data, s3.checksum_algorithm)
+            await s3.put_object(
+                bucket,
+                key,
+                data,
+                storage_class=settings.storage_class,
+                metadata=mtime_metadata(mtime_ns),
+                checksum=checksum,
+            )
+            return Uploaded(size, mtime_ns, checksum.cache_value())
+        del data  # grew past the threshold since the walk: take the multipart path
+    return await _upload_multipart(
+        s3, bucket, key, file, settings, part_slots, on_multipart_started, on_multipart_ended
+    )
+
+
+async def _upload_multipart(
+    s3: S3,
+    bucket: str,
+    key: str,
+    file: DiskFile,
+    settings: UploadSettings,
+    part_slots: anyio.Semaphore,
+    on_started: UploadHook,
+    on_ended: UploadHook,
+) -> Uploaded:
+    try:
+        f = await aiofiles.open(file.path, "rb", opener=lambda p, _flags: _open_nofollow(os.fsencode(p)))
+    except OSError as exc:
+        raise _os_error(exc) from None
+    try:
+        before = os.fstat(f.fileno())
+        size, mtime_ns = before.st_size, before.st_mtime_ns
+        part_bytes = part_size_for(size, settings.part_size_bytes)
+        ranges = part_ranges(size, part_bytes)
+        upload_id = await s3.create_multipart_upload(
+            bucket, key, storage_class=settings.storage_class, metadata=mtime_metadata(mtime_ns)
+        )
+        await on_started(upload_id)
+        parts: list[dict[str, Any]] = [{} for _ in ranges]
+        sums: list[PartChecksum | None] = [None] * len(ranges)
+
+        async def send_part(number: int, data: bytes) -> None:
+            try:
+                checksum = PartChecksum.of(data, s3.checksum_algorithm)
+                sums[number - 1] = checksum
+                parts[number - 1] = await s3.upload_part(bucket, key, upload_id, number, data, checksum)
+            finally:
+                part_slots.release()
+
+        try:
+            async with unwrapped_group() as tg:
+                for number, (_offset, length) in enumerate(ranges, start=1):
+                    # A slot per part held in memory: reading waits while parts are in flight.
+                    await part_slots.acquire()
+                    try:
+                        data = await f.read(length)
+                    except OSError as exc:
+                        part_slots.release()
+                        raise _os_error(exc) from None
+                    except BaseException:
+                        part_slots.release()
+                        raise
+                    if len(data) != length:
+                        part_slots.release()
+                        raise FileChanged("the file became shorter while it was read")
+                    tg.start_soon(send_part, number, data)
+                    del data  # the part task owns the buffer now
+            after = os.fstat(f.fileno())
+            if (after.st_size, after.st_mtime_ns) != (size, mtime_ns):
+                raise FileChanged("size or modification time changed while the file was read")
+            await s3.complete_multipart_upload(bucket, key, upload_id, parts)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                try:
+                    await s3.abort_multipart_upload(bucket, key, upload_id)
+                except Exception as exc:  # the id stays in the cache; the next run aborts it
+                    log.warning("could not abort multipart upload of %s: %s", key, exc)
+                else:
+                    await on_ended(upload_id)
+            raise
+    finally:
+        with anyio.CancelScope(shield=True):
+            await f.close()
+    await on_ended(upload_id)
+    checksums = [s for s in sums if s is not None]
+    return Uploaded(size, mtime_ns, composite_checksum(checksums))
