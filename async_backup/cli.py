@@ -47,20 +47,26 @@ EXIT_INTERRUPTED = 130
 DEFAULT_CACHE = "~/.local/async-backup/"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="async-backup",
-        description="Back up folders to versioned S3 Deep Archive buckets, one bucket per target.",
-        epilog="Exit codes: 0 all done, 1 some files failed, 2 configuration or usage error, "
-        "3 another run holds the lock, 130 interrupted.",
-    )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+COMMANDS = ("backup", "verify", "restore")
+
+
+def _common_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    """Options every command takes, before or after the command word.
+
+    On the subcommands they default to SUPPRESS, so a value given before the command word is
+    not overwritten by the subcommand's default."""
+    default = (lambda value: value) if top else (lambda _value: argparse.SUPPRESS)
     parser.add_argument(
         "--cache",
-        default=DEFAULT_CACHE,
+        default=default(DEFAULT_CACHE),
         metavar="DIR",
         help=f"cache directory holding config.json (default {DEFAULT_CACHE})",
     )
+    parser.add_argument("-v", "--verbose", action="count", default=default(0), help="more detail (-vv adds botocore)")
+    parser.add_argument("-q", "--quiet", action="store_true", default=default(False), help="warnings and errors only")
+
+
+def _backup_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--reset", action="store_true", help="forget the local file cache: every file is uploaded again"
     )
@@ -86,14 +92,83 @@ def build_parser() -> argparse.ArgumentParser:
         help="drop a removed target from the cache (its bucket is left as it is) and exit",
     )
     parser.add_argument("--no-cache-backup", action="store_true", help="do not upload the cache snapshot after the run")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more detail (-vv adds botocore)")
-    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+
+
+def _verify_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--target", action="append", default=[], metavar="T", help="check only this target (folder path or bucket)"
+    )
+    parser.add_argument(
+        "--repair", action="store_true", help="correct the cache so the next backup re-uploads what is missing or wrong"
+    )
+    parser.add_argument("--concurrency", type=int, metavar="N", help="requests in flight (default 16)")
+
+
+def _restore_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("target", metavar="TARGET", help="the target's folder path or its bucket name")
+    parser.add_argument(
+        "--path", metavar="PREFIX", help="restore only files under this path (default: the whole target)"
+    )
+    parser.add_argument("--to", metavar="DIR", help="restore under this directory instead of the original location")
+    parser.add_argument(
+        "--as-of", metavar="TIME", help="restore the versions current at this time (ISO 8601, e.g. 2026-10-01T00:00)"
+    )
+    parser.add_argument("--tier", choices=("Bulk", "Standard"), default="Bulk", help="retrieval tier (default Bulk)")
+    parser.add_argument("--days", type=int, default=7, help="days the restored copy stays readable (default 7)")
+    parser.add_argument("--overwrite", action="store_true", help="replace files that exist at the destination")
+    parser.add_argument("--yes", action="store_true", help="start without asking (needed when not on a terminal)")
+    parser.add_argument("--concurrency", type=int, metavar="N", help="requests in flight (default 16)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="async-backup",
+        description="Back up folders to versioned S3 Deep Archive buckets, one bucket per target. "
+        "Without a command word it runs a backup.",
+        epilog="Exit codes: 0 all done, 1 some files failed, 2 configuration or usage error, "
+        "3 another run holds the lock, 130 interrupted.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    _common_options(parser, top=True)
+    commands = parser.add_subparsers(dest="command", metavar="{backup,verify,restore}")
+    for name, help_text, add in (
+        ("backup", "back up every target (the default)", _backup_options),
+        ("verify", "compare S3, the cache and the disk without restoring anything", _verify_options),
+        ("restore", "restore files from S3, requesting Deep Archive retrievals first", _restore_options),
+    ):
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        _common_options(sub, top=False)
+        add(sub)
     return parser
 
 
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse, running `backup` when no command word is given (the existing script's usage)."""
+    words = list(sys.argv[1:] if argv is None else argv)
+    asks_for_help = any(w in ("-h", "--help", "--version") for w in words)
+    if not asks_for_help and not any(w in COMMANDS for w in words):
+        words.insert(0, "backup")  # every common option is accepted after the command word too
+    return build_parser().parse_args(words)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.concurrency is not None and args.concurrency < 1:
+    try:
+        return _main(argv)
+    except BrokenPipeError:  # stdout closed early (piped into head): not an error of the backup
+        return EXIT_OK
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # a bug: still one line for the operator, the traceback with -v
+        log.debug("internal error", exc_info=True)
+        print(f"async-backup: internal error: {type(exc).__name__}: {exc} (rerun with -v for details)", file=sys.stderr)
+        return EXIT_FAILURES
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    args = parse_args(argv)
+    if args.command is None:  # only --help or --version get here, and they exit before
+        return EXIT_USAGE
+    if getattr(args, "concurrency", None) is not None and args.concurrency < 1:
         print("async-backup: error: --concurrency must be at least 1", file=sys.stderr)
         return EXIT_USAGE
     cache_dir = Path(os.path.expanduser(args.cache)).resolve()
@@ -105,11 +180,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.concurrency:
         config = dataclasses.replace(config, tuning=dataclasses.replace(config.tuning, workers=args.concurrency))
     verbosity = -1 if args.quiet else args.verbose
-    setup_logging(None if args.dry_run else cache_dir, config.secrets, verbosity=verbosity)
+    dry_run = bool(getattr(args, "dry_run", False))
+    setup_logging(None if dry_run else cache_dir, config.secrets, verbosity=verbosity)
     for warning in config.warnings:
         log.warning("%s", warning)
     try:
-        if args.dry_run:
+        if args.command == "verify":
+            from .verify import run_verify
+
+            return run_verify(config, cache_dir, args)
+        if args.command == "restore":
+            from .restore import run_restore
+
+            return run_restore(config, cache_dir, args)
+        if dry_run:
             return _run(config, cache_dir, args)
         with cache_lock(cache_dir):
             return _run(config, cache_dir, args)

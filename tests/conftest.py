@@ -80,3 +80,64 @@ def bucket_prefix(request: pytest.FixtureRequest) -> str:
 
     digest = hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:8]
     return f"t{digest}-"
+
+
+def write_config(
+    cache_dir: Any,
+    endpoint: str,
+    *,
+    folders: list[Any] | None = None,
+    roots: list[str] | None = None,
+    bucket_prefix: str = "",
+    webhook: str | None = None,
+    tuning: dict[str, Any] | None = None,
+    backup_extra: dict[str, Any] | None = None,
+    aws_extra: dict[str, Any] | None = None,
+) -> Any:
+    """Write config.json for a run against the test server; returns its path."""
+    import json
+    from pathlib import Path
+
+    cache = Path(cache_dir)
+    cache.mkdir(parents=True, exist_ok=True)
+    backup: dict[str, Any] = {"folders": folders or [], "roots": roots or []}
+    if bucket_prefix:
+        backup["bucket_prefix"] = bucket_prefix
+    backup.update(backup_extra or {})
+    doc: dict[str, Any] = {
+        "backup": backup,
+        "aws": {
+            "access_key": ACCESS_KEY,
+            "secret_access_key": SECRET_KEY,
+            "region": REGION,
+            "endpoint_url": endpoint,
+            **(aws_extra or {}),
+        },
+    }
+    if webhook:
+        doc["notification"] = {"webhook": webhook}
+    if tuning:
+        doc["tuning"] = tuning
+    path = cache / "config.json"
+    path.write_text(json.dumps(doc, indent=2))
+    path.chmod(0o600)
+    return path
+
+
+def run_cli(*args: str, timeout_s: float = 120, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `python -m async_backup ARGS` as a real subprocess; output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "async_backup", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+
+
+def all_keys(client: Any, bucket: str) -> list[str]:
+    keys: list[str] = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        keys.extend(o["Key"] for o in page.get("Contents", []))
+    return sorted(keys)
