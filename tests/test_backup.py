@@ -1,0 +1,354 @@
+"""End-to-end backups through the real CLI against moto's S3 server over HTTP.
+
+Every check reads S3 back with a separate boto3 client: keys, storage class, versions, delete
+markers, bucket settings and metadata.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sqlite3
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import ACCESS_KEY, SECRET_KEY, all_keys, run_cli, write_config
+
+from async_backup.keys import key_for_path
+from async_backup.targets import stable_bucket_name
+
+
+def make_tree(base: Path, files: dict[str, bytes]) -> None:
+    for rel, data in files.items():
+        path = base / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+
+def key_of(path: Path) -> str:
+    return key_for_path(os.fsencode(path))
+
+
+def read_archived(client: Any, bucket: str, key: str) -> bytes:
+    """Deep Archive objects are unreadable until restored; moto completes a restore at once."""
+    client.restore_object(Bucket=bucket, Key=key, RestoreRequest={"Days": 1, "GlacierJobParameters": {"Tier": "Bulk"}})
+    return bytes(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+
+
+def versions(client: Any, bucket: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    reply = client.list_object_versions(Bucket=bucket)
+    return reply.get("Versions", []), reply.get("DeleteMarkers", [])
+
+
+@pytest.fixture
+def site(tmp_path: Path, moto_endpoint: str, bucket_prefix: str) -> dict[str, Any]:
+    """Two folders and one root with two subfolders: four targets."""
+    data = tmp_path / "data"
+    make_tree(
+        data,
+        {
+            "scans/1901/page-001.tif": b"a" * 100,
+            "scans/1901/page-002.tif": b"b" * 200,
+            "scans/1902/page-001.tif": b"c" * 300,
+            "letters/x.jpg": b"x" * 10,
+            "letters/deep/er/y.jpg": b"y" * 20,
+            "registers/parish-a/r1.tif": b"r1",
+            "registers/parish-a/r2.tif": b"r2",
+            "registers/parish-b/s1.tif": b"s1",
+        },
+    )
+    cache = tmp_path / "cache"
+    write_config(
+        cache,
+        moto_endpoint,
+        folders=[str(data / "scans"), str(data / "letters")],
+        roots=[str(data / "registers")],
+        bucket_prefix=bucket_prefix,
+    )
+    buckets = {
+        name: stable_bucket_name(bucket_prefix, str(data / name))
+        for name in ("scans", "letters", "registers/parish-a", "registers/parish-b")
+    }
+    return {"data": data, "cache": cache, "buckets": buckets}
+
+
+def backup(cache: Path, *extra: str) -> Any:
+    return run_cli("--cache", str(cache), *extra)
+
+
+def test_first_run_puts_every_file_in_its_own_versioned_deep_archive_bucket(site: dict[str, Any], s3_inspect: Any):
+    result = backup(site["cache"])
+    assert result.returncode == 0, result.stderr
+    data, buckets = site["data"], site["buckets"]
+    expected = {
+        "scans": ["scans/1901/page-001.tif", "scans/1901/page-002.tif", "scans/1902/page-001.tif"],
+        "letters": ["letters/deep/er/y.jpg", "letters/x.jpg"],
+        "registers/parish-a": ["registers/parish-a/r1.tif", "registers/parish-a/r2.tif"],
+        "registers/parish-b": ["registers/parish-b/s1.tif"],
+    }
+    for target, rels in expected.items():
+        bucket = buckets[target]
+        assert all_keys(s3_inspect, bucket) == sorted(key_of(data / r) for r in rels)
+        for rel in rels:
+            key = key_of(data / rel)
+            assert not key.startswith("/") and key == str(data / rel)[1:]
+            head = s3_inspect.head_object(Bucket=bucket, Key=key)
+            assert head["StorageClass"] == "DEEP_ARCHIVE"
+            assert head["ContentLength"] == (data / rel).stat().st_size
+            seconds, _, nanos = head["Metadata"]["mtime"].partition(".")
+            assert int(seconds) * 10**9 + int(nanos) == (data / rel).stat().st_mtime_ns
+        assert s3_inspect.get_bucket_versioning(Bucket=bucket)["Status"] == "Enabled"
+        rules = {r["ID"]: r for r in s3_inspect.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]}
+        assert rules["async-backup-noncurrent-versions"]["NoncurrentVersionExpiration"]["NoncurrentDays"] == 180
+        assert rules["async-backup-incomplete-uploads"]["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"] == 7
+        assert rules["async-backup-expired-delete-markers"]["Expiration"]["ExpiredObjectDeleteMarker"] is True
+        block = s3_inspect.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"]
+        assert all(block.values())
+    assert "4 targets" in result.stderr and "8 files uploaded" in result.stderr
+
+
+def test_second_run_without_changes_uploads_and_deletes_nothing(site: dict[str, Any], s3_inspect: Any):
+    assert backup(site["cache"]).returncode == 0
+    before = {b: versions(s3_inspect, b) for b in site["buckets"].values()}
+    result = backup(site["cache"])
+    assert result.returncode == 0, result.stderr
+    assert "0 files uploaded" in result.stderr and "0 deleted" in result.stderr
+    # Every PutObject adds a version and every delete a marker: unchanged listings prove no requests.
+    assert {b: versions(s3_inspect, b) for b in site["buckets"].values()} == before
+
+
+def test_incremental_run_uploads_changes_and_deletes_vanished_files(site: dict[str, Any], s3_inspect: Any):
+    data, bucket = site["data"], site["buckets"]["scans"]
+    assert backup(site["cache"]).returncode == 0
+    changed = data / "scans/1901/page-001.tif"
+    changed.write_bytes(b"changed content")
+    (data / "scans/1902/page-001.tif").unlink()
+    make_tree(data, {"scans/1903/page-001.tif": b"new"})
+    result = backup(site["cache"])
+    assert result.returncode == 0, result.stderr
+    assert all_keys(s3_inspect, bucket) == sorted(
+        key_of(data / r) for r in ["scans/1901/page-001.tif", "scans/1901/page-002.tif", "scans/1903/page-001.tif"]
+    )
+    assert read_archived(s3_inspect, bucket, key_of(changed)) == b"changed content"
+    vers, markers = versions(s3_inspect, bucket)
+    assert len([v for v in vers if v["Key"] == key_of(changed)]) == 2  # the old content stays as a version
+    assert [m["Key"] for m in markers] == [key_of(data / "scans/1902/page-001.tif")]
+    assert "1 new, 1 updated, 1 deleted" in result.stderr
+
+
+def test_dry_run_touches_neither_s3_nor_the_cache(site: dict[str, Any], s3_inspect: Any):
+    data, cache = site["data"], site["cache"]
+    result = backup(cache, "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert "would upload 3 files" in result.stdout
+    names = {b["Name"] for b in s3_inspect.list_buckets()["Buckets"]}
+    assert not set(site["buckets"].values()) & names, "a dry run must not create buckets"
+    assert not (cache / "async-backup.db").exists()
+
+    assert backup(cache).returncode == 0
+    (data / "letters/x.jpg").write_bytes(b"different size now")
+    (data / "scans/1901/page-002.tif").unlink()
+    db_before = _cache_rows(cache)
+    s3_before = {b: versions(s3_inspect, b) for b in site["buckets"].values()}
+    result = backup(cache, "--dry-run")
+    assert result.returncode == 0
+    assert "would upload 1 files" in result.stdout and "delete 1" in result.stdout
+    assert _cache_rows(cache) == db_before
+    assert {b: versions(s3_inspect, b) for b in site["buckets"].values()} == s3_before
+
+
+def test_reset_uploads_everything_again(site: dict[str, Any], s3_inspect: Any):
+    assert backup(site["cache"]).returncode == 0
+    result = backup(site["cache"], "--reset")
+    assert result.returncode == 0
+    assert "8 files uploaded" in result.stderr
+    vers, _ = versions(s3_inspect, site["buckets"]["scans"])
+    assert len(vers) == 6  # three files, two versions each
+
+
+def test_multipart_upload_of_a_large_file(tmp_path: Path, moto_endpoint: str, bucket_prefix: str, s3_inspect: Any):
+    data = tmp_path / "big"
+    payload = os.urandom(12 * 1024 * 1024 + 12345)  # three parts of 5 MiB
+    make_tree(data, {"volume.tif": payload, "small.txt": b"s"})
+    cache = tmp_path / "cache"
+    write_config(
+        cache,
+        moto_endpoint,
+        folders=[str(data)],
+        bucket_prefix=bucket_prefix,
+        tuning={"multipart_threshold_mib": 5, "part_size_mib": 5, "parts_in_flight": 2},
+    )
+    result = backup(cache)
+    assert result.returncode == 0, result.stderr
+    bucket = stable_bucket_name(bucket_prefix, str(data))
+    key = key_of(data / "volume.tif")
+    assert s3_inspect.head_object(Bucket=bucket, Key=key)["StorageClass"] == "DEEP_ARCHIVE"
+    assert read_archived(s3_inspect, bucket, key) == payload
+    assert s3_inspect.head_object(Bucket=bucket, Key=key)["ETag"].strip('"').endswith("-3")  # three parts
+    assert s3_inspect.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    row = _cache_rows(cache)
+    checksum = next(c for (_b, p, _s, _m, c) in row if p.endswith(b"volume.tif"))
+    assert checksum.startswith("crc32:") and checksum.endswith("-3")
+
+
+def test_deletion_guard_holds_back_deletes_of_an_emptied_folder(site: dict[str, Any], s3_inspect: Any):
+    data, cache = site["data"], site["cache"]
+    assert backup(cache).returncode == 0
+    for f in (data / "scans").rglob("*.tif"):
+        f.unlink()
+    result = backup(cache)
+    assert result.returncode == 1
+    assert "deletion guard" in result.stderr and "--allow-mass-delete" in result.stderr
+    assert len(all_keys(s3_inspect, site["buckets"]["scans"])) == 3
+    _, markers = versions(s3_inspect, site["buckets"]["scans"])
+    assert markers == []
+    result = backup(cache, "--allow-mass-delete")
+    assert result.returncode == 0, result.stderr
+    assert all_keys(s3_inspect, site["buckets"]["scans"]) == []
+
+
+def test_deletion_guard_holds_back_deleting_more_than_half(site: dict[str, Any], s3_inspect: Any):
+    data, cache = site["data"], site["cache"]
+    assert backup(cache).returncode == 0
+    (data / "scans/1901/page-001.tif").unlink()
+    (data / "scans/1901/page-002.tif").unlink()  # 2 of 3: 67 %
+    result = backup(cache)
+    assert result.returncode == 1
+    assert "2 of 3 files (67%)" in result.stderr
+    assert len(all_keys(s3_inspect, site["buckets"]["scans"])) == 3
+
+
+def test_a_missing_known_folder_fails_alone_and_deletes_nothing(site: dict[str, Any], s3_inspect: Any):
+    data, cache = site["data"], site["cache"]
+    assert backup(cache).returncode == 0
+    (data / "letters").rename(data / "letters-unmounted")
+    make_tree(data, {"scans/new.tif": b"n"})
+    result = backup(cache)
+    assert result.returncode == 1
+    assert "target missing" in result.stderr and str(data / "letters") in result.stderr
+    assert len(all_keys(s3_inspect, site["buckets"]["letters"])) == 2  # nothing deleted
+    assert key_of(data / "scans/new.tif") in all_keys(s3_inspect, site["buckets"]["scans"])  # others go on
+
+
+def test_a_folder_never_backed_up_and_missing_is_a_config_error(tmp_path: Path, moto_endpoint: str):
+    cache = tmp_path / "cache"
+    write_config(cache, moto_endpoint, folders=[str(tmp_path / "nope")])
+    result = backup(cache)
+    assert result.returncode == 2
+    assert "backup.folders[0]" in result.stderr and "never backed up" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_adopting_the_old_scripts_cache_uploads_nothing_unchanged(tmp_path: Path, moto_endpoint: str, s3_inspect: Any):
+    data = tmp_path / "archive"
+    make_tree(data, {"a/one.tif": b"1", "a/two.tif": b"22", "b/three.tif": b"333"})
+    (data / "a/two.tif").write_bytes(b"changed since the old script ran")
+    cache = tmp_path / "cache"
+    write_config(cache, moto_endpoint, folders=[str(data / "a"), str(data / "b")], backup_extra={"naming": "legacy"})
+    # The old script: one SQLite file per bucket, key = absolute path, timestamp = st_mtime float.
+    (cache / "db").mkdir()
+    old_names = {"a": "images--a", "b": "images--b"}
+    for sub, name in old_names.items():
+        conn = sqlite3.connect(cache / "db" / f"{urllib.parse.quote_plus(name)}.db")
+        conn.execute("CREATE TABLE files(key TEXT PRIMARY KEY, timestamp REAL)")
+        for f in (data / sub).iterdir():
+            stamp = os.stat(f).st_mtime if f.name != "two.tif" else os.stat(f).st_mtime - 100
+            conn.execute("INSERT INTO files VALUES (?, ?)", (str(f), stamp))
+        conn.commit()
+        conn.close()
+    result = backup(cache)
+    assert result.returncode == 0, result.stderr
+    assert all_keys(s3_inspect, "images--a") == [key_of(data / "a/two.tif")]  # only the changed file
+    assert "images--b" not in {b["Name"] for b in s3_inspect.list_buckets()["Buckets"]}
+    again = backup(cache)
+    assert again.returncode == 0 and "0 files uploaded" in again.stderr
+
+
+def test_a_second_run_on_a_locked_cache_exits_3_naming_the_holder(site: dict[str, Any]):
+    lock_path = site["cache"] / "async-backup.lock"
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.write(fd, b"424242\n")
+        result = backup(site["cache"])
+        assert result.returncode == 3
+        assert "424242" in result.stderr
+    finally:
+        os.close(fd)
+
+
+def test_symlinks_and_special_files_are_skipped(
+    tmp_path: Path, moto_endpoint: str, bucket_prefix: str, s3_inspect: Any
+):
+    data = tmp_path / "tree"
+    make_tree(data, {"real.tif": b"r"})
+    (data / "link.tif").symlink_to(data / "real.tif")
+    os.mkfifo(data / "pipe")
+    cache = tmp_path / "cache"
+    write_config(cache, moto_endpoint, folders=[str(data)], bucket_prefix=bucket_prefix)
+    result = backup(cache)
+    assert result.returncode == 0, result.stderr
+    assert all_keys(s3_inspect, stable_bucket_name(bucket_prefix, str(data))) == [key_of(data / "real.tif")]
+    assert "2 skipped" in result.stderr
+
+
+def test_excluded_files_are_neither_uploaded_nor_deleted(
+    tmp_path: Path, moto_endpoint: str, bucket_prefix: str, s3_inspect: Any
+):
+    data = tmp_path / "tree"
+    make_tree(data, {"keep.tif": b"k", "Thumbs.db": b"t", "tmp/scratch.tif": b"s"})
+    cache = tmp_path / "cache"
+    write_config(cache, moto_endpoint, folders=[str(data)], bucket_prefix=bucket_prefix)
+    assert backup(cache).returncode == 0
+    bucket = stable_bucket_name(bucket_prefix, str(data))
+    assert len(all_keys(s3_inspect, bucket)) == 3
+    write_config(
+        cache,
+        moto_endpoint,
+        folders=[str(data)],
+        bucket_prefix=bucket_prefix,
+        backup_extra={"exclude": ["Thumbs.db", "tmp/*"]},
+    )
+    make_tree(data, {"tmp/other.tif": b"o", "sub/Thumbs.db": b"t"})
+    result = backup(cache)
+    assert result.returncode == 0, result.stderr
+    assert all_keys(s3_inspect, bucket) == sorted(
+        key_of(data / r) for r in ("keep.tif", "Thumbs.db", "tmp/scratch.tif")
+    )
+
+
+def test_cache_snapshot_goes_to_its_own_unversioned_bucket(site: dict[str, Any], s3_inspect: Any):
+    import gzip
+
+    result = backup(site["cache"])
+    assert result.returncode == 0
+    line = next(ln for ln in result.stderr.splitlines() if "cache snapshot" in ln)
+    bucket = line.rsplit("s3://", 1)[1].strip()
+    assert s3_inspect.get_bucket_versioning(Bucket=bucket).get("Status") in (None, "")
+    blob = gzip.decompress(s3_inspect.get_object(Bucket=bucket, Key="async-backup.db.gz")["Body"].read())
+    assert blob.startswith(b"SQLite format 3")
+    log = s3_inspect.get_object(Bucket=bucket, Key="backup.log")["Body"].read().decode()
+    assert "8 files uploaded" in log or "backing up" in log
+    assert "config.json" not in all_keys(s3_inspect, bucket)
+
+
+def test_secrets_never_reach_the_log(site: dict[str, Any]):
+    config_path = site["cache"] / "config.json"
+    doc = json.loads(config_path.read_text())
+    doc["notification"] = {"webhook": "https://prod.example.invalid/workflows/x?sig=PLANTEDSIG123"}
+    config_path.write_text(json.dumps(doc))
+    result = backup(site["cache"], "-v")
+    text = result.stderr + (site["cache"] / "backup.log").read_text()
+    assert SECRET_KEY not in text and "PLANTEDSIG123" not in text
+    assert ACCESS_KEY  # the access key id is not a secret, but the secret key is
+
+
+def _cache_rows(cache: Path) -> list[tuple[Any, ...]]:
+    conn = sqlite3.connect(cache / "async-backup.db")
+    try:
+        return sorted(conn.execute("SELECT bucket, path, size, mtime_ns, checksum FROM files"))
+    finally:
+        conn.close()
