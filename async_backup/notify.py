@@ -122,7 +122,8 @@ async def send_card(
         return NotifyResult(ok=False, status=None, attempts=0, error=error, host=host)
 
     own_session = session is None
-    client = session or aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s))
+    # trust_env: servers that reach the internet only through HTTPS_PROXY (and NO_PROXY) can notify too.
+    client = session or aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s), trust_env=True)
     status: int | None = None
     error = ""
     attempt = 0

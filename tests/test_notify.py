@@ -73,8 +73,13 @@ async def webhook(**kw: Any) -> AsyncIterator[Webhook]:
 
 @pytest.fixture(autouse=True)
 def _propagate_to_caplog(monkeypatch: pytest.MonkeyPatch) -> None:
-    """`logsetup.setup_logging` stops our loggers propagating; caplog listens at the root."""
+    """`logsetup.setup_logging` stops our loggers propagating; caplog listens at the root.
+
+    The sender honours proxy variables; the loopback webhook must be reached directly."""
     monkeypatch.setattr(logging.getLogger("async_backup"), "propagate", True)
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
 
 
 def leaks(text: str) -> list[str]:
