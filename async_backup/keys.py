@@ -49,7 +49,7 @@ def path_for_key(key: str) -> bytes:
 def check_key_length(key: str) -> None:
     size = len(key.encode("utf-8"))
     if size > MAX_KEY_BYTES:
-        raise KeyTooLongError(f"object key is {size} bytes; S3 allows at most {MAX_KEY_BYTES}")
+        raise KeyTooLongError(f"object key is {size:,} bytes; S3 allows at most {MAX_KEY_BYTES:,}")
 
 
 def display_path(path: bytes) -> str:

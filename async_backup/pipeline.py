@@ -31,7 +31,7 @@ from .config import Config
 from .delete import KeyFailure, delete_paths
 from .errors import Failure, FailureCollector, FailureKind, FatalError, S3Error, unwrapped_group
 from .keys import KeyTooLongError, check_key_length, display_path, key_for_path
-from .plan import PlanCounts, Upload, deletion_guard, merge
+from .plan import MAX_OBJECT_BYTES, PlanCounts, Upload, deletion_guard, merge
 from .s3 import S3, endpoint_name, open_s3
 from .state import Change, Removed, StateStore, Stored, UploadEnded, UploadStarted, run_writer
 from .summary import TargetStats, format_bytes
@@ -275,6 +275,13 @@ class Backup:
             check_key_length(key)
         except KeyTooLongError as exc:
             fail(FailureKind.KEY_TOO_LONG, f"{exc}; shorten the path")
+            return
+        if file.size > MAX_OBJECT_BYTES:
+            fail(
+                FailureKind.S3,
+                f"the file is larger than S3's {format_bytes(MAX_OBJECT_BYTES)} object limit",
+                "TooLarge",
+            )
             return
         if not await self._bucket_ready(run):
             return

@@ -19,6 +19,7 @@ MiB = 1024 * 1024
 MAX_PARTS = 10_000  # [S3 user guide, "Multipart upload limits"]
 MIN_PART_BYTES = 5 * MiB
 MAX_PART_BYTES = 5 * 1024 * MiB
+MAX_OBJECT_BYTES = 5 * 1024**4  # the largest object S3 stores, 5 TiB
 MAX_DELETE_BATCH = 1_000  # DeleteObjects takes at most 1,000 keys [S3 API reference]
 # Old caches stored st_mtime as a float; a double near 1.7e9 s is exact to about 0.24 us.
 LEGACY_MTIME_TOLERANCE_NS = 2_000

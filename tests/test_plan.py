@@ -1,0 +1,133 @@
+"""Properties of the pure planner, checked with Hypothesis over generated trees and caches."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from async_backup.plan import (
+    MAX_DELETE_BATCH,
+    MAX_OBJECT_BYTES,
+    MAX_PART_BYTES,
+    MAX_PARTS,
+    MIN_PART_BYTES,
+    Delete,
+    PlanCounts,
+    Recorded,
+    Upload,
+    batches,
+    deletion_guard,
+    merge,
+    part_ranges,
+    part_size_for,
+)
+from async_backup.walk import DiskFile, Hole, Skipped, WalkEntry
+
+names = st.sampled_from([b"a", b"b", b"a-c", b"a.b", b"z", b"\xc3\xa9", b"A", b"0"])
+rel_paths = st.lists(names, min_size=1, max_size=3).map(lambda parts: b"/t/" + b"/".join(parts))
+
+
+@st.composite
+def disk_and_cache(draw: st.DrawFn) -> tuple[list[DiskFile], list[Recorded]]:
+    """A set of files (no path both a file and a directory) and a cache that overlaps it."""
+    paths = sorted(set(draw(st.lists(rel_paths, max_size=25))))
+    files = [p for p in paths if not any(q.startswith(p + b"/") for q in paths)]
+    disk = [DiskFile(p, draw(st.integers(0, 3)), draw(st.integers(0, 3))) for p in files]
+    cached_paths = sorted(
+        set(draw(st.lists(rel_paths, max_size=25)))
+        | {d.path for d in draw(st.lists(st.sampled_from(disk), max_size=10))}
+        if disk
+        else set(draw(st.lists(rel_paths, max_size=25)))
+    )
+    cache = [Recorded(p, draw(st.integers(0, 3)), draw(st.integers(0, 3))) for p in cached_paths]
+    return disk, cache
+
+
+def apply(cache: list[Recorded], actions: list[Upload | Delete]) -> list[Recorded]:
+    rows = {r.path: r for r in cache}
+    for a in actions:
+        if isinstance(a, Upload):
+            rows[a.file.path] = Recorded(a.file.path, a.file.size, a.file.mtime_ns)
+        else:
+            del rows[a.path]
+    return sorted(rows.values(), key=lambda r: r.path)
+
+
+@given(disk_and_cache())
+@settings(max_examples=300)
+def test_replanning_after_applying_a_plan_is_empty(case: tuple[list[DiskFile], list[Recorded]]):
+    disk, cache = case
+    actions = list(merge(disk, cache, PlanCounts()))
+    after = apply(cache, actions)
+    assert list(merge(disk, after, PlanCounts())) == []
+    assert [r.path for r in after] == [d.path for d in disk]
+
+
+@given(disk_and_cache())
+@settings(max_examples=300)
+def test_no_delete_for_a_path_on_disk_and_every_change_uploaded(case: tuple[list[DiskFile], list[Recorded]]):
+    disk, cache = case
+    actions = list(merge(disk, cache, PlanCounts()))
+    on_disk = {d.path for d in disk}
+    deleted = {a.path for a in actions if isinstance(a, Delete)}
+    assert not deleted & on_disk
+    assert deleted == {r.path for r in cache} - on_disk
+    uploads = {a.file.path for a in actions if isinstance(a, Upload)}
+    rows = {r.path: r for r in cache}
+    assert uploads == {
+        d.path for d in disk if d.path not in rows or (rows[d.path].size, rows[d.path].mtime_ns) != (d.size, d.mtime_ns)
+    }
+
+
+@given(disk_and_cache(), st.sampled_from([b"/t/a/", b"/t/b/", b"/t/z/"]))
+def test_nothing_under_a_hole_is_deleted(case: tuple[list[DiskFile], list[Recorded]], hole: bytes):
+    disk, cache = case
+    entries: list[WalkEntry] = [d for d in disk if not d.path.startswith(hole)]
+    entries.append(Hole(hole, "unreadable"))
+    entries.sort(key=lambda e: e.path)
+    actions = list(merge(entries, cache, PlanCounts()))
+    assert not any(isinstance(a, Delete) and a.path.startswith(hole) for a in actions)
+
+
+def test_skipped_entries_keep_their_cached_copy():
+    counts = PlanCounts()
+    actions = list(merge([Skipped(b"/t/link", "symlink")], [Recorded(b"/t/link", 1, 1)], counts))
+    assert actions == [] and counts.kept == 1
+
+
+def test_legacy_rows_compare_by_mtime_only_with_float_tolerance():
+    mtime_ns = 1_700_000_000_123_456_789
+    legacy = Recorded(b"/t/a", None, round((mtime_ns / 1e9) * 1e9))
+    assert list(merge([DiskFile(b"/t/a", 99, mtime_ns)], [legacy], PlanCounts())) == []
+    moved = DiskFile(b"/t/a", 99, mtime_ns + 1_000_000)
+    assert list(merge([moved], [legacy], PlanCounts())) == [Upload(moved, is_new=False)]
+
+
+@given(st.integers(0, MAX_OBJECT_BYTES), st.sampled_from([5, 8, 16, 64, 100]).map(lambda m: m * 1024 * 1024))
+@settings(max_examples=500)
+def test_part_limits_always_hold(size: int, preferred: int):
+    part = part_size_for(size, preferred)
+    assert MIN_PART_BYTES <= part <= MAX_PART_BYTES
+    ranges = part_ranges(size, part)
+    assert len(ranges) <= MAX_PARTS
+    assert sum(length for _, length in ranges) == size
+    assert all(length == part for _, length in ranges[:-1])
+    assert ranges[-1][1] <= part
+
+
+@given(st.lists(st.integers(), max_size=3500), st.integers(1, MAX_DELETE_BATCH))
+def test_delete_batches_hold_at_most_1000_keys_and_lose_none(keys: list[int], size: int):
+    chunks = list(batches(keys, size))
+    assert all(1 <= len(c) <= size for c in chunks)
+    assert [k for c in chunks for k in c] == keys
+
+
+def test_deletion_guard():
+    assert deletion_guard(recorded=10, deletes=5, on_disk=5, max_delete_percent=50, allow_mass_delete=False) is None
+    assert "60%" in str(
+        deletion_guard(recorded=10, deletes=6, on_disk=4, max_delete_percent=50, allow_mass_delete=False)
+    )
+    assert "empty" in str(
+        deletion_guard(recorded=3, deletes=3, on_disk=0, max_delete_percent=100, allow_mass_delete=False)
+    )
+    assert deletion_guard(recorded=3, deletes=3, on_disk=0, max_delete_percent=50, allow_mass_delete=True) is None
