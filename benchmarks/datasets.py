@@ -25,6 +25,9 @@ MIB = 1024 * KIB
 POOL_BYTES = 8 * MIB
 CHANGE_FRACTION = 0.01  # incremental: 1 % modified, 1 % deleted, 1 % added
 ADDED_PREFIX = "added-"
+# Base files get fixed old mtimes (an archive's photos are old; and a tree generated a second before the
+# first upload would otherwise tie with the server's LastModified and make --update style tools resend).
+BASE_MTIME = 1_600_000_000  # 2020-09-13
 
 
 @dataclass(frozen=True)
@@ -107,17 +110,22 @@ class Generator:
             return (head + random.Random(ident).randbytes(size))[:size]
         return (head + self._pool[start : start + size])[:size]
 
-    def _write(self, path: Path, size: int, ident: str) -> None:
+    def _write(self, path: Path, size: int, ident: str, old: bool = True) -> None:
+        """Write a file; ``old`` ones get a fixed mtime, changed ones keep the time they were written."""
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "wb") as f:
             f.write(self._content(ident, size))
+        if old:
+            t = BASE_MTIME + int.from_bytes(hashlib.sha256(ident.encode()).digest()[:3], "big")
+            os.utime(path, (t, t))
 
     # --- trees ------------------------------------------------------------------------------------
     def _marker(self, name: str) -> Path:
         return self.root / f".{name}.complete"
 
     def _params(self, name: str) -> str:
-        return json.dumps({"name": name, "seed": self.seed, "sizes": asdict(self.sizes)}, sort_keys=True)
+        return json.dumps({"name": name, "seed": self.seed, "sizes": asdict(self.sizes), "mtime": BASE_MTIME},
+                          sort_keys=True)
 
     def ensure(self, name: str) -> Path:
         """Make tree ``name`` exist in its base state (generate, or repair a half-done mutation)."""
@@ -168,7 +176,7 @@ class Generator:
             path, size = files[i]
             # A new size as well as new bytes, so tools that compare size and mtime all see the change.
             new_size = size + rng.randint(1, 4 * KIB)
-            self._write(path, new_size, f"{path}-modified-{rep}")
+            self._write(path, new_size, f"{path}-modified-{rep}", old=False)
             modified.append(str(path))
         for i in picked[n:]:
             path, _size = files[i]
@@ -178,7 +186,7 @@ class Generator:
             d = self.tree("small") / f"d{rng.randrange(self.sizes.small_dirs):04d}"
             path = d / f"{ADDED_PREFIX}{rep:02d}-{j:05d}.jpg"
             size = rng.randint(self.sizes.small_min_bytes, self.sizes.small_max_bytes)
-            self._write(path, size, f"{path}-added-{rep}")
+            self._write(path, size, f"{path}-added-{rep}", old=False)
             added.append(str(path))
         return Mutation(tuple(modified), tuple(deleted), tuple(added))
 

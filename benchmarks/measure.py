@@ -1,8 +1,14 @@
 """Measuring one contender run: wall time, CPU and peak RSS of the child tree, requests at the proxy.
 
-Owns: running a command to completion under a time limit and reading its resource usage with
-``os.wait4`` (user+sys and ``ru_maxrss`` of the child and every descendant it waited for, nothing of
-the harness's other children such as the server or the proxy), and the handle on the recording proxy.
+Owns: running a command to completion under a time limit and reading its resource usage: CPU with
+``os.wait4`` (user+sys of the child and every descendant it waited for, nothing of the harness's other
+children such as the server or the proxy), peak RSS by sampling ``VmHWM`` of the child and its
+descendants, and the handle on the recording proxy.
+
+Why not ``ru_maxrss`` for memory: Linux folds the peak RSS of the memory image a process had before
+``exec`` into it, so every child of the harness would report at least the harness's own RSS (~80 MiB
+measured). ``VmHWM`` belongs to the image after ``exec``; sampled every ``RSS_SAMPLE_S`` it may miss
+growth in the last interval before exit, an error we accept. ``ru_maxrss`` is still kept in the JSON.
 Imports only ``procs`` from the harness.
 """
 
@@ -23,6 +29,8 @@ from pathlib import Path
 from benchmarks.procs import Managed, wait_until
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+RSS_SAMPLE_S = 0.02
+MAX_TREE_PROCESSES = 1000
 
 
 @dataclass(frozen=True)
@@ -31,7 +39,8 @@ class Measured:
     wall_s: float
     user_s: float
     sys_s: float
-    maxrss_kib: int
+    maxrss_kib: int  # peak VmHWM of the largest process of the child's tree
+    ru_maxrss_kib: int  # from wait4; includes the harness's RSS at fork (see the module docstring)
 
     @property
     def cpu_s(self) -> float:
@@ -61,8 +70,10 @@ def run_measured(
             pid, status, ru = os.wait4(proc.pid, 0)
             result.append((pid, status, time.perf_counter(), ru))
 
+        sampler = HwmSampler(proc.pid)
         waiter = threading.Thread(target=reap, daemon=True)
         waiter.start()
+        sampler.start()
         killed = False
         try:
             waiter.join(timeout_s)
@@ -75,6 +86,7 @@ def run_measured(
             waiter.join(30)
             raise
         finally:
+            sampler.stop()
             proc.returncode = 0  # reaped by wait4 above; keep Popen from waiting again
     if not result:
         raise RuntimeError(f"could not reap {argv[0]} (pid {proc.pid})")
@@ -85,8 +97,46 @@ def run_measured(
         wall_s=t1 - t0,
         user_s=float(ru.ru_utime),  # type: ignore[attr-defined]
         sys_s=float(ru.ru_stime),  # type: ignore[attr-defined]
-        maxrss_kib=int(ru.ru_maxrss),  # type: ignore[attr-defined]
+        maxrss_kib=sampler.peak_kib,
+        ru_maxrss_kib=int(ru.ru_maxrss),  # type: ignore[attr-defined]
     )
+
+
+class HwmSampler(threading.Thread):
+    """Peak ``VmHWM`` (kiB) over the process ``sid`` and its descendants."""
+
+    def __init__(self, sid: int) -> None:
+        super().__init__(daemon=True)
+        self.sid = sid
+        self.peak_kib = 0
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while not self._done.is_set():
+            self.sample()
+            self._done.wait(RSS_SAMPLE_S)
+
+    def stop(self) -> None:
+        self._done.set()
+        if self.is_alive():
+            self.join(5)
+
+    def sample(self) -> None:
+        """Walk the tree below the leader through ``/proc/PID/task/TID/children`` (cheap: no /proc scan)."""
+        todo = [self.sid]
+        seen = 0
+        while todo and seen < MAX_TREE_PROCESSES:
+            pid = todo.pop()
+            seen += 1
+            try:
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        self.peak_kib = max(self.peak_kib, int(line.split()[1]))
+                        break
+                for task in os.listdir(f"/proc/{pid}/task"):
+                    todo.extend(int(c) for c in Path(f"/proc/{pid}/task/{task}/children").read_text().split())
+            except (OSError, ValueError):
+                continue
 
 
 def _kill_group(pid: int) -> None:

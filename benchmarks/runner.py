@@ -1,0 +1,250 @@
+"""The benchmark run: chains of runs per data set, contender and repetition, each on a fresh bucket.
+
+Owns: the order of runs (repetition-major, so slow drift of the machine hits every contender alike),
+the chains (small: full -> no-op -> incremental on one bucket and one state dir; large: full; big:
+one full upload, then no-op repetitions), turning one measured run into a ``RunRecord``, and the
+proxy-overhead check. A failed or missing contender becomes a record saying so; the run goes on.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from benchmarks.contenders import Contender, Target
+from benchmarks.datasets import Generator, Mutation, listing
+from benchmarks.measure import RecordingProxy, run_measured
+from benchmarks.procs import tail
+from benchmarks.servers import S3Server
+from benchmarks.verify import admin_client, drop_bucket, make_bucket, verify
+
+DATASETS = ("small", "noop", "incremental", "large", "bignoop")
+SMALL_CHAIN = ("small", "noop", "incremental")
+# Records that the big chain makes besides "bignoop": its one full upload (setup, reported too).
+BIG_SETUP = "bigfull"
+
+
+@dataclass
+class RunRecord:
+    contender: str
+    dataset: str
+    rep: int
+    status: str  # ok | failed | timeout | verify-failed | skipped
+    detail: str = ""
+    files: int = 0
+    changed_files: int = 0
+    exit_code: int | None = None
+    wall_s: float | None = None
+    user_s: float | None = None
+    sys_s: float | None = None
+    maxrss_kib: int | None = None
+    ru_maxrss_kib: int | None = None
+    requests: dict[str, int] = field(default_factory=dict)
+    body_bytes: dict[str, int] = field(default_factory=dict)
+    proxy_cpu_s: float | None = None
+    verification: dict[str, Any] | None = None
+    bucket: str = ""
+    log: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Bench:
+    def __init__(
+        self,
+        server: S3Server,
+        proxy: RecordingProxy | None,
+        gen: Generator,
+        run_dir: Path,
+        timeout_s: float,
+        keep_buckets: bool = False,
+        progress: Callable[[str], None] = print,
+    ) -> None:
+        self.server = server
+        self.proxy = proxy
+        self.gen = gen
+        self.run_dir = run_dir
+        self.timeout_s = timeout_s
+        self.keep_buckets = keep_buckets
+        self.progress = progress
+        self.s3 = admin_client(server)
+        self.records: list[RunRecord] = []
+
+    @property
+    def endpoint(self) -> str:
+        return self.proxy.endpoint if self.proxy else self.server.endpoint
+
+    # --- one run ----------------------------------------------------------------------------------
+    def run_one(self, c: Contender, dataset: str, rep: int, target: Target,
+                mutation: Mutation | None = None, record: bool = True) -> RunRecord:
+        argv, env = c.command(target)
+        log = self.run_dir / "logs" / f"{c.name}-{dataset}-r{rep}.log"
+        expected = listing(target.src)
+        rec = RunRecord(c.name, dataset, rep, "failed", files=len(expected), bucket=target.bucket, log=str(log),
+                        changed_files=mutation.changed_count() if mutation else 0)
+        if self.proxy:
+            self.proxy.counts(reset=True)
+            cpu0 = self.proxy.cpu_s()
+        m = run_measured(argv, env, log, self.timeout_s, cwd=Path(__file__).resolve().parent.parent)
+        if self.proxy:
+            counts = self.proxy.counts(reset=True)
+            rec.requests, rec.body_bytes = counts["requests"], counts["body_bytes"]
+            rec.proxy_cpu_s = round(self.proxy.cpu_s() - cpu0, 3)
+        rec.exit_code, rec.wall_s, rec.user_s, rec.sys_s, rec.maxrss_kib, rec.ru_maxrss_kib = (
+            m.exit_code, m.wall_s, m.user_s, m.sys_s, m.maxrss_kib, m.ru_maxrss_kib)
+        if m.timed_out:
+            rec.status, rec.detail = "timeout", f"killed after {self.timeout_s:.0f} s"
+        elif m.exit_code != 0:
+            rec.status, rec.detail = "failed", f"exit {m.exit_code}: {_last_line(log)}"
+        else:
+            try:
+                v = verify(self.s3, target.bucket, {k: s for k, s in expected.items()}, mutation)
+                rec.verification = v.as_dict()
+                rec.status = "ok" if v.ok else "verify-failed"
+                rec.detail = v.summary()
+            except Exception as e:  # a listing error is this contender's failure, not the harness's
+                rec.status, rec.detail = "verify-failed", f"listing failed: {e}"
+        if record:
+            self.records.append(rec)
+        self.progress(f"  {c.name:16s} {dataset:12s} r{rep}  {rec.status:13s} "
+                      f"{(rec.wall_s or 0):8.2f} s  {sum(rec.requests.values()):7d} req  {rec.detail[:90]}")
+        return rec
+
+    def skip(self, c: Contender, dataset: str, rep: int, why: str) -> None:
+        self.records.append(RunRecord(c.name, dataset, rep, "skipped", detail=why))
+
+    # --- chains -----------------------------------------------------------------------------------
+    def _fresh(self, c: Contender, tree: str, rep: int, src: Path, endpoint: str | None = None) -> Target:
+        bucket = f"bench-{c.name}-{tree}-r{rep}-{uuid.uuid4().hex[:8]}"[:63]
+        state = self.run_dir / "state" / bucket
+        if state.exists():
+            shutil.rmtree(state)
+        state.mkdir(parents=True)
+        if not c.creates_bucket:
+            make_bucket(self.s3, bucket)
+        return Target(endpoint or self.endpoint, self.server, bucket, src, state)
+
+    def _drop(self, t: Target) -> None:
+        if self.keep_buckets:
+            return
+        try:
+            drop_bucket(self.s3, t.bucket)
+        except Exception as e:  # cleanup must not end the benchmark
+            self.progress(f"  (could not drop bucket {t.bucket}: {e})")
+
+    def small_chain(self, c: Contender, rep: int, wanted: Sequence[str]) -> None:
+        src = self.gen.ensure("small")
+        t = self._fresh(c, "small", rep, src)
+        try:
+            full = self.run_one(c, "small", rep, t, record="small" in wanted)
+            if not full.ok:
+                for ds in ("noop", "incremental"):
+                    if ds in wanted:
+                        self.skip(c, ds, rep, f"full run of small {full.status}")
+                return
+            if "noop" in wanted:
+                self.run_one(c, "noop", rep, t)
+            if "incremental" in wanted:
+                mutation = self.gen.mutate_small(rep)
+                try:
+                    self.run_one(c, "incremental", rep, t, mutation)
+                finally:
+                    self.gen.restore_small()
+        finally:
+            self._drop(t)
+
+    def large_run(self, c: Contender, rep: int) -> None:
+        t = self._fresh(c, "large", rep, self.gen.ensure("large"))
+        try:
+            self.run_one(c, "large", rep, t)
+        finally:
+            self._drop(t)
+
+    def big_chain(self, c: Contender, repeat: int) -> None:
+        t = self._fresh(c, "big", 0, self.gen.ensure("big"))
+        try:
+            full = self.run_one(c, BIG_SETUP, 0, t)
+            for rep in range(repeat):
+                if full.ok:
+                    self.run_one(c, "bignoop", rep, t)
+                else:
+                    self.skip(c, "bignoop", rep, f"full upload of big {full.status}")
+        finally:
+            self._drop(t)
+
+    def run_all(self, contenders: Sequence[Contender], datasets: Sequence[str], repeat: int) -> None:
+        runnable = []
+        for c in contenders:
+            why = c.missing()
+            if why:
+                self.progress(f"  {c.name:16s} skipped ({why})")
+                for ds in datasets:
+                    for rep in range(repeat):
+                        self.skip(c, ds, rep, why)
+            else:
+                runnable.append(c)
+        small_wanted = [d for d in SMALL_CHAIN if d in datasets]
+        for rep in range(repeat):
+            for c in runnable:
+                if small_wanted:
+                    self.small_chain(c, rep, small_wanted)
+                if "large" in datasets:
+                    self.large_run(c, rep)
+        if "bignoop" in datasets:
+            for c in runnable:
+                self.big_chain(c, repeat)
+
+    # --- the proxy's own cost ---------------------------------------------------------------------
+    def proxy_overhead(self, c: Contender, pairs: int = 1) -> dict[str, Any]:
+        """Full upload of the small tree by ``c`` through the proxy and straight at the server, alternated."""
+        via: list[float] = []
+        direct: list[float] = []
+        proxy_cpu: list[float] = []
+        src = self.gen.ensure("small")
+        for i in range(pairs):
+            for through_proxy in (True, False):
+                t = self._fresh(c, "ovh", i, src, None if through_proxy else self.server.endpoint)
+                try:
+                    rec = self.run_one(c, "proxy-overhead" if through_proxy else "direct", i, t, record=False)
+                finally:
+                    self._drop(t)
+                if not rec.ok or rec.wall_s is None:
+                    return {"contender": c.name, "error": rec.detail}
+                if through_proxy:
+                    via.append(rec.wall_s)
+                    proxy_cpu.append(rec.proxy_cpu_s or 0.0)
+                else:
+                    direct.append(rec.wall_s)
+        v, d = min(via), min(direct)
+        return {
+            "contender": c.name,
+            "dataset": "small",
+            "via_proxy_wall_s": [round(x, 3) for x in via],
+            "direct_wall_s": [round(x, 3) for x in direct],
+            "overhead_pct": round(100 * (v - d) / d, 1),
+            "proxy_cpu_s": [round(x, 3) for x in proxy_cpu],
+        }
+
+
+def _last_line(log: Path) -> str:
+    lines = [ln.strip() for ln in tail(log, 4000).splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else "(no output)"
+
+
+def now_utc() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def python_version() -> str:
+    return sys.version.split()[0]
