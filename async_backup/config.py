@@ -79,7 +79,7 @@ class Tuning:
     part_size_bytes: int = 16 * MiB
     parts_in_flight: int = 8
     max_delete_percent: float = 50.0
-    max_attempts: int = 5
+    max_attempts: int = 5  # total attempts per request, the first included
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 60.0
     walk_threads: int = 4

@@ -88,7 +88,8 @@ def client_config(aws: AwsSettings, tuning: Tuning) -> AioConfig:
         region_name=aws.region,
         # One connection per worker, plus the multipart parts they may have in flight.
         max_pool_connections=tuning.workers + tuning.parts_in_flight + 4,
-        retries={"mode": "standard", "max_attempts": tuning.max_attempts},
+        # total_max_attempts counts the first try too; botocore's max_attempts would count retries only.
+        retries={"mode": "standard", "total_max_attempts": tuning.max_attempts},
         connect_timeout=tuning.connect_timeout_s,
         read_timeout=tuning.read_timeout_s,
         request_checksum_calculation=aws.checksum_calculation,
