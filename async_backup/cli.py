@@ -16,10 +16,12 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import anyio
 
 from . import __version__
+from .card import build_card, card_json
 from .config import Config, load_config
 from .errors import (
     BackupError,
@@ -32,7 +34,11 @@ from .errors import (
 )
 from .lock import cache_lock
 from .logsetup import setup_logging
+from .notify import NotifyResult, send_card
 from .pipeline import Backup, RunOptions
+from .progress import Progress
+from .redact import Redactor, webhook_host
+from .runreport import write_metrics, write_report
 from .state import StateStore
 from .summary import RunSummary, format_bytes
 from .targets import Target, discover_targets, nested_target_warnings
@@ -92,6 +98,19 @@ def _backup_options(parser: argparse.ArgumentParser) -> None:
         help="drop a removed target from the cache (its bucket is left as it is) and exit",
     )
     parser.add_argument("--no-cache-backup", action="store_true", help="do not upload the cache snapshot after the run")
+    parser.add_argument("--print-card", action="store_true", help="print the Teams card as JSON instead of posting it")
+    parser.add_argument(
+        "--metrics-file",
+        metavar="PATH",
+        help="write Prometheus textfile metrics here (atomically), e.g. /var/lib/node_exporter/async_backup.prom",
+    )
+    parser.add_argument(
+        "--progress-interval",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="off a terminal, log one progress line every S seconds (default 60)",
+    )
 
 
 def _verify_options(parser: argparse.ArgumentParser) -> None:
@@ -100,6 +119,11 @@ def _verify_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--repair", action="store_true", help="correct the cache so the next backup re-uploads what is missing or wrong"
+    )
+    parser.add_argument(
+        "--no-checksums",
+        action="store_true",
+        help="skip the HeadObject per object that comparing CRC32 checksums needs (MD5 values are still compared)",
     )
     parser.add_argument("--concurrency", type=int, metavar="N", help="requests in flight (default 16)")
 
@@ -181,7 +205,7 @@ def _main(argv: Sequence[str] | None) -> int:
         config = dataclasses.replace(config, tuning=dataclasses.replace(config.tuning, workers=args.concurrency))
     verbosity = -1 if args.quiet else args.verbose
     dry_run = bool(getattr(args, "dry_run", False))
-    setup_logging(None if dry_run else cache_dir, config.secrets, verbosity=verbosity)
+    setup_logging(None if dry_run else cache_dir, redactor_for(config), verbosity=verbosity)
     for warning in config.warnings:
         log.warning("%s", warning)
     try:
@@ -206,6 +230,14 @@ def _main(argv: Sequence[str] | None) -> int:
     except BackupError as exc:
         log.error("%s", exc)
         return EXIT_FAILURES
+
+
+def redactor_for(config: Config) -> Redactor:
+    return Redactor.for_run(
+        aws_access_key_id=config.aws.access_key,
+        aws_secret_access_key=config.aws.secret_access_key,
+        webhook_url=config.webhook,
+    )
 
 
 def _run(config: Config, cache_dir: Path, args: argparse.Namespace) -> int:
@@ -253,7 +285,8 @@ def _execute(config: Config, targets: list[Target], store: StateStore, args: arg
     options = RunOptions(
         dry_run=args.dry_run, allow_mass_delete=args.allow_mass_delete, backup_cache=not args.no_cache_backup
     )
-    backup = Backup(config, targets, store, collector, options)
+    progress = Progress.for_stderr(max(1.0, args.progress_interval), quiet=args.quiet)
+    backup = Backup(config, targets, store, collector, options, progress)
     summary = RunSummary(host=socket.gethostname(), started_at=time.time(), dry_run=args.dry_run)
     log.info(
         "%s %d targets%s",
@@ -274,7 +307,38 @@ def _execute(config: Config, targets: list[Target], store: StateStore, args: arg
     summary.interrupted = interrupted
     summary.exit_code = EXIT_INTERRUPTED if interrupted else EXIT_FAILURES if summary.failures else EXIT_OK
     _report(summary, args.dry_run)
+    _publish(config, store.cache_dir, summary, args)
     return summary.exit_code
+
+
+def _publish(config: Config, cache_dir: Path, summary: RunSummary, args: argparse.Namespace) -> None:
+    """The Teams card, the JSON report and the metrics file. None of them changes the exit code."""
+    redactor = redactor_for(config)
+    wants_card = bool(summary.failures) or summary.interrupted or config.notify_on_success
+    if args.print_card:
+        print(card_json(summary, redactor=redactor))
+    elif wants_card and config.webhook and not summary.dry_run:
+        result = anyio.run(_send, config.webhook, build_card(summary, redactor=redactor))
+        if not result.ok:
+            summary.warnings.append(result.as_warning())
+        else:
+            log.info("Teams card delivered to %s", webhook_host(config.webhook))
+    if summary.dry_run:
+        return
+    try:
+        path = write_report(cache_dir, summary, keep=config.keep_reports, redactor=redactor)
+        log.debug("run report written to %s", path)
+    except OSError as exc:
+        log.warning("the run report could not be written (%s)", exc.strerror or exc)
+    if args.metrics_file:
+        try:
+            write_metrics(Path(args.metrics_file), summary, redactor=redactor)
+        except OSError as exc:
+            log.warning("metrics file %s could not be written (%s)", args.metrics_file, exc.strerror or exc)
+
+
+async def _send(url: str, payload: dict[str, Any]) -> NotifyResult:
+    return await send_card(url, payload)
 
 
 async def _run_until_signal(backup: Backup) -> bool:

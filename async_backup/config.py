@@ -100,13 +100,9 @@ class Config:
     storage_class: str = DEFAULT_STORAGE_CLASS
     noncurrent_days: int = DEFAULT_NONCURRENT_DAYS
     cache_bucket: str | None = None
+    keep_reports: int = 30
     tuning: Tuning = field(default_factory=Tuning)
     warnings: tuple[str, ...] = ()
-
-    @property
-    def secrets(self) -> tuple[str, ...]:
-        """Every configured value that must never reach a log, report or card."""
-        return tuple(s for s in (self.aws.secret_access_key, self.webhook) if s)
 
 
 _KNOWN_KEYS: dict[str, set[str]] = {
@@ -120,6 +116,7 @@ _KNOWN_KEYS: dict[str, set[str]] = {
         "storage_class",
         "noncurrent_days",
         "cache_bucket",
+        "keep_reports",
     },
     "notification": {"webhook", "on_success"},
     "aws": {
@@ -247,6 +244,7 @@ def parse_config(raw: Any, source: Path, warnings: list[str] | None = None) -> C
         storage_class=storage_class,
         noncurrent_days=noncurrent_days,
         cache_bucket=_opt_str(backup, "cache_bucket", "backup", where),
+        keep_reports=_opt_int(backup, "keep_reports", "backup", where, 30, minimum=1),
         tuning=_tuning(_section(raw, "tuning", where, required=False), where),
         warnings=tuple(warnings),
     )

@@ -1,51 +1,44 @@
 """Logging: stderr and backup.log in the cache directory, with secrets scrubbed from every line.
 
-Owns handler setup only; modules log through `logging.getLogger(__name__)`.
+Owns handler setup only; modules log through `logging.getLogger(__name__)`. Scrubbing is
+`redact.RedactingFilter` on every handler, so no record from any logger reaches a file unscrubbed.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterable
 from pathlib import Path
+from typing import TextIO
+
+from .redact import RedactingFilter, Redactor
 
 LOG_NAME = "backup.log"
 _FORMAT = "%(asctime)s %(levelname)s %(message)s"
 
 
-class SecretFilter(logging.Filter):
-    """Replaces every known secret in the formatted message with ***."""
+class _CurrentStderr(logging.StreamHandler):  # type: ignore[type-arg,unused-ignore]
+    """Writes to whatever sys.stderr is now, so a live progress display can redirect it."""
 
-    def __init__(self, secrets: Iterable[str]) -> None:
-        super().__init__()
-        self._secrets = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
+    @property  # type: ignore[override]
+    def stream(self) -> TextIO:
+        return sys.stderr
 
-    def scrub(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        clean = self.scrub(message)
-        if record.exc_info:
-            record.exc_text = self.scrub(logging.Formatter().formatException(record.exc_info))
-            record.exc_info = None
-        record.msg, record.args = clean, None
-        return True
+    @stream.setter
+    def stream(self, _value: TextIO) -> None:
+        pass
 
 
-def setup_logging(cache_dir: Path | None, secrets: Iterable[str], *, verbosity: int = 0) -> SecretFilter:
+def setup_logging(cache_dir: Path | None, redactor: Redactor, *, verbosity: int = 0) -> None:
     level = logging.DEBUG if verbosity > 0 else logging.WARNING if verbosity < 0 else logging.INFO
-    scrubber = SecretFilter(secrets)
+    scrubber = RedactingFilter(redactor)
     root = logging.getLogger("async_backup")
     root.setLevel(logging.DEBUG)
     root.propagate = False
     for handler in list(root.handlers):
         root.removeHandler(handler)
         handler.close()
-    stderr = logging.StreamHandler(sys.stderr)
+    stderr = _CurrentStderr()
     stderr.setLevel(level)
     stderr.setFormatter(logging.Formatter(_FORMAT))
     stderr.addFilter(scrubber)
@@ -60,7 +53,9 @@ def setup_logging(cache_dir: Path | None, secrets: Iterable[str], *, verbosity: 
             to_file.setFormatter(logging.Formatter(_FORMAT))
             to_file.addFilter(scrubber)
             root.addHandler(to_file)
-    # botocore and aiohttp chatter stays out unless asked for with -vv.
+    # botocore and aiohttp chatter stays out unless asked for with -vv; when asked, it is scrubbed too.
     for noisy in ("botocore", "aiobotocore", "aiohttp", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.DEBUG if verbosity > 1 else logging.WARNING)
-    return scrubber
+        other = logging.getLogger(noisy)
+        other.setLevel(logging.DEBUG if verbosity > 1 else logging.WARNING)
+        other.handlers = [h for h in root.handlers]
+        other.propagate = False

@@ -32,6 +32,7 @@ from .delete import KeyFailure, delete_paths
 from .errors import Failure, FailureCollector, FailureKind, FatalError, S3Error, unwrapped_group
 from .keys import KeyTooLongError, check_key_length, display_path, key_for_path
 from .plan import MAX_OBJECT_BYTES, PlanCounts, Upload, deletion_guard, merge
+from .progress import Progress
 from .s3 import S3, endpoint_name, open_s3
 from .state import Change, Removed, StateStore, Stored, UploadEnded, UploadStarted, run_writer
 from .summary import TargetStats, format_bytes
@@ -97,8 +98,10 @@ class Backup:
         store: StateStore,
         collector: FailureCollector,
         options: RunOptions,
+        progress: Progress | None = None,
     ) -> None:
         self.config = config
+        self.progress = progress
         self.store = store
         self.collector = collector
         self.options = options
@@ -132,6 +135,8 @@ class Backup:
             try:
                 async with unwrapped_group() as stages:
                     stages.start_soon(run_writer, self.store, change_receive)
+                    progress_scope = anyio.CancelScope()
+                    stages.start_soon(self._show_progress, progress_scope)
                     with change_send:
                         async with unwrapped_group() as workers:
                             with upload_receive:
@@ -148,10 +153,17 @@ class Backup:
                                             change_send.clone(),
                                             walk_slots,
                                         )
+                    progress_scope.cancel()  # every stage is done: the last progress line is the summary
             finally:
                 self._stopping.set()
             if self.options.backup_cache:
                 await self._backup_cache()
+
+    async def _show_progress(self, scope: anyio.CancelScope) -> None:
+        if self.progress is None:
+            return
+        with scope:
+            await self.progress.run([r.stats for r in self.runs])
 
     # Stage: walk and plan one target, then its deletes once its uploads are done
 
@@ -207,6 +219,7 @@ class Backup:
         run.stats.planned_deletes = len(run.deletes)
         run.stats.unchanged = counts.unchanged
         run.stats.skipped += counts.skipped
+        run.stats.walk_finished = True
 
     async def _enqueue(self, chunk: list[UploadJob], upload_send: ObjectSendStream[UploadJob]) -> None:
         for job in chunk:

@@ -11,11 +11,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import zlib
+from collections import Counter
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
+import aiohttp
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import (
@@ -293,6 +296,130 @@ class S3:
                 Bucket=bucket, Key=key, Body=body, StorageClass="STANDARD", **checksum.request_args()
             )
 
+    # Restore and verify
+
+    def count_requests(self) -> Counter[str]:
+        """Count every HTTP request this client sends from now on, by S3 operation.
+
+        Counted where botocore sends, so retries count too: the numbers are what S3 bills."""
+        counts: Counter[str] = Counter()
+
+        def on_send(event_name: str = "", **_kwargs: Any) -> None:
+            counts[event_name.rsplit(".", 1)[-1]] += 1
+
+        self._client.meta.events.register("before-send.s3", on_send)
+        return counts
+
+    async def list_current(self, bucket: str, prefix: str = "") -> AsyncIterator[list[ListedObject]]:
+        """The bucket's current objects under `prefix`, one list per ListObjectsV2 page (one request)."""
+        args: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
+        while True:
+            async with self._mapped(f"ListObjectsV2 {bucket}"):
+                page = await self._client.list_objects_v2(**args)
+            yield [
+                ListedObject(
+                    key=str(o["Key"]),
+                    size=int(o.get("Size", 0)),
+                    storage_class=str(o.get("StorageClass") or "STANDARD"),
+                    etag=_unquote_etag(o.get("ETag")),
+                )
+                for o in page.get("Contents", [])
+            ]
+            if not page.get("IsTruncated") or not page.get("NextContinuationToken"):
+                return
+            args["ContinuationToken"] = page["NextContinuationToken"]
+
+    async def list_versions(self, bucket: str, prefix: str = "") -> AsyncIterator[list[ObjectVersion]]:
+        """Every version and delete marker under `prefix`, one list per ListObjectVersions page.
+
+        Within a key S3 lists the newest version first; each page is returned in that order."""
+        args: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
+        while True:
+            async with self._mapped(f"ListObjectVersions {bucket}"):
+                page = await self._client.list_object_versions(**args)
+            found = [
+                ObjectVersion(
+                    key=str(v["Key"]),
+                    version_id=str(v.get("VersionId") or ""),
+                    last_modified=v["LastModified"],
+                    is_latest=bool(v.get("IsLatest")),
+                    is_delete_marker=False,
+                    size=int(v.get("Size", 0)),
+                    storage_class=str(v.get("StorageClass") or "STANDARD"),
+                    etag=_unquote_etag(v.get("ETag")),
+                )
+                for v in page.get("Versions", [])
+            ]
+            found.extend(
+                ObjectVersion(
+                    key=str(m["Key"]),
+                    version_id=str(m.get("VersionId") or ""),
+                    last_modified=m["LastModified"],
+                    is_latest=bool(m.get("IsLatest")),
+                    is_delete_marker=True,
+                )
+                for m in page.get("DeleteMarkers", [])
+            )
+            yield found
+            if not page.get("IsTruncated"):
+                return
+            args["KeyMarker"] = page.get("NextKeyMarker", "")
+            args["VersionIdMarker"] = page.get("NextVersionIdMarker", "")
+
+    async def head_object(
+        self, bucket: str, key: str, *, version_id: str = "", part_number: int | None = None
+    ) -> ObjectHead | None:
+        """HeadObject with the stored checksums (ChecksumMode=ENABLED); None when there is no such object.
+
+        With `part_number` the size is that part's (how the part size of a multipart object is learnt)."""
+        args: dict[str, Any] = {"Bucket": bucket, "Key": key, "ChecksumMode": "ENABLED"}
+        if version_id:
+            args["VersionId"] = version_id
+        if part_number is not None:
+            args["PartNumber"] = part_number
+        async with self._mapped(f"HeadObject {key}"):
+            try:
+                reply = await self._client.head_object(**args)
+            except ClientError as exc:
+                if str(exc.response.get("Error", {}).get("Code")) in ("404", "NoSuchKey", "NoSuchVersion"):
+                    return None
+                raise
+        return _object_head(reply)
+
+    async def restore_object(self, bucket: str, key: str, *, version_id: str, days: int, tier: str) -> str:
+        """Ask for a readable copy of an archived object: "accepted" (a new retrieval), "ready" (a
+        restored copy exists already; its expiry is extended) or "in progress" (asked for before)."""
+        args: dict[str, Any] = {
+            "Bucket": bucket,
+            "Key": key,
+            "RestoreRequest": {"Days": days, "GlacierJobParameters": {"Tier": tier}},
+        }
+        if version_id:
+            args["VersionId"] = version_id
+        async with self._mapped(f"RestoreObject {key}"):
+            try:
+                reply = await self._client.restore_object(**args)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") == "RestoreAlreadyInProgress":
+                    return "in progress"
+                raise
+        status = int(reply.get("ResponseMetadata", {}).get("HTTPStatusCode", 202))
+        return "ready" if status == 200 else "accepted"
+
+    @asynccontextmanager
+    async def open_object(self, bucket: str, key: str, *, version_id: str = "") -> AsyncIterator[ObjectReader]:
+        """GetObject (with its stored checksums); the body is read in chunks and closed on exit."""
+        args: dict[str, Any] = {"Bucket": bucket, "Key": key, "ChecksumMode": "ENABLED"}
+        if version_id:
+            args["VersionId"] = version_id
+        async with self._mapped(f"GetObject {key}"):
+            reply = await self._client.get_object(**args)
+        body = reply["Body"]
+        try:
+            yield ObjectReader(_object_head(reply), body, key)
+        finally:
+            body.close()
+
 
 @asynccontextmanager
 async def open_s3(aws: AwsSettings, tuning: Tuning) -> AsyncIterator[S3]:
@@ -312,3 +439,92 @@ async def open_s3(aws: AwsSettings, tuning: Tuning) -> AsyncIterator[S3]:
         except ValueError as exc:  # botocore rejects a malformed endpoint URL this way
             raise FatalError(f"aws.endpoint_url cannot be used ({exc}); fix it in config.json") from None
         yield S3(client, aws)
+
+
+# Restore and verify: what the methods above return.
+
+
+@dataclass(frozen=True, slots=True)
+class ListedObject:
+    """One current object from ListObjectsV2."""
+
+    key: str
+    size: int
+    storage_class: str
+    etag: str  # without quotes
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectVersion:
+    """One version (or delete marker) from ListObjectVersions."""
+
+    key: str
+    version_id: str  # "" on a bucket that never had versioning ("null" as S3 lists it otherwise)
+    last_modified: datetime
+    is_latest: bool
+    is_delete_marker: bool
+    size: int = 0
+    storage_class: str = "STANDARD"
+    etag: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectHead:
+    """What HeadObject or GetObject tells about one object version."""
+
+    size: int
+    etag: str
+    storage_class: str
+    version_id: str
+    metadata: dict[str, str]
+    restore: str | None  # the x-amz-restore value, None when no retrieval was ever asked for
+    checksum_crc32: str | None  # base64, "-N" appended by S3 for a composite multipart value
+    other_checksum: bool  # a checksum of another algorithm is stored (not comparable with ours)
+    checksum_type: str  # "COMPOSITE", "FULL_OBJECT", or "" when the server does not say
+    parts_count: int | None
+    encrypted_with_key: bool  # SSE-KMS or SSE-C: the ETag is then not an MD5 of the content
+
+    @property
+    def restore_state(self) -> str:
+        """One of "none" (never asked for, or the copy expired), "pending" or "ready"."""
+        if not self.restore:
+            return "none"
+        return "pending" if 'ongoing-request="true"' in self.restore else "ready"
+
+
+class ObjectReader:
+    """The body of one GetObject reply, read in chunks with errors mapped to S3Error."""
+
+    def __init__(self, head: ObjectHead, body: Any, key: str) -> None:
+        self.head = head
+        self._body = body
+        self._key = key
+
+    async def read(self, size_bytes: int) -> bytes:
+        """Up to `size_bytes` of the body; b"" at the end."""
+        try:
+            return bytes(await self._body.read(size_bytes))
+        except (BotoCoreError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise S3Error(type(exc).__name__, f"GetObject {self._key}: the download broke off ({exc})") from None
+
+
+def _unquote_etag(value: Any) -> str:
+    return str(value or "").strip('"')
+
+
+def _object_head(reply: Mapping[str, Any]) -> ObjectHead:
+    other = any(reply.get(k) for k in ("ChecksumCRC32C", "ChecksumCRC64NVME", "ChecksumSHA1", "ChecksumSHA256"))
+    sse = str(reply.get("ServerSideEncryption") or "")
+    return ObjectHead(
+        size=int(reply.get("ContentLength", 0)),
+        etag=_unquote_etag(reply.get("ETag")),
+        storage_class=str(reply.get("StorageClass") or "STANDARD"),
+        version_id=str(reply.get("VersionId") or ""),
+        metadata={str(k): str(v) for k, v in (reply.get("Metadata") or {}).items()},
+        restore=str(reply["Restore"]) if reply.get("Restore") else None,
+        checksum_crc32=str(reply["ChecksumCRC32"]) if reply.get("ChecksumCRC32") else None,
+        other_checksum=bool(other),
+        checksum_type=str(reply.get("ChecksumType") or ""),
+        parts_count=int(reply["PartsCount"]) if reply.get("PartsCount") else None,
+        encrypted_with_key=sse.startswith("aws:kms") or bool(reply.get("SSECustomerAlgorithm")),
+    )

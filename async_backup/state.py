@@ -319,3 +319,38 @@ async def _flush(store: StateStore, batch: list[Change]) -> None:
             await anyio.to_thread.run_sync(store.apply, batch)
     except sqlite3.Error as exc:
         raise FatalError(f"cache {store.path} cannot be written ({exc}); check free disk space") from None
+
+
+# Restore requests: written by `restore` only, so that a rerun sends no RestoreObject twice.
+
+_RESTORES_SCHEMA = """
+CREATE TABLE IF NOT EXISTS restores (
+    bucket     TEXT    NOT NULL,
+    key        TEXT    NOT NULL,
+    version_id TEXT    NOT NULL,   -- "" when the bucket lists no version ids
+    tier       TEXT    NOT NULL,
+    days       INTEGER NOT NULL,
+    requested  REAL    NOT NULL,   -- Unix time S3 accepted the RestoreObject request
+    PRIMARY KEY (bucket, key, version_id)
+) WITHOUT ROWID;
+"""
+
+
+def restore_requests(store: StateStore, bucket: str) -> dict[tuple[str, str], float]:
+    """(key, version_id) -> when its retrieval was requested, for one bucket."""
+    assert store._conn is not None
+    with store._conn:
+        store._conn.executescript(_RESTORES_SCHEMA)
+    rows = store._conn.execute("SELECT key, version_id, requested FROM restores WHERE bucket=?", (bucket,))
+    return {(str(k), str(v)): float(t) for k, v, t in rows}
+
+
+def record_restore_request(store: StateStore, bucket: str, key: str, version_id: str, tier: str, days: int) -> None:
+    """Remember one accepted RestoreObject request (a transaction of its own: it survives a crash)."""
+    assert store._conn is not None
+    with store._conn:
+        store._conn.executescript(_RESTORES_SCHEMA)
+        store._conn.execute(
+            "INSERT OR REPLACE INTO restores(bucket, key, version_id, tier, days, requested) VALUES (?, ?, ?, ?, ?, ?)",
+            (bucket, key, version_id, tier, days, time.time()),
+        )

@@ -27,6 +27,7 @@ class TargetStats:
     planned_uploads: int = 0
     planned_upload_bytes: int = 0
     planned_deletes: int = 0
+    walk_finished: bool = False
     started_at: float = field(default_factory=time.time)
     finished_at: float | None = None
 

@@ -1,0 +1,474 @@
+"""Verify: compare each target's bucket, the cache and the disk, without restoring anything.
+
+Owns the comparison rules (what counts as missing from S3, unexplained in S3, a size, storage-class
+or checksum mismatch, and what cannot be checked), `--repair` (cache corrections that make the next
+backup put things right), and three small pieces `restore` shares: choosing targets by folder or
+bucket, the progress line, and the count of requests sent. Talks to S3 only through `s3.S3`, reads
+the disk only through `walk`, and writes the cache only with --repair, under the backup's lock.
+"""
+
+from __future__ import annotations
+
+import argparse
+import enum
+import logging
+import os
+import re
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+from anyio.abc import TaskGroup
+
+from .config import Config
+from .errors import ConfigError, Failure, S3Error, unwrapped_group
+from .keys import display_path, path_for_key
+from .lock import cache_lock
+from .plan import Recorded, is_unchanged
+from .s3 import S3, ListedObject, ObjectHead, open_s3
+from .state import Change, Removed, StateStore, Stored
+from .summary import format_bytes
+from .targets import Target, discover_targets
+from .walk import DiskFile, Excluder, Hole, walk_target
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_PROBLEMS = 1
+SHOWN_PER_KIND = 20  # problem lines printed per kind and target; the counts are always complete
+PROGRESS_TTY_S = 1.0
+PROGRESS_LOG_S = 15.0
+_MD5_ETAG = re.compile(r"^[0-9a-f]{32}(-[0-9]+)?$")
+
+
+class Kind(enum.StrEnum):
+    """What is wrong with one path; the summary groups problems by kind."""
+
+    MISSING = "missing from S3"
+    UNEXPLAINED = "unexplained in S3"
+    SIZE = "size mismatch"
+    STORAGE_CLASS = "wrong storage class"
+    CHECKSUM = "checksum mismatch"
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    kind: Kind
+    path: bytes
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChecksumCheck:
+    """A cache row and an object of the same size and class, whose checksums are yet to be compared."""
+
+    path: bytes
+    key: str
+    cached: str
+    etag: str
+    disk_present: bool | None
+
+
+@dataclass(slots=True)
+class TargetCheck:
+    """The outcome of verifying one target."""
+
+    target: Target
+    objects: int = 0
+    object_bytes: int = 0
+    cached: int = 0
+    on_disk: int | None = None  # None: the folder could not be read (not mounted?)
+    problems: list[Problem] = field(default_factory=list)
+    checksums_match: int = 0
+    checksums_skipped: int = 0  # not compared because of --no-checksums
+    not_checkable: Counter[str] = field(default_factory=Counter)  # reason -> count
+    not_backed_up: int = 0  # on disk, new or changed since the last backup
+    gone_from_disk: int = 0  # cached, no longer on disk: the next backup deletes them
+    uncached_objects: int = 0  # in S3 and on disk but not in the cache: the next backup uploads them
+    walk_failures: list[Failure] = field(default_factory=list)
+    repairs: dict[bytes, Change] = field(default_factory=dict)
+    no_repair: int = 0  # problems --repair cannot correct through the cache
+    checks: list[ChecksumCheck] = field(default_factory=list)
+    checked: int = 0
+    bucket_missing: bool = False
+
+    def add(self, kind: Kind, path: bytes, detail: str) -> None:
+        self.problems.append(Problem(kind, path, detail))
+
+
+# Shared with restore: choosing targets, progress, request counts
+
+
+def select_targets(targets: Sequence[Target], names: Sequence[str], option: str) -> list[Target]:
+    """The targets named by folder path or bucket name, in configuration order; all when none are named."""
+    if not names:
+        return list(targets)
+    chosen: list[Target] = []
+    for name in names:
+        as_path = os.path.normpath(os.path.abspath(name))
+        found = [t for t in targets if t.bucket == name or t.path == as_path]
+        if not found:
+            raise ConfigError(
+                f"{option} {name} names no configured target; give a target's folder path or its bucket name"
+            )
+        chosen.extend(t for t in found if t not in chosen)
+    return [t for t in targets if t in chosen]
+
+
+def format_requests(counts: Mapping[str, int]) -> str:
+    """ "12 (ListObjectsV2 2, HeadObject 10)": every request sent, retries included."""
+    total = sum(counts.values())
+    detail = ", ".join(f"{op} {n}" for op, n in sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+    return f"{total} ({detail})" if detail else "0"
+
+
+class Ticker:
+    """A progress line: rewritten in place on a terminal, a log line every PROGRESS_LOG_S elsewhere."""
+
+    def __init__(self, describe: Callable[[], str]) -> None:
+        self._describe = describe
+        self._tty = sys.stderr.isatty()
+
+    def start(self, tg: TaskGroup) -> None:
+        tg.start_soon(self._run)
+
+    async def _run(self) -> None:
+        interval = PROGRESS_TTY_S if self._tty else PROGRESS_LOG_S
+        try:
+            while True:
+                await anyio.sleep(interval)
+                if self._tty:
+                    sys.stderr.write("\r\x1b[K" + self._describe())
+                    sys.stderr.flush()
+                else:
+                    log.info("%s", self._describe())
+        finally:
+            if self._tty:
+                sys.stderr.write("\r\x1b[K")
+                sys.stderr.flush()
+
+
+# Checksums: what is comparable, and what is not
+
+
+def split_checksum(value: str) -> tuple[str, str, int | None]:
+    """ "crc32:AbCd==-3" -> ("crc32", "AbCd==", 3); the part count is None for a single upload."""
+    algorithm, _, rest = value.partition(":")
+    digest, dash, parts = rest.rpartition("-") if "-" in rest else (rest, "", "")
+    count = int(parts) if dash and parts.isdigit() else None
+    return algorithm, digest if count is not None else rest, count
+
+
+def compare_checksum(cached: str, etag: str, head: ObjectHead | None) -> tuple[bool | None, str]:
+    """Compare the cache's value with what S3 stored: (True, "") match, (False, detail) mismatch,
+    (None, reason) not checkable. `head` is None when no HeadObject was sent (md5 values are
+    compared with the listing's ETag alone). Never reports a mismatch it cannot prove."""
+    algorithm, digest, parts = split_checksum(cached)
+    if algorithm == "md5":
+        want = digest + (f"-{parts}" if parts is not None else "")
+        if not _MD5_ETAG.match(etag):
+            return None, "the ETag is not an MD5"
+        if etag == want:
+            return True, ""
+        if head is None:
+            return None, "ETag differs; HeadObject needed"
+        if head.encrypted_with_key:
+            return None, "the ETag of a KMS or SSE-C encrypted object is not an MD5"
+        return False, f"S3 has ETag {etag}, the cache md5 {want}"
+    if algorithm != "crc32":
+        return None, "unknown checksum kind in the cache"
+    if head is None:
+        return None, "not compared"
+    if head.checksum_crc32 is None:
+        return None, "S3 reports another checksum" if head.other_checksum else "S3 stores no checksum"
+    stored, stored_parts = head.checksum_crc32, None
+    if "-" in stored:
+        stored, _, tail = stored.rpartition("-")
+        stored_parts = int(tail) if tail.isdigit() else None
+    if stored == digest and (stored_parts is None or parts is None or stored_parts == parts):
+        return True, ""
+    return False, f"S3 stored CRC32 {head.checksum_crc32}, the cache {digest}" + (f"-{parts}" if parts else "")
+
+
+# The comparison of one target
+
+
+def _under(path: bytes, prefixes: Sequence[bytes]) -> bool:
+    return any(path.startswith(p) for p in prefixes)
+
+
+def compare(
+    target: Target,
+    storage_class: str,
+    objects: dict[bytes, ListedObject],
+    rows: Sequence[tuple[bytes, int | None, int, str | None]],
+    disk: dict[bytes, DiskFile] | None,
+    holes: Sequence[bytes],
+    excluder: Excluder,
+) -> TargetCheck:
+    """Pure: classify every path seen in S3, the cache or on disk. Consumes `objects`."""
+    check = TargetCheck(target)
+    check.objects = len(objects)
+    check.object_bytes = sum(o.size for o in objects.values())
+    check.cached = len(rows)
+    check.on_disk = None if disk is None else len(disk)
+    cached_paths: set[bytes] = set()
+    root = target.path_bytes.rstrip(b"/") + b"/"
+
+    def disk_state(path: bytes) -> bool | None:
+        """True on disk, False not on disk, None unknown (no folder, or under an unreadable directory)."""
+        if disk is None or _under(path, holes):
+            return None
+        return path in disk
+
+    def repair_wrong(path: bytes, on_disk: bool | None) -> None:
+        # With the file on disk, dropping the row makes the next backup upload it again. Without it,
+        # the row stays: the next backup deletes the object, as it deletes every vanished file.
+        if on_disk is not False:
+            check.repairs[path] = Removed(target.bucket, path)
+
+    for path, size, mtime_ns, checksum in rows:
+        cached_paths.add(path)
+        on_disk = disk_state(path)
+        if on_disk and disk is not None and not is_unchanged(disk[path], Recorded(path, size, mtime_ns)):
+            check.not_backed_up += 1
+        elif on_disk is False:
+            check.gone_from_disk += 1
+        obj = objects.pop(path, None)
+        if obj is None:
+            cached_size = "size unknown" if size is None else format_bytes(size)
+            check.add(Kind.MISSING, path, f"cached ({cached_size}) but no current object")
+            check.repairs[path] = Removed(target.bucket, path)
+            continue
+        wrong = False
+        if size is not None and obj.size != size:
+            check.add(Kind.SIZE, path, f"S3 has {obj.size} bytes, the cache {size}")
+            wrong = True
+        if obj.storage_class != storage_class:
+            check.add(Kind.STORAGE_CLASS, path, f"S3 has {obj.storage_class}, the config asks for {storage_class}")
+            wrong = True
+        if wrong:
+            repair_wrong(path, on_disk)
+        elif checksum:
+            check.checks.append(ChecksumCheck(path, obj.key, checksum, obj.etag, on_disk))
+        else:
+            check.not_checkable["no checksum in the cache (adopted from the old script)"] += 1
+
+    for path, obj in objects.items():
+        on_disk = disk_state(path)
+        if on_disk is None and path.startswith(root):
+            check.uncached_objects += 1  # the folder is unknown here: nothing to explain it with
+        elif on_disk:
+            check.uncached_objects += 1
+        elif not path.startswith(root):
+            check.add(Kind.UNEXPLAINED, path, f"key {obj.key!r} lies outside the target's folder; remove it by hand")
+            check.no_repair += 1
+        elif excluder.excludes_any_part(target.path_bytes, path):
+            check.add(Kind.UNEXPLAINED, path, "no such file (excluded by backup.exclude); remove it by hand")
+            check.no_repair += 1
+        else:
+            check.add(Kind.UNEXPLAINED, path, "no file and no cache row explain it")
+            # A row for it makes the next backup delete the object (a delete marker: the versions stay).
+            check.repairs[path] = Stored(target.bucket, path, obj.size, 0, None)
+
+    if disk is not None:
+        check.not_backed_up += sum(1 for p in disk if p not in cached_paths)
+    return check
+
+
+def settle_checksum(check: TargetCheck, item: ChecksumCheck, head: ObjectHead | None) -> None:
+    verdict, detail = compare_checksum(item.cached, item.etag, head)
+    if verdict is True:
+        check.checksums_match += 1
+    elif verdict is False:
+        check.add(Kind.CHECKSUM, item.path, detail)
+        if item.disk_present is not False:
+            check.repairs[item.path] = Removed(check.target.bucket, item.path)
+    elif detail == "not compared":
+        check.checksums_skipped += 1
+    else:
+        check.not_checkable[detail] += 1
+
+
+# The run
+
+
+@dataclass(slots=True)
+class Verify:
+    config: Config
+    store: StateStore
+    targets: list[Target]
+    checksums: bool
+    counts: Counter[str] = field(default_factory=Counter)
+    results: list[TargetCheck] = field(default_factory=list)
+    phase: str = "starting"
+    done: int = 0
+    total: int = 0
+
+    def progress(self) -> str:
+        if self.total:
+            return f"verify: {self.phase}: {self.done}/{self.total}; requests so far {sum(self.counts.values())}"
+        return f"verify: {self.phase}; requests so far {sum(self.counts.values())}"
+
+    async def run(self) -> None:
+        async with open_s3(self.config.aws, self.config.tuning) as s3:
+            self.counts = s3.count_requests()
+            async with unwrapped_group() as tg:
+                Ticker(self.progress).start(tg)
+                for target in self.targets:
+                    self.results.append(await self._target(s3, target))
+                tg.cancel_scope.cancel()
+
+    async def _target(self, s3: S3, target: Target) -> TargetCheck:
+        self.phase, self.done, self.total = f"listing s3://{target.bucket}", 0, 0
+        objects: dict[bytes, ListedObject] = {}
+        bucket_missing = False
+        try:
+            async for page in s3.list_current(target.bucket):
+                for obj in page:
+                    objects[path_for_key(obj.key)] = obj
+                self.done += len(page)
+        except S3Error as exc:
+            if exc.code != "NoSuchBucket":
+                raise
+            bucket_missing = True
+        rows = await anyio.to_thread.run_sync(self.store.rows, target.bucket)
+        self.phase = f"reading {target.path}"
+        excluder = Excluder(self.config.exclude)
+        failures: list[Failure] = []
+        disk: dict[bytes, DiskFile] | None = None
+        holes: list[bytes] = []
+        if not target.missing:
+            disk, holes = await anyio.to_thread.run_sync(_read_disk, target, excluder, failures.append)
+        check = compare(target, self.config.storage_class, objects, rows, disk, holes, excluder)
+        check.walk_failures = failures
+        check.bucket_missing = bucket_missing
+        await self._checksums(s3, check)
+        return check
+
+    async def _checksums(self, s3: S3, check: TargetCheck) -> None:
+        """md5 values against the listing's ETag (free); CRC32 values need a HeadObject each."""
+        heads_needed: list[ChecksumCheck] = []
+        for item in check.checks:
+            verdict, _ = compare_checksum(item.cached, item.etag, None)
+            if verdict is None and item.cached.startswith("md5:") and _MD5_ETAG.match(item.etag):
+                heads_needed.append(item)  # an ETag mismatch is confirmed by a HEAD, even with --no-checksums
+            elif verdict is None and item.cached.startswith("crc32:") and self.checksums:
+                heads_needed.append(item)
+            else:
+                settle_checksum(check, item, None)
+        self.phase, self.done, self.total = f"checksums of s3://{check.target.bucket}", 0, len(heads_needed)
+        work = iter(heads_needed)
+
+        async def worker() -> None:
+            for item in work:
+                head = await s3.head_object(check.target.bucket, item.key)
+                if head is None:
+                    check.add(Kind.MISSING, item.path, "listed, then gone before its HeadObject")
+                else:
+                    settle_checksum(check, item, head)
+                self.done += 1
+
+        async with unwrapped_group() as tg:
+            for _ in range(min(self.config.tuning.workers, len(heads_needed))):
+                tg.start_soon(worker)
+        check.checked = len(heads_needed)
+
+
+def _read_disk(
+    target: Target, excluder: Excluder, report: Callable[[Failure], None]
+) -> tuple[dict[bytes, DiskFile], list[bytes]]:
+    files: dict[bytes, DiskFile] = {}
+    holes: list[bytes] = []
+    for entry in walk_target(target.path_bytes, excluder, report, target.path):
+        if isinstance(entry, DiskFile):
+            files[entry.path] = entry
+        elif isinstance(entry, Hole):
+            holes.append(entry.path)
+    return files, holes
+
+
+def _report(check: TargetCheck) -> Iterator[str]:
+    t = check.target
+    disk = "folder not readable" if check.on_disk is None else f"{check.on_disk} on disk"
+    head = f"{t.path} -> s3://{t.bucket}: {check.objects} objects ({format_bytes(check.object_bytes)}), "
+    head += f"{check.cached} cached, {disk}"
+    if check.bucket_missing:
+        head += "; the bucket does not exist"
+    if not check.problems:
+        yield head + ": whole"
+    else:
+        kinds = Counter(p.kind for p in check.problems)
+        yield head + f": {len(check.problems)} problems (" + ", ".join(f"{n} {k}" for k, n in kinds.items()) + ")"
+        for kind in Kind:
+            shown = [p for p in check.problems if p.kind == kind]
+            for p in shown[:SHOWN_PER_KIND]:
+                yield f"  {kind}: {display_path(p.path)}: {p.detail}"
+            if len(shown) > SHOWN_PER_KIND:
+                yield f"  {kind}: ... and {len(shown) - SHOWN_PER_KIND} more"
+    parts = [f"{check.checksums_match} match"]
+    parts.extend(f"{n} not checkable ({reason})" for reason, n in sorted(check.not_checkable.items()))
+    if check.checksums_skipped:
+        parts.append(f"{check.checksums_skipped} not compared (--no-checksums)")
+    yield f"  checksums: {', '.join(parts)}"
+    pending = []
+    if check.not_backed_up:
+        pending.append(f"{check.not_backed_up} files on disk are new or changed")
+    if check.gone_from_disk:
+        pending.append(f"{check.gone_from_disk} cached files are gone from disk")
+    if check.uncached_objects:
+        pending.append(f"{check.uncached_objects} objects have a file but no cache row")
+    if pending:
+        yield f"  not a problem, the next backup settles it: {'; '.join(pending)}"
+    for failure in check.walk_failures[:SHOWN_PER_KIND]:
+        yield f"  unreadable on disk: {failure.path}: {failure.message}"
+
+
+def run_verify(config: Config, cache_dir: Path, args: argparse.Namespace) -> int:
+    """`async-backup verify`: 0 when every target is whole, 1 with a summary when not."""
+    checksums = not getattr(args, "no_checksums", False)
+    lock: AbstractContextManager[None] = cache_lock(cache_dir) if args.repair else nullcontext()
+    with lock:
+        store = StateStore(cache_dir, readonly=not args.repair)
+        try:
+            targets = select_targets(discover_targets(config, store.known_targets()), args.target, "--target")
+            job = Verify(config, store, targets, checksums)
+            started = time.monotonic()
+            anyio.run(job.run)
+            problems = sum(len(c.problems) for c in job.results)
+            for check in job.results:
+                for line in _report(check):
+                    print(line)
+            print(f"requests sent: {format_requests(job.counts)}")
+            if checksums:
+                print("  checksum checks send one HeadObject per object with a CRC32 in the cache; --no-checksums skips them")
+            else:
+                print("  CRC32 checksums were not compared (--no-checksums); MD5 values were compared with the listing's ETags")
+            repairs = [change for c in job.results for change in c.repairs.values()]
+            if args.repair and repairs:
+                store.apply(repairs)
+            summary = _summary(job.results, problems, repairs, args.repair, time.monotonic() - started)
+            print(summary)
+            return EXIT_PROBLEMS if problems else EXIT_OK
+        finally:
+            store.close()
+
+
+def _summary(results: Sequence[TargetCheck], problems: int, repairs: Sequence[Change], repaired: bool, took_s: float) -> str:
+    if not problems:
+        return f"verify: all {len(results)} targets whole ({took_s:.1f} s)"
+    broken = sum(1 for c in results if c.problems)
+    manual = sum(c.no_repair for c in results)
+    text = f"verify: {problems} problems in {broken} of {len(results)} targets"
+    if repaired:
+        text += f"; the cache was corrected for {len(repairs)} files: run a backup now to put them right"
+    elif repairs:
+        text += "; run `async-backup verify --repair`, then a backup, to put them right"
+    if manual:
+        text += f"; {manual} need a look by hand (see above)"
+    return text + f" ({took_s:.1f} s)"
