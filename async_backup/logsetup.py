@@ -17,16 +17,12 @@ LOG_NAME = "backup.log"
 _FORMAT = "%(asctime)s %(levelname)s %(message)s"
 
 
-class _CurrentStderr(logging.StreamHandler):  # type: ignore[type-arg,unused-ignore]
+class _CurrentStderr(logging.StreamHandler[TextIO]):
     """Writes to whatever sys.stderr is now, so a live progress display can redirect it."""
 
-    @property  # type: ignore[override]
-    def stream(self) -> TextIO:
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, _value: TextIO) -> None:
-        pass
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
 
 
 def setup_logging(cache_dir: Path | None, redactor: Redactor, *, verbosity: int = 0) -> None:
