@@ -45,6 +45,14 @@ log = logging.getLogger(__name__)
 # Actions cross from the walk thread to the event loop in chunks: one thread hop per chunk,
 # not per file. Small enough that an incremental run starts uploading almost at once.
 CHUNK_FILES = 32
+# Clocks of server and client may differ a little; uploads this much older than the run are stale.
+STALE_UPLOAD_GRACE_S = 60.0
+# So many requests in a row failing at the transport level (after botocore's retries) means the
+# endpoint is gone: stop with one error rather than thousands.
+TRANSPORT_FAILURES_FATAL = 20
+TRANSPORT_CODES = frozenset(
+    {"EndpointConnectionError", "ConnectTimeoutError", "ConnectionClosedError", "ReadTimeoutError"}
+)
 CACHE_SNAPSHOT_KEY = "async-backup.db.gz"
 CACHE_LOG_KEY = "backup.log"
 
@@ -113,6 +121,8 @@ class Backup:
             part_size_bytes=config.tuning.part_size_bytes,
         )
         self._stopping = threading.Event()
+        self.started_at = time.time()
+        self._transport_failures_in_a_row = 0
         self._s3: S3 | None = None
         self._part_slots = anyio.Semaphore(config.tuning.parts_in_flight)
 
@@ -300,7 +310,9 @@ class Backup:
             return
 
         async def started(upload_id: str) -> None:
-            await change_send.send(UploadStarted(bucket, key, upload_id))
+            # Committed at once, not batched: a crash right after must still leave the id behind
+            # for the next run to abort.
+            await anyio.to_thread.run_sync(self.store.apply, [UploadStarted(bucket, key, upload_id)])
 
         async def ended(upload_id: str) -> None:
             await change_send.send(UploadEnded(bucket, upload_id))
@@ -329,7 +341,9 @@ class Backup:
                 return
             except S3Error as exc:
                 fail(FailureKind.S3, exc.message, exc.code)
+                self._note_transport(exc)
                 return
+            self._transport_failures_in_a_row = 0
             await change_send.send(Stored(bucket, file.path, done.size, done.mtime_ns, done.checksum))
             if job.upload.is_new:
                 run.stats.new += 1
@@ -337,6 +351,17 @@ class Backup:
                 run.stats.updated += 1
             run.stats.bytes_uploaded += done.size
             return
+
+    def _note_transport(self, exc: S3Error) -> None:
+        if exc.code not in TRANSPORT_CODES:
+            self._transport_failures_in_a_row = 0
+            return
+        self._transport_failures_in_a_row += 1
+        if self._transport_failures_in_a_row >= TRANSPORT_FAILURES_FATAL:
+            raise FatalError(
+                f"S3 at {endpoint_name(self.config.aws)} stopped answering ({exc.code} on "
+                f"{TRANSPORT_FAILURES_FATAL} requests in a row); the run stopped. Check the server and the network"
+            )
 
     async def _bucket_ready(self, run: TargetRun) -> bool:
         """Create and configure the target's bucket on first need, once per run."""
@@ -346,7 +371,9 @@ class Backup:
             if run.bucket_ready or run.bucket_failed:
                 return run.bucket_ready
             try:
-                await ensure_bucket(self.s3, run.target.bucket, self.config.noncurrent_days)
+                created = await ensure_bucket(self.s3, run.target.bucket, self.config.noncurrent_days)
+                if not created:
+                    await self._abort_stale_uploads(run.target.bucket)
             except S3Error as exc:
                 run.bucket_failed = True
                 self.collector.add(
@@ -393,6 +420,16 @@ class Backup:
                         log.warning("could not abort an earlier multipart upload of %s: %s", key, exc)
                         continue
                 await anyio.to_thread.run_sync(self.store.apply, [UploadEnded(run.target.bucket, upload_id)])
+
+    async def _abort_stale_uploads(self, bucket: str) -> None:
+        """Multipart uploads in our bucket that began before this run are leftovers of a crash
+        (the lock rules out a concurrent run of ours): abort them instead of paying for them."""
+        for key, upload_id, initiated in await self.s3.list_multipart_uploads(bucket):
+            if initiated and initiated >= self.started_at - STALE_UPLOAD_GRACE_S:
+                continue
+            await self.s3.abort_multipart_upload(bucket, key, upload_id)
+            await anyio.to_thread.run_sync(self.store.apply, [UploadEnded(bucket, upload_id)])
+            log.info("aborted a multipart upload of %s left by an earlier run", key)
 
     async def _backup_cache(self) -> None:
         """A consistent snapshot of the cache, and the log, to their own non-versioned bucket."""

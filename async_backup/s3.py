@@ -212,12 +212,16 @@ class S3:
                     return  # already completed or aborted
                 raise
 
-    async def list_multipart_uploads(self, bucket: str) -> list[tuple[str, str]]:
-        found: list[tuple[str, str]] = []
+    async def list_multipart_uploads(self, bucket: str) -> list[tuple[str, str, float]]:
+        """(key, upload id, initiated as Unix time) of every open multipart upload."""
+        found: list[tuple[str, str, float]] = []
         async with self._mapped(f"ListMultipartUploads {bucket}"):
             paginator = self._client.get_paginator("list_multipart_uploads")
             async for page in paginator.paginate(Bucket=bucket):
-                found.extend((u["Key"], u["UploadId"]) for u in page.get("Uploads", []))
+                for u in page.get("Uploads", []):
+                    initiated = u.get("Initiated")
+                    stamp = initiated.timestamp() if hasattr(initiated, "timestamp") else 0.0
+                    found.append((str(u["Key"]), str(u["UploadId"]), stamp))
         return found
 
     async def delete_objects(self, bucket: str, keys: Sequence[str]) -> tuple[list[str], list[tuple[str, str, str]]]:

@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import sqlite3
+import threading
 import time
 import urllib.parse
 from collections.abc import Iterable, Iterator, Mapping
@@ -115,6 +116,7 @@ class StateStore:
         self.path = cache_dir / STATE_NAME
         self.readonly = readonly
         self._conn: sqlite3.Connection | None = None
+        self._write_lock = threading.Lock()  # the writer task and direct records may overlap
         if readonly and not self.path.exists():
             return  # a dry run on a fresh cache: everything is new
         try:
@@ -206,7 +208,7 @@ class StateStore:
                 started.append((c.bucket, c.key, c.upload_id, time.time()))
             else:
                 ended.append((c.bucket, c.upload_id))
-        with self._conn:
+        with self._write_lock, self._conn:
             if stored:
                 self._conn.executemany(
                     "INSERT OR REPLACE INTO files(bucket, path, size, mtime_ns, checksum) VALUES (?, ?, ?, ?, ?)",
@@ -289,27 +291,36 @@ async def run_writer(store: StateStore, changes: ObjectReceiveStream[Change]) ->
     """The one task that writes the cache: batches confirmed changes into short transactions.
 
     A batch is flushed when it holds WRITE_BATCH_ROWS changes or WRITE_BATCH_S seconds after its
-    first change, and once more when every sender has closed its end of the stream.
+    first change, and once more when every sender has closed its end of the stream. When the run
+    is cancelled (SIGTERM, a fatal error) whatever S3 confirmed and is already queued is still
+    written: the cache may only under-record, never lose a confirmed upload.
     """
     batch: list[Change] = []
     deadline = math.inf
-    async with changes:
-        while True:
-            timeout = max(0.0, deadline - anyio.current_time()) if batch else math.inf
-            with anyio.move_on_after(timeout):
+    with changes:
+        try:
+            while True:
+                timeout = max(0.0, deadline - anyio.current_time()) if batch else math.inf
+                with anyio.move_on_after(timeout):
+                    try:
+                        change = await changes.receive()
+                    except anyio.EndOfStream:
+                        break
+                    if not batch:
+                        deadline = anyio.current_time() + WRITE_BATCH_S
+                    batch.append(change)
+                    if len(batch) < WRITE_BATCH_ROWS:
+                        continue
+                await _flush(store, batch)
+                batch = []
+        finally:
+            while True:
                 try:
-                    change = await changes.receive()
-                except anyio.EndOfStream:
+                    batch.append(changes.receive_nowait())
+                except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
                     break
-                if not batch:
-                    deadline = anyio.current_time() + WRITE_BATCH_S
-                batch.append(change)
-                if len(batch) < WRITE_BATCH_ROWS:
-                    continue
-            await _flush(store, batch)
-            batch = []
-    if batch:
-        await _flush(store, batch)
+            if batch:
+                await _flush(store, batch)
 
 
 async def _flush(store: StateStore, batch: list[Change]) -> None:
