@@ -94,6 +94,10 @@ def _row(contender: str, dataset: str, recs: Sequence[RunRecord]) -> Row:
     row.cpu_s_per_1k_files = _median(((r.user_s or 0) + (r.sys_s or 0)) * 1000 / r.files
                                      for r in ok if r.files)
     row.peak_rss_mib = _median((r.maxrss_kib or 0) / 1024 for r in ok)
+    row.peak_rss_mib = _median((r.maxrss_kib or 0) / 1024 for r in ok)
+    if not all(r.counted for r in ok):
+        row.proxy_cpu_s = None
+        return row
     row.requests_total = _median(sum(r.requests.values()) for r in ok)
     ops = sorted({op for r in ok for op in r.requests})
     row.requests_by_op = {op: _median(r.requests.get(op, 0) for r in ok) or 0 for op in ops}
@@ -170,7 +174,7 @@ def markdown(rows: Sequence[Row], meta: dict[str, Any], overhead: dict[str, Any]
             cells = [r.contender, r.result.replace("|", "/")[:120], _fmt(r.wall_s), _fmt(r.files_per_s, 0),
                      _fmt(r.mb_per_s, 1) if r.mb_per_s else "–", _fmt(r.cpu_s_per_1k_files, 3),
                      _fmt(r.peak_rss_mib, 0)]
-            cells += [_fmt_n(g.get(k)) if r.runs_ok else "–" for k in (*GROUPS, "other")]
+            cells += [_fmt_n(g.get(k)) if r.requests_by_group else "–" for k in (*GROUPS, "other")]
             cells += [_fmt_n(r.requests_total), _fmt(r.ratio_wall), _fmt(r.ratio_cpu_per_file),
                       _fmt(r.ratio_requests)]
             lines.append("| " + " | ".join(cells) + " |")

@@ -49,6 +49,7 @@ class RunRecord:
     body_bytes: dict[str, int] = field(default_factory=dict)
     proxy_cpu_s: float | None = None
     verification: dict[str, Any] | None = None
+    counted: bool = True  # False with --no-proxy: no request figures
     bucket: str = ""
     log: str = ""
 
@@ -80,6 +81,7 @@ class Bench:
         self.progress = progress
         self.s3 = admin_client(server)
         self.records: list[RunRecord] = []
+        self._buckets_before: set[str] = set()
 
     @property
     def endpoint(self) -> str:
@@ -92,7 +94,7 @@ class Bench:
         log = self.run_dir / "logs" / f"{c.name}-{dataset}-r{rep}.log"
         expected = listing(target.src)
         rec = RunRecord(c.name, dataset, rep, "failed", files=len(expected), bucket=target.bucket, log=str(log),
-                        changed_files=mutation.changed_count() if mutation else 0)
+                        changed_files=mutation.changed_count() if mutation else 0, counted=self.proxy is not None)
         if self.proxy:
             self.proxy.counts(reset=True)
             cpu0 = self.proxy.cpu_s()
@@ -126,6 +128,7 @@ class Bench:
 
     # --- chains -----------------------------------------------------------------------------------
     def _fresh(self, c: Contender, tree: str, rep: int, src: Path, endpoint: str | None = None) -> Target:
+        self._buckets_before = self._bucket_names()
         bucket = f"bench-{c.name}-{tree}-r{rep}-{uuid.uuid4().hex[:8]}"[:63]
         state = self.run_dir / "state" / bucket
         if state.exists():
@@ -135,13 +138,22 @@ class Bench:
             make_bucket(self.s3, bucket)
         return Target(endpoint or self.endpoint, self.server, bucket, src, state)
 
+    def _bucket_names(self) -> set[str]:
+        try:
+            return {b["Name"] for b in self.s3.list_buckets().get("Buckets", [])}
+        except Exception:
+            return set()
+
     def _drop(self, t: Target) -> None:
+        """Drop the run's bucket and any other bucket the contender made (async-backup keeps a cache
+        snapshot in one of its own), so servers holding data in RAM do not fill up."""
         if self.keep_buckets:
             return
-        try:
-            drop_bucket(self.s3, t.bucket)
-        except Exception as e:  # cleanup must not end the benchmark
-            self.progress(f"  (could not drop bucket {t.bucket}: {e})")
+        for bucket in sorted({t.bucket} | (self._bucket_names() - self._buckets_before)):
+            try:
+                drop_bucket(self.s3, bucket)
+            except Exception as e:  # cleanup must not end the benchmark
+                self.progress(f"  (could not drop bucket {bucket}: {e})")
 
     def small_chain(self, c: Contender, rep: int, wanted: Sequence[str]) -> None:
         src = self.gen.ensure("small")

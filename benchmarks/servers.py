@@ -28,7 +28,7 @@ CEPH_BINARIES = ("ceph-mon", "ceph-osd", "radosgw", "radosgw-admin", "monmaptool
 CEPH_STORAGE_CLASSES = ("DEEP_ARCHIVE", "GLACIER")
 BENCH_ACCESS_KEY = "BENCHACCESSKEY000001"
 BENCH_SECRET_KEY = "bench-secret-key-0123456789abcdefghij"  # loopback-only throwaway server
-START_TIMEOUT_S = 120.0
+OSD_START_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -189,6 +189,10 @@ bluestore fsck on mkfs = false
 osd data = {d}/osd/$cluster-$id
 mon data = {d}/mon/$cluster-$id
 osd max object size = 1073741824
+# The harness places the OSD in the CRUSH map itself; an OSD doing it at boot raced with its monitor
+# client here (commands sent with a zero fsid, refused as 'wrong fsid', and the OSD exits).
+osd crush update on start = false
+osd class update on start = false
 rgw frontends = beast endpoint=127.0.0.1:0
 rgw dns name =
 rgw gc obj min wait = 0
@@ -233,16 +237,31 @@ def _ceph(tmp: Path, store: str, mem_gib: float) -> Iterator[S3Server]:
         procs.append(mon)
         wait_until("ceph-mon", lambda: _ceph_ok(mon, ceph, "mon", "stat"), 60, 0.5)
 
-        osd_id = ceph("osd", "create").strip()
+        # The OSD's uuid must be the one the monitor registered, or it is refused at boot ('wrong fsid').
+        osd_uuid = str(uuid.uuid4())
+        osd_id = ceph("osd", "create", osd_uuid).strip()
         (d / "osd" / f"ceph-{osd_id}").mkdir(parents=True, exist_ok=True)
-        run_checked(["ceph-osd", *c, "-i", osd_id, "--mkfs"], 120)
-        osd = Managed("ceph-osd", ["ceph-osd", *c, "-f", "-i", osd_id], d / "log" / "osd.stdout")
+        run_checked(["ceph-osd", *c, "-i", osd_id, "--mkfs", "--osd-uuid", osd_uuid], 120)
+        ceph("osd", "crush", "add-bucket", "localhost", "host")
+        ceph("osd", "crush", "move", "localhost", "root=default")
+        ceph("osd", "crush", "add", f"osd.{osd_id}", "1.0", "host=localhost")
+        osd_argv = ["ceph-osd", *c, "-f", "-i", osd_id]
+        osd = Managed("ceph-osd", osd_argv, d / "log" / "osd.stdout")
         procs.append(osd)
+        restarts = 0
 
         def osd_up() -> bool:
+            nonlocal osd, restarts
             if not osd.alive():
                 osd_log = tail(d / "log" / f"ceph-osd.{osd_id}.log")
-                raise RuntimeError(f"ceph-osd exited: {osd.log_tail()} {osd_log}")
+                if restarts >= OSD_START_ATTEMPTS - 1:
+                    raise RuntimeError(f"ceph-osd exited: {osd.log_tail()} {osd_log}")
+                restarts += 1  # a boot-time race with the monitor is worth another try
+                procs.remove(osd)
+                osd.stop()
+                osd = Managed("ceph-osd", osd_argv, d / "log" / f"osd{restarts}.stdout")
+                procs.append(osd)
+                return False
             out = json.loads(ceph("osd", "stat", "--format", "json"))
             stat = out.get("osdmap", out)
             return int(stat.get("num_up_osds", 0)) >= 1
