@@ -1,0 +1,83 @@
+"""Shared checks for the fault and crash tests: what the tree, the bucket and the cache hold."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from async_backup.keys import key_for_path, path_for_key
+
+
+def tree_files(root: Path) -> dict[bytes, int]:
+    """Every regular file under root: path bytes -> size."""
+    found: dict[bytes, int] = {}
+    for dirpath, _dirs, files in os.walk(os.fsencode(root)):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            found[path] = os.lstat(path).st_size
+    return found
+
+
+def bucket_objects(client: Any, bucket: str) -> dict[bytes, int]:
+    """Current objects: original path bytes -> size."""
+    found: dict[bytes, int] = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        for obj in page.get("Contents", []):
+            found[path_for_key(obj["Key"])] = int(obj["Size"])
+    return found
+
+
+def cache_rows(cache: Path, bucket: str) -> dict[bytes, int | None]:
+    db = cache / "async-backup.db"
+    if not db.exists():
+        return {}
+    conn = sqlite3.connect(db)
+    try:
+        return {bytes(p): s for p, s in conn.execute("SELECT path, size FROM files WHERE bucket=?", (bucket,))}
+    finally:
+        conn.close()
+
+
+def reported_failures(cache: Path) -> set[str]:
+    """Paths named as failures in the newest run report."""
+    reports = sorted((cache / "reports").glob("*.json"), key=lambda p: p.stat().st_mtime_ns)
+    if not reports:
+        return set()
+    doc = json.loads(reports[-1].read_text())
+    return {f["path"] for f in doc.get("failures", [])}
+
+
+def open_uploads(client: Any, bucket: str) -> list[str]:
+    return [u["Key"] for u in client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])]
+
+
+def versions_per_key(client: Any, bucket: str) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for page in client.get_paginator("list_object_versions").paginate(Bucket=bucket):
+        for v in page.get("Versions", []) + page.get("DeleteMarkers", []):
+            counts[v["Key"]] = counts.get(v["Key"], 0) + 1
+    return counts
+
+
+def assert_whole(client: Any, bucket: str, root: Path, cache: Path) -> None:
+    """The bucket's current objects equal the tree, and the cache equals the bucket."""
+    tree = tree_files(root)
+    objects = bucket_objects(client, bucket)
+    assert objects == tree, _diff("bucket", objects, tree)
+    rows = cache_rows(cache, bucket)
+    assert rows == objects, _diff("cache", rows, objects)
+    assert open_uploads(client, bucket) == []
+
+
+def _diff(name: str, got: dict[bytes, Any], want: dict[bytes, Any]) -> str:
+    missing = sorted(set(want) - set(got))[:5]
+    extra = sorted(set(got) - set(want))[:5]
+    wrong = sorted(k for k in set(got) & set(want) if got[k] != want[k])[:5]
+    return f"{name}: missing {missing}, unexpected {extra}, different {wrong}"
+
+
+def key_of(path: bytes) -> str:
+    return key_for_path(path)
