@@ -102,6 +102,10 @@ class Generator:
             size = rng.randint(s.big_min_bytes, s.big_max_bytes)
             yield self.tree("big") / f"d{i % s.big_dirs:04d}" / f"t{i:08d}.jpg", size
 
+    def _rel(self, path: Path) -> str:
+        """A file's identity for its content: relative, so the same seed gives the same bytes anywhere."""
+        return str(path.relative_to(self.root))
+
     # --- content ----------------------------------------------------------------------------------
     def _content(self, ident: str, size: int) -> bytes:
         head = hashlib.sha256(f"{self.seed}:{ident}".encode()).digest()
@@ -124,7 +128,8 @@ class Generator:
         return self.root / f".{name}.complete"
 
     def _params(self, name: str) -> str:
-        return json.dumps({"name": name, "seed": self.seed, "sizes": asdict(self.sizes), "mtime": BASE_MTIME},
+        return json.dumps({"name": name, "seed": self.seed, "sizes": asdict(self.sizes), "mtime": BASE_MTIME,
+                           "content": 2},
                           sort_keys=True)
 
     def ensure(self, name: str) -> Path:
@@ -140,14 +145,14 @@ class Generator:
         marker.unlink(missing_ok=True)
         if name == "small":
             for path, size in self._small_files():
-                self._write(path, size, str(path))
+                self._write(path, size, self._rel(path))
         elif name == "big":
             for path, size in self._big_files():
-                self._write(path, size, str(path))
+                self._write(path, size, self._rel(path))
         elif name == "large":
             for i in range(self.sizes.large_files):
                 path = tree / f"scan{i:03d}.tif"
-                self._write(path, self.sizes.large_bytes, str(path))
+                self._write(path, self.sizes.large_bytes, self._rel(path))
         else:
             raise ValueError(f"unknown tree {name!r}")
         marker.write_text(self._params(name))
@@ -161,7 +166,7 @@ class Generator:
             except FileNotFoundError:
                 ok = False
             if not ok:
-                self._write(path, size, str(path))
+                self._write(path, size, self._rel(path))
         for path in self.tree("small").rglob(f"{ADDED_PREFIX}*"):
             path.unlink()
 
@@ -176,7 +181,7 @@ class Generator:
             path, size = files[i]
             # A new size as well as new bytes, so tools that compare size and mtime all see the change.
             new_size = size + rng.randint(1, 4 * KIB)
-            self._write(path, new_size, f"{path}-modified-{rep}", old=False)
+            self._write(path, new_size, f"{self._rel(path)}-modified-{rep}", old=False)
             modified.append(str(path))
         for i in picked[n:]:
             path, _size = files[i]
@@ -186,7 +191,7 @@ class Generator:
             d = self.tree("small") / f"d{rng.randrange(self.sizes.small_dirs):04d}"
             path = d / f"{ADDED_PREFIX}{rep:02d}-{j:05d}.jpg"
             size = rng.randint(self.sizes.small_min_bytes, self.sizes.small_max_bytes)
-            self._write(path, size, f"{path}-added-{rep}", old=False)
+            self._write(path, size, f"{self._rel(path)}-added-{rep}", old=False)
             added.append(str(path))
         return Mutation(tuple(modified), tuple(deleted), tuple(added))
 

@@ -1,0 +1,125 @@
+"""Smoke test of the benchmark harness (issue 5): a tiny run against moto, plus its pure parts.
+
+The run asserts that the harness produces its Markdown and JSON reports and that every contender that
+is installed ran and verified. No timing assertions: figures from a loaded CI machine mean nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmarks.datasets import PROFILES, Generator, key_for, listing
+from benchmarks.proxy import classify
+
+REPO = Path(__file__).resolve().parent.parent
+HARNESS_TIMEOUT_S = 300
+
+
+@pytest.fixture(scope="module")
+def tiny_report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    tmp = tmp_path_factory.mktemp("bench")
+    out = tmp / "out"
+    res = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--server", "moto", "--tiny", "--repeat", "1", "--no-install",
+         "--no-proxy-overhead", "--workdir", str(tmp / "work"), "--out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=HARNESS_TIMEOUT_S,
+    )
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert (out / "latest.md").exists() and (out / "latest.json").exists()
+    doc: dict[str, Any] = json.loads((out / "latest.json").read_text())
+    doc["_markdown"] = (out / "latest.md").read_text()
+    return doc
+
+
+def _runs(doc: dict[str, Any], contender: str) -> list[dict[str, Any]]:
+    return [r for r in doc["runs"] if r["contender"] == contender]
+
+
+def test_report_has_a_table_per_data_set(tiny_report: dict[str, Any]) -> None:
+    md = tiny_report["_markdown"]
+    assert "| contender | result | wall s |" in md
+    for title in ("Small files, full upload", "No-op rerun", "Incremental", "Large files", "Big tree, no-op"):
+        assert title in md
+    assert tiny_report["meta"]["server"]["kind"] == "moto"
+    assert {row["dataset"] for row in tiny_report["summary"]} >= {"small", "noop", "incremental", "large",
+                                                                  "bignoop"}
+
+
+def test_every_installed_peer_ran_and_verified(tiny_report: dict[str, Any]) -> None:
+    peers = {r["contender"] for r in tiny_report["runs"]} - {"async-backup"}
+    assert "baseline-script" in peers  # needs only boto3, so it is always installed
+    for name in sorted(peers):
+        runs = _runs(tiny_report, name)
+        if all(r["status"] == "skipped" for r in runs):
+            assert all("not installed" in r["detail"] for r in runs)
+            continue
+        bad = [(r["dataset"], r["status"], r["detail"]) for r in runs if r["status"] != "ok"]
+        assert not bad, f"{name}: {bad}"
+        for r in runs:
+            assert r["verification"]["ok"]
+            assert r["verification"]["storage_classes"] == {"DEEP_ARCHIVE": r["verification"]["objects"]}
+
+
+def test_requests_are_counted_at_the_proxy(tiny_report: dict[str, Any]) -> None:
+    by_ds = {r["dataset"]: r for r in _runs(tiny_report, "baseline-script")}
+    small = by_ds["small"]
+    assert small["requests"].get("PutObject") == small["files"]
+    assert sum(by_ds["noop"]["requests"].values()) == 0  # its cache says nothing changed
+    inc = by_ds["incremental"]
+    per_kind = inc["changed_files"] // 3  # as many modified as deleted as added
+    assert per_kind >= 1
+    assert inc["requests"].get("DeleteObject") == per_kind  # one by one, as the old script does
+    assert inc["requests"].get("PutObject") == 2 * per_kind
+    large = by_ds["large"]
+    assert large["requests"].get("UploadPart", 0) > 0  # 12 MiB files go multipart in boto3
+
+
+@pytest.mark.skipif(not (REPO / "async_backup" / "pipeline.py").exists(), reason="async_backup not built yet")
+def test_async_backup_ran_and_verified(tiny_report: dict[str, Any]) -> None:
+    runs = _runs(tiny_report, "async-backup")
+    bad = [(r["dataset"], r["status"], r["detail"]) for r in runs if r["status"] != "ok"]
+    assert not bad
+    small = next(r for r in tiny_report["summary"] if r["contender"] == "s5cmd" and r["dataset"] == "small")
+    if small["runs_ok"]:
+        assert small["ratio_wall"] is not None  # ratios to async-backup are filled in
+
+
+def test_classify_s3_operations() -> None:
+    h: dict[str, str] = {}
+    assert classify("PUT", "/b/k/x.jpg", h) == "PutObject"
+    assert classify("PUT", "/b/k?partNumber=3&uploadId=u", h) == "UploadPart"
+    assert classify("POST", "/b/k?uploads", h) == "CreateMultipartUpload"
+    assert classify("POST", "/b/k?uploadId=u", h) == "CompleteMultipartUpload"
+    assert classify("DELETE", "/b/k?uploadId=u", h) == "AbortMultipartUpload"
+    assert classify("POST", "/b?delete", h) == "DeleteObjects"
+    assert classify("DELETE", "/b/k", h) == "DeleteObject"
+    assert classify("GET", "/b?list-type=2&prefix=a%2F", h) == "ListObjects"
+    assert classify("GET", "/b?versioning", h) == "GetBucketSubresource"
+    assert classify("HEAD", "/b/k", h) == "HeadObject"
+    assert classify("HEAD", "/b", h) == "HeadBucket"
+    assert classify("PUT", "/b", h) == "CreateBucket"
+    assert classify("PUT", "/b?versioning", h) == "PutBucketSubresource"
+    assert classify("PUT", "/b/k", {"x-amz-copy-source": "/a/b"}) == "CopyObject"
+
+
+def test_data_sets_are_deterministic_and_mutation_undoes(tmp_path: Path) -> None:
+    a = Generator(tmp_path / "a", PROFILES["tiny"], seed=7)
+    b = Generator(tmp_path / "b", PROFILES["tiny"], seed=7)
+    ta, tb = a.ensure("small"), b.ensure("small")
+    files_a = sorted(p.relative_to(ta) for p in ta.rglob("*") if p.is_file())
+    assert files_a == sorted(p.relative_to(tb) for p in tb.rglob("*") if p.is_file())
+    assert all((ta / p).read_bytes() == (tb / p).read_bytes() for p in files_a)
+    before = listing(ta)
+    m = a.mutate_small(rep=0)
+    assert len(m.modified) == len(m.deleted) == len(m.added) >= 1
+    after = listing(ta)
+    assert len(after) == len(before)
+    assert all(before[k] != after[k] for k in (key_for(p) for p in m.modified))
+    a.restore_small()
+    assert listing(ta) == before
