@@ -362,6 +362,12 @@ class Verify:
                 heads_needed.append(item)
             else:
                 settle_checksum(check, item, None)
+        if heads_needed:
+            log.info(
+                "s3://%s: comparing %d checksums, one HeadObject each (--no-checksums skips the CRC32 ones)",
+                check.target.bucket,
+                len(heads_needed),
+            )
         self.phase, self.done, self.total = f"checksums of s3://{check.target.bucket}", 0, len(heads_needed)
         work = iter(heads_needed)
 
@@ -446,9 +452,9 @@ def run_verify(config: Config, cache_dir: Path, args: argparse.Namespace) -> int
                     print(line)
             print(f"requests sent: {format_requests(job.counts)}")
             if checksums:
-                print("  checksum checks send one HeadObject per object with a CRC32 in the cache; --no-checksums skips them")
+                print("  CRC32 checks cost one HeadObject per object; --no-checksums skips them")
             else:
-                print("  CRC32 checksums were not compared (--no-checksums); MD5 values were compared with the listing's ETags")
+                print("  CRC32 values not compared (--no-checksums); MD5 values compared with the listing's ETags")
             repairs = [change for c in job.results for change in c.repairs.values()]
             if args.repair and repairs:
                 store.apply(repairs)
@@ -459,7 +465,9 @@ def run_verify(config: Config, cache_dir: Path, args: argparse.Namespace) -> int
             store.close()
 
 
-def _summary(results: Sequence[TargetCheck], problems: int, repairs: Sequence[Change], repaired: bool, took_s: float) -> str:
+def _summary(
+    results: Sequence[TargetCheck], problems: int, repairs: Sequence[Change], repaired: bool, took_s: float
+) -> str:
     if not problems:
         return f"verify: all {len(results)} targets whole ({took_s:.1f} s)"
     broken = sum(1 for c in results if c.problems)

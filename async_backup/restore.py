@@ -1,0 +1,654 @@
+"""Restore: bring files back from a target's bucket, asking for Deep Archive retrievals first.
+
+Owns choosing what to restore (a path prefix, the version current at --as-of), the estimate shown
+before anything is sent, RestoreObject requests and their record in the cache (so a rerun sends
+none twice and reports pending, ready and failed counts), and downloads: streamed in chunks to a
+temporary file beside the destination, checked against the stored checksum, given the original
+mtime, then renamed into place. Talks to S3 only through `s3.S3`; writes to the cache only its
+own restores table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import enum
+import hashlib
+import logging
+import os
+import secrets
+import signal
+import sys
+import zlib
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from .config import Config
+from .errors import ConfigError, S3Error, unwrapped_group
+from .keys import display_path, path_for_key
+from .s3 import S3, ObjectHead, ObjectVersion, open_s3
+from .state import StateStore, record_restore_request, restore_requests
+from .summary import format_bytes
+from .targets import Target, bucket_name_problem, discover_targets, stable_bucket_name
+from .upload import parse_mtime_metadata
+from .verify import Ticker, format_requests, select_targets, split_checksum
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_FAILURES = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+CHUNK_BYTES = 1024 * 1024  # per download in flight: memory is about workers x CHUNK_BYTES
+ARCHIVE_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})  # unreadable until RestoreObject completes
+# Deep Archive retrieval times [S3 user guide, "Archive retrieval options"]; GLACIER is faster.
+READY_WITHIN = {"Bulk": "up to 48 h", "Standard": "up to 12 h"}
+SHOWN_FAILURES = 50
+TEMP_MARK = b".async-backup-restore-"
+
+
+class Action(enum.Enum):
+    DOWNLOAD = "download"  # readable now
+    REQUEST = "request"  # archived, never asked for: RestoreObject
+    CHECK = "check"  # archived, asked for before: HeadObject tells pending or ready
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    version: ObjectVersion
+    path: bytes  # the original absolute path
+    dest: bytes
+    action: Action
+
+
+@dataclass(slots=True)
+class Stats:
+    selected: int = 0
+    selected_bytes: int = 0
+    deleted_then: int = 0  # keys whose version at --as-of is a delete marker
+    present_same: int = 0  # at the destination already with the same size: left alone
+    present_other: int = 0  # at the destination with another size: left alone without --overwrite
+    restored: int = 0
+    restored_bytes: int = 0
+    requested: int = 0  # RestoreObject requests accepted in this run
+    pending: int = 0
+    verified: int = 0
+    not_checkable: int = 0
+    failures: list[str] = field(default_factory=list)
+    handled: int = 0
+
+
+# Choosing what to restore (pure)
+
+
+def choose_versions(versions: Iterable[ObjectVersion], as_of: datetime | None) -> Iterator[ObjectVersion]:
+    """Per key, the version to restore: the current one, or the newest one at `as_of`. A key whose
+    choice is a delete marker (deleted by then) yields nothing. Ties in time go to the version S3
+    lists first, the newer one."""
+    best: dict[str, ObjectVersion] = {}
+    for v in versions:
+        if as_of is None:
+            if v.is_latest:
+                best[v.key] = v
+            continue
+        if v.last_modified > as_of:
+            continue
+        held = best.get(v.key)
+        if held is None or v.last_modified > held.last_modified:
+            best[v.key] = v
+    for key in sorted(best):
+        if not best[key].is_delete_marker:
+            yield best[key]
+
+
+def under_prefix(path: bytes, prefix: bytes | None) -> bool:
+    if prefix is None or prefix == b"/":
+        return True
+    return path == prefix or path.startswith(prefix.rstrip(b"/") + b"/")
+
+
+def list_prefixes(prefix: bytes | None) -> list[str]:
+    """S3 prefixes that hold every key under `prefix`: its plain key form, and "/" for escaped keys."""
+    if prefix is None or prefix == b"/":
+        return [""]
+    try:
+        plain = prefix[1:].decode("utf-8")
+    except UnicodeDecodeError:
+        return [""]
+    if any(ord(c) < 0x20 or c in "\x7f%" for c in plain):
+        return [""]
+    return [plain, "/"]
+
+
+def is_safe(path: bytes) -> bool:
+    """An absolute path without "." or ".." parts: it cannot climb out of --to DIR."""
+    parts = path.split(b"/")
+    return path.startswith(b"/") and b".." not in parts and b"." not in parts and b"\x00" not in path
+
+
+# Checksums while streaming
+
+
+@dataclass(frozen=True, slots=True)
+class Expected:
+    algorithm: str  # "crc32" or "md5"
+    digest: str  # base64 CRC32 or hex MD5
+    parts: int | None  # a composite value over this many parts
+    source: str  # "S3" or "the cache"
+
+
+class StreamSum:
+    """CRC32 (or MD5) of a download as it streams; per part as well, for composite values."""
+
+    def __init__(self, algorithm: str, part_bytes: int | None) -> None:
+        self.algorithm = algorithm
+        self.part_bytes = part_bytes
+        self._whole = self._new()
+        self._part = self._new()
+        self._part_filled = 0
+        self._digests: list[bytes] = []
+        self.crc32 = 0
+
+    def _new(self) -> Any:
+        return hashlib.md5(usedforsecurity=False) if self.algorithm == "md5" else _Crc32()
+
+    def update(self, data: bytes) -> None:
+        self.crc32 = zlib.crc32(data, self.crc32)
+        if self.part_bytes is None:
+            self._whole.update(data)
+            return
+        view = memoryview(data)
+        while view:
+            room = self.part_bytes - self._part_filled
+            self._part.update(view[:room])
+            self._part_filled += min(room, len(view))
+            view = view[room:]
+            if self._part_filled == self.part_bytes:
+                self._end_part()
+
+    def _end_part(self) -> None:
+        self._digests.append(self._part.digest())
+        self._part, self._part_filled = self._new(), 0
+
+    def result(self) -> str:
+        """The value in the form S3 stores it: base64 CRC32 or hex MD5, composite ones without "-N"."""
+        if self.part_bytes is None:
+            digest = self._whole.digest()
+        else:
+            if self._part_filled or not self._digests:
+                self._end_part()
+            combined = self._new()
+            combined.update(b"".join(self._digests))
+            digest = combined.digest()
+        return digest.hex() if self.algorithm == "md5" else base64.b64encode(digest).decode("ascii")
+
+    @property
+    def part_count(self) -> int:
+        return len(self._digests)
+
+
+class _Crc32:
+    def __init__(self) -> None:
+        self._value = 0
+
+    def update(self, data: bytes | memoryview) -> None:
+        self._value = zlib.crc32(data, self._value)
+
+    def digest(self) -> bytes:
+        return self._value.to_bytes(4, "big")
+
+
+def expected_checksum(
+    head: ObjectHead, version: ObjectVersion, row: tuple[int | None, int, str | None] | None
+) -> Expected | None:
+    """What the download must match: the object's stored CRC32, else the cache's value when the row
+    describes this very upload (current version, same size, same mtime metadata). None: not checkable."""
+    if head.checksum_crc32:
+        digest, _, tail = head.checksum_crc32.partition("-")
+        parts = int(tail) if tail.isdigit() else None
+        if parts is None and head.checksum_type != "FULL_OBJECT":
+            # Some servers omit "-N" on composite values; the ETag still tells a multipart object.
+            etag_parts = head.etag.rpartition("-")[2] if "-" in head.etag else ""
+            parts = int(etag_parts) if etag_parts.isdigit() else None
+        return Expected("crc32", digest, parts, "S3")
+    if row is None or not version.is_latest:
+        return None
+    size, mtime_ns, cached = row
+    if not cached or size != head.size or parse_mtime_metadata(head.metadata) != mtime_ns:
+        return None
+    algorithm, digest, parts = split_checksum(cached)
+    if algorithm not in ("crc32", "md5"):
+        return None
+    return Expected(algorithm, digest, parts, "the cache")
+
+
+# The run
+
+
+class Restore:
+    def __init__(
+        self,
+        config: Config,
+        store: StateStore,
+        target: Target,
+        prefix: bytes | None,
+        dest_root: bytes | None,
+        as_of: datetime | None,
+        args: argparse.Namespace,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.target = target
+        self.bucket = target.bucket
+        self.prefix = prefix
+        self.dest_root = dest_root
+        self.as_of = as_of
+        self.tier: str = args.tier
+        self.days: int = args.days
+        self.overwrite: bool = args.overwrite
+        self.yes: bool = args.yes
+        self.stats = Stats()
+        self.counts: Counter[str] = Counter()
+        self.chosen: list[ObjectVersion] = []
+        self.items: list[Item] = []
+        self.interrupted = False
+        self._rows: dict[bytes, tuple[int | None, int, str | None]] | None = None
+        self._record_lock = anyio.Lock()
+        mask = os.umask(0)
+        os.umask(mask)
+        self._file_mode = 0o666 & ~mask
+
+    def progress(self) -> str:
+        s = self.stats
+        return (
+            f"restore: {s.handled}/{len(self.items)} handled, {s.restored} restored "
+            f"({format_bytes(s.restored_bytes)}), {s.pending} pending, {len(s.failures)} failed"
+        )
+
+    async def run(self) -> int:
+        async with open_s3(self.config.aws, self.config.tuning) as s3:
+            self.counts = s3.count_requests()
+            await self._select(s3)
+            requested = await anyio.to_thread.run_sync(restore_requests, self.store, self.bucket)
+            await anyio.to_thread.run_sync(self._plan, requested)
+            for line in self._estimate():
+                print(line)
+            if not self.stats.selected:
+                print(f"restore: nothing to restore: no objects under {self._where()} in s3://{self.bucket}")
+                print(f"requests sent: {format_requests(self.counts)}")
+                return EXIT_FAILURES
+            if not self.items:
+                self._print_summary()
+                return EXIT_OK
+            if not self.yes and not await self._confirmed():
+                return EXIT_USAGE
+            await self._work(s3)
+        self._print_summary()
+        if self.interrupted:
+            return EXIT_INTERRUPTED
+        return EXIT_FAILURES if self.stats.failures else EXIT_OK
+
+    def _where(self) -> str:
+        return "the whole target" if self.prefix is None else display_path(self.prefix)
+
+    async def _select(self, s3: S3) -> None:
+        versions: list[ObjectVersion] = []
+        for s3_prefix in list_prefixes(self.prefix):
+            async for page in s3.list_versions(self.bucket, s3_prefix):
+                versions.extend(v for v in page if under_prefix(path_for_key(v.key), self.prefix))
+        keys = {v.key for v in versions}
+        chosen = list(choose_versions(versions, self.as_of))
+        self.stats.deleted_then = len(keys) - len(chosen)
+        self.chosen = chosen
+        self.stats.selected = len(chosen)
+        self.stats.selected_bytes = sum(v.size for v in chosen)
+
+    def _plan(self, requested: dict[tuple[str, str], float]) -> None:
+        for v in self.chosen:
+            path = path_for_key(v.key)
+            if not is_safe(path):
+                self.stats.failures.append(f'{v.key!r}: the key is not a safe path ("." or ".."); skipped')
+                continue
+            dest = (self.dest_root.rstrip(b"/") + path) if self.dest_root else path
+            try:
+                st = os.lstat(dest)
+            except FileNotFoundError:
+                st = None
+            except OSError as exc:
+                self.stats.failures.append(f"{display_path(dest)}: {exc.strerror}; check the destination")
+                continue
+            if st is not None and not self.overwrite:
+                if st.st_size == v.size:
+                    self.stats.present_same += 1
+                else:
+                    self.stats.present_other += 1
+                continue
+            if v.storage_class not in ARCHIVE_CLASSES:
+                action = Action.DOWNLOAD
+            elif (v.key, v.version_id) in requested:
+                action = Action.CHECK
+            else:
+                action = Action.REQUEST
+            self.items.append(Item(v, path, dest, action))
+
+    def _estimate(self) -> Iterator[str]:
+        s = self.stats
+        when = "" if self.as_of is None else f" as of {self.as_of.isoformat(timespec='seconds')}"
+        to = "its original place" if self.dest_root is None else os.fsdecode(self.dest_root)
+        yield f"restore {self.target.path or self._where()} from s3://{self.bucket}{when} to {to}:"
+        line = f"  {s.selected} objects, {format_bytes(s.selected_bytes)}"
+        if self.prefix is not None:
+            line += f" under {display_path(self.prefix)}"
+        if s.deleted_then and self.as_of is not None:
+            line += f"; {s.deleted_then} more were deleted by then and are not restored"
+        elif s.deleted_then:
+            line += f"; {s.deleted_then} more are deleted (older versions remain: see --as-of)"
+        yield line
+        if s.present_same or s.present_other:
+            yield (
+                f"  left alone: {s.present_same + s.present_other} already at the destination "
+                f"({s.present_other} of them differ in size; --overwrite replaces them)"
+            )
+        counts = Counter(i.action for i in self.items)
+        new, asked, now = counts[Action.REQUEST], counts[Action.CHECK], counts[Action.DOWNLOAD]
+        archived_bytes = sum(i.version.size for i in self.items if i.action is not Action.DOWNLOAD)
+        if new or asked:
+            line = f"  archived: {new + asked} objects ({format_bytes(archived_bytes)}): "
+            if new:
+                line += (
+                    f"{new} retrieval requests to send (tier {self.tier}, {READY_WITHIN[self.tier]}, "
+                    f"copies readable for {self.days} days), "
+                )
+            yield line + f"{asked} requested before (one HeadObject each tells pending or ready)"
+        if now:
+            yield f"  readable now: {now} objects download at once"
+        yield (
+            f"  requests: {new} RestoreObject, {asked} HeadObject, up to {now + asked + new} GetObject "
+            f"(sent so far: {format_requests(self.counts)})"
+        )
+
+    async def _confirmed(self) -> bool:
+        if not (sys.stdin.isatty() and sys.stdout.isatty()):
+            print(
+                "async-backup: error: restore asks before it starts; add --yes to run it without a terminal",
+                file=sys.stderr,
+            )
+            return False
+        answer = await anyio.to_thread.run_sync(input, "Start? [y/N] ")
+        return answer.strip().lower() in ("y", "yes")
+
+    async def _work(self, s3: S3) -> None:
+        work = iter(self.items)
+
+        async def worker() -> None:
+            for item in work:
+                await self._handle(s3, item)
+                self.stats.handled += 1
+
+        async with unwrapped_group() as outer:
+
+            async def watch_signals() -> None:
+                with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    async for signum in signals:
+                        self.interrupted = True
+                        log.warning(
+                            "%s received: stopping; rerun the same command to resume", signal.Signals(signum).name
+                        )
+                        outer.cancel_scope.cancel()
+                        return
+
+            outer.start_soon(watch_signals)
+            Ticker(self.progress).start(outer)
+            async with unwrapped_group() as workers:
+                for _ in range(min(self.config.tuning.workers, len(self.items))):
+                    workers.start_soon(worker)
+            outer.cancel_scope.cancel()
+
+    async def _handle(self, s3: S3, item: Item) -> None:
+        v = item.version
+        try:
+            if item.action is Action.DOWNLOAD:
+                await self._download(s3, item, None)
+            elif item.action is Action.REQUEST:
+                await self._request(s3, item)
+            else:
+                head = await s3.head_object(self.bucket, v.key, version_id=v.version_id)
+                if head is None:
+                    self._fail(item, "the object version is gone from S3")
+                elif head.restore_state == "pending":
+                    self.stats.pending += 1
+                elif head.restore_state == "ready":
+                    await self._download(s3, item, head)
+                else:
+                    log.info("%s: the restored copy expired; asking again", display_path(item.path))
+                    await self._request(s3, item)
+        except S3Error as exc:
+            self._fail(item, f"{exc}")
+        except OSError as exc:
+            self._fail(item, f"{exc.strerror or exc}; check the destination")
+
+    async def _request(self, s3: S3, item: Item) -> None:
+        v = item.version
+        state = await s3.restore_object(self.bucket, v.key, version_id=v.version_id, days=self.days, tier=self.tier)
+        async with self._record_lock:
+            await anyio.to_thread.run_sync(
+                record_restore_request, self.store, self.bucket, v.key, v.version_id, self.tier, self.days
+            )
+        if state == "ready":
+            await self._download(s3, item, None)
+            return
+        self.stats.pending += 1
+        if state == "accepted":
+            self.stats.requested += 1
+
+    async def _cached_row(self, path: bytes) -> tuple[int | None, int, str | None] | None:
+        if self._rows is None:
+            rows = await anyio.to_thread.run_sync(self.store.rows, self.bucket)
+            self._rows = {p: (size, mtime_ns, checksum) for p, size, mtime_ns, checksum in rows}
+        return self._rows.get(path)
+
+    async def _download(self, s3: S3, item: Item, known: ObjectHead | None) -> None:
+        v = item.version
+        row = await self._cached_row(item.path) if v.is_latest else None
+        async with s3.open_object(self.bucket, v.key, version_id=v.version_id) as obj:
+            head = obj.head
+            expected = expected_checksum(head, v, row)
+            part_bytes: int | None = None
+            if expected is not None and expected.parts is not None:
+                if expected.parts == 1:
+                    part_bytes = max(head.size, 1)
+                else:
+                    first = await s3.head_object(self.bucket, v.key, version_id=v.version_id, part_number=1)
+                    part_bytes = first.size if first is not None and first.size > 0 else None
+                    if part_bytes is None:
+                        expected = None
+            summer = StreamSum(expected.algorithm if expected else "crc32", part_bytes)
+            temp = await anyio.to_thread.run_sync(_TempFile.create, item.dest)
+            try:
+                received = 0
+                while chunk := await obj.read(CHUNK_BYTES):
+                    await anyio.to_thread.run_sync(temp.write, chunk, summer)
+                    received += len(chunk)
+                if received != head.size:
+                    raise S3Error("IncompleteBody", f"GetObject {v.key}: got {received} of {head.size} bytes")
+                if expected is not None:
+                    got = summer.result()
+                    if got != expected.digest or (expected.parts and summer.part_count != expected.parts):
+                        raise S3Error(
+                            "ChecksumMismatch",
+                            f"{display_path(item.path)}: the download has {expected.algorithm} {got}, "
+                            f"{expected.source} says {expected.digest}; nothing was written",
+                        )
+                mtime_ns = parse_mtime_metadata(head.metadata)
+                if mtime_ns is None:
+                    mtime_ns = int(v.last_modified.timestamp() * 1_000_000_000)
+                placed = await anyio.to_thread.run_sync(
+                    temp.place, item.dest, mtime_ns, self._file_mode, self.overwrite
+                )
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(temp.discard)
+        if not placed:
+            self.stats.present_other += 1
+            return
+        self.stats.restored += 1
+        self.stats.restored_bytes += received
+        if expected is None:
+            self.stats.not_checkable += 1
+        else:
+            self.stats.verified += 1
+
+    def _fail(self, item: Item, message: str) -> None:
+        self.stats.failures.append(f"{display_path(item.path)}: {message}")
+
+    def _print_summary(self) -> None:
+        s = self.stats
+        for failure in s.failures[:SHOWN_FAILURES]:
+            print(f"  failed: {failure}")
+        if len(s.failures) > SHOWN_FAILURES:
+            print(f"  ... and {len(s.failures) - SHOWN_FAILURES} more failures")
+        checked = f"{s.verified} checksums verified"
+        if s.not_checkable:
+            checked += f", {s.not_checkable} not checkable (no stored checksum for that version)"
+        print(
+            f"restore: {s.restored} restored ({format_bytes(s.restored_bytes)}; {checked}), "
+            f"{s.pending} pending ({s.requested} retrievals requested now), {len(s.failures)} failed, "
+            f"{s.present_same + s.present_other} left alone"
+        )
+        print(f"requests sent: {format_requests(self.counts)}")
+        if self.interrupted:
+            print("restore: interrupted; run the same command again to resume")
+        elif s.pending:
+            print(
+                f"restore: {s.pending} retrievals are not ready yet (tier {self.tier}: {READY_WITHIN[self.tier]}); "
+                "run the same command again later: it sends no request twice"
+            )
+
+
+class _TempFile:
+    """A hidden file beside the destination that becomes it only once complete and checked."""
+
+    def __init__(self, path: bytes, fd: int) -> None:
+        self.path = path
+        self.fd: int | None = fd
+        self.placed = False
+
+    @classmethod
+    def create(cls, dest: bytes) -> _TempFile:
+        parent, name = os.path.split(dest)
+        os.makedirs(parent, exist_ok=True)
+        path = os.path.join(parent, b"." + name[:180] + TEMP_MARK + secrets.token_hex(4).encode())
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        return cls(path, fd)
+
+    def write(self, data: bytes, summer: StreamSum) -> None:
+        assert self.fd is not None
+        summer.update(data)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view) :]
+
+    def place(self, dest: bytes, mtime_ns: int, mode: int, overwrite: bool) -> bool:
+        """Give the file its mode and mtime, flush it, and rename it into place; False when the
+        destination appeared meanwhile and may not be replaced."""
+        assert self.fd is not None
+        os.fchmod(self.fd, mode)
+        os.fsync(self.fd)
+        os.close(self.fd)
+        self.fd = None
+        os.utime(self.path, ns=(mtime_ns, mtime_ns), follow_symlinks=False)
+        if not overwrite and os.path.lexists(dest):
+            return False
+        os.replace(self.path, dest)
+        self.placed = True
+        return True
+
+    def discard(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        if not self.placed:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+
+
+# Entry point
+
+
+def parse_time(text: str) -> datetime:
+    """ISO 8601; a time without a zone is local time."""
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(
+            f"--as-of {text!r} is not a time; give ISO 8601 such as 2026-10-01 or 2026-10-01T18:30"
+        ) from None
+    return value.astimezone() if value.tzinfo is None else value
+
+
+def find_target(config: Config, store: StateStore, name: str) -> tuple[Target, str | None]:
+    """The target named by folder path or bucket, and a path inside it when `name` names one.
+
+    Works with the disk gone (the case a restore is for): then configured folders and targets the
+    cache knows are matched without reading the disk, and a bucket name that is no configured
+    target is used as it is."""
+    known = store.known_targets()
+    try:
+        targets = discover_targets(config, known)
+    except ConfigError:
+        targets = _targets_without_disk(config, known)
+    try:
+        return select_targets(targets, [name], "TARGET")[0], None
+    except ConfigError:
+        if "/" not in name and bucket_name_problem(name) is None:
+            log.info("%s is no configured target; restoring from the bucket of that name", name)
+            return Target(path="", bucket=name), None
+        inside = os.path.normpath(os.path.abspath(name))
+        holders = [t for t in targets if t.path and inside.startswith(t.path.rstrip("/") + "/")]
+        if holders:  # a file or folder inside a target: the deepest target holds it
+            return max(holders, key=lambda t: len(t.path)), inside
+        raise
+
+
+def _targets_without_disk(config: Config, known: dict[str, tuple[str, str | None]]) -> list[Target]:
+    targets = {p: Target(p, b, r, missing=True) for p, (b, r) in known.items()}
+    for folder in config.folders:
+        if folder.path in targets:
+            continue
+        if folder.bucket:
+            targets[folder.path] = Target(folder.path, folder.bucket, None, missing=True)
+        elif config.naming == "stable":
+            targets[folder.path] = Target(
+                folder.path, stable_bucket_name(config.bucket_prefix, folder.path), None, missing=True
+            )
+    return list(targets.values())
+
+
+def run_restore(config: Config, cache_dir: Path, args: argparse.Namespace) -> int:
+    """`async-backup restore TARGET ...`: 0 done (or waiting for retrievals), 1 failures, 2 usage, 130 interrupted."""
+    as_of = parse_time(args.as_of) if args.as_of else None
+    if as_of is not None and as_of > datetime.now(UTC):
+        raise ConfigError(f"--as-of {args.as_of} lies in the future; leave it out to restore the current versions")
+    if args.days < 1:
+        raise ConfigError(f"--days is {args.days}; a restored copy must stay readable at least 1 day")
+    store = StateStore(cache_dir)
+    try:
+        target, inside = find_target(config, store, args.target)
+        if inside is not None and args.path:
+            raise ConfigError(f"TARGET {args.target} already names a path inside {target.path}; drop --path")
+        prefix: bytes | None = os.fsencode(inside) if inside is not None else None
+        if args.path:
+            base = target.path if target.path else "/"
+            prefix = os.fsencode(os.path.normpath(os.path.join(base, args.path)))
+        dest_root = os.fsencode(os.path.abspath(args.to)) if args.to else None
+        job = Restore(config, store, target, prefix, dest_root, as_of, args)
+        return anyio.run(job.run)
+    finally:
+        store.close()

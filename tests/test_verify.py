@@ -1,0 +1,210 @@
+"""`async-backup verify` end to end: real backups into moto's S3 server, damage planted with a
+separate boto3 client (or in the cache), then verify, --repair, a backup, and verify again.
+
+moto stores a CRC32 for multipart objects but none for single PutObjects sent with an explicit
+checksum header, so on moto only the multipart file's checksum is checkable; the others must come
+out as "not checkable", never as a mismatch.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import run_cli, write_config
+
+from async_backup.keys import key_for_path
+from async_backup.s3 import ObjectHead
+from async_backup.targets import stable_bucket_name
+from async_backup.verify import compare_checksum, split_checksum
+
+MIB = 1024 * 1024
+
+
+def make_tree(base: Path, files: dict[str, bytes]) -> None:
+    for rel, data in files.items():
+        path = base / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+
+def key_of(path: Path) -> str:
+    return key_for_path(os.fsencode(path))
+
+
+def verify(cache: Path, *args: str) -> Any:
+    return run_cli("verify", *args, "--cache", str(cache))
+
+
+def set_checksum(cache: Path, path: Path, value: str) -> None:
+    with sqlite3.connect(cache / "async-backup.db") as db:
+        db.execute("UPDATE files SET checksum=? WHERE path=?", (value, os.fsencode(path)))
+
+
+def setup(tmp_path: Path, endpoint: str, prefix: str, files: dict[str, bytes], **aws: Any) -> tuple[Path, Path, str]:
+    data = tmp_path / "archive"
+    make_tree(data, files)
+    cache = tmp_path / "cache"
+    write_config(
+        cache,
+        endpoint,
+        folders=[str(data)],
+        bucket_prefix=prefix,
+        tuning={"multipart_threshold_mib": 5, "part_size_mib": 5},
+        aws_extra=aws or None,
+    )
+    result = run_cli("--cache", str(cache))
+    assert result.returncode == 0, result.stderr
+    return data, cache, stable_bucket_name(prefix, str(data))
+
+
+FILES = {
+    "gone.txt": b"deleted from S3 behind our back",
+    "resized.txt": b"original size",
+    "reclassed.txt": b"copied to another storage class",
+    "big.bin": os.urandom(6 * MIB),  # multipart: moto stores its composite CRC32
+    "fine/ok.txt": b"untouched",
+    "fine/also-ok.txt": b"untouched too",
+}
+
+
+def test_verify_finds_each_kind_of_damage_and_repair_plus_backup_makes_it_whole(
+    tmp_path: Path, moto_endpoint: str, bucket_prefix: str, s3_inspect: Any
+) -> None:
+    data, cache, bucket = setup(tmp_path, moto_endpoint, bucket_prefix, FILES)
+
+    clean = verify(cache)
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert ": whole" in clean.stdout and "1 match" in clean.stdout
+    assert "not checkable (S3 stores no checksum)" in clean.stdout  # moto: single PUTs
+    assert "requests sent: " in clean.stdout and "ListObjectsV2 1" in clean.stdout
+
+    s3_inspect.delete_object(Bucket=bucket, Key=key_of(data / "gone.txt"))
+    s3_inspect.put_object(Bucket=bucket, Key=key_of(data / "stray.txt"), Body=b"nobody uploaded me")
+    s3_inspect.put_object(
+        Bucket=bucket, Key=key_of(data / "resized.txt"), Body=b"a different size", StorageClass="DEEP_ARCHIVE"
+    )
+    s3_inspect.restore_object(
+        Bucket=bucket,
+        Key=key_of(data / "reclassed.txt"),
+        RestoreRequest={"Days": 1, "GlacierJobParameters": {"Tier": "Bulk"}},
+    )
+    s3_inspect.copy_object(
+        Bucket=bucket,
+        Key=key_of(data / "reclassed.txt"),
+        CopySource={"Bucket": bucket, "Key": key_of(data / "reclassed.txt")},
+        StorageClass="GLACIER",
+        MetadataDirective="COPY",
+    )
+    set_checksum(cache, data / "big.bin", "crc32:AAAAAA==-2")
+    set_checksum(cache, data / "fine/ok.txt", "crc32:AAAAAA==")  # not checkable on moto: never a mismatch
+
+    broken = verify(cache)
+    assert broken.returncode == 1, broken.stdout + broken.stderr
+    out = broken.stdout
+    assert "5 problems" in out
+    assert f"missing from S3: {data / 'gone.txt'}: cached" in out
+    assert f"unexplained in S3: {data / 'stray.txt'}: no file and no cache row" in out
+    assert f"size mismatch: {data / 'resized.txt'}: S3 has 16 bytes, the cache 13" in out
+    assert f"wrong storage class: {data / 'reclassed.txt'}: S3 has GLACIER, the config asks for DEEP_ARCHIVE" in out
+    assert f"checksum mismatch: {data / 'big.bin'}: S3 stored CRC32" in out
+    assert "fine/ok.txt" not in out
+    assert "run `async-backup verify --repair`, then a backup" in out
+
+    skipped = verify(cache, "--no-checksums", "--target", bucket)
+    assert skipped.returncode == 1
+    assert "4 problems" in skipped.stdout and "not compared (--no-checksums)" in skipped.stdout
+    assert "HeadObject" not in skipped.stdout.split("requests sent:")[1].splitlines()[0]
+
+    repaired = verify(cache, "--repair", "--target", str(data))
+    assert repaired.returncode == 1
+    assert "the cache was corrected for 5 files: run a backup now" in repaired.stdout
+
+    backup = run_cli("--cache", str(cache))
+    assert backup.returncode == 0, backup.stderr
+    assert "4 files uploaded (6.0 MiB), 1 deleted" in backup.stderr
+
+    whole = verify(cache)
+    assert whole.returncode == 0, whole.stdout + whole.stderr
+    assert ": whole" in whole.stdout and "verify: all 1 targets whole" in whole.stdout
+    assert "checksums: 1 match" in whole.stdout
+
+
+def test_md5_mode_compares_etags_without_heads(
+    tmp_path: Path, moto_endpoint: str, bucket_prefix: str, s3_inspect: Any
+) -> None:
+    """With aws.checksum_calculation "when_required" the cache holds MD5s, which the listing's ETags
+    confirm for free; a mismatch is confirmed by one HeadObject (an encrypted object is no mismatch)."""
+    files = {"one.txt": b"first", "two.txt": b"second", "big.bin": os.urandom(6 * MIB)}
+    data, cache, _bucket = setup(tmp_path, moto_endpoint, bucket_prefix, files, checksum_calculation="when_required")
+    clean = verify(cache, "--no-checksums")
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert "checksums: 3 match" in clean.stdout
+    assert "HeadObject" not in clean.stdout
+
+    set_checksum(cache, data / "two.txt", "md5:00000000000000000000000000000000")
+    bad = verify(cache, "--no-checksums")
+    assert bad.returncode == 1
+    assert f"checksum mismatch: {data / 'two.txt'}: S3 has ETag" in bad.stdout
+    assert "HeadObject 1" in bad.stdout
+
+
+def test_unknown_target_is_a_usage_error(tmp_path: Path, moto_endpoint: str, bucket_prefix: str) -> None:
+    _data, cache, _bucket = setup(tmp_path, moto_endpoint, bucket_prefix, {"x.txt": b"x"})
+    result = verify(cache, "--target", "/no/such/folder")
+    assert result.returncode == 2
+    assert "--target /no/such/folder names no configured target" in result.stderr
+
+
+def _head(**changes: Any) -> ObjectHead:
+    values: dict[str, Any] = {
+        "size": 5,
+        "etag": "5d41402abc4b2a76b9719d911017c592",
+        "storage_class": "DEEP_ARCHIVE",
+        "version_id": "v",
+        "metadata": {},
+        "restore": None,
+        "checksum_crc32": None,
+        "other_checksum": False,
+        "checksum_type": "",
+        "parts_count": None,
+        "encrypted_with_key": False,
+    }
+    values.update(changes)
+    return ObjectHead(**values)
+
+
+@pytest.mark.parametrize(
+    ("cached", "etag", "head", "verdict"),
+    [
+        ("crc32:NhCmhg==", "x", _head(checksum_crc32="NhCmhg=="), True),
+        ("crc32:NhCmhg==", "x", _head(checksum_crc32="AAAAAA=="), False),
+        ("crc32:meG8JQ==-2", "x", _head(checksum_crc32="meG8JQ==-2"), True),
+        ("crc32:meG8JQ==-2", "x", _head(checksum_crc32="meG8JQ=="), True),  # a server that drops "-N"
+        ("crc32:meG8JQ==-2", "x", _head(checksum_crc32="meG8JQ==-3"), False),
+        ("crc32:NhCmhg==", "x", _head(), None),  # Ceph: nothing stored
+        ("crc32:NhCmhg==", "x", _head(other_checksum=True), None),  # CRC64NVME only
+        ("crc32:NhCmhg==", "x", None, None),  # --no-checksums
+        ("md5:5d41402abc4b2a76b9719d911017c592", "5d41402abc4b2a76b9719d911017c592", None, True),
+        ("md5:00000000000000000000000000000000", "5d41402abc4b2a76b9719d911017c592", _head(), False),
+        (
+            "md5:0000000000000000000000000000000f",
+            "5d41402abc4b2a76b9719d911017c592",
+            _head(encrypted_with_key=True),
+            None,
+        ),
+        ("md5:5d41402abc4b2a76b9719d911017c592", "not-an-md5", _head(), None),
+    ],
+)
+def test_compare_checksum_never_claims_what_it_cannot_prove(
+    cached: str, etag: str, head: ObjectHead | None, verdict: bool | None
+) -> None:
+    assert compare_checksum(cached, etag, head)[0] is verdict
+
+
+def test_split_checksum() -> None:
+    assert split_checksum("crc32:AbC=-3") == ("crc32", "AbC=", 3)
+    assert split_checksum("md5:abc") == ("md5", "abc", None)
