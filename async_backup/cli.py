@@ -321,8 +321,8 @@ def _publish(config: Config, cache_dir: Path, summary: RunSummary, args: argpars
         result = anyio.run(_send, config.webhook, build_card(summary, redactor=redactor))
         if not result.ok:
             summary.warnings.append(result.as_warning())
-        else:
-            log.info("Teams card delivered to %s", webhook_host(config.webhook))
+        else:  # notify.send_card already logged the delivery at INFO, with status and attempt
+            log.debug("Teams card for this run sent to %s", webhook_host(config.webhook))
     if summary.dry_run:
         return
     try:
