@@ -83,6 +83,7 @@ class Stats:
     not_checkable: int = 0
     failures: list[str] = field(default_factory=list)
     handled: int = 0
+    received_bytes: int = 0  # downloaded so far, finished files or not (for the progress line)
 
 
 # Choosing what to restore (pure)
@@ -269,7 +270,7 @@ class Restore:
         s = self.stats
         return (
             f"restore: {s.handled}/{len(self.items)} handled, {s.restored} restored "
-            f"({format_bytes(s.restored_bytes)}), {s.pending} pending, {len(s.failures)} failed"
+            f"({format_bytes(s.received_bytes)} downloaded), {s.pending} pending, {len(s.failures)} failed"
         )
 
     async def run(self) -> int:
@@ -300,9 +301,16 @@ class Restore:
 
     async def _select(self, s3: S3) -> None:
         versions: list[ObjectVersion] = []
-        for s3_prefix in list_prefixes(self.prefix):
-            async for page in s3.list_versions(self.bucket, s3_prefix):
-                versions.extend(v for v in page if under_prefix(path_for_key(v.key), self.prefix))
+        try:
+            for s3_prefix in list_prefixes(self.prefix):
+                async for page in s3.list_versions(self.bucket, s3_prefix):
+                    versions.extend(v for v in page if under_prefix(path_for_key(v.key), self.prefix))
+        except S3Error as exc:
+            if exc.code == "NoSuchBucket":
+                raise ConfigError(
+                    f"bucket {self.bucket} does not exist at this endpoint; give a target's folder path or its bucket"
+                ) from None
+            raise
         keys = {v.key for v in versions}
         chosen = list(choose_versions(versions, self.as_of))
         self.stats.deleted_then = len(keys) - len(chosen)
@@ -415,7 +423,7 @@ class Restore:
         v = item.version
         try:
             if item.action is Action.DOWNLOAD:
-                await self._download(s3, item, None)
+                await self._download(s3, item)
             elif item.action is Action.REQUEST:
                 await self._request(s3, item)
             else:
@@ -425,7 +433,7 @@ class Restore:
                 elif head.restore_state == "pending":
                     self.stats.pending += 1
                 elif head.restore_state == "ready":
-                    await self._download(s3, item, head)
+                    await self._download(s3, item)
                 else:
                     log.info("%s: the restored copy expired; asking again", display_path(item.path))
                     await self._request(s3, item)
@@ -442,7 +450,7 @@ class Restore:
                 record_restore_request, self.store, self.bucket, v.key, v.version_id, self.tier, self.days
             )
         if state == "ready":
-            await self._download(s3, item, None)
+            await self._download(s3, item)
             return
         self.stats.pending += 1
         if state == "accepted":
@@ -454,7 +462,7 @@ class Restore:
             self._rows = {p: (size, mtime_ns, checksum) for p, size, mtime_ns, checksum in rows}
         return self._rows.get(path)
 
-    async def _download(self, s3: S3, item: Item, known: ObjectHead | None) -> None:
+    async def _download(self, s3: S3, item: Item) -> None:
         v = item.version
         row = await self._cached_row(item.path) if v.is_latest else None
         async with s3.open_object(self.bucket, v.key, version_id=v.version_id) as obj:
@@ -476,6 +484,7 @@ class Restore:
                 while chunk := await obj.read(CHUNK_BYTES):
                     await anyio.to_thread.run_sync(temp.write, chunk, summer)
                     received += len(chunk)
+                    self.stats.received_bytes += len(chunk)
                 if received != head.size:
                     raise S3Error("IncompleteBody", f"GetObject {v.key}: got {received} of {head.size} bytes")
                 if expected is not None:
@@ -483,7 +492,7 @@ class Restore:
                     if got != expected.digest or (expected.parts and summer.part_count != expected.parts):
                         raise S3Error(
                             "ChecksumMismatch",
-                            f"{display_path(item.path)}: the download has {expected.algorithm} {got}, "
+                            f"the download has {expected.algorithm} {got}, "
                             f"{expected.source} says {expected.digest}; nothing was written",
                         )
                 mtime_ns = parse_mtime_metadata(head.metadata)

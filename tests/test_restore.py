@@ -8,6 +8,8 @@ counted on the wire by the recording proxy (tests/s3proxy.py), not by patching t
 from __future__ import annotations
 
 import base64
+import contextlib
+import io
 import os
 import re
 import signal
@@ -16,14 +18,16 @@ import subprocess
 import sys
 import time
 import zlib
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import run_cli, write_config
+from conftest import SECRET_KEY, run_cli, write_config
 from s3proxy import ErrorReply, ProxyServer, Stall
 
+from async_backup.cli import main
 from async_backup.keys import key_for_path
 from async_backup.restore import StreamSum, choose_versions, expected_checksum, is_safe, list_prefixes, under_prefix
 from async_backup.s3 import ObjectHead, ObjectVersion
@@ -40,8 +44,26 @@ def make_tree(base: Path, files: dict[str, bytes]) -> None:
         path.write_bytes(data)
 
 
-def restore(cache: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return run_cli("restore", *args, "--cache", str(cache))
+@dataclass
+class Ran:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def in_process(*args: str) -> Ran:
+    """The CLI's own entry point, in this process: the same code as `python -m async_backup`
+    without an interpreter start per call (backups, which create the data, run as subprocesses)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(args))
+    result = Ran(code, out.getvalue(), err.getvalue())
+    assert SECRET_KEY not in result.stdout + result.stderr
+    return result
+
+
+def restore(cache: Path, *args: str) -> Ran:
+    return in_process("restore", *args, "--cache", str(cache))
 
 
 def request_counts(output: str) -> dict[str, int]:
@@ -201,6 +223,8 @@ def test_as_of_brings_back_a_deleted_file_and_older_content(
     assert empty.returncode == 1 and "nothing to restore" in empty.stdout
     bad = restore(cache, str(docs), "--as-of", "last tuesday", "--yes")
     assert bad.returncode == 2 and "--as-of 'last tuesday' is not a time" in bad.stderr
+    unknown = restore(cache, "no-such-bucket-here", "--yes")
+    assert unknown.returncode == 2 and "bucket no-such-bucket-here does not exist" in unknown.stderr
 
 
 def test_rerun_after_interrupted_restore_sends_no_restore_twice(

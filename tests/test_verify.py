@@ -8,14 +8,18 @@ out as "not checkable", never as a mismatch.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import sqlite3
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import run_cli, write_config
+from conftest import SECRET_KEY, run_cli, write_config
 
+from async_backup.cli import main
 from async_backup.keys import key_for_path
 from async_backup.s3 import ObjectHead
 from async_backup.targets import stable_bucket_name
@@ -35,8 +39,26 @@ def key_of(path: Path) -> str:
     return key_for_path(os.fsencode(path))
 
 
-def verify(cache: Path, *args: str) -> Any:
-    return run_cli("verify", *args, "--cache", str(cache))
+@dataclass
+class Ran:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def in_process(*args: str) -> Ran:
+    """The CLI's own entry point, in this process: the same code as `python -m async_backup`
+    without an interpreter start per call (backups, which create the data, run as subprocesses)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(args))
+    result = Ran(code, out.getvalue(), err.getvalue())
+    assert SECRET_KEY not in result.stdout + result.stderr
+    return result
+
+
+def verify(cache: Path, *args: str) -> Ran:
+    return in_process("verify", *args, "--cache", str(cache))
 
 
 def set_checksum(cache: Path, path: Path, value: str) -> None:
@@ -152,8 +174,10 @@ def test_md5_mode_compares_etags_without_heads(
     assert "HeadObject 1" in bad.stdout
 
 
-def test_unknown_target_is_a_usage_error(tmp_path: Path, moto_endpoint: str, bucket_prefix: str) -> None:
-    _data, cache, _bucket = setup(tmp_path, moto_endpoint, bucket_prefix, {"x.txt": b"x"})
+def test_unknown_target_is_a_usage_error(tmp_path: Path, moto_endpoint: str) -> None:
+    (tmp_path / "archive").mkdir()
+    cache = tmp_path / "cache"
+    write_config(cache, moto_endpoint, folders=[str(tmp_path / "archive")])
     result = verify(cache, "--target", "/no/such/folder")
     assert result.returncode == 2
     assert "--target /no/such/folder names no configured target" in result.stderr
