@@ -21,12 +21,28 @@ def tree_files(root: Path) -> dict[bytes, int]:
     return found
 
 
+def bucket_exists(client: Any, bucket: str) -> bool:
+    return bucket in {b["Name"] for b in client.list_buckets()["Buckets"]}
+
+
 def bucket_objects(client: Any, bucket: str) -> dict[bytes, int]:
-    """Current objects: original path bytes -> size."""
+    """Current objects: original path bytes -> size ({} when there is no bucket yet)."""
     found: dict[bytes, int] = {}
+    if not bucket_exists(client, bucket):
+        return found
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
         for obj in page.get("Contents", []):
             found[path_for_key(obj["Key"])] = int(obj["Size"])
+    return found
+
+
+def stored_versions(client: Any, bucket: str) -> set[tuple[bytes, int]]:
+    """(path, size) of every version S3 holds, current or not."""
+    if not bucket_exists(client, bucket):
+        return set()
+    found: set[tuple[bytes, int]] = set()
+    for page in client.get_paginator("list_object_versions").paginate(Bucket=bucket):
+        found.update((path_for_key(v["Key"]), int(v["Size"])) for v in page.get("Versions", []))
     return found
 
 
@@ -51,11 +67,15 @@ def reported_failures(cache: Path) -> set[str]:
 
 
 def open_uploads(client: Any, bucket: str) -> list[str]:
+    if not bucket_exists(client, bucket):
+        return []
     return [u["Key"] for u in client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])]
 
 
 def versions_per_key(client: Any, bucket: str) -> dict[str, int]:
     counts: dict[str, int] = {}
+    if not bucket_exists(client, bucket):
+        return counts
     for page in client.get_paginator("list_object_versions").paginate(Bucket=bucket):
         for v in page.get("Versions", []) + page.get("DeleteMarkers", []):
             counts[v["Key"]] = counts.get(v["Key"], 0) + 1
