@@ -96,6 +96,7 @@ class TargetCheck:
     checks: list[ChecksumCheck] = field(default_factory=list)
     checked: int = 0
     bucket_missing: bool = False
+    errors: list[str] = field(default_factory=list)  # requests that failed: this target is not fully verified
 
     def add(self, kind: Kind, path: bytes, detail: str) -> None:
         self.problems.append(Problem(kind, path, detail))
@@ -321,7 +322,12 @@ class Verify:
             async with unwrapped_group() as tg:
                 Ticker(self.progress).start(tg)
                 for target in self.targets:
-                    self.results.append(await self._target(s3, target))
+                    try:
+                        self.results.append(await self._target(s3, target))
+                    except S3Error as exc:  # the listing failed: nothing to compare for this target
+                        failed = TargetCheck(target)
+                        failed.errors.append(str(exc))
+                        self.results.append(failed)
                 tg.cancel_scope.cancel()
 
     async def _target(self, s3: S3, target: Target) -> TargetCheck:
@@ -373,7 +379,12 @@ class Verify:
 
         async def worker() -> None:
             for item in work:
-                head = await s3.head_object(check.target.bucket, item.key)
+                try:
+                    head = await s3.head_object(check.target.bucket, item.key)
+                except S3Error as exc:
+                    check.errors.append(f"{display_path(item.path)}: checksum not compared: {exc}")
+                    self.done += 1
+                    continue
                 if head is None:
                     check.add(Kind.MISSING, item.path, "listed, then gone before its HeadObject")
                 else:
@@ -406,11 +417,18 @@ def _report(check: TargetCheck) -> Iterator[str]:
     head += f"{check.cached} cached, {disk}"
     if check.bucket_missing:
         head += "; the bucket does not exist"
+    if check.errors:
+        head += f"; not fully verified: {len(check.errors)} requests failed"
     if not check.problems:
-        yield head + ": whole"
+        yield head + ("" if check.errors else ": whole")
     else:
         kinds = Counter(p.kind for p in check.problems)
         yield head + f": {len(check.problems)} problems (" + ", ".join(f"{n} {k}" for k, n in kinds.items()) + ")"
+    for error in check.errors[:SHOWN_PER_KIND]:
+        yield f"  error: {error}"
+    if len(check.errors) > SHOWN_PER_KIND:
+        yield f"  error: ... and {len(check.errors) - SHOWN_PER_KIND} more"
+    if check.problems:
         for kind in Kind:
             shown = [p for p in check.problems if p.kind == kind]
             for p in shown[:SHOWN_PER_KIND]:
@@ -458,21 +476,30 @@ def run_verify(config: Config, cache_dir: Path, args: argparse.Namespace) -> int
             repairs = [change for c in job.results for change in c.repairs.values()]
             if args.repair and repairs:
                 store.apply(repairs)
-            summary = _summary(job.results, problems, repairs, args.repair, time.monotonic() - started)
+            errors = sum(len(c.errors) for c in job.results)
+            summary = _summary(job.results, problems, errors, repairs, args.repair, time.monotonic() - started)
             print(summary)
-            return EXIT_PROBLEMS if problems else EXIT_OK
+            return EXIT_PROBLEMS if problems or errors else EXIT_OK
         finally:
             store.close()
 
 
 def _summary(
-    results: Sequence[TargetCheck], problems: int, repairs: Sequence[Change], repaired: bool, took_s: float
+    results: Sequence[TargetCheck],
+    problems: int,
+    errors: int,
+    repairs: Sequence[Change],
+    repaired: bool,
+    took_s: float,
 ) -> str:
+    unfinished = f"; {errors} requests failed, so not everything was verified: run it again" if errors else ""
     if not problems:
+        if errors:
+            return f"verify: no problems found{unfinished} ({took_s:.1f} s)"
         return f"verify: all {len(results)} targets whole ({took_s:.1f} s)"
     broken = sum(1 for c in results if c.problems)
     manual = sum(c.no_repair for c in results)
-    text = f"verify: {problems} problems in {broken} of {len(results)} targets"
+    text = f"verify: {problems} problems in {broken} of {len(results)} targets{unfinished}"
     if repaired:
         text += f"; the cache was corrected for {len(repairs)} files: run a backup now to put them right"
     elif repairs:

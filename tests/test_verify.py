@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from conftest import SECRET_KEY, run_cli, write_config
+from s3proxy import ErrorReply, ProxyServer
 
 from async_backup.cli import main
 from async_backup.keys import key_for_path
@@ -232,3 +233,23 @@ def test_compare_checksum_never_claims_what_it_cannot_prove(
 def test_split_checksum() -> None:
     assert split_checksum("crc32:AbC=-3") == ("crc32", "AbC=", 3)
     assert split_checksum("md5:abc") == ("md5", "abc", None)
+
+
+def test_failed_requests_leave_verify_unfinished_not_whole(
+    tmp_path: Path, moto_endpoint: str, bucket_prefix: str
+) -> None:
+    with ProxyServer(moto_endpoint) as proxy:
+        data = tmp_path / "archive"
+        make_tree(data, {"big.bin": os.urandom(6 * MIB), "small.txt": b"s"})
+        cache = tmp_path / "cache"
+        tuning = {"multipart_threshold_mib": 5, "part_size_mib": 5, "max_attempts": 1}
+        write_config(cache, proxy.url, folders=[str(data)], bucket_prefix=bucket_prefix, tuning=tuning)
+        assert run_cli("--cache", str(cache)).returncode == 0
+        proxy.set_faults(
+            ErrorReply(ops={"HeadObject"}, keys={key_of(data / "big.bin")}, status=500, code="InternalError")
+        )
+        result = verify(cache)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "not fully verified: 1 requests failed" in result.stdout
+    assert f"error: {data / 'big.bin'}: checksum not compared: " in result.stdout
+    assert "verify: no problems found; 1 requests failed" in result.stdout
