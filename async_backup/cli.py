@@ -312,8 +312,19 @@ def _execute(config: Config, targets: list[Target], store: StateStore, args: arg
 
 
 def _publish(config: Config, cache_dir: Path, summary: RunSummary, args: argparse.Namespace) -> None:
-    """The Teams card, the JSON report and the metrics file. None of them changes the exit code."""
+    """The JSON report, the metrics file and the Teams card. None of them changes the exit code.
+
+    Report and metrics come first: a webhook that hangs (or a stop timeout that kills us while it
+    does) must not cost monitoring its data. The report is rewritten if the card fails."""
     redactor = redactor_for(config)
+    report = None
+    if not summary.dry_run:
+        report = _write_report(cache_dir, summary, config, redactor)
+        if args.metrics_file:
+            try:
+                write_metrics(Path(args.metrics_file), summary, redactor=redactor)
+            except OSError as exc:
+                log.warning("metrics file %s could not be written (%s)", args.metrics_file, exc.strerror or exc)
     wants_card = bool(summary.failures) or summary.interrupted or config.notify_on_success
     if args.print_card:
         print(card_json(summary, redactor=redactor))
@@ -321,20 +332,21 @@ def _publish(config: Config, cache_dir: Path, summary: RunSummary, args: argpars
         result = anyio.run(_send, config.webhook, build_card(summary, redactor=redactor))
         if not result.ok:
             summary.warnings.append(result.as_warning())
+            if report is not None:
+                report.unlink(missing_ok=True)
+                _write_report(cache_dir, summary, config, redactor)
         else:  # notify.send_card already logged the delivery at INFO, with status and attempt
             log.debug("Teams card for this run sent to %s", webhook_host(config.webhook))
-    if summary.dry_run:
-        return
+
+
+def _write_report(cache_dir: Path, summary: RunSummary, config: Config, redactor: Redactor) -> Path | None:
     try:
         path = write_report(cache_dir, summary, keep=config.keep_reports, redactor=redactor)
-        log.debug("run report written to %s", path)
     except OSError as exc:
         log.warning("the run report could not be written (%s)", exc.strerror or exc)
-    if args.metrics_file:
-        try:
-            write_metrics(Path(args.metrics_file), summary, redactor=redactor)
-        except OSError as exc:
-            log.warning("metrics file %s could not be written (%s)", args.metrics_file, exc.strerror or exc)
+        return None
+    log.debug("run report written to %s", path)
+    return path
 
 
 async def _send(url: str, payload: dict[str, Any]) -> NotifyResult:
