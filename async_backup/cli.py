@@ -31,6 +31,7 @@ from .errors import (
     FailureKind,
     FatalError,
     LockHeldError,
+    unwrapped_group,
 )
 from .lock import cache_lock
 from .logsetup import setup_logging
@@ -356,7 +357,7 @@ async def _send(url: str, payload: dict[str, Any]) -> NotifyResult:
 async def _run_until_signal(backup: Backup) -> bool:
     """Run the backup; SIGINT or SIGTERM cancels it gracefully. Returns True when interrupted."""
     interrupted = False
-    async with anyio.create_task_group() as tg:
+    async with unwrapped_group() as tg:
 
         async def watch_signals() -> None:
             nonlocal interrupted
@@ -368,12 +369,7 @@ async def _run_until_signal(backup: Backup) -> bool:
                     return
 
         tg.start_soon(watch_signals)
-        try:
-            await backup.run()
-        except BaseExceptionGroup as group:
-            from .errors import first_leaf
-
-            raise first_leaf(group) from None
+        await backup.run()
         tg.cancel_scope.cancel()
     return interrupted
 
