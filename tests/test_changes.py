@@ -1,0 +1,119 @@
+"""Files that change, vanish or cannot be read while a run goes on."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from conftest import ACCESS_KEY, REGION, SECRET_KEY, run_cli, write_config
+from faultcheck import bucket_objects, cache_rows
+
+from async_backup.config import AwsSettings, Tuning
+from async_backup.s3 import open_s3
+from async_backup.targets import stable_bucket_name
+from async_backup.upload import FileChanged, FileVanished, UploadSettings, read_whole, upload_file
+from async_backup.walk import DiskFile, Excluder, Hole, walk_target
+
+
+def test_a_file_written_during_its_upload_is_not_recorded(
+    tmp_path: Path, moto_endpoint: str, bucket_prefix: str, s3_inspect: Any
+):
+    root = tmp_path / "tree"
+    root.mkdir()
+    growing = root / "being-scanned.tif"
+    growing.write_bytes(os.urandom(30 * 1024 * 1024))
+    (root / "calm.tif").write_bytes(b"calm")
+    cache = tmp_path / "cache"
+    write_config(
+        cache,
+        moto_endpoint,
+        folders=[str(root)],
+        bucket_prefix=bucket_prefix,
+        tuning={"multipart_threshold_mib": 5, "part_size_mib": 5, "parts_in_flight": 1},
+    )
+    stop = threading.Event()
+
+    def keep_writing() -> None:
+        with open(growing, "r+b") as f:
+            while not stop.is_set():
+                f.seek(0)
+                f.write(os.urandom(16))
+                f.flush()
+                os.utime(growing)
+                time.sleep(0.005)
+
+    writer = threading.Thread(target=keep_writing)
+    writer.start()
+    try:
+        result = run_cli("--cache", str(cache))
+    finally:
+        stop.set()
+        writer.join()
+    bucket = stable_bucket_name(bucket_prefix, str(root))
+    assert result.returncode == 0, result.stderr  # a warning, not a failure: the next run takes it
+    assert "changed while reading" in result.stderr and "being-scanned.tif" in result.stderr
+    assert list(cache_rows(cache, bucket)) == [os.fsencode(root / "calm.tif")]
+    assert os.fsencode(growing) not in bucket_objects(s3_inspect, bucket)
+    assert s3_inspect.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+    settled = run_cli("--cache", str(cache))
+    assert settled.returncode == 0, settled.stderr
+    assert cache_rows(cache, bucket)[os.fsencode(growing)] == growing.stat().st_size
+
+
+def test_read_whole_notices_a_change_during_the_read(tmp_path: Path):
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 1000)
+    data, size, mtime_ns = read_whole(os.fsencode(path))
+    assert (data, size, mtime_ns) == (b"x" * 1000, 1000, path.stat().st_mtime_ns)
+    # A FIFO is the deterministic stand-in for "the file changes under the reader": it never matches
+    # its own fstat size, so the consistency check must refuse what was read.
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+
+    def feed() -> None:
+        with open(fifo, "wb") as f:
+            f.write(b"data that a regular file of size 0 cannot have")
+
+    t = threading.Thread(target=feed)
+    t.start()
+    with pytest.raises(FileChanged):
+        read_whole(os.fsencode(fifo))
+    t.join()
+
+
+def test_a_file_that_vanished_after_the_walk_is_a_skip(tmp_path: Path, moto_endpoint: str):
+    gone = DiskFile(os.fsencode(tmp_path / "gone.tif"), 10, 1)
+    settings = UploadSettings("DEEP_ARCHIVE", 16 * 1024 * 1024, 16 * 1024 * 1024)
+    aws = AwsSettings(ACCESS_KEY, SECRET_KEY, REGION, moto_endpoint)
+
+    async def attempt() -> None:
+        async with open_s3(aws, Tuning()) as s3:
+
+            async def hook(_upload_id: str) -> None:
+                return None
+
+            await upload_file(s3, "no-bucket-needed", "k", gone, settings, anyio.Semaphore(1), hook, hook)
+
+    with pytest.raises(FileVanished):
+        anyio.run(attempt)
+
+
+def test_a_directory_that_vanishes_mid_walk_keeps_its_cached_files(tmp_path: Path):
+    for rel in ("a/1.tif", "b/2.tif", "c/3.tif"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    walk = walk_target(os.fsencode(tmp_path), Excluder(()), lambda f: None, "t")
+    first = next(walk)
+    assert isinstance(first, DiskFile) and first.path.endswith(b"a/1.tif")
+    for name in ("b/2.tif", "b"):
+        target = tmp_path / name
+        target.unlink() if target.is_file() else target.rmdir()
+    rest = list(walk)
+    assert isinstance(rest[0], Hole) and rest[0].reason == "vanished" and rest[0].path.endswith(b"/b/")
+    assert isinstance(rest[1], DiskFile) and rest[1].path.endswith(b"c/3.tif")
