@@ -14,10 +14,14 @@ from typing import Any
 
 import pytest
 
-from benchmarks.datasets import PROFILES, Generator, key_for, listing
-from benchmarks.proxy import classify
-
 REPO = Path(__file__).resolve().parent.parent
+# benchmarks/ is not an installed package: make it importable however pytest was started.
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from benchmarks.datasets import PROFILES, Generator, key_for, listing  # noqa: E402
+from benchmarks.proxy import classify  # noqa: E402
+
 HARNESS_TIMEOUT_S = 300
 
 
