@@ -163,7 +163,7 @@ def test_md5_mode_compares_etags_without_heads(
     confirm for free; a mismatch is confirmed by one HeadObject (an encrypted object is no mismatch)."""
     files = {"one.txt": b"first", "two.txt": b"second", "big.bin": os.urandom(6 * MIB)}
     data, cache, _bucket = setup(tmp_path, moto_endpoint, bucket_prefix, files, checksum_calculation="when_required")
-    clean = verify(cache, "--no-checksums")
+    clean = in_process("--cache", str(cache), "verify", "--no-checksums")  # --cache before the command word
     assert clean.returncode == 0, clean.stdout + clean.stderr
     assert "checksums: 3 match" in clean.stdout
     assert "HeadObject" not in clean.stdout
