@@ -365,3 +365,21 @@ def record_restore_request(store: StateStore, bucket: str, key: str, version_id:
             "INSERT OR REPLACE INTO restores(bucket, key, version_id, tier, days, requested) VALUES (?, ?, ?, ?, ?, ?)",
             (bucket, key, version_id, tier, days, time.time()),
         )
+
+
+def iter_rows(store: StateStore, bucket: str) -> Iterator[tuple[bytes, int | None, int, str | None]]:
+    """One bucket's rows in path order (path, size, mtime_ns, checksum), streamed over a connection
+    of its own, so verify can merge them with the walk in a worker thread without a list of all."""
+    if not store.path.exists():
+        return
+    conn = connect(store.path, readonly=True)
+    try:
+        cursor = conn.execute(
+            "SELECT path, size, mtime_ns, checksum FROM files WHERE bucket=? ORDER BY path", (bucket,)
+        )
+        cursor.arraysize = 1000
+        while rows := cursor.fetchmany():
+            for path, size, mtime_ns, checksum in rows:
+                yield bytes(path), size, mtime_ns, checksum
+    finally:
+        conn.close()

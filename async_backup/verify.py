@@ -17,7 +17,7 @@ import re
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,10 +31,10 @@ from .keys import display_path, path_for_key
 from .lock import cache_lock
 from .plan import Recorded, is_unchanged
 from .s3 import S3, ListedObject, ObjectHead, open_s3
-from .state import Change, Removed, StateStore, Stored
+from .state import Change, Removed, StateStore, Stored, iter_rows
 from .summary import format_bytes
 from .targets import Target, discover_targets
-from .walk import DiskFile, Excluder, Hole, walk_target
+from .walk import DiskFile, Excluder, Hole, Skipped, WalkEntry, walk_target
 
 log = logging.getLogger(__name__)
 
@@ -207,25 +207,23 @@ def compare(
     target: Target,
     storage_class: str,
     objects: dict[bytes, ListedObject],
-    rows: Sequence[tuple[bytes, int | None, int, str | None]],
-    disk: dict[bytes, DiskFile] | None,
-    holes: Sequence[bytes],
+    rows: Iterable[tuple[bytes, int | None, int, str | None]],
+    disk: Iterable[WalkEntry] | None,
     excluder: Excluder,
 ) -> TargetCheck:
-    """Pure: classify every path seen in S3, the cache or on disk. Consumes `objects`."""
+    """Classify every path seen in S3, the cache or on disk.
+
+    One pass merges the cache's rows with the walk (both sorted by path bytes, as the planner merges
+    them); each path's object is looked up in `objects` and taken out, so what is left at the end
+    has neither row nor file. Synchronous, for a worker thread: only `objects` is held in memory.
+    `disk` is None when the folder is not there: then nothing is concluded from the disk."""
     check = TargetCheck(target)
     check.objects = len(objects)
     check.object_bytes = sum(o.size for o in objects.values())
-    check.cached = len(rows)
-    check.on_disk = None if disk is None else len(disk)
-    cached_paths: set[bytes] = set()
+    check.on_disk = None if disk is None else 0
+    holes: list[bytes] = []  # directories the walk could not see into (or excluded ones)
+    not_files: set[bytes] = set()  # symlinks, special or excluded files that have an object
     root = target.path_bytes.rstrip(b"/") + b"/"
-
-    def disk_state(path: bytes) -> bool | None:
-        """True on disk, False not on disk, None unknown (no folder, or under an unreadable directory)."""
-        if disk is None or _under(path, holes):
-            return None
-        return path in disk
 
     def repair_wrong(path: bytes, on_disk: bool | None) -> None:
         # With the file on disk, dropping the row makes the next backup upload it again. Without it,
@@ -233,11 +231,18 @@ def compare(
         if on_disk is not False:
             check.repairs[path] = Removed(target.bucket, path)
 
-    for path, size, mtime_ns, checksum in rows:
-        cached_paths.add(path)
-        on_disk = disk_state(path)
-        if on_disk and disk is not None and not is_unchanged(disk[path], Recorded(path, size, mtime_ns)):
-            check.not_backed_up += 1
+    def on_row(row: tuple[bytes, int | None, int, str | None], entry: WalkEntry | None) -> None:
+        path, size, mtime_ns, checksum = row
+        check.cached += 1
+        on_disk: bool | None
+        if disk is None or isinstance(entry, Skipped) or (entry is None and _under(path, holes)):
+            on_disk = None  # unknown, or no regular file: the backup keeps such rows as they are
+        else:
+            on_disk = isinstance(entry, DiskFile)
+        if isinstance(entry, DiskFile):
+            check.on_disk = (check.on_disk or 0) + 1
+            if not is_unchanged(entry, Recorded(path, size, mtime_ns)):
+                check.not_backed_up += 1
         elif on_disk is False:
             check.gone_from_disk += 1
         obj = objects.pop(path, None)
@@ -245,7 +250,7 @@ def compare(
             cached_size = "size unknown" if size is None else format_bytes(size)
             check.add(Kind.MISSING, path, f"cached ({cached_size}) but no current object")
             check.repairs[path] = Removed(target.bucket, path)
-            continue
+            return
         wrong = False
         if size is not None and obj.size != size:
             check.add(Kind.SIZE, path, f"S3 has {obj.size} bytes, the cache {size}")
@@ -260,25 +265,49 @@ def compare(
         else:
             check.not_checkable["no checksum in the cache (adopted from the old script)"] += 1
 
+    def on_disk_only(entry: WalkEntry) -> None:
+        if isinstance(entry, Hole):
+            holes.append(entry.path)
+        elif isinstance(entry, Skipped):
+            if entry.path in objects:
+                not_files.add(entry.path)
+        else:
+            check.on_disk = (check.on_disk or 0) + 1
+            check.not_backed_up += 1  # new since the last backup, or the cache forgot it
+            if objects.pop(entry.path, None) is not None:
+                check.uncached_objects += 1
+
+    disk_it = iter(disk if disk is not None else ())
+    rows_it = iter(rows)
+    d = next(disk_it, None)
+    r = next(rows_it, None)
+    while d is not None or r is not None:
+        if d is not None and (r is None or d.path < r[0]):
+            on_disk_only(d)
+            d = next(disk_it, None)
+        elif r is not None and (d is None or r[0] < d.path):
+            on_row(r, None)
+            r = next(rows_it, None)
+        else:
+            assert r is not None
+            on_row(r, d)
+            d = next(disk_it, None)
+            r = next(rows_it, None)
+
     for path, obj in objects.items():
-        on_disk = disk_state(path)
-        if on_disk is None and path.startswith(root):
-            check.uncached_objects += 1  # the folder is unknown here: nothing to explain it with
-        elif on_disk:
-            check.uncached_objects += 1
-        elif not path.startswith(root):
+        if not path.startswith(root):
             check.add(Kind.UNEXPLAINED, path, f"key {obj.key!r} lies outside the target's folder; remove it by hand")
             check.no_repair += 1
-        elif excluder.excludes_any_part(target.path_bytes, path):
-            check.add(Kind.UNEXPLAINED, path, "no such file (excluded by backup.exclude); remove it by hand")
+        elif disk is None or _under(path, holes):
+            check.uncached_objects += 1  # the disk cannot be seen there: nothing to explain it with
+        elif path in not_files or excluder.excludes_any_part(target.path_bytes, path):
+            check.add(Kind.UNEXPLAINED, path, "a symlink, special or excluded file stands there; remove it by hand")
             check.no_repair += 1
         else:
             check.add(Kind.UNEXPLAINED, path, "no file and no cache row explain it")
             # A row for it makes the next backup delete the object (a delete marker: the versions stay).
             check.repairs[path] = Stored(target.bucket, path, obj.size, 0, None)
-
-    if disk is not None:
-        check.not_backed_up += sum(1 for p in disk if p not in cached_paths)
+    objects.clear()
     return check
 
 
@@ -343,15 +372,14 @@ class Verify:
             if exc.code != "NoSuchBucket":
                 raise
             bucket_missing = True
-        rows = await anyio.to_thread.run_sync(self.store.rows, target.bucket)
-        self.phase = f"reading {target.path}"
+        self.phase = f"reading {target.path} and the cache"
         excluder = Excluder(self.config.exclude)
         failures: list[Failure] = []
-        disk: dict[bytes, DiskFile] | None = None
-        holes: list[bytes] = []
-        if not target.missing:
-            disk, holes = await anyio.to_thread.run_sync(_read_disk, target, excluder, failures.append)
-        check = compare(target, self.config.storage_class, objects, rows, disk, holes, excluder)
+        rows = iter_rows(self.store, target.bucket)
+        disk = None if target.missing else walk_target(target.path_bytes, excluder, failures.append, target.path)
+        check = await anyio.to_thread.run_sync(
+            compare, target, self.config.storage_class, objects, rows, disk, excluder
+        )
         check.walk_failures = failures
         check.bucket_missing = bucket_missing
         await self._checksums(s3, check)
@@ -395,19 +423,6 @@ class Verify:
             for _ in range(min(self.config.tuning.workers, len(heads_needed))):
                 tg.start_soon(worker)
         check.checked = len(heads_needed)
-
-
-def _read_disk(
-    target: Target, excluder: Excluder, report: Callable[[Failure], None]
-) -> tuple[dict[bytes, DiskFile], list[bytes]]:
-    files: dict[bytes, DiskFile] = {}
-    holes: list[bytes] = []
-    for entry in walk_target(target.path_bytes, excluder, report, target.path):
-        if isinstance(entry, DiskFile):
-            files[entry.path] = entry
-        elif isinstance(entry, Hole):
-            holes.append(entry.path)
-    return files, holes
 
 
 def _report(check: TargetCheck) -> Iterator[str]:

@@ -22,9 +22,10 @@ from s3proxy import ErrorReply, ProxyServer
 
 from async_backup.cli import main
 from async_backup.keys import key_for_path
-from async_backup.s3 import ObjectHead
-from async_backup.targets import stable_bucket_name
-from async_backup.verify import compare_checksum, split_checksum
+from async_backup.s3 import ListedObject, ObjectHead
+from async_backup.targets import Target, stable_bucket_name
+from async_backup.verify import Kind, compare, compare_checksum, split_checksum
+from async_backup.walk import DiskFile, Excluder, Hole, Skipped
 
 MIB = 1024 * 1024
 
@@ -253,3 +254,56 @@ def test_failed_requests_leave_verify_unfinished_not_whole(
     assert "not fully verified: 1 requests failed" in result.stdout
     assert f"error: {data / 'big.bin'}: checksum not compared: " in result.stdout
     assert "verify: no problems found; 1 requests failed" in result.stdout
+
+
+def test_compare_merges_cache_and_walk_and_says_nothing_it_cannot_see() -> None:
+    """The pure merge: what each combination of object, cache row and disk entry comes out as."""
+
+    def obj(path: bytes, size: int = 1, cls: str = "DEEP_ARCHIVE") -> tuple[bytes, ListedObject]:
+        return path, ListedObject(path[1:].decode(), size, cls, "e")
+
+    objects = dict(
+        [
+            obj(b"/t/a"),  # row + file: fine, checksum to compare
+            obj(b"/t/b", size=2),  # row says 1 byte: size mismatch
+            obj(b"/t/c", cls="STANDARD"),  # wrong class
+            obj(b"/t/d"),  # file, no row: the next backup uploads it
+            obj(b"/t/hidden/x"),  # under an unreadable directory: unknown
+            obj(b"/t/link"),  # a symlink stands there now: by hand
+            obj(b"/t/stray"),  # nothing explains it: repairable
+            obj(b"/elsewhere/z"),  # outside the target: by hand
+        ]
+    )
+    rows = [
+        (b"/t/a", 1, 5, "crc32:AAAAAA=="),
+        (b"/t/b", 1, 5, "crc32:AAAAAA=="),
+        (b"/t/c", 1, 5, None),
+        (b"/t/gone", 1, 5, "crc32:AAAAAA=="),  # no object, no file
+        (b"/t/hidden/y", 1, 5, "crc32:AAAAAA=="),  # no object, disk unknown
+    ]
+    disk = [
+        DiskFile(b"/t/a", 1, 5),
+        DiskFile(b"/t/b", 1, 6),  # changed since the backup
+        DiskFile(b"/t/c", 1, 5),
+        DiskFile(b"/t/d", 1, 5),
+        Hole(b"/t/hidden/", "unreadable"),
+        Skipped(b"/t/link", "symlink"),
+        DiskFile(b"/t/new", 1, 5),
+    ]
+    check = compare(Target("/t", "b"), "DEEP_ARCHIVE", objects, rows, disk, Excluder(()))
+    found = {(p.kind, p.path) for p in check.problems}
+    assert found == {
+        (Kind.SIZE, b"/t/b"),
+        (Kind.STORAGE_CLASS, b"/t/c"),
+        (Kind.MISSING, b"/t/gone"),
+        (Kind.MISSING, b"/t/hidden/y"),
+        (Kind.UNEXPLAINED, b"/t/link"),
+        (Kind.UNEXPLAINED, b"/t/stray"),
+        (Kind.UNEXPLAINED, b"/elsewhere/z"),
+    }
+    assert [c.path for c in check.checks] == [b"/t/a"]
+    assert check.uncached_objects == 2  # /t/d and /t/hidden/x
+    assert check.not_backed_up == 3  # /t/b changed, /t/d and /t/new not cached
+    assert check.on_disk == 5 and check.cached == 5 and check.objects == 8
+    assert check.no_repair == 2
+    assert set(check.repairs) == {b"/t/b", b"/t/c", b"/t/gone", b"/t/hidden/y", b"/t/stray"}
