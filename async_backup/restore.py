@@ -368,13 +368,15 @@ class Restore:
         new, asked, now = counts[Action.REQUEST], counts[Action.CHECK], counts[Action.DOWNLOAD]
         archived_bytes = sum(i.version.size for i in self.items if i.action is not Action.DOWNLOAD)
         if new or asked:
-            line = f"  archived: {new + asked} objects ({format_bytes(archived_bytes)}): "
+            parts = []
             if new:
-                line += (
+                parts.append(
                     f"{new} retrieval requests to send (tier {self.tier}, {READY_WITHIN[self.tier]}, "
-                    f"copies readable for {self.days} days), "
+                    f"copies readable for {self.days} days)"
                 )
-            yield line + f"{asked} requested before (one HeadObject each tells pending or ready)"
+            if asked:
+                parts.append(f"{asked} requested before (one HeadObject each tells pending or ready)")
+            yield f"  archived: {new + asked} objects ({format_bytes(archived_bytes)}): {'; '.join(parts)}"
         if now:
             yield f"  readable now: {now} objects download at once"
         yield (
