@@ -288,8 +288,17 @@ class Restore:
             if not self.items:
                 self._print_summary()
                 return EXIT_OK
-            if not self.yes and not await self._confirmed():
-                return EXIT_USAGE
+            if not self.yes:
+                if not (sys.stdin.isatty() and sys.stdout.isatty()):
+                    print(
+                        "async-backup: error: restore asks before it starts; add --yes to run it without a terminal",
+                        file=sys.stderr,
+                    )
+                    return EXIT_USAGE
+                answer = await anyio.to_thread.run_sync(input, "Start? [y/N] ")
+                if answer.strip().lower() not in ("y", "yes"):
+                    print("restore: not started; nothing was requested or written")
+                    return EXIT_FAILURES
             await self._work(s3)
         self._print_summary()
         if self.interrupted:
@@ -383,16 +392,6 @@ class Restore:
             f"  requests: {new} RestoreObject, {asked} HeadObject, up to {now + asked + new} GetObject "
             f"(sent so far: {format_requests(self.counts)})"
         )
-
-    async def _confirmed(self) -> bool:
-        if not (sys.stdin.isatty() and sys.stdout.isatty()):
-            print(
-                "async-backup: error: restore asks before it starts; add --yes to run it without a terminal",
-                file=sys.stderr,
-            )
-            return False
-        answer = await anyio.to_thread.run_sync(input, "Start? [y/N] ")
-        return answer.strip().lower() in ("y", "yes")
 
     async def _work(self, s3: S3) -> None:
         work = iter(self.items)
