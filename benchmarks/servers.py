@@ -68,7 +68,7 @@ def apt_install(packages: tuple[str, ...], log: Path) -> None:
     with open(log, "ab") as out:
         subprocess.run(["apt-get", "update", "-q"], stdout=out, stderr=subprocess.STDOUT, env=env,
                        timeout=600, check=False)
-        res = subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages],
+        res = subprocess.run(["apt-get", "install", "-y", "-q", *packages],
                              stdout=out, stderr=subprocess.STDOUT, env=env, timeout=900, check=False)
     if res.returncode != 0:
         raise RuntimeError(f"apt-get install {' '.join(packages)} failed; see {log}")
