@@ -53,6 +53,8 @@ def cache_rows(cache: Path, bucket: str) -> dict[bytes, int | None]:
     conn = sqlite3.connect(db)
     try:
         return {bytes(p): s for p, s in conn.execute("SELECT path, size FROM files WHERE bucket=?", (bucket,))}
+    except sqlite3.OperationalError:  # killed before it created its tables
+        return {}
     finally:
         conn.close()
 
