@@ -187,7 +187,7 @@ def markdown(rows: Sequence[Row], meta: dict[str, Any], overhead: dict[str, Any]
             lines.append(
                 f"{overhead['contender']}, full upload of small: through the proxy "
                 f"{overhead['via_proxy_wall_s']} s, direct {overhead['direct_wall_s']} s "
-                f"(best of each: {overhead['overhead_pct']:+.1f} %); proxy CPU {overhead['proxy_cpu_s']} s."
+                f"(medians: {overhead['overhead_pct']:+.1f} %); proxy CPU {overhead['proxy_cpu_s']} s."
             )
         lines.append("")
     return "\n".join(lines)
