@@ -250,7 +250,7 @@ def main() -> None:
     ap.add_argument("--port-file", type=Path, default=None)
     args = ap.parse_args()
     try:
-        import uvloop  # type: ignore[import-not-found]  # optional: a faster loop when installed
+        import uvloop  # type: ignore[import-not-found,unused-ignore]  # optional: a faster loop when installed
 
         uvloop.install()
     except ImportError:
