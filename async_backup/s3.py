@@ -21,6 +21,7 @@ from typing import Any
 import aiohttp
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
+from botocore import handlers as botocore_handlers
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -443,6 +444,9 @@ async def open_s3(aws: AwsSettings, tuning: Tuning) -> AsyncIterator[S3]:
             client = await stack.enter_async_context(session.create_client("s3", **kwargs))
         except ValueError as exc:  # botocore rejects a malformed endpoint URL this way
             raise FatalError(f"aws.endpoint_url cannot be used ({exc}); fix it in config.json") from None
+        # botocore asks for "Expect: 100-continue" on every PUT with a body: a round trip before the
+        # body is sent. Our bodies are at most one part in memory, cheaper to resend than to wait for.
+        client.meta.events.unregister("before-call.s3", botocore_handlers.add_expect_header)
         yield S3(client, aws)
 
 
