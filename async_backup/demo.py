@@ -143,6 +143,10 @@ def main(argv: list[str] | None = None) -> int:
     write_demo_config(cache, url, make_sample(base))
     print(f"local S3 server: {url} (moto); sample archive: {base / 'archive'}; cache: {cache}\n", flush=True)
     first = run_tool(cache)
+    # The README's --as-of example restores the state right after this first run.
+    time.sleep(1.1)
+    (base / "first-run.txt").write_text(time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime()) + "\n")
+    time.sleep(1.1)
     # A night later: one page rescanned and a letter added; the night after, a letter removed.
     archive = base / "archive"
     (archive / "scans/1901/page-0001.tif").write_bytes(b"rescanned " * 5000)
