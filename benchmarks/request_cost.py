@@ -51,7 +51,7 @@ def _free_port() -> int:
 
 
 async def _measure(
-    endpoint: str, requests: int, concurrency: int, checksum: str, validate: bool, expect: bool
+    endpoint: str, requests: int, concurrency: int, checksum: str, validate: bool, expect: bool, cached_ua: bool = False
 ) -> float:
     from async_backup.config import AwsSettings, Tuning
     from async_backup.s3 import PartChecksum, client_config
@@ -65,12 +65,12 @@ async def _measure(
     async with get_session().create_client(
         "s3", endpoint_url=endpoint, aws_access_key_id="AKIDEXAMPLE", aws_secret_access_key="secret", config=config
     ) as client:
-        from botocore import handlers
-
-        from async_backup.s3 import S3
+        from async_backup.s3 import S3, cache_user_agent, skip_expect_continue
 
         if not expect:
-            client.meta.events.unregister("before-call.s3", handlers.add_expect_header)
+            skip_expect_continue(client)
+        if cached_ua:
+            cache_user_agent(client)
         s3 = S3(client, aws)
         queue: asyncio.Queue[int] = asyncio.Queue()
         for i in range(requests):
@@ -107,12 +107,13 @@ def main(argv: list[str] | None = None) -> int:
     endpoint = f"http://127.0.0.1:{port}"
     rows: list[tuple[str, float]] = []
     try:
-        for label, loop, checksum, validate, expect in [
-            ("botocore defaults (asyncio, CRC32, validation on)", "asyncio", "when_supported", True, True),
-            ("+ parameter_validation off", "asyncio", "when_supported", False, True),
-            ("+ Content-MD5 instead of CRC32 (when_required)", "asyncio", "when_required", False, True),
-            ("+ uvloop", "uvloop", "when_supported", False, True),
-            ("+ no Expect: 100-continue (async-backup's settings)", "uvloop", "when_supported", False, False),
+        for label, loop, checksum, validate, expect, cached_ua in [
+            ("botocore defaults (asyncio, CRC32, validation on)", "asyncio", "when_supported", True, True, False),
+            ("+ parameter_validation off", "asyncio", "when_supported", False, True, False),
+            ("+ Content-MD5 instead of CRC32 (when_required)", "asyncio", "when_required", False, True, False),
+            ("+ uvloop", "uvloop", "when_supported", False, True, False),
+            ("+ no Expect: 100-continue", "uvloop", "when_supported", False, False, False),
+            ("+ User-Agent built once (async-backup's settings)", "uvloop", "when_supported", False, False, True),
         ]:
             if loop == "uvloop":
                 try:
@@ -120,9 +121,13 @@ def main(argv: list[str] | None = None) -> int:
                 except ImportError:
                     rows.append((label + ": uvloop not installed", float("nan")))
                     continue
-                cost = uvloop.run(_measure(endpoint, args.requests, args.concurrency, checksum, validate, expect))
+                cost = uvloop.run(
+                    _measure(endpoint, args.requests, args.concurrency, checksum, validate, expect, cached_ua)
+                )
             else:
-                cost = asyncio.run(_measure(endpoint, args.requests, args.concurrency, checksum, validate, expect))
+                cost = asyncio.run(
+                    _measure(endpoint, args.requests, args.concurrency, checksum, validate, expect, cached_ua)
+                )
             rows.append((label, cost))
     finally:
         sink.terminate()
