@@ -250,17 +250,7 @@ class Backup:
     async def _delete_vanished(self, run: TargetRun, change_send: ObjectSendStream[Change]) -> None:
         if not run.deletes:
             return
-        reason = deletion_guard(
-            recorded=run.counts.recorded,
-            deletes=len(run.deletes),
-            on_disk=run.counts.on_disk,
-            max_delete_percent=self.config.tuning.max_delete_percent,
-            allow_mass_delete=self.options.allow_mass_delete,
-        )
-        if reason:
-            self.collector.add(Failure(FailureKind.DELETION_GUARD, run.target.path, run.target.path, reason))
-            return
-        if not await self._bucket_ready(run):
+        if self._deletes_held_back(run) or not await self._bucket_ready(run):
             return
         bucket = run.target.bucket
 
@@ -274,6 +264,19 @@ class Backup:
             )
 
         await delete_paths(self.s3, bucket, run.deletes, deleted, failed)
+
+    def _deletes_held_back(self, run: TargetRun) -> bool:
+        """Apply the deletion guard to a target's planned deletes; a held-back target is a failure."""
+        reason = deletion_guard(
+            recorded=run.counts.recorded,
+            deletes=len(run.deletes),
+            on_disk=run.counts.on_disk,
+            max_delete_percent=self.config.tuning.max_delete_percent,
+            allow_mass_delete=self.options.allow_mass_delete,
+        )
+        if reason:
+            self.collector.add(Failure(FailureKind.DELETION_GUARD, run.target.path, run.target.path, reason))
+        return reason is not None
 
     # Stage: upload workers
 
@@ -467,15 +470,7 @@ class Backup:
                 return
             async with walk_slots:
                 await anyio.to_thread.run_sync(self._produce, run, None)
-            reason = deletion_guard(
-                recorded=run.counts.recorded,
-                deletes=len(run.deletes),
-                on_disk=run.counts.on_disk,
-                max_delete_percent=self.config.tuning.max_delete_percent,
-                allow_mass_delete=self.options.allow_mass_delete,
-            )
-            if reason:
-                self.collector.add(Failure(FailureKind.DELETION_GUARD, run.target.path, run.target.path, reason))
+            self._deletes_held_back(run)
             run.stats.finished_at = time.time()
 
         async with unwrapped_group() as tg:

@@ -141,3 +141,20 @@ def all_keys(client: Any, bucket: str) -> list[str]:
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
         keys.extend(o["Key"] for o in page.get("Contents", []))
     return sorted(keys)
+
+
+def make_tree(base: Any, files: dict[str, bytes]) -> None:
+    """Write files (relative path -> contents) under base, making folders as needed."""
+    from pathlib import Path
+
+    for rel, data in files.items():
+        path = Path(base) / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+
+def key_of(path: Any) -> str:
+    """The object key async-backup gives a local path."""
+    from async_backup.keys import key_for_path
+
+    return key_for_path(os.fsencode(path))

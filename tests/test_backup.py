@@ -15,21 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ACCESS_KEY, SECRET_KEY, all_keys, run_cli, write_config
+from conftest import ACCESS_KEY, SECRET_KEY, all_keys, key_of, make_tree, run_cli, write_config
 
-from async_backup.keys import key_for_path
 from async_backup.targets import stable_bucket_name
-
-
-def make_tree(base: Path, files: dict[str, bytes]) -> None:
-    for rel, data in files.items():
-        path = base / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-
-
-def key_of(path: Path) -> str:
-    return key_for_path(os.fsencode(path))
 
 
 def read_archived(client: Any, bucket: str, key: str) -> bytes:

@@ -7,6 +7,7 @@ import os
 import re
 from typing import Any
 
+from conftest import ACCESS_KEY, SECRET_KEY
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -20,7 +21,6 @@ from async_backup.card import (
 from async_backup.errors import Failure, FailureKind
 from async_backup.redact import Redactor, printable
 from async_backup.summary import RunSummary, TargetStats
-from tests.conftest import ACCESS_KEY, SECRET_KEY
 
 T0 = 1_795_888_320.0  # 2026-11-28 17:52 UTC
 WEBHOOK = (
@@ -323,8 +323,7 @@ def test_secrets_in_failure_texts_are_scrubbed_from_the_card() -> None:
 # os.fsdecode gives them (undecodable bytes become surrogate escapes).
 ODD = [*"*_~[]()#>`\\{}<&|!-+.\n\r\t", "\udc80", "\udcff", "\ud800", "\u202e", "\x00"]
 names = st.text(
-    alphabet=st.characters(min_codepoint=0, max_codepoint=0x10FFFF, exclude_categories=())
-    | st.sampled_from(ODD),
+    alphabet=st.characters(min_codepoint=0, max_codepoint=0x10FFFF, exclude_categories=()) | st.sampled_from(ODD),
     max_size=400,
 ) | st.binary(max_size=300).map(os.fsdecode)
 

@@ -26,12 +26,11 @@ from typing import Any, Self
 
 import pytest
 from aiohttp import web
-from conftest import SECRET_KEY, free_port, run_cli, write_config
+from conftest import SECRET_KEY, free_port, key_of, make_tree, run_cli, write_config
 from s3proxy import ErrorReply, ProxyServer
 from test_card import shown, texts, validate_payload
 
 import async_backup
-from async_backup.keys import key_for_path
 
 WEBHOOK_PATH = "/workflows/abc123/triggers/manual/paths/invoke"
 WEBHOOK_QUERY = "api-version=2016-06-01&sig=PLANTEDSIGNATURE123"
@@ -121,17 +120,6 @@ class WebhookServer:
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def make_tree(base: Path, files: dict[str, bytes]) -> None:
-    for rel, data in files.items():
-        path = base / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-
-
-def key_of(path: Path) -> str:
-    return key_for_path(os.fsencode(path))
 
 
 def set_notification(cache: Path, **settings: Any) -> None:

@@ -17,11 +17,10 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import pytest
-from conftest import all_keys, run_cli, write_config
+from conftest import all_keys, key_of, make_tree, run_cli, write_config
 from s3proxy import ProxyServer, Record, internal_error
 
 from async_backup.config import load_config
-from async_backup.keys import key_for_path
 from async_backup.pipeline import cache_bucket_name
 from async_backup.targets import stable_bucket_name
 
@@ -44,17 +43,6 @@ WRITES = frozenset(
     }
 )
 MiB = 1024 * 1024
-
-
-def make_tree(base: Path, files: dict[str, bytes]) -> None:
-    for rel, data in files.items():
-        path = base / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-
-
-def key_of(path: Path) -> str:
-    return key_for_path(os.fsencode(path))
 
 
 def listing(records: list[Record]) -> str:

@@ -17,28 +17,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import SECRET_KEY, run_cli, write_config
+from conftest import SECRET_KEY, key_of, make_tree, run_cli, write_config
 from s3proxy import ErrorReply, ProxyServer
 
 from async_backup.cli import main
-from async_backup.keys import key_for_path
 from async_backup.s3 import ListedObject, ObjectHead
 from async_backup.targets import Target, stable_bucket_name
 from async_backup.verify import Kind, compare, compare_checksum, split_checksum
 from async_backup.walk import DiskFile, Excluder, Hole, Skipped
 
 MIB = 1024 * 1024
-
-
-def make_tree(base: Path, files: dict[str, bytes]) -> None:
-    for rel, data in files.items():
-        path = base / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-
-
-def key_of(path: Path) -> str:
-    return key_for_path(os.fsencode(path))
 
 
 @dataclass
