@@ -189,7 +189,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILURES
 
 
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def _main(argv: Sequence[str] | None) -> int:
+    # Until the event loop watches for it, SIGTERM stops the tool like Ctrl-C: exit 130, no traceback.
+    signal.signal(signal.SIGTERM, _interrupt)
     args = parse_args(argv)
     if args.command is None:  # only --help or --version get here, and they exit before
         return EXIT_USAGE

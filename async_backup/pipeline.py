@@ -18,7 +18,7 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,7 +38,7 @@ from .state import Change, Removed, StateStore, Stored, UploadEnded, UploadStart
 from .summary import TargetStats, format_bytes
 from .targets import Target
 from .upload import FileChanged, FileUnreadable, FileVanished, UploadSettings, upload_file
-from .walk import Excluder, walk_target
+from .walk import Excluder, WalkEntry, walk_target
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +192,7 @@ class Backup:
                         self._target_missing(run)
                         return
                     async with walk_slots:
-                        await anyio.to_thread.run_sync(self._produce, run, upload_send)
+                        await self._walk_in_thread(run, upload_send)
                 run.walk_done()
                 await run.uploads_done.wait()
                 await self._delete_vanished(run, change_send)
@@ -201,6 +201,15 @@ class Backup:
             run.stats.failed = self.collector.count_for(target.path)
             log.info("%s", run.stats.line())
 
+    async def _walk_in_thread(self, run: TargetRun, upload_send: ObjectSendStream[UploadJob] | None) -> None:
+        """The walk runs in a worker thread. On cancellation (SIGTERM, a fatal error) the thread is
+        told to stop and left to notice it, so a walk of millions of files cannot hold up a stop."""
+        try:
+            await anyio.to_thread.run_sync(self._produce, run, upload_send, abandon_on_cancel=True)
+        except anyio.get_cancelled_exc_class():
+            self._stopping.set()
+            raise
+
     def _produce(self, run: TargetRun, upload_send: ObjectSendStream[UploadJob] | None) -> None:
         """Runs in a worker thread: the sorted walk merged with the cache's rows."""
         target = run.target
@@ -208,21 +217,22 @@ class Backup:
         excluded: Callable[[bytes], bool] = (
             (lambda p: self.excluder.excludes_any_part(root, p)) if self.excluder else (lambda _p: False)
         )
-        walk = walk_target(root, self.excluder, self.collector.add, target.path)
+        walk = _until_stopped(walk_target(root, self.excluder, self.collector.add, target.path), self._stopping)
         chunk: list[UploadJob] = []
-        for action in merge(walk, self.store.recorded(target.bucket), run.counts, excluded):
-            if self._stopping.is_set():
-                return
-            if isinstance(action, Upload):
-                run.stats.planned_uploads += 1
-                run.stats.planned_upload_bytes += action.file.size
-                if upload_send is not None:
-                    chunk.append(UploadJob(run, action))
-                    if len(chunk) >= CHUNK_FILES:
-                        anyio.from_thread.run(self._enqueue, chunk, upload_send)
-                        chunk = []
-            else:
-                run.deletes.append(action.path)
+        try:
+            for action in merge(walk, self.store.recorded(target.bucket), run.counts, excluded):
+                if isinstance(action, Upload):
+                    run.stats.planned_uploads += 1
+                    run.stats.planned_upload_bytes += action.file.size
+                    if upload_send is not None:
+                        chunk.append(UploadJob(run, action))
+                        if len(chunk) >= CHUNK_FILES:
+                            anyio.from_thread.run(self._enqueue, chunk, upload_send)
+                            chunk = []
+                else:
+                    run.deletes.append(action.path)
+        except _Stopped:
+            return  # the run is being cancelled: its plan is dropped unused
         if chunk and upload_send is not None:
             anyio.from_thread.run(self._enqueue, chunk, upload_send)
         counts = run.counts
@@ -469,13 +479,25 @@ class Backup:
                 self._target_missing(run)
                 return
             async with walk_slots:
-                await anyio.to_thread.run_sync(self._produce, run, None)
+                await self._walk_in_thread(run, None)
             self._deletes_held_back(run)
             run.stats.finished_at = time.time()
 
         async with unwrapped_group() as tg:
             for run in self.runs:
                 tg.start_soon(plan, run)
+
+
+class _Stopped(Exception):
+    """Raised inside the walk thread when the run is being cancelled."""
+
+
+def _until_stopped(entries: Iterator[WalkEntry], stopping: threading.Event, every: int = 1000) -> Iterator[WalkEntry]:
+    """Pass walk entries through, checking every `every` entries whether the run is stopping."""
+    for n, entry in enumerate(entries):
+        if n % every == 0 and stopping.is_set():
+            raise _Stopped
+        yield entry
 
 
 def cache_bucket_name(config: Config) -> str:
