@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -68,9 +69,9 @@ def mutate(root: Path, seed: int) -> dict[bytes, int]:
     return needed
 
 
-def start(cache: Path) -> subprocess.Popen[bytes]:
+def start(cache: Path, *extra: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "async_backup", "--cache", str(cache), "--no-cache-backup", "-q"],
+        [sys.executable, "-m", "async_backup", "--cache", str(cache), "--no-cache-backup", *extra],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
@@ -85,7 +86,7 @@ def timed_run(cache: Path) -> float:
 
 def kill_at(cache: Path, delay_s: float) -> bool:
     """Start a run and SIGKILL it after delay_s; True when it was still running then."""
-    proc = start(cache)
+    proc = start(cache, "-q")
     try:
         proc.wait(timeout=delay_s)
         return False
@@ -160,14 +161,17 @@ def test_sigterm_and_sigint_stop_gracefully(
     write_config(cache, moto_endpoint, folders=[str(root)], bucket_prefix=bucket_prefix, tuning=TUNING)
     bucket = stable_bucket_name(bucket_prefix, str(root))
     proc = start(cache)
-    time.sleep(1.5)
+    deadline = time.monotonic() + 30
+    while not cache_rows(cache, bucket) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)  # signal once uploads are under way, however slow the machine
     proc.send_signal(signum)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr.decode()
     assert b"Traceback" not in stderr
     rows = cache_rows(cache, bucket)
     objects = bucket_objects(s3_inspect, bucket)
-    assert rows, "what finished before the signal is recorded"
+    uploaded = int(re.search(r"interrupted: 1 targets, (\d+) files uploaded", stderr.decode()).group(1))  # type: ignore[union-attr]
+    assert len(rows) == uploaded, "every upload S3 confirmed before the signal is recorded"
     assert all(objects.get(p) == size for p, size in rows.items()), "every cached file is in S3"
     assert open_uploads(s3_inspect, bucket) == [], "in-flight multipart uploads are aborted"
     check_after_rerun(s3_inspect, bucket, root, cache, {key_for_path(p).encode(): 1 for p in tree_files(root)})
