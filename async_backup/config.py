@@ -70,7 +70,8 @@ class Tuning:
     Peak memory for file contents is bounded by
         workers x multipart_threshold_bytes      (small files are read whole)
       + parts_in_flight x part_size_bytes        (multipart parts, shared by all workers)
-    e.g. 16 x 16 MiB + 8 x 16 MiB = 384 MiB with the defaults. Very large files raise the part size
+    e.g. 16 x 16 MiB + 8 x 16 MiB = 384 MiB with the defaults; the HTTP layer may briefly hold a
+    second copy of a body not yet written to the socket. Very large files raise the part size
     (10,000 parts at most), so the second term grows with ceil(size / 10,000) for files over 156 GiB.
     """
 
