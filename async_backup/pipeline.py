@@ -55,6 +55,7 @@ TRANSPORT_CODES = frozenset(
 )
 CACHE_SNAPSHOT_KEY = "async-backup.db.gz"
 CACHE_LOG_KEY = "backup.log"
+SNAPSHOT_DUE = "snapshot_due"  # meta flag: "0" once the cache as it is now has reached S3
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +167,7 @@ class Backup:
                     progress_scope.cancel()  # every stage is done: the last progress line is the summary
             finally:
                 self._stopping.set()
-            if self.options.backup_cache:
+            if self.options.backup_cache and await self._snapshot_due():
                 await self._backup_cache()
 
     async def _show_progress(self, scope: anyio.CancelScope) -> None:
@@ -444,6 +445,15 @@ class Backup:
             await anyio.to_thread.run_sync(self.store.apply, [UploadEnded(bucket, upload_id)])
             log.info("aborted a multipart upload of %s left by an earlier run", key)
 
+    async def _snapshot_due(self) -> bool:
+        """A snapshot is due when the cache changed since the last one that reached S3. A no-op
+        night then costs no request beyond the first bucket check."""
+        changed = any(r.stats.new or r.stats.updated or r.stats.deleted for r in self.runs)
+        if changed:
+            await anyio.to_thread.run_sync(self.store.set_meta, SNAPSHOT_DUE, "1")
+            return True
+        return await anyio.to_thread.run_sync(self.store.get_meta, SNAPSHOT_DUE) != "0"
+
     async def _backup_cache(self) -> None:
         """A consistent snapshot of the cache, and the log, to their own non-versioned bucket."""
         bucket = cache_bucket_name(self.config)
@@ -467,6 +477,7 @@ class Backup:
                 )
             )
         else:
+            await anyio.to_thread.run_sync(self.store.set_meta, SNAPSHOT_DUE, "0")
             log.info("cache snapshot (%s) uploaded to s3://%s", format_bytes(len(body)), bucket)
 
     # Dry run
