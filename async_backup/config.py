@@ -61,6 +61,8 @@ class AwsSettings:
     checksum_calculation: ChecksumCalculation = "when_supported"
     verify_tls: bool = True
     addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    # PutObject signed and sent without botocore's per-request machinery (static keys only).
+    direct_put: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +130,7 @@ _KNOWN_KEYS: dict[str, set[str]] = {
         "checksum_calculation",
         "verify_tls",
         "addressing_style",
+        "direct_put",
     },
     "tuning": {
         "workers",
@@ -213,6 +216,7 @@ def parse_config(raw: Any, source: Path, warnings: list[str] | None = None) -> C
         checksum_calculation=checksum,  # type: ignore[arg-type]
         verify_tls=verify_tls,
         addressing_style=addressing,  # type: ignore[arg-type]
+        direct_put=_opt_bool(aws_raw, "direct_put", "aws", where, default=True),
     )
 
     storage_class = _opt_str(backup, "storage_class", "backup", where) or DEFAULT_STORAGE_CLASS

@@ -32,6 +32,7 @@ from botocore.exceptions import (
 )
 
 from .config import AwsSettings, Tuning
+from .directput import DirectPut
 from .errors import FatalError, S3Error
 
 # Codes after which no other request of this run can succeed.
@@ -112,8 +113,9 @@ def endpoint_name(aws: AwsSettings) -> str:
 class S3:
     """Thin async wrapper: one method per request the tool sends, errors mapped to ours."""
 
-    def __init__(self, client: Any, aws: AwsSettings) -> None:
+    def __init__(self, client: Any, aws: AwsSettings, direct: DirectPut | None = None) -> None:
         self._client = client
+        self._direct = direct
         self.aws = aws
         self.checksum_algorithm = "crc32" if aws.checksum_calculation == "when_supported" else "md5"
 
@@ -157,6 +159,14 @@ class S3:
         metadata: Mapping[str, str],
         checksum: PartChecksum,
     ) -> None:
+        if self._direct is not None:
+            headers = {"x-amz-storage-class": storage_class, **{f"x-amz-meta-{k}": v for k, v in metadata.items()}}
+            if checksum.algorithm == "crc32":
+                headers["x-amz-checksum-crc32"] = checksum.b64
+            else:
+                headers["content-md5"] = checksum.b64
+            await self._direct.put(bucket, key, body, headers, f"PutObject {key}")
+            return
         async with self._mapped(f"PutObject {key}"):
             await self._client.put_object(
                 Bucket=bucket,
@@ -464,7 +474,31 @@ async def open_s3(aws: AwsSettings, tuning: Tuning) -> AsyncIterator[S3]:
             raise FatalError(f"aws.endpoint_url cannot be used ({exc}); fix it in config.json") from None
         skip_expect_continue(client)
         cache_user_agent(client)
-        yield S3(client, aws)
+        direct = None
+        if aws.direct_put and aws.access_key and aws.secret_access_key:
+            http = await stack.enter_async_context(
+                aiohttp.ClientSession(
+                    connector=aiohttp.TCPConnector(limit=tuning.workers + 4, ttl_dns_cache=300),
+                    timeout=aiohttp.ClientTimeout(
+                        total=None, connect=tuning.connect_timeout_s, sock_read=tuning.read_timeout_s
+                    ),
+                    trust_env=True,  # HTTPS_PROXY and NO_PROXY, as botocore honours them
+                    skip_auto_headers=("Content-Type",),
+                )
+            )
+            direct = DirectPut(
+                session=http,
+                endpoint_url=aws.endpoint_url,
+                region=aws.region,
+                access_key=aws.access_key,
+                secret_key=aws.secret_access_key,
+                path_style=aws.addressing_style == "path"
+                or (aws.endpoint_url is not None and aws.addressing_style != "virtual"),
+                max_attempts=tuning.max_attempts,
+                fatal_codes=FATAL_CODES,
+                verify_tls=aws.verify_tls,
+            )
+        yield S3(client, aws, direct)
 
 
 # Restore and verify: what the methods above return.

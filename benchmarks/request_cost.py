@@ -96,6 +96,38 @@ async def _measure(
         return (time.process_time() - began) * 1000 / requests
 
 
+async def _measure_tool(endpoint: str, requests: int, concurrency: int) -> float:
+    """The tool's own client as a backup run opens it: settings above plus the hand-signed PutObject."""
+    from async_backup.config import AwsSettings, Tuning
+    from async_backup.s3 import PartChecksum, open_s3
+
+    aws = AwsSettings("AKIDEXAMPLE", "secret", "us-east-1", endpoint)
+    body = os.urandom(16 * 1024)
+    async with open_s3(aws, Tuning(workers=concurrency)) as s3:
+        queue: asyncio.Queue[int] = asyncio.Queue()
+
+        async def worker() -> None:
+            while not queue.empty():
+                i = queue.get_nowait()
+                await s3.put_object(
+                    "bench",
+                    f"srv/images/d{i % 50}/page-{i:06d}.tif",
+                    body,
+                    storage_class="DEEP_ARCHIVE",
+                    metadata={"mtime": "1700000000.000000000"},
+                    checksum=PartChecksum.of(body, s3.checksum_algorithm),
+                )
+
+        for i in range(200):
+            queue.put_nowait(i)
+        await asyncio.gather(*(worker() for _ in range(4)))
+        for i in range(requests):
+            queue.put_nowait(i)
+        began = time.process_time()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return (time.process_time() - began) * 1000 / requests
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.request_cost", description=__doc__)
     parser.add_argument("--requests", type=int, default=3000)
@@ -113,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             ("+ Content-MD5 instead of CRC32 (when_required)", "asyncio", "when_required", False, True, False),
             ("+ uvloop", "uvloop", "when_supported", False, True, False),
             ("+ no Expect: 100-continue", "uvloop", "when_supported", False, False, False),
-            ("+ User-Agent built once (async-backup's settings)", "uvloop", "when_supported", False, False, True),
+            ("+ User-Agent built once", "uvloop", "when_supported", False, False, True),
         ]:
             if loop == "uvloop":
                 try:
@@ -129,6 +161,22 @@ def main(argv: list[str] | None = None) -> int:
                     _measure(endpoint, args.requests, args.concurrency, checksum, validate, expect, cached_ua)
                 )
             rows.append((label, cost))
+        try:
+            import uvloop
+
+            rows.append(
+                (
+                    "+ PutObject signed by async-backup (directput.py, the default with static keys)",
+                    uvloop.run(_measure_tool(endpoint, args.requests, args.concurrency)),
+                )
+            )
+        except ImportError:
+            rows.append(
+                (
+                    "+ PutObject signed by async-backup",
+                    asyncio.run(_measure_tool(endpoint, args.requests, args.concurrency)),
+                )
+            )
     finally:
         sink.terminate()
         sink.wait()
