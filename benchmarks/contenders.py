@@ -137,8 +137,17 @@ class S5cmd(Contender):
     def command(self, t: Target) -> tuple[list[str], dict[str, str]]:
         exe = self.executable()
         assert exe is not None
-        return [exe, "--endpoint-url", t.endpoint, "sync", "--delete", "--storage-class", STORAGE_CLASS,
-                f"{t.src.resolve()}/", f"s3://{t.bucket}/{t.prefix}/"], base_env(t)
+        return [
+            exe,
+            "--endpoint-url",
+            t.endpoint,
+            "sync",
+            "--delete",
+            "--storage-class",
+            STORAGE_CLASS,
+            f"{t.src.resolve()}/",
+            f"s3://{t.bucket}/{t.prefix}/",
+        ], base_env(t)
 
 
 class Rclone(Contender):
@@ -161,18 +170,20 @@ class Rclone(Contender):
         conf = t.state_dir / "rclone.conf"
         conf.touch()
         remote = "RCLONE_CONFIG_BENCH_"
-        env.update({
-            "RCLONE_CONFIG": str(conf),
-            remote + "TYPE": "s3",
-            remote + "PROVIDER": "Other",
-            remote + "ENV_AUTH": "false",
-            remote + "ACCESS_KEY_ID": t.server.access_key,
-            remote + "SECRET_ACCESS_KEY": t.server.secret_key,
-            remote + "REGION": t.server.region,
-            remote + "ENDPOINT": t.endpoint,
-            remote + "FORCE_PATH_STYLE": "true",
-            remote + "STORAGE_CLASS": STORAGE_CLASS,
-        })
+        env.update(
+            {
+                "RCLONE_CONFIG": str(conf),
+                remote + "TYPE": "s3",
+                remote + "PROVIDER": "Other",
+                remote + "ENV_AUTH": "false",
+                remote + "ACCESS_KEY_ID": t.server.access_key,
+                remote + "SECRET_ACCESS_KEY": t.server.secret_key,
+                remote + "REGION": t.server.region,
+                remote + "ENDPOINT": t.endpoint,
+                remote + "FORCE_PATH_STYLE": "true",
+                remote + "STORAGE_CLASS": STORAGE_CLASS,
+            }
+        )
         argv = ["rclone", "sync", str(t.src.resolve()), f"bench:{t.bucket}/{t.prefix}"]
         if self.tuned:
             argv += list(RCLONE_TUNED_FLAGS)
@@ -181,8 +192,9 @@ class Rclone(Contender):
 
 class AwsCli(Contender):
     name = "aws-cli"
-    note = (f"aws s3 sync --delete --storage-class DEEP_ARCHIVE "
-            f"(max_concurrent_requests {AWS_CLI_MAX_CONCURRENT_REQUESTS})")
+    note = (
+        f"aws s3 sync --delete --storage-class DEEP_ARCHIVE (max_concurrent_requests {AWS_CLI_MAX_CONCURRENT_REQUESTS})"
+    )
 
     def executable(self) -> str | None:
         return shutil.which("aws")
@@ -203,8 +215,19 @@ class AwsCli(Contender):
             "    addressing_style = path\n"
         )
         env["AWS_CONFIG_FILE"] = str(conf)
-        argv = ["aws", "--endpoint-url", t.endpoint, "s3", "sync", "--delete",
-                "--storage-class", STORAGE_CLASS, "--only-show-errors", str(t.src.resolve()), f"s3://{t.bucket}/{t.prefix}"]
+        argv = [
+            "aws",
+            "--endpoint-url",
+            t.endpoint,
+            "s3",
+            "sync",
+            "--delete",
+            "--storage-class",
+            STORAGE_CLASS,
+            "--only-show-errors",
+            str(t.src.resolve()),
+            f"s3://{t.bucket}/{t.prefix}",
+        ]
         return argv, env
 
 
@@ -223,9 +246,19 @@ class Baseline(Contender):
     def command(self, t: Target) -> tuple[list[str], dict[str, str]]:
         env = base_env(t)
         env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-        return [sys.executable, "-m", "benchmarks.baseline", "--src", str(t.src.resolve()),
-                "--bucket", t.bucket, "--db", str(t.state_dir / "baseline.sqlite"),
-                "--endpoint", t.endpoint], env
+        return [
+            sys.executable,
+            "-m",
+            "benchmarks.baseline",
+            "--src",
+            str(t.src.resolve()),
+            "--bucket",
+            t.bucket,
+            "--db",
+            str(t.state_dir / "baseline.sqlite"),
+            "--endpoint",
+            t.endpoint,
+        ], env
 
 
 def all_contenders() -> list[Contender]:

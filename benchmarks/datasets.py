@@ -128,9 +128,10 @@ class Generator:
         return self.root / f".{name}.complete"
 
     def _params(self, name: str) -> str:
-        return json.dumps({"name": name, "seed": self.seed, "sizes": asdict(self.sizes), "mtime": BASE_MTIME,
-                           "content": 2},
-                          sort_keys=True)
+        return json.dumps(
+            {"name": name, "seed": self.seed, "sizes": asdict(self.sizes), "mtime": BASE_MTIME, "content": 2},
+            sort_keys=True,
+        )
 
     def ensure(self, name: str) -> Path:
         """Make tree ``name`` exist in its base state (generate, or repair a half-done mutation)."""

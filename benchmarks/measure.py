@@ -62,8 +62,15 @@ def run_measured(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "wb") as log:
         t0 = time.perf_counter()
-        proc = subprocess.Popen(list(argv), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=dict(env), cwd=cwd, start_new_session=True)
+        proc = subprocess.Popen(
+            list(argv),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=dict(env),
+            cwd=cwd,
+            start_new_session=True,
+        )
         result: list[tuple[int, int, float, object]] = []
 
         def reap() -> None:
@@ -164,9 +171,12 @@ class RecordingProxy:
     def __init__(self, upstream: str, workdir: Path) -> None:
         port_file = workdir / "proxy.port"
         port_file.unlink(missing_ok=True)
-        self._proc = Managed("proxy", [sys.executable, "-m", "benchmarks.proxy", "--upstream", upstream,
-                                       "--port-file", str(port_file)], workdir / "proxy.log",
-                             cwd=Path(__file__).resolve().parent.parent)
+        self._proc = Managed(
+            "proxy",
+            [sys.executable, "-m", "benchmarks.proxy", "--upstream", upstream, "--port-file", str(port_file)],
+            workdir / "proxy.log",
+            cwd=Path(__file__).resolve().parent.parent,
+        )
 
         def ready() -> bool:
             if not self._proc.alive():

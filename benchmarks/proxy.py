@@ -81,8 +81,17 @@ def _bucket_op(method: str, query: dict[str, list[str]]) -> str:
             return "ListObjectVersions"
         if "location" in query:
             return "GetBucketLocation"
-        subresources = set(query) - {"list-type", "prefix", "delimiter", "max-keys", "marker",
-                                     "continuation-token", "start-after", "encoding-type", "fetch-owner"}
+        subresources = set(query) - {
+            "list-type",
+            "prefix",
+            "delimiter",
+            "max-keys",
+            "marker",
+            "continuation-token",
+            "start-after",
+            "encoding-type",
+            "fetch-owner",
+        }
         return "GetBucketSubresource" if subresources else "ListObjects"
     if method == "HEAD":
         return "HeadBucket"

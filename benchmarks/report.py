@@ -29,10 +29,22 @@ DATASET_TITLES = {
 # Table columns: S3 operations grouped the way the issue asks (PUT, parts, GET/HEAD, LIST, DELETE).
 GROUPS: dict[str, tuple[str, ...]] = {
     "PUT": ("PutObject", "CopyObject"),
-    "parts": ("CreateMultipartUpload", "UploadPart", "UploadPartCopy", "CompleteMultipartUpload",
-              "AbortMultipartUpload", "ListParts"),
-    "GET/HEAD": ("GetObject", "HeadObject", "HeadBucket", "GetBucketLocation", "GetObjectSubresource",
-                 "GetBucketSubresource"),
+    "parts": (
+        "CreateMultipartUpload",
+        "UploadPart",
+        "UploadPartCopy",
+        "CompleteMultipartUpload",
+        "AbortMultipartUpload",
+        "ListParts",
+    ),
+    "GET/HEAD": (
+        "GetObject",
+        "HeadObject",
+        "HeadBucket",
+        "GetBucketLocation",
+        "GetObjectSubresource",
+        "GetBucketSubresource",
+    ),
     "LIST": ("ListObjects", "ListObjectVersions", "ListMultipartUploads", "ListBuckets"),
     "DELETE": ("DeleteObject", "DeleteObjects"),
 }
@@ -88,11 +100,9 @@ def _row(contender: str, dataset: str, recs: Sequence[RunRecord]) -> Row:
     row.files = ok[0].files
     row.wall_s = _median(r.wall_s for r in ok)
     row.files_per_s = _median(r.files / r.wall_s for r in ok if r.wall_s)
-    row.mb_per_s = _median(sum(r.body_bytes.get(op, 0) for op in UPLOAD_OPS) / 1e6 / r.wall_s
-                           for r in ok if r.wall_s)
+    row.mb_per_s = _median(sum(r.body_bytes.get(op, 0) for op in UPLOAD_OPS) / 1e6 / r.wall_s for r in ok if r.wall_s)
     row.cpu_s = _median((r.user_s or 0) + (r.sys_s or 0) for r in ok)
-    row.cpu_s_per_1k_files = _median(((r.user_s or 0) + (r.sys_s or 0)) * 1000 / r.files
-                                     for r in ok if r.files)
+    row.cpu_s_per_1k_files = _median(((r.user_s or 0) + (r.sys_s or 0)) * 1000 / r.files for r in ok if r.files)
     row.peak_rss_mib = _median((r.maxrss_kib or 0) / 1024 for r in ok)
     row.peak_rss_mib = _median((r.maxrss_kib or 0) / 1024 for r in ok)
     if not all(r.counted for r in ok):
@@ -159,8 +169,10 @@ def markdown(rows: Sequence[Row], meta: dict[str, Any], overhead: dict[str, Any]
     for name, version in meta["versions"].items():
         lines.append(f"  - {name}: {version}")
     lines.append("")
-    header = ("| contender | result | wall s | files/s | MB/s | CPU s/1k files | peak RSS MiB | PUT | parts | "
-              "GET/HEAD | LIST | DELETE | other | requests | × wall | × CPU/file | × req |")
+    header = (
+        "| contender | result | wall s | files/s | MB/s | CPU s/1k files | peak RSS MiB | PUT | parts | "
+        "GET/HEAD | LIST | DELETE | other | requests | × wall | × CPU/file | × req |"
+    )
     sep = "|" + "---|" * header.count("|")
     sep = sep[: -len("---|")]
     by_ds: dict[str, list[Row]] = {}
@@ -171,12 +183,17 @@ def markdown(rows: Sequence[Row], meta: dict[str, Any], overhead: dict[str, Any]
         lines += [f"## {DATASET_TITLES.get(ds, ds)}" + (f" ({files:,} files)" if files else ""), "", header, sep]
         for r in ds_rows:
             g = r.requests_by_group
-            cells = [r.contender, r.result.replace("|", "/")[:120], _fmt(r.wall_s), _fmt(r.files_per_s, 0),
-                     _fmt(r.mb_per_s, 1) if r.mb_per_s else "–", _fmt(r.cpu_s_per_1k_files, 3),
-                     _fmt(r.peak_rss_mib, 0)]
+            cells = [
+                r.contender,
+                r.result.replace("|", "/")[:120],
+                _fmt(r.wall_s),
+                _fmt(r.files_per_s, 0),
+                _fmt(r.mb_per_s, 1) if r.mb_per_s else "–",
+                _fmt(r.cpu_s_per_1k_files, 3),
+                _fmt(r.peak_rss_mib, 0),
+            ]
             cells += [_fmt_n(g.get(k)) if r.requests_by_group else "–" for k in (*GROUPS, "other")]
-            cells += [_fmt_n(r.requests_total), _fmt(r.ratio_wall), _fmt(r.ratio_cpu_per_file),
-                      _fmt(r.ratio_requests)]
+            cells += [_fmt_n(r.requests_total), _fmt(r.ratio_wall), _fmt(r.ratio_cpu_per_file), _fmt(r.ratio_requests)]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     if overhead:
@@ -193,8 +210,14 @@ def markdown(rows: Sequence[Row], meta: dict[str, Any], overhead: dict[str, Any]
     return "\n".join(lines)
 
 
-def write(out_dir: Path, stamp: str, rows: Sequence[Row], records: Sequence[RunRecord], meta: dict[str, Any],
-          overhead: dict[str, Any] | None) -> tuple[Path, Path]:
+def write(
+    out_dir: Path,
+    stamp: str,
+    rows: Sequence[Row],
+    records: Sequence[RunRecord],
+    meta: dict[str, Any],
+    overhead: dict[str, Any] | None,
+) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     md = markdown(rows, meta, overhead)
     doc = {

@@ -89,13 +89,29 @@ class Bench:
         return self.proxy.endpoint if self.proxy else self.server.endpoint
 
     # --- one run ----------------------------------------------------------------------------------
-    def run_one(self, c: Contender, dataset: str, rep: int, target: Target,
-                mutation: Mutation | None = None, record: bool = True) -> RunRecord:
+    def run_one(
+        self,
+        c: Contender,
+        dataset: str,
+        rep: int,
+        target: Target,
+        mutation: Mutation | None = None,
+        record: bool = True,
+    ) -> RunRecord:
         argv, env = c.command(target)
         log = self.run_dir / "logs" / f"{c.name}-{dataset}-r{rep}.log"
         expected = listing(target.src)
-        rec = RunRecord(c.name, dataset, rep, "failed", files=len(expected), bucket=target.bucket, log=str(log),
-                        changed_files=mutation.changed_count() if mutation else 0, counted=self.proxy is not None)
+        rec = RunRecord(
+            c.name,
+            dataset,
+            rep,
+            "failed",
+            files=len(expected),
+            bucket=target.bucket,
+            log=str(log),
+            changed_files=mutation.changed_count() if mutation else 0,
+            counted=self.proxy is not None,
+        )
         if self.proxy:
             self.proxy.counts(reset=True)
             cpu0 = self.proxy.cpu_s()
@@ -105,7 +121,13 @@ class Bench:
             rec.requests, rec.body_bytes = counts["requests"], counts["body_bytes"]
             rec.proxy_cpu_s = round(self.proxy.cpu_s() - cpu0, 3)
         rec.exit_code, rec.wall_s, rec.user_s, rec.sys_s, rec.maxrss_kib, rec.ru_maxrss_kib = (
-            m.exit_code, m.wall_s, m.user_s, m.sys_s, m.maxrss_kib, m.ru_maxrss_kib)
+            m.exit_code,
+            m.wall_s,
+            m.user_s,
+            m.sys_s,
+            m.maxrss_kib,
+            m.ru_maxrss_kib,
+        )
         if m.timed_out:
             rec.status, rec.detail = "timeout", f"killed after {self.timeout_s:.0f} s"
         elif m.exit_code != 0:
@@ -120,8 +142,10 @@ class Bench:
                 rec.status, rec.detail = "verify-failed", f"listing failed: {e}"
         if record:
             self.records.append(rec)
-        self.progress(f"  {c.name:16s} {dataset:12s} r{rep}  {rec.status:13s} "
-                      f"{(rec.wall_s or 0):8.2f} s  {sum(rec.requests.values()):7d} req  {rec.detail[:90]}")
+        self.progress(
+            f"  {c.name:16s} {dataset:12s} r{rep}  {rec.status:13s} "
+            f"{(rec.wall_s or 0):8.2f} s  {sum(rec.requests.values()):7d} req  {rec.detail[:90]}"
+        )
         return rec
 
     def skip(self, c: Contender, dataset: str, rep: int, why: str) -> None:

@@ -66,10 +66,17 @@ def apt_install(packages: tuple[str, ...], log: Path) -> None:
         raise RuntimeError(f"cannot install {' '.join(packages)}: needs root and apt-get")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     with open(log, "ab") as out:
-        subprocess.run(["apt-get", "update", "-q"], stdout=out, stderr=subprocess.STDOUT, env=env,
-                       timeout=600, check=False)
-        res = subprocess.run(["apt-get", "install", "-y", "-q", *packages],
-                             stdout=out, stderr=subprocess.STDOUT, env=env, timeout=900, check=False)
+        subprocess.run(
+            ["apt-get", "update", "-q"], stdout=out, stderr=subprocess.STDOUT, env=env, timeout=600, check=False
+        )
+        res = subprocess.run(
+            ["apt-get", "install", "-y", "-q", *packages],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            timeout=900,
+            check=False,
+        )
     if res.returncode != 0:
         raise RuntimeError(f"apt-get install {' '.join(packages)} failed; see {log}")
 
@@ -86,15 +93,14 @@ def resolve_kind(requested: str) -> str:
 
 
 @contextlib.contextmanager
-def external(endpoint: str, access_key: str, secret_key: str, region: str,
-             checksum_calculation: str) -> Iterator[S3Server]:
+def external(
+    endpoint: str, access_key: str, secret_key: str, region: str, checksum_calculation: str
+) -> Iterator[S3Server]:
     yield S3Server("external", endpoint.rstrip("/"), access_key, secret_key, region, checksum_calculation)
 
 
 @contextlib.contextmanager
-def start(
-    kind: str, tmp: Path, ceph_store: str = "memstore", ceph_mem_gib: float = 6.0
-) -> Iterator[S3Server]:
+def start(kind: str, tmp: Path, ceph_store: str = "memstore", ceph_mem_gib: float = 6.0) -> Iterator[S3Server]:
     """Start a server of ``kind`` under ``tmp``; stop all its processes on exit, also on errors."""
     tmp.mkdir(parents=True, exist_ok=True)
     if kind == "moto":
@@ -114,8 +120,7 @@ def start(
 def _moto(tmp: Path) -> Iterator[S3Server]:
     t0 = time.monotonic()
     port = free_port()
-    proc = Managed("moto", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                   tmp / "moto.log")
+    proc = Managed("moto", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], tmp / "moto.log")
     try:
         url = f"http://127.0.0.1:{port}"
         wait_until("moto server", lambda: _alive_and_answers(proc, url + "/moto-api/"), 60)
@@ -132,9 +137,12 @@ def _minio(tmp: Path) -> Iterator[S3Server]:
     env = dict(os.environ, MINIO_ROOT_USER=BENCH_ACCESS_KEY, MINIO_ROOT_PASSWORD=BENCH_SECRET_KEY)
     data = tmp / "minio-data"
     data.mkdir(parents=True, exist_ok=True)
-    proc = Managed("minio", ["minio", "server", "--address", f"127.0.0.1:{port}",
-                             "--console-address", f"127.0.0.1:{console}", str(data)],
-                   tmp / "minio.log", env=env)
+    proc = Managed(
+        "minio",
+        ["minio", "server", "--address", f"127.0.0.1:{port}", "--console-address", f"127.0.0.1:{console}", str(data)],
+        tmp / "minio.log",
+        env=env,
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         wait_until("minio", lambda: _alive_and_answers(proc, url + "/minio/health/live"), 60)
@@ -150,6 +158,7 @@ def _alive_and_answers(proc: Managed, url: str) -> bool:
 
 
 # --- Ceph -------------------------------------------------------------------------------------------
+
 
 def _ceph_conf(d: Path, fsid: str, mon_port: int, store: str, mem_bytes: int) -> str:
     """A single-node cluster: no cephx, messenger v1 on 127.0.0.1, one OSD, pools of size 1."""
@@ -228,10 +237,24 @@ def _ceph(tmp: Path, store: str, mem_gib: float) -> Iterator[S3Server]:
         return run_checked(["ceph", *c, "--connect-timeout", "20", *args], timeout_s)
 
     try:
-        run_checked(["ceph-authtool", "--create-keyring", str(d / "keyring"), "--gen-key", "-n", "mon.",
-                     "--cap", "mon", "allow *"], 30)
-        run_checked(["monmaptool", "--create", "--fsid", fsid, "--addv", "a", f"[v1:127.0.0.1:{mon_port}]",
-                     str(d / "monmap")], 30)
+        run_checked(
+            [
+                "ceph-authtool",
+                "--create-keyring",
+                str(d / "keyring"),
+                "--gen-key",
+                "-n",
+                "mon.",
+                "--cap",
+                "mon",
+                "allow *",
+            ],
+            30,
+        )
+        run_checked(
+            ["monmaptool", "--create", "--fsid", fsid, "--addv", "a", f"[v1:127.0.0.1:{mon_port}]", str(d / "monmap")],
+            30,
+        )
         run_checked(["ceph-mon", *c, "--mkfs", "-i", "a", "--monmap", str(d / "monmap")], 60)
         mon = Managed("ceph-mon", ["ceph-mon", *c, "-f", "-i", "a"], d / "log" / "mon.stdout")
         procs.append(mon)
@@ -269,30 +292,84 @@ def _ceph(tmp: Path, store: str, mem_gib: float) -> Iterator[S3Server]:
         wait_until("ceph-osd up", osd_up, 90, 0.5)
 
         rgw_port = free_port()
-        rgw_argv = ["radosgw", *c, "-f", "-n", "client.rgw.bench",
-                    "--rgw-frontends", f"beast endpoint=127.0.0.1:{rgw_port}"]
+        rgw_argv = [
+            "radosgw",
+            *c,
+            "-f",
+            "-n",
+            "client.rgw.bench",
+            "--rgw-frontends",
+            f"beast endpoint=127.0.0.1:{rgw_port}",
+        ]
         url = f"http://127.0.0.1:{rgw_port}"
         rgw = Managed("radosgw", rgw_argv, d / "log" / "rgw.stdout")
         procs.append(rgw)
         wait_until("radosgw", lambda: _alive_and_answers(rgw, url), 90, 0.5)
 
         admin = ["radosgw-admin", *c, "-n", "client.rgw.bench"]
-        run_checked([*admin, "user", "create", "--uid", "bench", "--display-name", "bench",
-                     "--access-key", BENCH_ACCESS_KEY, "--secret", BENCH_SECRET_KEY], 60)
+        run_checked(
+            [
+                *admin,
+                "user",
+                "create",
+                "--uid",
+                "bench",
+                "--display-name",
+                "bench",
+                "--access-key",
+                BENCH_ACCESS_KEY,
+                "--secret",
+                BENCH_SECRET_KEY,
+            ],
+            60,
+        )
         for sc in CEPH_STORAGE_CLASSES:
-            run_checked([*admin, "zonegroup", "placement", "add", "--rgw-zonegroup", "default",
-                         "--placement-id", "default-placement", "--storage-class", sc], 60)
-            run_checked([*admin, "zone", "placement", "add", "--rgw-zone", "default",
-                         "--placement-id", "default-placement", "--storage-class", sc,
-                         "--data-pool", "default.rgw.buckets.data"], 60)
+            run_checked(
+                [
+                    *admin,
+                    "zonegroup",
+                    "placement",
+                    "add",
+                    "--rgw-zonegroup",
+                    "default",
+                    "--placement-id",
+                    "default-placement",
+                    "--storage-class",
+                    sc,
+                ],
+                60,
+            )
+            run_checked(
+                [
+                    *admin,
+                    "zone",
+                    "placement",
+                    "add",
+                    "--rgw-zone",
+                    "default",
+                    "--placement-id",
+                    "default-placement",
+                    "--storage-class",
+                    sc,
+                    "--data-pool",
+                    "default.rgw.buckets.data",
+                ],
+                60,
+            )
         # radosgw reads placement at start: restart it so the new storage classes are accepted.
         procs.remove(rgw)
         rgw.stop()
         rgw = Managed("radosgw", rgw_argv, d / "log" / "rgw2.stdout")
         procs.append(rgw)
         wait_until("radosgw (restarted)", lambda: _alive_and_answers(rgw, url), 90, 0.5)
-        yield S3Server("ceph", url, BENCH_ACCESS_KEY, BENCH_SECRET_KEY,
-                       checksum_calculation="when_required", started_in_s=time.monotonic() - t0)
+        yield S3Server(
+            "ceph",
+            url,
+            BENCH_ACCESS_KEY,
+            BENCH_SECRET_KEY,
+            checksum_calculation="when_required",
+            started_in_s=time.monotonic() - t0,
+        )
     finally:
         for p in reversed(procs):
             p.stop()

@@ -62,10 +62,17 @@ class Verification:
     def summary(self) -> str:
         if self.ok:
             return f"ok: {self.objects} objects, {self.bytes} bytes, all {EXPECTED_STORAGE_CLASS}"
-        parts = [f"{n} {what}" for n, what in (
-            (self.missing, "missing"), (self.extra, "extra"), (self.wrong_size, "wrong size"),
-            (self.wrong_class, "not " + EXPECTED_STORAGE_CLASS),
-            (self.deleted_still_listed, "deleted but still listed")) if n]
+        parts = [
+            f"{n} {what}"
+            for n, what in (
+                (self.missing, "missing"),
+                (self.extra, "extra"),
+                (self.wrong_size, "wrong size"),
+                (self.wrong_class, "not " + EXPECTED_STORAGE_CLASS),
+                (self.deleted_still_listed, "deleted but still listed"),
+            )
+            if n
+        ]
         return "verify FAILED: " + ", ".join(parts) + (f" (e.g. {self.examples[:3]})" if self.examples else "")
 
     def as_dict(self) -> dict[str, object]:

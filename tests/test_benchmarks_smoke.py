@@ -30,9 +30,26 @@ def tiny_report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     tmp = tmp_path_factory.mktemp("bench")
     out = tmp / "out"
     res = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--server", "moto", "--tiny", "--repeat", "1", "--no-install",
-         "--no-proxy-overhead", "--workdir", str(tmp / "work"), "--out", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=HARNESS_TIMEOUT_S,
+        [
+            sys.executable,
+            "-m",
+            "benchmarks",
+            "--server",
+            "moto",
+            "--tiny",
+            "--repeat",
+            "1",
+            "--no-install",
+            "--no-proxy-overhead",
+            "--workdir",
+            str(tmp / "work"),
+            "--out",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=HARNESS_TIMEOUT_S,
     )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert (out / "latest.md").exists() and (out / "latest.json").exists()
@@ -51,8 +68,7 @@ def test_report_has_a_table_per_data_set(tiny_report: dict[str, Any]) -> None:
     for title in ("Small files, full upload", "No-op rerun", "Incremental", "Large files", "Big tree, no-op"):
         assert title in md
     assert tiny_report["meta"]["server"]["kind"] == "moto"
-    assert {row["dataset"] for row in tiny_report["summary"]} >= {"small", "noop", "incremental", "large",
-                                                                  "bignoop"}
+    assert {row["dataset"] for row in tiny_report["summary"]} >= {"small", "noop", "incremental", "large", "bignoop"}
 
 
 def test_every_installed_peer_ran_and_verified(tiny_report: dict[str, Any]) -> None:
