@@ -273,11 +273,14 @@ class S3:
                     raise
 
     async def block_public_access(self, bucket: str) -> None:
+        """Keep the bucket private. On AWS all four switches are set. Ceph RGW 16 refuses every
+        PutObject once BlockPublicAcls is on (even without an ACL), so other endpoints get the
+        other three: IgnorePublicAcls alone already makes any public ACL ineffective."""
         async with self._mapped(f"PutPublicAccessBlock {bucket}"):
             await self._client.put_public_access_block(
                 Bucket=bucket,
                 PublicAccessBlockConfiguration={
-                    "BlockPublicAcls": True,
+                    "BlockPublicAcls": self.aws.endpoint_url is None,
                     "IgnorePublicAcls": True,
                     "BlockPublicPolicy": True,
                     "RestrictPublicBuckets": True,
