@@ -1,9 +1,11 @@
-"""PutObject without botocore's per-request machinery: Signature Version 4 by hand over aiohttp.
+"""PutObject and UploadPart without botocore's per-request machinery: SigV4 by hand over aiohttp.
 
-Owns the one request a nightly run sends most (a PutObject per new or changed file). botocore
-spends about a millisecond of CPU on each (endpoint rules, hooks, user agent, signing, parsing);
-signing the request here costs a fraction of that, which is the client's whole cost per small file.
-Everything else (buckets, multipart, deletes, listings) stays on botocore.
+Owns the requests that carry file contents: a PutObject per new or changed small file, an
+UploadPart per part of a large one. botocore spends about a millisecond of CPU on each (endpoint
+rules, hooks, user agent, signing, parsing) and, over plain HTTP, a SHA-256 of every body to sign
+it; here the body is covered by its CRC32 or MD5 checksum header instead (UNSIGNED-PAYLOAD), which
+S3 verifies. Everything else (buckets, creating and completing uploads, deletes, listings) stays
+on botocore.
 
 Used only with static keys from config.json (no token refresh to follow) and can be switched off
 with `aws.direct_put: false`. Retries follow botocore's standard mode: throttling, 5xx, timeouts
@@ -84,10 +86,18 @@ class DirectPut:
         return f"{bucket}.{self._host}", f"{self._base_path}/{encoded_key}"
 
     def signed_headers(
-        self, bucket: str, key: str, headers: Mapping[str, str], now: datetime.datetime
+        self,
+        bucket: str,
+        key: str,
+        headers: Mapping[str, str],
+        now: datetime.datetime,
+        query: Mapping[str, str] | None = None,
     ) -> tuple[str, dict[str, str]]:
         """The URL and the full header set of a signed PUT (exposed for tests)."""
         host, path = self._target(bucket, key)
+        canonical_query = "&".join(
+            f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}" for k, v in sorted((query or {}).items())
+        )
         amz_date = now.strftime("%Y%m%dT%H%M%SZ")
         day = amz_date[:8]
         all_headers = {k.lower(): v.strip() for k, v in headers.items()}
@@ -95,7 +105,7 @@ class DirectPut:
         names = sorted(all_headers)
         signed = ";".join(names)
         canonical = "\n".join(
-            ["PUT", path, "", *(f"{n}:{all_headers[n]}" for n in names), "", signed, UNSIGNED_PAYLOAD]
+            ["PUT", path, canonical_query, *(f"{n}:{all_headers[n]}" for n in names), "", signed, UNSIGNED_PAYLOAD]
         )
         scope = f"{day}/{self._region}/s3/aws4_request"
         to_sign = "\n".join(
@@ -106,21 +116,31 @@ class DirectPut:
             f"AWS4-HMAC-SHA256 Credential={self._access_key}/{scope}, SignedHeaders={signed}, Signature={signature}"
         )
         del all_headers["host"]  # aiohttp sends it from the URL
-        return f"{self._scheme}://{host}{path}", all_headers
+        url = f"{self._scheme}://{host}{path}"
+        return (f"{url}?{canonical_query}" if canonical_query else url), all_headers
 
-    async def put(self, bucket: str, key: str, body: bytes, headers: Mapping[str, str], what: str) -> None:
-        """One PutObject, retried like botocore's standard mode; raises S3Error or FatalError."""
+    async def put(
+        self,
+        bucket: str,
+        key: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        what: str,
+        query: Mapping[str, str] | None = None,
+    ) -> dict[str, str]:
+        """One PUT of a body (PutObject, or UploadPart with its query), retried like botocore's
+        standard mode; returns the reply's headers; raises S3Error or FatalError."""
         last: S3Error | None = None
         for attempt in range(self._max_attempts):
             if attempt:
                 await anyio.sleep(random.random() * min(MAX_BACKOFF_S, 2.0 ** (attempt - 1)))
             now = datetime.datetime.now(datetime.UTC)
-            url, signed = self.signed_headers(bucket, key, headers, now)
+            url, signed = self.signed_headers(bucket, key, headers, now, query)
             try:
                 async with self._session.put(URL(url, encoded=True), data=body, headers=signed, ssl=self._ssl) as reply:
                     if reply.status < 300:
                         await reply.read()
-                        return
+                        return dict(reply.headers)
                     payload = await reply.read()
                     code, message = _error_of(reply.status, payload)
             except TimeoutError:

@@ -34,8 +34,15 @@ def signed_site(tmp_path: Path, url: str, keys: dict[str, str], **aws: Any) -> t
         (root / "sub dir" / name).write_bytes(b"w%d" % i)
     with open(os.fsencode(root) + b"/latin1-\xe9.tif", "wb") as f:  # escaped key, starts with "/"
         f.write(b"raw")
+    (root / "sub dir" / "big volume+1.tif").write_bytes(os.urandom(11 * 1024 * 1024))  # three signed parts
     cache = tmp_path / "cache"
-    path = write_config(cache, url, folders=[str(root)], bucket_prefix="signed-")
+    path = write_config(
+        cache,
+        url,
+        folders=[str(root)],
+        bucket_prefix="signed-",
+        tuning={"multipart_threshold_mib": 5, "part_size_mib": 5},
+    )
     doc = json.loads(path.read_text())
     doc["aws"].update(access_key=keys["aws_access_key_id"], secret_access_key=keys["aws_secret_access_key"], **aws)
     path.write_text(json.dumps(doc))
