@@ -89,7 +89,7 @@ def _backup_options(parser: argparse.ArgumentParser) -> None:
         metavar="TARGET",
         help="back up only this target (folder path or bucket); repeatable",
     )
-    parser.add_argument("--concurrency", type=int, metavar="N", help="upload workers (default: tuning.workers, 16)")
+    parser.add_argument("--concurrency", type=int, metavar="N", help="upload workers (default: tuning.workers, 64)")
     parser.add_argument(
         "--allow-mass-delete",
         action="store_true",

@@ -69,18 +69,18 @@ class AwsSettings:
 class Tuning:
     """Knobs for throughput and memory.
 
-    Peak memory for file contents is bounded by
-        workers x multipart_threshold_bytes      (small files are read whole)
-      + parts_in_flight x part_size_bytes        (multipart parts, shared by all workers)
-    e.g. 16 x 16 MiB + 8 x 16 MiB = 384 MiB with the defaults; the HTTP layer may briefly hold a
-    second copy of a body not yet written to the socket. Very large files raise the part size
-    (10,000 parts at most), so the second term grows with ceil(size / 10,000) for files over 156 GiB.
+    File contents in memory never exceed memory_budget_bytes (512 MiB by default), whatever the
+    number of workers and the file sizes: a small file holds its size from the read until S3
+    confirmed it, a multipart part its length; uploads wait for budget, first come first served.
+    Files over 156 GiB raise the part size (10,000 parts at most); a part larger than the budget
+    takes the whole budget alone.
     """
 
-    workers: int = 16
+    workers: int = 64  # uploads in flight: S3 latency, not CPU, is what many workers hide
     multipart_threshold_bytes: int = 16 * MiB
     part_size_bytes: int = 16 * MiB
     parts_in_flight: int = 8
+    memory_budget_bytes: int = 512 * MiB
     max_delete_percent: float = 50.0
     max_attempts: int = 5  # total attempts per request, the first included
     connect_timeout_s: float = 10.0
@@ -137,6 +137,7 @@ _KNOWN_KEYS: dict[str, set[str]] = {
         "multipart_threshold_mib",
         "part_size_mib",
         "parts_in_flight",
+        "memory_budget_mib",
         "max_delete_percent",
         "max_attempts",
         "connect_timeout_s",
@@ -272,6 +273,10 @@ def _tuning(raw: dict[str, Any], where: str) -> Tuning:
         multipart_threshold_bytes=threshold * MiB,
         part_size_bytes=part * MiB,
         parts_in_flight=_opt_int(raw, "parts_in_flight", "tuning", where, d.parts_in_flight, minimum=1, maximum=256),
+        memory_budget_bytes=_opt_int(
+            raw, "memory_budget_mib", "tuning", where, d.memory_budget_bytes // MiB, minimum=16, maximum=1024 * 1024
+        )
+        * MiB,
         max_delete_percent=_opt_float(raw, "max_delete_percent", where, d.max_delete_percent, 0.0, 100.0),
         max_attempts=_opt_int(raw, "max_attempts", "tuning", where, d.max_attempts, minimum=1, maximum=20),
         connect_timeout_s=_opt_float(raw, "connect_timeout_s", where, d.connect_timeout_s, 0.1, 600.0),

@@ -27,6 +27,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream as ObjectReceiveStrea
 from anyio.streams.memory import MemoryObjectSendStream as ObjectSendStream
 
 from .buckets import ensure_bucket
+from .budget import ByteBudget
 from .config import Config
 from .delete import KeyFailure, delete_paths
 from .errors import Failure, FailureCollector, FailureKind, FatalError, S3Error, unwrapped_group
@@ -37,7 +38,7 @@ from .s3 import S3, endpoint_name, open_s3
 from .state import Change, Removed, StateStore, Stored, UploadEnded, UploadStarted, run_writer
 from .summary import TargetStats, format_bytes
 from .targets import Target
-from .upload import FileChanged, FileUnreadable, FileVanished, UploadSettings, upload_file
+from .upload import FileChanged, FileUnreadable, FileVanished, MemoryLimits, UploadSettings, upload_file
 from .walk import Excluder, WalkEntry, walk_target
 
 log = logging.getLogger(__name__)
@@ -125,7 +126,10 @@ class Backup:
         self.started_at = time.time()
         self._transport_failures_in_a_row = 0
         self._s3: S3 | None = None
-        self._part_slots = anyio.Semaphore(config.tuning.parts_in_flight)
+        self._limits = MemoryLimits(
+            budget=ByteBudget(config.tuning.memory_budget_bytes),
+            part_slots=anyio.Semaphore(config.tuning.parts_in_flight),
+        )
 
     @property
     def s3(self) -> S3:
@@ -333,7 +337,7 @@ class Backup:
 
         for attempt in (1, 2):
             try:
-                done = await upload_file(self.s3, bucket, key, file, self.settings, self._part_slots, started, ended)
+                done = await upload_file(self.s3, bucket, key, file, self.settings, self._limits, started, ended)
             except FileChanged as exc:
                 if attempt == 1:
                     continue  # one more read: a file being written often settles quickly

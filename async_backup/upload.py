@@ -18,6 +18,7 @@ from typing import Any
 import aiofiles
 import anyio
 
+from .budget import ByteBudget
 from .errors import unwrapped_group
 from .plan import part_ranges, part_size_for
 from .s3 import S3, PartChecksum, composite_checksum
@@ -54,6 +55,14 @@ class UploadSettings:
     storage_class: str
     multipart_threshold_bytes: int
     part_size_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryLimits:
+    """What all uploads share: bytes of file contents held at once, and multipart parts in flight."""
+
+    budget: ByteBudget
+    part_slots: anyio.Semaphore
 
 
 def mtime_metadata(mtime_ns: int) -> dict[str, str]:
@@ -111,6 +120,11 @@ def read_whole(path: bytes) -> tuple[bytes, int, int]:
     return data, after.st_size, after.st_mtime_ns
 
 
+def read_and_sum(path: bytes, algorithm: str) -> tuple[bytes, int, int, PartChecksum]:
+    data, size, mtime_ns = read_whole(path)
+    return data, size, mtime_ns, PartChecksum.of(data, algorithm)
+
+
 UploadHook = Callable[[str], Awaitable[None]]
 
 
@@ -120,28 +134,29 @@ async def upload_file(
     key: str,
     file: DiskFile,
     settings: UploadSettings,
-    part_slots: anyio.Semaphore,
+    limits: MemoryLimits,
     on_multipart_started: UploadHook,
     on_multipart_ended: UploadHook,
 ) -> Uploaded:
     """Upload `file` to bucket/key; raises FileVanished, FileChanged, FileUnreadable or S3Error."""
     if file.size < settings.multipart_threshold_bytes:
-        data, size, mtime_ns = await anyio.to_thread.run_sync(read_whole, file.path)
-        if size < settings.multipart_threshold_bytes or size == 0:
-            checksum = PartChecksum.of(data, s3.checksum_algorithm)
-            await s3.put_object(
-                bucket,
-                key,
-                data,
-                storage_class=settings.storage_class,
-                metadata=mtime_metadata(mtime_ns),
-                checksum=checksum,
+        async with limits.budget.hold(file.size):
+            # Read and checksum in one worker-thread call: hashing never holds up the event loop.
+            data, size, mtime_ns, checksum = await anyio.to_thread.run_sync(
+                read_and_sum, file.path, s3.checksum_algorithm
             )
-            return Uploaded(size, mtime_ns, checksum.cache_value())
-        del data  # grew past the threshold since the walk: take the multipart path
-    return await _upload_multipart(
-        s3, bucket, key, file, settings, part_slots, on_multipart_started, on_multipart_ended
-    )
+            if size < settings.multipart_threshold_bytes or size == 0:
+                await s3.put_object(
+                    bucket,
+                    key,
+                    data,
+                    storage_class=settings.storage_class,
+                    metadata=mtime_metadata(mtime_ns),
+                    checksum=checksum,
+                )
+                return Uploaded(size, mtime_ns, checksum.cache_value())
+            del data  # grew past the threshold since the walk: take the multipart path
+    return await _upload_multipart(s3, bucket, key, file, settings, limits, on_multipart_started, on_multipart_ended)
 
 
 async def _upload_multipart(
@@ -150,7 +165,7 @@ async def _upload_multipart(
     key: str,
     file: DiskFile,
     settings: UploadSettings,
-    part_slots: anyio.Semaphore,
+    limits: MemoryLimits,
     on_started: UploadHook,
     on_ended: UploadHook,
 ) -> Uploaded:
@@ -170,31 +185,41 @@ async def _upload_multipart(
         parts: list[dict[str, Any]] = [{} for _ in ranges]
         sums: list[PartChecksum | None] = [None] * len(ranges)
 
-        async def send_part(number: int, data: bytes) -> None:
+        def give_back(taken: int) -> None:
+            limits.budget.release(taken)
+            limits.part_slots.release()
+
+        async def send_part(number: int, data: bytes, taken: int) -> None:
             try:
-                checksum = PartChecksum.of(data, s3.checksum_algorithm)
+                # MD5 of a 16 MiB part takes tens of ms: in a thread (hashlib releases the GIL).
+                checksum = await anyio.to_thread.run_sync(PartChecksum.of, data, s3.checksum_algorithm)
                 sums[number - 1] = checksum
                 parts[number - 1] = await s3.upload_part(bucket, key, upload_id, number, data, checksum)
             finally:
-                part_slots.release()
+                give_back(taken)
 
         try:
             async with unwrapped_group() as tg:
                 for number, (_offset, length) in enumerate(ranges, start=1):
-                    # A slot per part held in memory: reading waits while parts are in flight.
-                    await part_slots.acquire()
+                    # A slot and the part's bytes from the budget: reading waits while memory is taken.
+                    await limits.part_slots.acquire()
+                    try:
+                        taken = await limits.budget.acquire(length)
+                    except BaseException:
+                        limits.part_slots.release()
+                        raise
                     try:
                         data = await f.read(length)
                     except OSError as exc:
-                        part_slots.release()
+                        give_back(taken)
                         raise _os_error(exc) from None
                     except BaseException:
-                        part_slots.release()
+                        give_back(taken)
                         raise
                     if len(data) != length:
-                        part_slots.release()
+                        give_back(taken)
                         raise FileChanged("the file became shorter while it was read")
-                    tg.start_soon(send_part, number, data)
+                    tg.start_soon(send_part, number, data, taken)
                     del data  # the part task owns the buffer now
             after = os.fstat(f.fileno())
             if (after.st_size, after.st_mtime_ns) != (size, mtime_ns):

@@ -118,7 +118,9 @@ class AsyncBackup(Contender):
         (cache / "config.json").write_text(json.dumps(config, indent=2))
         env = base_env(t)
         env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-        return [sys.executable, "-m", "async_backup", "--cache", str(cache)], env
+        # BENCH_ASYNC_BACKUP_ARGS (e.g. "--concurrency 64") tries other settings without editing code.
+        extra = os.environ.get("BENCH_ASYNC_BACKUP_ARGS", "").split()
+        return [sys.executable, "-m", "async_backup", "--cache", str(cache), *extra], env
 
 
 class S5cmd(Contender):

@@ -8,6 +8,7 @@ against the source tree, and emptying + deleting a bucket afterwards so servers 
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -42,6 +43,11 @@ def admin_client(server: S3Server) -> Any:
 
 def make_bucket(s3: Any, bucket: str) -> None:
     s3.create_bucket(Bucket=bucket)
+    # BENCH_VERSIONED_PEERS=1 gives every peer a versioned bucket like async-backup's own: versioned
+    # writes cost the server more (Ceph RGW keeps an index entry per version), which is part of the
+    # price of keeping old versions, not of the client.
+    if os.environ.get("BENCH_VERSIONED_PEERS") == "1":
+        s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
 
 
 @dataclass

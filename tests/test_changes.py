@@ -13,10 +13,11 @@ import pytest
 from conftest import ACCESS_KEY, REGION, SECRET_KEY, run_cli, write_config
 from faultcheck import bucket_objects, cache_rows
 
+from async_backup.budget import ByteBudget
 from async_backup.config import AwsSettings, Tuning
 from async_backup.s3 import open_s3
 from async_backup.targets import stable_bucket_name
-from async_backup.upload import FileChanged, FileVanished, UploadSettings, read_whole, upload_file
+from async_backup.upload import FileChanged, FileVanished, MemoryLimits, UploadSettings, read_whole, upload_file
 from async_backup.walk import DiskFile, Excluder, Hole, walk_target
 
 
@@ -98,7 +99,8 @@ def test_a_file_that_vanished_after_the_walk_is_a_skip(tmp_path: Path, moto_endp
             async def hook(_upload_id: str) -> None:
                 return None
 
-            await upload_file(s3, "no-bucket-needed", "k", gone, settings, anyio.Semaphore(1), hook, hook)
+            limits = MemoryLimits(ByteBudget(1 << 20), anyio.Semaphore(1))
+            await upload_file(s3, "no-bucket-needed", "k", gone, settings, limits, hook, hook)
 
     with pytest.raises(FileVanished):
         anyio.run(attempt)
