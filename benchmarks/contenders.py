@@ -115,6 +115,10 @@ class AsyncBackup(Contender):
                 "checksum_calculation": t.server.checksum_calculation,
             },
         }
+        # BENCH_ASYNC_BACKUP_TUNING (JSON, e.g. '{"part_size_mib": 32}') tries other tuning keys.
+        tuning = os.environ.get("BENCH_ASYNC_BACKUP_TUNING")
+        if tuning:
+            config["tuning"] = json.loads(tuning)
         (cache / "config.json").write_text(json.dumps(config, indent=2))
         env = base_env(t)
         env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
