@@ -38,13 +38,13 @@ def _server_alive(url: str) -> bool:
         return False
 
 
-def start_server(base: Path) -> str:
-    """Start (or reuse) the demo's moto server; returns its endpoint URL."""
+def start_server(base: Path) -> tuple[str, bool]:
+    """Start (or reuse) the demo's moto server; returns its endpoint URL and whether it is new."""
     state = base / "server.json"
     if state.exists():
         info = json.loads(state.read_text())
         if _server_alive(info["url"]):
-            return str(info["url"])
+            return str(info["url"]), False
     try:
         import moto.server  # noqa: F401
     except ImportError:
@@ -64,7 +64,7 @@ def start_server(base: Path) -> str:
             sys.exit(f"async-backup demo: the local S3 server did not start; see {base / 'server.log'}")
         time.sleep(0.2)
     state.write_text(json.dumps({"url": url, "pid": proc.pid}))
-    return url
+    return url, True
 
 
 def stop_server(base: Path) -> None:
@@ -138,8 +138,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.stop:
         stop_server(base)
         return 0
-    url = start_server(base)
+    url, fresh = start_server(base)
     cache = base / "cache"
+    if fresh:
+        # A new server holds nothing (moto keeps its objects in memory): a cache from an earlier demo
+        # would claim files are backed up that this server never saw. Start over.
+        for stale in cache.glob("async-backup.db*"):
+            stale.unlink()
     write_demo_config(cache, url, make_sample(base))
     print(f"local S3 server: {url} (moto); sample archive: {base / 'archive'}; cache: {cache}\n", flush=True)
     first = run_tool(cache)
