@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import socket
 import subprocess
@@ -38,16 +40,15 @@ def _wait_for_http(url: str, timeout_s: float) -> None:
             time.sleep(0.1)
 
 
-@pytest.fixture(scope="session")
-def moto_endpoint() -> Iterator[str]:
-    """Start moto's server in its own process for the whole session; yield its endpoint URL."""
+@contextlib.contextmanager
+def moto_server(**env: str) -> Iterator[str]:
+    """Run moto's server in its own process on a free loopback port; yield its endpoint URL."""
     port = free_port()
-    env = dict(os.environ, AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=SECRET_KEY)
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        env=env,
+        env={**os.environ, **env},
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -59,6 +60,13 @@ def moto_endpoint() -> Iterator[str]:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """moto's server for the whole session."""
+    with moto_server(AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=SECRET_KEY) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -158,3 +166,25 @@ def key_of(path: Any) -> str:
     from async_backup.keys import key_for_path
 
     return key_for_path(os.fsencode(path))
+
+
+@dataclasses.dataclass
+class Ran:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def in_process(*args: str) -> Ran:
+    """The CLI's own entry point, in this process: the same code as `python -m async_backup`
+    without an interpreter start per call (backups, which create the data, run as subprocesses)."""
+    import io
+
+    from async_backup.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(args))
+    result = Ran(code, out.getvalue(), err.getvalue())
+    assert SECRET_KEY not in result.stdout + result.stderr
+    return result

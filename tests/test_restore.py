@@ -8,8 +8,6 @@ counted on the wire by the recording proxy (tests/s3proxy.py), not by patching t
 from __future__ import annotations
 
 import base64
-import contextlib
-import io
 import os
 import re
 import signal
@@ -18,16 +16,14 @@ import subprocess
 import sys
 import time
 import zlib
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import SECRET_KEY, run_cli, write_config
+from conftest import Ran, in_process, run_cli, write_config
 from s3proxy import ErrorReply, ProxyServer, Stall
 
-from async_backup.cli import main
 from async_backup.keys import key_for_path
 from async_backup.restore import StreamSum, choose_versions, expected_checksum, is_safe, list_prefixes, under_prefix
 from async_backup.s3 import ObjectHead, ObjectVersion
@@ -42,24 +38,6 @@ def make_tree(base: Path, files: dict[str, bytes]) -> None:
         path = base / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
-
-
-@dataclass
-class Ran:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-def in_process(*args: str) -> Ran:
-    """The CLI's own entry point, in this process: the same code as `python -m async_backup`
-    without an interpreter start per call (backups, which create the data, run as subprocesses)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(list(args))
-    result = Ran(code, out.getvalue(), err.getvalue())
-    assert SECRET_KEY not in result.stdout + result.stderr
-    return result
 
 
 def restore(cache: Path, *args: str) -> Ran:

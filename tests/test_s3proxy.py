@@ -25,7 +25,7 @@ from aiobotocore.session import get_session
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.retries.standard import ExponentialBackoff
-from conftest import ACCESS_KEY, REGION, SECRET_KEY, _wait_for_http, free_port
+from conftest import ACCESS_KEY, REGION, SECRET_KEY, moto_server
 from s3proxy import (
     DeleteKeyErrors,
     ErrorReply,
@@ -181,17 +181,7 @@ def moto_checking_signatures() -> Iterator[tuple[str, dict[str, str]]]:
 
     INITIAL_NO_AUTH_ACTION_COUNT lets the first three calls (create user, key, policy) through unsigned.
     """
-    port = free_port()
-    env = dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="3")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_for_http(url + "/moto-api/", timeout_s=30)
+    with moto_server(INITIAL_NO_AUTH_ACTION_COUNT="3") as url:
         iam = boto3.client("iam", endpoint_url=url, **CLIENT_KW)
         iam.create_user(UserName="backup")
         key = iam.create_access_key(UserName="backup")["AccessKey"]
@@ -205,9 +195,6 @@ def moto_checking_signatures() -> Iterator[tuple[str, dict[str, str]]]:
                 "region_name": REGION,
             },
         )
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 async def test_signatures_survive_the_proxy(moto_checking_signatures: tuple[str, dict[str, str]]) -> None:

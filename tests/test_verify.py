@@ -8,43 +8,21 @@ out as "not checkable", never as a mismatch.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import sqlite3
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import SECRET_KEY, key_of, make_tree, run_cli, write_config
+from conftest import Ran, in_process, key_of, make_tree, run_cli, write_config
 from s3proxy import ErrorReply, ProxyServer
 
-from async_backup.cli import main
 from async_backup.s3 import ListedObject, ObjectHead
 from async_backup.targets import Target, stable_bucket_name
 from async_backup.verify import Kind, compare, compare_checksum, split_checksum
 from async_backup.walk import DiskFile, Excluder, Hole, Skipped
 
 MIB = 1024 * 1024
-
-
-@dataclass
-class Ran:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-def in_process(*args: str) -> Ran:
-    """The CLI's own entry point, in this process: the same code as `python -m async_backup`
-    without an interpreter start per call (backups, which create the data, run as subprocesses)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(list(args))
-    result = Ran(code, out.getvalue(), err.getvalue())
-    assert SECRET_KEY not in result.stdout + result.stderr
-    return result
 
 
 def verify(cache: Path, *args: str) -> Ran:
