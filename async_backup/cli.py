@@ -276,12 +276,7 @@ def _run(config: Config, cache_dir: Path, args: argparse.Namespace) -> int:
         for warning in nested_target_warnings(targets):
             log.warning("%s", warning)
         if not args.dry_run:
-            store.remember_targets((t.path, t.bucket, t.root) for t in targets if not t.missing)
-            if config.naming == "legacy" and not args.reset:
-                for bucket, rows in store.adopt_legacy({t.bucket: t.path for t in targets}).items():
-                    log.info("adopted %d files from the old cache of bucket %s", rows, bucket)
-        elif config.naming == "legacy":
-            log.info("dry run: old caches are not adopted, so their files show as new")
+            store.remember_targets((t.path, t.bucket, t.root) for t in targets if not t.missing and not t.problem)
         if args.dry_run and args.reset:
             store.close()
             store = StateStore(cache_dir / "nonexistent-for-dry-reset", readonly=True)
@@ -413,8 +408,14 @@ def _report(summary: RunSummary, dry_run: bool) -> None:
         log.warning("%s: %s: %s", warning.group, warning.path, warning.message)
     if dry_run:
         for t in summary.targets:
+            adopt = (
+                f"would adopt {t.adopted} files from the old script's cache (each checked against the bucket "
+                "listing first), "
+                if t.adopted
+                else ""
+            )
             print(
-                f"{t.name} -> s3://{t.bucket}: would upload {t.planned_uploads} files "
+                f"{t.name} -> s3://{t.bucket}: {adopt}would upload {t.planned_uploads} files "
                 f"({format_bytes(t.planned_upload_bytes)}), delete {t.planned_deletes}, "
                 f"{t.unchanged} unchanged, {t.skipped} skipped"
             )

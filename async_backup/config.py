@@ -310,7 +310,7 @@ def _folders(value: Any, where: str) -> tuple[FolderSpec, ...]:
 
 
 def _abs_path(value: Any, key: str, where: str) -> str:
-    text = _str_item(value, key, where)
+    text = os.path.expanduser(_str_item(value, key, where))  # as the old script did for folders
     if not os.path.isabs(text):
         raise ConfigError(f"{where}: {key} is {text!r}; give an absolute path (starting with /)")
     return os.path.normpath(text)

@@ -61,6 +61,8 @@ class FailureKind(enum.StrEnum):
     TARGET_MISSING = "target missing"  # a known target's folder is gone (unmounted share?)
     KEY_TOO_LONG = "key too long"  # S3 keys are limited to 1,024 bytes
     BUCKET = "bucket setup"  # a bucket could not be created or configured
+    ADOPTION = "adoption"  # the old script's cache could not be checked against its bucket
+    SECRETS_EXPOSED = "secrets exposed"  # AWS keys lie readable somewhere (a warning only)
     CACHE_BACKUP = "cache backup"  # the cache snapshot could not be uploaded
     FATAL = "fatal"  # the run stopped early
     NOTIFICATION = "notification"  # the Teams card could not be delivered (a warning only)

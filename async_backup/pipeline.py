@@ -26,13 +26,15 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream as ObjectReceiveStream
 from anyio.streams.memory import MemoryObjectSendStream as ObjectSendStream
 
+from .adopt import adopt_old_cache
 from .buckets import ensure_bucket
 from .budget import ByteBudget
 from .config import Config
 from .delete import KeyFailure, delete_paths
 from .errors import Failure, FailureCollector, FailureKind, FatalError, S3Error, unwrapped_group
 from .keys import KeyTooLongError, check_key_length, display_path, key_for_path
-from .plan import MAX_OBJECT_BYTES, PlanCounts, Upload, deletion_guard, merge
+from .legacy import LEGACY_CACHE_BUCKET, OldCache, OldCacheError, old_cache_path
+from .plan import MAX_OBJECT_BYTES, PlanCounts, Recorded, Upload, deletion_guard, merge
 from .progress import Progress
 from .s3 import S3, endpoint_name, open_s3
 from .state import Change, Removed, StateStore, Stored, UploadEnded, UploadStarted, run_writer
@@ -80,6 +82,7 @@ class TargetRun:
     bucket_ready: bool = False
     bucket_failed: bool = False
     bucket_lock: anyio.Lock = field(default_factory=anyio.Lock)
+    old_cache: Path | None = None  # a dry run plans against the old script's cache it would adopt
 
     def job_finished(self) -> None:
         self.pending -= 1
@@ -144,6 +147,8 @@ class Backup:
         async with open_s3(self.config.aws, tuning) as s3:
             self._s3 = s3
             await self._check_endpoint()
+            if self.config.naming == "legacy":
+                await self._warn_about_old_config_copy()
             await self._abort_leftover_uploads()
             upload_send, upload_receive = anyio.create_memory_object_stream[UploadJob](tuning.queue_size)
             change_send, change_receive = anyio.create_memory_object_stream[Change](4 * tuning.queue_size)
@@ -196,7 +201,12 @@ class Backup:
                     if target.missing:
                         self._target_missing(run)
                         return
+                    if target.problem:
+                        self._target_unusable(run)
+                        return
                     async with walk_slots:
+                        if not await self._adopt_old_cache(run):
+                            return
                         await self._walk_in_thread(run, upload_send)
                 run.walk_done()
                 await run.uploads_done.wait()
@@ -225,7 +235,7 @@ class Backup:
         walk = _until_stopped(walk_target(root, self.excluder, self.collector.add, target.path), self._stopping)
         chunk: list[UploadJob] = []
         try:
-            for action in merge(walk, self.store.recorded(target.bucket), run.counts, excluded):
+            for action in merge(walk, self._recorded(run), run.counts, excluded):
                 if isinstance(action, Upload):
                     run.stats.planned_uploads += 1
                     run.stats.planned_upload_bytes += action.file.size
@@ -244,7 +254,21 @@ class Backup:
         run.stats.planned_deletes = len(run.deletes)
         run.stats.unchanged = counts.unchanged
         run.stats.skipped += counts.skipped
+        if run.old_cache is not None:
+            run.stats.adopted = counts.unchanged  # what a real run would adopt, if S3 lists it
         run.stats.walk_finished = True
+
+    def _recorded(self, run: TargetRun) -> Iterator[Recorded]:
+        """The cache's rows for the target, or in a dry run the old script's cache it would adopt."""
+        if run.old_cache is None:
+            yield from self.store.recorded(run.target.bucket)
+            return
+        old = OldCache(run.old_cache)
+        try:
+            for row in old.rows():
+                yield Recorded(row.path, None, round(row.timestamp * 1e9), row.timestamp)
+        finally:
+            old.close()
 
     async def _enqueue(self, chunk: list[UploadJob], upload_send: ObjectSendStream[UploadJob]) -> None:
         for job in chunk:
@@ -252,15 +276,97 @@ class Backup:
             await upload_send.send(job)
 
     def _target_missing(self, run: TargetRun) -> None:
-        self.collector.add(
-            Failure(
-                FailureKind.TARGET_MISSING,
-                run.target.path,
-                run.target.path,
-                "the folder is missing (an unmounted share?); nothing was uploaded or deleted. "
-                "Mount it, or remove it from config.json and run with --forget-target if it is gone for good",
+        target = run.target
+        if target.root is not None:
+            message = (
+                f"this subfolder of root {target.root} is gone (renamed, removed, or the share unmounted?); "
+                "nothing was uploaded or deleted. If it is gone for good, run "
+                f"async-backup --forget-target '{target.path}' (its bucket s3://{target.bucket} stays as it is)"
             )
+        else:
+            message = (
+                "the folder is missing (an unmounted share?); nothing was uploaded or deleted. "
+                "Mount it, or remove it from config.json and run with --forget-target if it is gone for good"
+            )
+        self.collector.add(Failure(FailureKind.TARGET_MISSING, target.path, target.path, message))
+
+    def _target_unusable(self, run: TargetRun) -> None:
+        assert run.target.problem is not None
+        self.collector.add(Failure(FailureKind.BUCKET, run.target.path, run.target.path, run.target.problem))
+
+    def _old_cache_to_adopt(self, run: TargetRun) -> Path | None:
+        """The old script's cache of a legacy-named target whose rows this cache does not hold yet
+        (the first run after taking over, or after --reset or a lost cache)."""
+        if run.target.legacy_name is None:
+            return None
+        path = old_cache_path(self.store.cache_dir, run.target.legacy_name)
+        if not path.is_file() or self.store.count(run.target.bucket) > 0:
+            return None
+        return path
+
+    async def _adopt_old_cache(self, run: TargetRun) -> bool:
+        """Adopt the target's old cache if it has one; False when the target cannot go on.
+
+        Without the bucket's listing there is no knowing what the old script's uploads left in S3;
+        uploading anyway could send a second copy of everything, so the target waits for the next run."""
+        path = await anyio.to_thread.run_sync(self._old_cache_to_adopt, run)
+        if path is None:
+            return True
+        target = run.target
+        try:
+            old = await anyio.to_thread.run_sync(OldCache, path)
+        except OldCacheError as exc:
+            log.warning("old cache of %s: %s; its files are treated as new", target.path, exc)
+            return True
+        try:
+            adoption = await adopt_old_cache(self.s3, self.store, target.bucket, old)
+        except (S3Error, OldCacheError) as exc:
+            self.collector.add(
+                Failure(
+                    FailureKind.ADOPTION,
+                    target.path,
+                    str(path),
+                    f"the old cache could not be checked against s3://{target.bucket} ({exc}); nothing of this "
+                    "target was uploaded, so no file is sent twice. The next run tries again",
+                )
+            )
+            return False
+        finally:
+            old.close()
+        run.stats.adopted = adoption.adopted
+        missing = adoption.old_rows - adoption.adopted
+        log.info(
+            "%s: adopted %d of %d files from the old cache %s (%d ListObjectsV2 requests)%s",
+            target.path,
+            adoption.adopted,
+            adoption.old_rows,
+            path,
+            adoption.requests,
+            f"; {missing} are not in s3://{target.bucket} and are uploaded if still on disk" if missing else "",
         )
+        return True
+
+    async def _warn_about_old_config_copy(self) -> None:
+        """The old script copied config.json, AWS keys included, to its cache bucket after every run.
+        Say so once per run (never delete it: it may be someone's only copy of that config)."""
+        keys: list[str] = []
+        try:
+            async for page in self.s3.list_current(LEGACY_CACHE_BUCKET):
+                keys.extend(o.key for o in page if o.key == "config.json" or o.key.endswith("/config.json"))
+        except S3Error as exc:
+            log.debug("bucket %s not checked for an old config.json: %s", LEGACY_CACHE_BUCKET, exc)
+            return
+        if not keys:
+            return
+        own = str(self.store.cache_dir).lstrip("/") + "/config.json"  # this cache directory's copy first
+        keys.sort(key=lambda k: k != own)
+        more = f" (and {len(keys) - 1} more config.json objects)" if len(keys) > 1 else ""
+        message = (
+            f"bucket {LEGACY_CACHE_BUCKET} still holds the old script's copy of config.json with the AWS keys, "
+            f"s3://{LEGACY_CACHE_BUCKET}/{keys[0]}{more}: rotate those keys and delete that object "
+            "(async-backup never deletes it)"
+        )
+        self.collector.warn(Failure(FailureKind.SECRETS_EXPOSED, "cache", f"s3://{LEGACY_CACHE_BUCKET}", message))
 
     async def _delete_vanished(self, run: TargetRun, change_send: ObjectSendStream[Change]) -> None:
         if not run.deletes:
@@ -493,6 +599,10 @@ class Backup:
             if run.target.missing:
                 self._target_missing(run)
                 return
+            if run.target.problem:
+                self._target_unusable(run)
+                return
+            run.old_cache = await anyio.to_thread.run_sync(self._old_cache_to_adopt, run)
             async with walk_slots:
                 await self._walk_in_thread(run, None)
             self._deletes_held_back(run)

@@ -27,11 +27,16 @@ LEGACY_MTIME_TOLERANCE_NS = 2_000
 
 @dataclass(frozen=True, slots=True)
 class Recorded:
-    """A cache row: what S3 confirmed for one path. `size` is None for rows adopted from the old script."""
+    """A cache row: what S3 confirmed for one path.
+
+    Rows adopted from the old script carry its float st_mtime in `legacy_mtime` (and the size the
+    bucket listing showed, or None in a dry run, which sends no listing); rows adopted by earlier
+    versions of this tool have neither a size nor a legacy_mtime."""
 
     path: bytes
     size: int | None
     mtime_ns: int
+    legacy_mtime: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +66,16 @@ class PlanCounts:
     disk_bytes: int = 0
 
 
+def stat_float_mtime(mtime_ns: int) -> float:
+    """`os.stat().st_mtime` as CPython computes it from the nanoseconds (sec + nsec * 1e-9), so an
+    mtime the old script stored compares at exactly the float precision it had."""
+    seconds, nanos = divmod(mtime_ns, 1_000_000_000)
+    return float(seconds) + nanos * 1e-9
+
+
 def is_unchanged(file: DiskFile, row: Recorded) -> bool:
+    if row.legacy_mtime is not None:
+        return (row.size is None or row.size == file.size) and stat_float_mtime(file.mtime_ns) == row.legacy_mtime
     if row.size is None:
         return abs(file.mtime_ns - row.mtime_ns) <= LEGACY_MTIME_TOLERANCE_NS
     return file.size == row.size and file.mtime_ns == row.mtime_ns

@@ -1,6 +1,6 @@
 """The local cache: what S3 has confirmed, per bucket and path, in SQLite.
 
-Owns the schema, the adoption of the old script's per-bucket caches, and the single writer task
+Owns the schema, the insertion of rows adopted from the old script's caches, and the single writer task
 that applies every change in batched transactions. A row is written only after S3 confirmed the
 upload or delete it describes, so a crash at any moment loses nothing: at most the files in
 flight are sent again. Reads for the planner open their own connection (WAL lets them run beside
@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import sqlite3
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +28,6 @@ from .plan import Recorded
 log = logging.getLogger(__name__)
 
 STATE_NAME = "async-backup.db"
-LEGACY_DIR = "db"
 WRITE_BATCH_ROWS = 500
 WRITE_BATCH_S = 0.5
 
@@ -40,6 +38,7 @@ CREATE TABLE IF NOT EXISTS files (
     size     INTEGER,            -- NULL for rows adopted from the old script's cache
     mtime_ns INTEGER NOT NULL,
     checksum TEXT,               -- "crc32:<b64>[-parts]" or "md5:<hex>[-parts]" as S3 stored it
+    legacy_mtime REAL,           -- the old script's float st_mtime, for rows adopted from its cache
     PRIMARY KEY (bucket, path)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS targets (
@@ -98,14 +97,21 @@ Change = Stored | Removed | UploadStarted | UploadEnded
 
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     if readonly:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+        # Quoted: a "%" or "?" in the cache directory's path would change a SQLite URI's meaning.
+        conn = sqlite3.connect(f"file:{urllib.parse.quote(str(path))}?mode=ro", uri=True, check_same_thread=False)
     else:
         conn = sqlite3.connect(path, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable to the last checkpoint-safe commit
         conn.executescript(_SCHEMA)
+        if "legacy_mtime" not in _columns(conn):  # a cache made before adoption kept the old mtime
+            conn.execute("ALTER TABLE files ADD COLUMN legacy_mtime REAL")
     conn.execute("PRAGMA busy_timeout=30000")
     return conn
+
+
+def _columns(conn: sqlite3.Connection) -> set[str]:
+    return {str(row[1]) for row in conn.execute("PRAGMA table_info(files)")}
 
 
 class StateStore:
@@ -172,11 +178,14 @@ class StateStore:
             return
         conn = connect(self.path, readonly=True)
         try:
-            cursor = conn.execute("SELECT path, size, mtime_ns FROM files WHERE bucket=? ORDER BY path", (bucket,))
+            legacy = "legacy_mtime" if "legacy_mtime" in _columns(conn) else "NULL"
+            cursor = conn.execute(
+                f"SELECT path, size, mtime_ns, {legacy} FROM files WHERE bucket=? ORDER BY path", (bucket,)
+            )
             cursor.arraysize = 1000
             while rows := cursor.fetchmany():
-                for path, size, mtime_ns in rows:
-                    yield Recorded(bytes(path), size, mtime_ns)
+                for path, size, mtime_ns, legacy_mtime in rows:
+                    yield Recorded(bytes(path), size, mtime_ns, legacy_mtime)
         finally:
             conn.close()
 
@@ -240,42 +249,19 @@ class StateStore:
         with self._conn:
             self._conn.execute("INSERT OR REPLACE INTO meta(name, value) VALUES (?, ?)", (name, value))
 
-    def adopt_legacy(self, buckets: Mapping[str, str]) -> dict[str, int]:
-        """Import the old script's caches, `db/<quote_plus(bucket)>.db`, once per bucket.
+    def insert_adopted(self, bucket: str, rows: Iterable[tuple[bytes, int, float]]) -> int:
+        """Rows adopted from the old script's cache: (path, size S3 listed, its float st_mtime).
 
-        Their rows hold key = absolute path and timestamp = st_mtime as a float; they become rows
-        with an unknown size, which the planner compares by mtime alone, so nothing unchanged is
-        uploaded again. `buckets` maps bucket name -> target path. Returns rows imported per bucket.
-        """
+        INSERT OR IGNORE: a row this tool already wrote (an upload S3 confirmed) always wins."""
         assert self._conn is not None
-        imported: dict[str, int] = {}
-        for bucket in buckets:
-            legacy = self.cache_dir / LEGACY_DIR / f"{urllib.parse.quote_plus(bucket)}.db"
-            mark = f"adopted:{bucket}"
-            if not legacy.exists() or self.get_meta(mark) is not None:
-                continue
-            try:
-                old = sqlite3.connect(f"file:{legacy}?mode=ro", uri=True)
-                try:
-                    rows = old.execute("SELECT key, timestamp FROM files").fetchall()
-                finally:
-                    old.close()
-            except sqlite3.Error as exc:
-                log.warning("old cache %s cannot be read (%s); its files will be uploaded again", legacy, exc)
-                continue
-            batch = []
-            for key, timestamp in rows:
-                if not isinstance(key, str) or not isinstance(timestamp, int | float) or math.isnan(timestamp):
-                    continue
-                batch.append((bucket, os.fsencode(key), None, round(float(timestamp) * 1e9), None))
-            with self._conn:
-                self._conn.executemany(
-                    "INSERT OR IGNORE INTO files(bucket, path, size, mtime_ns, checksum) VALUES (?, ?, ?, ?, ?)",
-                    batch,
-                )
-                self._conn.execute("INSERT OR REPLACE INTO meta(name, value) VALUES (?, ?)", (mark, str(time.time())))
-            imported[bucket] = len(batch)
-        return imported
+        batch = [(bucket, path, size, round(ts * 1e9), None, ts) for path, size, ts in rows]
+        with self._write_lock, self._conn:
+            cursor = self._conn.executemany(
+                "INSERT OR IGNORE INTO files(bucket, path, size, mtime_ns, checksum, legacy_mtime) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                batch,
+            )
+        return int(cursor.rowcount)
 
     def snapshot(self, dest: Path) -> None:
         """A consistent copy of the live database through SQLite's backup API."""

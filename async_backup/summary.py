@@ -27,6 +27,7 @@ class TargetStats:
     planned_uploads: int = 0
     planned_upload_bytes: int = 0
     planned_deletes: int = 0
+    adopted: int = 0  # rows taken from the old script's cache (a dry run: that would be)
     walk_finished: bool = False
     started_at: float = field(default_factory=time.time)
     finished_at: float | None = None
@@ -38,8 +39,9 @@ class TargetStats:
 
     def line(self) -> str:
         """The one summary line per target that the log carries."""
+        adopted = f"{self.adopted} adopted from the old cache, " if self.adopted else ""
         return (
-            f"{self.name} -> s3://{self.bucket}: {self.new} new, {self.updated} updated, "
+            f"{self.name} -> s3://{self.bucket}: {adopted}{self.new} new, {self.updated} updated, "
             f"{self.deleted} deleted, {self.unchanged} unchanged, {self.skipped} skipped, "
             f"{self.failed} failed, {format_bytes(self.bytes_uploaded)} uploaded "
             f"in {self.duration_s:.1f} s"

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 
 from .config import Config
 from .errors import ConfigError
+from .legacy import infer_common, legacy_bucket_name, legacy_common, legacy_name, legacy_target_list
 
 BUCKET_MIN_LEN = 3
 BUCKET_MAX_LEN = 63  # [S3 user guide, "General purpose bucket naming rules"]
 HASH_LEN = 8
-LEGACY_PREFIX = "images--"
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9-]*[a-z0-9]$")
 _RESERVED_PREFIXES = ("xn--", "sthree-", "amzn-s3-demo-")
 _RESERVED_SUFFIXES = ("-s3alias", "--ol-s3", "--x-s3", "--table-s3")
@@ -34,6 +34,8 @@ class Target:
     bucket: str
     root: str | None = None  # the root it was found under, if any
     missing: bool = False  # known from earlier runs but not on disk now
+    legacy_name: str | None = None  # the old script's name for it (legacy naming): finds its old cache
+    problem: str | None = None  # why it cannot be backed up (an invalid generated bucket name); fails alone
 
     @property
     def path_bytes(self) -> bytes:
@@ -81,22 +83,19 @@ def stable_bucket_name(prefix: str, path: str) -> str:
     return name
 
 
-def legacy_bucket_name(path: str, common: str) -> str:
-    """The existing script's rule: "images--" + the path relative to the common path of all
-    targets, every character outside [a-zA-Z0-9] replaced by "-", lowercased."""
-    relative = os.path.relpath(path, common)
-    return LEGACY_PREFIX + re.sub(r"[^a-zA-Z0-9]", "-", relative).lower()
-
-
 def discover_targets(config: Config, known: Mapping[str, tuple[str, str | None]]) -> list[Target]:
     """List roots and check folders on disk, then name every target.
 
-    `known` maps target paths seen by earlier runs to (bucket, root). A configured folder or root
-    that is missing now is a ConfigError unless an earlier run backed it up: then its targets are
-    returned with missing=True, so the run reports them and holds back their deletes.
+    `known` maps target paths seen by earlier runs to (bucket, root). A configured folder that is
+    missing now is a ConfigError unless an earlier run backed it up: then it is returned with
+    missing=True, so the run reports it and holds back its deletes (likewise a root's subfolder
+    that is gone). A root's subfolders include symlinks to folders, as the old script had them.
+    A root's subfolder that is also configured in backup.folders is that folder (with its pinned
+    bucket, if any). A generated name that is no valid bucket fails that target alone.
     """
     where = str(config.source)
     candidates: list[tuple[str, str | None, str | None, bool]] = []  # path, pinned bucket, root, missing
+    folder_paths = {f.path for f in config.folders}
     for i, folder in enumerate(config.folders):
         exists = os.path.isdir(folder.path)
         if not exists and folder.path not in known:
@@ -106,10 +105,10 @@ def discover_targets(config: Config, known: Mapping[str, tuple[str, str | None]]
             )
         candidates.append((folder.path, folder.bucket, None, not exists))
     for i, root in enumerate(config.roots):
-        known_under_root = sorted(p for p, (_, r) in known.items() if r == root)
+        known_under_root = sorted(p for p, (_, r) in known.items() if r == root and p not in folder_paths)
         try:
             with os.scandir(root) as entries:
-                children = sorted(os.path.join(root, e.name) for e in entries if e.is_dir(follow_symlinks=False))
+                children = sorted(os.path.join(root, e.name) for e in entries if _is_folder(e))
         except OSError as exc:
             if not known_under_root:
                 reason = exc.strerror or type(exc).__name__
@@ -118,21 +117,21 @@ def discover_targets(config: Config, known: Mapping[str, tuple[str, str | None]]
                     "fix the path or mount the share"
                 ) from None
             children = []
+        children = [c for c in children if c not in folder_paths]
         present = set(children)
         candidates.extend((child, None, root, False) for child in children)
         candidates.extend((p, None, root, True) for p in known_under_root if p not in present)
 
-    common = os.path.commonpath([c[0] for c in candidates]) if candidates else "/"
-    if len(candidates) == 1:
-        common = os.path.dirname(candidates[0][0])
+    common = _legacy_common(config, known, [c[0] for c in candidates]) if config.naming == "legacy" else "/"
     targets: list[Target] = []
-    seen_paths: dict[str, int] = {}
+    seen_paths: set[str] = set()
     for path, pinned, found_under, missing in candidates:
         if path in seen_paths:
-            raise ConfigError(f"{where}: {path} is configured twice (as a folder and under a root?); keep one")
-        seen_paths[path] = 1
+            raise ConfigError(f"{where}: {path} is configured twice in backup.folders; keep one")
+        seen_paths.add(path)
         recorded = known.get(path)
         bucket: str
+        old_name = legacy_name(path, common) if config.naming == "legacy" else None
         if pinned:
             bucket = pinned
         elif config.naming == "legacy":
@@ -141,14 +140,46 @@ def discover_targets(config: Config, known: Mapping[str, tuple[str, str | None]]
         else:
             bucket = stable_bucket_name(config.bucket_prefix, path)
         problem = bucket_name_problem(bucket)
-        if problem:
+        if problem and pinned:
             raise ConfigError(
-                f"{where}: bucket name {bucket!r} for {path} {problem}; pin a valid one with "
-                f'{{"path": "{path}", "bucket": "..."}} in backup.folders'
+                f'{where}: bucket name {bucket!r} for {path} {problem}; pin a valid one with "bucket" in backup.folders'
             )
-        targets.append(Target(path=path, bucket=bucket, root=found_under, missing=missing))
-    check_collisions(targets, where, config.cache_bucket)
+        unusable: str | None = None
+        if problem:
+            # Only a generated legacy name can be invalid (`neu ö` gives `images--neu--`): that
+            # target fails alone, the others run.
+            unusable = (
+                f"its bucket name {bucket!r} (the old script's rule) {problem}, so it cannot be backed up; "
+                f'add {{"path": "{path}", "bucket": "<a valid name>"}} to backup.folders, or rename the folder'
+            )
+        targets.append(
+            Target(path=path, bucket=bucket, root=found_under, missing=missing, legacy_name=old_name, problem=unusable)
+        )
+    check_collisions([t for t in targets if t.problem is None], where, config.cache_bucket)
     return targets
+
+
+def _is_folder(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_dir()  # follows a symlink: a linked folder is a target, keyed under the link
+    except OSError:
+        return False
+
+
+def _legacy_common(config: Config, known: Mapping[str, tuple[str, str | None]], candidates: list[str]) -> str:
+    """The common path legacy names are relative to.
+
+    Once the cache knows legacy-named targets, the common path their names were made with is kept,
+    so a subfolder added later is named like its siblings (the old script would have renamed every
+    bucket instead). Before that, the old script's own rule over its own list of targets."""
+    inferred = {infer_common(path, bucket) for path, (bucket, _root) in known.items()}
+    inferred.discard(None)
+    if len(inferred) == 1:
+        common = inferred.pop()
+        assert common is not None
+        outside = [c for c in candidates if c != common and not c.startswith(common.rstrip("/") + "/")]
+        return legacy_common([common, *outside]) if outside else common
+    return legacy_common(legacy_target_list([f.path for f in config.folders], config.roots) or candidates)
 
 
 def check_collisions(targets: list[Target], where: str, cache_bucket: str | None) -> None:

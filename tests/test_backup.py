@@ -10,7 +10,6 @@ import fcntl
 import json
 import os
 import sqlite3
-import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -234,31 +233,6 @@ def test_a_folder_never_backed_up_and_missing_is_a_config_error(tmp_path: Path, 
     assert result.returncode == 2
     assert "backup.folders[0]" in result.stderr and "never backed up" in result.stderr
     assert "Traceback" not in result.stderr
-
-
-def test_adopting_the_old_scripts_cache_uploads_nothing_unchanged(tmp_path: Path, moto_endpoint: str, s3_inspect: Any):
-    data = tmp_path / "archive"
-    make_tree(data, {"a/one.tif": b"1", "a/two.tif": b"22", "b/three.tif": b"333"})
-    (data / "a/two.tif").write_bytes(b"changed since the old script ran")
-    cache = tmp_path / "cache"
-    write_config(cache, moto_endpoint, folders=[str(data / "a"), str(data / "b")], backup_extra={"naming": "legacy"})
-    # The old script: one SQLite file per bucket, key = absolute path, timestamp = st_mtime float.
-    (cache / "db").mkdir()
-    old_names = {"a": "images--a", "b": "images--b"}
-    for sub, name in old_names.items():
-        conn = sqlite3.connect(cache / "db" / f"{urllib.parse.quote_plus(name)}.db")
-        conn.execute("CREATE TABLE files(key TEXT PRIMARY KEY, timestamp REAL)")
-        for f in (data / sub).iterdir():
-            stamp = os.stat(f).st_mtime if f.name != "two.tif" else os.stat(f).st_mtime - 100
-            conn.execute("INSERT INTO files VALUES (?, ?)", (str(f), stamp))
-        conn.commit()
-        conn.close()
-    result = backup(cache)
-    assert result.returncode == 0, result.stderr
-    assert all_keys(s3_inspect, "images--a") == [key_of(data / "a/two.tif")]  # only the changed file
-    assert "images--b" not in {b["Name"] for b in s3_inspect.list_buckets()["Buckets"]}
-    again = backup(cache)
-    assert again.returncode == 0 and "0 files uploaded" in again.stderr
 
 
 def test_a_second_run_on_a_locked_cache_exits_3_naming_the_holder(site: dict[str, Any]):
