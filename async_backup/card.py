@@ -195,7 +195,7 @@ class _CardBuilder:
 
     @staticmethod
     def _activity(target: TargetStats) -> int:
-        return target.new + target.updated + target.deleted
+        return target.new + target.updated + target.deleted + target.adopted
 
     # ---- pieces
 
@@ -247,6 +247,7 @@ class _CardBuilder:
                 _text(f"**{name}** → s3://{bucket}", weight="Bolder"),
                 _facts(
                     [
+                        *([("Adopted from the old cache", f"{target.adopted:,}")] if target.adopted else []),
                         ("New", f"{target.new:,}"),
                         ("Updated", f"{target.updated:,}"),
                         ("Deleted", f"{target.deleted:,}"),

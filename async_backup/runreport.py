@@ -122,6 +122,7 @@ def _target_record(target: TargetStats, clean: Callable[[str], str]) -> dict[str
         "updated": target.updated,
         "deleted": target.deleted,
         "unchanged": target.unchanged,
+        "adopted": target.adopted,
         "skipped": target.skipped,
         "failed": target.failed,
         "bytes_uploaded": target.bytes_uploaded,

@@ -36,7 +36,7 @@ def main() -> int:
 
     s3 = boto3.client("s3", endpoint_url=args.endpoint)
     conn = sqlite3.connect(args.db)
-    conn.execute("CREATE TABLE IF NOT EXISTS files (key TEXT PRIMARY KEY, mtime REAL NOT NULL)")
+    conn.execute("CREATE TABLE IF NOT EXISTS files (key TEXT PRIMARY KEY, timestamp REAL)")
     conn.commit()
     conn.close()
 
@@ -48,10 +48,10 @@ def main() -> int:
             key = _key(path)
             mtime = os.stat(path).st_mtime
             conn = sqlite3.connect(args.db)
-            row = conn.execute("SELECT mtime FROM files WHERE key = ?", (key,)).fetchone()
+            row = conn.execute("SELECT timestamp FROM files WHERE key = ?", (key,)).fetchone()
             if row is None or row[0] != mtime:
                 s3.upload_file(path, args.bucket, key, ExtraArgs={"StorageClass": "DEEP_ARCHIVE"})
-                conn.execute("INSERT OR REPLACE INTO files (key, mtime) VALUES (?, ?)", (key, mtime))
+                conn.execute("INSERT OR REPLACE INTO files (key, timestamp) VALUES (?, ?)", (key, mtime))
                 conn.commit()
                 uploaded += 1
             conn.close()

@@ -69,7 +69,7 @@ def run_old_script(cache: Path, client: Any) -> dict[str, str]:
             done[target] = bucket
     (cache / "backup.log").write_text("old script log\n")
     if OLD_CACHE_BUCKET not in {b["Name"] for b in client.list_buckets()["Buckets"]}:
-        client.create_bucket(Bucket=OLD_CACHE_BUCKET, CreateBucketConfiguration={"LocationConstraint": _region(client)})
+        _create(client, OLD_CACHE_BUCKET)
     for folder, _dirs, files in os.walk(cache):
         for file_name in files:
             path = Path(folder) / file_name
@@ -79,7 +79,7 @@ def run_old_script(cache: Path, client: Any) -> dict[str, str]:
 
 def _make_bucket(client: Any, bucket: str) -> None:
     if bucket not in {b["Name"] for b in client.list_buckets()["Buckets"]}:
-        client.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": _region(client)})
+        _create(client, bucket)
     client.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
     client.put_bucket_lifecycle_configuration(
         Bucket=bucket,
@@ -96,5 +96,9 @@ def _make_bucket(client: Any, bucket: str) -> None:
     )
 
 
-def _region(client: Any) -> str:
-    return str(client.meta.region_name)
+def _create(client: Any, bucket: str) -> None:
+    region = str(client.meta.region_name)
+    if region == "us-east-1":  # the one region that takes no location constraint
+        client.create_bucket(Bucket=bucket)
+    else:
+        client.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": region})

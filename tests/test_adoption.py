@@ -103,6 +103,9 @@ def test_adoption_uploads_only_what_changed_and_says_so(old_site: dict[str, Any]
     assert uploaded == {str(p).lstrip("/") for p in (changed, touched, archive / "new.tif")}
     for target in buckets:
         assert f"{target}: adopted 2 of 2 files from the old cache" in result.stderr
+    (report_path,) = (cache / "reports").glob("*.json")
+    report = json.loads(report_path.read_text())
+    assert {t["name"]: t["adopted"] for t in report["targets"]} == dict.fromkeys(buckets, 2)
 
     again = run_cli("--cache", str(cache))
     assert again.returncode == 0, again.stderr
@@ -287,3 +290,19 @@ def test_a_damaged_old_cache_is_one_warning_and_its_files_are_new(tmp_path: Path
     assert result.returncode == 0, result.stderr
     assert sum(1 for x in result.stderr.splitlines() if f"a{tok}.db" in x) == 1
     assert s3_inspect.list_objects_v2(Bucket=f"images--a{tok}")["KeyCount"] == 1
+
+
+def test_adopting_sends_one_listing_per_target_and_no_upload(old_site: dict[str, Any], moto_endpoint: str):
+    from s3proxy import ProxyServer
+
+    cache = old_site["cache"]
+    raw = json.loads((cache / "config.json").read_text())
+    with ProxyServer(moto_endpoint) as proxy:
+        raw["aws"]["endpoint_url"] = proxy.url
+        (cache / "config.json").write_text(json.dumps(raw))
+        result = run_cli("--cache", str(cache), "--no-cache-backup")
+        records = proxy.wait_done()
+    assert result.returncode == 0, result.stderr
+    lists = sorted(r.bucket or "" for r in records if r.op == "ListObjectsV2")
+    assert lists == sorted([*old_site["buckets"].values(), OLD_CACHE_BUCKET])
+    assert not [r for r in records if r.op in ("PutObject", "UploadPart", "CreateMultipartUpload")]
