@@ -476,6 +476,9 @@ def run_verify(config: Config, cache_dir: Path, args: argparse.Namespace) -> int
         store = StateStore(cache_dir, readonly=not args.repair)
         try:
             targets = select_targets(discover_targets(config, store.known_targets()), args.target, "--target")
+            for unusable in (t for t in targets if t.problem):
+                print(f"{unusable.path}: not checked: {unusable.problem}")
+            targets = [t for t in targets if not t.problem]
             job = Verify(config, store, targets, checksums)
             started = time.monotonic()
             anyio.run(job.run)
