@@ -77,7 +77,9 @@ def merge(
 
     A file on disk and not in the cache, or with another size or mtime, is uploaded. A cached
     path that is no longer on disk is deleted, unless it lies under a Hole (the walk could not
-    see there) or is excluded. Everything else is left alone.
+    see there) or is excluded. Everything else is left alone. An entry whose type the walk could
+    not read comes as Skipped(path) and Hole(path + "/"), each in its place in the order: the
+    cached row for the path itself and every row under it are kept.
     """
     disk_it = iter(disk)
     rec_it = iter(recorded)

@@ -89,6 +89,41 @@ def test_nothing_under_a_hole_is_deleted(case: tuple[list[DiskFile], list[Record
     assert not any(isinstance(a, Delete) and a.path.startswith(hole) for a in actions)
 
 
+def unknown(path: bytes) -> list[WalkEntry]:
+    """How the walk yields an entry whose type or status it cannot read: at the place of a file
+    of that name and again at the place of a directory of that name."""
+    return [Skipped(path, "unreadable"), Hole(path + b"/", "unreadable")]
+
+
+@given(disk_and_cache(), st.sampled_from([b"/t/a", b"/t/b", b"/t/a/b", b"/t/z"]))
+@settings(max_examples=300)
+def test_no_delete_for_a_key_under_an_unknown_entry(case: tuple[list[DiskFile], list[Recorded]], name: bytes):
+    disk, cache = case
+
+    def covered(path: bytes) -> bool:
+        return path == name or path.startswith(name + b"/")
+
+    entries: list[WalkEntry] = [d for d in disk if not covered(d.path)] + unknown(name)
+    entries.sort(key=lambda e: e.path)
+    actions = list(merge(entries, cache, PlanCounts()))
+    deleted = {a.path for a in actions if isinstance(a, Delete)}
+    assert not any(covered(p) for p in deleted)
+    # Everything else is planned as without the unknown entry.
+    on_disk = {e.path for e in entries if isinstance(e, DiskFile)}
+    assert deleted == {r.path for r in cache if not covered(r.path)} - on_disk
+
+
+def test_an_unknown_entry_keeps_its_cached_path_and_subtree_around_siblings_between():
+    # "a" < "a-c" < "a.b" < "a/x": rows for the path itself and for its subtree are not adjacent.
+    cache = [Recorded(p, 1, 1) for p in (b"/t/a", b"/t/a-c", b"/t/a.b", b"/t/a/x", b"/t/a/y/z", b"/t/b")]
+    disk: list[WalkEntry] = [*unknown(b"/t/a"), DiskFile(b"/t/a-c", 1, 1), DiskFile(b"/t/b", 1, 1)]
+    disk.sort(key=lambda e: e.path)
+    counts = PlanCounts()
+    actions = list(merge(disk, cache, counts))
+    assert actions == [Delete(b"/t/a.b")]
+    assert counts.kept == 3  # /t/a, /t/a/x, /t/a/y/z
+
+
 def test_skipped_entries_keep_their_cached_copy():
     counts = PlanCounts()
     actions = list(merge([Skipped(b"/t/link", "symlink")], [Recorded(b"/t/link", 1, 1)], counts))
