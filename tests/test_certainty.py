@@ -8,6 +8,7 @@ import errno
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import make_tree, run_cli, write_config
+from conftest import key_of, make_tree, run_cli, write_config
 from faultcheck import bucket_objects, cache_rows
 
 from async_backup.errors import Failure
@@ -215,3 +216,81 @@ def test_a_folder_whose_entries_cannot_be_stated_keeps_its_cached_files_in_s3(
         third = run_cli("--cache", str(cache))
         assert third.returncode == 0, third.stderr
         assert bucket_objects(s3_inspect, bucket) == backed_up
+
+
+# Part 2: a target folder that is now on another device. As root a tmpfs can be mounted over the
+# folder: the same path on another st_dev, as an unmounted share leaves its mount point (here with
+# most of the files copied in, so that the deletion guard's counts alone would let the delete go).
+
+
+def recorded_device(cache: Path, target: Path) -> int | None:
+    conn = sqlite3.connect(cache / "async-backup.db")
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE name=?", (f"device:{target}",)).fetchone()
+    finally:
+        conn.close()
+    return None if row is None else int(row[0])
+
+
+@contextlib.contextmanager
+def tmpfs_over(folder: Path) -> Iterator[None]:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a tmpfs over the target folder")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(folder)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"mounting is not allowed here: {mounted.stderr.strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", str(folder)], check=False)
+
+
+def test_a_folder_now_on_another_device_holds_back_its_deletes_until_allowed(
+    tmp_path: Path, moto_endpoint: str, bucket_prefix: str, s3_inspect: Any
+) -> None:
+    target, spare = tmp_path / "share", tmp_path / "spare"
+    files = {f"img{i}.tif": bytes([i]) * 10 for i in range(10)}
+    make_tree(target, files)
+    cache = tmp_path / "cache"
+    write_config(cache, moto_endpoint, folders=[str(target)], bucket_prefix=bucket_prefix)
+    bucket = stable_bucket_name(bucket_prefix, str(target))
+    first = run_cli("--cache", str(cache))
+    assert first.returncode == 0, first.stderr
+    old_device = os.stat(target).st_dev
+    assert recorded_device(cache, target) == old_device
+    shutil.copytree(target, spare)  # copy2: the same mtimes, so these count as unchanged
+    (spare / "img9.tif").unlink()
+
+    with tmpfs_over(target):
+        shutil.copytree(spare, target, dirs_exist_ok=True)
+        new_device = os.stat(target).st_dev
+        assert new_device != old_device
+        expected = (
+            f"{target} is now on another device (st_dev {new_device}, was {old_device}): an unmounted share? "
+            "deletes held back; mount it, or run with --allow-mass-delete if the move was intended"
+        )
+
+        dry = run_cli("--cache", str(cache), "--dry-run")
+        assert expected in dry.stderr + dry.stdout
+        assert recorded_device(cache, target) == old_device  # a dry run reads it, never writes it
+
+        held = run_cli("--cache", str(cache))
+        assert held.returncode == 1, held.stderr
+        assert expected in held.stderr
+        (failure,) = reports(cache)[-1]["failures"]
+        assert failure["kind"] == "deletion guard" and failure["path"] == str(target)
+        assert failure["message"] == expected
+        assert len(bucket_objects(s3_inspect, bucket)) == 10 and delete_markers(s3_inspect, bucket) == []
+        assert len(cache_rows(cache, bucket)) == 10
+        assert recorded_device(cache, target) == old_device  # held back: not the new device yet
+
+        again = run_cli("--cache", str(cache))
+        assert again.returncode == 1 and expected in again.stderr  # still held back, night after night
+
+        allowed = run_cli("--cache", str(cache), "--allow-mass-delete")
+        assert allowed.returncode == 0, allowed.stderr
+        assert delete_markers(s3_inspect, bucket) == [key_of(target / "img9.tif")]
+        assert recorded_device(cache, target) == new_device
+
+        settled = run_cli("--cache", str(cache))
+        assert settled.returncode == 0, settled.stderr

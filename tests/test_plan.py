@@ -17,6 +17,7 @@ from async_backup.plan import (
     Upload,
     batches,
     deletion_guard,
+    device_guard,
     merge,
     part_ranges,
     part_size_for,
@@ -166,3 +167,21 @@ def test_deletion_guard():
         deletion_guard(recorded=3, deletes=3, on_disk=0, max_delete_percent=100, allow_mass_delete=False)
     )
     assert deletion_guard(recorded=3, deletes=3, on_disk=0, max_delete_percent=50, allow_mass_delete=True) is None
+
+
+def test_device_guard():
+    def guard(device: int | None, recorded: int | None, deletes: int = 1, allow: bool = False) -> str | None:
+        return device_guard(
+            target="/srv/share", device=device, recorded_device=recorded, deletes=deletes, allow_mass_delete=allow
+        )
+
+    reason = guard(device=64, recorded=2049)
+    assert reason == (
+        "/srv/share is now on another device (st_dev 64, was 2049): an unmounted share? deletes held back; "
+        "mount it, or run with --allow-mass-delete if the move was intended"
+    )
+    assert guard(device=2049, recorded=2049) is None  # the same device
+    assert guard(device=64, recorded=2049, deletes=0) is None  # nothing to hold back
+    assert guard(device=64, recorded=2049, allow=True) is None  # the move was intended
+    assert guard(device=64, recorded=None) is None  # no run recorded a device yet
+    assert guard(device=None, recorded=2049) is None  # the folder could not be stat'ed: the walk says so
