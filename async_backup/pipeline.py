@@ -34,7 +34,7 @@ from .delete import KeyFailure, delete_paths
 from .errors import Failure, FailureCollector, FailureKind, FatalError, S3Error, unwrapped_group
 from .keys import KeyTooLongError, check_key_length, display_path, key_for_path
 from .legacy import LEGACY_CACHE_BUCKET, OldCache, OldCacheError, old_cache_path
-from .plan import MAX_OBJECT_BYTES, PlanCounts, Recorded, Upload, deletion_guard, merge
+from .plan import MAX_OBJECT_BYTES, PlanCounts, Recorded, Upload, deletion_guard, device_guard, merge
 from .progress import Progress
 from .s3 import S3, endpoint_name, open_s3
 from .state import Change, Removed, StateStore, Stored, UploadEnded, UploadStarted, run_writer
@@ -83,6 +83,10 @@ class TargetRun:
     bucket_failed: bool = False
     bucket_lock: anyio.Lock = field(default_factory=anyio.Lock)
     old_cache: Path | None = None  # a dry run plans against the old script's cache it would adopt
+    device: int | None = None  # st_dev of the folder as this run's walk found it
+    recorded_device: int | None = None  # st_dev the cache holds from an earlier run
+    device_held_back: bool = False  # the device guard held back this run's deletes
+    device_recorded: bool = False
 
     def job_finished(self) -> None:
         self.pending -= 1
@@ -140,6 +144,7 @@ class Backup:
         return self._s3
 
     async def run(self) -> None:
+        await anyio.to_thread.run_sync(self._read_recorded_devices)
         if self.options.dry_run:
             await self._plan_only()
             return
@@ -211,6 +216,7 @@ class Backup:
                 run.walk_done()
                 await run.uploads_done.wait()
                 await self._delete_vanished(run, change_send)
+                await self._record_device(run)
         finally:
             run.stats.finished_at = time.time()
             run.stats.failed = self.collector.count_for(target.path)
@@ -232,6 +238,7 @@ class Backup:
         excluded: Callable[[bytes], bool] = (
             (lambda p: self.excluder.excludes_any_part(root, p)) if self.excluder else (lambda _p: False)
         )
+        run.device = _device_of(root)
         walk = _until_stopped(walk_target(root, self.excluder, self.collector.add, target.path), self._stopping)
         chunk: list[UploadJob] = []
         try:
@@ -387,7 +394,19 @@ class Backup:
         await delete_paths(self.s3, bucket, run.deletes, deleted, failed)
 
     def _deletes_held_back(self, run: TargetRun) -> bool:
-        """Apply the deletion guard to a target's planned deletes; a held-back target is a failure."""
+        """Apply the device and deletion guards to a target's planned deletes; a held-back target
+        is a failure."""
+        moved = device_guard(
+            target=run.target.path,
+            device=run.device,
+            recorded_device=run.recorded_device,
+            deletes=len(run.deletes),
+            allow_mass_delete=self.options.allow_mass_delete,
+        )
+        if moved:
+            run.device_held_back = True
+            self.collector.add(Failure(FailureKind.DELETION_GUARD, run.target.path, run.target.path, moved))
+            return True
         reason = deletion_guard(
             recorded=run.counts.recorded,
             deletes=len(run.deletes),
@@ -398,6 +417,20 @@ class Backup:
         if reason:
             self.collector.add(Failure(FailureKind.DELETION_GUARD, run.target.path, run.target.path, reason))
         return reason is not None
+
+    def _read_recorded_devices(self) -> None:
+        for run in self.runs:
+            run.recorded_device = self.store.target_device(run.target.path)
+
+    async def _record_device(self, run: TargetRun) -> None:
+        """Remember the folder's device once a run walked it to the end and the device guard did
+        not hold it back (with --allow-mass-delete it never does): a share that is not mounted must
+        not make its empty mount point the device the next runs compare with."""
+        if run.device is None or run.device_held_back or not run.stats.walk_finished:
+            return
+        if run.device != run.recorded_device:
+            await anyio.to_thread.run_sync(self.store.set_target_device, run.target.path, run.device)
+            run.device_recorded = True
 
     # Stage: upload workers
 
@@ -558,7 +591,7 @@ class Backup:
     async def _snapshot_due(self) -> bool:
         """A snapshot is due when the cache changed since the last one that reached S3. A no-op
         night then costs no request beyond the first bucket check."""
-        changed = any(r.stats.new or r.stats.updated or r.stats.deleted for r in self.runs)
+        changed = any(r.stats.new or r.stats.updated or r.stats.deleted or r.device_recorded for r in self.runs)
         if changed:
             await anyio.to_thread.run_sync(self.store.set_meta, SNAPSHOT_DUE, "1")
             return True
@@ -623,6 +656,14 @@ def _until_stopped(entries: Iterator[WalkEntry], stopping: threading.Event, ever
         if n % every == 0 and stopping.is_set():
             raise _Stopped
         yield entry
+
+
+def _device_of(folder: bytes) -> int | None:
+    """st_dev of a target's folder (following a symlink, as the walk's scandir does)."""
+    try:
+        return os.stat(folder).st_dev
+    except OSError:
+        return None  # the walk reports the folder; no device decides anything this run
 
 
 def cache_bucket_name(config: Config) -> str:

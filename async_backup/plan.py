@@ -91,7 +91,9 @@ def merge(
 
     A file on disk and not in the cache, or with another size or mtime, is uploaded. A cached
     path that is no longer on disk is deleted, unless it lies under a Hole (the walk could not
-    see there) or is excluded. Everything else is left alone.
+    see there) or is excluded. Everything else is left alone. An entry whose type the walk could
+    not read comes as Skipped(path) and Hole(path + "/"), each in its place in the order: the
+    cached row for the path itself and every row under it are kept.
     """
     disk_it = iter(disk)
     rec_it = iter(recorded)
@@ -192,3 +194,25 @@ def deletion_guard(
             f"{max_delete_percent:g}% allowed; run with --allow-mass-delete if that is intended"
         )
     return None
+
+
+def device_guard(
+    *, target: str, device: int | None, recorded_device: int | None, deletes: int, allow_mass_delete: bool
+) -> str | None:
+    """Why a target's deletes must be held back because its folder is on another device than the
+    last time it was backed up, or None when they may go ahead.
+
+    An unmounted share leaves the empty mount point of the parent file system: the same path on
+    another st_dev. Its planned deletes are not to be trusted, whether or not the deletion guard's
+    counts would let them through. Uploads of the files that are there are not held back: a
+    folder moved to a new disk legitimately has its files. An unknown device on either side (no
+    run recorded one yet, or the folder could not be stat'ed) decides nothing.
+    """
+    if deletes == 0 or allow_mass_delete or device is None or recorded_device is None:
+        return None
+    if device == recorded_device:
+        return None
+    return (
+        f"{target} is now on another device (st_dev {device}, was {recorded_device}): an unmounted share? "
+        "deletes held back; mount it, or run with --allow-mass-delete if the move was intended"
+    )

@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 STATE_NAME = "async-backup.db"
 WRITE_BATCH_ROWS = 500
 WRITE_BATCH_S = 0.5
+# meta row "device:<target path>" -> st_dev of the target's folder (a meta row: no schema change)
+DEVICE_META = "device:"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -166,6 +168,7 @@ class StateStore:
                 return 0
             n = self._conn.execute("DELETE FROM files WHERE bucket=?", (row[0],)).rowcount
             self._conn.execute("DELETE FROM targets WHERE path=?", (path,))
+            self._conn.execute("DELETE FROM meta WHERE name=?", (DEVICE_META + path,))
             return int(n)
 
     def count(self, bucket: str) -> int:
@@ -239,6 +242,17 @@ class StateStore:
         with self._conn:
             self._conn.execute("DELETE FROM files")
             self._conn.execute("INSERT OR REPLACE INTO meta(name, value) VALUES ('reset_at', ?)", (str(time.time()),))
+
+    def target_device(self, path: str) -> int | None:
+        """The st_dev of a target's folder as the last run that walked it without doubt found it."""
+        value = self.get_meta(DEVICE_META + path)
+        try:
+            return None if value is None else int(value)
+        except ValueError:
+            return None
+
+    def set_target_device(self, path: str, device: int) -> None:
+        self.set_meta(DEVICE_META + path, str(device))
 
     def get_meta(self, name: str) -> str | None:
         rows = self._query("SELECT value FROM meta WHERE name=?", (name,))

@@ -8,6 +8,7 @@ Imports nothing of S3 and does not read the cache.
 
 from __future__ import annotations
 
+import enum
 import errno
 import fnmatch
 import os
@@ -98,9 +99,15 @@ def walk_target(
 
     Directories sort as if their name ended with "/", which makes a depth-first walk emit paths in
     exactly the byte order of the full paths ("a-c" < "a/b" because "-" < "/").
+
+    An entry whose type or status cannot be read (lstat fails with EIO, ESTALE, EACCES, which on
+    NFS, FUSE or XFS without ftype is also what DirEntry.is_dir() falls back to) may be a file or
+    a directory: it is yielded twice, as Skipped(path) at the place of a file and as
+    Hole(path + "/") at the place of a directory, so the planner keeps whatever the cache holds
+    for the path itself and for everything under it. Not knowing is never a reason to delete.
     """
-    stack: list[Iterator[tuple[bytes, os.DirEntry[bytes]]]] = []
-    listing = _list_dir(target_path, report, target_name)
+    stack: list[Iterator[_Listed]] = []
+    listing = _list_dir(target_path, target_path, excluder, report, target_name)
     if isinstance(listing, Hole):
         yield listing
         return
@@ -110,45 +117,59 @@ def walk_target(
         if item is None:
             stack.pop()
             continue
-        _, entry = item
+        kind, entry = item[1], item[2]
         path = entry.path
-        try:
-            is_dir = entry.is_dir(follow_symlinks=False)
-        except OSError:
-            is_dir = False
-        if is_dir:
-            if excluder and excluder.excludes(target_path, path):
-                yield Hole(path + b"/", "excluded")
-                continue
-            sub = _list_dir(path, report, target_name)
+        if kind is _Kind.UNKNOWN:
+            yield Skipped(path, "unreadable")
+        elif kind is _Kind.UNKNOWN_BELOW:
+            yield Hole(path + b"/", "unreadable")
+        elif kind is _Kind.EXCLUDED_DIR:
+            yield Hole(path + b"/", "excluded")
+        elif kind is _Kind.EXCLUDED:
+            yield Skipped(path, "excluded")
+        elif kind is _Kind.DIR:
+            sub = _list_dir(path, target_path, excluder, report, target_name)
             if isinstance(sub, Hole):
                 yield sub
             else:
                 stack.append(iter(sub))
-            continue
-        if excluder and excluder.excludes(target_path, path):
-            yield Skipped(path, "excluded")
-            continue
-        try:
-            st = entry.stat(follow_symlinks=False)
-        except FileNotFoundError:
-            continue  # vanished between listing and stat: as if it had never been there
-        except OSError as exc:
-            report(_unreadable(target_name, path, exc))
-            yield Skipped(path, "unreadable")
-            continue
-        mode = st.st_mode
-        if stat.S_ISREG(mode):
-            yield DiskFile(path, st.st_size, st.st_mtime_ns)
-        elif stat.S_ISLNK(mode):
-            yield Skipped(path, "symlink")
         else:
-            yield Skipped(path, "special file")
+            mode = item[3]
+            if stat.S_ISREG(mode):
+                st = entry.stat(follow_symlinks=False)  # cached by _list_dir: no second lstat
+                yield DiskFile(path, st.st_size, st.st_mtime_ns)
+            elif stat.S_ISLNK(mode):
+                yield Skipped(path, "symlink")
+            else:
+                yield Skipped(path, "special file")
+
+
+class _Kind(enum.Enum):
+    DIR = "dir"
+    OTHER = "other"  # a regular file, symlink or special file, its lstat done
+    EXCLUDED = "excluded"
+    EXCLUDED_DIR = "excluded dir"
+    UNKNOWN = "unknown"  # type or status unreadable: placed where a file of that name sorts...
+    UNKNOWN_BELOW = "unknown below"  # ...and again where a directory of that name sorts
+
+
+# (sort key, kind, entry, st_mode for OTHER else 0)
+_Listed = tuple[bytes, _Kind, os.DirEntry[bytes], int]
 
 
 def _list_dir(
-    path: bytes, report: Callable[[Failure], None], target_name: str
-) -> list[tuple[bytes, os.DirEntry[bytes]]] | Hole:
+    path: bytes,
+    target_path: bytes,
+    excluder: Excluder,
+    report: Callable[[Failure], None],
+    target_name: str,
+) -> list[_Listed] | Hole:
+    """One directory's entries, classified and sorted by their key in the walk's order.
+
+    Every entry's type and status is settled here, before sorting: an entry whose type cannot be
+    read must take two places in the order (as a file and as a directory), which only the sort
+    can give it. The lstat each file needs is done once, here; DirEntry caches it for the walk.
+    """
     try:
         with os.scandir(path) as it:
             entries = list(it)
@@ -156,25 +177,46 @@ def _list_dir(
         # Vanished mid-walk: keep what the cache knows under it; the next run settles it.
         return Hole(path + b"/", "vanished")
     except OSError as exc:
-        report(_unreadable(target_name, path, exc))
+        report(_unreadable(target_name, path, exc, "directory"))
         return Hole(path + b"/", "unreadable")
-    keyed = []
+    keyed: list[_Listed] = []
     for e in entries:
+        excluded = bool(excluder) and excluder.excludes(target_path, e.path)
         try:
-            is_dir = e.is_dir(follow_symlinks=False)
-        except OSError:
-            is_dir = False
-        keyed.append((e.name + b"/" if is_dir else e.name, e))
-    keyed.sort(key=lambda pair: pair[0])
+            is_dir = e.is_dir(follow_symlinks=False)  # lstat when the file system gives no d_type
+            if is_dir:
+                keyed.append((e.name + b"/", _Kind.EXCLUDED_DIR if excluded else _Kind.DIR, e, 0))
+                continue
+            if excluded:
+                keyed.append((e.name, _Kind.EXCLUDED, e, 0))
+                continue
+            mode = e.stat(follow_symlinks=False).st_mode
+        except FileNotFoundError:
+            continue  # vanished between listing and stat: as if it had never been there
+        except OSError as exc:
+            if excluded:
+                # Excluded by name whatever its type; the planner keeps cached rows under it too.
+                keyed.append((e.name, _Kind.EXCLUDED, e, 0))
+                continue
+            report(_unreadable(target_name, e.path, exc, "entry"))
+            keyed.append((e.name, _Kind.UNKNOWN, e, 0))
+            keyed.append((e.name + b"/", _Kind.UNKNOWN_BELOW, e, 0))
+            continue
+        keyed.append((e.name, _Kind.OTHER, e, mode))
+    keyed.sort(key=lambda item: item[0])
     return keyed
 
 
-def _unreadable(target_name: str, path: bytes, exc: OSError) -> Failure:
+def _unreadable(target_name: str, path: bytes, exc: OSError, what: str) -> Failure:
     code = errno.errorcode.get(exc.errno or 0, "") if exc.errno else type(exc).__name__
+    if what == "directory":
+        kept = "its cached files were kept (not deleted from S3)"
+    else:
+        kept = "its type is unknown, so it and any cached files under it were kept (not deleted from S3)"
     return Failure(
         kind=FailureKind.UNREADABLE,
         target=target_name,
         path=display_path(path),
-        message=f"{exc.strerror or exc}; check its permissions",
+        message=f"{exc.strerror or exc}; {kept}; check its permissions and the file system",
         code=code,
     )

@@ -17,6 +17,7 @@ from async_backup.plan import (
     Upload,
     batches,
     deletion_guard,
+    device_guard,
     merge,
     part_ranges,
     part_size_for,
@@ -89,6 +90,41 @@ def test_nothing_under_a_hole_is_deleted(case: tuple[list[DiskFile], list[Record
     assert not any(isinstance(a, Delete) and a.path.startswith(hole) for a in actions)
 
 
+def unknown(path: bytes) -> list[WalkEntry]:
+    """How the walk yields an entry whose type or status it cannot read: at the place of a file
+    of that name and again at the place of a directory of that name."""
+    return [Skipped(path, "unreadable"), Hole(path + b"/", "unreadable")]
+
+
+@given(disk_and_cache(), st.sampled_from([b"/t/a", b"/t/b", b"/t/a/b", b"/t/z"]))
+@settings(max_examples=300)
+def test_no_delete_for_a_key_under_an_unknown_entry(case: tuple[list[DiskFile], list[Recorded]], name: bytes):
+    disk, cache = case
+
+    def covered(path: bytes) -> bool:
+        return path == name or path.startswith(name + b"/")
+
+    entries: list[WalkEntry] = [d for d in disk if not covered(d.path)] + unknown(name)
+    entries.sort(key=lambda e: e.path)
+    actions = list(merge(entries, cache, PlanCounts()))
+    deleted = {a.path for a in actions if isinstance(a, Delete)}
+    assert not any(covered(p) for p in deleted)
+    # Everything else is planned as without the unknown entry.
+    on_disk = {e.path for e in entries if isinstance(e, DiskFile)}
+    assert deleted == {r.path for r in cache if not covered(r.path)} - on_disk
+
+
+def test_an_unknown_entry_keeps_its_cached_path_and_subtree_around_siblings_between():
+    # "a" < "a-c" < "a.b" < "a/x": rows for the path itself and for its subtree are not adjacent.
+    cache = [Recorded(p, 1, 1) for p in (b"/t/a", b"/t/a-c", b"/t/a.b", b"/t/a/x", b"/t/a/y/z", b"/t/b")]
+    disk: list[WalkEntry] = [*unknown(b"/t/a"), DiskFile(b"/t/a-c", 1, 1), DiskFile(b"/t/b", 1, 1)]
+    disk.sort(key=lambda e: e.path)
+    counts = PlanCounts()
+    actions = list(merge(disk, cache, counts))
+    assert actions == [Delete(b"/t/a.b")]
+    assert counts.kept == 3  # /t/a, /t/a/x, /t/a/y/z
+
+
 def test_skipped_entries_keep_their_cached_copy():
     counts = PlanCounts()
     actions = list(merge([Skipped(b"/t/link", "symlink")], [Recorded(b"/t/link", 1, 1)], counts))
@@ -131,3 +167,21 @@ def test_deletion_guard():
         deletion_guard(recorded=3, deletes=3, on_disk=0, max_delete_percent=100, allow_mass_delete=False)
     )
     assert deletion_guard(recorded=3, deletes=3, on_disk=0, max_delete_percent=50, allow_mass_delete=True) is None
+
+
+def test_device_guard():
+    def guard(device: int | None, recorded: int | None, deletes: int = 1, allow: bool = False) -> str | None:
+        return device_guard(
+            target="/srv/share", device=device, recorded_device=recorded, deletes=deletes, allow_mass_delete=allow
+        )
+
+    reason = guard(device=64, recorded=2049)
+    assert reason == (
+        "/srv/share is now on another device (st_dev 64, was 2049): an unmounted share? deletes held back; "
+        "mount it, or run with --allow-mass-delete if the move was intended"
+    )
+    assert guard(device=2049, recorded=2049) is None  # the same device
+    assert guard(device=64, recorded=2049, deletes=0) is None  # nothing to hold back
+    assert guard(device=64, recorded=2049, allow=True) is None  # the move was intended
+    assert guard(device=64, recorded=None) is None  # no run recorded a device yet
+    assert guard(device=None, recorded=2049) is None  # the folder could not be stat'ed: the walk says so
