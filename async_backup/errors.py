@@ -62,6 +62,7 @@ class FailureKind(enum.StrEnum):
     KEY_TOO_LONG = "key too long"  # S3 keys are limited to 1,024 bytes
     BUCKET = "bucket setup"  # a bucket could not be created or configured
     CACHE_BACKUP = "cache backup"  # the cache snapshot could not be uploaded
+    REBUILD = "cache rebuild"  # a lost cache could not be rebuilt from S3: the target was held back
     FATAL = "fatal"  # the run stopped early
     NOTIFICATION = "notification"  # the Teams card could not be delivered (a warning only)
 

@@ -11,6 +11,7 @@ than the queue size.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import logging
 import os
 import shutil
@@ -34,6 +35,23 @@ from .errors import Failure, FailureCollector, FailureKind, FatalError, S3Error,
 from .keys import KeyTooLongError, check_key_length, display_path, key_for_path
 from .plan import MAX_OBJECT_BYTES, PlanCounts, Upload, deletion_guard, merge
 from .progress import Progress
+from .rebuild import (
+    REBUILDING_MARK,
+    Candidate,
+    Listing,
+    Snapshot,
+    SnapshotUnusable,
+    candidates,
+    checksum_of,
+    download_snapshot,
+    find_snapshots,
+    list_bucket,
+    log_key,
+    proves_row,
+    rows_from_snapshot,
+    snapshot_holds,
+    snapshot_key,
+)
 from .s3 import S3, endpoint_name, open_s3
 from .state import Change, Removed, StateStore, Stored, UploadEnded, UploadStarted, run_writer
 from .summary import TargetStats, format_bytes
@@ -46,6 +64,8 @@ log = logging.getLogger(__name__)
 # Actions cross from the walk thread to the event loop in chunks: one thread hop per chunk,
 # not per file. Small enough that an incremental run starts uploading almost at once.
 CHUNK_FILES = 32
+# Rows proven by HeadObject are written to the cache in transactions of this many.
+REBUILD_WRITE_ROWS = 500
 # Clocks of server and client may differ a little; uploads this much older than the run are stale.
 STALE_UPLOAD_GRACE_S = 60.0
 # So many requests in a row failing at the transport level (after botocore's retries) means the
@@ -54,8 +74,6 @@ TRANSPORT_FAILURES_FATAL = 20
 TRANSPORT_CODES = frozenset(
     {"EndpointConnectionError", "ConnectTimeoutError", "ConnectionClosedError", "ReadTimeoutError"}
 )
-CACHE_SNAPSHOT_KEY = "async-backup.db.gz"
-CACHE_LOG_KEY = "backup.log"
 SNAPSHOT_DUE = "snapshot_due"  # meta flag: "0" once the cache as it is now has reached S3
 
 
@@ -64,6 +82,7 @@ class RunOptions:
     dry_run: bool = False
     allow_mass_delete: bool = False
     backup_cache: bool = True
+    rebuild: bool = True  # False only with --upload-everything-again
 
 
 @dataclass(eq=False)
@@ -80,6 +99,7 @@ class TargetRun:
     bucket_ready: bool = False
     bucket_failed: bool = False
     bucket_lock: anyio.Lock = field(default_factory=anyio.Lock)
+    held_back: bool = False  # its cache could not be rebuilt: nothing is uploaded or deleted
 
     def job_finished(self) -> None:
         self.pending -= 1
@@ -145,6 +165,8 @@ class Backup:
             self._s3 = s3
             await self._check_endpoint()
             await self._abort_leftover_uploads()
+            if self.options.rebuild:
+                await self._rebuild_caches()
             upload_send, upload_receive = anyio.create_memory_object_stream[UploadJob](tuning.queue_size)
             change_send, change_receive = anyio.create_memory_object_stream[Change](4 * tuning.queue_size)
             try:
@@ -195,6 +217,8 @@ class Backup:
                 with upload_send:
                     if target.missing:
                         self._target_missing(run)
+                        return
+                    if run.held_back:
                         return
                     async with walk_slots:
                         await self._walk_in_thread(run, upload_send)
@@ -407,6 +431,139 @@ class Backup:
             run.bucket_ready = True
             return True
 
+    # Stage: rebuild lost cache rows from S3, before any target is planned
+
+    def _needs_rebuild(self, bucket: str) -> bool:
+        """No rows for the bucket, or a rebuild of it that began and never finished."""
+        return self.store.count(bucket) == 0 or self.store.get_meta(REBUILDING_MARK + bucket) is not None
+
+    async def _rebuild_caches(self) -> None:
+        runs = [
+            r
+            for r in self.runs
+            if not r.target.missing and await anyio.to_thread.run_sync(self._needs_rebuild, r.target.bucket)
+        ]
+        if not runs:
+            return
+        with tempfile.TemporaryDirectory(prefix="async-backup-rebuild-") as tmp:
+            snapshots = _SnapshotShelf(self.s3, snapshot_buckets(self.config), Path(tmp))
+            for run in runs:
+                await self._rebuild_target(run, snapshots, Path(tmp))
+
+    async def _rebuild_target(self, run: TargetRun, snapshots: _SnapshotShelf, tmp: Path) -> None:
+        """Snapshot rows the listing confirms, then HeadObject for listed objects still unproven.
+        A rebuild that fails holds the target back: planning from a half-rebuilt cache would
+        upload again what S3 already holds."""
+        bucket = run.target.bucket
+        mark = REBUILDING_MARK + bucket
+        try:
+            listing = await list_bucket(self.s3, bucket, tmp / f"listing-{bucket}.db")
+            if listing is None:
+                return  # a new target: nothing in S3 to rebuild from
+            try:
+                if listing.count == 0:
+                    return
+                await anyio.to_thread.run_sync(self.store.set_meta, mark, str(time.time()))
+                sources = []
+                found = await snapshots.newest_holding(bucket)
+                if found is not None:
+                    snapshot, db = found
+                    rows = await anyio.to_thread.run_sync(
+                        rows_from_snapshot, db, bucket, run.target.path_bytes, listing, self.store
+                    )
+                    run.stats.rebuilt_rows += rows
+                    sources.append(snapshot.describe())
+                heads, rows = await self._rebuild_from_listing(run, listing)
+                run.stats.rebuilt_rows += rows
+                if found is None:
+                    sources.append(f"bucket listing ({listing.requests:,} ListObjectsV2) + {heads:,} HeadObject")
+                elif heads:
+                    sources.append(f"{heads:,} HeadObject for objects the snapshot does not hold")
+                run.stats.rebuilt_from = " + ".join(sources)
+                await anyio.to_thread.run_sync(self.store.clear_meta, mark)
+                await anyio.to_thread.run_sync(self.store.set_meta, SNAPSHOT_DUE, "1")
+                log.info(
+                    "%s -> s3://%s: the cache held no rows; %d of %d objects rebuilt from %s",
+                    run.target.path,
+                    bucket,
+                    run.stats.rebuilt_rows,
+                    listing.count,
+                    run.stats.rebuilt_from,
+                )
+            finally:
+                listing.close()
+        except S3Error as exc:
+            run.held_back = True
+            self.collector.add(
+                Failure(
+                    FailureKind.REBUILD,
+                    run.target.path,
+                    f"s3://{bucket}",
+                    f"the cache could not be rebuilt from S3 ({exc.message}); nothing of this target was "
+                    "uploaded or deleted, so that nothing S3 holds is uploaded twice; the next run tries again",
+                    exc.code,
+                )
+            )
+
+    async def _rebuild_from_listing(self, run: TargetRun, listing: Listing) -> tuple[int, int]:
+        """Listed objects no snapshot row covers: lstat in worker threads, HeadObject only where
+        the size matches a regular file, a row only where the mtime metadata matches too.
+        Returns (HeadObject requests, rows written). A failed HeadObject fails the rebuild."""
+        bucket = run.target.bucket
+        root = run.target.path_bytes
+        workers = max(1, min(self.config.tuning.workers, 64))
+        cand_send, cand_receive = anyio.create_memory_object_stream[Candidate](self.config.tuning.queue_size)
+        row_send, row_receive = anyio.create_memory_object_stream[Stored](self.config.tuning.queue_size)
+        heads = 0
+        written = 0
+        errors: list[S3Error] = []
+
+        async def produce() -> None:
+            with cand_send:
+                after = ""
+                while chunk := await anyio.to_thread.run_sync(listing.uncovered, after, 1000):
+                    after = chunk[-1].key
+                    for candidate in await anyio.to_thread.run_sync(candidates, chunk, root):
+                        await cand_send.send(candidate)
+
+        async def prove(jobs: ObjectReceiveStream[Candidate], rows: ObjectSendStream[Stored]) -> None:
+            nonlocal heads
+            with jobs, rows:
+                async for c in jobs:
+                    heads += 1
+                    try:
+                        head = await self.s3.head_object(bucket, c.key)
+                    except S3Error as exc:
+                        errors.append(exc)
+                        continue
+                    if head is not None and proves_row(c.listed_size, c.disk, head.metadata):
+                        await rows.send(Stored(bucket, c.path, c.disk.size, c.disk.mtime_ns, checksum_of(head)))
+
+        async def record() -> None:
+            nonlocal written
+            batch: list[Change] = []
+            with row_receive:
+                async for row in row_receive:
+                    batch.append(row)
+                    if len(batch) >= REBUILD_WRITE_ROWS:
+                        await anyio.to_thread.run_sync(self.store.apply, batch)
+                        written += len(batch)
+                        batch = []
+            if batch:
+                await anyio.to_thread.run_sync(self.store.apply, batch)
+                written += len(batch)
+
+        async with unwrapped_group() as tg:
+            tg.start_soon(record)
+            with row_send, cand_receive:
+                for _ in range(workers):
+                    tg.start_soon(prove, cand_receive.clone(), row_send.clone())
+            tg.start_soon(produce)
+        if errors:
+            first = errors[0]
+            raise S3Error(first.code, f"{len(errors):,} HeadObject requests failed, the first: {first.message}")
+        return heads, written
+
     # Before and after
 
     async def _check_endpoint(self) -> None:
@@ -466,11 +623,12 @@ class Backup:
                 snapshot = Path(tmp) / "snapshot.db"
                 body = await anyio.to_thread.run_sync(_snapshot_gz, self.store, snapshot)
                 await ensure_bucket(self.s3, bucket, self.config.noncurrent_days, versioned=False)
-                await self.s3.put_plain_object(bucket, CACHE_SNAPSHOT_KEY, body)
+                key = snapshot_key(self.store.cache_dir)
+                await self.s3.put_plain_object(bucket, key, body)
                 log_path = self.store.cache_dir / "backup.log"
                 if log_path.exists():
                     log_body = await anyio.to_thread.run_sync(log_path.read_bytes)
-                    await self.s3.put_plain_object(bucket, CACHE_LOG_KEY, log_body)
+                    await self.s3.put_plain_object(bucket, log_key(self.store.cache_dir), log_body)
         except (S3Error, OSError) as exc:
             self.collector.add(
                 Failure(
@@ -482,7 +640,7 @@ class Backup:
             )
         else:
             await anyio.to_thread.run_sync(self.store.set_meta, SNAPSHOT_DUE, "0")
-            log.info("cache snapshot (%s) uploaded to s3://%s", format_bytes(len(body)), bucket)
+            log.info("cache snapshot (%s) uploaded to s3://%s/%s", format_bytes(len(body)), bucket, key)
 
     # Dry run
 
@@ -493,6 +651,8 @@ class Backup:
             if run.target.missing:
                 self._target_missing(run)
                 return
+            if self.options.rebuild:
+                run.stats.rebuild_due = await anyio.to_thread.run_sync(self._needs_rebuild, run.target.bucket)
             async with walk_slots:
                 await self._walk_in_thread(run, None)
             self._deletes_held_back(run)
@@ -516,13 +676,60 @@ def _until_stopped(entries: Iterator[WalkEntry], stopping: threading.Event, ever
 
 
 def cache_bucket_name(config: Config) -> str:
-    """backup.cache_bucket, or the bucket prefix + "cache-" + this host's name and a hash of it."""
+    """backup.cache_bucket, or `<prefix>cache-` + 8 hex digits of the prefix's SHA-256.
+
+    Derived from config.json alone, so a new machine given the same config.json finds the
+    snapshots of the old one (each installation writes under a key of its own)."""
     if config.cache_bucket:
         return config.cache_bucket
+    digest = hashlib.sha256(config.bucket_prefix.encode("utf-8")).hexdigest()[:8]
+    return f"{config.bucket_prefix}cache-{digest}"
+
+
+def host_cache_bucket_name(config: Config) -> str:
+    """The default cache bucket before the rebuild existed: derived from the host name and the
+    cache directory's path. Still read for snapshots an installation wrote there."""
     from .targets import stable_bucket_name
 
     host = socket.gethostname().split(".")[0] or "host"
     return stable_bucket_name(config.bucket_prefix + "cache-", "/" + host + str(config.source.parent))
+
+
+def snapshot_buckets(config: Config) -> list[str]:
+    """Where a rebuild looks for snapshots: the cache bucket, and the older host-derived one."""
+    if config.cache_bucket:
+        return [config.cache_bucket]
+    return [cache_bucket_name(config), host_cache_bucket_name(config)]
+
+
+class _SnapshotShelf:
+    """Every snapshot in the cache buckets, listed once per run and each downloaded at most once."""
+
+    def __init__(self, s3: S3, buckets: list[str], tmp: Path) -> None:
+        self._s3 = s3
+        self._buckets = buckets
+        self._tmp = tmp
+        self._found: list[Snapshot] | None = None
+        self._opened: dict[Snapshot, Path | None] = {}
+
+    async def newest_holding(self, bucket: str) -> tuple[Snapshot, Path] | None:
+        """The newest sound snapshot with rows for `bucket`, and its unpacked database."""
+        if self._found is None:
+            self._found = await find_snapshots(self._s3, self._buckets)
+        for snapshot in self._found:
+            if snapshot not in self._opened:
+                try:
+                    path: Path | None = await download_snapshot(
+                        self._s3, snapshot, self._tmp, f"snapshot-{len(self._opened)}"
+                    )
+                except SnapshotUnusable as exc:
+                    log.warning("%s cannot be used (%s); passed over", snapshot.describe(), exc)
+                    path = None
+                self._opened[snapshot] = path
+            db = self._opened[snapshot]
+            if db is not None and await anyio.to_thread.run_sync(snapshot_holds, db, bucket):
+                return snapshot, db
+        return None
 
 
 def _snapshot_gz(store: StateStore, snapshot: Path) -> bytes:
