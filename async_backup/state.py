@@ -154,15 +154,15 @@ class StateStore:
         self.damaged = problem
         if readonly:
             log.warning(
-                "cache %s is damaged (%s); a real run moves it aside and rebuilds it from S3, "
-                "this dry run plans as if it were empty",
+                "cache %s is damaged (%s); left as it is (read-only here): a real backup run moves it aside "
+                "and rebuilds it from S3, this run treats it as empty",
                 self.path,
                 problem,
             )
             return
         moved = move_aside(self.path)
         log.warning(
-            "cache %s is damaged (%s); moved it to %s and rebuilding it from S3 before planning",
+            "cache %s is damaged (%s); moved it to %s, a backup rebuilds its rows from S3 before planning",
             self.path,
             problem,
             moved,

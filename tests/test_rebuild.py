@@ -155,7 +155,7 @@ def test_a_damaged_cache_is_moved_aside_in_one_line_and_rebuilt(site: dict[str, 
     dry = backup(cache, "--dry-run")
     assert dry.returncode == 0, dry.stderr
     assert db.read_bytes() == damaged_bytes and not list(cache.glob("*.damaged-*"))
-    assert "a real run moves it aside and rebuilds it from S3" in dry.stderr
+    assert "a real backup run moves it aside and rebuilds it from S3" in dry.stderr
     assert "a real run first rebuilds them from S3" in dry.stdout
 
     result = backup(cache)
@@ -164,7 +164,7 @@ def test_a_damaged_cache_is_moved_aside_in_one_line_and_rebuilt(site: dict[str, 
     assert len(moved) == 1 and moved[0].read_bytes() == damaged_bytes
     lines = [line for line in result.stderr.splitlines() if "is damaged" in line]
     assert len(lines) == 1, result.stderr
-    assert str(db) in lines[0] and str(moved[0]) in lines[0] and "rebuilding it from S3" in lines[0]
+    assert str(db) in lines[0] and str(moved[0]) in lines[0] and "rebuilds its rows from S3" in lines[0]
     assert version_count(s3_inspect, bucket) == len(FILES)
     assert last_report(cache)["targets"][0]["rebuilt_rows"] == len(FILES)
 
