@@ -220,3 +220,89 @@ def test_a_rebuild_from_the_bucket_sends_one_list_per_1000_and_a_head_only_per_s
     assert key_of(data / "d0/f0001") not in heads and key_of(data / "d0/f0002") not in heads
     assert [r.key for r in records if r.op == "PutObject"] == [key_of(data / "d0/f0002")]
     assert last_report(cache)["targets"][0]["rebuilt_rows"] == size_matches
+
+
+def test_objects_uploaded_after_the_snapshot_are_proven_by_head(site: dict[str, Any], s3_inspect: Any):
+    cache, bucket, data = site["cache"], site["bucket"], site["data"]
+    assert backup(cache).returncode == 0  # the snapshot knows the first twelve files
+    make_tree(data, {"box-9/late-1.tif": b"late one", "box-9/late-2.tif": b"late two"})
+    assert backup(cache, "--no-cache-backup").returncode == 0  # these two never reach a snapshot
+    delete_cache_db(cache)
+
+    result = backup(cache)
+    assert result.returncode == 0, result.stderr
+    target = last_report(cache)["targets"][0]
+    assert target["rebuilt_rows"] == len(FILES) + 2
+    assert target["rebuilt_from"].startswith("snapshot s3://")
+    assert target["rebuilt_from"].endswith(" + 2 HeadObject for objects the snapshot does not hold")
+    assert target["new"] == target["updated"] == 0
+    assert version_count(s3_inspect, bucket) == len(FILES) + 2
+
+
+def test_a_snapshot_in_the_old_host_derived_bucket_is_still_read(site: dict[str, Any], s3_inspect: Any):
+    import gzip
+
+    from async_backup.pipeline import host_cache_bucket_name
+
+    cache, bucket = site["cache"], site["bucket"]
+    assert backup(cache, "--no-cache-backup").returncode == 0
+    old_bucket = host_cache_bucket_name(load_config(cache))
+    s3_inspect.create_bucket(Bucket=old_bucket, CreateBucketConfiguration={"LocationConstraint": "eu-central-1"})
+    conn = sqlite3.connect(cache / STATE_NAME)
+    copy = sqlite3.connect(cache / "copy.db")
+    conn.backup(copy)
+    copy.close()
+    conn.close()
+    body = gzip.compress((cache / "copy.db").read_bytes())
+    s3_inspect.put_object(Bucket=old_bucket, Key="async-backup.db.gz", Body=body)  # where older versions wrote it
+    delete_cache_db(cache)
+
+    result = backup(cache)
+    assert result.returncode == 0, result.stderr
+    target = last_report(cache)["targets"][0]
+    assert target["rebuilt_rows"] == len(FILES)
+    assert target["rebuilt_from"].startswith(f"snapshot s3://{old_bucket}/async-backup.db.gz of ")
+    assert version_count(s3_inspect, bucket) == len(FILES)
+
+
+def test_a_failed_head_holds_the_target_back_and_the_next_run_finishes_the_rebuild(
+    tmp_path: Path, proxy: ProxyServer, bucket_prefix: str, s3_inspect: Any
+):
+    from s3proxy import internal_error
+
+    data = tmp_path / "volume"
+    make_tree(data, FILES)
+    cache = tmp_path / "cache"
+    write_config(cache, proxy.url, folders=[str(data)], bucket_prefix=bucket_prefix, tuning={"max_attempts": 1})
+    bucket = stable_bucket_name(bucket_prefix, str(data))
+    assert backup(cache, "--no-cache-backup").returncode == 0
+    delete_cache_db(cache)
+    failing = key_of(data / "box-1/img-06.tif")
+    proxy.clear()
+    proxy.set_faults(internal_error(ops={"HeadObject"}, keys={failing}))
+
+    held = backup(cache, "--no-cache-backup")
+    assert held.returncode == 1, held.stderr
+    assert "cache rebuild" in held.stderr and "the next run tries again" in held.stderr
+    assert version_count(s3_inspect, bucket) == len(FILES)  # nothing uploaded from a half-rebuilt cache
+    assert not [r for r in proxy.wait_done() if r.op in ("PutObject", "DeleteObjects") and r.bucket == bucket]
+
+    proxy.clear()
+    again = backup(cache, "--no-cache-backup")
+    assert again.returncode == 0, again.stderr
+    assert last_report(cache)["targets"][0]["rebuilt_rows"] == len(FILES)
+    assert version_count(s3_inspect, bucket) == len(FILES)
+
+
+def test_the_decision_is_size_from_the_listing_and_mtime_from_the_metadata():
+    from async_backup.rebuild import DiskStat, needs_head, proves_row
+
+    disk = DiskStat(is_regular=True, size=10, mtime_ns=1_700_000_000_123_456_789)
+    meta = {"mtime": "1700000000.123456789"}
+    assert needs_head(10, disk) and proves_row(10, disk, meta)
+    assert not needs_head(11, disk) and not proves_row(11, disk, meta)  # size differs: no HEAD at all
+    assert not needs_head(10, None)  # the file is gone
+    assert not needs_head(10, DiskStat(is_regular=False, size=10, mtime_ns=disk.mtime_ns))  # a symlink now
+    assert not proves_row(10, disk, {"mtime": "1700000000.123456788"})  # a nanosecond off
+    assert not proves_row(10, disk, {})  # uploaded by something else: no mtime metadata
+    assert not proves_row(10, disk, {"mtime": "garbled"})
