@@ -306,3 +306,24 @@ def test_the_decision_is_size_from_the_listing_and_mtime_from_the_metadata():
     assert not proves_row(10, disk, {"mtime": "1700000000.123456788"})  # a nanosecond off
     assert not proves_row(10, disk, {})  # uploaded by something else: no mtime metadata
     assert not proves_row(10, disk, {"mtime": "garbled"})
+
+
+def test_report_summary_line_and_card_say_how_many_rows_were_rebuilt_and_from_what():
+    from async_backup.card import card_json
+    from async_backup.runreport import build_report
+    from async_backup.summary import RunSummary, TargetStats
+
+    stats = TargetStats(
+        name="/srv/scans",
+        bucket="b-scans",
+        rebuilt_rows=1234,
+        rebuilt_from="bucket listing (2 ListObjectsV2) + 1,300 HeadObject",
+    )
+    stats.finished_at = stats.started_at + 1
+    summary = RunSummary(host="h", started_at=stats.started_at, finished_at=stats.finished_at, targets=[stats])
+    report = build_report(summary)
+    assert report["targets"][0]["rebuilt_rows"] == 1234 and report["totals"]["rows_rebuilt"] == 1234
+    assert report["targets"][0]["rebuilt_from"] == "bucket listing (2 ListObjectsV2) + 1,300 HeadObject"
+    assert stats.line().endswith("; 1,234 cache rows rebuilt from bucket listing (2 ListObjectsV2) + 1,300 HeadObject")
+    card = card_json(summary)
+    assert "Cache rebuilt" in card and "1,234 rows from bucket listing" in card
