@@ -240,23 +240,22 @@ class _CardBuilder:
     def target_block(self, target: TargetStats) -> dict[str, Any]:
         name = self.md(target.name, MAX_NAME_CHARS)
         bucket = self.md(target.bucket, MAX_NAME_CHARS)
+        facts = [
+            *([("Adopted from the old cache", f"{target.adopted:,}")] if target.adopted else []),
+            ("New", f"{target.new:,}"),
+            ("Updated", f"{target.updated:,}"),
+            ("Deleted", f"{target.deleted:,}"),
+            ("Failed", f"{target.failed:,}"),
+            ("Bytes", format_bytes(target.bytes_uploaded)),
+            ("Duration", format_duration(_span_s(target.started_at, target.finished_at))),
+        ]
+        if target.rebuilt_from:
+            rebuilt = f"{target.rebuilt_rows:,} rows from {target.rebuilt_from}"
+            facts.append(("Cache rebuilt", self.md(rebuilt, MAX_MESSAGE_CHARS)))
         return {
             "type": "Container",
             "spacing": "Small",
-            "items": [
-                _text(f"**{name}** → s3://{bucket}", weight="Bolder"),
-                _facts(
-                    [
-                        *([("Adopted from the old cache", f"{target.adopted:,}")] if target.adopted else []),
-                        ("New", f"{target.new:,}"),
-                        ("Updated", f"{target.updated:,}"),
-                        ("Deleted", f"{target.deleted:,}"),
-                        ("Failed", f"{target.failed:,}"),
-                        ("Bytes", format_bytes(target.bytes_uploaded)),
-                        ("Duration", format_duration(_span_s(target.started_at, target.finished_at))),
-                    ]
-                ),
-            ],
+            "items": [_text(f"**{name}** → s3://{bucket}", weight="Bolder"), _facts(facts)],
         }
 
     def targets(self, limit: int) -> tuple[list[dict[str, Any]], int]:

@@ -77,7 +77,16 @@ def _common_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
 
 def _backup_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--reset", action="store_true", help="forget the local file cache: every file is uploaded again"
+        "--reset",
+        action="store_true",
+        help="forget the local file cache and rebuild it from S3 (snapshot, else listing + HeadObject); "
+        "only files S3 does not hold as they are on disk are uploaded",
+    )
+    parser.add_argument(
+        "--upload-everything-again",
+        action="store_true",
+        help="forget the local file cache and do NOT rebuild it: every file is uploaded again "
+        "(Deep Archive bills each copy for 180 days)",
     )
     parser.add_argument(
         "--dry-run", action="store_true", help="walk and plan only: no upload, no delete, no notification"
@@ -269,15 +278,18 @@ def _run(config: Config, cache_dir: Path, args: argparse.Namespace) -> int:
             dropped = store.forget_target(os.path.normpath(args.forget_target))
             log.info("forgot target %s (%d cached files); its bucket is unchanged", args.forget_target, dropped)
             return EXIT_OK
-        if args.reset and not args.dry_run:
+        if args.upload_everything_again and not args.dry_run:
             store.reset()
-            log.info("cache reset: every file will be uploaded again")
+            log.info("cache reset (--upload-everything-again): every file will be uploaded again")
+        elif args.reset and not args.dry_run:
+            store.reset()
+            log.info("cache reset: its rows are rebuilt from S3 before planning")
         targets = _select(discover_targets(config, store.known_targets()), args.only)
         for warning in nested_target_warnings(targets):
             log.warning("%s", warning)
         if not args.dry_run:
             store.remember_targets((t.path, t.bucket, t.root) for t in targets if not t.missing and not t.problem)
-        if args.dry_run and args.reset:
+        if args.dry_run and (args.reset or args.upload_everything_again):
             store.close()
             store = StateStore(cache_dir / "nonexistent-for-dry-reset", readonly=True)
         return _execute(config, targets, store, args)
@@ -309,7 +321,10 @@ def event_loop_options() -> dict[str, Any]:
 def _execute(config: Config, targets: list[Target], store: StateStore, args: argparse.Namespace) -> int:
     collector = FailureCollector()
     options = RunOptions(
-        dry_run=args.dry_run, allow_mass_delete=args.allow_mass_delete, backup_cache=not args.no_cache_backup
+        dry_run=args.dry_run,
+        allow_mass_delete=args.allow_mass_delete,
+        backup_cache=not args.no_cache_backup,
+        rebuild=not args.upload_everything_again,
     )
     progress = Progress.for_stderr(max(1.0, args.progress_interval), quiet=args.quiet)
     backup = Backup(config, targets, store, collector, options, progress)
@@ -419,8 +434,15 @@ def _report(summary: RunSummary, dry_run: bool) -> None:
                 f"({format_bytes(t.planned_upload_bytes)}), delete {t.planned_deletes}, "
                 f"{t.unchanged} unchanged, {t.skipped} skipped"
             )
+            if t.rebuild_due:
+                print(
+                    f"  the cache holds no rows for {t.name}: a real run first rebuilds them from S3 "
+                    "(the newest snapshot, else the bucket listing + HeadObject) and uploads only what S3 "
+                    "does not hold as it is on disk; this dry run sends no request, so it counts every file as new"
+                )
+    rebuilt = f", {summary.rows_rebuilt:,} cache rows rebuilt from S3" if summary.rows_rebuilt else ""
     log.info(
-        "%s: %d targets, %d files uploaded (%s), %d deleted, %d failures in %.1f s",
+        "%s: %d targets, %d files uploaded (%s), %d deleted, %d failures in %.1f s%s",
         "dry run done" if dry_run else "interrupted" if summary.interrupted else "done",
         len(summary.targets),
         summary.files_uploaded,
@@ -428,4 +450,5 @@ def _report(summary: RunSummary, dry_run: bool) -> None:
         summary.files_deleted,
         len(summary.failures),
         summary.duration_s,
+        rebuilt,
     )

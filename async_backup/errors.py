@@ -64,6 +64,7 @@ class FailureKind(enum.StrEnum):
     ADOPTION = "adoption"  # the old script's cache could not be checked against its bucket
     SECRETS_EXPOSED = "secrets exposed"  # AWS keys lie readable somewhere (a warning only)
     CACHE_BACKUP = "cache backup"  # the cache snapshot could not be uploaded
+    REBUILD = "cache rebuild"  # a lost cache could not be rebuilt from S3: the target was held back
     FATAL = "fatal"  # the run stopped early
     NOTIFICATION = "notification"  # the Teams card could not be delivered (a warning only)
 

@@ -11,6 +11,7 @@ than the queue size.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import logging
 import os
 import shutil
@@ -26,7 +27,6 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream as ObjectReceiveStream
 from anyio.streams.memory import MemoryObjectSendStream as ObjectSendStream
 
-from .adopt import adopt_old_cache
 from .buckets import ensure_bucket
 from .budget import ByteBudget
 from .config import Config
@@ -36,6 +36,24 @@ from .keys import KeyTooLongError, check_key_length, display_path, key_for_path
 from .legacy import LEGACY_CACHE_BUCKET, OldCache, OldCacheError, old_cache_path
 from .plan import MAX_OBJECT_BYTES, PlanCounts, Recorded, Upload, deletion_guard, device_guard, merge
 from .progress import Progress
+from .rebuild import (
+    REBUILDING_MARK,
+    Candidate,
+    Listing,
+    Snapshot,
+    SnapshotUnusable,
+    candidates,
+    checksum_of,
+    download_snapshot,
+    find_snapshots,
+    list_bucket,
+    log_key,
+    proves_row,
+    rows_from_old_cache,
+    rows_from_snapshot,
+    snapshot_holds,
+    snapshot_key,
+)
 from .s3 import S3, endpoint_name, open_s3
 from .state import Change, Removed, StateStore, Stored, UploadEnded, UploadStarted, run_writer
 from .summary import TargetStats, format_bytes
@@ -48,6 +66,8 @@ log = logging.getLogger(__name__)
 # Actions cross from the walk thread to the event loop in chunks: one thread hop per chunk,
 # not per file. Small enough that an incremental run starts uploading almost at once.
 CHUNK_FILES = 32
+# Rows proven by HeadObject are written to the cache in transactions of this many.
+REBUILD_WRITE_ROWS = 500
 # Clocks of server and client may differ a little; uploads this much older than the run are stale.
 STALE_UPLOAD_GRACE_S = 60.0
 # So many requests in a row failing at the transport level (after botocore's retries) means the
@@ -56,8 +76,6 @@ TRANSPORT_FAILURES_FATAL = 20
 TRANSPORT_CODES = frozenset(
     {"EndpointConnectionError", "ConnectTimeoutError", "ConnectionClosedError", "ReadTimeoutError"}
 )
-CACHE_SNAPSHOT_KEY = "async-backup.db.gz"
-CACHE_LOG_KEY = "backup.log"
 SNAPSHOT_DUE = "snapshot_due"  # meta flag: "0" once the cache as it is now has reached S3
 
 
@@ -66,6 +84,7 @@ class RunOptions:
     dry_run: bool = False
     allow_mass_delete: bool = False
     backup_cache: bool = True
+    rebuild: bool = True  # False only with --upload-everything-again
 
 
 @dataclass(eq=False)
@@ -87,6 +106,7 @@ class TargetRun:
     recorded_device: int | None = None  # st_dev the cache holds from an earlier run
     device_held_back: bool = False  # the device guard held back this run's deletes
     device_recorded: bool = False
+    held_back: bool = False  # its cache could not be rebuilt: nothing is uploaded or deleted
 
     def job_finished(self) -> None:
         self.pending -= 1
@@ -155,6 +175,8 @@ class Backup:
             if self.config.naming == "legacy":
                 await self._warn_about_old_config_copy()
             await self._abort_leftover_uploads()
+            if self.options.rebuild:
+                await self._rebuild_caches()
             upload_send, upload_receive = anyio.create_memory_object_stream[UploadJob](tuning.queue_size)
             change_send, change_receive = anyio.create_memory_object_stream[Change](4 * tuning.queue_size)
             try:
@@ -209,9 +231,9 @@ class Backup:
                     if target.problem:
                         self._target_unusable(run)
                         return
+                    if run.held_back:
+                        return
                     async with walk_slots:
-                        if not await self._adopt_old_cache(run):
-                            return
                         await self._walk_in_thread(run, upload_send)
                 run.walk_done()
                 await run.uploads_done.wait()
@@ -301,57 +323,47 @@ class Backup:
         assert run.target.problem is not None
         self.collector.add(Failure(FailureKind.BUCKET, run.target.path, run.target.path, run.target.problem))
 
-    def _old_cache_to_adopt(self, run: TargetRun) -> Path | None:
-        """The old script's cache of a legacy-named target whose rows this cache does not hold yet
-        (the first run after taking over, or after --reset or a lost cache)."""
+    def _old_cache_of(self, run: TargetRun) -> Path | None:
+        """The old script's cache of a legacy-named target, if it left one."""
         if run.target.legacy_name is None:
             return None
-        path = old_cache_path(self.store.cache_dir, run.target.legacy_name)
-        if not path.is_file() or self.store.count(run.target.bucket) > 0:
-            return None
-        return path
+        # config.json's folder, not the store's: a dry run with --reset reads an empty stand-in store.
+        path = old_cache_path(self.config.source.parent, run.target.legacy_name)
+        return path if path.is_file() else None
 
-    async def _adopt_old_cache(self, run: TargetRun) -> bool:
-        """Adopt the target's old cache if it has one; False when the target cannot go on.
+    def _old_cache_to_adopt(self, run: TargetRun) -> Path | None:
+        """For a dry run: the old cache a real run would adopt (the cache holds no rows for it yet)."""
+        path = self._old_cache_of(run)
+        return path if path is not None and self._needs_rebuild(run.target.bucket) else None
 
-        Without the bucket's listing there is no knowing what the old script's uploads left in S3;
-        uploading anyway could send a second copy of everything, so the target waits for the next run."""
-        path = await anyio.to_thread.run_sync(self._old_cache_to_adopt, run)
-        if path is None:
-            return True
+    def _adopt(self, run: TargetRun, path: Path, listing: Listing) -> int:
+        """Adopt the old script's cache of the target, checked against the listing (worker thread).
+        An old cache that cannot be read is one warning: its files are then treated as new."""
         target = run.target
         try:
-            old = await anyio.to_thread.run_sync(OldCache, path)
+            old = OldCache(path)
         except OldCacheError as exc:
             log.warning("old cache of %s: %s; its files are treated as new", target.path, exc)
-            return True
+            return 0
         try:
-            adoption = await adopt_old_cache(self.s3, self.store, target.bucket, old)
-        except (S3Error, OldCacheError) as exc:
-            self.collector.add(
-                Failure(
-                    FailureKind.ADOPTION,
-                    target.path,
-                    str(path),
-                    f"the old cache could not be checked against s3://{target.bucket} ({exc}); nothing of this "
-                    "target was uploaded, so no file is sent twice. The next run tries again",
-                )
-            )
-            return False
+            old_rows = old.count()
+            adopted = rows_from_old_cache(old, target.bucket, target.path_bytes, listing, self.store)
+        except OldCacheError as exc:
+            log.warning("old cache of %s: %s; what it did not yield is treated as new", target.path, exc)
+            return 0
         finally:
             old.close()
-        run.stats.adopted = adoption.adopted
-        missing = adoption.old_rows - adoption.adopted
+        missing = old_rows - adopted
         log.info(
-            "%s: adopted %d of %d files from the old cache %s (%d ListObjectsV2 requests)%s",
+            "%s: adopted %d of %d files from the old cache %s (checked against %d ListObjectsV2 pages)%s",
             target.path,
-            adoption.adopted,
-            adoption.old_rows,
+            adopted,
+            old_rows,
             path,
-            adoption.requests,
+            listing.requests,
             f"; {missing} are not in s3://{target.bucket} and are uploaded if still on disk" if missing else "",
         )
-        return True
+        return adopted
 
     async def _warn_about_old_config_copy(self) -> None:
         """The old script copied config.json, AWS keys included, to its cache bucket after every run.
@@ -546,6 +558,153 @@ class Backup:
             run.bucket_ready = True
             return True
 
+    # Stage: rebuild lost cache rows from S3, before any target is planned
+
+    def _needs_rebuild(self, bucket: str) -> bool:
+        """No rows for the bucket, or a rebuild of it that began and never finished."""
+        return self.store.count(bucket) == 0 or self.store.get_meta(REBUILDING_MARK + bucket) is not None
+
+    async def _rebuild_caches(self) -> None:
+        runs = [
+            r
+            for r in self.runs
+            if not r.target.missing
+            and not r.target.problem
+            and await anyio.to_thread.run_sync(self._needs_rebuild, r.target.bucket)
+        ]
+        if not runs:
+            return
+        with tempfile.TemporaryDirectory(prefix="async-backup-rebuild-") as tmp:
+            snapshots = _SnapshotShelf(self.s3, snapshot_buckets(self.config), Path(tmp))
+            for run in runs:
+                await self._rebuild_target(run, snapshots, Path(tmp))
+
+    async def _rebuild_target(self, run: TargetRun, snapshots: _SnapshotShelf, tmp: Path) -> None:
+        """Snapshot rows the listing confirms, then HeadObject for listed objects still unproven.
+        A rebuild that fails holds the target back: planning from a half-rebuilt cache would
+        upload again what S3 already holds."""
+        bucket = run.target.bucket
+        mark = REBUILDING_MARK + bucket
+        try:
+            listing = await list_bucket(self.s3, bucket, tmp / f"listing-{bucket}.db")
+            if listing is None:
+                return  # a new target: nothing in S3 to rebuild from
+            try:
+                if listing.count == 0:
+                    return
+                await anyio.to_thread.run_sync(self.store.set_meta, mark, str(time.time()))
+                sources = []
+                found = await snapshots.newest_holding(bucket)
+                old_cache = self._old_cache_of(run)
+                if found is not None:
+                    snapshot, db = found
+                    rows = await anyio.to_thread.run_sync(
+                        rows_from_snapshot, db, bucket, run.target.path_bytes, listing, self.store
+                    )
+                    run.stats.rebuilt_rows += rows
+                    sources.append(snapshot.describe())
+                elif old_cache is not None:
+                    run.stats.adopted = await anyio.to_thread.run_sync(self._adopt, run, old_cache, listing)
+                heads, rows = await self._rebuild_from_listing(run, listing)
+                run.stats.rebuilt_rows += rows
+                if found is None and old_cache is None:
+                    sources.append(f"bucket listing ({listing.requests:,} ListObjectsV2) + {heads:,} HeadObject")
+                elif heads:
+                    held = "the snapshot" if found is not None else "the old cache"
+                    sources.append(f"{heads:,} HeadObject for objects {held} does not hold")
+                run.stats.rebuilt_from = " + ".join(sources)
+                await anyio.to_thread.run_sync(self.store.clear_meta, mark)
+                await anyio.to_thread.run_sync(self.store.set_meta, SNAPSHOT_DUE, "1")
+                log.info(
+                    "%s -> s3://%s: the cache held no rows; %d of %d objects rebuilt from %s%s",
+                    run.target.path,
+                    bucket,
+                    run.stats.rebuilt_rows,
+                    listing.count,
+                    run.stats.rebuilt_from,
+                    f"; {run.stats.rebuilt_gone:,} of them for files gone from disk, deleted from S3 by this run "
+                    "unless the deletion guard holds them back"
+                    if run.stats.rebuilt_gone
+                    else "",
+                )
+            finally:
+                listing.close()
+        except S3Error as exc:
+            run.held_back = True
+            self.collector.add(
+                Failure(
+                    FailureKind.REBUILD,
+                    run.target.path,
+                    f"s3://{bucket}",
+                    f"the cache could not be rebuilt from S3 ({exc.message}); nothing of this target was "
+                    "uploaded or deleted, so that nothing S3 holds is uploaded twice; the next run tries again",
+                    exc.code,
+                )
+            )
+
+    async def _rebuild_from_listing(self, run: TargetRun, listing: Listing) -> tuple[int, int]:
+        """Listed objects no snapshot row covers: lstat in worker threads, HeadObject only where
+        the size matches a regular file, a row only where the mtime metadata matches too.
+        Returns (HeadObject requests, rows written). A failed HeadObject fails the rebuild."""
+        bucket = run.target.bucket
+        root = run.target.path_bytes
+        workers = max(1, min(self.config.tuning.workers, 64))
+        cand_send, cand_receive = anyio.create_memory_object_stream[Candidate](self.config.tuning.queue_size)
+        row_send, row_receive = anyio.create_memory_object_stream[Stored](self.config.tuning.queue_size)
+        heads = 0
+        written = 0
+        errors: list[S3Error] = []
+
+        async def produce(rows: ObjectSendStream[Stored]) -> None:
+            with cand_send, rows:
+                after = ""
+                while chunk := await anyio.to_thread.run_sync(listing.uncovered, after, 1000):
+                    after = chunk[-1].key
+                    found, gone = await anyio.to_thread.run_sync(candidates, chunk, root)
+                    for path, size in gone:  # no file: a row so the run deletes the object
+                        run.stats.rebuilt_gone += 1
+                        await rows.send(Stored(bucket, path, size, 0, None))
+                    for candidate in found:
+                        await cand_send.send(candidate)
+
+        async def prove(jobs: ObjectReceiveStream[Candidate], rows: ObjectSendStream[Stored]) -> None:
+            nonlocal heads
+            with jobs, rows:
+                async for c in jobs:
+                    heads += 1
+                    try:
+                        head = await self.s3.head_object(bucket, c.key)
+                    except S3Error as exc:
+                        errors.append(exc)
+                        continue
+                    if head is not None and proves_row(c.listed_size, c.disk, head.metadata):
+                        await rows.send(Stored(bucket, c.path, c.disk.size, c.disk.mtime_ns, checksum_of(head)))
+
+        async def record() -> None:
+            nonlocal written
+            batch: list[Change] = []
+            with row_receive:
+                async for row in row_receive:
+                    batch.append(row)
+                    if len(batch) >= REBUILD_WRITE_ROWS:
+                        await anyio.to_thread.run_sync(self.store.apply, batch)
+                        written += len(batch)
+                        batch = []
+            if batch:
+                await anyio.to_thread.run_sync(self.store.apply, batch)
+                written += len(batch)
+
+        async with unwrapped_group() as tg:
+            tg.start_soon(record)
+            with row_send, cand_receive:
+                for _ in range(workers):
+                    tg.start_soon(prove, cand_receive.clone(), row_send.clone())
+                tg.start_soon(produce, row_send.clone())
+        if errors:
+            first = errors[0]
+            raise S3Error(first.code, f"{len(errors):,} HeadObject requests failed, the first: {first.message}")
+        return heads, written
+
     # Before and after
 
     async def _check_endpoint(self) -> None:
@@ -605,11 +764,12 @@ class Backup:
                 snapshot = Path(tmp) / "snapshot.db"
                 body = await anyio.to_thread.run_sync(_snapshot_gz, self.store, snapshot)
                 await ensure_bucket(self.s3, bucket, self.config.noncurrent_days, versioned=False)
-                await self.s3.put_plain_object(bucket, CACHE_SNAPSHOT_KEY, body)
+                key = snapshot_key(self.store.cache_dir)
+                await self.s3.put_plain_object(bucket, key, body)
                 log_path = self.store.cache_dir / "backup.log"
                 if log_path.exists():
                     log_body = await anyio.to_thread.run_sync(log_path.read_bytes)
-                    await self.s3.put_plain_object(bucket, CACHE_LOG_KEY, log_body)
+                    await self.s3.put_plain_object(bucket, log_key(self.store.cache_dir), log_body)
         except (S3Error, OSError) as exc:
             self.collector.add(
                 Failure(
@@ -621,7 +781,7 @@ class Backup:
             )
         else:
             await anyio.to_thread.run_sync(self.store.set_meta, SNAPSHOT_DUE, "0")
-            log.info("cache snapshot (%s) uploaded to s3://%s", format_bytes(len(body)), bucket)
+            log.info("cache snapshot (%s) uploaded to s3://%s/%s", format_bytes(len(body)), bucket, key)
 
     # Dry run
 
@@ -635,7 +795,10 @@ class Backup:
             if run.target.problem:
                 self._target_unusable(run)
                 return
-            run.old_cache = await anyio.to_thread.run_sync(self._old_cache_to_adopt, run)
+            if self.options.rebuild:
+                run.old_cache = await anyio.to_thread.run_sync(self._old_cache_to_adopt, run)
+                if run.old_cache is None:
+                    run.stats.rebuild_due = await anyio.to_thread.run_sync(self._needs_rebuild, run.target.bucket)
             async with walk_slots:
                 await self._walk_in_thread(run, None)
             self._deletes_held_back(run)
@@ -667,13 +830,60 @@ def _device_of(folder: bytes) -> int | None:
 
 
 def cache_bucket_name(config: Config) -> str:
-    """backup.cache_bucket, or the bucket prefix + "cache-" + this host's name and a hash of it."""
+    """backup.cache_bucket, or `<prefix>cache-` + 8 hex digits of the prefix's SHA-256.
+
+    Derived from config.json alone, so a new machine given the same config.json finds the
+    snapshots of the old one (each installation writes under a key of its own)."""
     if config.cache_bucket:
         return config.cache_bucket
+    digest = hashlib.sha256(config.bucket_prefix.encode("utf-8")).hexdigest()[:8]
+    return f"{config.bucket_prefix}cache-{digest}"
+
+
+def host_cache_bucket_name(config: Config) -> str:
+    """The default cache bucket before the rebuild existed: derived from the host name and the
+    cache directory's path. Still read for snapshots an installation wrote there."""
     from .targets import stable_bucket_name
 
     host = socket.gethostname().split(".")[0] or "host"
     return stable_bucket_name(config.bucket_prefix + "cache-", "/" + host + str(config.source.parent))
+
+
+def snapshot_buckets(config: Config) -> list[str]:
+    """Where a rebuild looks for snapshots: the cache bucket, and the older host-derived one."""
+    if config.cache_bucket:
+        return [config.cache_bucket]
+    return [cache_bucket_name(config), host_cache_bucket_name(config)]
+
+
+class _SnapshotShelf:
+    """Every snapshot in the cache buckets, listed once per run and each downloaded at most once."""
+
+    def __init__(self, s3: S3, buckets: list[str], tmp: Path) -> None:
+        self._s3 = s3
+        self._buckets = buckets
+        self._tmp = tmp
+        self._found: list[Snapshot] | None = None
+        self._opened: dict[Snapshot, Path | None] = {}
+
+    async def newest_holding(self, bucket: str) -> tuple[Snapshot, Path] | None:
+        """The newest sound snapshot with rows for `bucket`, and its unpacked database."""
+        if self._found is None:
+            self._found = await find_snapshots(self._s3, self._buckets)
+        for snapshot in self._found:
+            if snapshot not in self._opened:
+                try:
+                    path: Path | None = await download_snapshot(
+                        self._s3, snapshot, self._tmp, f"snapshot-{len(self._opened)}"
+                    )
+                except SnapshotUnusable as exc:
+                    log.warning("%s cannot be used (%s); passed over", snapshot.describe(), exc)
+                    path = None
+                self._opened[snapshot] = path
+            db = self._opened[snapshot]
+            if db is not None and await anyio.to_thread.run_sync(snapshot_holds, db, bucket):
+                return snapshot, db
+        return None
 
 
 def _snapshot_gz(store: StateStore, snapshot: Path) -> bytes:

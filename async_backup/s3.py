@@ -361,6 +361,7 @@ class S3:
                     size=int(o.get("Size", 0)),
                     storage_class=str(o.get("StorageClass") or "STANDARD"),
                     etag=_unquote_etag(o.get("ETag")),
+                    last_modified=o.get("LastModified"),
                 )
                 for o in page.get("Contents", [])
             ]
@@ -535,6 +536,7 @@ class ListedObject:
     size: int
     storage_class: str
     etag: str  # without quotes
+    last_modified: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

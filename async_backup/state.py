@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sqlite3
 import threading
 import time
@@ -62,13 +63,14 @@ CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 
 @dataclass(frozen=True, slots=True)
 class Stored:
-    """S3 confirmed this file's upload."""
+    """S3 confirmed this file's upload (or, rebuilt from a snapshot, an earlier run's row as it was)."""
 
     bucket: str
     path: bytes
-    size: int
+    size: int | None
     mtime_ns: int
     checksum: str | None
+    legacy_mtime: float | None = None  # kept from a snapshot row adopted from the old script
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +118,34 @@ def _columns(conn: sqlite3.Connection) -> set[str]:
     return {str(row[1]) for row in conn.execute("PRAGMA table_info(files)")}
 
 
+def quick_check(conn: sqlite3.Connection) -> str | None:
+    """SQLite's quick_check (every page and index, without matching index contents to rows):
+    None when the database is sound, else its first complaint. Reads the whole file once."""
+    rows = conn.execute("PRAGMA quick_check(1)").fetchall()
+    verdict = str(rows[0][0]) if rows else "no answer from quick_check"
+    if verdict == "ok":
+        return None
+    # SQLite's report spans lines ("*** in database main ***\nPage 3: ..."): one line for the log.
+    return " ".join(verdict.replace("*** in database main ***", "").split()) or "quick_check failed"
+
+
+def move_aside(path: Path) -> Path:
+    """Rename a damaged database (and its WAL and shared-memory files, which belong to it) to
+    `<name>.damaged-<UTC time>`, so that nothing is planned from it and it stays for inspection."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    dest = path.with_name(f"{path.name}.damaged-{stamp}")
+    serial = 1
+    while dest.exists():
+        serial += 1
+        dest = path.with_name(f"{path.name}.damaged-{stamp}-{serial}")
+    os.replace(path, dest)
+    for suffix in ("-wal", "-shm"):
+        side = path.with_name(path.name + suffix)
+        if side.exists():
+            os.replace(side, dest.with_name(dest.name + suffix))
+    return dest
+
+
 class StateStore:
     """Synchronous access to the cache; call its methods from worker threads, not the event loop."""
 
@@ -125,12 +155,43 @@ class StateStore:
         self.readonly = readonly
         self._conn: sqlite3.Connection | None = None
         self._write_lock = threading.Lock()  # the writer task and direct records may overlap
+        self.damaged: str | None = None  # why the database could not be used, when it could not
         if readonly and not self.path.exists():
             return  # a dry run on a fresh cache: everything is new
+        problem = self._open(readonly)
+        if problem is None:
+            return
+        self.damaged = problem
+        if readonly:
+            log.warning(
+                "cache %s is damaged (%s); left as it is (read-only here): a real backup run moves it aside "
+                "and rebuilds it from S3, this run treats it as empty",
+                self.path,
+                problem,
+            )
+            return
+        moved = move_aside(self.path)
+        log.warning(
+            "cache %s is damaged (%s); moved it to %s, a backup rebuilds its rows from S3 before planning",
+            self.path,
+            problem,
+            moved,
+        )
+        problem = self._open(readonly)
+        if problem is not None:
+            raise FatalError(f"cache {self.path} cannot be created ({problem}); check the cache directory") from None
+
+    def _open(self, readonly: bool) -> str | None:
+        """Open the database and check its pages; returns what is wrong, or None."""
         try:
             self._conn = connect(self.path, readonly=readonly)
+            problem = quick_check(self._conn)
         except sqlite3.Error as exc:
-            raise FatalError(f"cache {self.path} cannot be opened ({exc}); move it away or run with --reset") from None
+            problem = str(exc) or type(exc).__name__
+        if problem is not None and self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        return problem
 
     def close(self) -> None:
         if self._conn is not None:
@@ -177,7 +238,7 @@ class StateStore:
 
     def recorded(self, bucket: str) -> Iterator[Recorded]:
         """Stream one bucket's rows in path order over a connection of its own (for the walk thread)."""
-        if not self.path.exists():
+        if self._conn is None or not self.path.exists():
             return
         conn = connect(self.path, readonly=True)
         try:
@@ -213,7 +274,7 @@ class StateStore:
         stored, removed, started, ended = [], [], [], []
         for c in changes:
             if isinstance(c, Stored):
-                stored.append((c.bucket, c.path, c.size, c.mtime_ns, c.checksum))
+                stored.append((c.bucket, c.path, c.size, c.mtime_ns, c.checksum, c.legacy_mtime))
             elif isinstance(c, Removed):
                 removed.append((c.bucket, c.path))
             elif isinstance(c, UploadStarted):
@@ -223,7 +284,8 @@ class StateStore:
         with self._write_lock, self._conn:
             if stored:
                 self._conn.executemany(
-                    "INSERT OR REPLACE INTO files(bucket, path, size, mtime_ns, checksum) VALUES (?, ?, ?, ?, ?)",
+                    "INSERT OR REPLACE INTO files(bucket, path, size, mtime_ns, checksum, legacy_mtime) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
                     stored,
                 )
             if removed:
@@ -262,6 +324,11 @@ class StateStore:
         assert self._conn is not None
         with self._conn:
             self._conn.execute("INSERT OR REPLACE INTO meta(name, value) VALUES (?, ?)", (name, value))
+
+    def clear_meta(self, name: str) -> None:
+        assert self._conn is not None
+        with self._conn:
+            self._conn.execute("DELETE FROM meta WHERE name=?", (name,))
 
     def insert_adopted(self, bucket: str, rows: Iterable[tuple[bytes, int, float]]) -> int:
         """Rows adopted from the old script's cache: (path, size S3 listed, its float st_mtime).
@@ -370,7 +437,7 @@ def record_restore_request(store: StateStore, bucket: str, key: str, version_id:
 def iter_rows(store: StateStore, bucket: str) -> Iterator[tuple[bytes, int | None, int, str | None]]:
     """One bucket's rows in path order (path, size, mtime_ns, checksum), streamed over a connection
     of its own, so verify can merge them with the walk in a worker thread without a list of all."""
-    if not store.path.exists():
+    if store.damaged is not None or not store.path.exists():
         return
     conn = connect(store.path, readonly=True)
     try:

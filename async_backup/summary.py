@@ -28,6 +28,10 @@ class TargetStats:
     planned_upload_bytes: int = 0
     planned_deletes: int = 0
     adopted: int = 0  # rows taken from the old script's cache (a dry run: that would be)
+    rebuilt_rows: int = 0  # cache rows rebuilt from S3 before planning
+    rebuilt_gone: int = 0  # of those, objects whose file is gone from disk (so the run deletes them)
+    rebuilt_from: str = ""  # e.g. "snapshot s3://b/k of 2026-12-01 03:12 UTC" or "bucket listing + N HeadObject"
+    rebuild_due: bool = False  # dry run: the cache holds no rows, a real run rebuilds them first
     walk_finished: bool = False
     started_at: float = field(default_factory=time.time)
     finished_at: float | None = None
@@ -44,8 +48,13 @@ class TargetStats:
             f"{self.name} -> s3://{self.bucket}: {adopted}{self.new} new, {self.updated} updated, "
             f"{self.deleted} deleted, {self.unchanged} unchanged, {self.skipped} skipped, "
             f"{self.failed} failed, {format_bytes(self.bytes_uploaded)} uploaded "
-            f"in {self.duration_s:.1f} s"
+            f"in {self.duration_s:.1f} s{self.rebuilt_note()}"
         )
+
+    def rebuilt_note(self) -> str:
+        if not self.rebuilt_from:
+            return ""
+        return f"; {self.rebuilt_rows:,} cache rows rebuilt from {self.rebuilt_from}"
 
 
 @dataclass(slots=True)
@@ -78,6 +87,10 @@ class RunSummary:
     @property
     def bytes_uploaded(self) -> int:
         return sum(t.bytes_uploaded for t in self.targets)
+
+    @property
+    def rows_rebuilt(self) -> int:
+        return sum(t.rebuilt_rows for t in self.targets)
 
 
 def format_bytes(n: int) -> str:

@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 from conftest import ACCESS_KEY, SECRET_KEY, all_keys, key_of, make_tree, run_cli, write_config
 
+from async_backup.config import load_config
+from async_backup.pipeline import cache_bucket_name
 from async_backup.targets import stable_bucket_name
 
 
@@ -153,9 +155,9 @@ def test_dry_run_touches_neither_s3_nor_the_cache(site: dict[str, Any], s3_inspe
     assert {b: versions(s3_inspect, b) for b in site["buckets"].values()} == s3_before
 
 
-def test_reset_uploads_everything_again(site: dict[str, Any], s3_inspect: Any):
+def test_upload_everything_again_uploads_everything_again(site: dict[str, Any], s3_inspect: Any):
     assert backup(site["cache"]).returncode == 0
-    result = backup(site["cache"], "--reset")
+    result = backup(site["cache"], "--upload-everything-again")
     assert result.returncode == 0
     assert "8 files uploaded" in result.stderr
     vers, _ = versions(s3_inspect, site["buckets"]["scans"])
@@ -294,11 +296,14 @@ def test_cache_snapshot_goes_to_its_own_unversioned_bucket(site: dict[str, Any],
     result = backup(site["cache"])
     assert result.returncode == 0
     line = next(ln for ln in result.stderr.splitlines() if "cache snapshot" in ln)
-    bucket = line.rsplit("s3://", 1)[1].strip()
+    bucket, key = line.rsplit("s3://", 1)[1].strip().split("/", 1)
+    assert bucket == cache_bucket_name(load_config(site["cache"]))
+    installation, name = key.split("/")  # one key per installation sharing the bucket
+    assert name == "async-backup.db.gz"
     assert s3_inspect.get_bucket_versioning(Bucket=bucket).get("Status") in (None, "")
-    blob = gzip.decompress(s3_inspect.get_object(Bucket=bucket, Key="async-backup.db.gz")["Body"].read())
+    blob = gzip.decompress(s3_inspect.get_object(Bucket=bucket, Key=key)["Body"].read())
     assert blob.startswith(b"SQLite format 3")
-    log = s3_inspect.get_object(Bucket=bucket, Key="backup.log")["Body"].read().decode()
+    log = s3_inspect.get_object(Bucket=bucket, Key=f"{installation}/backup.log")["Body"].read().decode()
     assert "8 files uploaded" in log or "backing up" in log
     assert "config.json" not in all_keys(s3_inspect, bucket)
 
