@@ -150,6 +150,7 @@ class Backup:
             part_size_bytes=config.tuning.part_size_bytes,
         )
         self._stopping = threading.Event()
+        self._old_cache_bucket_keys: list[str] = []  # keys in the old script's cache bucket (legacy naming)
         self.started_at = time.time()
         self._transport_failures_in_a_row = 0
         self._s3: S3 | None = None
@@ -173,7 +174,7 @@ class Backup:
             self._s3 = s3
             await self._check_endpoint()
             if self.config.naming == "legacy":
-                await self._warn_about_old_config_copy()
+                await self._read_old_cache_bucket()
             await self._abort_leftover_uploads()
             if self.options.rebuild:
                 await self._rebuild_caches()
@@ -365,16 +366,58 @@ class Backup:
         )
         return adopted
 
-    async def _warn_about_old_config_copy(self) -> None:
-        """The old script copied config.json, AWS keys included, to its cache bucket after every run.
-        Say so once per run (never delete it: it may be someone's only copy of that config)."""
-        keys: list[str] = []
+    async def _read_old_cache_bucket(self) -> None:
+        """List the old script's cache bucket once (a few objects per installation): its copies of
+        config.json are warned about, its copies of db/*.db can stand in for lost local ones."""
+        found: list[str] = []
         try:
             async for page in self.s3.list_current(LEGACY_CACHE_BUCKET):
-                keys.extend(o.key for o in page if o.key == "config.json" or o.key.endswith("/config.json"))
+                found.extend(o.key for o in page)
         except S3Error as exc:
-            log.debug("bucket %s not checked for an old config.json: %s", LEGACY_CACHE_BUCKET, exc)
+            log.debug("bucket %s not read: %s", LEGACY_CACHE_BUCKET, exc)
             return
+        self._old_cache_bucket_keys = found
+        self._warn_about_old_config_copy([k for k in found if k == "config.json" or k.endswith("/config.json")])
+
+    async def _fetch_old_cache_copy(self, run: TargetRun, tmp: Path) -> Path | None:
+        """The old script's cache of the target as it last copied it to its cache bucket, for when
+        the local db/ file is gone (a new server): this cache directory's copy first, else the one
+        other installation's copy of that name (several: none is chosen, the choice would be a guess)."""
+        if run.target.legacy_name is None or not self._old_cache_bucket_keys:
+            return None
+        name = old_cache_path(Path("/"), run.target.legacy_name).relative_to("/").as_posix()  # db/<quoted>.db
+        own = str(self.config.source.parent).lstrip("/") + "/" + name
+        matches = [k for k in self._old_cache_bucket_keys if k == own or k.endswith("/" + name)]
+        key = own if own in matches else matches[0] if len(matches) == 1 else None
+        if key is None:
+            if matches:
+                log.warning(
+                    "%s: %d copies of the old cache %s in s3://%s, none from this cache directory; none used",
+                    run.target.path,
+                    len(matches),
+                    name,
+                    LEGACY_CACHE_BUCKET,
+                )
+            return None
+        dest = tmp / f"old-{run.target.bucket}.db"
+        try:
+            async with (
+                self.s3.open_object(LEGACY_CACHE_BUCKET, key) as reader,
+                await anyio.open_file(dest, "wb") as out,
+            ):
+                while chunk := await reader.read(1024 * 1024):
+                    await out.write(chunk)
+        except (S3Error, OSError) as exc:
+            log.warning(
+                "%s: the old cache s3://%s/%s could not be read (%s)", run.target.path, LEGACY_CACHE_BUCKET, key, exc
+            )
+            return None
+        log.info("%s: no local old cache; using its copy s3://%s/%s", run.target.path, LEGACY_CACHE_BUCKET, key)
+        return dest
+
+    def _warn_about_old_config_copy(self, keys: list[str]) -> None:
+        """The old script copied config.json, AWS keys included, to its cache bucket after every run.
+        Say so once per run (never delete it: it may be someone's only copy of that config)."""
         if not keys:
             return
         own = str(self.store.cache_dir).lstrip("/") + "/config.json"  # this cache directory's copy first
@@ -596,6 +639,8 @@ class Backup:
                 sources = []
                 found = await snapshots.newest_holding(bucket)
                 old_cache = self._old_cache_of(run)
+                if found is None and old_cache is None:
+                    old_cache = await self._fetch_old_cache_copy(run, tmp)
                 if found is not None:
                     snapshot, db = found
                     rows = await anyio.to_thread.run_sync(

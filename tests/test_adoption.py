@@ -335,3 +335,21 @@ def test_an_adopted_cache_that_is_lost_comes_back_without_uploads(old_site: dict
     assert reset.returncode == 0, reset.stderr
     assert "0 files uploaded" in reset.stderr
     assert {b: _versions(s3_inspect, b) for b in buckets.values()} == before
+
+
+def test_a_new_server_adopts_the_old_caches_from_the_old_scripts_cache_bucket(
+    old_site: dict[str, Any], s3_inspect: Any, tmp_path: Path
+):
+    """The old script's server is gone with its db/ folder; only config.json made it to the new
+    one. The old script copied db/*.db to image-backup-cache after every run: those copies serve."""
+    new_cache = tmp_path / "new-server-cache"
+    new_cache.mkdir()
+    (new_cache / "config.json").write_text((old_site["cache"] / "config.json").read_text())
+    (new_cache / "config.json").chmod(0o600)
+    buckets = old_site["buckets"]
+    before = {b: _versions(s3_inspect, b) for b in buckets.values()}
+    result = run_cli("--cache", str(new_cache), "--no-cache-backup")
+    assert result.returncode == 0, result.stderr
+    assert "0 files uploaded" in result.stderr
+    assert sum("using its copy s3://image-backup-cache/" in x for x in result.stderr.splitlines()) == len(buckets)
+    assert {b: _versions(s3_inspect, b) for b in buckets.values()} == before
