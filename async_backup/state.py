@@ -154,7 +154,9 @@ class StateStore:
         self.path = cache_dir / STATE_NAME
         self.readonly = readonly
         self._conn: sqlite3.Connection | None = None
-        self._write_lock = threading.Lock()  # the writer task and direct records may overlap
+        # Every write holds it: worker threads share one connection, and two interleaved transactions
+        # on it end in "cannot commit - no transaction is active".
+        self._write_lock = threading.Lock()
         self.damaged: str | None = None  # why the database could not be used, when it could not
         if readonly and not self.path.exists():
             return  # a dry run on a fresh cache: everything is new
@@ -212,7 +214,7 @@ class StateStore:
     def remember_targets(self, targets: Iterable[tuple[str, str, str | None]]) -> None:
         assert self._conn is not None
         now = time.time()
-        with self._conn:
+        with self._write_lock, self._conn:
             self._conn.executemany(
                 "INSERT INTO targets(path, bucket, root, last_seen) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT(path) DO UPDATE SET bucket=excluded.bucket, root=excluded.root, "
@@ -223,7 +225,7 @@ class StateStore:
     def forget_target(self, path: str) -> int:
         """Drop a target and its rows (its bucket stays as it is in S3); returns rows dropped."""
         assert self._conn is not None
-        with self._conn:
+        with self._write_lock, self._conn:
             row = self._conn.execute("SELECT bucket FROM targets WHERE path=?", (path,)).fetchone()
             if row is None:
                 return 0
@@ -301,7 +303,7 @@ class StateStore:
     def reset(self) -> None:
         """Forget every recorded file (--reset); targets and adoption marks stay."""
         assert self._conn is not None
-        with self._conn:
+        with self._write_lock, self._conn:
             self._conn.execute("DELETE FROM files")
             self._conn.execute("INSERT OR REPLACE INTO meta(name, value) VALUES ('reset_at', ?)", (str(time.time()),))
 
@@ -322,12 +324,12 @@ class StateStore:
 
     def set_meta(self, name: str, value: str) -> None:
         assert self._conn is not None
-        with self._conn:
+        with self._write_lock, self._conn:
             self._conn.execute("INSERT OR REPLACE INTO meta(name, value) VALUES (?, ?)", (name, value))
 
     def clear_meta(self, name: str) -> None:
         assert self._conn is not None
-        with self._conn:
+        with self._write_lock, self._conn:
             self._conn.execute("DELETE FROM meta WHERE name=?", (name,))
 
     def insert_adopted(self, bucket: str, rows: Iterable[tuple[bytes, int, float]]) -> int:
