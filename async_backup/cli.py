@@ -38,6 +38,7 @@ from .lock import cache_lock
 from .logsetup import setup_logging
 from .notify import NotifyResult, send_card
 from .pipeline import Backup, RunOptions
+from .pricing import planned_counts, price_requests, prices_for
 from .progress import Progress
 from .redact import Redactor, webhook_host
 from .runreport import write_metrics, write_report
@@ -347,6 +348,12 @@ def _execute(config: Config, targets: list[Target], store: StateStore, args: arg
     summary.warnings = collector.warnings
     summary.interrupted = interrupted
     summary.exit_code = EXIT_INTERRUPTED if interrupted else EXIT_FAILURES if summary.failures else EXIT_OK
+    prices = prices_for(config.aws.region, config.pricing)
+    if args.dry_run:
+        planned = planned_counts((t.planned_requests for t in summary.targets), config.storage_class)
+        summary.requests = price_requests(planned, prices, estimated=True)
+    else:
+        summary.requests = price_requests(backup.sent.counts, prices)
     _report(summary, args.dry_run)
     _publish(config, store.cache_dir, summary, args)
     return summary.exit_code
@@ -440,7 +447,9 @@ def _report(summary: RunSummary, dry_run: bool) -> None:
                     "(the newest snapshot, else the bucket listing + HeadObject) and uploads only what S3 "
                     "does not hold as it is on disk; this dry run sends no request, so it counts every file as new"
                 )
-    rebuilt = f", {summary.rows_rebuilt:,} cache rows rebuilt from S3" if summary.rows_rebuilt else ""
+    tail = f", {summary.rows_rebuilt:,} cache rows rebuilt from S3" if summary.rows_rebuilt else ""
+    if summary.requests is not None:
+        tail += f"; {summary.requests.brief()} at {summary.requests.prices.describe()}"
     log.info(
         "%s: %d targets, %d files uploaded (%s), %d deleted, %d failures in %.1f s%s",
         "dry run done" if dry_run else "interrupted" if summary.interrupted else "done",
@@ -450,5 +459,5 @@ def _report(summary: RunSummary, dry_run: bool) -> None:
         summary.files_deleted,
         len(summary.failures),
         summary.duration_s,
-        rebuilt,
+        tail,
     )

@@ -164,6 +164,8 @@ def build_report(summary: RunSummary, *, redactor: Redactor | None = None) -> di
             "failures": len(summary.failures),
             "warnings": len(summary.warnings),
         },
+        # The S3 requests the run sent (a dry run: its uploads and deletes would send), priced.
+        "requests": summary.requests.as_json() if summary.requests is not None else None,
         "failures_by_group": {clean(name): n for name, n in groups.most_common()},
         "targets": [_target_record(t, clean) for t in summary.targets],
         "failures": [_failure_record(f, clean) for f in summary.failures],
