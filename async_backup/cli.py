@@ -374,10 +374,11 @@ def _publish(config: Config, cache_dir: Path, summary: RunSummary, args: argpars
             except OSError as exc:
                 log.warning("metrics file %s could not be written (%s)", args.metrics_file, exc.strerror or exc)
     wants_card = bool(summary.failures) or summary.interrupted or config.notify_on_success
+    report_path = str(report) if report is not None else None
     if args.print_card:
-        print(card_json(summary, redactor=redactor))
+        print(card_json(summary, redactor=redactor, report_path=report_path))
     elif wants_card and config.webhook and not summary.dry_run:
-        result = anyio.run(_send, config.webhook, build_card(summary, redactor=redactor))
+        result = anyio.run(_send, config.webhook, build_card(summary, redactor=redactor, report_path=report_path))
         if not result.ok:
             summary.warnings.append(result.as_warning())
             if report is not None:

@@ -274,7 +274,9 @@ class Backup:
             (lambda p: self.excluder.excludes_any_part(root, p)) if self.excluder else (lambda _p: False)
         )
         run.device = _device_of(root)
-        walk = _until_stopped(walk_target(root, self.excluder, self.collector.add, target.path), self._stopping)
+        walk = _until_stopped(
+            walk_target(root, self.excluder, self.collector.add, target.path, self.collector.warn), self._stopping
+        )
         chunk: list[UploadJob] = []
         try:
             for action in merge(walk, self._recorded(run), run.counts, excluded):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 # AWS bills storage and retrieval per GB of 2^30 bytes ("GB-month"; S3 pricing page, footnotes).
@@ -311,7 +312,9 @@ def restore_cost(
 def format_usd(usd: float) -> str:
     """Dollars to the cent; amounts under a cent to the millionth (a small run's $0.000522)."""
     if usd == 0 or usd >= 0.01:
-        return f"${usd:,.2f}"
+        # Half a cent rounds up, as on a bill (float arithmetic would make $3.125 print as $3.12).
+        cents = Decimal(repr(round(usd, 9))).quantize(Decimal("0.01"), ROUND_HALF_UP)
+        return f"${cents:,}"
     if usd < 0.000001:
         return "<$0.000001"
     return "$" + f"{usd:.6f}".rstrip("0")

@@ -102,13 +102,14 @@ def report_stem(started_at: float) -> str:
     return datetime.fromtimestamp(started_at, tz=UTC).strftime("%Y-%m-%dT%H%M%SZ")
 
 
-def _failure_record(failure: Failure, clean: Callable[[str], str]) -> dict[str, str]:
+def _failure_record(failure: Failure, clean: Callable[[str], str]) -> dict[str, Any]:
     return {
         "kind": failure.kind.value,
         "code": clean(failure.code),
         "target": clean(failure.target),
         "path": clean(failure.path),
         "message": clean(failure.message),
+        "folder": failure.folder,
     }
 
 
