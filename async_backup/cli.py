@@ -57,7 +57,7 @@ EXIT_INTERRUPTED = 130
 DEFAULT_CACHE = "~/.local/async-backup/"
 
 
-COMMANDS = ("backup", "verify", "restore")
+COMMANDS = ("backup", "verify", "restore", "status")
 
 
 def _common_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
@@ -157,6 +157,10 @@ def _restore_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--concurrency", type=int, metavar="N", help="requests in flight (default 16)")
 
 
+def _status_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print JSON for scripts instead of the table")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="async-backup",
@@ -167,11 +171,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     _common_options(parser, top=True)
-    commands = parser.add_subparsers(dest="command", metavar="{backup,verify,restore}")
+    commands = parser.add_subparsers(dest="command", metavar="{backup,verify,restore,status}")
     for name, help_text, add in (
         ("backup", "back up every target (the default)", _backup_options),
         ("verify", "compare S3, the cache and the disk without restoring anything", _verify_options),
         ("restore", "restore files from S3, requesting Deep Archive retrievals first", _restore_options),
+        ("status", "what S3 holds per target and its monthly price, from the cache (no requests)", _status_options),
     ):
         sub = commands.add_parser(name, help=help_text, description=help_text)
         _common_options(sub, top=False)
@@ -233,7 +238,7 @@ def _main(argv: Sequence[str] | None) -> int:
     except ConfigError as exc:
         print(f"async-backup: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    if args.concurrency:
+    if getattr(args, "concurrency", None):
         config = dataclasses.replace(config, tuning=dataclasses.replace(config.tuning, workers=args.concurrency))
     verbosity = -1 if args.quiet else args.verbose
     dry_run = bool(getattr(args, "dry_run", False))
@@ -249,6 +254,10 @@ def _main(argv: Sequence[str] | None) -> int:
             from .restore import run_restore
 
             return run_restore(config, cache_dir, args)
+        if args.command == "status":
+            from .status import run_status
+
+            return run_status(config, cache_dir, args)
         if dry_run:
             return _run(config, cache_dir, args)
         with cache_lock(cache_dir):

@@ -181,6 +181,23 @@ def _report_sort_key(path: Path) -> tuple[str, int] | None:
     return match.group(1), int(match.group(2) or 1)
 
 
+def latest_report(cache_dir: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The newest readable run report under ``<cache_dir>/reports/`` and its content, or None."""
+    reports_dir = Path(cache_dir) / REPORTS_DIR
+    try:
+        found = [(key, p) for p in reports_dir.iterdir() if (key := _report_sort_key(p)) is not None]
+    except OSError:
+        return None
+    for _key, path in sorted(found, reverse=True):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # a damaged or unreadable report: the one before tells
+        if isinstance(data, dict):
+            return path, data
+    return None
+
+
 def prune_reports(reports_dir: Path, keep: int) -> list[Path]:
     """Delete all but the newest `keep` reports; returns what was deleted. Other files are left alone."""
     reports = [(key, p) for p in reports_dir.iterdir() if (key := _report_sort_key(p)) is not None]

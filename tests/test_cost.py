@@ -206,3 +206,45 @@ def test_the_report_and_summary_line_give_the_requests_s3_received_and_their_pri
     assert "us-east-1 (no figures for eu-central-1 here)" in requests["prices"]
     line = next(ln for ln in result.stderr.splitlines() if " done: " in ln)
     assert re.search(rf"; {requests['total']} S3 requests, \$0\.000\d+ \(PutObject \(DEEP_ARCHIVE\) 7 ", line), line
+
+
+def test_status_gives_objects_bytes_and_monthly_price_per_target_without_a_request(
+    tmp_path: Path, proxy: ProxyServer, bucket_prefix: str
+) -> None:
+    import sqlite3
+
+    data = tmp_path / "data"
+    sizes = {f"img-{i}.jpg": 1000 * (i + 1) for i in range(8)}
+    make_tree(data, {name: b"x" * n for name, n in sizes.items()})
+    cache = tmp_path / "cache"
+    write_config(cache, proxy.url, folders=[str(data)], bucket_prefix=bucket_prefix)
+    assert run_cli("--cache", str(cache)).returncode == 0
+    proxy.wait_done()
+    proxy.clear()
+    conn = sqlite3.connect(cache / "async-backup.db")
+    with conn:  # a row adopted from the old script's cache: no size known
+        bucket = conn.execute("SELECT bucket FROM files LIMIT 1").fetchone()[0]
+        conn.execute(
+            "INSERT INTO files(bucket, path, size, mtime_ns) VALUES (?, ?, NULL, 1)", (bucket, b"/old/adopted.jpg")
+        )
+    conn.close()
+
+    result = run_cli("--cache", str(cache), "status", "--json")
+    assert result.returncode == 0, result.stderr
+    assert proxy.wait_done() == []  # the cache and the report only
+    status = json.loads(result.stdout)
+    (target,) = status["targets"]
+    assert target["target"] == str(data) and target["bucket"] == bucket
+    assert (target["objects"], target["bytes"], target["objects_of_unknown_size"]) == (9, 36_000, 1)
+    # By hand: 36,000 bytes at $0.00099 per GB-month, 9 objects x 32 KiB at the same, 9 x 8 KiB at $0.023.
+    by_hand = 36_000 / GB * 0.00099 + 9 * 32 * 1024 / GB * 0.00099 + 9 * 8 * 1024 / GB * 0.023
+    assert target["usd_per_month"] == pytest.approx(by_hand, abs=1e-9)
+    assert target["last_run"]["new"] == 8 and target["last_run"]["failed"] == 0
+    assert status["last_run"]["succeeded"] is True and status["last_run"]["requests"]["total"] > 8
+
+    table = run_cli("--cache", str(cache), "status")
+    assert table.returncode == 0, table.stderr
+    assert str(data) in table.stdout and "9 (1 of unknown size)" in table.stdout
+    assert "1 objects adopted from the old script's cache have no size recorded" in table.stdout
+    assert "last run: started " in table.stdout and ", succeeded; report " in table.stdout
+    assert "estimates" in table.stdout
