@@ -38,6 +38,7 @@ from .lock import cache_lock
 from .logsetup import setup_logging
 from .notify import NotifyResult, send_card
 from .pipeline import Backup, RunOptions
+from .pricing import planned_counts, price_requests, prices_for
 from .progress import Progress
 from .redact import Redactor, webhook_host
 from .runreport import write_metrics, write_report
@@ -56,7 +57,7 @@ EXIT_INTERRUPTED = 130
 DEFAULT_CACHE = "~/.local/async-backup/"
 
 
-COMMANDS = ("backup", "verify", "restore")
+COMMANDS = ("backup", "verify", "restore", "status")
 
 
 def _common_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
@@ -156,6 +157,10 @@ def _restore_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--concurrency", type=int, metavar="N", help="requests in flight (default 16)")
 
 
+def _status_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print JSON for scripts instead of the table")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="async-backup",
@@ -166,11 +171,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     _common_options(parser, top=True)
-    commands = parser.add_subparsers(dest="command", metavar="{backup,verify,restore}")
+    commands = parser.add_subparsers(dest="command", metavar="{backup,verify,restore,status}")
     for name, help_text, add in (
         ("backup", "back up every target (the default)", _backup_options),
         ("verify", "compare S3, the cache and the disk without restoring anything", _verify_options),
         ("restore", "restore files from S3, requesting Deep Archive retrievals first", _restore_options),
+        ("status", "what S3 holds per target and its monthly price, from the cache (no requests)", _status_options),
     ):
         sub = commands.add_parser(name, help=help_text, description=help_text)
         _common_options(sub, top=False)
@@ -232,7 +238,7 @@ def _main(argv: Sequence[str] | None) -> int:
     except ConfigError as exc:
         print(f"async-backup: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    if args.concurrency:
+    if getattr(args, "concurrency", None):
         config = dataclasses.replace(config, tuning=dataclasses.replace(config.tuning, workers=args.concurrency))
     verbosity = -1 if args.quiet else args.verbose
     dry_run = bool(getattr(args, "dry_run", False))
@@ -248,6 +254,10 @@ def _main(argv: Sequence[str] | None) -> int:
             from .restore import run_restore
 
             return run_restore(config, cache_dir, args)
+        if args.command == "status":
+            from .status import run_status
+
+            return run_status(config, cache_dir, args)
         if dry_run:
             return _run(config, cache_dir, args)
         with cache_lock(cache_dir):
@@ -347,6 +357,12 @@ def _execute(config: Config, targets: list[Target], store: StateStore, args: arg
     summary.warnings = collector.warnings
     summary.interrupted = interrupted
     summary.exit_code = EXIT_INTERRUPTED if interrupted else EXIT_FAILURES if summary.failures else EXIT_OK
+    prices = prices_for(config.aws.region, config.pricing)
+    if args.dry_run:
+        planned = planned_counts((t.planned_requests for t in summary.targets), config.storage_class)
+        summary.requests = price_requests(planned, prices, estimated=True)
+    else:
+        summary.requests = price_requests(backup.sent.counts, prices)
     _report(summary, args.dry_run)
     _publish(config, store.cache_dir, summary, args)
     return summary.exit_code
@@ -367,10 +383,11 @@ def _publish(config: Config, cache_dir: Path, summary: RunSummary, args: argpars
             except OSError as exc:
                 log.warning("metrics file %s could not be written (%s)", args.metrics_file, exc.strerror or exc)
     wants_card = bool(summary.failures) or summary.interrupted or config.notify_on_success
+    report_path = str(report) if report is not None else None
     if args.print_card:
-        print(card_json(summary, redactor=redactor))
+        print(card_json(summary, redactor=redactor, report_path=report_path))
     elif wants_card and config.webhook and not summary.dry_run:
-        result = anyio.run(_send, config.webhook, build_card(summary, redactor=redactor))
+        result = anyio.run(_send, config.webhook, build_card(summary, redactor=redactor, report_path=report_path))
         if not result.ok:
             summary.warnings.append(result.as_warning())
             if report is not None:
@@ -440,7 +457,9 @@ def _report(summary: RunSummary, dry_run: bool) -> None:
                     "(the newest snapshot, else the bucket listing + HeadObject) and uploads only what S3 "
                     "does not hold as it is on disk; this dry run sends no request, so it counts every file as new"
                 )
-    rebuilt = f", {summary.rows_rebuilt:,} cache rows rebuilt from S3" if summary.rows_rebuilt else ""
+    tail = f", {summary.rows_rebuilt:,} cache rows rebuilt from S3" if summary.rows_rebuilt else ""
+    if summary.requests is not None:
+        tail += f"; {summary.requests.brief()} at {summary.requests.prices.describe()}"
     log.info(
         "%s: %d targets, %d files uploaded (%s), %d deleted, %d failures in %.1f s%s",
         "dry run done" if dry_run else "interrupted" if summary.interrupted else "done",
@@ -450,5 +469,5 @@ def _report(summary: RunSummary, dry_run: bool) -> None:
         summary.files_deleted,
         len(summary.failures),
         summary.duration_s,
-        rebuilt,
+        tail,
     )

@@ -106,10 +106,12 @@ class Config:
     keep_reports: int = 30
     tuning: Tuning = field(default_factory=Tuning)
     warnings: tuple[str, ...] = ()
+    # Overrides of pricing.py's table, validated: {"write_per_1000": {"DEEP_ARCHIVE": 0.06}, ...}
+    pricing: dict[str, Any] = field(default_factory=dict)
 
 
 _KNOWN_KEYS: dict[str, set[str]] = {
-    "": {"backup", "notification", "aws", "tuning"},
+    "": {"backup", "notification", "aws", "tuning", "pricing"},
     "backup": {
         "folders",
         "roots",
@@ -253,7 +255,43 @@ def parse_config(raw: Any, source: Path, warnings: list[str] | None = None) -> C
         keep_reports=_opt_int(backup, "keep_reports", "backup", where, 30, minimum=1),
         tuning=_tuning(_section(raw, "tuning", where, required=False), where),
         warnings=tuple(warnings),
+        pricing=_pricing(_section(raw, "pricing", where, required=False), where),
     )
+
+
+_PRICE_KEYS = {
+    "write_per_1000": STORAGE_CLASSES,
+    "read_per_1000": STORAGE_CLASSES,
+    "storage_per_gb_month": STORAGE_CLASSES,
+    "retrieval_per_1000": ("Bulk", "Standard"),
+    "retrieval_per_gb": ("Bulk", "Standard"),
+}
+
+
+def _pricing(raw: dict[str, Any], where: str) -> dict[str, Any]:
+    """The "pricing" section: dollar figures that replace entries of pricing.py's table."""
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key == "transfer_out_per_gb":
+            out[key] = _price(value, f"pricing.{key}", where)
+            continue
+        if key not in _PRICE_KEYS:
+            known = ", ".join([*_PRICE_KEYS, "transfer_out_per_gb"])
+            raise ConfigError(f"{where}: pricing.{key} is not a known price; use one of {known}")
+        if not isinstance(value, dict):
+            raise ConfigError(f'{where}: pricing.{key} must be an object like {{"{_PRICE_KEYS[key][-1]}": 0.05}}')
+        for name, price in value.items():
+            if name not in _PRICE_KEYS[key]:
+                raise ConfigError(f"{where}: pricing.{key}.{name} is unknown; use one of {', '.join(_PRICE_KEYS[key])}")
+            _price(price, f"pricing.{key}.{name}", where)
+        out[key] = {name: float(price) for name, price in value.items()}
+    return out
+
+
+def _price(value: Any, key: str, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1_000_000:
+        raise ConfigError(f"{where}: {key} must be a price in US dollars, a number of 0 or more (got {value!r})")
+    return float(value)
 
 
 def _tuning(raw: dict[str, Any], where: str) -> Tuning:

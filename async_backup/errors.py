@@ -67,6 +67,7 @@ class FailureKind(enum.StrEnum):
     REBUILD = "cache rebuild"  # a lost cache could not be rebuilt from S3: the target was held back
     FATAL = "fatal"  # the run stopped early
     NOTIFICATION = "notification"  # the Teams card could not be delivered (a warning only)
+    VANISHED = "vanished"  # a folder removed while the walk read it (a warning only)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +75,8 @@ class Failure:
     """One thing that did not get backed up (or deleted), and why.
 
     `path` is the local path or object key as text that is safe to print (undecodable bytes
-    are already escaped); `code` refines the kind (an S3 error code, an errno name).
+    are already escaped); `code` refines the kind (an S3 error code, an errno name). `folder`
+    marks a directory: nothing under it was backed up, though it is one path.
     """
 
     kind: FailureKind
@@ -82,11 +84,13 @@ class Failure:
     path: str
     message: str
     code: str = ""
+    folder: bool = False
 
     @property
     def group(self) -> str:
-        """The heading this failure is grouped under: the kind, refined by its code."""
-        return f"{self.kind.value}: {self.code}" if self.code else self.kind.value
+        """The heading this failure is grouped under: the kind (of a folder), refined by its code."""
+        kind = f"folder {self.kind.value}" if self.folder else self.kind.value
+        return f"{kind}: {self.code}" if self.code else kind
 
 
 class FailureCollector:

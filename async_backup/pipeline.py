@@ -34,7 +34,18 @@ from .delete import KeyFailure, delete_paths
 from .errors import Failure, FailureCollector, FailureKind, FatalError, S3Error, unwrapped_group
 from .keys import KeyTooLongError, check_key_length, display_path, key_for_path
 from .legacy import LEGACY_CACHE_BUCKET, OldCache, OldCacheError, old_cache_path
-from .plan import MAX_OBJECT_BYTES, PlanCounts, Recorded, Upload, deletion_guard, device_guard, merge
+from .plan import (
+    MAX_DELETE_BATCH,
+    MAX_OBJECT_BYTES,
+    PlanCounts,
+    Recorded,
+    Upload,
+    deletion_guard,
+    device_guard,
+    merge,
+    part_size_for,
+)
+from .pricing import RequestTally, upload_requests
 from .progress import Progress
 from .rebuild import (
     REBUILDING_MARK,
@@ -154,6 +165,7 @@ class Backup:
         self.started_at = time.time()
         self._transport_failures_in_a_row = 0
         self._s3: S3 | None = None
+        self.sent = RequestTally()  # every S3 request of the run, once the client is open
         self._limits = MemoryLimits(
             budget=ByteBudget(config.tuning.memory_budget_bytes),
             part_slots=anyio.Semaphore(config.tuning.parts_in_flight),
@@ -172,6 +184,7 @@ class Backup:
         tuning = self.config.tuning
         async with open_s3(self.config.aws, tuning) as s3:
             self._s3 = s3
+            self.sent = s3.sent
             await self._check_endpoint()
             if self.config.naming == "legacy":
                 await self._read_old_cache_bucket()
@@ -262,13 +275,16 @@ class Backup:
             (lambda p: self.excluder.excludes_any_part(root, p)) if self.excluder else (lambda _p: False)
         )
         run.device = _device_of(root)
-        walk = _until_stopped(walk_target(root, self.excluder, self.collector.add, target.path), self._stopping)
+        walk = _until_stopped(
+            walk_target(root, self.excluder, self.collector.add, target.path, self.collector.warn), self._stopping
+        )
         chunk: list[UploadJob] = []
         try:
             for action in merge(walk, self._recorded(run), run.counts, excluded):
                 if isinstance(action, Upload):
                     run.stats.planned_uploads += 1
                     run.stats.planned_upload_bytes += action.file.size
+                    self._plan_requests(run, action.file.size)
                     if upload_send is not None:
                         chunk.append(UploadJob(run, action))
                         if len(chunk) >= CHUNK_FILES:
@@ -282,11 +298,22 @@ class Backup:
             anyio.from_thread.run(self._enqueue, chunk, upload_send)
         counts = run.counts
         run.stats.planned_deletes = len(run.deletes)
+        if run.deletes:
+            batches = -(-len(run.deletes) // MAX_DELETE_BATCH)
+            run.stats.planned_requests["DeleteObjects"] = run.stats.planned_requests.get("DeleteObjects", 0) + batches
         run.stats.unchanged = counts.unchanged
         run.stats.skipped += counts.skipped
         if run.old_cache is not None:
             run.stats.adopted = counts.unchanged  # what a real run would adopt, if S3 lists it
         run.stats.walk_finished = True
+
+    def _plan_requests(self, run: TargetRun, size_bytes: int) -> None:
+        """Count the object requests one planned upload sends (its part size as upload.py picks it)."""
+        settings = self.settings
+        part_bytes = part_size_for(size_bytes, settings.part_size_bytes)
+        planned = run.stats.planned_requests
+        for operation, n in upload_requests(size_bytes, settings.multipart_threshold_bytes, part_bytes).items():
+            planned[operation] = planned.get(operation, 0) + n
 
     def _recorded(self, run: TargetRun) -> Iterator[Recorded]:
         """The cache's rows for the target, or in a dry run the old script's cache it would adopt."""

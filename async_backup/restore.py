@@ -33,6 +33,7 @@ import anyio
 from .config import Config
 from .errors import ConfigError, S3Error, unwrapped_group
 from .keys import display_path, path_for_key
+from .pricing import format_usd, prices_for, restore_cost
 from .s3 import S3, ObjectHead, ObjectVersion, open_s3
 from .state import StateStore, record_restore_request, restore_requests
 from .summary import format_bytes
@@ -392,6 +393,26 @@ class Restore:
             f"  requests: {new} RestoreObject, {asked} HeadObject, up to {now + asked + new} GetObject "
             f"(sent so far: {format_requests(self.counts)})"
         )
+        prices = prices_for(self.config.aws.region, self.config.pricing)
+        new_bytes = sum(i.version.size for i in self.items if i.action is Action.REQUEST)
+        for tier in READY_WITHIN:
+            cost = restore_cost(
+                tier,
+                retrievals=new,
+                archived_bytes=new_bytes,
+                downloaded_bytes=sum(i.version.size for i in self.items),
+                read_requests=asked + now + asked + new,
+                days=self.days,
+                prices=prices,
+            )
+            chosen = " (this restore)" if tier == self.tier else ""
+            yield (
+                f"  price at tier {tier}{chosen}: {format_usd(cost.usd)} = {format_usd(cost.requests_usd)} for "
+                f"{new} retrievals + {format_usd(cost.retrieval_usd)} for {format_bytes(new_bytes)} retrieved + "
+                f"{format_usd(cost.copy_usd)} for the copies at STANDARD for {self.days} days + "
+                f"{format_usd(cost.gets_usd)} for HEAD/GET + {format_usd(cost.transfer_usd)} transfer out"
+            )
+        yield f"  prices: {prices.describe()}"
 
     async def _work(self, s3: S3) -> None:
         work = iter(self.items)

@@ -102,13 +102,14 @@ def report_stem(started_at: float) -> str:
     return datetime.fromtimestamp(started_at, tz=UTC).strftime("%Y-%m-%dT%H%M%SZ")
 
 
-def _failure_record(failure: Failure, clean: Callable[[str], str]) -> dict[str, str]:
+def _failure_record(failure: Failure, clean: Callable[[str], str]) -> dict[str, Any]:
     return {
         "kind": failure.kind.value,
         "code": clean(failure.code),
         "target": clean(failure.target),
         "path": clean(failure.path),
         "message": clean(failure.message),
+        "folder": failure.folder,
     }
 
 
@@ -164,6 +165,8 @@ def build_report(summary: RunSummary, *, redactor: Redactor | None = None) -> di
             "failures": len(summary.failures),
             "warnings": len(summary.warnings),
         },
+        # The S3 requests the run sent (a dry run: its uploads and deletes would send), priced.
+        "requests": summary.requests.as_json() if summary.requests is not None else None,
         "failures_by_group": {clean(name): n for name, n in groups.most_common()},
         "targets": [_target_record(t, clean) for t in summary.targets],
         "failures": [_failure_record(f, clean) for f in summary.failures],
@@ -176,6 +179,23 @@ def _report_sort_key(path: Path) -> tuple[str, int] | None:
     if match is None:
         return None
     return match.group(1), int(match.group(2) or 1)
+
+
+def latest_report(cache_dir: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The newest readable run report under ``<cache_dir>/reports/`` and its content, or None."""
+    reports_dir = Path(cache_dir) / REPORTS_DIR
+    try:
+        found = [(key, p) for p in reports_dir.iterdir() if (key := _report_sort_key(p)) is not None]
+    except OSError:
+        return None
+    for _key, path in sorted(found, reverse=True):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # a damaged or unreadable report: the one before tells
+        if isinstance(data, dict):
+            return path, data
+    return None
 
 
 def prune_reports(reports_dir: Path, keep: int) -> list[Path]:

@@ -17,6 +17,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 from aiobotocore.config import AioConfig
@@ -34,6 +35,7 @@ from botocore.exceptions import (
 from .config import AwsSettings, Tuning
 from .directput import DirectPut
 from .errors import FatalError, S3Error
+from .pricing import RequestTally
 
 # Codes after which no other request of this run can succeed.
 FATAL_CODES = frozenset(
@@ -124,6 +126,24 @@ class S3:
         self._direct = direct
         self.aws = aws
         self.checksum_algorithm = "crc32" if aws.checksum_calculation == "when_supported" else "md5"
+        # Every request this client sends, by operation and the storage class it is billed in.
+        self.sent = RequestTally()
+        self._upload_class: dict[str, str] = {}  # multipart upload id -> storage class of its object
+        client.meta.events.register("before-send.s3", self._count_sent)
+
+    def _count_sent(self, event_name: str = "", request: Any = None, **_kwargs: Any) -> None:
+        """Counted where botocore sends, so retries count too: what S3 bills. The parts of a
+        multipart upload bill at their object's class, which only its CreateMultipartUpload says."""
+        operation = event_name.rsplit(".", 1)[-1]
+        storage_class = ""
+        if request is not None:
+            headers = getattr(request, "headers", {}) or {}
+            value = headers.get("x-amz-storage-class") or ""
+            storage_class = value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)
+            if not storage_class and operation in ("UploadPart", "CompleteMultipartUpload"):
+                upload_id = parse_qs(urlsplit(str(getattr(request, "url", ""))).query).get("uploadId", [""])[0]
+                storage_class = self._upload_class.get(upload_id, "")
+        self.sent.add(operation, storage_class)
 
     @asynccontextmanager
     async def _mapped(self, what: str) -> AsyncIterator[None]:
@@ -171,6 +191,8 @@ class S3:
                 **{f"x-amz-meta-{k}": v for k, v in metadata.items()},
                 **checksum.request_headers(),
             }
+            # Sent past botocore, so counted here (once per call: DirectPut's own retries are not seen).
+            self.sent.add("PutObject", storage_class)
             await self._direct.put(bucket, key, body, headers, f"PutObject {key}")
             return
         async with self._mapped(f"PutObject {key}"):
@@ -191,12 +213,15 @@ class S3:
             reply = await self._client.create_multipart_upload(
                 Bucket=bucket, Key=key, StorageClass=storage_class, Metadata=dict(metadata), **extra
             )
-        return str(reply["UploadId"])
+        upload_id = str(reply["UploadId"])
+        self._upload_class[upload_id] = storage_class
+        return upload_id
 
     async def upload_part(
         self, bucket: str, key: str, upload_id: str, part_number: int, body: bytes, checksum: PartChecksum
     ) -> dict[str, Any]:
         if self._direct is not None:
+            self.sent.add("UploadPart", self._upload_class.get(upload_id, ""))
             got = await self._direct.put(
                 bucket,
                 key,
@@ -234,6 +259,7 @@ class S3:
                 UploadId=upload_id,
                 MultipartUpload={"Parts": [dict(p) for p in parts]},
             )
+        self._upload_class.pop(upload_id, None)
 
     async def abort_multipart_upload(self, bucket: str, key: str, upload_id: str) -> None:
         async with self._mapped(f"AbortMultipartUpload {key}"):
@@ -243,6 +269,8 @@ class S3:
                 if exc.response.get("Error", {}).get("Code") == "NoSuchUpload":
                     return  # already completed or aborted
                 raise
+            finally:
+                self._upload_class.pop(upload_id, None)
 
     async def list_multipart_uploads(self, bucket: str) -> list[tuple[str, str, float]]:
         """(key, upload id, initiated as Unix time) of every open multipart upload."""

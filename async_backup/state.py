@@ -234,6 +234,13 @@ class StateStore:
             self._conn.execute("DELETE FROM meta WHERE name=?", (DEVICE_META + path,))
             return int(n)
 
+    def holdings(self) -> dict[str, tuple[int, int, int]]:
+        """Per bucket: (rows, sum of known sizes, rows whose size is unknown), from the cache alone."""
+        rows = self._query(
+            "SELECT bucket, COUNT(*), COALESCE(SUM(size), 0), SUM(size IS NULL) FROM files GROUP BY bucket"
+        )
+        return {str(b): (int(n), int(size), int(null or 0)) for b, n, size, null in rows}  # type: ignore[call-overload]
+
     def count(self, bucket: str) -> int:
         rows = self._query("SELECT COUNT(*) FROM files WHERE bucket=?", (bucket,))
         return int(rows[0][0]) if rows else 0  # type: ignore[call-overload]

@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, field
 
 from .errors import Failure
+from .pricing import RequestCost
 
 
 @dataclass(slots=True)
@@ -33,6 +34,8 @@ class TargetStats:
     rebuilt_from: str = ""  # e.g. "snapshot s3://b/k of 2026-12-01 03:12 UTC" or "bucket listing + N HeadObject"
     rebuild_due: bool = False  # dry run: the cache holds no rows, a real run rebuilds them first
     walk_finished: bool = False
+    # The object requests its plan needs (PutObject, UploadPart, ...): what a dry run would send.
+    planned_requests: dict[str, int] = field(default_factory=dict)
     started_at: float = field(default_factory=time.time)
     finished_at: float | None = None
 
@@ -70,6 +73,7 @@ class RunSummary:
     warnings: list[Failure] = field(default_factory=list)
     exit_code: int = 0
     interrupted: bool = False
+    requests: RequestCost | None = None  # the S3 requests sent (a dry run: would send) and their price
 
     @property
     def duration_s(self) -> float:

@@ -94,6 +94,7 @@ def walk_target(
     excluder: Excluder,
     report: Callable[[Failure], None],
     target_name: str,
+    warn: Callable[[Failure], None] | None = None,
 ) -> Iterator[WalkEntry]:
     """Yield every entry under `target_path` in path-byte order, without following symlinks.
 
@@ -105,9 +106,12 @@ def walk_target(
     a directory: it is yielded twice, as Skipped(path) at the place of a file and as
     Hole(path + "/") at the place of a directory, so the planner keeps whatever the cache holds
     for the path itself and for everything under it. Not knowing is never a reason to delete.
+
+    A directory that cannot be listed is reported (a failure, marked as a folder); one that
+    vanished between its parent's listing and its own goes to `warn`, if given.
     """
     stack: list[Iterator[_Listed]] = []
-    listing = _list_dir(target_path, target_path, excluder, report, target_name)
+    listing = _list_dir(target_path, target_path, excluder, report, target_name, warn)
     if isinstance(listing, Hole):
         yield listing
         return
@@ -128,7 +132,7 @@ def walk_target(
         elif kind is _Kind.EXCLUDED:
             yield Skipped(path, "excluded")
         elif kind is _Kind.DIR:
-            sub = _list_dir(path, target_path, excluder, report, target_name)
+            sub = _list_dir(path, target_path, excluder, report, target_name, warn)
             if isinstance(sub, Hole):
                 yield sub
             else:
@@ -163,6 +167,7 @@ def _list_dir(
     excluder: Excluder,
     report: Callable[[Failure], None],
     target_name: str,
+    warn: Callable[[Failure], None] | None = None,
 ) -> list[_Listed] | Hole:
     """One directory's entries, classified and sorted by their key in the walk's order.
 
@@ -175,6 +180,13 @@ def _list_dir(
             entries = list(it)
     except FileNotFoundError:
         # Vanished mid-walk: keep what the cache knows under it; the next run settles it.
+        if warn is not None:
+            shown = display_path(path)
+            message = (
+                f"folder {shown} vanished while it was read: nothing under it was backed up; "
+                "its cached files were kept (the next run deletes them from S3 if it stays gone)"
+            )
+            warn(Failure(FailureKind.VANISHED, target_name, shown, message, "ENOENT", folder=True))
         return Hole(path + b"/", "vanished")
     except OSError as exc:
         report(_unreadable(target_name, path, exc, "directory"))
@@ -209,14 +221,24 @@ def _list_dir(
 
 def _unreadable(target_name: str, path: bytes, exc: OSError, what: str) -> Failure:
     code = errno.errorcode.get(exc.errno or 0, "") if exc.errno else type(exc).__name__
+    shown = display_path(path)
     if what == "directory":
-        kept = "its cached files were kept (not deleted from S3)"
-    else:
-        kept = "its type is unknown, so it and any cached files under it were kept (not deleted from S3)"
+        return Failure(
+            kind=FailureKind.UNREADABLE,
+            target=target_name,
+            path=shown,
+            message=(
+                f"folder {shown} unreadable ({exc.strerror or exc}): nothing under it was backed up; "
+                "its cached files were kept (not deleted from S3); check its permissions and the file system"
+            ),
+            code=code,
+            folder=True,
+        )
+    kept = "its type is unknown, so it and any cached files under it were kept (not deleted from S3)"
     return Failure(
         kind=FailureKind.UNREADABLE,
         target=target_name,
-        path=display_path(path),
+        path=shown,
         message=f"{exc.strerror or exc}; {kept}; check its permissions and the file system",
         code=code,
     )

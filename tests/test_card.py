@@ -2,25 +2,28 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
+import adaptivecards
+import pytest
 from conftest import ACCESS_KEY, SECRET_KEY
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from async_backup.card import (
-    CARD_BUDGET_BYTES,
-    TEAMS_MESSAGE_LIMIT_BYTES,
-    build_card,
-    card_json,
-    escape_markdown,
-)
+from async_backup import card as card_module
+from async_backup.card import CARD_BUDGET_BYTES, TEAMS_MESSAGE_LIMIT_BYTES, escape_markdown
 from async_backup.errors import Failure, FailureKind
+from async_backup.pricing import US_EAST_1, price_requests
 from async_backup.redact import Redactor, printable
 from async_backup.summary import RunSummary, TargetStats
+from async_backup.walk import Excluder, walk_target
 
 T0 = 1_795_888_320.0  # 2026-11-28 17:52 UTC
 WEBHOOK = (
@@ -28,6 +31,38 @@ WEBHOOK = (
     "/triggers/manual/paths/invoke?api-version=2016-06-01&sp=%2Ftriggers%2Fmanual%2Frun&sv=1.0"
     "&sig=PLANTEDsignatureAbCdEfGhIjKlMnOpQrStUvWxYz0123"
 )
+
+REPORT = "/home/backup/.local/async-backup/reports/2026-11-28T175200Z.json"
+
+# ----------------------------------------------------------------------------- Microsoft's parser
+
+# Every card the tests in this module build, handed to Microsoft's adaptivecards package after
+# each test (tests/adaptivecards.py; skipped when node or the package is not installed).
+BUILT: list[Any] = []
+
+
+def build_card(summary: RunSummary, **kw: Any) -> dict[str, Any]:
+    payload = card_module.build_card(summary, **kw)
+    BUILT.append(payload)
+    return payload
+
+
+def card_json(summary: RunSummary, **kw: Any) -> str:
+    text = card_module.card_json(summary, **kw)
+    BUILT.append(json.loads(text))
+    return text
+
+
+@pytest.fixture(autouse=True)
+def parsed_by_microsofts_adaptivecards() -> Iterator[None]:
+    BUILT.clear()
+    yield
+    if BUILT and adaptivecards.unavailable() is None:
+        found = adaptivecards.problems(BUILT)
+        bad = [(i, messages) for i, messages in enumerate(found) if messages]
+        assert not bad, f"adaptivecards (schema 1.4) found problems in {len(bad)} of {len(BUILT)} cards: {bad[:3]}"
+    BUILT.clear()
+
 
 # ----------------------------------------------------------------------------- a structural validator
 
@@ -183,15 +218,22 @@ def test_payload_has_workflows_shape_and_a_valid_1_4_card() -> None:
     lines = texts(payload)
     assert lines[0] == "async-backup on nas01: 3 targets, 127 failures, 1 warning"
     assert payload["attachments"][0]["content"]["body"][0]["color"] == "Attention"
-    assert "Started 2026-11-28 17:52 UTC, took 1 h 02 min, exit code 1" in lines
-    # a fact table per target with the counters asked for
-    assert "New: 11" in lines and "Updated: 1" in lines and "Bytes: 2.8 GiB" in lines
-    assert "Duration: 1 min 6 s" in lines
+    assert "Started 2026-11-28 17:52 UTC, took 1 h 02 min, exit code 1" in card_module_texts_utc(summary)
+    # a line per target that failed or changed, with its counters
+    assert any(
+        shown(t) == "**/srv/images/project-001** → s3://nas01-project-001: 42 failed, 11 new, 1 updated, "
+        "1 deleted, 2.8 GiB uploaded, in 1 min 6 s"
+        for t in lines
+    ), lines
     # failures grouped by kind refined by code, with examples and "and N more"
     assert "**S3 error: Code0**: 43" in lines
     assert "**changed while reading**: 42" in lines
-    assert any(t.startswith("and ") and t.endswith(" more") for t in lines)
+    assert any(t.startswith("and ") and " more: " in t for t in lines)
     assert any("IMG\\_000000.CR3" in t for t in lines)
+
+
+def card_module_texts_utc(summary: RunSummary) -> list[str]:
+    return texts(build_card(summary, tz=ZoneInfo("UTC")))
 
 
 def test_titles_say_all_good_dry_run_and_failed_without_failures() -> None:
@@ -216,8 +258,8 @@ def test_unfinished_summary_is_shown_without_reading_the_clock() -> None:
     summary = make_summary(1, 0)
     summary.finished_at = None
     summary.targets[0].finished_at = None
-    lines = texts(build_card(summary))
-    assert "Duration: unfinished" in lines
+    lines = [shown(t) for t in texts(build_card(summary))]
+    assert any(t.endswith(", in unfinished") for t in lines), lines
     assert build_card(summary) == build_card(summary)
 
 
@@ -244,7 +286,7 @@ def test_undecodable_names_are_shown_visibly_and_json_never_fails() -> None:
     assert "\udcff" in raw
     summary = make_summary(1, 0)
     summary.failures.append(Failure(FailureKind.UNREADABLE, summary.targets[0].name, raw, "bad\nname\x1b[31m"))
-    summary.targets.append(TargetStats(name=os.fsdecode(b"/mnt/\xc3("), bucket="b", finished_at=T0 + 1))
+    summary.targets.append(TargetStats(name=os.fsdecode(b"/mnt/\xc3("), bucket="b", new=1, finished_at=T0 + 1))
     text = card_json(summary)
     text.encode("utf-8")  # no surrogates left
     payload = json.loads(text)
@@ -266,7 +308,7 @@ def test_100000_failures_across_40_targets_fit_and_say_what_was_left_out() -> No
     lines = texts(payload)
     assert lines[0] == "async-backup on nas01: 40 targets, 100,000 failures"
     assert "Failures: 100,000" in lines
-    assert any(re.fullmatch(r"and [\d,]+ more", t) for t in lines)
+    assert any(re.fullmatch(r"and [\d,]+ more: the run report could not be written; .*", t) for t in lines)
     assert any("left out" in t for t in lines)
 
 
@@ -284,7 +326,7 @@ def test_500_targets_fit_and_failing_targets_are_kept() -> None:
     lines = [shown(t) for t in texts(payload)]
     assert any(t.startswith("**/srv/images/project-007** ") for t in lines)
     assert any(t.startswith("**/srv/images/project-450** ") for t in lines)
-    left = [t for t in lines if "more targets left out" in t]
+    left = [t for t in lines if "more targets that failed or changed left out" in t]
     assert len(left) == 1
     n = int(left[0].split()[0].replace(",", ""))
     shown_targets = sum(1 for t in lines if t.startswith("**/srv/images/project-") and "→ s3://" in t)
@@ -315,6 +357,205 @@ def test_secrets_in_failure_texts_are_scrubbed_from_the_card() -> None:
         assert secret not in text
     message = [shown(t) for t in texts(json.loads(text)) if t.startswith("signature mismatch")]
     assert message == ["signature mismatch for ***/*** posting to ***"]
+
+
+# ----------------------------------------------------------------------------- what an operator reads first
+
+
+def headings(payload: dict[str, Any]) -> list[str]:
+    return [t for t in texts(payload) if t in ("Totals", "Targets") or t.startswith(("Failures (", "Warnings ("))]
+
+
+def test_the_card_reads_outcome_failures_targets_then_totals_and_quiet_targets_are_counted() -> None:
+    summary = make_summary(250, 0)
+    for i, target in enumerate(summary.targets):
+        target.new = target.updated = target.deleted = 0
+        target.bytes_uploaded = 0
+        if i in (3, 200):
+            target.new = 5
+    bad = summary.targets[120]
+    summary.failures = [Failure(FailureKind.S3, bad.name, f"{bad.name}/a{k}.tif", "m", "AccessDenied") for k in (1, 2)]
+    summary.warnings = [Failure(FailureKind.NOTIFICATION, "", "https://x.logic.azure.com", "HTTP 500", "500")]
+    summary.exit_code = 1
+    payload = build_card(summary, report_path=REPORT)
+    lines = [shown(t) for t in texts(payload)]
+    assert lines[0] == "async-backup on nas01: 250 targets, 2 failures, 1 warning"
+    assert headings(payload) == ["Failures (2)", "Warnings (1)", "Targets", "Totals"]
+    assert lines.index("Failures (2)") == 2  # right under the title and the times
+    target_lines = [t for t in lines if "→ s3://" in t]
+    assert [t.split("**")[1] for t in target_lines] == [
+        "/srv/images/project-003",
+        "/srv/images/project-120",
+        "/srv/images/project-200",
+    ]
+    assert target_lines[1].startswith("**/srv/images/project-120** → s3://nas01-project-120: 2 failed")
+    assert "247 targets with nothing new, changed, deleted or failed." in lines
+    # the S3 failure says what to do
+    at = lines.index("**S3 error: AccessDenied**: 2")
+    assert lines[at + 1].startswith("S3 refused or failed after retries; the next run retries.")
+
+
+def test_examples_are_spread_over_the_targets_the_largest_first() -> None:
+    """5,000 unreadable files over three targets: each target gets its share of the examples."""
+    summary = make_summary(3, 0)
+    small, middle, large = (t.name for t in summary.targets)
+    for name, n in ((small, 10), (middle, 990), (large, 4_000)):
+        summary.failures += [
+            Failure(FailureKind.UNREADABLE, name, f"{name}/f{k:05d}.jpg", "Permission denied", "EACCES")
+            for k in range(n)
+        ]
+    summary.exit_code = 1
+    lines = [shown(t) for t in texts(build_card(summary, report_path=REPORT))]
+    assert "**unreadable: EACCES**: 5,000 in 3 targets" in lines
+    examples = [t for t in lines if t.endswith(".jpg")]
+    assert examples == [
+        f"{large}/f00000.jpg",
+        f"{middle}/f00000.jpg",
+        f"{small}/f00000.jpg",
+        f"{large}/f00001.jpg",
+        f"{middle}/f00001.jpg",
+    ]
+    assert f"and 4,995 more: all of them are in {REPORT} on nas01" in lines
+
+
+def test_and_n_more_says_where_the_full_list_is() -> None:
+    summary = make_summary(2, 40, n_codes=1)
+    with_report = [shown(t) for t in texts(build_card(summary, report_path=REPORT))]
+    more = [t for t in with_report if t.startswith("and ")]
+    assert more and all(t.endswith(f": all of them are in {REPORT} on nas01") for t in more), more
+
+    without = [shown(t) for t in texts(build_card(summary))]
+    more = [t for t in without if t.startswith("and ")]
+    assert more and all(
+        t.endswith(": the run report could not be written; the log on nas01 has the first 50") for t in more
+    )
+
+    dry = make_summary(2, 40, n_codes=1, dry_run=True)
+    more = [shown(t) for t in texts(build_card(dry)) if t.startswith("and ")]
+    assert more and all("a dry run writes no report" in t for t in more)
+
+    # Even the smallest card, with every detail cut, says where the details are.
+    tiny = [shown(t) for t in texts(build_card(make_summary(40, 1000), report_path=REPORT, budget_bytes=1500))]
+    assert any(t.endswith(f"all of them are in {REPORT} on nas01.") for t in tiny), tiny
+
+
+def _scandir_failing(failing: dict[bytes, OSError]) -> Any:
+    real_scandir = os.scandir
+
+    def scandir(path: bytes) -> Any:
+        if path in failing:
+            raise failing[path]
+        return real_scandir(path)
+
+    return scandir
+
+
+def test_an_unreadable_or_vanished_folder_says_nothing_under_it_was_backed_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "t"
+    for rel in ("scans/a.tif", "gone/b.tif", "ok.tif"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(b"x")
+    scans, gone = os.fsencode(root / "scans"), os.fsencode(root / "gone")
+    failing = {
+        scans: PermissionError(errno.EACCES, "Permission denied"),
+        gone: FileNotFoundError(errno.ENOENT, "No such file or directory"),
+    }
+    monkeypatch.setattr(os, "scandir", _scandir_failing(failing))
+    failures: list[Failure] = []
+    warnings: list[Failure] = []
+    entries = list(walk_target(os.fsencode(root), Excluder(()), failures.append, str(root), warnings.append))
+    assert len(entries) == 3  # the two holes and ok.tif
+
+    assert [(f.group, f.path, f.folder) for f in failures] == [("folder unreadable: EACCES", str(root / "scans"), True)]
+    assert failures[0].message.startswith(
+        f"folder {root / 'scans'} unreadable (Permission denied): nothing under it was backed up; "
+        "its cached files were kept"
+    )
+    assert [(w.group, w.path) for w in warnings] == [("folder vanished: ENOENT", str(root / "gone"))]
+    assert warnings[0].message.startswith(
+        f"folder {root / 'gone'} vanished while it was read: nothing under it was backed up; its cached files were kept"
+    )
+
+    target = TargetStats(name=str(root), bucket="b", failed=1, started_at=T0, finished_at=T0 + 1)
+    summary = RunSummary(
+        host="nas01", started_at=T0, finished_at=T0 + 2, targets=[target], failures=failures, warnings=warnings
+    )
+    summary.exit_code = 1
+    lines = [shown(t) for t in texts(build_card(summary, report_path=REPORT))]
+    at = lines.index("**folder unreadable: EACCES**: 1")
+    assert lines[at + 1].startswith("Nothing under these folders was backed up; their cached files were kept.")
+    assert lines[at + 2] == failures[0].message
+    assert any(
+        t.startswith(f"**folder vanished: ENOENT**: {root / 'gone'} folder {root / 'gone'} vanished") for t in lines
+    )
+
+
+def test_times_are_local_with_the_zone_beside_utc() -> None:
+    summary = make_summary(1, 0)
+    lines = texts(build_card(summary, tz=ZoneInfo("Europe/Berlin")))
+    assert "Started 2026-11-28 18:52 CET (17:52 UTC), took 1 h 02 min, exit code 0" in lines
+    lines = texts(build_card(summary, tz=ZoneInfo("America/Los_Angeles")))
+    assert "Started 2026-11-28 09:52 PST (17:52 UTC), took 1 h 02 min, exit code 0" in lines
+    lines = texts(build_card(summary, tz=ZoneInfo("Asia/Tokyo")))
+    assert "Started 2026-11-29 02:52 JST (17:52 UTC 2026-11-28), took 1 h 02 min, exit code 0" in lines
+    assert "Started 2026-11-28 17:52 UTC, took 1 h 02 min, exit code 0" in texts(
+        build_card(summary, tz=ZoneInfo("UTC"))
+    )
+
+
+def test_the_card_states_the_requests_sent_and_their_price_by_hand() -> None:
+    summary = make_summary(2, 0)
+    summary.requests = price_requests(
+        {
+            ("PutObject", "DEEP_ARCHIVE"): 10_000,  # 10 x $0.05 = $0.50
+            ("UploadPart", "DEEP_ARCHIVE"): 62_500,  # 62.5 x $0.05 = $3.125
+            ("PutObject", "STANDARD"): 2,  # 2 x $0.000005 = $0.00001
+            ("ListObjectsV2", ""): 4,  # $0.00002
+            ("HeadObject", ""): 1_000,  # $0.0004
+            ("DeleteObjects", ""): 3,  # free
+        },
+        US_EAST_1,
+    )
+    lines = texts(build_card(summary))
+    totals = lines[lines.index("Totals") :]
+    assert "S3 requests sent: 73,509 for $3.63" in totals  # 0.50 + 3.125 + 0.00001 + 0.00002 + 0.0004
+    assert "· UploadPart (DEEP_ARCHIVE): 62,500 for $3.13" in totals, totals  # half a cent rounds up
+    assert any(shown(t) == "· PutObject (DEEP_ARCHIVE): 10,000 for $0.50" for t in totals), totals
+    assert any(shown(t) == "· HeadObject: 1,000 for $0.0004" for t in totals), totals
+    assert any(shown(t) == "· 2 more kinds: 5 for $0.00001" for t in totals), totals  # STANDARD PUT and the free DELETE
+    assert any(
+        "us-east-1 prices read 2026-11 from FACTS.md / AWS S3 pricing page; estimates" in shown(t) for t in totals
+    )
+
+    dry = make_summary(1, 0, dry_run=True)
+    dry.requests = price_requests({("PutObject", "DEEP_ARCHIVE"): 10_000}, US_EAST_1, estimated=True)
+    assert "S3 requests it would send: 10,000 for $0.50" in texts(build_card(dry))
+
+
+def test_microsofts_adaptivecards_package_parses_the_cards_at_version_1_4() -> None:
+    """The same check every test here runs on its cards; this one says when it cannot run."""
+    reason = adaptivecards.unavailable()
+    if reason:
+        pytest.skip(reason)
+    big = make_summary(500, 100_000, n_codes=100)
+    big.warnings.append(Failure(FailureKind.NOTIFICATION, "", "https://x.logic.azure.com", "HTTP 500", "500"))
+    big.requests = price_requests({("PutObject", "DEEP_ARCHIVE"): 10, ("HeadObject", ""): 1}, US_EAST_1)
+    cards = [
+        card_module.build_card(big, report_path=REPORT),
+        card_module.build_card(make_summary(3, 0, dry_run=True)),
+        card_module.build_card(big, budget_bytes=1500),
+    ]
+    assert adaptivecards.problems(cards) == [[], [], []]
+    # The check is not vacuous: a 1.5 element and a bad colour are found.
+    wrong = json.loads(json.dumps(cards[1]))
+    wrong["attachments"][0]["content"]["body"] += [
+        {"type": "Table"},
+        {"type": "TextBlock", "text": "x", "color": "Red"},
+    ]
+    found = adaptivecards.problems([wrong])[0]
+    assert any('Unknown element type "Table"' in m for m in found) and any('"color"' in m for m in found), found
 
 
 # ----------------------------------------------------------------------------- property

@@ -99,6 +99,17 @@ def test_restore_one_file_then_whole_target_to_another_root(site: dict[str, Any]
     assert "1 objects, 6.0 MiB" in asked.stdout and "1 retrieval requests to send (tier Bulk" in asked.stdout
     assert asked.stderr.strip().splitlines()[-1].startswith("async-backup: error: restore asks before it starts")
     assert not (tmp_path / "one").exists()
+    # Its price per tier, by hand: 6 MiB = 6/1024 GB; 1 retrieval; the copy at STANDARD ($0.023) for 7 days;
+    # 1 GetObject ($0.0004 per 1,000); 6 MiB out at $0.09 per GB.
+    gb = 6 / 1024
+    copy_and_rest = gb * 0.023 * 7 / 30 + 0.0004 / 1000 + gb * 0.09
+    bulk = 0.025 / 1000 + gb * 0.0025 + copy_and_rest
+    standard = 0.10 / 1000 + gb * 0.02 + copy_and_rest
+    assert f"price at tier Bulk (this restore): ${bulk:.6f} = $0.000025 for 1 retrievals + " in asked.stdout, (
+        asked.stdout
+    )
+    assert f"price at tier Standard: ${standard:.6f} = $0.0001 for 1 retrievals + " in asked.stdout
+    assert "prices: us-east-1 (no figures for eu-central-1 here) prices read 2026-11" in asked.stdout
 
     first = restore(cache, str(photos), "--path", "sub/b.bin", "--to", str(tmp_path / "one"), "--yes")
     assert first.returncode == 0, first.stdout + first.stderr

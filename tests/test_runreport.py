@@ -90,6 +90,7 @@ def test_report_holds_counts_failures_warnings_and_exit_code(tmp_path: Path) -> 
         "target": "/srv/images/a",
         "path": "/srv/images/a/x.jpg",
         "message": "SlowDown after retries",
+        "folder": False,
     }
     assert report["failures"][1]["path"] == "/srv/odd/\\xff.jpg"  # undecodable byte shown, file still UTF-8
     assert report["failures_by_group"] == {"unreadable: EACCES": 2, "S3 error: SlowDown": 1}
