@@ -591,6 +591,9 @@ def _no_retry_on_tls_failure(caught_exception: Exception | None = None, **_kwarg
         raise caught_exception
 
 
+_UNSIGNED_PAYLOAD = AioConfig(s3={"payload_signing_enabled": False})
+
+
 def botocore_signed_headers(
     url: str,
     headers: Mapping[str, str],
@@ -601,7 +604,7 @@ def botocore_signed_headers(
     """What botocore's own S3SigV4Auth puts on a PUT with UNSIGNED-PAYLOAD: the yardstick the fast
     path's signer is tested (tests/test_fastpath_signing.py) and measured against (benchmarks)."""
     request = AWSRequest(method="PUT", url=url, headers=dict(headers))
-    request.context["client_config"] = AioConfig(s3={"payload_signing_enabled": False})
+    request.context["client_config"] = _UNSIGNED_PAYLOAD
     request.context["timestamp"] = now.strftime(SIGV4_TIMESTAMP)
     auth = S3SigV4Auth(
         ReadOnlyCredentials(credentials.access_key, credentials.secret_key, credentials.token), "s3", region
