@@ -190,6 +190,53 @@ TOOL_ROWS = [
 ]
 
 
+def signing_costs(rounds: int = 20000) -> list[tuple[str, float]]:
+    """Microseconds of CPU per signature and per credentials look-up, in-process, no network:
+    steadier than the whole-request figures on a shared machine."""
+    import datetime
+
+    from botocore.credentials import ReadOnlyCredentials
+
+    from async_backup.directput import BucketEndpoint, DirectPut
+    from async_backup.s3 import botocore_signed_headers
+
+    endpoint = BucketEndpoint("https://bench.s3.us-east-1.amazonaws.com", "", "us-east-1")
+    headers = {
+        "x-amz-storage-class": "DEEP_ARCHIVE",
+        "x-amz-meta-mtime": "1700000000.0",
+        "x-amz-checksum-crc32": "AA==",
+    }
+    signer = DirectPut(
+        session=None,  # type: ignore[arg-type]
+        credentials=None,  # type: ignore[arg-type]
+        resolve_endpoint=None,  # type: ignore[arg-type]
+        max_attempts=1,
+        fatal_codes=frozenset(),
+    )
+    rows = []
+    for label, creds in [
+        ("static keys", ReadOnlyCredentials("AKIDEXAMPLE", "secret", None)),
+        ("session token", ReadOnlyCredentials("ASIAEXAMPLE", "secret", "t" * 800)),
+    ]:
+        began = time.process_time()
+        for i in range(rounds):
+            signer.signed_headers(
+                endpoint, f"srv/images/page-{i:06d}.tif", headers, datetime.datetime.now(datetime.UTC), creds
+            )
+        rows.append((f"signature by directput.py, {label}", (time.process_time() - began) * 1e6 / rounds))
+        began = time.process_time()
+        for i in range(rounds):
+            botocore_signed_headers(
+                f"{endpoint.origin}/srv/images/page-{i:06d}.tif",
+                headers,
+                creds,
+                endpoint.region,
+                datetime.datetime.now(datetime.UTC),
+            )
+        rows.append((f"signature by botocore's S3SigV4Auth, {label}", (time.process_time() - began) * 1e6 / rounds))
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.request_cost", description=__doc__)
     parser.add_argument("--requests", type=int, default=3000)
@@ -198,7 +245,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--repeat", type=int, default=1, help="measure the tool's rows N times, interleaved; print the median"
     )
+    parser.add_argument("--signing-only", action="store_true", help="only the in-process signing micro-benchmark")
     args = parser.parse_args(argv)
+    if args.signing_only:
+        for label, micros in signing_costs():
+            print(f"  {micros:6.1f} us  {label}")
+        return 0
     port = _free_port()
     sink = subprocess.Popen([sys.executable, "-c", SINK, str(port)])
     time.sleep(0.5)
