@@ -339,3 +339,16 @@ def test_parts_in_flight_beyond_the_workers_never_wait_into_a_connect_timeout(
     assert result.returncode == 0, result.stderr
     assert parts == 8
     assert all_keys(s3_inspect, stable_bucket_name(bucket_prefix, str(root))) == [key_of(root / "big.tif")]
+
+
+def test_a_ca_bundle_that_is_not_a_file_is_a_config_error(tmp_path: Path) -> None:
+    from async_backup.config import parse_config
+    from async_backup.errors import ConfigError
+
+    missing = tmp_path / "no-such-ca.pem"
+    doc = {"backup": {"folders": [str(tmp_path)]}, "aws": {"ca_bundle": str(missing)}}
+    with pytest.raises(ConfigError, match=r"aws\.ca_bundle .*not a file"):
+        parse_config(doc, tmp_path / "config.json")
+    (tmp_path / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\n")
+    doc["aws"]["ca_bundle"] = str(tmp_path / "ca.pem")
+    assert parse_config(doc, tmp_path / "config.json").aws.ca_bundle == str(tmp_path / "ca.pem")
