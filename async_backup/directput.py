@@ -12,8 +12,8 @@ or refreshable ones from a role, SSO, `credential_process`), the URL botocore's 
 each bucket (endpoint, addressing style, signing region), and an SSL context built from the same CA
 bundle botocore verifies with. So every request of a run uses one credential, endpoint and TLS
 stack. The signature is byte for byte what botocore's `S3SigV4Auth` computes for the same request
-(tests/test_fastpath_signing.py checks it); botocore's signer itself costs about 0.09 ms of CPU per
-request, a fifth of a whole PutObject here, which is why this one stays.
+(tests/test_fastpath_signing.py checks it); botocore's signer itself costs 55-75 µs more CPU per
+request, 15-25 % of a whole PutObject here (benchmarks/RESULTS.md), which is why this one stays.
 
 Retries follow botocore's standard mode: throttling, 5xx, timeouts and dropped connections are
 retried with capped, jittered exponential backoff, up to `tuning.max_attempts` attempts. Errors map

@@ -195,15 +195,18 @@ class S3:
         metadata: Mapping[str, str],
         checksum: PartChecksum,
     ) -> None:
-        endpoint = await self._direct.endpoint(bucket) if self._direct is not None else None
-        if self._direct is not None and endpoint is not None:
-            headers = {
-                "x-amz-storage-class": storage_class,
-                **{f"x-amz-meta-{k}": v for k, v in metadata.items()},
-                **checksum.request_headers(),
-            }
-            await self._direct.put(endpoint, bucket, key, body, headers, f"PutObject {key}")
-            return
+        if self._direct is not None:
+            # Mapped too: resolving the endpoint or refreshing credentials can fail as botocore fails.
+            async with self._mapped(f"PutObject {key}"):
+                endpoint = await self._direct.endpoint(bucket)
+                if endpoint is not None:
+                    headers = {
+                        "x-amz-storage-class": storage_class,
+                        **{f"x-amz-meta-{k}": v for k, v in metadata.items()},
+                        **checksum.request_headers(),
+                    }
+                    await self._direct.put(endpoint, bucket, key, body, headers, f"PutObject {key}")
+                    return
         async with self._mapped(f"PutObject {key}"):
             await self._client.put_object(
                 Bucket=bucket,
@@ -227,17 +230,21 @@ class S3:
     async def upload_part(
         self, bucket: str, key: str, upload_id: str, part_number: int, body: bytes, checksum: PartChecksum
     ) -> dict[str, Any]:
-        endpoint = await self._direct.endpoint(bucket) if self._direct is not None else None
+        endpoint = None
+        if self._direct is not None:
+            async with self._mapped(f"UploadPart {part_number} of {key}"):
+                endpoint = await self._direct.endpoint(bucket)
         if self._direct is not None and endpoint is not None:
-            got = await self._direct.put(
-                endpoint,
-                bucket,
-                key,
-                body,
-                checksum.request_headers(),
-                f"UploadPart {part_number} of {key}",
-                {"partNumber": str(part_number), "uploadId": upload_id},
-            )
+            async with self._mapped(f"UploadPart {part_number} of {key}"):
+                got = await self._direct.put(
+                    endpoint,
+                    bucket,
+                    key,
+                    body,
+                    checksum.request_headers(),
+                    f"UploadPart {part_number} of {key}",
+                    {"partNumber": str(part_number), "uploadId": upload_id},
+                )
             etag = next((v for k, v in got.items() if k.lower() == "etag"), "")
             direct_part: dict[str, Any] = {"PartNumber": part_number, "ETag": etag}
             if checksum.algorithm == "crc32":
