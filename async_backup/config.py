@@ -60,8 +60,10 @@ class AwsSettings:
     # "when_required": for S3-compatible servers that reject those; we send Content-MD5 instead.
     checksum_calculation: ChecksumCalculation = "when_supported"
     verify_tls: bool = True
+    # PEM file of the CAs to trust for the endpoint's certificate; else AWS_CA_BUNDLE or the profile's.
+    ca_bundle: str | None = None
     addressing_style: Literal["auto", "path", "virtual"] = "auto"
-    # PutObject signed and sent without botocore's per-request machinery (static keys only).
+    # PutObject and UploadPart signed and sent without botocore's per-request machinery.
     direct_put: bool = True
 
 
@@ -131,6 +133,7 @@ _KNOWN_KEYS: dict[str, set[str]] = {
         "endpoint_url",
         "checksum_calculation",
         "verify_tls",
+        "ca_bundle",
         "addressing_style",
         "direct_put",
     },
@@ -211,6 +214,14 @@ def parse_config(raw: Any, source: Path, warnings: list[str] | None = None) -> C
     verify_tls = _opt_bool(aws_raw, "verify_tls", "aws", where, default=True)
     if not verify_tls:
         warnings.append("aws.verify_tls is false: TLS certificates of the S3 endpoint are not checked")
+    ca_bundle = _opt_str(aws_raw, "ca_bundle", "aws", where)
+    if ca_bundle is not None:
+        ca_bundle = os.path.expanduser(ca_bundle)
+        if not os.path.isfile(ca_bundle):
+            raise ConfigError(
+                f"{where}: aws.ca_bundle is {ca_bundle!r}, which is not a file; give the path of the PEM file "
+                "holding the CA certificate(s) that issued the endpoint's certificate"
+            )
     aws = AwsSettings(
         access_key=access_key,
         secret_access_key=secret,
@@ -218,6 +229,7 @@ def parse_config(raw: Any, source: Path, warnings: list[str] | None = None) -> C
         endpoint_url=_opt_str(aws_raw, "endpoint_url", "aws", where),
         checksum_calculation=checksum,  # type: ignore[arg-type]
         verify_tls=verify_tls,
+        ca_bundle=ca_bundle,
         addressing_style=addressing,  # type: ignore[arg-type]
         direct_put=_opt_bool(aws_raw, "direct_put", "aws", where, default=True),
     )

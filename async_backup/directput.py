@@ -7,10 +7,17 @@ it; here the body is covered by its CRC32 or MD5 checksum header instead (UNSIGN
 S3 verifies. Everything else (buckets, creating and completing uploads, deletes, listings) stays
 on botocore.
 
-Used only with static keys from config.json (no token refresh to follow) and can be switched off
-with `aws.direct_put: false`. Retries follow botocore's standard mode: throttling, 5xx, timeouts
-and dropped connections are retried with capped, jittered exponential backoff, up to
-`tuning.max_attempts` attempts. Errors map onto ours exactly as s3.py maps botocore's.
+Nothing here is configured on its own: s3.py hands over the botocore client's credentials (static,
+or refreshable ones from a role, SSO, `credential_process`), the URL botocore's endpoint rules give
+each bucket (endpoint, addressing style, signing region), and an SSL context built from the same CA
+bundle botocore verifies with. So every request of a run uses one credential, endpoint and TLS
+stack. The signature is byte for byte what botocore's `S3SigV4Auth` computes for the same request
+(tests/test_fastpath_signing.py checks it); botocore's signer itself costs 55-75 µs more CPU per
+request, 15-25 % of a whole PutObject here (benchmarks/RESULTS.md), which is why this one stays.
+
+Retries follow botocore's standard mode: throttling, 5xx, timeouts and dropped connections are
+retried with capped, jittered exponential backoff, up to `tuning.max_attempts` attempts. Errors map
+onto ours exactly as s3.py maps botocore's. Must not import botocore or aiobotocore.
 """
 
 from __future__ import annotations
@@ -20,8 +27,11 @@ import hashlib
 import hmac
 import random
 import re
-from collections.abc import Mapping
-from urllib.parse import quote, urlsplit
+import ssl
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+from urllib.parse import quote
 
 import aiohttp
 import anyio
@@ -30,10 +40,100 @@ from yarl import URL
 from .errors import FatalError, S3Error
 
 UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"  # the body is covered by Content-MD5 / x-amz-checksum-crc32 instead
-RETRY_CODES = frozenset({"SlowDown", "RequestTimeout", "RequestTimeTooSkewed", "InternalError", "ServiceUnavailable"})
+RETRY_CODES = frozenset({"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable"})
+# The bucket lives in another region than the one requests are signed for. S3 answers
+# PermanentRedirect (301) to a request sent to the wrong regional endpoint and
+# AuthorizationHeaderMalformed (400) to one signed for the wrong region [S3 error responses].
+REGION_CODES = frozenset({"PermanentRedirect", "AuthorizationHeaderMalformed", "IllegalLocationConstraintException"})
+SKEW_CODE = "RequestTimeTooSkewed"  # more than 15 minutes between our clock and S3's
 MAX_BACKOFF_S = 20.0  # botocore's standard mode caps its backoff at 20 s
 _CODE = re.compile(rb"<Code>([^<]+)</Code>")
 _MESSAGE = re.compile(rb"<Message>([^<]*)</Message>")
+_REGION = re.compile(rb"<Region>([^<]+)</Region>")
+_REQUEST_TIME = re.compile(rb"<RequestTime>([^<]+)</RequestTime>")
+_SERVER_TIME = re.compile(rb"<ServerTime>([^<]+)</ServerTime>")
+
+
+class FrozenCredentials(Protocol):
+    """One consistent set of keys, as botocore's `ReadOnlyCredentials` holds it."""
+
+    @property
+    def access_key(self) -> str: ...
+    @property
+    def secret_key(self) -> str: ...
+    @property
+    def token(self) -> str | None: ...
+
+
+class CredentialSource(Protocol):
+    """botocore's (aiobotocore's) credentials object: static or refreshable.
+
+    `get_frozen_credentials` is what botocore's own signer calls for every request: for static keys
+    it returns them; for temporary ones it refreshes them first when less than 15 minutes are left
+    (10 minutes: every caller waits for the refresh), otherwise it only compares two times."""
+
+    async def get_frozen_credentials(self) -> FrozenCredentials: ...
+
+
+@dataclass(frozen=True, slots=True)
+class BucketEndpoint:
+    """Where and how requests for one bucket go, as botocore's endpoint rules resolve it."""
+
+    origin: str  # scheme://host[:port], the port only when it is not the scheme's default
+    path_prefix: str  # "/bucket" (path style, after any path of the endpoint URL) or "" (virtual-hosted)
+    region: str  # the signing region
+    service: str = "s3"
+
+    @property
+    def host(self) -> str:
+        return self.origin.partition("://")[2]
+
+
+EndpointResolver = Callable[[str], Awaitable[BucketEndpoint | None]]
+
+
+def tls_failure_message(endpoint: str, reason: object) -> str:
+    """One line for a TLS failure: what failed, where, and what to set."""
+    return (
+        f"the TLS certificate of S3 at {endpoint} cannot be verified ({reason}): set aws.ca_bundle in "
+        "config.json (or AWS_CA_BUNDLE) to the PEM file of the CA that issued it"
+    )
+
+
+def region_message(bucket: str, bucket_region: str | None, configured: str) -> str:
+    where = f"region {bucket_region}" if bucket_region else "another region"
+    fix = f"set aws.region to {bucket_region}" if bucket_region else "set aws.region to the bucket's region"
+    return f"bucket {bucket} is in {where}, not in aws.region {configured}: {fix} in config.json"
+
+
+def skew_message(request_time: str | None, server_time: str | None) -> str:
+    """RequestTimeTooSkewed as one line: by how much our clock is off."""
+    ours, theirs = _parse_amz_time(request_time), _parse_amz_time(server_time)
+    if ours is None or theirs is None:
+        return "S3 refused the request time (RequestTimeTooSkewed): this machine's clock is off; sync it (NTP)"
+    offset_s = (ours - theirs).total_seconds()
+    direction = "ahead of" if offset_s > 0 else "behind"
+    return (
+        f"the clock is off by {abs(offset_s):.0f} s ({direction} S3's, RequestTimeTooSkewed): "
+        "sync this machine's clock (NTP) and run again"
+    )
+
+
+def _parse_amz_time(value: str | None) -> datetime.datetime | None:
+    """S3 writes RequestTime as 20261201T120000Z and ServerTime as 2026-12-01T12:00:00Z."""
+    if not value:
+        return None
+    for fmt in ("%Y%m%dT%H%M%SZ", "%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%dT%H:%M:%S.%fZ"):
+        try:
+            return datetime.datetime.strptime(value.strip(), fmt).replace(tzinfo=datetime.UTC)
+        except ValueError:
+            continue
+    return None
+
+
+def _canonical_value(value: str) -> str:
+    # SigV4's Trimall, as botocore applies it: outer whitespace gone, inner runs collapsed to one space.
+    return " ".join(value.split())
 
 
 class DirectPut:
@@ -43,84 +143,95 @@ class DirectPut:
         self,
         *,
         session: aiohttp.ClientSession,
-        endpoint_url: str | None,
-        region: str,
-        access_key: str,
-        secret_key: str,
-        path_style: bool,
+        credentials: CredentialSource,
+        resolve_endpoint: EndpointResolver,
         max_attempts: int,
         fatal_codes: frozenset[str],
-        verify_tls: bool = True,
+        ssl_context: ssl.SSLContext | bool = True,
+        endpoint_label: str = "S3",
+        configured_region: str = "",
     ) -> None:
-        self._session = session
-        self._region = region
-        self._access_key = access_key
-        self._secret_key = secret_key
+        self.session = session
+        self._credentials = credentials
+        self._resolve_endpoint = resolve_endpoint
+        self._endpoints: dict[str, BucketEndpoint | None] = {}
         self._max_attempts = max(1, max_attempts)
         self._fatal_codes = fatal_codes
-        self._ssl = verify_tls  # aiohttp: True verifies certificates, False skips the check
-        if endpoint_url:
-            parts = urlsplit(endpoint_url)
-            self._scheme, self._host = parts.scheme or "https", parts.netloc
-            self._base_path = parts.path.rstrip("/")
-        else:
-            self._scheme, self._host, self._base_path = "https", f"s3.{region}.amazonaws.com", ""
-        self._path_style = path_style
-        self._keys: dict[str, bytes] = {}
+        self._ssl = ssl_context  # an SSLContext, or False to skip certificate checks (aws.verify_tls false)
+        self._label = endpoint_label
+        self._configured_region = configured_region
+        self._keys: dict[tuple[str, str, str, str], bytes] = {}
 
-    def _signing_key(self, day: str) -> bytes:
-        key = self._keys.get(day)
+    def _signing_key(self, secret: str, day: str, region: str, service: str) -> bytes:
+        cache_key = (secret, day, region, service)
+        key = self._keys.get(cache_key)
         if key is None:
-            k = hmac.new(f"AWS4{self._secret_key}".encode(), day.encode(), hashlib.sha256).digest()
-            for part in (self._region, "s3", "aws4_request"):
+            k = hmac.new(f"AWS4{secret}".encode(), day.encode(), hashlib.sha256).digest()
+            for part in (region, service, "aws4_request"):
                 k = hmac.new(k, part.encode(), hashlib.sha256).digest()
-            self._keys = {day: k}  # one day at a time
+            self._keys = {cache_key: k}  # one day and one set of credentials at a time
             key = k
         return key
 
-    def _target(self, bucket: str, key: str) -> tuple[str, str]:
-        """(host, canonical path) for bucket/key; the path is percent-encoded as S3 signs it."""
-        encoded_key = quote(key, safe="/~")
-        if self._path_style:
-            return self._host, f"{self._base_path}/{bucket}/{encoded_key}"
-        return f"{bucket}.{self._host}", f"{self._base_path}/{encoded_key}"
+    async def endpoint(self, bucket: str) -> BucketEndpoint | None:
+        """The bucket's endpoint, resolved by botocore once per bucket and run; None when this
+        bucket's PUTs must go through botocore (a signer other than SigV4)."""
+        try:
+            return self._endpoints[bucket]
+        except KeyError:
+            found = self._endpoints[bucket] = await self._resolve_endpoint(bucket)
+            return found
 
     def signed_headers(
         self,
-        bucket: str,
+        endpoint: BucketEndpoint,
         key: str,
         headers: Mapping[str, str],
         now: datetime.datetime,
+        credentials: FrozenCredentials,
         query: Mapping[str, str] | None = None,
     ) -> tuple[str, dict[str, str]]:
         """The URL and the full header set of a signed PUT (exposed for tests)."""
-        host, path = self._target(bucket, key)
+        path = f"{endpoint.path_prefix}/{quote(key, safe='/~')}"  # percent-encoded as S3 signs it
         canonical_query = "&".join(
             f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}" for k, v in sorted((query or {}).items())
         )
         amz_date = now.strftime("%Y%m%dT%H%M%SZ")
         day = amz_date[:8]
-        all_headers = {k.lower(): v.strip() for k, v in headers.items()}
-        all_headers.update({"host": host, "x-amz-date": amz_date, "x-amz-content-sha256": UNSIGNED_PAYLOAD})
+        all_headers = {k.lower(): v for k, v in headers.items()}
+        all_headers.update({"host": endpoint.host, "x-amz-date": amz_date, "x-amz-content-sha256": UNSIGNED_PAYLOAD})
+        if credentials.token:
+            all_headers["x-amz-security-token"] = credentials.token
         names = sorted(all_headers)
         signed = ";".join(names)
         canonical = "\n".join(
-            ["PUT", path, canonical_query, *(f"{n}:{all_headers[n]}" for n in names), "", signed, UNSIGNED_PAYLOAD]
+            [
+                "PUT",
+                path,
+                canonical_query,
+                *(f"{n}:{_canonical_value(all_headers[n])}" for n in names),
+                "",
+                signed,
+                UNSIGNED_PAYLOAD,
+            ]
         )
-        scope = f"{day}/{self._region}/s3/aws4_request"
+        scope = f"{day}/{endpoint.region}/{endpoint.service}/aws4_request"
         to_sign = "\n".join(
             ["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode("utf-8")).hexdigest()]
         )
-        signature = hmac.new(self._signing_key(day), to_sign.encode("utf-8"), hashlib.sha256).hexdigest()
+        signing_key = self._signing_key(credentials.secret_key, day, endpoint.region, endpoint.service)
+        signature = hmac.new(signing_key, to_sign.encode("utf-8"), hashlib.sha256).hexdigest()
         all_headers["authorization"] = (
-            f"AWS4-HMAC-SHA256 Credential={self._access_key}/{scope}, SignedHeaders={signed}, Signature={signature}"
+            f"AWS4-HMAC-SHA256 Credential={credentials.access_key}/{scope}, "
+            f"SignedHeaders={signed}, Signature={signature}"
         )
         del all_headers["host"]  # aiohttp sends it from the URL
-        url = f"{self._scheme}://{host}{path}"
+        url = f"{endpoint.origin}{path}"
         return (f"{url}?{canonical_query}" if canonical_query else url), all_headers
 
     async def put(
         self,
+        endpoint: BucketEndpoint,
         bucket: str,
         key: str,
         body: bytes,
@@ -134,33 +245,55 @@ class DirectPut:
         for attempt in range(self._max_attempts):
             if attempt:
                 await anyio.sleep(random.random() * min(MAX_BACKOFF_S, 2.0 ** (attempt - 1)))
+            # Asked every attempt, as botocore's signer does: a refresh happens here, never a failure.
+            credentials = await self._credentials.get_frozen_credentials()
             now = datetime.datetime.now(datetime.UTC)
-            url, signed = self.signed_headers(bucket, key, headers, now, query)
+            url, signed = self.signed_headers(endpoint, key, headers, now, credentials, query)
             try:
-                async with self._session.put(URL(url, encoded=True), data=body, headers=signed, ssl=self._ssl) as reply:
+                async with self.session.put(URL(url, encoded=True), data=body, headers=signed, ssl=self._ssl) as reply:
                     if reply.status < 300:
                         await reply.read()
                         return dict(reply.headers)
                     payload = await reply.read()
                     code, message = _error_of(reply.status, payload)
+                    bucket_region = reply.headers.get("x-amz-bucket-region")
             except TimeoutError:
                 last = S3Error("ReadTimeoutError", f"{what}: no answer within the read timeout")
                 continue
+            except aiohttp.ClientSSLError as exc:  # a certificate no retry can fix
+                raise FatalError(tls_failure_message(self._label, _ssl_reason(exc))) from None
             except aiohttp.ClientConnectorError:
-                last = S3Error("EndpointConnectionError", f"{what}: cannot connect to {self._host}")
+                last = S3Error("EndpointConnectionError", f"{what}: cannot connect to {endpoint.host}")
                 continue
             except aiohttp.ClientError as exc:
                 last = S3Error("ConnectionClosedError", f"{what}: connection dropped ({type(exc).__name__})")
                 continue
             if code in self._fatal_codes:
                 raise FatalError(
-                    f"S3 refused the credentials ({code}) during {what}; check aws.access_key and aws.secret_access_key"
+                    f"S3 refused the credentials ({code}) during {what}; check aws.access_key and "
+                    "aws.secret_access_key, or the AWS profile or role the credentials come from"
                 )
+            if code in REGION_CODES:
+                found = _REGION.search(payload)
+                region = found.group(1).decode("utf-8", "replace") if found else bucket_region
+                raise FatalError(region_message(bucket, region, self._configured_region or endpoint.region))
+            if code == SKEW_CODE:
+                raise FatalError(skew_message(_group(_REQUEST_TIME, payload), _group(_SERVER_TIME, payload)))
             last = S3Error(code, f"{what}: {message or 'request failed'}")
             if not (reply.status >= 500 or reply.status == 429 or code in RETRY_CODES):
                 raise last
         assert last is not None
         raise last
+
+
+def _ssl_reason(exc: aiohttp.ClientSSLError) -> str:
+    inner = getattr(exc, "certificate_error", None) or getattr(exc, "os_error", None) or exc
+    return str(getattr(inner, "verify_message", "") or getattr(inner, "reason", "") or inner)
+
+
+def _group(pattern: re.Pattern[bytes], payload: bytes) -> str | None:
+    found = pattern.search(payload)
+    return found.group(1).decode("utf-8", "replace") if found else None
 
 
 def _error_of(status: int, payload: bytes) -> tuple[str, str]:

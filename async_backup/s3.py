@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import ssl
 import zlib
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -23,6 +24,9 @@ import aiohttp
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore import handlers as botocore_handlers
+from botocore.auth import SIGV4_TIMESTAMP, S3SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import ReadOnlyCredentials
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -30,10 +34,21 @@ from botocore.exceptions import (
     EndpointConnectionError,
     NoCredentialsError,
     ReadTimeoutError,
+    SSLError,
 )
+from botocore.httpsession import get_cert_path
 
 from .config import AwsSettings, Tuning
-from .directput import DirectPut
+from .directput import (
+    REGION_CODES,
+    SKEW_CODE,
+    BucketEndpoint,
+    DirectPut,
+    FrozenCredentials,
+    region_message,
+    skew_message,
+    tls_failure_message,
+)
 from .errors import FatalError, S3Error
 from .pricing import RequestTally
 
@@ -145,6 +160,11 @@ class S3:
                 storage_class = self._upload_class.get(upload_id, "")
         self.sent.add(operation, storage_class)
 
+    @property
+    def fast_path(self) -> DirectPut | None:
+        """The hand-signed PutObject/UploadPart path, None when switched off or without credentials."""
+        return self._direct
+
     @asynccontextmanager
     async def _mapped(self, what: str) -> AsyncIterator[None]:
         try:
@@ -156,14 +176,23 @@ class S3:
             if code in FATAL_CODES:
                 raise FatalError(
                     f"S3 at {endpoint_name(self.aws)} refused the credentials ({code}) during {what}; "
-                    "check aws.access_key and aws.secret_access_key"
+                    "check aws.access_key and aws.secret_access_key, or the AWS profile or role they come from"
                 ) from None
+            if code in REGION_CODES:
+                headers = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+                region = err.get("Region") or headers.get("x-amz-bucket-region")
+                bucket = err.get("BucketName") or err.get("Bucket") or f"of {what}"
+                raise FatalError(region_message(str(bucket), region and str(region), self.aws.region)) from None
+            if code == SKEW_CODE:
+                raise FatalError(skew_message(err.get("RequestTime"), err.get("ServerTime"))) from None
             raise S3Error(code, f"{what}: {message or 'request failed'}") from None
         except NoCredentialsError:
             raise FatalError(
                 "no AWS credentials found: set aws.access_key and aws.secret_access_key in config.json "
                 "or configure the standard AWS credential chain"
             ) from None
+        except SSLError as exc:
+            raise FatalError(tls_failure_message(endpoint_name(self.aws), exc.kwargs.get("error", exc))) from None
         except EndpointConnectionError:
             raise S3Error("EndpointConnectionError", f"{what}: cannot connect to {endpoint_name(self.aws)}") from None
         except (ConnectionClosedError, ReadTimeoutError) as exc:
@@ -186,15 +215,19 @@ class S3:
         checksum: PartChecksum,
     ) -> None:
         if self._direct is not None:
-            headers = {
-                "x-amz-storage-class": storage_class,
-                **{f"x-amz-meta-{k}": v for k, v in metadata.items()},
-                **checksum.request_headers(),
-            }
-            # Sent past botocore, so counted here (once per call: DirectPut's own retries are not seen).
-            self.sent.add("PutObject", storage_class)
-            await self._direct.put(bucket, key, body, headers, f"PutObject {key}")
-            return
+            # Mapped too: resolving the endpoint or refreshing credentials can fail as botocore fails.
+            async with self._mapped(f"PutObject {key}"):
+                endpoint = await self._direct.endpoint(bucket)
+                if endpoint is not None:
+                    headers = {
+                        "x-amz-storage-class": storage_class,
+                        **{f"x-amz-meta-{k}": v for k, v in metadata.items()},
+                        **checksum.request_headers(),
+                    }
+                    # Sent past botocore, so counted here (once per call: DirectPut's own retries are not seen).
+                    self.sent.add("PutObject", storage_class)
+                    await self._direct.put(endpoint, bucket, key, body, headers, f"PutObject {key}")
+                    return
         async with self._mapped(f"PutObject {key}"):
             await self._client.put_object(
                 Bucket=bucket,
@@ -220,16 +253,22 @@ class S3:
     async def upload_part(
         self, bucket: str, key: str, upload_id: str, part_number: int, body: bytes, checksum: PartChecksum
     ) -> dict[str, Any]:
+        endpoint = None
         if self._direct is not None:
+            async with self._mapped(f"UploadPart {part_number} of {key}"):
+                endpoint = await self._direct.endpoint(bucket)
+        if self._direct is not None and endpoint is not None:
             self.sent.add("UploadPart", self._upload_class.get(upload_id, ""))
-            got = await self._direct.put(
-                bucket,
-                key,
-                body,
-                checksum.request_headers(),
-                f"UploadPart {part_number} of {key}",
-                {"partNumber": str(part_number), "uploadId": upload_id},
-            )
+            async with self._mapped(f"UploadPart {part_number} of {key}"):
+                got = await self._direct.put(
+                    endpoint,
+                    bucket,
+                    key,
+                    body,
+                    checksum.request_headers(),
+                    f"UploadPart {part_number} of {key}",
+                    {"partNumber": str(part_number), "uploadId": upload_id},
+                )
             etag = next((v for k, v in got.items() if k.lower() == "etag"), "")
             direct_part: dict[str, Any] = {"PartNumber": part_number, "ETag": etag}
             if checksum.algorithm == "crc32":
@@ -507,9 +546,115 @@ def cache_user_agent(client: Any) -> None:
     creator.to_string = lambda: built
 
 
+def fast_path_pool_size(tuning: Tuning) -> int:
+    """Connections of the fast path: every worker's PutObject plus every multipart part in flight
+    (a worker sending parts sends no PutObject meanwhile), so no request waits for a connection."""
+    return tuning.workers + tuning.parts_in_flight
+
+
+def fast_path_timeout(tuning: Tuning) -> aiohttp.ClientTimeout:
+    """aiohttp's `connect` counts the wait for a pooled connection too; `sock_connect` counts only
+    the TCP (and TLS) set-up, which is what connect_timeout_s means, as in botocore."""
+    return aiohttp.ClientTimeout(
+        total=None, connect=None, sock_connect=tuning.connect_timeout_s, sock_read=tuning.read_timeout_s
+    )
+
+
+def ca_bundle_of(aws: AwsSettings, session: Any) -> str | None:
+    """The CA bundle every request trusts: aws.ca_bundle, else what botocore reads itself
+    (AWS_CA_BUNDLE, then the profile's ca_bundle); None for botocore's default bundle."""
+    if aws.ca_bundle:
+        return aws.ca_bundle
+    found = session.get_config_variable("ca_bundle")
+    return str(found) if found else None
+
+
+def ssl_context_for(aws: AwsSettings, ca_bundle: str | None) -> ssl.SSLContext | bool:
+    """The fast path's TLS settings, from the same file botocore verifies with."""
+    if not aws.verify_tls:
+        return False
+    cafile = ca_bundle or get_cert_path(True)  # botocore's default: certifi's bundle
+    source = "aws.ca_bundle" if aws.ca_bundle else "AWS_CA_BUNDLE or the profile's ca_bundle"
+    try:
+        return ssl.create_default_context(cafile=cafile)
+    except (OSError, ssl.SSLError) as exc:
+        raise FatalError(
+            f"the CA bundle {cafile} ({source}) cannot be loaded ({exc}); point it at a readable PEM file"
+        ) from None
+
+
+def _host_of(url: str) -> str:
+    """The Host header botocore signs for a URL: lowercased, the scheme's default port dropped."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    if parts.port is not None and parts.port != {"http": 80, "https": 443}.get(parts.scheme):
+        host = f"{host}:{parts.port}"
+    return host
+
+
+def endpoint_resolver(client: Any) -> Any:
+    """A resolver asking botocore's S3 endpoint rules, as a PutObject through botocore would
+    (endpoint_url, region, addressing style, FIPS, dual-stack, partitions like aws-cn), once per
+    bucket. None when the rules want a signer other than plain SigV4 (directory buckets, MRAP):
+    those PUTs stay on botocore."""
+    operation = client.meta.service_model.operation_model("PutObject")
+
+    async def resolve(bucket: str) -> BucketEndpoint | None:
+        context: dict[str, Any] = {}
+        url, headers, _props = await client._resolve_endpoint_ruleset(
+            operation, {"Bucket": bucket, "Key": "k"}, context
+        )
+        signing = context.get("signing", {})
+        if context.get("auth_type", "v4") not in ("v4", "s3v4") or headers:
+            return None
+        parts = urlsplit(url)
+        return BucketEndpoint(
+            origin=f"{parts.scheme}://{_host_of(url)}",
+            path_prefix=parts.path.rstrip("/"),
+            region=str(signing.get("region") or client.meta.region_name),
+            service=str(signing.get("signing_name") or "s3"),
+        )
+
+    return resolve
+
+
+def _no_retry_on_tls_failure(caught_exception: Exception | None = None, **_kwargs: Any) -> None:
+    """A certificate that is not trusted stays untrusted: botocore would retry it with backoff."""
+    if isinstance(caught_exception, SSLError):
+        raise caught_exception
+
+
+_UNSIGNED_PAYLOAD = AioConfig(s3={"payload_signing_enabled": False})
+
+
+def botocore_signed_headers(
+    url: str,
+    headers: Mapping[str, str],
+    credentials: FrozenCredentials,
+    region: str,
+    now: datetime,
+) -> dict[str, str]:
+    """What botocore's own S3SigV4Auth puts on a PUT with UNSIGNED-PAYLOAD: the yardstick the fast
+    path's signer is tested (tests/test_fastpath_signing.py) and measured against (benchmarks)."""
+    request = AWSRequest(method="PUT", url=url, headers=dict(headers))
+    request.context["client_config"] = _UNSIGNED_PAYLOAD
+    request.context["timestamp"] = now.strftime(SIGV4_TIMESTAMP)
+    auth = S3SigV4Auth(
+        ReadOnlyCredentials(credentials.access_key, credentials.secret_key, credentials.token), "s3", region
+    )
+    # add_auth without its own clock reading, so tests compare at one instant.
+    auth._modify_request_before_signing(request)
+    canonical = auth.canonical_request(request)
+    auth._inject_signature_to_request(request, auth.signature(auth.string_to_sign(request, canonical), request))
+    return dict(request.headers.items())
+
+
 @asynccontextmanager
 async def open_s3(aws: AwsSettings, tuning: Tuning) -> AsyncIterator[S3]:
-    """One long-lived client for the whole run."""
+    """One long-lived client for the whole run; the fast path shares its credentials, endpoint
+    rules and CA bundle."""
     session = get_session()
     kwargs: dict[str, Any] = {"config": client_config(aws, tuning)}
     if aws.endpoint_url:
@@ -517,8 +662,11 @@ async def open_s3(aws: AwsSettings, tuning: Tuning) -> AsyncIterator[S3]:
     if aws.access_key and aws.secret_access_key:
         kwargs["aws_access_key_id"] = aws.access_key
         kwargs["aws_secret_access_key"] = aws.secret_access_key
+    ca_bundle = ca_bundle_of(aws, session) if aws.verify_tls else None
     if not aws.verify_tls:
         kwargs["verify"] = False
+    elif ca_bundle:
+        kwargs["verify"] = ca_bundle
     async with AsyncExitStack() as stack:
         try:
             client = await stack.enter_async_context(session.create_client("s3", **kwargs))
@@ -526,29 +674,27 @@ async def open_s3(aws: AwsSettings, tuning: Tuning) -> AsyncIterator[S3]:
             raise FatalError(f"aws.endpoint_url cannot be used ({exc}); fix it in config.json") from None
         skip_expect_continue(client)
         cache_user_agent(client)
+        client.meta.events.register_first("needs-retry.s3", _no_retry_on_tls_failure)
         direct = None
-        if aws.direct_put and aws.access_key and aws.secret_access_key:
+        credentials = client._request_signer._credentials  # None: no credentials anywhere, botocore says so
+        if aws.direct_put and credentials is not None:
             http = await stack.enter_async_context(
                 aiohttp.ClientSession(
-                    connector=aiohttp.TCPConnector(limit=tuning.workers + 4, ttl_dns_cache=300),
-                    timeout=aiohttp.ClientTimeout(
-                        total=None, connect=tuning.connect_timeout_s, sock_read=tuning.read_timeout_s
-                    ),
+                    connector=aiohttp.TCPConnector(limit=fast_path_pool_size(tuning), ttl_dns_cache=300),
+                    timeout=fast_path_timeout(tuning),
                     trust_env=True,  # HTTPS_PROXY and NO_PROXY, as botocore honours them
                     skip_auto_headers=("Content-Type",),
                 )
             )
             direct = DirectPut(
                 session=http,
-                endpoint_url=aws.endpoint_url,
-                region=aws.region,
-                access_key=aws.access_key,
-                secret_key=aws.secret_access_key,
-                path_style=aws.addressing_style == "path"
-                or (aws.endpoint_url is not None and aws.addressing_style != "virtual"),
+                credentials=credentials,
+                resolve_endpoint=endpoint_resolver(client),
                 max_attempts=tuning.max_attempts,
                 fatal_codes=FATAL_CODES,
-                verify_tls=aws.verify_tls,
+                ssl_context=ssl_context_for(aws, ca_bundle),
+                endpoint_label=endpoint_name(aws),
+                configured_region=aws.region,
             )
         yield S3(client, aws, direct)
 

@@ -64,6 +64,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     srv.add_argument("--ceph-gib", type=float, default=8.0, help="memstore cap / bluestore file size, GiB")
     srv.add_argument(
+        "--tls",
+        action="store_true",
+        help="Ceph over HTTPS (beast ssl_endpoint, a certificate from a CA made for the run, given to every "
+        "tool); needs --no-proxy, as the recording proxy speaks HTTP only",
+    )
+    srv.add_argument(
         "--install",
         action=argparse.BooleanOptionalAction,
         default=os.geteuid() == 0,
@@ -130,6 +136,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             ap.error(f"unknown contender {c!r}; choose from {', '.join(CONTENDER_NAMES)}")
     if args.endpoint and not (args.access_key and args.secret_key):
         ap.error("--endpoint needs --access-key and --secret-key")
+    if args.tls and (args.proxy or args.endpoint):
+        ap.error("--tls needs --no-proxy and a started Ceph server (the recording proxy speaks HTTP only)")
     if args.repeat < 1 or args.scale <= 0:
         ap.error("--repeat must be >= 1 and --scale > 0")
     if args.run_timeout is None:
@@ -197,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 kind = servers.resolve_kind(args.server)
                 print(f"starting {kind} server in {tmp}", flush=True)
-                cm = servers.start(kind, tmp / "server", args.ceph_store, args.ceph_gib)
+                cm = servers.start(kind, tmp / "server", args.ceph_store, args.ceph_gib, tls=args.tls)
             server = stack.enter_context(cm)
             print(f"server {server.kind} at {server.endpoint} (up in {server.started_in_s:.1f} s)", flush=True)
             proxy = None

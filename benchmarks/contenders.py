@@ -79,6 +79,8 @@ def base_env(t: Target) -> dict[str, str]:
         AWS_REQUEST_CHECKSUM_CALCULATION=t.server.checksum_calculation,
         AWS_RESPONSE_CHECKSUM_VALIDATION=t.server.checksum_calculation,
     )
+    if t.server.ca_bundle:  # an HTTPS server with the run's own CA: s5cmd, the AWS CLI and boto3 read this
+        env["AWS_CA_BUNDLE"] = t.server.ca_bundle
     return env
 
 
@@ -113,6 +115,7 @@ class AsyncBackup(Contender):
                 "region": t.server.region,
                 "endpoint_url": t.endpoint,
                 "checksum_calculation": t.server.checksum_calculation,
+                **({"ca_bundle": t.server.ca_bundle} if t.server.ca_bundle else {}),
             },
         }
         # BENCH_ASYNC_BACKUP_TUNING (JSON, e.g. '{"part_size_mib": 32}') tries other tuning keys.
@@ -191,6 +194,8 @@ class Rclone(Contender):
             }
         )
         argv = ["rclone", "sync", str(t.src.resolve()), f"bench:{t.bucket}/{t.prefix}"]
+        if t.server.ca_bundle:
+            argv += ["--ca-cert", t.server.ca_bundle]
         if self.tuned:
             argv += list(RCLONE_TUNED_FLAGS)
         return argv, env

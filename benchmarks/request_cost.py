@@ -14,9 +14,11 @@ import argparse
 import asyncio
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import time
+from typing import Any
 
 SINK = r"""
 import asyncio, sys
@@ -96,57 +98,177 @@ async def _measure(
         return (time.process_time() - began) * 1000 / requests
 
 
-async def _measure_tool(endpoint: str, requests: int, concurrency: int) -> float:
-    """The tool's own client as a backup run opens it: settings above plus the hand-signed PutObject."""
+CREDENTIAL_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_CREDENTIAL_EXPIRATION")
+
+
+def _botocore_signed(
+    self: Any, endpoint: Any, key: str, headers: Any, now: Any, credentials: Any, query: Any = None
+) -> tuple[str, dict[str, str]]:
+    """DirectPut.signed_headers with botocore's S3SigV4Auth doing the signing, for comparison."""
+    from urllib.parse import quote
+
+    from async_backup.s3 import botocore_signed_headers
+
+    path = f"{endpoint.path_prefix}/{quote(key, safe='/~')}"
+    canonical_query = "&".join(
+        f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}" for k, v in sorted((query or {}).items())
+    )
+    url = f"{endpoint.origin}{path}" + (f"?{canonical_query}" if canonical_query else "")
+    signed = botocore_signed_headers(url, headers, credentials, endpoint.region, now)
+    signed.pop("host", None)
+    return url, signed
+
+
+async def _measure_tool(
+    endpoint: str, requests: int, concurrency: int, credentials: str = "static", signer: str = "ours"
+) -> float:
+    """The tool's own client as a backup run opens it: settings above plus the hand-signed PutObject.
+
+    `credentials`: "static" (keys in config.json), "env-token" (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY
+    and AWS_SESSION_TOKEN), "env-expiring" (the same plus AWS_CREDENTIAL_EXPIRATION an hour ahead,
+    which makes botocore's credentials refreshable: every request checks whether to refresh).
+    `signer`: "ours" (directput.py) or "botocore" (S3SigV4Auth on the same path)."""
+    import datetime
+    import types
+
     from async_backup.config import AwsSettings, Tuning
     from async_backup.s3 import PartChecksum, open_s3
 
-    aws = AwsSettings("AKIDEXAMPLE", "secret", "us-east-1", endpoint)
+    saved = {k: os.environ.get(k) for k in CREDENTIAL_ENV}
+    if credentials == "static":
+        aws = AwsSettings("AKIDEXAMPLE", "secret", "us-east-1", endpoint)
+    else:
+        aws = AwsSettings(None, None, "us-east-1", endpoint)
+        os.environ.update(
+            AWS_ACCESS_KEY_ID="ASIAEXAMPLE", AWS_SECRET_ACCESS_KEY="secret", AWS_SESSION_TOKEN="t" * 800
+        )  # STS session tokens run to several hundred characters
+        if credentials == "env-expiring":
+            expires = datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1)
+            os.environ["AWS_CREDENTIAL_EXPIRATION"] = expires.strftime("%Y-%m-%dT%H:%M:%SZ")
     body = os.urandom(16 * 1024)
-    async with open_s3(aws, Tuning(workers=concurrency)) as s3:
-        queue: asyncio.Queue[int] = asyncio.Queue()
+    try:
+        async with open_s3(aws, Tuning(workers=concurrency)) as s3:
+            assert s3.fast_path is not None
+            if signer == "botocore":
+                s3.fast_path.signed_headers = types.MethodType(_botocore_signed, s3.fast_path)  # type: ignore[method-assign]
+            queue: asyncio.Queue[int] = asyncio.Queue()
 
-        async def worker() -> None:
-            while not queue.empty():
-                i = queue.get_nowait()
-                await s3.put_object(
-                    "bench",
-                    f"srv/images/d{i % 50}/page-{i:06d}.tif",
-                    body,
-                    storage_class="DEEP_ARCHIVE",
-                    metadata={"mtime": "1700000000.000000000"},
-                    checksum=PartChecksum.of(body, s3.checksum_algorithm),
-                )
+            async def worker() -> None:
+                while not queue.empty():
+                    i = queue.get_nowait()
+                    await s3.put_object(
+                        "bench",
+                        f"srv/images/d{i % 50}/page-{i:06d}.tif",
+                        body,
+                        storage_class="DEEP_ARCHIVE",
+                        metadata={"mtime": "1700000000.000000000"},
+                        checksum=PartChecksum.of(body, s3.checksum_algorithm),
+                    )
 
-        for i in range(200):
-            queue.put_nowait(i)
-        await asyncio.gather(*(worker() for _ in range(4)))
-        for i in range(requests):
-            queue.put_nowait(i)
+            for i in range(200):
+                queue.put_nowait(i)
+            await asyncio.gather(*(worker() for _ in range(4)))
+            for i in range(requests):
+                queue.put_nowait(i)
+            began = time.process_time()
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+            return (time.process_time() - began) * 1000 / requests
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+TOOL_ROWS = [
+    ("+ PutObject signed by async-backup (directput.py), static keys", "static", "ours"),
+    ("  the same, environment credentials with a session token", "env-token", "ours"),
+    ("  the same, refreshable environment credentials (expiry set)", "env-expiring", "ours"),
+    ("  static keys, signed by botocore's S3SigV4Auth instead", "static", "botocore"),
+    ("  session token, signed by botocore's S3SigV4Auth instead", "env-token", "botocore"),
+]
+
+
+def signing_costs(rounds: int = 20000) -> list[tuple[str, float]]:
+    """Microseconds of CPU per signature and per credentials look-up, in-process, no network:
+    steadier than the whole-request figures on a shared machine."""
+    import datetime
+
+    from botocore.credentials import ReadOnlyCredentials
+
+    from async_backup.directput import BucketEndpoint, DirectPut
+    from async_backup.s3 import botocore_signed_headers
+
+    endpoint = BucketEndpoint("https://bench.s3.us-east-1.amazonaws.com", "", "us-east-1")
+    headers = {
+        "x-amz-storage-class": "DEEP_ARCHIVE",
+        "x-amz-meta-mtime": "1700000000.0",
+        "x-amz-checksum-crc32": "AA==",
+    }
+    signer = DirectPut(
+        session=None,  # type: ignore[arg-type]
+        credentials=None,  # type: ignore[arg-type]
+        resolve_endpoint=None,  # type: ignore[arg-type]
+        max_attempts=1,
+        fatal_codes=frozenset(),
+    )
+    rows = []
+    for label, creds in [
+        ("static keys", ReadOnlyCredentials("AKIDEXAMPLE", "secret", None)),
+        ("session token", ReadOnlyCredentials("ASIAEXAMPLE", "secret", "t" * 800)),
+    ]:
         began = time.process_time()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return (time.process_time() - began) * 1000 / requests
+        for i in range(rounds):
+            signer.signed_headers(
+                endpoint, f"srv/images/page-{i:06d}.tif", headers, datetime.datetime.now(datetime.UTC), creds
+            )
+        rows.append((f"signature by directput.py, {label}", (time.process_time() - began) * 1e6 / rounds))
+        began = time.process_time()
+        for i in range(rounds):
+            botocore_signed_headers(
+                f"{endpoint.origin}/srv/images/page-{i:06d}.tif",
+                headers,
+                creds,
+                endpoint.region,
+                datetime.datetime.now(datetime.UTC),
+            )
+        rows.append((f"signature by botocore's S3SigV4Auth, {label}", (time.process_time() - began) * 1e6 / rounds))
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.request_cost", description=__doc__)
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--tool-only", action="store_true", help="only the rows of the tool's own client")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="measure the tool's rows N times, interleaved; print the median"
+    )
+    parser.add_argument("--signing-only", action="store_true", help="only the in-process signing micro-benchmark")
     args = parser.parse_args(argv)
+    if args.signing_only:
+        for label, micros in signing_costs():
+            print(f"  {micros:6.1f} us  {label}")
+        return 0
     port = _free_port()
     sink = subprocess.Popen([sys.executable, "-c", SINK, str(port)])
     time.sleep(0.5)
     endpoint = f"http://127.0.0.1:{port}"
     rows: list[tuple[str, float]] = []
     try:
-        for label, loop, checksum, validate, expect, cached_ua in [
-            ("botocore defaults (asyncio, CRC32, validation on)", "asyncio", "when_supported", True, True, False),
-            ("+ parameter_validation off", "asyncio", "when_supported", False, True, False),
-            ("+ Content-MD5 instead of CRC32 (when_required)", "asyncio", "when_required", False, True, False),
-            ("+ uvloop", "uvloop", "when_supported", False, True, False),
-            ("+ no Expect: 100-continue", "uvloop", "when_supported", False, False, False),
-            ("+ User-Agent built once", "uvloop", "when_supported", False, False, True),
-        ]:
+        for label, loop, checksum, validate, expect, cached_ua in (
+            []
+            if args.tool_only
+            else [
+                ("botocore defaults (asyncio, CRC32, validation on)", "asyncio", "when_supported", True, True, False),
+                ("+ parameter_validation off", "asyncio", "when_supported", False, True, False),
+                ("+ Content-MD5 instead of CRC32 (when_required)", "asyncio", "when_required", False, True, False),
+                ("+ uvloop", "uvloop", "when_supported", False, True, False),
+                ("+ no Expect: 100-continue", "uvloop", "when_supported", False, False, False),
+                ("+ User-Agent built once", "uvloop", "when_supported", False, False, True),
+            ]
+        ):
             if loop == "uvloop":
                 try:
                     import uvloop
@@ -164,19 +286,15 @@ def main(argv: list[str] | None = None) -> int:
         try:
             import uvloop
 
-            rows.append(
-                (
-                    "+ PutObject signed by async-backup (directput.py, the default with static keys)",
-                    uvloop.run(_measure_tool(endpoint, args.requests, args.concurrency)),
-                )
-            )
+            run: Any = uvloop.run
         except ImportError:
-            rows.append(
-                (
-                    "+ PutObject signed by async-backup",
-                    asyncio.run(_measure_tool(endpoint, args.requests, args.concurrency)),
-                )
-            )
+            run = asyncio.run
+        # Interleaved repeats: on a shared 2-core machine single runs of the same row differ by 20 %.
+        costs: dict[str, list[float]] = {label: [] for label, _, _ in TOOL_ROWS}
+        for _ in range(max(1, args.repeat)):
+            for label, credentials, signer in TOOL_ROWS:
+                costs[label].append(run(_measure_tool(endpoint, args.requests, args.concurrency, credentials, signer)))
+        rows.extend((label, statistics.median(values)) for label, values in costs.items())
     finally:
         sink.terminate()
         sink.wait()

@@ -41,6 +41,7 @@ class S3Server:
     # botocore >= 1.36 adds CRC32 by default; Ceph breaks on that (FACTS.md), so ask only when required.
     checksum_calculation: str = "when_supported"
     started_in_s: float = 0.0
+    ca_bundle: str | None = None  # PEM of the CA that issued the server's certificate (HTTPS servers)
 
     def describe(self) -> dict[str, object]:
         return {
@@ -49,6 +50,7 @@ class S3Server:
             "region": self.region,
             "checksum_calculation": self.checksum_calculation,
             "started_in_s": round(self.started_in_s, 2),
+            "tls": self.endpoint.startswith("https://"),
         }
 
 
@@ -100,9 +102,13 @@ def external(
 
 
 @contextlib.contextmanager
-def start(kind: str, tmp: Path, ceph_store: str = "memstore", ceph_mem_gib: float = 6.0) -> Iterator[S3Server]:
+def start(
+    kind: str, tmp: Path, ceph_store: str = "memstore", ceph_mem_gib: float = 6.0, tls: bool = False
+) -> Iterator[S3Server]:
     """Start a server of ``kind`` under ``tmp``; stop all its processes on exit, also on errors."""
     tmp.mkdir(parents=True, exist_ok=True)
+    if tls and kind != "ceph":
+        raise ValueError("--tls is implemented for the Ceph server only")
     if kind == "moto":
         with _moto(tmp) as s:
             yield s
@@ -110,7 +116,7 @@ def start(kind: str, tmp: Path, ceph_store: str = "memstore", ceph_mem_gib: floa
         with _minio(tmp) as s:
             yield s
     elif kind == "ceph":
-        with _ceph(tmp, ceph_store, ceph_mem_gib) as s:
+        with _ceph(tmp, ceph_store, ceph_mem_gib, tls) as s:
             yield s
     else:
         raise ValueError(f"unknown server kind {kind!r}")
@@ -214,8 +220,11 @@ debug ms = 0
 
 
 @contextlib.contextmanager
-def _ceph(tmp: Path, store: str, mem_gib: float) -> Iterator[S3Server]:
+def _ceph(tmp: Path, store: str, mem_gib: float, tls: bool = False) -> Iterator[S3Server]:
     """Monitor, one OSD, radosgw (beast on a free loopback port), a user, DEEP_ARCHIVE/GLACIER classes.
+
+    With ``tls`` beast serves HTTPS only (``ssl_endpoint``) with a certificate from a CA made for the
+    run (``tmp/ceph/tls/ca.pem``, in ``S3Server.ca_bundle`` for the clients).
 
     Everything lives in ``tmp/ceph``; the processes run in the foreground (``-f``) as our children so
     that stopping them needs no pid files.
@@ -292,16 +301,14 @@ def _ceph(tmp: Path, store: str, mem_gib: float) -> Iterator[S3Server]:
         wait_until("ceph-osd up", osd_up, 90, 0.5)
 
         rgw_port = free_port()
-        rgw_argv = [
-            "radosgw",
-            *c,
-            "-f",
-            "-n",
-            "client.rgw.bench",
-            "--rgw-frontends",
-            f"beast endpoint=127.0.0.1:{rgw_port}",
-        ]
+        ca_bundle = None
+        frontend = f"beast endpoint=127.0.0.1:{rgw_port}"
         url = f"http://127.0.0.1:{rgw_port}"
+        if tls:
+            ca_bundle, cert, key = make_test_certificate(d / "tls")
+            frontend = f"beast ssl_endpoint=127.0.0.1:{rgw_port} ssl_certificate={cert} ssl_private_key={key}"
+            url = f"https://127.0.0.1:{rgw_port}"
+        rgw_argv = ["radosgw", *c, "-f", "-n", "client.rgw.bench", "--rgw-frontends", frontend]
         rgw = Managed("radosgw", rgw_argv, d / "log" / "rgw.stdout")
         procs.append(rgw)
         wait_until("radosgw", lambda: _alive_and_answers(rgw, url), 90, 0.5)
@@ -369,10 +376,63 @@ def _ceph(tmp: Path, store: str, mem_gib: float) -> Iterator[S3Server]:
             BENCH_SECRET_KEY,
             checksum_calculation="when_required",
             started_in_s=time.monotonic() - t0,
+            ca_bundle=ca_bundle,
         )
     finally:
         for p in reversed(procs):
             p.stop()
+
+
+def make_test_certificate(d: Path) -> tuple[str, str, str]:
+    """A CA for this run and a certificate it issued for 127.0.0.1 and localhost: (ca, cert, key) paths."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    d.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.UTC)
+    valid = (now - datetime.timedelta(hours=1), now + datetime.timedelta(days=7))
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "async-backup benchmark CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(valid[0])
+        .not_valid_after(valid[1])
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(valid[0])
+        .not_valid_after(valid[1])
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    pem = serialization.Encoding.PEM
+    paths = (d / "ca.pem", d / "server.pem", d / "server.key")
+    paths[0].write_bytes(ca.public_bytes(pem))
+    paths[1].write_bytes(cert.public_bytes(pem))
+    paths[2].write_bytes(key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    paths[2].chmod(0o600)
+    return str(paths[0]), str(paths[1]), str(paths[2])
 
 
 def _ceph_ok(mon: Managed, ceph: object, *args: str) -> bool:

@@ -31,6 +31,7 @@ def admin_client(server: S3Server) -> Any:
         aws_access_key_id=server.access_key,
         aws_secret_access_key=server.secret_key,
         region_name=server.region,
+        verify=server.ca_bundle or True,
         config=Config(
             request_checksum_calculation=server.checksum_calculation,
             response_checksum_validation=server.checksum_calculation,

@@ -188,3 +188,152 @@ def in_process(*args: str) -> Ran:
     result = Ran(code, out.getvalue(), err.getvalue())
     assert SECRET_KEY not in result.stdout + result.stderr
     return result
+
+
+# --------------------------------------------------------------------------------------------------
+# HTTPS: a test CA, moto's server with a certificate from it
+
+
+@dataclasses.dataclass(frozen=True)
+class CAFiles:
+    """A CA made for the test session, and a server certificate it issued for 127.0.0.1, localhost,
+    s3.localhost and *.s3.localhost (virtual-hosted buckets). `ca_pem` is what clients trust."""
+
+    ca_pem: str
+    cert_pem: str
+    key_pem: str
+
+
+def make_test_ca(directory: Any) -> CAFiles:
+    import datetime
+    import ipaddress
+    from pathlib import Path
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    base = Path(directory)
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "async-backup test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    names: list[x509.GeneralName] = [
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+        x509.DNSName("localhost"),
+        x509.DNSName("s3.localhost"),
+        x509.DNSName("*.s3.localhost"),
+    ]
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    pem = serialization.Encoding.PEM
+    (base / "ca.pem").write_bytes(ca.public_bytes(pem))
+    (base / "server.pem").write_bytes(cert.public_bytes(pem))
+    (base / "server.key").write_bytes(
+        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return CAFiles(str(base / "ca.pem"), str(base / "server.pem"), str(base / "server.key"))
+
+
+@pytest.fixture(scope="session")
+def test_ca(tmp_path_factory: pytest.TempPathFactory) -> CAFiles:
+    return make_test_ca(tmp_path_factory.mktemp("test-ca"))
+
+
+@contextlib.contextmanager
+def moto_tls_server(ca: CAFiles, **env: str) -> Iterator[str]:
+    """moto's server over HTTPS with the test CA's certificate; yields https://127.0.0.1:PORT."""
+    import ssl
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "moto.server",
+            "-H",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-s",
+            "-c",
+            ca.cert_pem,
+            "-k",
+            ca.key_pem,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, **env},
+    )
+    url = f"https://127.0.0.1:{port}"
+    context = ssl.create_default_context(cafile=ca.ca_pem)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(url + "/moto-api/", timeout=1, context=context).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture(scope="session")
+def moto_tls_endpoint(test_ca: CAFiles) -> Iterator[str]:
+    """moto's server over HTTPS for the whole session (accepts any keys, like `moto_endpoint`)."""
+    with moto_tls_server(test_ca, AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=SECRET_KEY) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def s3_tls_inspect(moto_tls_endpoint: str, test_ca: CAFiles) -> Any:
+    """A plain boto3 client on the HTTPS server, trusting the test CA."""
+    return boto3.client(
+        "s3",
+        endpoint_url=moto_tls_endpoint,
+        aws_access_key_id=ACCESS_KEY,
+        aws_secret_access_key=SECRET_KEY,
+        region_name=REGION,
+        verify=test_ca.ca_pem,
+    )
+
+
+def clean_aws_env(**extra: str) -> dict[str, str]:
+    """os.environ without any AWS_* setting, plus `extra`: a subprocess sees only what a test gives it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(extra)
+    return env

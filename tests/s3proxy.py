@@ -31,6 +31,7 @@ from aiohttp import web
 from yarl import URL
 
 __all__ = [
+    "Delay",
     "DeleteKeyErrors",
     "ErrorReply",
     "Fault",
@@ -190,6 +191,9 @@ class Record:
     fault: str | None = None  # kind of fault injected ("error", "reset", "stall", "delete_errors")
     request_bytes: int = 0  # body bytes read from the client
     done: bool = False
+    access_key: str | None = None  # from the SigV4 Authorization header's Credential=
+    security_token: str | None = None  # the X-Amz-Security-Token header, if sent
+    user_agent: str = ""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -231,6 +235,10 @@ class ErrorReply(Fault):
     status: int = 503
     code: str = "SlowDown"
     message: str = ""
+    # More elements of <Error> (S3 adds e.g. <Region>, <RequestTime>, <ServerTime>) and reply headers
+    # (x-amz-bucket-region), as (name, value) pairs.
+    extra_xml: tuple[tuple[str, str], ...] = ()
+    headers: tuple[tuple[str, str], ...] = ()
 
     kind: ClassVar[str] = "error"
 
@@ -260,6 +268,15 @@ class Stall(Fault):
     forward: bool = False
 
     kind: ClassVar[str] = "stall"
+
+
+@dataclass(frozen=True)
+class Delay(Fault):
+    """Hold the request `seconds` (at most MAX_STALL_S) before forwarding it: a slow server that answers."""
+
+    seconds: float = 1.0
+
+    kind: ClassVar[str] = "delay"
 
 
 @dataclass(frozen=True)
@@ -317,11 +334,12 @@ def access_denied() -> ErrorReply:
     return ErrorReply(status=403, code="InvalidAccessKeyId")
 
 
-def error_xml(code: str, message: str, resource: str, request_id: str) -> bytes:
+def error_xml(code: str, message: str, resource: str, request_id: str, extra: Iterable[tuple[str, str]] = ()) -> bytes:
     """An S3 error body as botocore's parser expects it."""
+    more = "".join(f"<{name}>{escape(value)}</{name}>" for name, value in extra)
     return (
         '<?xml version="1.0" encoding="UTF-8"?>\n'
-        f"<Error><Code>{escape(code)}</Code><Message>{escape(message)}</Message>"
+        f"<Error><Code>{escape(code)}</Code><Message>{escape(message)}</Message>{more}"
         f"<Resource>{escape(resource)}</Resource><RequestId>{request_id}</RequestId></Error>"
     ).encode()
 
@@ -573,6 +591,10 @@ class ProxyServer:
         query = dict(parse_qsl(query_string, keep_blank_values=True))
         op = s3_operation(request.method, bucket, key, query, "x-amz-copy-source" in request.headers)
         record = Record(request.method, op, bucket, key, query_string)
+        credential = re.search(r"Credential=([^/,\s]+)/", request.headers.get("Authorization", ""))
+        record.access_key = credential.group(1) if credential else None
+        record.security_token = request.headers.get("X-Amz-Security-Token")
+        record.user_agent = request.headers.get("User-Agent", "")
         fault = self._pick_fault(record)
         if fault is not None and not isinstance(fault, DeleteKeyErrors):
             record.fault = fault.kind
@@ -589,6 +611,10 @@ class ProxyServer:
             if isinstance(fault, Stall):
                 await self._stall(request, record, fault)
                 return web.Response()
+            if isinstance(fault, Delay):
+                assert self._stopping is not None
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), min(fault.seconds, MAX_STALL_S))
             response = await self._forward(request, record, fault)
             status = response.status
             return response
@@ -620,9 +646,13 @@ class ProxyServer:
         self._request_seq += 1
         request_id = f"S3PROXY{self._request_seq:09d}"
         body = error_xml(
-            fault.code, fault.message or ERROR_MESSAGES.get(fault.code, fault.code), request.path, request_id
+            fault.code,
+            fault.message or ERROR_MESSAGES.get(fault.code, fault.code),
+            request.path,
+            request_id,
+            fault.extra_xml,
         )
-        headers = {"Content-Type": "application/xml", "x-amz-request-id": request_id}
+        headers = {"Content-Type": "application/xml", "x-amz-request-id": request_id, **dict(fault.headers)}
         if fault.status == 503:
             headers["Retry-After"] = "0"
         response = web.Response(status=fault.status, body=body, headers=headers)
