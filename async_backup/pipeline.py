@@ -484,7 +484,9 @@ class Backup:
             await anyio.to_thread.run_sync(self.store.apply, [UploadStarted(bucket, key, upload_id)])
 
         async def ended(upload_id: str) -> None:
-            await change_send.send(UploadEnded(bucket, upload_id))
+            # Committed directly too, not through the writer's stream: an abort that finishes
+            # after a signal may find the writer gone.
+            await anyio.to_thread.run_sync(self.store.apply, [UploadEnded(bucket, upload_id)])
 
         for attempt in (1, 2):
             try:

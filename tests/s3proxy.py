@@ -33,10 +33,12 @@ from yarl import URL
 __all__ = [
     "DeleteKeyErrors",
     "ErrorReply",
+    "FakeReply",
     "Fault",
     "ProxyServer",
     "Record",
     "ResetBody",
+    "SlowReply",
     "Stall",
     "access_denied",
     "internal_error",
@@ -260,6 +262,29 @@ class Stall(Fault):
     forward: bool = False
 
     kind: ClassVar[str] = "stall"
+
+
+@dataclass(frozen=True)
+class SlowReply(Fault):
+    """Forward the request, then hold moto's reply `seconds` (at most MAX_STALL_S) before relaying
+    it: the write has happened and the client learns of it late, e.g. after a signal."""
+
+    seconds: float = 3.0
+
+    kind: ClassVar[str] = "slow_reply"
+
+
+@dataclass(frozen=True)
+class FakeReply(Fault):
+    """Read the body, then answer `status` with `body` without forwarding: a reply S3 would never
+    send (a well-formed document lacking a field the client needs), for what breaks above the wire.
+    Nothing reaches moto."""
+
+    status: int = 200
+    body: bytes = b""
+    content_type: str = "application/xml"
+
+    kind: ClassVar[str] = "fake_reply"
 
 
 @dataclass(frozen=True)
@@ -589,6 +614,10 @@ class ProxyServer:
             if isinstance(fault, Stall):
                 await self._stall(request, record, fault)
                 return web.Response()
+            if isinstance(fault, FakeReply):
+                await self._drain(request, record)
+                status = fault.status
+                return web.Response(status=fault.status, body=fault.body, content_type=fault.content_type)
             response = await self._forward(request, record, fault)
             status = response.status
             return response
@@ -676,6 +705,10 @@ class ProxyServer:
             return await self._forward_delete(request, record, fault)
         upstream = await self._upstream(request, self._read_body(request, record))
         async with upstream:
+            if isinstance(fault, SlowReply):
+                assert self._stopping is not None
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), min(fault.seconds, MAX_STALL_S))
             headers = [(k, v) for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP]
             response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
             # Record the status before the client can see the reply, so a test reading records right
