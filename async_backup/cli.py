@@ -153,6 +153,9 @@ def _restore_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--days", type=int, default=7, help="days the restored copy stays readable (default 7)")
     parser.add_argument("--overwrite", action="store_true", help="replace files that exist at the destination")
     parser.add_argument("--yes", action="store_true", help="start without asking (needed when not on a terminal)")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="list and plan only: print the estimate; nothing is requested or written"
+    )
     parser.add_argument("--concurrency", type=int, metavar="N", help="requests in flight (default 16)")
 
 

@@ -3,13 +3,15 @@
 Owns handler setup only; modules log through `logging.getLogger(__name__)`. Scrubbing is
 `redact.RedactingFilter` on every handler, so no record from any logger reaches a file unscrubbed.
 
-Tracebacks go to the TRACEBACK_LOGGER, which reaches backup.log only: stderr (and so cron mail)
-gets the one line that goes with them.
+backup.log is rotated at LOG_MAX_BYTES and LOG_BACKUPS old files are kept, so the log on disk
+is bounded at (1 + LOG_BACKUPS) x LOG_MAX_BYTES. Tracebacks go to the TRACEBACK_LOGGER, which
+reaches backup.log only: stderr (and so cron mail) gets the one line that goes with them.
 """
 
 from __future__ import annotations
 
 import logging
+import logging.handlers
 import sys
 from pathlib import Path
 from typing import TextIO
@@ -17,11 +19,13 @@ from typing import TextIO
 from .redact import RedactingFilter, Redactor
 
 LOG_NAME = "backup.log"
+LOG_MAX_BYTES = 16 * 1024 * 1024
+LOG_BACKUPS = 3
 TRACEBACK_LOGGER = "async_backup.traceback"
 _FORMAT = "%(asctime)s %(levelname)s %(message)s"
 
 
-class _LogFile(logging.FileHandler):
+class _LogFile(logging.handlers.RotatingFileHandler):
     """backup.log. When it cannot be written (the disk is full) it says so once on stderr and
     falls silent, instead of printing a traceback for every record."""
 
@@ -69,7 +73,13 @@ def setup_logging(cache_dir: Path | None, redactor: Redactor, *, verbosity: int 
     root.addHandler(stderr)
     if cache_dir is not None:
         try:
-            to_file = _LogFile(cache_dir / LOG_NAME, encoding="utf-8", errors="backslashreplace")
+            to_file = _LogFile(
+                cache_dir / LOG_NAME,
+                maxBytes=LOG_MAX_BYTES,
+                backupCount=LOG_BACKUPS,
+                encoding="utf-8",
+                errors="backslashreplace",
+            )
         except OSError as exc:
             root.warning("cannot write %s (%s); logging to stderr only", cache_dir / LOG_NAME, exc.strerror)
         else:

@@ -352,6 +352,19 @@ class StateStore:
         )
         return [(bytes(p), s, m, c) for p, s, m, c in cursor]
 
+    @_mapped
+    def row(self, bucket: str, path: bytes) -> tuple[int | None, int, str | None] | None:
+        """One file's row (size, mtime_ns, checksum), or None (for restore, one file at a time)."""
+        rows = self._query("SELECT size, mtime_ns, checksum FROM files WHERE bucket=? AND path=?", (bucket, path))
+        if not rows:
+            return None
+        size, mtime_ns, checksum = rows[0]
+        return (
+            None if size is None else int(size),  # type: ignore[call-overload]
+            int(mtime_ns),  # type: ignore[call-overload]
+            None if checksum is None else str(checksum),
+        )
+
     def open_uploads(self, bucket: str) -> list[tuple[str, str]]:
         return [
             (str(k), str(u))
@@ -508,13 +521,18 @@ CREATE TABLE IF NOT EXISTS restores (
 """
 
 
-def restore_requests(store: StateStore, bucket: str) -> dict[tuple[str, str], float]:
-    """(key, version_id) -> when its retrieval was requested, for one bucket."""
+def restore_requested(store: StateStore, bucket: str, key: str, version_id: str) -> bool:
+    """Whether a retrieval of this version was requested before (one lookup: no dict of them all)."""
     assert store._conn is not None
-    with store._conn:
-        store._conn.executescript(_RESTORES_SCHEMA)
-    rows = store._conn.execute("SELECT key, version_id, requested FROM restores WHERE bucket=?", (bucket,))
-    return {(str(k), str(v)): float(t) for k, v, t in rows}
+    try:
+        row = store._conn.execute(
+            "SELECT 1 FROM restores WHERE bucket=? AND key=? AND version_id=?", (bucket, key, version_id)
+        ).fetchone()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return False  # no restore was ever requested from this cache
+        raise storage_error(store.path, exc) from None
+    return row is not None
 
 
 def record_restore_request(store: StateStore, bucket: str, key: str, version_id: str, tier: str, days: int) -> None:
