@@ -16,6 +16,7 @@ import socket
 import sys
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +31,11 @@ from .errors import (
     Failure,
     FailureCollector,
     FailureKind,
-    FatalError,
     LockHeldError,
     unwrapped_group,
 )
 from .lock import cache_lock
-from .logsetup import setup_logging
+from .logsetup import TRACEBACK_LOGGER, setup_logging
 from .notify import NotifyResult, send_card
 from .pipeline import Backup, RunOptions
 from .pricing import planned_counts, price_requests, prices_for
@@ -154,6 +154,9 @@ def _restore_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--days", type=int, default=7, help="days the restored copy stays readable (default 7)")
     parser.add_argument("--overwrite", action="store_true", help="replace files that exist at the destination")
     parser.add_argument("--yes", action="store_true", help="start without asking (needed when not on a terminal)")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="list and plan only: print the estimate; nothing is requested or written"
+    )
     parser.add_argument("--concurrency", type=int, metavar="N", help="requests in flight (default 16)")
 
 
@@ -258,10 +261,7 @@ def _main(argv: Sequence[str] | None) -> int:
             from .status import run_status
 
             return run_status(config, cache_dir, args)
-        if dry_run:
-            return _run(config, cache_dir, args)
-        with cache_lock(cache_dir):
-            return _run(config, cache_dir, args)
+        return _backup(config, cache_dir, args)
     except LockHeldError as exc:
         log.error("%s", exc)
         return EXIT_LOCKED
@@ -281,13 +281,106 @@ def redactor_for(config: Config) -> Redactor:
     )
 
 
-def _run(config: Config, cache_dir: Path, args: argparse.Namespace) -> int:
+@dataclasses.dataclass
+class _Held:
+    """What a run built before it ended, however it ended: the report is made from it."""
+
+    backup: Backup | None = None
+
+
+def _backup(config: Config, cache_dir: Path, args: argparse.Namespace) -> int:
+    """The backup command. Whatever ends the run (our errors, a foreign exception, MemoryError,
+    SIGINT or SIGTERM at any moment), the report, the metrics file and the card are published.
+
+    Only a run that never began publishes nothing: --forget-target, another run holding the lock
+    (exit 3; its cache is not ours to write), a usage error (exit 2)."""
+    if args.forget_target:
+        with cache_lock(cache_dir):
+            store = StateStore(cache_dir)
+            try:
+                dropped = store.forget_target(os.path.normpath(args.forget_target))
+            finally:
+                store.close()
+        log.info("forgot target %s (%d cached files); its bucket is unchanged", args.forget_target, dropped)
+        return EXIT_OK
+    collector = FailureCollector()
+    summary = RunSummary(host=socket.gethostname(), started_at=time.time(), dry_run=args.dry_run)
+    held = _Held()
+    interrupted = False
+    try:
+        with nullcontext() if args.dry_run else cache_lock(cache_dir):
+            interrupted = _run(config, cache_dir, args, collector, held)
+    except (LockHeldError, ConfigError):
+        raise
+    except KeyboardInterrupt:  # SIGINT or SIGTERM outside the event loop's watch
+        interrupted = True
+        log.warning("interrupted; finished uploads are recorded")
+    except BackupError as exc:  # logged once, with every failure, by _report
+        collector.add(Failure(FailureKind.FATAL, "run", "", str(exc)))
+    except Exception as exc:  # not one of ours: a bug, a foreign library's error, MemoryError
+        collector.add(internal_failure(exc, logged_to_file=not args.dry_run))
+    summary.finished_at = time.time()
+    summary.targets = [r.stats for r in held.backup.runs] if held.backup is not None else []
+    summary.failures = collector.failures
+    summary.warnings = collector.warnings
+    summary.interrupted = interrupted
+    summary.exit_code = EXIT_INTERRUPTED if interrupted else EXIT_FAILURES if summary.failures else EXIT_OK
+    prices = prices_for(config.aws.region, config.pricing)
+    if args.dry_run:
+        planned = planned_counts((t.planned_requests for t in summary.targets), config.storage_class)
+        summary.requests = price_requests(planned, prices, estimated=True)
+    elif held.backup is not None:
+        summary.requests = price_requests(held.backup.sent.counts, prices)
+    with _LateSignals() as late:
+        try:
+            _report(summary, args.dry_run)
+            _publish(config, cache_dir, summary, args)
+        except Exception as exc:  # publishing failed itself (MemoryError, a bug): the exit code still tells
+            log.error("the run report could not be published: %s", one_line(exc))
+            logging.getLogger(TRACEBACK_LOGGER).error("publishing failed", exc_info=exc)
+    return EXIT_INTERRUPTED if late.received else summary.exit_code
+
+
+def one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def internal_failure(exc: BaseException, *, logged_to_file: bool) -> Failure:
+    """A foreign exception as the run's failure: one line for the card and stderr, the traceback
+    only in backup.log (a dry run writes no backup.log: there it goes to stderr)."""
+    where = "the traceback is in backup.log" if logged_to_file else "traceback above"
+    message = f"{one_line(exc)[:500]}; the run stopped ({where})"
+    logging.getLogger(TRACEBACK_LOGGER).error("internal error", exc_info=exc)
+    return Failure(FailureKind.INTERNAL, "run", "", message)
+
+
+class _LateSignals:
+    """While the report, metrics and card are written, SIGINT and SIGTERM are noted, not raised:
+    an interrupted publication would leave monitoring without a report. The exit code is then 130."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _LateSignals:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._old[signum] = signal.signal(signum, self._note)
+        return self
+
+    def _note(self, signum: int, _frame: object) -> None:
+        self.received = signum
+        log.warning("%s received: the run report is finished first", signal.Signals(signum).name)
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._old.items():
+            signal.signal(signum, handler)
+
+
+def _run(config: Config, cache_dir: Path, args: argparse.Namespace, collector: FailureCollector, held: _Held) -> bool:
+    """Open the cache, choose the targets and run the backup; True when a signal stopped it."""
     store = StateStore(cache_dir, readonly=args.dry_run)
     try:
-        if args.forget_target:
-            dropped = store.forget_target(os.path.normpath(args.forget_target))
-            log.info("forgot target %s (%d cached files); its bucket is unchanged", args.forget_target, dropped)
-            return EXIT_OK
         if args.upload_everything_again and not args.dry_run:
             store.reset()
             log.info("cache reset (--upload-everything-again): every file will be uploaded again")
@@ -302,7 +395,7 @@ def _run(config: Config, cache_dir: Path, args: argparse.Namespace) -> int:
         if args.dry_run and (args.reset or args.upload_everything_again):
             store.close()
             store = StateStore(cache_dir / "nonexistent-for-dry-reset", readonly=True)
-        return _execute(config, targets, store, args)
+        return _execute(config, targets, store, collector, held, args)
     finally:
         store.close()
 
@@ -328,8 +421,14 @@ def event_loop_options() -> dict[str, Any]:
     return {"use_uvloop": True}
 
 
-def _execute(config: Config, targets: list[Target], store: StateStore, args: argparse.Namespace) -> int:
-    collector = FailureCollector()
+def _execute(
+    config: Config,
+    targets: list[Target],
+    store: StateStore,
+    collector: FailureCollector,
+    held: _Held,
+    args: argparse.Namespace,
+) -> bool:
     options = RunOptions(
         dry_run=args.dry_run,
         allow_mass_delete=args.allow_mass_delete,
@@ -337,35 +436,14 @@ def _execute(config: Config, targets: list[Target], store: StateStore, args: arg
         rebuild=not args.upload_everything_again,
     )
     progress = Progress.for_stderr(max(1.0, args.progress_interval), quiet=args.quiet)
-    backup = Backup(config, targets, store, collector, options, progress)
-    summary = RunSummary(host=socket.gethostname(), started_at=time.time(), dry_run=args.dry_run)
+    held.backup = Backup(config, targets, store, collector, options, progress)
     log.info(
         "%s %d targets%s",
         "planning" if args.dry_run else "backing up",
         len(targets),
         " (dry run)" if args.dry_run else "",
     )
-    interrupted = False
-    try:
-        interrupted = anyio.run(_run_until_signal, backup, backend_options=event_loop_options())
-    except FatalError as exc:
-        collector.add(Failure(FailureKind.FATAL, "run", "", str(exc)))
-        log.error("%s", exc)
-    summary.finished_at = time.time()
-    summary.targets = [r.stats for r in backup.runs]
-    summary.failures = collector.failures
-    summary.warnings = collector.warnings
-    summary.interrupted = interrupted
-    summary.exit_code = EXIT_INTERRUPTED if interrupted else EXIT_FAILURES if summary.failures else EXIT_OK
-    prices = prices_for(config.aws.region, config.pricing)
-    if args.dry_run:
-        planned = planned_counts((t.planned_requests for t in summary.targets), config.storage_class)
-        summary.requests = price_requests(planned, prices, estimated=True)
-    else:
-        summary.requests = price_requests(backup.sent.counts, prices)
-    _report(summary, args.dry_run)
-    _publish(config, store.cache_dir, summary, args)
-    return summary.exit_code
+    return anyio.run(_run_until_signal, held.backup, backend_options=event_loop_options())
 
 
 def _publish(config: Config, cache_dir: Path, summary: RunSummary, args: argparse.Namespace) -> None:
@@ -412,22 +490,33 @@ async def _send(url: str, payload: dict[str, Any]) -> NotifyResult:
 
 
 async def _run_until_signal(backup: Backup) -> bool:
-    """Run the backup; SIGINT or SIGTERM cancels it gracefully. Returns True when interrupted."""
+    """Run the backup; SIGINT or SIGTERM cancels it gracefully. Returns True when interrupted.
+
+    The signals are watched until the backup has wound down, shielded aborts of multipart uploads
+    included: a second signal then only says so, it cannot kill the run before its report."""
     interrupted = False
     async with unwrapped_group() as tg:
+        work = anyio.CancelScope()
 
         async def watch_signals() -> None:
             nonlocal interrupted
             with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async for signum in signals:
+                    name = signal.Signals(signum).name
+                    if interrupted:
+                        log.warning("%s received again: still stopping (aborting uploads in flight)", name)
+                        continue
                     interrupted = True
-                    log.warning("%s received: stopping; finished uploads are recorded", signal.Signals(signum).name)
-                    tg.cancel_scope.cancel()
-                    return
+                    log.warning("%s received: stopping; finished uploads are recorded", name)
+                    work.cancel()
 
         tg.start_soon(watch_signals)
-        await backup.run()
+        with work:
+            await backup.run()
         tg.cancel_scope.cancel()
+    # Leaving the receiver gave the signals back to their defaults: stop like Ctrl-C again.
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     return interrupted
 
 

@@ -66,6 +66,7 @@ class FailureKind(enum.StrEnum):
     CACHE_BACKUP = "cache backup"  # the cache snapshot could not be uploaded
     REBUILD = "cache rebuild"  # a lost cache could not be rebuilt from S3: the target was held back
     FATAL = "fatal"  # the run stopped early
+    INTERNAL = "internal error"  # an exception that is not one of ours (a bug, MemoryError): the run stopped
     NOTIFICATION = "notification"  # the Teams card could not be delivered (a warning only)
     VANISHED = "vanished"  # a folder removed while the walk read it (a warning only)
 

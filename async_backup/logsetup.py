@@ -2,11 +2,16 @@
 
 Owns handler setup only; modules log through `logging.getLogger(__name__)`. Scrubbing is
 `redact.RedactingFilter` on every handler, so no record from any logger reaches a file unscrubbed.
+
+backup.log is rotated at LOG_MAX_BYTES and LOG_BACKUPS old files are kept, so the log on disk
+is bounded at (1 + LOG_BACKUPS) x LOG_MAX_BYTES. Tracebacks go to the TRACEBACK_LOGGER, which
+reaches backup.log only: stderr (and so cron mail) gets the one line that goes with them.
 """
 
 from __future__ import annotations
 
 import logging
+import logging.handlers
 import sys
 from pathlib import Path
 from typing import TextIO
@@ -14,7 +19,34 @@ from typing import TextIO
 from .redact import RedactingFilter, Redactor
 
 LOG_NAME = "backup.log"
+LOG_MAX_BYTES = 16 * 1024 * 1024
+LOG_BACKUPS = 3
+TRACEBACK_LOGGER = "async_backup.traceback"
 _FORMAT = "%(asctime)s %(levelname)s %(message)s"
+
+
+class _LogFile(logging.handlers.RotatingFileHandler):
+    """backup.log. When it cannot be written (the disk is full) it says so once on stderr and
+    falls silent, instead of printing a traceback for every record."""
+
+    failed = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.failed:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if self.failed:
+            return
+        self.failed = True
+        exc = sys.exc_info()[1]
+        reason = getattr(exc, "strerror", None) or exc
+        sys.stderr.write(f"async-backup: {self.baseFilename} cannot be written ({reason}); logging to stderr only\n")
+
+
+class _NoTracebacks(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.name != TRACEBACK_LOGGER
 
 
 class _CurrentStderr(logging.StreamHandler[TextIO]):
@@ -41,7 +73,13 @@ def setup_logging(cache_dir: Path | None, redactor: Redactor, *, verbosity: int 
     root.addHandler(stderr)
     if cache_dir is not None:
         try:
-            to_file = logging.FileHandler(cache_dir / LOG_NAME, encoding="utf-8", errors="backslashreplace")
+            to_file = _LogFile(
+                cache_dir / LOG_NAME,
+                maxBytes=LOG_MAX_BYTES,
+                backupCount=LOG_BACKUPS,
+                encoding="utf-8",
+                errors="backslashreplace",
+            )
         except OSError as exc:
             root.warning("cannot write %s (%s); logging to stderr only", cache_dir / LOG_NAME, exc.strerror)
         else:
@@ -49,6 +87,7 @@ def setup_logging(cache_dir: Path | None, redactor: Redactor, *, verbosity: int 
             to_file.setFormatter(logging.Formatter(_FORMAT))
             to_file.addFilter(scrubber)
             root.addHandler(to_file)
+            stderr.addFilter(_NoTracebacks())  # the traceback has a file to go to: stderr gets one line
     # botocore and aiohttp chatter stays out unless asked for with -vv; when asked, it is scrubbed too.
     for noisy in ("botocore", "aiobotocore", "aiohttp", "urllib3"):
         other = logging.getLogger(noisy)

@@ -34,6 +34,7 @@ from .delete import KeyFailure, delete_paths
 from .errors import Failure, FailureCollector, FailureKind, FatalError, S3Error, unwrapped_group
 from .keys import KeyTooLongError, check_key_length, display_path, key_for_path
 from .legacy import LEGACY_CACHE_BUCKET, OldCache, OldCacheError, old_cache_path
+from .logsetup import LOG_MAX_BYTES, LOG_NAME
 from .plan import (
     MAX_DELETE_BATCH,
     MAX_OBJECT_BYTES,
@@ -554,7 +555,9 @@ class Backup:
             await anyio.to_thread.run_sync(self.store.apply, [UploadStarted(bucket, key, upload_id)])
 
         async def ended(upload_id: str) -> None:
-            await change_send.send(UploadEnded(bucket, upload_id))
+            # Committed directly too, not through the writer's stream: an abort that finishes
+            # after a signal may find the writer gone.
+            await anyio.to_thread.run_sync(self.store.apply, [UploadEnded(bucket, upload_id)])
 
         for attempt in (1, 2):
             try:
@@ -834,13 +837,13 @@ class Backup:
         try:
             with tempfile.TemporaryDirectory(prefix="async-backup-") as tmp:
                 snapshot = Path(tmp) / "snapshot.db"
-                body = await anyio.to_thread.run_sync(_snapshot_gz, self.store, snapshot)
+                packed = await anyio.to_thread.run_sync(_snapshot_gz, self.store, snapshot)
                 await ensure_bucket(self.s3, bucket, self.config.noncurrent_days, versioned=False)
                 key = snapshot_key(self.store.cache_dir)
-                await self.s3.put_plain_object(bucket, key, body)
-                log_path = self.store.cache_dir / "backup.log"
+                sent = await self.s3.put_plain_file(bucket, key, str(packed))
+                log_path = self.store.cache_dir / LOG_NAME
                 if log_path.exists():
-                    log_body = await anyio.to_thread.run_sync(log_path.read_bytes)
+                    log_body = await anyio.to_thread.run_sync(_log_tail, log_path)
                     await self.s3.put_plain_object(bucket, log_key(self.store.cache_dir), log_body)
         except (S3Error, OSError) as exc:
             self.collector.add(
@@ -853,7 +856,7 @@ class Backup:
             )
         else:
             await anyio.to_thread.run_sync(self.store.set_meta, SNAPSHOT_DUE, "0")
-            log.info("cache snapshot (%s) uploaded to s3://%s/%s", format_bytes(len(body)), bucket, key)
+            log.info("cache snapshot (%s) uploaded to s3://%s/%s", format_bytes(sent), bucket, key)
 
     # Dry run
 
@@ -958,11 +961,20 @@ class _SnapshotShelf:
         return None
 
 
-def _snapshot_gz(store: StateStore, snapshot: Path) -> bytes:
+def _snapshot_gz(store: StateStore, snapshot: Path) -> Path:
+    """A consistent copy of the cache, gzipped into a temporary file: streamed, never whole in memory."""
     store.snapshot(snapshot)
     packed = snapshot.with_suffix(".db.gz")
     with open(snapshot, "rb") as src, gzip.open(packed, "wb", compresslevel=6) as dst:
         shutil.copyfileobj(src, dst, 1024 * 1024)
-    data = packed.read_bytes()
-    os.unlink(packed)
-    return data
+    os.unlink(snapshot)
+    return packed
+
+
+def _log_tail(path: Path) -> bytes:
+    """The current backup.log, its last LOG_MAX_BYTES at most (it is rotated at that size, but a log
+    written before rotation existed may be larger): the uploaded copy is bounded."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        f.seek(max(0, size - LOG_MAX_BYTES))
+        return f.read(LOG_MAX_BYTES)

@@ -19,10 +19,12 @@ import logging
 import os
 import secrets
 import signal
+import sqlite3
 import sys
+import tempfile
 import zlib
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,7 +37,7 @@ from .errors import ConfigError, S3Error, unwrapped_group
 from .keys import display_path, path_for_key
 from .pricing import format_usd, prices_for, restore_cost
 from .s3 import S3, ObjectHead, ObjectVersion, open_s3
-from .state import StateStore, record_restore_request, restore_requests
+from .state import StateStore, record_restore_request, restore_requested
 from .summary import format_bytes
 from .targets import Target, bucket_name_problem, discover_targets, stable_bucket_name
 from .upload import parse_mtime_metadata
@@ -53,6 +55,7 @@ ARCHIVE_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})  # unreadable until Res
 READY_WITHIN = {"Bulk": "up to 48 h", "Standard": "up to 12 h"}
 SHOWN_FAILURES = 50
 TEMP_MARK = b".async-backup-restore-"
+SPILL_CHUNK = 1000  # rows read from or written to the spill at a time
 
 
 class Action(enum.Enum):
@@ -93,21 +96,30 @@ class Stats:
 def choose_versions(versions: Iterable[ObjectVersion], as_of: datetime | None) -> Iterator[ObjectVersion]:
     """Per key, the version to restore: the current one, or the newest one at `as_of`. A key whose
     choice is a delete marker (deleted by then) yields nothing. Ties in time go to the version S3
-    lists first, the newer one."""
-    best: dict[str, ObjectVersion] = {}
+    lists first, the newer one. (Holds every version: for tests and small sets; `Restore` streams
+    the same choice, `choose_one`, over a spilled listing.)"""
+    groups: dict[str, list[ObjectVersion]] = {}
+    for v in versions:
+        groups.setdefault(v.key, []).append(v)
+    for key in sorted(groups):
+        chosen = choose_one(groups[key], as_of)
+        if chosen is not None:
+            yield chosen
+
+
+def choose_one(versions: Iterable[ObjectVersion], as_of: datetime | None) -> ObjectVersion | None:
+    """One key's versions in listing order: the version to restore, or None (deleted by then)."""
+    best: ObjectVersion | None = None
     for v in versions:
         if as_of is None:
             if v.is_latest:
-                best[v.key] = v
+                best = v
             continue
         if v.last_modified > as_of:
             continue
-        held = best.get(v.key)
-        if held is None or v.last_modified > held.last_modified:
-            best[v.key] = v
-    for key in sorted(best):
-        if not best[key].is_delete_marker:
-            yield best[key]
+        if best is None or v.last_modified > best.last_modified:
+            best = v
+    return None if best is None or best.is_delete_marker else best
 
 
 def under_prefix(path: bytes, prefix: bytes | None) -> bool:
@@ -258,10 +270,14 @@ class Restore:
         self.yes: bool = args.yes
         self.stats = Stats()
         self.counts: Counter[str] = Counter()
-        self.chosen: list[ObjectVersion] = []
-        self.items: list[Item] = []
+        self.spill: VersionSpill | None = None  # the listing, the choice and the plan, on disk
+        self.item_count = 0
+        self.planned: Counter[Action] = Counter()
+        self.archived_bytes = 0
+        self.request_bytes = 0  # of those, the ones that need a new retrieval (priced per GB)
+        self.item_bytes = 0  # everything to download
+        self.dry_run: bool = bool(getattr(args, "dry_run", False))
         self.interrupted = False
-        self._rows: dict[bytes, tuple[int | None, int, str | None]] | None = None
         self._record_lock = anyio.Lock()
         mask = os.umask(0)
         os.umask(mask)
@@ -270,23 +286,33 @@ class Restore:
     def progress(self) -> str:
         s = self.stats
         return (
-            f"restore: {s.handled}/{len(self.items)} handled, {s.restored} restored "
+            f"restore: {s.handled}/{self.item_count} handled, {s.restored} restored "
             f"({format_bytes(s.received_bytes)} downloaded), {s.pending} pending, {len(s.failures)} failed"
         )
 
     async def run(self) -> int:
+        with tempfile.TemporaryDirectory(prefix="async-backup-restore-") as tmp:
+            self.spill = VersionSpill(Path(tmp) / "versions.db")
+            try:
+                return await self._run()
+            finally:
+                self.spill.close()
+
+    async def _run(self) -> int:
         async with open_s3(self.config.aws, self.config.tuning) as s3:
             self.counts = s3.count_requests()
             await self._select(s3)
-            requested = await anyio.to_thread.run_sync(restore_requests, self.store, self.bucket)
-            await anyio.to_thread.run_sync(self._plan, requested)
+            await anyio.to_thread.run_sync(self._plan)
             for line in self._estimate():
                 print(line)
             if not self.stats.selected:
                 print(f"restore: nothing to restore: no objects under {self._where()} in s3://{self.bucket}")
                 print(f"requests sent: {format_requests(self.counts)}")
                 return EXIT_FAILURES
-            if not self.items:
+            if self.dry_run:
+                print("restore: dry run: nothing was requested or written")
+                return EXIT_OK
+            if not self.item_count:
                 self._print_summary()
                 return EXIT_OK
             if not self.yes:
@@ -310,26 +336,29 @@ class Restore:
         return "the whole target" if self.prefix is None else display_path(self.prefix)
 
     async def _select(self, s3: S3) -> None:
-        versions: list[ObjectVersion] = []
+        """List every version under the prefix into the spill, then choose one per key there."""
+        assert self.spill is not None
+        spill = self.spill
         try:
             for s3_prefix in list_prefixes(self.prefix):
                 async for page in s3.list_versions(self.bucket, s3_prefix):
-                    versions.extend(v for v in page if under_prefix(path_for_key(v.key), self.prefix))
+                    chosen = [v for v in page if under_prefix(path_for_key(v.key), self.prefix)]
+                    await anyio.to_thread.run_sync(spill.add_versions, chosen)
         except S3Error as exc:
             if exc.code == "NoSuchBucket":
                 raise ConfigError(
                     f"bucket {self.bucket} does not exist at this endpoint; give a target's folder path or its bucket"
                 ) from None
             raise
-        keys = {v.key for v in versions}
-        chosen = list(choose_versions(versions, self.as_of))
-        self.stats.deleted_then = len(keys) - len(chosen)
-        self.chosen = chosen
-        self.stats.selected = len(chosen)
-        self.stats.selected_bytes = sum(v.size for v in chosen)
+        keys, chosen_count, chosen_bytes = await anyio.to_thread.run_sync(spill.choose, self.as_of)
+        self.stats.deleted_then = keys - chosen_count
+        self.stats.selected = chosen_count
+        self.stats.selected_bytes = chosen_bytes
 
-    def _plan(self, requested: dict[tuple[str, str], float]) -> None:
-        for v in self.chosen:
+    def _plan(self) -> None:
+        """Decide per chosen version (worker thread): left alone, download, request or check."""
+        assert self.spill is not None
+        for seq, v in self.spill.chosen():
             path = path_for_key(v.key)
             if not is_safe(path):
                 self.stats.failures.append(f'{v.key!r}: the key is not a safe path ("." or ".."); skipped')
@@ -350,11 +379,19 @@ class Restore:
                 continue
             if v.storage_class not in ARCHIVE_CLASSES:
                 action = Action.DOWNLOAD
-            elif (v.key, v.version_id) in requested:
+            elif restore_requested(self.store, self.bucket, v.key, v.version_id):
                 action = Action.CHECK
             else:
                 action = Action.REQUEST
-            self.items.append(Item(v, path, dest, action))
+            self.spill.add_item(seq, Item(v, path, dest, action))
+            self.item_count += 1
+            self.planned[action] += 1
+            self.item_bytes += v.size
+            if action is not Action.DOWNLOAD:
+                self.archived_bytes += v.size
+            if action is Action.REQUEST:
+                self.request_bytes += v.size
+        self.spill.items_done()
 
     def _estimate(self) -> Iterator[str]:
         s = self.stats
@@ -374,9 +411,9 @@ class Restore:
                 f"  left alone: {s.present_same + s.present_other} already at the destination "
                 f"({s.present_other} of them differ in size; --overwrite replaces them)"
             )
-        counts = Counter(i.action for i in self.items)
+        counts = self.planned
         new, asked, now = counts[Action.REQUEST], counts[Action.CHECK], counts[Action.DOWNLOAD]
-        archived_bytes = sum(i.version.size for i in self.items if i.action is not Action.DOWNLOAD)
+        archived_bytes = self.archived_bytes
         if new or asked:
             parts = []
             if new:
@@ -394,13 +431,13 @@ class Restore:
             f"(sent so far: {format_requests(self.counts)})"
         )
         prices = prices_for(self.config.aws.region, self.config.pricing)
-        new_bytes = sum(i.version.size for i in self.items if i.action is Action.REQUEST)
+        new_bytes = self.request_bytes
         for tier in READY_WITHIN:
             cost = restore_cost(
                 tier,
                 retrievals=new,
                 archived_bytes=new_bytes,
-                downloaded_bytes=sum(i.version.size for i in self.items),
+                downloaded_bytes=self.item_bytes,
                 read_requests=asked + now + asked + new,
                 days=self.days,
                 prices=prices,
@@ -415,10 +452,16 @@ class Restore:
         yield f"  prices: {prices.describe()}"
 
     async def _work(self, s3: S3) -> None:
-        work = iter(self.items)
+        assert self.spill is not None
+        work = self.spill.items()
+        lock = anyio.Lock()
 
         async def worker() -> None:
-            for item in work:
+            while True:
+                async with lock:  # one reader of the spill at a time
+                    item = await anyio.to_thread.run_sync(next, work, None)
+                if item is None:
+                    return
                 await self._handle(s3, item)
                 self.stats.handled += 1
 
@@ -437,7 +480,7 @@ class Restore:
             outer.start_soon(watch_signals)
             Ticker(self.progress).start(outer)
             async with unwrapped_group() as workers:
-                for _ in range(min(self.config.tuning.workers, len(self.items))):
+                for _ in range(min(self.config.tuning.workers, self.item_count)):
                     workers.start_soon(worker)
             outer.cancel_scope.cancel()
 
@@ -479,10 +522,7 @@ class Restore:
             self.stats.requested += 1
 
     async def _cached_row(self, path: bytes) -> tuple[int | None, int, str | None] | None:
-        if self._rows is None:
-            rows = await anyio.to_thread.run_sync(self.store.rows, self.bucket)
-            self._rows = {p: (size, mtime_ns, checksum) for p, size, mtime_ns, checksum in rows}
-        return self._rows.get(path)
+        return await anyio.to_thread.run_sync(self.store.row, self.bucket, path)
 
     async def _download(self, s3: S3, item: Item) -> None:
         v = item.version
@@ -561,6 +601,162 @@ class Restore:
                 f"restore: {s.pending} retrievals are not ready yet (tier {self.tier}: {READY_WITHIN[self.tier]}); "
                 "run the same command again later: it sends no request twice"
             )
+
+
+_ACTIONS = {a.value: a for a in Action}
+
+
+class VersionSpill:
+    """Restore's listing of versions, the version chosen per key and the plan, in a temporary
+    SQLite file, so memory does not grow with the bucket (or with its number of versions).
+
+    Versions are kept in listing order per key (`seq`): S3 lists a key's versions newest first,
+    which `choose_one` relies on to break ties in time."""
+
+    def __init__(self, path: Path) -> None:
+        self._conn = sqlite3.connect(path, check_same_thread=False)
+        self._conn.execute("PRAGMA journal_mode=OFF")
+        self._conn.execute("PRAGMA synchronous=OFF")
+        self._conn.execute("PRAGMA cache_size=-8192")  # 8 MiB of pages at most
+        self._conn.executescript(
+            """
+            CREATE TABLE versions (key TEXT NOT NULL, seq INTEGER NOT NULL, version_id TEXT NOT NULL,
+                modified REAL NOT NULL, latest INTEGER NOT NULL, marker INTEGER NOT NULL,
+                size INTEGER NOT NULL, class TEXT NOT NULL, etag TEXT NOT NULL,
+                PRIMARY KEY (key, seq)) WITHOUT ROWID;
+            CREATE TABLE chosen (key TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
+            CREATE TABLE items (n INTEGER PRIMARY KEY, key TEXT NOT NULL, seq INTEGER NOT NULL,
+                dest BLOB NOT NULL, action TEXT NOT NULL);
+            """
+        )
+        self._seq = 0
+        self._items: list[tuple[str, int, bytes, str]] = []
+
+    def add_versions(self, versions: Sequence[ObjectVersion]) -> None:
+        batch = []
+        for v in versions:
+            self._seq += 1
+            batch.append(
+                (
+                    v.key,
+                    self._seq,
+                    v.version_id,
+                    v.last_modified.timestamp(),
+                    int(v.is_latest),
+                    int(v.is_delete_marker),
+                    v.size,
+                    v.storage_class,
+                    v.etag,
+                )
+            )
+        with self._conn:
+            self._conn.executemany("INSERT INTO versions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", batch)
+
+    def _versions(self, sql: str, params: tuple[object, ...] = ()) -> Iterator[tuple[int, ObjectVersion]]:
+        cursor = self._conn.execute(sql, params)
+        while rows := cursor.fetchmany(SPILL_CHUNK):
+            for key, seq, version_id, modified, latest, marker, size, cls, etag in rows:
+                yield (
+                    int(seq),
+                    ObjectVersion(
+                        key=str(key),
+                        version_id=str(version_id),
+                        last_modified=datetime.fromtimestamp(float(modified), UTC),
+                        is_latest=bool(latest),
+                        is_delete_marker=bool(marker),
+                        size=int(size),
+                        storage_class=str(cls),
+                        etag=str(etag),
+                    ),
+                )
+
+    def choose(self, as_of: datetime | None) -> tuple[int, int, int]:
+        """Choose per key (worker thread); returns (keys, versions chosen, their bytes)."""
+        keys = chosen_count = chosen_bytes = 0
+        picked: list[tuple[str, int]] = []
+        group: list[tuple[int, ObjectVersion]] = []
+
+        def settle() -> None:
+            nonlocal keys, chosen_count, chosen_bytes
+            keys += 1
+            best = choose_one((v for _, v in group), as_of)
+            if best is not None:
+                chosen_count += 1
+                chosen_bytes += best.size
+                picked.append((best.key, next(seq for seq, v in group if v is best)))
+
+        for seq, v in self._versions("SELECT * FROM versions ORDER BY key, seq"):
+            if group and group[0][1].key != v.key:
+                settle()
+                group = []
+                if len(picked) >= SPILL_CHUNK:
+                    self._add_chosen(picked)
+                    picked = []
+            group.append((seq, v))
+        if group:
+            settle()
+        self._add_chosen(picked)
+        return keys, chosen_count, chosen_bytes
+
+    def _add_chosen(self, picked: list[tuple[str, int]]) -> None:
+        with self._conn:
+            self._conn.executemany("INSERT INTO chosen VALUES (?, ?)", picked)
+
+    def chosen(self) -> Iterator[tuple[int, ObjectVersion]]:
+        """The chosen versions in key order, read in chunks (so items can be written meanwhile)."""
+        after = ""
+        while True:
+            rows = list(
+                self._versions(
+                    "SELECT v.* FROM chosen c JOIN versions v ON v.key = c.key AND v.seq = c.seq "
+                    "WHERE c.key > ? ORDER BY c.key LIMIT ?",
+                    (after, SPILL_CHUNK),
+                )
+            )
+            if not rows:
+                return
+            yield from rows
+            after = rows[-1][1].key
+
+    def add_item(self, seq: int, item: Item) -> None:
+        """Plan `item`, the chosen version `seq` of its key."""
+        self._items.append((item.version.key, seq, item.dest, item.action.value))
+        if len(self._items) >= SPILL_CHUNK:
+            self.items_done()
+
+    def items_done(self) -> None:
+        if self._items:
+            with self._conn:
+                self._conn.executemany("INSERT INTO items(key, seq, dest, action) VALUES (?, ?, ?, ?)", self._items)
+            self._items = []
+
+    def items(self) -> Iterator[Item]:
+        """The plan, in key order, read back in chunks."""
+        after = 0
+        while True:
+            rows = self._conn.execute(
+                "SELECT i.n, i.dest, i.action, v.* FROM items i JOIN versions v ON v.key = i.key AND v.seq = i.seq "
+                "WHERE i.n > ? ORDER BY i.n LIMIT ?",
+                (after, SPILL_CHUNK),
+            ).fetchall()
+            if not rows:
+                return
+            for n, dest, action, key, _seq, version_id, modified, latest, marker, size, cls, etag in rows:
+                version = ObjectVersion(
+                    key=str(key),
+                    version_id=str(version_id),
+                    last_modified=datetime.fromtimestamp(float(modified), UTC),
+                    is_latest=bool(latest),
+                    is_delete_marker=bool(marker),
+                    size=int(size),
+                    storage_class=str(cls),
+                    etag=str(etag),
+                )
+                yield Item(version, path_for_key(version.key), bytes(dest), _ACTIONS[str(action)])
+                after = int(n)
+
+    def close(self) -> None:
+        self._conn.close()
 
 
 class _TempFile:

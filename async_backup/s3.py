@@ -9,6 +9,7 @@ Nothing in here knows about targets, the cache or the plan.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import ssl
 import zlib
@@ -21,6 +22,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
+import anyio
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore import handlers as botocore_handlers
@@ -51,6 +53,9 @@ from .directput import (
 )
 from .errors import FatalError, S3Error
 from .pricing import RequestTally
+
+# put_plain_file holds at most this much of a file in memory: one PutObject up to it, else parts of it.
+PLAIN_PART_BYTES = 16 * 1024 * 1024
 
 # Codes after which no other request of this run can succeed.
 FATAL_CODES = frozenset(
@@ -401,6 +406,38 @@ class S3:
             await self._client.put_object(
                 Bucket=bucket, Key=key, Body=body, StorageClass="STANDARD", **checksum.request_args()
             )
+
+    async def put_plain_file(self, bucket: str, key: str, path: str, part_bytes: int = PLAIN_PART_BYTES) -> int:
+        """put_plain_object for a file of any size, `part_bytes` in memory at most: one PutObject
+        up to `part_bytes`, else a multipart upload sent one part at a time, aborted (shielded)
+        if anything fails. Returns the bytes sent. Reads run in worker threads."""
+        size = (await anyio.Path(path).stat()).st_size
+        if size <= part_bytes:
+            body = await anyio.Path(path).read_bytes()
+            await self.put_plain_object(bucket, key, body)
+            return len(body)
+        extra = {"ChecksumAlgorithm": "CRC32"} if self.checksum_algorithm == "crc32" else {}
+        async with self._mapped(f"CreateMultipartUpload {key}"):
+            reply = await self._client.create_multipart_upload(Bucket=bucket, Key=key, StorageClass="STANDARD", **extra)
+        upload_id = str(reply["UploadId"])
+        sent = 0
+        try:
+            parts: list[dict[str, Any]] = []
+            async with await anyio.open_file(path, "rb") as f:
+                number = 0
+                while data := await f.read(part_bytes):
+                    number += 1
+                    checksum = PartChecksum.of(data, self.checksum_algorithm)
+                    parts.append(await self.upload_part(bucket, key, upload_id, number, data, checksum))
+                    sent += len(data)
+                    del data
+            await self.complete_multipart_upload(bucket, key, upload_id, parts)
+        except BaseException:
+            # The cache bucket's leftovers cost little, and S3 lists them for a sweep: a failed abort is let be.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(60), contextlib.suppress(S3Error):
+                await self.abort_multipart_upload(bucket, key, upload_id)
+            raise
+        return sent
 
     # Restore and verify
 

@@ -9,6 +9,7 @@ the writer). Imports nothing of S3.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -16,9 +17,10 @@ import sqlite3
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Concatenate, ParamSpec, TypeVar
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream as ObjectReceiveStream
@@ -97,6 +99,78 @@ class UploadEnded:
 
 
 Change = Stored | Removed | UploadStarted | UploadEnded
+
+
+# SQLite's answers that say the storage under the cache failed, not the database itself
+# [sqlite.org/rescode.html]; a damaged database is SQLITE_CORRUPT or SQLITE_NOTADB.
+_FULL = ("SQLITE_FULL",)
+_LOCKED = ("SQLITE_BUSY", "SQLITE_LOCKED")
+_IOERR = ("SQLITE_IOERR", "SQLITE_CANTOPEN", "SQLITE_READONLY", "SQLITE_PERM")
+
+
+def mount_point(path: Path) -> Path:
+    """The mount point of the filesystem that holds `path` (for "free space on ...")."""
+    current = path.absolute()
+    while not current.exists():
+        current = current.parent
+    while not os.path.ismount(current) and current != current.parent:
+        current = current.parent
+    return current
+
+
+def is_storage_error(exc: sqlite3.Error) -> bool:
+    """The disk, a lock held by another program or the filesystem failed, not the database."""
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    text = str(exc)
+    return (
+        name.startswith(_FULL + _LOCKED + _IOERR)
+        or "disk is full" in text
+        or "is locked" in text
+        or "disk I/O error" in text
+        or "readonly database" in text
+        or "unable to open database" in text
+    )
+
+
+def storage_error(path: Path, exc: sqlite3.Error) -> FatalError:
+    """One line for an operator: which file, what failed, what to do. Nothing unconfirmed was
+    recorded (every row follows S3's confirmation), so after the fix the next run uploads only
+    what this one missed."""
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    text = str(exc)
+    after = "then run again: the next run uploads only what this one missed"
+    if name.startswith(_FULL) or "disk is full" in text:
+        return FatalError(
+            f"cache {path} cannot be written: the disk is full; free space on {mount_point(path)}, {after}"
+        )
+    if name.startswith(_LOCKED) or "is locked" in text:
+        return FatalError(
+            f"cache {path} is locked by another program (an sqlite3 shell, a file-level backup?); "
+            f"stop the program holding {path}, {after}"
+        )
+    if name.startswith("SQLITE_READONLY") or "readonly database" in text:
+        return FatalError(
+            f"cache {path} cannot be written (read-only); check its permissions and that "
+            f"{mount_point(path)} is mounted read-write, {after}"
+        )
+    return FatalError(f"cache {path}: {text or name} (an I/O error); check the disk holding it (dmesg), {after}")
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _mapped(method: Callable[Concatenate[StateStore, _P], _R]) -> Callable[Concatenate[StateStore, _P], _R]:
+    """sqlite3 errors of a StateStore method become our one-line FatalError at this boundary."""
+
+    def wrapper(self: StateStore, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.Error as exc:
+            raise storage_error(self.path, exc) from None
+
+    functools.update_wrapper(wrapper, method)
+    return wrapper
 
 
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
@@ -189,6 +263,11 @@ class StateStore:
             self._conn = connect(self.path, readonly=readonly)
             problem = quick_check(self._conn)
         except sqlite3.Error as exc:
+            if is_storage_error(exc):  # a full disk or a lock held elsewhere: the database is not damaged
+                if self._conn is not None:
+                    self._conn.close()
+                    self._conn = None
+                raise storage_error(self.path, exc) from None
             problem = str(exc) or type(exc).__name__
         if problem is not None and self._conn is not None:
             self._conn.close()
@@ -200,6 +279,7 @@ class StateStore:
             self._conn.close()
             self._conn = None
 
+    @_mapped
     def _query(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
         if self._conn is None:
             return []
@@ -211,6 +291,7 @@ class StateStore:
         # A bucket with rows but no targets entry (an adopted old cache) still counts as known.
         return known
 
+    @_mapped
     def remember_targets(self, targets: Iterable[tuple[str, str, str | None]]) -> None:
         assert self._conn is not None
         now = time.time()
@@ -222,6 +303,7 @@ class StateStore:
                 [(p, b, r, now) for p, b, r in targets],
             )
 
+    @_mapped
     def forget_target(self, path: str) -> int:
         """Drop a target and its rows (its bucket stays as it is in S3); returns rows dropped."""
         assert self._conn is not None
@@ -234,6 +316,7 @@ class StateStore:
             self._conn.execute("DELETE FROM meta WHERE name=?", (DEVICE_META + path,))
             return int(n)
 
+    @_mapped
     def holdings(self) -> dict[str, tuple[int, int, int]]:
         """Per bucket: (rows, sum of known sizes, rows whose size is unknown), from the cache alone."""
         rows = self._query(
@@ -241,12 +324,19 @@ class StateStore:
         )
         return {str(b): (int(n), int(size), int(null or 0)) for b, n, size, null in rows}  # type: ignore[call-overload]
 
+    @_mapped
     def count(self, bucket: str) -> int:
         rows = self._query("SELECT COUNT(*) FROM files WHERE bucket=?", (bucket,))
         return int(rows[0][0]) if rows else 0  # type: ignore[call-overload]
 
     def recorded(self, bucket: str) -> Iterator[Recorded]:
         """Stream one bucket's rows in path order over a connection of its own (for the walk thread)."""
+        try:
+            yield from self._recorded(bucket)
+        except sqlite3.Error as exc:
+            raise storage_error(self.path, exc) from None
+
+    def _recorded(self, bucket: str) -> Iterator[Recorded]:
         if self._conn is None or not self.path.exists():
             return
         conn = connect(self.path, readonly=True)
@@ -262,6 +352,7 @@ class StateStore:
         finally:
             conn.close()
 
+    @_mapped
     def rows(self, bucket: str) -> list[tuple[bytes, int | None, int, str | None]]:
         """Every row of a bucket (for verify and tests): path, size, mtime_ns, checksum."""
         if self._conn is None:
@@ -271,12 +362,26 @@ class StateStore:
         )
         return [(bytes(p), s, m, c) for p, s, m, c in cursor]
 
+    @_mapped
+    def row(self, bucket: str, path: bytes) -> tuple[int | None, int, str | None] | None:
+        """One file's row (size, mtime_ns, checksum), or None (for restore, one file at a time)."""
+        rows = self._query("SELECT size, mtime_ns, checksum FROM files WHERE bucket=? AND path=?", (bucket, path))
+        if not rows:
+            return None
+        size, mtime_ns, checksum = rows[0]
+        return (
+            None if size is None else int(size),  # type: ignore[call-overload]
+            int(mtime_ns),  # type: ignore[call-overload]
+            None if checksum is None else str(checksum),
+        )
+
     def open_uploads(self, bucket: str) -> list[tuple[str, str]]:
         return [
             (str(k), str(u))
             for k, u in self._query("SELECT key, upload_id FROM multipart_uploads WHERE bucket=?", (bucket,))
         ]
 
+    @_mapped
     def apply(self, changes: Iterable[Change]) -> None:
         """Apply confirmed changes in one transaction."""
         assert self._conn is not None
@@ -307,6 +412,7 @@ class StateStore:
             if ended:
                 self._conn.executemany("DELETE FROM multipart_uploads WHERE bucket=? AND upload_id=?", ended)
 
+    @_mapped
     def reset(self) -> None:
         """Forget every recorded file (--reset); targets and adoption marks stay."""
         assert self._conn is not None
@@ -329,16 +435,19 @@ class StateStore:
         rows = self._query("SELECT value FROM meta WHERE name=?", (name,))
         return str(rows[0][0]) if rows else None
 
+    @_mapped
     def set_meta(self, name: str, value: str) -> None:
         assert self._conn is not None
         with self._write_lock, self._conn:
             self._conn.execute("INSERT OR REPLACE INTO meta(name, value) VALUES (?, ?)", (name, value))
 
+    @_mapped
     def clear_meta(self, name: str) -> None:
         assert self._conn is not None
         with self._write_lock, self._conn:
             self._conn.execute("DELETE FROM meta WHERE name=?", (name,))
 
+    @_mapped
     def insert_adopted(self, bucket: str, rows: Iterable[tuple[bytes, int, float]]) -> int:
         """Rows adopted from the old script's cache: (path, size S3 listed, its float st_mtime).
 
@@ -353,6 +462,7 @@ class StateStore:
             )
         return int(cursor.rowcount)
 
+    @_mapped
     def snapshot(self, dest: Path) -> None:
         """A consistent copy of the live database through SQLite's backup API."""
         assert self._conn is not None
@@ -400,12 +510,10 @@ async def run_writer(store: StateStore, changes: ObjectReceiveStream[Change]) ->
 
 
 async def _flush(store: StateStore, batch: list[Change]) -> None:
-    try:
-        # Shielded: a cancelled run still records what S3 already confirmed.
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(store.apply, batch)
-    except sqlite3.Error as exc:
-        raise FatalError(f"cache {store.path} cannot be written ({exc}); check free disk space") from None
+    # Shielded: a cancelled run still records what S3 already confirmed. A storage failure is a
+    # FatalError from StateStore.apply: the run stops with its one line.
+    with anyio.CancelScope(shield=True):
+        await anyio.to_thread.run_sync(store.apply, batch)
 
 
 # Restore requests: written by `restore` only, so that a rerun sends no RestoreObject twice.
@@ -423,13 +531,18 @@ CREATE TABLE IF NOT EXISTS restores (
 """
 
 
-def restore_requests(store: StateStore, bucket: str) -> dict[tuple[str, str], float]:
-    """(key, version_id) -> when its retrieval was requested, for one bucket."""
+def restore_requested(store: StateStore, bucket: str, key: str, version_id: str) -> bool:
+    """Whether a retrieval of this version was requested before (one lookup: no dict of them all)."""
     assert store._conn is not None
-    with store._conn:
-        store._conn.executescript(_RESTORES_SCHEMA)
-    rows = store._conn.execute("SELECT key, version_id, requested FROM restores WHERE bucket=?", (bucket,))
-    return {(str(k), str(v)): float(t) for k, v, t in rows}
+    try:
+        row = store._conn.execute(
+            "SELECT 1 FROM restores WHERE bucket=? AND key=? AND version_id=?", (bucket, key, version_id)
+        ).fetchone()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return False  # no restore was ever requested from this cache
+        raise storage_error(store.path, exc) from None
+    return row is not None
 
 
 def record_restore_request(store: StateStore, bucket: str, key: str, version_id: str, tier: str, days: int) -> None:

@@ -26,6 +26,10 @@ from .walk import DiskFile
 
 log = logging.getLogger(__name__)
 
+# An abort of a failed or cancelled multipart upload runs shielded from cancellation, but no longer
+# than this (botocore's own timeouts and retries apply inside it).
+ABORT_TIMEOUT_S = 90
+
 
 class FileVanished(Exception):
     """The file disappeared between the walk and the upload."""
@@ -178,10 +182,7 @@ async def _upload_multipart(
         size, mtime_ns = before.st_size, before.st_mtime_ns
         part_bytes = part_size_for(size, settings.part_size_bytes)
         ranges = part_ranges(size, part_bytes)
-        upload_id = await s3.create_multipart_upload(
-            bucket, key, storage_class=settings.storage_class, metadata=mtime_metadata(mtime_ns)
-        )
-        await on_started(upload_id)
+        upload_id = await _create_recorded(s3, bucket, key, settings, mtime_ns, on_started, on_ended)
         parts: list[dict[str, Any]] = [{} for _ in ranges]
         sums: list[PartChecksum | None] = [None] * len(ranges)
 
@@ -226,13 +227,7 @@ async def _upload_multipart(
                 raise FileChanged("size or modification time changed while the file was read")
             await s3.complete_multipart_upload(bucket, key, upload_id, parts)
         except BaseException:
-            with anyio.CancelScope(shield=True):
-                try:
-                    await s3.abort_multipart_upload(bucket, key, upload_id)
-                except Exception as exc:  # the id stays in the cache; the next run aborts it
-                    log.warning("could not abort multipart upload of %s: %s", key, exc)
-                else:
-                    await on_ended(upload_id)
+            await _abort(s3, bucket, key, upload_id, on_ended)
             raise
     finally:
         with anyio.CancelScope(shield=True):
@@ -240,3 +235,48 @@ async def _upload_multipart(
     await on_ended(upload_id)
     checksums = [s for s in sums if s is not None]
     return Uploaded(size, mtime_ns, composite_checksum(checksums))
+
+
+async def _create_recorded(
+    s3: S3,
+    bucket: str,
+    key: str,
+    settings: UploadSettings,
+    mtime_ns: int,
+    on_started: UploadHook,
+    on_ended: UploadHook,
+) -> str:
+    """CreateMultipartUpload and the record of its id, as one region a cancellation cannot split:
+    once S3 has created the upload, it is either recorded (so the next run can abort it) or
+    aborted here. Only SIGKILL leaves one open, and then S3 lists it for the next run's sweep.
+    botocore's timeouts and retries bound the wait for the reply."""
+    with anyio.CancelScope(shield=True):
+        upload_id = await s3.create_multipart_upload(
+            bucket, key, storage_class=settings.storage_class, metadata=mtime_metadata(mtime_ns)
+        )
+        try:
+            await on_started(upload_id)
+        except BaseException:  # the cache could not record it (a full disk): abort it now
+            await _abort(s3, bucket, key, upload_id, on_ended, record=False)
+            raise
+    return upload_id
+
+
+async def _abort(s3: S3, bucket: str, key: str, upload_id: str, on_ended: UploadHook, *, record: bool = True) -> None:
+    """Abort a multipart upload, shielded from cancellation and bounded by ABORT_TIMEOUT_S. An
+    upload that cannot be aborted keeps its id in the cache, and the next run aborts it."""
+    with anyio.CancelScope(shield=True), anyio.move_on_after(ABORT_TIMEOUT_S) as deadline:
+        try:
+            await s3.abort_multipart_upload(bucket, key, upload_id)
+        except Exception as exc:
+            log.warning("could not abort multipart upload of %s: %s; the next run aborts it", key, exc)
+            return
+    if deadline.cancelled_caught:
+        log.warning("aborting the multipart upload of %s took over %d s; the next run aborts it", key, ABORT_TIMEOUT_S)
+        return
+    if record:
+        try:
+            with anyio.CancelScope(shield=True):
+                await on_ended(upload_id)
+        except Exception as exc:  # its id stays in the cache; the next run finds the upload gone
+            log.warning("the abort of %s's multipart upload was not recorded: %s", key, exc)

@@ -14,7 +14,9 @@ import enum
 import logging
 import os
 import re
+import sqlite3
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -44,6 +46,7 @@ SHOWN_PER_KIND = 20  # problem lines printed per kind and target; the counts are
 PROGRESS_TTY_S = 1.0
 PROGRESS_LOG_S = 15.0
 _MD5_ETAG = re.compile(r"^[0-9a-f]{32}(-[0-9]+)?$")
+SPILL_CHUNK = 1000  # rows read from or written to the spill at a time
 
 
 class Kind(enum.StrEnum):
@@ -206,24 +209,25 @@ def _under(path: bytes, prefixes: Sequence[bytes]) -> bool:
 def compare(
     target: Target,
     storage_class: str,
-    objects: dict[bytes, ListedObject],
+    objects: Iterable[tuple[bytes, ListedObject]],
     rows: Iterable[tuple[bytes, int | None, int, str | None]],
     disk: Iterable[WalkEntry] | None,
     excluder: Excluder,
+    on_check: Callable[[TargetCheck, ChecksumCheck], None] | None = None,
 ) -> TargetCheck:
     """Classify every path seen in S3, the cache or on disk.
 
-    One pass merges the cache's rows with the walk (both sorted by path bytes, as the planner merges
-    them); each path's object is looked up in `objects` and taken out, so what is left at the end
-    has neither row nor file. Synchronous, for a worker thread: only `objects` is held in memory.
+    One pass merges three streams, each sorted by path bytes: the listing (path, object), the
+    cache's rows and the walk, as the planner merges walk and cache. Synchronous, for a worker
+    thread; nothing is held per object, so memory does not grow with the bucket: only problems
+    (and the directories the walk could not see into) are kept. Each object whose checksum is
+    still to be compared goes to `on_check` (by default appended to `check.checks`).
     `disk` is None when the folder is not there: then nothing is concluded from the disk."""
     check = TargetCheck(target)
-    check.objects = len(objects)
-    check.object_bytes = sum(o.size for o in objects.values())
     check.on_disk = None if disk is None else 0
     holes: list[bytes] = []  # directories the walk could not see into (or excluded ones)
-    not_files: set[bytes] = set()  # symlinks, special or excluded files that have an object
     root = target.path_bytes.rstrip(b"/") + b"/"
+    checked = on_check or (lambda c, item: c.checks.append(item))
 
     def repair_wrong(path: bytes, on_disk: bool | None) -> None:
         # With the file on disk, dropping the row makes the next backup upload it again. Without it,
@@ -231,7 +235,9 @@ def compare(
         if on_disk is not False:
             check.repairs[path] = Removed(target.bucket, path)
 
-    def on_row(row: tuple[bytes, int | None, int, str | None], entry: WalkEntry | None) -> None:
+    def on_row(
+        row: tuple[bytes, int | None, int, str | None], entry: WalkEntry | None, obj: ListedObject | None
+    ) -> None:
         path, size, mtime_ns, checksum = row
         check.cached += 1
         on_disk: bool | None
@@ -245,7 +251,6 @@ def compare(
                 check.not_backed_up += 1
         elif on_disk is False:
             check.gone_from_disk += 1
-        obj = objects.pop(path, None)
         if obj is None:
             cached_size = "size unknown" if size is None else format_bytes(size)
             check.add(Kind.MISSING, path, f"cached ({cached_size}) but no current object")
@@ -261,53 +266,65 @@ def compare(
         if wrong:
             repair_wrong(path, on_disk)
         elif checksum:
-            check.checks.append(ChecksumCheck(path, obj.key, checksum, obj.etag, on_disk))
+            checked(check, ChecksumCheck(path, obj.key, checksum, obj.etag, on_disk))
         else:
             check.not_checkable["no checksum in the cache (adopted from the old script)"] += 1
 
-    def on_disk_only(entry: WalkEntry) -> None:
+    def on_disk_only(entry: WalkEntry, obj: ListedObject | None) -> None:
         if isinstance(entry, Hole):
             holes.append(entry.path)
+            if obj is not None:
+                unexplained(entry.path, obj, skipped=False)
         elif isinstance(entry, Skipped):
-            if entry.path in objects:
-                not_files.add(entry.path)
+            if obj is not None:
+                unexplained(entry.path, obj, skipped=True)
         else:
             check.on_disk = (check.on_disk or 0) + 1
             check.not_backed_up += 1  # new since the last backup, or the cache forgot it
-            if objects.pop(entry.path, None) is not None:
+            if obj is not None:
                 check.uncached_objects += 1
 
-    disk_it = iter(disk if disk is not None else ())
-    rows_it = iter(rows)
-    d = next(disk_it, None)
-    r = next(rows_it, None)
-    while d is not None or r is not None:
-        if d is not None and (r is None or d.path < r[0]):
-            on_disk_only(d)
-            d = next(disk_it, None)
-        elif r is not None and (d is None or r[0] < d.path):
-            on_row(r, None)
-            r = next(rows_it, None)
-        else:
-            assert r is not None
-            on_row(r, d)
-            d = next(disk_it, None)
-            r = next(rows_it, None)
-
-    for path, obj in objects.items():
+    def unexplained(path: bytes, obj: ListedObject, *, skipped: bool) -> None:
+        """An object with no cache row; the walk has passed its path, so every hole above it is known."""
         if not path.startswith(root):
             check.add(Kind.UNEXPLAINED, path, f"key {obj.key!r} lies outside the target's folder; remove it by hand")
             check.no_repair += 1
         elif disk is None or _under(path, holes):
             check.uncached_objects += 1  # the disk cannot be seen there: nothing to explain it with
-        elif path in not_files or excluder.excludes_any_part(target.path_bytes, path):
+        elif skipped or excluder.excludes_any_part(target.path_bytes, path):
             check.add(Kind.UNEXPLAINED, path, "a symlink, special or excluded file stands there; remove it by hand")
             check.no_repair += 1
         else:
             check.add(Kind.UNEXPLAINED, path, "no file and no cache row explain it")
             # A row for it makes the next backup delete the object (a delete marker: the versions stay).
             check.repairs[path] = Stored(target.bucket, path, obj.size, 0, None)
-    objects.clear()
+
+    disk_it = iter(disk if disk is not None else ())
+    rows_it = iter(rows)
+    objects_it = iter(objects)
+    d = next(disk_it, None)
+    r = next(rows_it, None)
+    o = next(objects_it, None)
+    while d is not None or r is not None or o is not None:
+        path = min(x for x in (d.path if d else None, r[0] if r else None, o[0] if o else None) if x is not None)
+        entry = d if d is not None and d.path == path else None
+        row = r if r is not None and r[0] == path else None
+        obj = o[1] if o is not None and o[0] == path else None
+        if obj is not None:
+            check.objects += 1
+            check.object_bytes += obj.size
+        if row is not None:
+            on_row(row, entry, obj)
+        elif entry is not None:
+            on_disk_only(entry, obj)
+        elif obj is not None:
+            unexplained(path, obj, skipped=False)
+        if entry is not None:
+            d = next(disk_it, None)
+        if row is not None:
+            r = next(rows_it, None)
+        if obj is not None:
+            o = next(objects_it, None)
     return check
 
 
@@ -361,52 +378,75 @@ class Verify:
 
     async def _target(self, s3: S3, target: Target) -> TargetCheck:
         self.phase, self.done, self.total = f"listing s3://{target.bucket}", 0, 0
-        objects: dict[bytes, ListedObject] = {}
-        bucket_missing = False
-        try:
-            async for page in s3.list_current(target.bucket):
-                for obj in page:
-                    objects[path_for_key(obj.key)] = obj
-                self.done += len(page)
-        except S3Error as exc:
-            if exc.code != "NoSuchBucket":
-                raise
-            bucket_missing = True
-        self.phase = f"reading {target.path} and the cache"
-        excluder = Excluder(self.config.exclude)
-        failures: list[Failure] = []
-        rows = iter_rows(self.store, target.bucket)
-        disk = None if target.missing else walk_target(target.path_bytes, excluder, failures.append, target.path)
-        check = await anyio.to_thread.run_sync(
-            compare, target, self.config.storage_class, objects, rows, disk, excluder
-        )
-        check.walk_failures = failures
-        check.bucket_missing = bucket_missing
-        await self._checksums(s3, check)
+        with tempfile.TemporaryDirectory(prefix="async-backup-verify-") as tmp:
+            spill = Spill(Path(tmp) / "listing.db")
+            try:
+                bucket_missing = False
+                try:
+                    async for page in s3.list_current(target.bucket):
+                        await anyio.to_thread.run_sync(spill.add_objects, page)
+                        self.done += len(page)
+                except S3Error as exc:
+                    if exc.code != "NoSuchBucket":
+                        raise
+                    bucket_missing = True
+                self.phase = f"reading {target.path} and the cache"
+                excluder = Excluder(self.config.exclude)
+                failures: list[Failure] = []
+                rows = iter_rows(self.store, target.bucket)
+                disk = (
+                    None if target.missing else walk_target(target.path_bytes, excluder, failures.append, target.path)
+                )
+
+                def on_check(check: TargetCheck, item: ChecksumCheck) -> None:
+                    if self._needs_head(item):
+                        spill.add_check(item)  # compared once the merge is done, one HeadObject each
+                    else:
+                        settle_checksum(check, item, None)
+
+                check = await anyio.to_thread.run_sync(
+                    compare, target, self.config.storage_class, spill.objects(), rows, disk, excluder, on_check
+                )
+                check.walk_failures = failures
+                check.bucket_missing = bucket_missing
+                await self._checksums(s3, check, spill)
+            finally:
+                spill.close()
         return check
 
-    async def _checksums(self, s3: S3, check: TargetCheck) -> None:
-        """md5 values against the listing's ETag (free); CRC32 values need a HeadObject each."""
-        heads_needed: list[ChecksumCheck] = []
-        for item in check.checks:
-            verdict, _ = compare_checksum(item.cached, item.etag, None)
-            if verdict is None and item.cached.startswith("md5:") and _MD5_ETAG.match(item.etag):
-                heads_needed.append(item)  # an ETag mismatch is confirmed by a HEAD, even with --no-checksums
-            elif verdict is None and item.cached.startswith("crc32:") and self.checksums:
-                heads_needed.append(item)
-            else:
-                settle_checksum(check, item, None)
-        if heads_needed:
+    def _needs_head(self, item: ChecksumCheck) -> bool:
+        """md5 values are compared with the listing's ETag (free); CRC32 values need a HeadObject.
+        An ETag mismatch is confirmed by a HEAD, even with --no-checksums."""
+        verdict, _ = compare_checksum(item.cached, item.etag, None)
+        if verdict is not None:
+            return False
+        if item.cached.startswith("md5:"):
+            return bool(_MD5_ETAG.match(item.etag))
+        return item.cached.startswith("crc32:") and self.checksums
+
+    async def _checksums(self, s3: S3, check: TargetCheck, spill: Spill) -> None:
+        """The checksums left for a HeadObject each, read back from the spill in chunks."""
+        wanted = spill.checks_count
+        if wanted:
             log.info(
                 "s3://%s: comparing %d checksums, one HeadObject each (--no-checksums skips the CRC32 ones)",
                 check.target.bucket,
-                len(heads_needed),
+                wanted,
             )
-        self.phase, self.done, self.total = f"checksums of s3://{check.target.bucket}", 0, len(heads_needed)
-        work = iter(heads_needed)
+        self.phase, self.done, self.total = f"checksums of s3://{check.target.bucket}", 0, wanted
+        work = spill.checks()
+
+        async def next_item() -> ChecksumCheck | None:
+            return await anyio.to_thread.run_sync(next, work, None)
+
+        lock = anyio.Lock()
 
         async def worker() -> None:
-            for item in work:
+            while True:
+                async with lock:  # one reader of the spill at a time
+                    item = await next_item()
+                if item is None:
+                    return
                 try:
                     head = await s3.head_object(check.target.bucket, item.key)
                 except S3Error as exc:
@@ -420,9 +460,75 @@ class Verify:
                 self.done += 1
 
         async with unwrapped_group() as tg:
-            for _ in range(min(self.config.tuning.workers, len(heads_needed))):
+            for _ in range(min(self.config.tuning.workers, wanted)):
                 tg.start_soon(worker)
-        check.checked = len(heads_needed)
+        check.checked = wanted
+
+
+class Spill:
+    """A target's bucket listing and the checksums still to compare, in a temporary SQLite file:
+    verify's memory then does not grow with the bucket. Objects come back in path-byte order
+    (the order of the cache's rows and of the walk), whatever order the keys were listed in."""
+
+    def __init__(self, path: Path) -> None:
+        self._conn = sqlite3.connect(path, check_same_thread=False)
+        self._conn.execute("PRAGMA journal_mode=OFF")
+        self._conn.execute("PRAGMA synchronous=OFF")
+        self._conn.execute("PRAGMA cache_size=-8192")  # 8 MiB of pages at most
+        self._conn.execute(
+            "CREATE TABLE objects (path BLOB PRIMARY KEY, key TEXT NOT NULL, size INTEGER NOT NULL, "
+            "class TEXT NOT NULL, etag TEXT NOT NULL) WITHOUT ROWID"
+        )
+        self._conn.execute(
+            "CREATE TABLE checks (path BLOB PRIMARY KEY, key TEXT NOT NULL, cached TEXT NOT NULL, "
+            "etag TEXT NOT NULL, disk INTEGER) WITHOUT ROWID"
+        )
+        self._pending: list[tuple[bytes, str, str, str, int | None]] = []
+        self.checks_count = 0
+
+    def add_objects(self, page: Sequence[ListedObject]) -> None:
+        with self._conn:
+            self._conn.executemany(
+                "INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?, ?)",
+                [(path_for_key(o.key), o.key, o.size, o.storage_class, o.etag) for o in page],
+            )
+
+    def objects(self) -> Iterator[tuple[bytes, ListedObject]]:
+        cursor = self._conn.execute("SELECT path, key, size, class, etag FROM objects ORDER BY path")
+        while rows := cursor.fetchmany(SPILL_CHUNK):
+            for path, key, size, cls, etag in rows:
+                yield bytes(path), ListedObject(str(key), int(size), str(cls), str(etag))
+        self._flush_checks()
+
+    def add_check(self, item: ChecksumCheck) -> None:
+        disk = None if item.disk_present is None else int(item.disk_present)
+        self._pending.append((item.path, item.key, item.cached, item.etag, disk))
+        self.checks_count += 1
+        if len(self._pending) >= SPILL_CHUNK:
+            self._flush_checks()
+
+    def _flush_checks(self) -> None:
+        if self._pending:
+            self._conn.executemany("INSERT OR REPLACE INTO checks VALUES (?, ?, ?, ?, ?)", self._pending)
+            self._pending = []
+
+    def checks(self) -> Iterator[ChecksumCheck]:
+        self._flush_checks()
+        self._conn.commit()
+        after = b""
+        while True:
+            rows = self._conn.execute(
+                "SELECT path, key, cached, etag, disk FROM checks WHERE path > ? ORDER BY path LIMIT ?",
+                (after, SPILL_CHUNK),
+            ).fetchall()
+            if not rows:
+                return
+            for path, key, cached, etag, disk in rows:
+                yield ChecksumCheck(bytes(path), str(key), str(cached), str(etag), None if disk is None else bool(disk))
+            after = bytes(rows[-1][0])
+
+    def close(self) -> None:
+        self._conn.close()
 
 
 def _report(check: TargetCheck) -> Iterator[str]:

@@ -1,7 +1,14 @@
-"""Shared checks for the fault and crash tests: what the tree, the bucket and the cache hold."""
+"""Shared checks for the fault and crash tests: what the tree, the bucket and the cache hold.
+
+Contents are compared too, not only sizes: an object's ETag is the MD5 that moto computed over the
+bytes it received (for a multipart upload, the MD5 of the parts' MD5s and "-N"), so a body corrupted
+on the way without changing its length shows up as a different ETag. Archived objects cannot be read
+back (GetObject fails until a restore), so the ETag is the one view of their contents a test has.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sqlite3
@@ -34,6 +41,46 @@ def bucket_objects(client: Any, bucket: str) -> dict[bytes, int]:
         for obj in page.get("Contents", []):
             found[path_for_key(obj["Key"])] = int(obj["Size"])
     return found
+
+
+def bucket_etags(client: Any, bucket: str) -> dict[bytes, str]:
+    """Current objects: original path bytes -> ETag without quotes."""
+    found: dict[bytes, str] = {}
+    if not bucket_exists(client, bucket):
+        return found
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        for obj in page.get("Contents", []):
+            found[path_for_key(obj["Key"])] = str(obj["ETag"]).strip('"')
+    return found
+
+
+MIB = 1024 * 1024
+
+
+def etag_matches_file(path: bytes, etag: str) -> bool:
+    """Whether `etag` is what S3 computes for the file's bytes (a single PUT, or multipart with
+    any whole-MiB part size of at least 5 MiB that gives the ETag's part count)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    digest, _, count = etag.partition("-")
+    if not count:
+        return hashlib.md5(data).hexdigest() == digest
+    parts = int(count)
+    for part_bytes in range(5 * MIB, max(len(data), 5 * MIB) + MIB, MIB):
+        if -(-len(data) // part_bytes) != parts:
+            continue
+        sums = b"".join(hashlib.md5(data[i : i + part_bytes]).digest() for i in range(0, len(data), part_bytes))
+        if hashlib.md5(sums).hexdigest() == digest:
+            return True
+    return False
+
+
+def assert_contents(client: Any, bucket: str, paths: Any = None) -> None:
+    """Every current object (or those of `paths`) holds the bytes of its file on disk."""
+    etags = bucket_etags(client, bucket)
+    chosen = etags if paths is None else {p: etags[p] for p in paths if p in etags}
+    wrong = sorted(p for p, etag in chosen.items() if os.path.exists(p) and not etag_matches_file(p, etag))
+    assert not wrong, f"objects whose contents differ from the file: {wrong[:5]}"
 
 
 def stored_versions(client: Any, bucket: str) -> set[tuple[bytes, int]]:
@@ -85,13 +132,14 @@ def versions_per_key(client: Any, bucket: str) -> dict[str, int]:
 
 
 def assert_whole(client: Any, bucket: str, root: Path, cache: Path) -> None:
-    """The bucket's current objects equal the tree, and the cache equals the bucket."""
+    """The bucket's current objects equal the tree (sizes and contents), and the cache equals the bucket."""
     tree = tree_files(root)
     objects = bucket_objects(client, bucket)
     assert objects == tree, _diff("bucket", objects, tree)
     rows = cache_rows(cache, bucket)
     assert rows == objects, _diff("cache", rows, objects)
     assert open_uploads(client, bucket) == []
+    assert_contents(client, bucket)
 
 
 def _diff(name: str, got: dict[bytes, Any], want: dict[bytes, Any]) -> str:

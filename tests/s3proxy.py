@@ -12,14 +12,17 @@ header the client signed and the body bytes all go to moto as they came, streame
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import dataclasses
+import hashlib
 import random
 import re
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Collection, Iterable
+import zlib
+from collections.abc import AsyncIterator, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import ClassVar, Self
@@ -31,13 +34,16 @@ from aiohttp import web
 from yarl import URL
 
 __all__ = [
+    "CorruptBody",
     "Delay",
     "DeleteKeyErrors",
     "ErrorReply",
+    "FakeReply",
     "Fault",
     "ProxyServer",
     "Record",
     "ResetBody",
+    "SlowReply",
     "Stall",
     "access_denied",
     "internal_error",
@@ -280,6 +286,43 @@ class Delay(Fault):
 
 
 @dataclass(frozen=True)
+class CorruptBody(Fault):
+    """Flip one byte in the middle of the request body, keeping its length, and forward it.
+
+    With `verify=True` the proxy first checks the body against the checksum header the client sent
+    (x-amz-checksum-crc32 / -sha256 / -sha1, or Content-MD5), as S3 does, and answers 400 BadDigest
+    without forwarding (moto does not check checksum values). With `verify=False` the corrupted body
+    reaches moto and is stored: what a server that checks nothing would do."""
+
+    verify: bool = True
+
+    kind: ClassVar[str] = "corrupt"
+
+
+@dataclass(frozen=True)
+class SlowReply(Fault):
+    """Forward the request, then hold moto's reply `seconds` (at most MAX_STALL_S) before relaying
+    it: the write has happened and the client learns of it late, e.g. after a signal."""
+
+    seconds: float = 3.0
+
+    kind: ClassVar[str] = "slow_reply"
+
+
+@dataclass(frozen=True)
+class FakeReply(Fault):
+    """Read the body, then answer `status` with `body` without forwarding: a reply S3 would never
+    send (a well-formed document lacking a field the client needs), for what breaks above the wire.
+    Nothing reaches moto."""
+
+    status: int = 200
+    body: bytes = b""
+    content_type: str = "application/xml"
+
+    kind: ClassVar[str] = "fake_reply"
+
+
+@dataclass(frozen=True)
 class DeleteKeyErrors(Fault):
     """Report per-key `<Error>` entries in a DeleteObjects reply for some keys.
 
@@ -332,6 +375,22 @@ def internal_error(
 def access_denied() -> ErrorReply:
     """403 InvalidAccessKeyId for every request: the "credentials are gone" fail-fast case."""
     return ErrorReply(status=403, code="InvalidAccessKeyId")
+
+
+def digest_mismatch(headers: Mapping[str, str], body: bytes) -> str | None:
+    """Which checksum header `body` does not match, as S3 names it in BadDigest; None when all match."""
+    lowered = {k.lower(): v for k, v in headers.items()}
+    crc = lowered.get("x-amz-checksum-crc32")
+    if crc is not None and base64.b64encode(zlib.crc32(body).to_bytes(4, "big")).decode() != crc:
+        return "CRC32"
+    for name, algorithm in (("x-amz-checksum-sha256", "sha256"), ("x-amz-checksum-sha1", "sha1")):
+        value = lowered.get(name)
+        if value is not None and base64.b64encode(hashlib.new(algorithm, body).digest()).decode() != value:
+            return algorithm.upper()
+    md5 = lowered.get("content-md5")
+    if md5 is not None and base64.b64encode(hashlib.md5(body).digest()).decode() != md5:
+        return "Content-MD5"
+    return None
 
 
 def error_xml(code: str, message: str, resource: str, request_id: str, extra: Iterable[tuple[str, str]] = ()) -> bytes:
@@ -615,6 +674,14 @@ class ProxyServer:
                 assert self._stopping is not None
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), min(fault.seconds, MAX_STALL_S))
+            if isinstance(fault, CorruptBody):
+                response = await self._forward_corrupted(request, record, fault)
+                status = response.status
+                return response
+            if isinstance(fault, FakeReply):
+                await self._drain(request, record)
+                status = fault.status
+                return web.Response(status=fault.status, body=fault.body, content_type=fault.content_type)
             response = await self._forward(request, record, fault)
             status = response.status
             return response
@@ -706,6 +773,10 @@ class ProxyServer:
             return await self._forward_delete(request, record, fault)
         upstream = await self._upstream(request, self._read_body(request, record))
         async with upstream:
+            if isinstance(fault, SlowReply):
+                assert self._stopping is not None
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), min(fault.seconds, MAX_STALL_S))
             headers = [(k, v) for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP]
             response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
             # Record the status before the client can see the reply, so a test reading records right
@@ -716,6 +787,30 @@ class ProxyServer:
                 await response.write(chunk)
             await response.write_eof()
             return response
+
+    async def _forward_corrupted(self, request: web.BaseRequest, record: Record, fault: CorruptBody) -> web.Response:
+        # Request bodies here are at most one part (tens of MiB): buffering it is fine in a test.
+        body = bytearray(b"".join([c async for c in self._read_body(request, record)]))
+        if body:
+            body[len(body) // 2] ^= 0xFF
+        if fault.verify:
+            wrong = digest_mismatch(request.headers, bytes(body))
+            if wrong is not None:
+                self._request_seq += 1
+                request_id = f"S3PROXY{self._request_seq:09d}"
+                message = f"The {wrong} you specified did not match the calculated checksum."
+                reply = error_xml("BadDigest", message, request.path, request_id)
+                return web.Response(
+                    status=400, body=reply, headers={"Content-Type": "application/xml", "x-amz-request-id": request_id}
+                )
+        async with await self._upstream(request, bytes(body)) as upstream:
+            reply = await upstream.read()
+            headers = [
+                (k, v)
+                for k, v in upstream.headers.items()
+                if k.lower() not in HOP_BY_HOP and k.lower() != "content-length"
+            ]
+            return web.Response(status=upstream.status, reason=upstream.reason, body=reply, headers=headers)
 
     async def _forward_delete(self, request: web.BaseRequest, record: Record, fault: DeleteKeyErrors) -> web.Response:
         # DeleteObjects bodies are small (at most 1,000 keys), so buffering both ways is fine here.

@@ -256,7 +256,7 @@ def test_compare_merges_cache_and_walk_and_says_nothing_it_cannot_see() -> None:
         Skipped(b"/t/link", "symlink"),
         DiskFile(b"/t/new", 1, 5),
     ]
-    check = compare(Target("/t", "b"), "DEEP_ARCHIVE", objects, rows, disk, Excluder(()))
+    check = compare(Target("/t", "b"), "DEEP_ARCHIVE", sorted(objects.items()), rows, disk, Excluder(()))
     found = {(p.kind, p.path) for p in check.problems}
     assert found == {
         (Kind.SIZE, b"/t/b"),
