@@ -115,6 +115,15 @@ def reported_failures(cache: Path) -> set[str]:
     return {f["path"] for f in doc.get("failures", [])}
 
 
+def run_stopped(cache: Path) -> bool:
+    """Whether the newest run report says the run stopped early (a failure of kind "fatal")."""
+    reports = sorted((cache / "reports").glob("*.json"), key=lambda p: p.stat().st_mtime_ns)
+    if not reports:
+        return False
+    doc = json.loads(reports[-1].read_text())
+    return any(f.get("kind") == "fatal" for f in doc.get("failures", []))
+
+
 def open_uploads(client: Any, bucket: str) -> list[str]:
     if not bucket_exists(client, bucket):
         return []
