@@ -54,16 +54,17 @@ def check_nothing_misrecorded(client: Any, bucket: str, root: Path, cache: Path,
     objects = bucket_objects(client, bucket)
     rows = cache_rows(cache, bucket)
     failed = reported_failures(cache)
-    # A run that stopped early (20 transport failures in a row, as a loaded machine's timeouts can
-    # give) names the stop, not each file it never reached: those keep their old rows, which must
-    # still be what S3 holds, and the next run uploads them.
+    # A changed file whose upload failed keeps its old row (S3 still holds that version) and is
+    # reported; a run that stopped early (20 transport failures in a row, as a loaded machine's
+    # timeouts can give) names the stop, not each file it never reached.
     stopped = run_stopped(cache)
     for path, size in tree.items():
         if path in rows:
-            if stopped and rows[path] != size:
+            if rows[path] != size:
+                assert display_path(path) in failed or stopped, f"{display_path(path)}: stale row, not reported"
                 assert path in objects, display_path(path)
                 continue
-            assert rows[path] == size and objects.get(path) == size, display_path(path)
+            assert objects.get(path) == size, display_path(path)
         else:
             assert display_path(path) in failed, f"{display_path(path)} neither recorded nor reported"
     for path in gone:
