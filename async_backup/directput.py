@@ -34,6 +34,7 @@ from typing import Protocol
 from urllib.parse import quote
 
 import aiohttp
+import aiohttp.abc
 import anyio
 from yarl import URL
 
@@ -47,6 +48,11 @@ RETRY_CODES = frozenset({"SlowDown", "RequestTimeout", "InternalError", "Service
 REGION_CODES = frozenset({"PermanentRedirect", "AuthorizationHeaderMalformed", "IllegalLocationConstraintException"})
 SKEW_CODE = "RequestTimeTooSkewed"  # more than 15 minutes between our clock and S3's
 MAX_BACKOFF_S = 20.0  # botocore's standard mode caps its backoff at 20 s
+# A body goes to the socket in slices of this size, each a view of the caller's buffer. Handed over
+# whole, a 16 MiB part is copied two or three times on the event loop's thread (asyncio's
+# writelines joins headers and body into new bytes, the unsent rest is copied again, then appended to
+# the transport's buffer); in slices, only the unsent rest of one slice is ever copied.
+BODY_SLICE_BYTES = 256 * 1024
 _CODE = re.compile(rb"<Code>([^<]+)</Code>")
 _MESSAGE = re.compile(rb"<Message>([^<]*)</Message>")
 _REGION = re.compile(rb"<Region>([^<]+)</Region>")
@@ -134,6 +140,23 @@ def _parse_amz_time(value: str | None) -> datetime.datetime | None:
 def _canonical_value(value: str) -> str:
     # SigV4's Trimall, as botocore applies it: outer whitespace gone, inner runs collapsed to one space.
     return " ".join(value.split())
+
+
+class SlicedBody(aiohttp.BytesPayload):
+    """A request body written from the caller's memory in BODY_SLICE_BYTES views, waiting for the
+    socket to drain between them; the Content-Length is the whole body's."""
+
+    def __init__(self, body: bytes | bytearray | memoryview) -> None:
+        super().__init__(body, content_type="application/octet-stream")
+        self._view = memoryview(body).cast("B")
+
+    async def write(self, writer: aiohttp.abc.AbstractStreamWriter) -> None:
+        await self.write_with_length(writer, None)
+
+    async def write_with_length(self, writer: aiohttp.abc.AbstractStreamWriter, content_length: int | None) -> None:
+        view = self._view if content_length is None else self._view[:content_length]
+        for start in range(0, len(view), BODY_SLICE_BYTES):
+            await writer.write(view[start : start + BODY_SLICE_BYTES])
 
 
 class DirectPut:
@@ -234,7 +257,7 @@ class DirectPut:
         endpoint: BucketEndpoint,
         bucket: str,
         key: str,
-        body: bytes,
+        body: bytes | bytearray | memoryview,
         headers: Mapping[str, str],
         what: str,
         query: Mapping[str, str] | None = None,
@@ -250,7 +273,9 @@ class DirectPut:
             now = datetime.datetime.now(datetime.UTC)
             url, signed = self.signed_headers(endpoint, key, headers, now, credentials, query)
             try:
-                async with self.session.put(URL(url, encoded=True), data=body, headers=signed, ssl=self._ssl) as reply:
+                async with self.session.put(
+                    URL(url, encoded=True), data=SlicedBody(body), headers=signed, ssl=self._ssl
+                ) as reply:
                     if reply.status < 300:
                         await reply.read()
                         return dict(reply.headers)

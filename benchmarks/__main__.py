@@ -268,6 +268,8 @@ def _trees(datasets: list[str]) -> list[str]:
         trees.append("small")
     if "large" in datasets:
         trees.append("large")
+    if "pages" in datasets:
+        trees.append("pages")
     if "bignoop" in datasets:
         trees.append("big")
     return trees

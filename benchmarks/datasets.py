@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import random
 import shutil
@@ -42,6 +43,11 @@ class Sizes:
     big_dirs: int
     big_min_bytes: int
     big_max_bytes: int
+    # Scanned pages: sizes spread evenly on a log scale (as many 300 KiB pages as 30 MiB scans).
+    pages_files: int = 250
+    pages_dirs: int = 10
+    pages_min_bytes: int = 256 * KIB
+    pages_max_bytes: int = 48 * MIB
 
     def scaled(self, factor: float) -> Sizes:
         """``--scale``: multiply file counts (not file sizes); directory counts grow with them."""
@@ -54,16 +60,19 @@ class Sizes:
             large_files=max(1, round(self.large_files * factor)),
             big_files=max(1, round(self.big_files * factor)),
             big_dirs=max(1, round(self.big_dirs * factor)),
+            pages_files=max(1, round(self.pages_files * factor)),
+            pages_dirs=max(1, round(self.pages_dirs * factor)),
         )
 
 
 PROFILES: dict[str, Sizes] = {
     # issue 5's sizes
+    # issue 5's sizes; pages: issue 13's 250 files of 256 KiB-48 MiB (about 2.3 GB)
     "full": Sizes(5000, 50, 8 * KIB, 64 * KIB, 6, 96 * MIB, 200_000, 400, 512, 2 * KIB),
     # minutes, not hours
-    "quick": Sizes(1000, 20, 8 * KIB, 64 * KIB, 2, 32 * MIB, 20_000, 40, 512, 2 * KIB),
+    "quick": Sizes(1000, 20, 8 * KIB, 64 * KIB, 2, 32 * MIB, 20_000, 40, 512, 2 * KIB, 60, 4, 256 * KIB, 24 * MIB),
     # the smoke test: seconds; large files still above every tool's multipart threshold but rclone's
-    "tiny": Sizes(60, 5, 8 * KIB, 64 * KIB, 2, 12 * MIB, 400, 4, 512, 2 * KIB),
+    "tiny": Sizes(60, 5, 8 * KIB, 64 * KIB, 2, 12 * MIB, 400, 4, 512, 2 * KIB, 8, 2, 128 * KIB, 20 * MIB),
 }
 
 
@@ -102,6 +111,14 @@ class Generator:
             size = rng.randint(s.big_min_bytes, s.big_max_bytes)
             yield self.tree("big") / f"d{i % s.big_dirs:04d}" / f"t{i:08d}.jpg", size
 
+    def _pages_files(self) -> Iterator[tuple[Path, int]]:
+        s = self.sizes
+        rng = random.Random(f"{self.seed}-pages-sizes")
+        low, high = math.log(s.pages_min_bytes), math.log(max(s.pages_min_bytes, s.pages_max_bytes))
+        for i in range(s.pages_files):
+            size = round(math.exp(rng.uniform(low, high)))
+            yield self.tree("pages") / f"vol{i % s.pages_dirs:03d}" / f"page{i:05d}.tif", size
+
     def _rel(self, path: Path) -> str:
         """A file's identity for its content: relative, so the same seed gives the same bytes anywhere."""
         return str(path.relative_to(self.root))
@@ -128,8 +145,10 @@ class Generator:
         return self.root / f".{name}.complete"
 
     def _params(self, name: str) -> str:
+        # Only the pages tree depends on the pages_* sizes: other trees generated before they existed stay valid.
+        sizes = {k: v for k, v in asdict(self.sizes).items() if name == "pages" or not k.startswith("pages_")}
         return json.dumps(
-            {"name": name, "seed": self.seed, "sizes": asdict(self.sizes), "mtime": BASE_MTIME, "content": 2},
+            {"name": name, "seed": self.seed, "sizes": sizes, "mtime": BASE_MTIME, "content": 2},
             sort_keys=True,
         )
 
@@ -149,6 +168,9 @@ class Generator:
                 self._write(path, size, self._rel(path))
         elif name == "big":
             for path, size in self._big_files():
+                self._write(path, size, self._rel(path))
+        elif name == "pages":
+            for path, size in self._pages_files():
                 self._write(path, size, self._rel(path))
         elif name == "large":
             for i in range(self.sizes.large_files):

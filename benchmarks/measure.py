@@ -41,6 +41,7 @@ class Measured:
     sys_s: float
     maxrss_kib: int  # peak VmHWM of the largest process of the child's tree
     ru_maxrss_kib: int  # from wait4; includes the harness's RSS at fork (see the module docstring)
+    minor_faults: int = 0  # from wait4: pages first touched (fresh memory), the child's whole tree
 
     @property
     def cpu_s(self) -> float:
@@ -106,6 +107,7 @@ def run_measured(
         sys_s=float(ru.ru_stime),  # type: ignore[attr-defined]
         maxrss_kib=sampler.peak_kib,
         ru_maxrss_kib=int(ru.ru_maxrss),  # type: ignore[attr-defined]
+        minor_faults=int(ru.ru_minflt),  # type: ignore[attr-defined]
     )
 
 

@@ -17,12 +17,13 @@ from typing import Any
 from benchmarks.runner import RunRecord
 
 REFERENCE = "async-backup"
-DATASET_ORDER = ("small", "noop", "incremental", "large", "bigfull", "bignoop")
+DATASET_ORDER = ("small", "noop", "incremental", "large", "pages", "bigfull", "bignoop")
 DATASET_TITLES = {
     "small": "Small files, full upload",
     "noop": "No-op rerun of small (nothing changed)",
     "incremental": "Incremental: 1 % modified, 1 % deleted, 1 % added",
     "large": "Large files, full upload",
+    "pages": "Scanned pages (hundreds of KiB to tens of MiB), full upload",
     "bigfull": "Big tree, initial full upload (setup of the big no-op; one run)",
     "bignoop": "Big tree, no-op rerun",
 }
@@ -49,6 +50,8 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "DELETE": ("DeleteObject", "DeleteObjects"),
 }
 UPLOAD_OPS = ("PutObject", "UploadPart")
+# Data sets whose run uploads the whole tree: without the proxy (--tls), MB/s is the tree's bytes / wall.
+FULL_UPLOADS = frozenset({"small", "large", "pages", "bigfull"})
 
 
 def group_of(op: str) -> str:
@@ -71,6 +74,8 @@ class Row:
     mb_per_s: float | None = None
     cpu_s: float | None = None
     cpu_s_per_1k_files: float | None = None
+    cpu_s_per_gb: float | None = None  # client CPU per 10^9 bytes uploaded
+    minor_faults_per_gb: float | None = None
     peak_rss_mib: float | None = None
     requests_total: float | None = None
     requests_by_group: dict[str, float] = field(default_factory=dict)
@@ -100,7 +105,11 @@ def _row(contender: str, dataset: str, recs: Sequence[RunRecord]) -> Row:
     row.files = ok[0].files
     row.wall_s = _median(r.wall_s for r in ok)
     row.files_per_s = _median(r.files / r.wall_s for r in ok if r.wall_s)
-    row.mb_per_s = _median(sum(r.body_bytes.get(op, 0) for op in UPLOAD_OPS) / 1e6 / r.wall_s for r in ok if r.wall_s)
+    row.mb_per_s = _median(_uploaded(r) / 1e6 / r.wall_s for r in ok if r.wall_s)
+    row.cpu_s_per_gb = _median(((r.user_s or 0) + (r.sys_s or 0)) * 1e9 / _uploaded(r) for r in ok if _uploaded(r))
+    row.minor_faults_per_gb = _median(
+        (r.minor_faults or 0) * 1e9 / _uploaded(r) for r in ok if _uploaded(r) and r.minor_faults is not None
+    )
     row.cpu_s = _median((r.user_s or 0) + (r.sys_s or 0) for r in ok)
     row.cpu_s_per_1k_files = _median(((r.user_s or 0) + (r.sys_s or 0)) * 1000 / r.files for r in ok if r.files)
     row.peak_rss_mib = _median((r.maxrss_kib or 0) / 1024 for r in ok)
@@ -117,6 +126,13 @@ def _row(contender: str, dataset: str, recs: Sequence[RunRecord]) -> Row:
     }
     row.proxy_cpu_s = _median(r.proxy_cpu_s for r in ok)
     return row
+
+
+def _uploaded(r: RunRecord) -> int:
+    """Body bytes of PutObject and UploadPart at the proxy, or without it the tree of a full upload."""
+    if r.counted:
+        return sum(r.body_bytes.get(op, 0) for op in UPLOAD_OPS)
+    return r.tree_bytes if r.dataset in FULL_UPLOADS else 0
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -170,7 +186,8 @@ def markdown(rows: Sequence[Row], meta: dict[str, Any], overhead: dict[str, Any]
         lines.append(f"  - {name}: {version}")
     lines.append("")
     header = (
-        "| contender | result | wall s | files/s | MB/s | CPU s/1k files | peak RSS MiB | PUT | parts | "
+        "| contender | result | wall s | files/s | MB/s | CPU s/1k files | CPU s/GB | peak RSS MiB | "
+        "minor faults/GB | PUT | parts | "
         "GET/HEAD | LIST | DELETE | other | requests | × wall | × CPU/file | × req |"
     )
     sep = "|" + "---|" * header.count("|")
@@ -190,7 +207,9 @@ def markdown(rows: Sequence[Row], meta: dict[str, Any], overhead: dict[str, Any]
                 _fmt(r.files_per_s, 0),
                 _fmt(r.mb_per_s, 1) if r.mb_per_s else "–",
                 _fmt(r.cpu_s_per_1k_files, 3),
+                _fmt(r.cpu_s_per_gb, 2),
                 _fmt(r.peak_rss_mib, 0),
+                _fmt(r.minor_faults_per_gb, 0),
             ]
             cells += [_fmt_n(g.get(k)) if r.requests_by_group else "–" for k in (*GROUPS, "other")]
             cells += [_fmt_n(r.requests_total), _fmt(r.ratio_wall), _fmt(r.ratio_cpu_per_file), _fmt(r.ratio_requests)]

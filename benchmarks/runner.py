@@ -1,7 +1,9 @@
 """The benchmark run: chains of runs per data set, contender and repetition, each on a fresh bucket.
 
-Owns: the order of runs (repetition-major, so slow drift of the machine hits every contender alike),
-the chains (small: full -> no-op -> incremental on one bucket and one state dir; large: full; big:
+Owns: the order of runs (repetition-major, so slow drift of the machine hits every contender alike,
+and the contenders' order rotated from one repetition to the next, so the first runs after the server
+started, the slowest for every tool, do not always fall on the same one), the chains (small: full ->
+no-op -> incremental on one bucket and one state dir; large and pages: full; big:
 one full upload, then no-op repetitions), turning one measured run into a ``RunRecord``, and the
 proxy-overhead check. A failed or missing contender becomes a record saying so; the run goes on.
 """
@@ -16,7 +18,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from benchmarks.contenders import Contender, Target
 from benchmarks.datasets import Generator, Mutation, listing
@@ -25,10 +27,11 @@ from benchmarks.procs import tail
 from benchmarks.servers import S3Server
 from benchmarks.verify import admin_client, drop_bucket, make_bucket, verify
 
-DATASETS = ("small", "noop", "incremental", "large", "bignoop")
+DATASETS = ("small", "noop", "incremental", "large", "pages", "bignoop")
 SMALL_CHAIN = ("small", "noop", "incremental")
 # Records that the big chain makes besides "bignoop": its one full upload (setup, reported too).
 BIG_SETUP = "bigfull"
+T = TypeVar("T")
 
 
 @dataclass
@@ -46,6 +49,8 @@ class RunRecord:
     sys_s: float | None = None
     maxrss_kib: int | None = None
     ru_maxrss_kib: int | None = None
+    minor_faults: int | None = None
+    tree_bytes: int = 0  # bytes of the files in the tree (what a full upload sends)
     requests: dict[str, int] = field(default_factory=dict)
     body_bytes: dict[str, int] = field(default_factory=dict)
     proxy_cpu_s: float | None = None
@@ -107,6 +112,7 @@ class Bench:
             rep,
             "failed",
             files=len(expected),
+            tree_bytes=sum(expected.values()),
             bucket=target.bucket,
             log=str(log),
             changed_files=mutation.changed_count() if mutation else 0,
@@ -128,6 +134,7 @@ class Bench:
             m.maxrss_kib,
             m.ru_maxrss_kib,
         )
+        rec.minor_faults = m.minor_faults
         if m.timed_out:
             rec.status, rec.detail = "timeout", f"killed after {self.timeout_s:.0f} s"
         elif m.exit_code != 0:
@@ -208,6 +215,13 @@ class Bench:
         finally:
             self._drop(t)
 
+    def pages_run(self, c: Contender, rep: int) -> None:
+        t = self._fresh(c, "pages", rep, self.gen.ensure("pages"))
+        try:
+            self.run_one(c, "pages", rep, t)
+        finally:
+            self._drop(t)
+
     def big_chain(self, c: Contender, repeat: int) -> None:
         t = self._fresh(c, "big", 0, self.gen.ensure("big"))
         try:
@@ -233,13 +247,15 @@ class Bench:
                 runnable.append(c)
         small_wanted = [d for d in SMALL_CHAIN if d in datasets]
         for rep in range(repeat):
-            for c in runnable:
+            for c in rotated(runnable, rep):
                 if small_wanted:
                     self.small_chain(c, rep, small_wanted)
                 if "large" in datasets:
                     self.large_run(c, rep)
+                if "pages" in datasets:
+                    self.pages_run(c, rep)
         if "bignoop" in datasets:
-            for c in runnable:
+            for c in rotated(runnable, repeat):
                 self.big_chain(c, repeat)
 
     # --- the proxy's own cost ---------------------------------------------------------------------
@@ -277,6 +293,14 @@ class Bench:
             "overhead_pct": round(100 * (v - d) / d, 1),
             "proxy_cpu_s": [round(x, 3) for x in proxy_cpu],
         }
+
+
+def rotated(items: Sequence[T], rep: int) -> list[T]:
+    """``items`` rotated left by ``rep``: with n contenders, each runs first in every n-th repetition."""
+    if not items:
+        return []
+    k = rep % len(items)
+    return [*items[k:], *items[:k]]
 
 
 def _last_line(log: Path) -> str:

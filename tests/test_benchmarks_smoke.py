@@ -21,6 +21,7 @@ if str(REPO) not in sys.path:
 
 from benchmarks.datasets import PROFILES, Generator, key_for, listing  # noqa: E402
 from benchmarks.proxy import classify  # noqa: E402
+from benchmarks.runner import rotated  # noqa: E402
 
 HARNESS_TIMEOUT_S = 300
 
@@ -65,10 +66,21 @@ def _runs(doc: dict[str, Any], contender: str) -> list[dict[str, Any]]:
 def test_report_has_a_table_per_data_set(tiny_report: dict[str, Any]) -> None:
     md = tiny_report["_markdown"]
     assert "| contender | result | wall s |" in md
-    for title in ("Small files, full upload", "No-op rerun", "Incremental", "Large files", "Big tree, no-op"):
+    for title in (
+        "Small files, full upload",
+        "No-op rerun",
+        "Incremental",
+        "Large files",
+        "Scanned pages",
+        "Big tree, no-op",
+    ):
         assert title in md
+    assert "| CPU s/GB |" in md and "| minor faults/GB |" in md
     assert tiny_report["meta"]["server"]["kind"] == "moto"
-    assert {row["dataset"] for row in tiny_report["summary"]} >= {"small", "noop", "incremental", "large", "bignoop"}
+    datasets = {row["dataset"] for row in tiny_report["summary"]}
+    assert datasets >= {"small", "noop", "incremental", "large", "pages", "bignoop"}
+    pages = next(r for r in tiny_report["summary"] if r["contender"] == "async-backup" and r["dataset"] == "pages")
+    assert pages["runs_ok"] == 1 and pages["mb_per_s"] and pages["cpu_s_per_gb"] and pages["minor_faults_per_gb"]
 
 
 def test_every_installed_peer_ran_and_verified(tiny_report: dict[str, Any]) -> None:
@@ -143,3 +155,23 @@ def test_data_sets_are_deterministic_and_mutation_undoes(tmp_path: Path) -> None
     assert all(before[k] != after[k] for k in (key_for(p) for p in m.modified))
     a.restore_small()
     assert listing(ta) == before
+
+
+def test_pages_are_seeded_and_spread_over_their_range(tmp_path: Path) -> None:
+    sizes = PROFILES["full"]
+    a = Generator(tmp_path / "a", sizes, seed=5)
+    lengths = [n for _path, n in a._pages_files()]
+    assert lengths == [n for _path, n in Generator(tmp_path / "b", sizes, seed=5)._pages_files()]
+    assert len(lengths) == 250 and all(256 * 1024 <= n <= 48 * 1024 * 1024 for n in lengths)
+    # log-uniform: sub-MiB pages and files over 16 MiB both make up a good share
+    assert sum(n < 1024 * 1024 for n in lengths) > 25 and sum(n > 16 * 1024 * 1024 for n in lengths) > 25
+    tree = Generator(tmp_path / "t", PROFILES["tiny"], seed=5).ensure("pages")
+    assert len(listing(tree)) == PROFILES["tiny"].pages_files
+
+
+def test_contenders_order_rotates_per_repetition() -> None:
+    names = ["async-backup", "s5cmd", "rclone"]
+    orders = [rotated(names, rep) for rep in range(3)]
+    assert [o[0] for o in orders] == names  # each one first once in three repetitions
+    assert all(sorted(o) == sorted(names) for o in orders)
+    assert rotated(names, 3) == names and rotated([], 2) == []
