@@ -73,9 +73,15 @@ def infer_common(path: str, bucket: str) -> str | None:
         candidate = parent
 
 
+def old_cache_name(name: str) -> str:
+    """A target's cache relative to the old script's cache directory: the name before cleaning,
+    quote_plus-ed (`db/archives%2FArchive+3.db`)."""
+    return f"{LEGACY_DB_DIR}/{urllib.parse.quote_plus(name)}.db"
+
+
 def old_cache_path(cache_dir: Path, name: str) -> Path:
-    """Where the old script keeps a target's cache: the name before cleaning, quote_plus-ed."""
-    return cache_dir / LEGACY_DB_DIR / f"{urllib.parse.quote_plus(name)}.db"
+    """Where the old script keeps a target's cache."""
+    return cache_dir / old_cache_name(name)
 
 
 @dataclass(frozen=True, slots=True)

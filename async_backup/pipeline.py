@@ -33,7 +33,7 @@ from .config import Config
 from .delete import KeyFailure, delete_paths
 from .errors import Failure, FailureCollector, FailureKind, FatalError, S3Error, unwrapped_group
 from .keys import KeyTooLongError, check_key_length, display_path, key_for_path
-from .legacy import LEGACY_CACHE_BUCKET, OldCache, OldCacheError, old_cache_path
+from .legacy import LEGACY_CACHE_BUCKET, OldCache, OldCacheError, old_cache_name, old_cache_path
 from .logsetup import LOG_MAX_BYTES, LOG_NAME
 from .plan import (
     MAX_DELETE_BATCH,
@@ -413,7 +413,7 @@ class Backup:
         other installation's copy of that name (several: none is chosen, the choice would be a guess)."""
         if run.target.legacy_name is None or not self._old_cache_bucket_keys:
             return None
-        name = old_cache_path(Path("/"), run.target.legacy_name).relative_to("/").as_posix()  # db/<quoted>.db
+        name = old_cache_name(run.target.legacy_name)
         own = str(self.config.source.parent).lstrip("/") + "/" + name
         matches = [k for k in self._old_cache_bucket_keys if k == own or k.endswith("/" + name)]
         key = own if own in matches else matches[0] if len(matches) == 1 else None

@@ -42,7 +42,7 @@ from .errors import S3Error
 from .keys import ESCAPED_KEY_MARK, key_for_path, path_for_key
 from .legacy import OldCache
 from .s3 import S3, ListedObject, ObjectHead
-from .state import StateStore, Stored
+from .state import StateStore, Stored, file_columns
 from .upload import parse_mtime_metadata
 
 log = logging.getLogger(__name__)
@@ -273,8 +273,7 @@ def rows_from_snapshot(db: Path, bucket: str, root: bytes, listing: Listing, sto
     conn = _open_readonly(db)
     written = 0
     try:
-        columns = {str(r[1]) for r in conn.execute("PRAGMA table_info(files)")}
-        legacy = "legacy_mtime" if "legacy_mtime" in columns else "NULL"  # snapshots from before adoption
+        legacy = "legacy_mtime" if "legacy_mtime" in file_columns(conn) else "NULL"  # snapshots from before adoption
         cursor = conn.execute(f"SELECT path, size, mtime_ns, checksum, {legacy} FROM files WHERE bucket=?", (bucket,))
         cursor.arraysize = 1000
         batch: list[Stored] = []

@@ -655,20 +655,8 @@ class VersionSpill:
     def _versions(self, sql: str, params: tuple[object, ...] = ()) -> Iterator[tuple[int, ObjectVersion]]:
         cursor = self._conn.execute(sql, params)
         while rows := cursor.fetchmany(SPILL_CHUNK):
-            for key, seq, version_id, modified, latest, marker, size, cls, etag in rows:
-                yield (
-                    int(seq),
-                    ObjectVersion(
-                        key=str(key),
-                        version_id=str(version_id),
-                        last_modified=datetime.fromtimestamp(float(modified), UTC),
-                        is_latest=bool(latest),
-                        is_delete_marker=bool(marker),
-                        size=int(size),
-                        storage_class=str(cls),
-                        etag=str(etag),
-                    ),
-                )
+            for row in rows:
+                yield int(row[1]), _version_of(row)
 
     def choose(self, as_of: datetime | None) -> tuple[int, int, int]:
         """Choose per key (worker thread); returns (keys, versions chosen, their bytes)."""
@@ -741,17 +729,8 @@ class VersionSpill:
             ).fetchall()
             if not rows:
                 return
-            for n, dest, action, key, _seq, version_id, modified, latest, marker, size, cls, etag in rows:
-                version = ObjectVersion(
-                    key=str(key),
-                    version_id=str(version_id),
-                    last_modified=datetime.fromtimestamp(float(modified), UTC),
-                    is_latest=bool(latest),
-                    is_delete_marker=bool(marker),
-                    size=int(size),
-                    storage_class=str(cls),
-                    etag=str(etag),
-                )
+            for n, dest, action, *columns in rows:
+                version = _version_of(columns)
                 yield Item(version, path_for_key(version.key), bytes(dest), _ACTIONS[str(action)])
                 after = int(n)
 
@@ -879,3 +858,19 @@ def run_restore(config: Config, cache_dir: Path, args: argparse.Namespace) -> in
         return anyio.run(job.run)
     finally:
         store.close()
+
+
+def _version_of(row: Sequence[Any]) -> ObjectVersion:
+    """A row of the spill's versions table (key, seq, version_id, modified, latest, marker, size,
+    class, etag) as the ObjectVersion it was written from."""
+    key, _seq, version_id, modified, latest, marker, size, cls, etag = row
+    return ObjectVersion(
+        key=str(key),
+        version_id=str(version_id),
+        last_modified=datetime.fromtimestamp(float(modified), UTC),
+        is_latest=bool(latest),
+        is_delete_marker=bool(marker),
+        size=int(size),
+        storage_class=str(cls),
+        etag=str(etag),
+    )

@@ -182,13 +182,14 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable to the last checkpoint-safe commit
         conn.executescript(_SCHEMA)
-        if "legacy_mtime" not in _columns(conn):  # a cache made before adoption kept the old mtime
+        if "legacy_mtime" not in file_columns(conn):  # a cache made before adoption kept the old mtime
             conn.execute("ALTER TABLE files ADD COLUMN legacy_mtime REAL")
     conn.execute("PRAGMA busy_timeout=30000")
     return conn
 
 
-def _columns(conn: sqlite3.Connection) -> set[str]:
+def file_columns(conn: sqlite3.Connection) -> set[str]:
+    """The columns of a cache's `files` table (snapshots from older versions lack some)."""
     return {str(row[1]) for row in conn.execute("PRAGMA table_info(files)")}
 
 
@@ -341,7 +342,7 @@ class StateStore:
             return
         conn = connect(self.path, readonly=True)
         try:
-            legacy = "legacy_mtime" if "legacy_mtime" in _columns(conn) else "NULL"
+            legacy = "legacy_mtime" if "legacy_mtime" in file_columns(conn) else "NULL"
             cursor = conn.execute(
                 f"SELECT path, size, mtime_ns, {legacy} FROM files WHERE bucket=? ORDER BY path", (bucket,)
             )

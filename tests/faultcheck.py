@@ -106,22 +106,22 @@ def cache_rows(cache: Path, bucket: str) -> dict[bytes, int | None]:
         conn.close()
 
 
-def reported_failures(cache: Path) -> set[str]:
-    """Paths named as failures in the newest run report."""
+def _newest_failures(cache: Path) -> list[dict[str, Any]]:
+    """The failures of the newest run report ([] when there is none)."""
     reports = sorted((cache / "reports").glob("*.json"), key=lambda p: p.stat().st_mtime_ns)
     if not reports:
-        return set()
-    doc = json.loads(reports[-1].read_text())
-    return {f["path"] for f in doc.get("failures", [])}
+        return []
+    return list(json.loads(reports[-1].read_text()).get("failures", []))
+
+
+def reported_failures(cache: Path) -> set[str]:
+    """Paths named as failures in the newest run report."""
+    return {f["path"] for f in _newest_failures(cache)}
 
 
 def run_stopped(cache: Path) -> bool:
     """Whether the newest run report says the run stopped early (a failure of kind "fatal")."""
-    reports = sorted((cache / "reports").glob("*.json"), key=lambda p: p.stat().st_mtime_ns)
-    if not reports:
-        return False
-    doc = json.loads(reports[-1].read_text())
-    return any(f.get("kind") == "fatal" for f in doc.get("failures", []))
+    return any(f.get("kind") == "fatal" for f in _newest_failures(cache))
 
 
 def open_uploads(client: Any, bucket: str) -> list[str]:
