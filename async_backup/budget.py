@@ -1,14 +1,17 @@
-"""A byte budget for file contents held in memory, shared by every upload.
+"""A byte budget for file contents held in memory, shared by every upload, and the chunk buffers
+that streamed bodies reuse.
 
-Owns the bound on memory: a small file holds its size while it is read and sent, a multipart part
-its length. Waiters are served first come, first served, so a large part is never starved by a
-stream of small files. Lives on the event loop: no locks, no threads.
+Owns the bound on memory: a small file holds its size while it is read and sent; a streamed body
+(a larger file, or a multipart part) holds two chunk buffers, which stay charged while they wait
+idle in the pool for the next stream, so reusing them costs no new memory. Waiters are served
+first come, first served, so a stream is never starved by a run of small files; idle buffers are
+dropped before anyone waits. Lives on the event loop: no locks, no threads.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import anyio
@@ -19,6 +22,12 @@ class ByteBudget:
         self.total_bytes = max(1, total_bytes)
         self._free = self.total_bytes
         self._waiters: deque[tuple[int, anyio.Event]] = deque()
+        # Called with the bytes missing before anyone waits: gives back memory held idle (the pool's).
+        self.reclaim: Callable[[int], None] | None = None
+
+    @property
+    def has_waiters(self) -> bool:
+        return bool(self._waiters)
 
     @property
     def free_bytes(self) -> int:
@@ -28,6 +37,8 @@ class ByteBudget:
         """Wait until `n` bytes (at most the whole budget) are free and take them; returns the amount
         taken, to be given back with release()."""
         n = max(0, min(n, self.total_bytes))
+        if self._free < n and self.reclaim is not None:
+            self.reclaim(n - self._free)
         if not self._waiters and self._free >= n:
             self._free -= n
             return n
@@ -57,3 +68,68 @@ class ByteBudget:
             yield
         finally:
             self.release(taken)
+
+
+class BufferPair:
+    """The two chunk buffers of one streamed body: one is sent while the next chunk is read."""
+
+    __slots__ = ("buffers",)
+
+    def __init__(self, buffers: list[bytearray]) -> None:
+        self.buffers = buffers
+
+
+class BufferPool:
+    """Chunk buffers of `chunk_bytes` for streamed bodies, reused from one body to the next.
+
+    Reused memory is memory the kernel has already mapped: a fresh buffer per body would cost a page
+    fault per 4 KiB of every body. Every buffer is charged to the budget from its allocation until
+    it is dropped, idle or in use."""
+
+    def __init__(self, budget: ByteBudget, chunk_bytes: int) -> None:
+        self.budget = budget
+        self.chunk_bytes = chunk_bytes
+        self._idle: list[bytearray] = []
+        self.allocated = 0  # buffers made since the start: stays at two per stream ever in flight at once
+        budget.reclaim = self._drop_idle
+
+    @property
+    def idle_count(self) -> int:
+        return len(self._idle)
+
+    async def take_pair(self) -> BufferPair:
+        reused = [self._idle.pop() for _ in range(min(2, len(self._idle)))]
+        missing = 2 - len(reused)
+        if missing:
+            try:
+                await self.budget.acquire(missing * self.chunk_bytes)
+            except BaseException:
+                self._keep(reused)
+                raise
+        self.allocated += missing
+        return BufferPair(reused + [bytearray(self.chunk_bytes) for _ in range(missing)])
+
+    def give(self, pair: BufferPair) -> None:
+        """Back to the pool: kept idle for the next body, or dropped when someone waits for memory."""
+        self._keep(pair.buffers)
+        pair.buffers = []
+
+    def discard(self, pair: BufferPair) -> None:
+        """Drop a pair that something may still write into or send from (a read or a send that was
+        cancelled or failed mid-way): it is never handed out again, and its charge is given back."""
+        self.budget.release(len(pair.buffers) * self.chunk_bytes)
+        pair.buffers = []
+
+    def _keep(self, buffers: list[bytearray]) -> None:
+        if self.budget.has_waiters:
+            self.budget.release(len(buffers) * self.chunk_bytes)
+        else:
+            self._idle.extend(buffers)
+
+    def _drop_idle(self, missing_bytes: int) -> None:
+        dropped = 0
+        while self._idle and dropped < missing_bytes:
+            self._idle.pop()
+            dropped += self.chunk_bytes
+        if dropped:
+            self.budget.release(dropped)

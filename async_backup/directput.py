@@ -25,6 +25,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import hmac
+import itertools
 import random
 import re
 import ssl
@@ -35,6 +36,7 @@ from urllib.parse import quote
 
 import aiohttp
 import aiohttp.abc
+import aiohttp.payload
 import anyio
 from yarl import URL
 
@@ -159,6 +161,96 @@ class SlicedBody(aiohttp.BytesPayload):
             await writer.write(view[start : start + BODY_SLICE_BYTES])
 
 
+class ChunkReader(Protocol):
+    async def read_into(self, view: memoryview, position: int) -> int:
+        """Fill `view` from `position` of the file as far as one read goes (at least one byte);
+        raise the caller's own error when the file ends first."""
+        ...
+
+
+class BodyStream:
+    """A body that is a range of an open file, sent chunk by chunk through two reused buffers.
+
+    What it needs from the caller: a reader for the file, the range, and the two buffers. After a
+    failed attempt, `failure` holds why the body could not be read (the file changed, vanished or
+    is unreadable), and `tainted` says the buffers may still be written into or referenced (a read
+    in a thread or a send that was cut off): the caller must not reuse them then."""
+
+    def __init__(self, reader: ChunkReader, offset: int, length: int, buffers: list[bytearray]) -> None:
+        self.reader = reader
+        self.offset = offset
+        self.length = length
+        self.buffers = buffers
+        self.failure: Exception | None = None
+        self.tainted = False
+
+
+class StreamedBody(aiohttp.payload.Payload):
+    """One attempt at sending a BodyStream. Each chunk is read into the buffer whose previous chunk
+    the transport has let go of, and written as a view of it: no copy of the body in Python."""
+
+    def __init__(self, stream: BodyStream) -> None:
+        super().__init__(stream, content_type="application/octet-stream")
+        self._size = stream.length
+        self._stream = stream
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        raise TypeError("a streamed file body has no text form")
+
+    async def write(self, writer: aiohttp.abc.AbstractStreamWriter) -> None:
+        await self.write_with_length(writer, None)
+
+    async def write_with_length(self, writer: aiohttp.abc.AbstractStreamWriter, content_length: int | None) -> None:
+        stream = self._stream
+        remaining = stream.length if content_length is None else min(content_length, stream.length)
+        position = stream.offset
+        views = [memoryview(b) for b in stream.buffers]
+        sent_last = 0
+        finished = False
+        try:
+            for index in itertools.count():
+                if not remaining:
+                    break
+                view = views[index % 2]
+                if index >= 2:
+                    # This buffer held the chunk before last: the transport must have let go of it.
+                    await _until_queued_at_most(writer, sent_last)
+                n = await stream.reader.read_into(view[: min(len(view), remaining)], position)
+                if n <= 0:
+                    raise ValueError("the body's reader returned no bytes before the end of its range")
+                await writer.write(view[:n])
+                position += n
+                remaining -= n
+                sent_last = n
+            # The reply cannot come before S3 has the whole body, so waiting here costs no time.
+            await _until_queued_at_most(writer, 0)
+            finished = True
+        except Exception as exc:
+            if not isinstance(exc, (aiohttp.ClientError, ConnectionError)):
+                stream.failure = exc  # the file's side (FileChanged, FileUnreadable, ...), not the network's
+            raise
+        finally:
+            if not finished:
+                stream.tainted = True
+            for v in views:
+                v.release()
+
+
+async def _until_queued_at_most(writer: aiohttp.abc.AbstractStreamWriter, limit_bytes: int) -> None:
+    """Wait until the transport holds at most `limit_bytes` not yet handed to the kernel (uvloop
+    keeps references to written buffers until then; asyncio copies, but is waited for the same)."""
+    transport = getattr(writer, "transport", None)
+    while transport is not None and not transport.is_closing() and transport.get_write_buffer_size() > limit_bytes:
+        await writer.drain()
+        if transport.get_write_buffer_size() > limit_bytes:
+            await anyio.sleep(0.0005)
+    if transport is None or transport.is_closing():
+        raise ConnectionResetError("the connection closed while the body was sent")
+
+
+Body = bytes | bytearray | memoryview | BodyStream
+
+
 class DirectPut:
     """Signs and sends PutObject requests; one instance (and one connection pool) per run."""
 
@@ -257,7 +349,7 @@ class DirectPut:
         endpoint: BucketEndpoint,
         bucket: str,
         key: str,
-        body: bytes | bytearray | memoryview,
+        body: Body,
         headers: Mapping[str, str],
         what: str,
         query: Mapping[str, str] | None = None,
@@ -268,14 +360,18 @@ class DirectPut:
         for attempt in range(self._max_attempts):
             if attempt:
                 await anyio.sleep(random.random() * min(MAX_BACKOFF_S, 2.0 ** (attempt - 1)))
+            if isinstance(body, BodyStream) and body.tainted:
+                # The last attempt was cut off mid-body: its buffers may still be referenced, so
+                # this one reads into new ones (the caller drops the old ones, never reusing them).
+                body.buffers[:] = [bytearray(len(b)) for b in body.buffers]
+                body.tainted = False
             # Asked every attempt, as botocore's signer does: a refresh happens here, never a failure.
             credentials = await self._credentials.get_frozen_credentials()
             now = datetime.datetime.now(datetime.UTC)
             url, signed = self.signed_headers(endpoint, key, headers, now, credentials, query)
             try:
-                async with self.session.put(
-                    URL(url, encoded=True), data=SlicedBody(body), headers=signed, ssl=self._ssl
-                ) as reply:
+                data = StreamedBody(body) if isinstance(body, BodyStream) else SlicedBody(body)
+                async with self.session.put(URL(url, encoded=True), data=data, headers=signed, ssl=self._ssl) as reply:
                     if reply.status < 300:
                         await reply.read()
                         return dict(reply.headers)
@@ -290,7 +386,9 @@ class DirectPut:
             except aiohttp.ClientConnectorError:
                 last = S3Error("EndpointConnectionError", f"{what}: cannot connect to {endpoint.host}")
                 continue
-            except aiohttp.ClientError as exc:
+            except (aiohttp.ClientError, ConnectionError) as exc:
+                if isinstance(body, BodyStream) and body.failure is not None:
+                    raise body.failure from None  # the file, not the network: no retry sends it whole
                 last = S3Error("ConnectionClosedError", f"{what}: connection dropped ({type(exc).__name__})")
                 continue
             if code in self._fatal_codes:

@@ -48,6 +48,7 @@ from .plan import (
 )
 from .pricing import RequestTally, upload_requests
 from .progress import Progress
+from .read import FileChanged, FileUnreadable, FileVanished
 from .rebuild import (
     REBUILDING_MARK,
     Candidate,
@@ -70,7 +71,7 @@ from .s3 import S3, endpoint_name, open_s3
 from .state import Change, Removed, StateStore, Stored, UploadEnded, UploadStarted, run_writer
 from .summary import TargetStats, format_bytes
 from .targets import Target
-from .upload import FileChanged, FileUnreadable, FileVanished, MemoryLimits, UploadSettings, upload_file
+from .upload import MemoryLimits, UploadSettings, upload_file
 from .walk import Excluder, WalkEntry, walk_target
 
 log = logging.getLogger(__name__)

@@ -44,6 +44,7 @@ from .config import AwsSettings, Tuning
 from .directput import (
     REGION_CODES,
     SKEW_CODE,
+    BodyStream,
     BucketEndpoint,
     DirectPut,
     FrozenCredentials,
@@ -104,6 +105,26 @@ class PartChecksum:
         if self.algorithm == "crc32":
             return f"crc32:{self.b64}"
         return f"md5:{self.digest.hex()}"
+
+
+class RunningChecksum:
+    """A PartChecksum computed over a body fed in pieces (memoryviews of a reused buffer)."""
+
+    def __init__(self, algorithm: str) -> None:
+        self.algorithm = algorithm
+        self._crc = 0
+        self._md5 = hashlib.md5(usedforsecurity=False) if algorithm != "crc32" else None
+
+    def update(self, data: bytes | bytearray | memoryview) -> None:
+        if self._md5 is None:
+            self._crc = zlib.crc32(data, self._crc)
+        else:
+            self._md5.update(data)
+
+    def result(self) -> PartChecksum:
+        if self._md5 is None:
+            return PartChecksum("crc32", self._crc.to_bytes(4, "big"))
+        return PartChecksum("md5", self._md5.digest())
 
 
 def composite_checksum(parts: Sequence[PartChecksum]) -> str:
@@ -170,6 +191,14 @@ class S3:
         """The hand-signed PutObject/UploadPart path, None when switched off or without credentials."""
         return self._direct
 
+    async def can_stream(self, bucket: str) -> bool:
+        """Whether bodies for this bucket can be streamed from the file (the fast path signs them);
+        through botocore, the fallback, a body is bytes in memory."""
+        if self._direct is None:
+            return False
+        async with self._mapped(f"endpoint of {bucket}"):
+            return await self._direct.endpoint(bucket) is not None
+
     @asynccontextmanager
     async def _mapped(self, what: str) -> AsyncIterator[None]:
         try:
@@ -213,7 +242,7 @@ class S3:
         self,
         bucket: str,
         key: str,
-        body: bytes,
+        body: bytes | BodyStream,
         *,
         storage_class: str,
         metadata: Mapping[str, str],
@@ -233,6 +262,8 @@ class S3:
                     self.sent.add("PutObject", storage_class)
                     await self._direct.put(endpoint, bucket, key, body, headers, f"PutObject {key}")
                     return
+        if isinstance(body, BodyStream):
+            raise TypeError("a streamed body needs the fast path: check can_stream() first")
         async with self._mapped(f"PutObject {key}"):
             await self._client.put_object(
                 Bucket=bucket,
@@ -256,7 +287,7 @@ class S3:
         return upload_id
 
     async def upload_part(
-        self, bucket: str, key: str, upload_id: str, part_number: int, body: bytes, checksum: PartChecksum
+        self, bucket: str, key: str, upload_id: str, part_number: int, body: bytes | BodyStream, checksum: PartChecksum
     ) -> dict[str, Any]:
         endpoint = None
         if self._direct is not None:
@@ -279,6 +310,8 @@ class S3:
             if checksum.algorithm == "crc32":
                 direct_part["ChecksumCRC32"] = checksum.b64
             return direct_part
+        if isinstance(body, BodyStream):
+            raise TypeError("a streamed body needs the fast path: check can_stream() first")
         async with self._mapped(f"UploadPart {part_number} of {key}"):
             reply = await self._client.upload_part(
                 Bucket=bucket,
@@ -402,6 +435,8 @@ class S3:
     async def put_plain_object(self, bucket: str, key: str, body: bytes) -> None:
         """A STANDARD-class object without our metadata (the cache snapshot and the log)."""
         checksum = PartChecksum.of(body, self.checksum_algorithm)
+        if isinstance(body, BodyStream):
+            raise TypeError("a streamed body needs the fast path: check can_stream() first")
         async with self._mapped(f"PutObject {key}"):
             await self._client.put_object(
                 Bucket=bucket, Key=key, Body=body, StorageClass="STANDARD", **checksum.request_args()

@@ -1,26 +1,37 @@
 """Upload one file: a single PutObject for small files, a multipart upload for large ones.
 
-Owns reading files for upload with bounded memory, detecting files that change while read, and
-aborting multipart uploads that fail. Small files are read whole in one worker-thread call;
-multipart parts are read one at a time with aiofiles and sent with bounded concurrency, so file
-contents in memory never exceed the formula in `config.Tuning`.
+Owns the upload policy: which body goes how, detecting files that change while read, and aborting
+multipart uploads that fail. A file of at most one chunk (256 KiB) is read whole in one
+worker-thread call. A larger body (a file up to the multipart threshold, or one part) is streamed:
+its checksum is taken in a worker thread, then the fast path sends it from the file through the
+two chunk buffers it took from the pool, so a body's size never shows in memory. Through botocore
+(buckets the fast path cannot sign), bodies are read whole into memory instead. Either way, file
+contents in memory never exceed the byte budget of `config.Tuning`.
 """
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import aiofiles
 import anyio
 
-from .budget import ByteBudget
-from .errors import unwrapped_group
+from .budget import BufferPair, BufferPool, ByteBudget
+from .directput import BodyStream
+from .errors import S3Error, unwrapped_group
 from .plan import part_ranges, part_size_for
+from .read import (
+    FileChanged,
+    RangeReader,
+    checksum_range,
+    open_nofollow,
+    os_error,
+    read_and_sum,
+)
 from .s3 import S3, PartChecksum, composite_checksum
 from .walk import DiskFile
 
@@ -29,20 +40,9 @@ log = logging.getLogger(__name__)
 # An abort of a failed or cancelled multipart upload runs shielded from cancellation, but no longer
 # than this (botocore's own timeouts and retries apply inside it).
 ABORT_TIMEOUT_S = 90
-
-
-class FileVanished(Exception):
-    """The file disappeared between the walk and the upload."""
-
-
-class FileChanged(Exception):
-    """The file's size or mtime moved while it was read: what was read is not a consistent copy."""
-
-
-class FileUnreadable(Exception):
-    def __init__(self, exc: OSError) -> None:
-        super().__init__(exc.strerror or str(exc))
-        self.errno_name = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+# The buffers of streamed bodies: a body goes to the socket in views of this size. Files of at most
+# this size are read whole instead (one read and one checksum in a single worker-thread call).
+CHUNK_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,12 +61,14 @@ class UploadSettings:
     part_size_bytes: int
 
 
-@dataclass(frozen=True, slots=True)
 class MemoryLimits:
-    """What all uploads share: bytes of file contents held at once, and multipart parts in flight."""
+    """What all uploads share: bytes of file contents held at once (whole small files, chunk
+    buffers of streamed bodies, idle or in use), and multipart parts in flight."""
 
-    budget: ByteBudget
-    part_slots: anyio.Semaphore
+    def __init__(self, budget: ByteBudget, part_slots: anyio.Semaphore, chunk_bytes: int = CHUNK_BYTES) -> None:
+        self.budget = budget
+        self.part_slots = part_slots
+        self.buffers = BufferPool(budget, min(chunk_bytes, max(1, budget.total_bytes // 2)))
 
 
 def mtime_metadata(mtime_ns: int) -> dict[str, str]:
@@ -86,49 +88,6 @@ def parse_mtime_metadata(metadata: dict[str, str]) -> int | None:
         return None
 
 
-def _open_nofollow(path: bytes) -> int:
-    # O_NOFOLLOW: a file replaced by a symlink since the walk is not followed.
-    return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
-
-
-def _os_error(exc: OSError) -> Exception:
-    if isinstance(exc, FileNotFoundError) or exc.errno == errno.ELOOP:
-        return FileVanished(str(exc))
-    return FileUnreadable(exc)
-
-
-def read_whole(path: bytes) -> tuple[bytes, int, int]:
-    """Read a small file in one go; returns (data, size, mtime_ns) of a consistent read."""
-    try:
-        fd = _open_nofollow(path)
-    except OSError as exc:
-        raise _os_error(exc) from None
-    try:
-        before = os.fstat(fd)
-        chunks = []
-        remaining = before.st_size
-        while True:
-            chunk = os.read(fd, max(remaining, 65536))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            remaining -= len(chunk)
-        after = os.fstat(fd)
-    except OSError as exc:
-        raise _os_error(exc) from None
-    finally:
-        os.close(fd)
-    data = b"".join(chunks)
-    if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns) or len(data) != after.st_size:
-        raise FileChanged("size or modification time changed while the file was read")
-    return data, after.st_size, after.st_mtime_ns
-
-
-def read_and_sum(path: bytes, algorithm: str) -> tuple[bytes, int, int, PartChecksum]:
-    data, size, mtime_ns = read_whole(path)
-    return data, size, mtime_ns, PartChecksum.of(data, algorithm)
-
-
 UploadHook = Callable[[str], Awaitable[None]]
 
 
@@ -144,23 +103,136 @@ async def upload_file(
 ) -> Uploaded:
     """Upload `file` to bucket/key; raises FileVanished, FileChanged, FileUnreadable or S3Error."""
     if file.size < settings.multipart_threshold_bytes:
-        async with limits.budget.hold(file.size):
-            # Read and checksum in one worker-thread call: hashing never holds up the event loop.
-            data, size, mtime_ns, checksum = await anyio.to_thread.run_sync(
-                read_and_sum, file.path, s3.checksum_algorithm
-            )
-            if size < settings.multipart_threshold_bytes or size == 0:
-                await s3.put_object(
-                    bucket,
-                    key,
-                    data,
-                    storage_class=settings.storage_class,
-                    metadata=mtime_metadata(mtime_ns),
-                    checksum=checksum,
-                )
-                return Uploaded(size, mtime_ns, checksum.cache_value())
-            del data  # grew past the threshold since the walk: take the multipart path
+        if file.size <= limits.buffers.chunk_bytes or not await s3.can_stream(bucket):
+            done = await _put_whole(s3, bucket, key, file, settings, limits)
+        else:
+            done = await _put_streamed(s3, bucket, key, file, settings, limits)
+        if done is not None:
+            return done
+    # Large, or grown past the threshold since the walk.
     return await _upload_multipart(s3, bucket, key, file, settings, limits, on_multipart_started, on_multipart_ended)
+
+
+async def _put_whole(
+    s3: S3, bucket: str, key: str, file: DiskFile, settings: UploadSettings, limits: MemoryLimits
+) -> Uploaded | None:
+    """PutObject of the file read whole into memory; None when it has grown past the threshold."""
+    async with limits.budget.hold(file.size):
+        # Read and checksum in one worker-thread call: hashing never holds up the event loop.
+        data, size, mtime_ns, checksum = await anyio.to_thread.run_sync(read_and_sum, file.path, s3.checksum_algorithm)
+        if size >= settings.multipart_threshold_bytes and size > 0:
+            return None
+        await s3.put_object(
+            bucket,
+            key,
+            data,
+            storage_class=settings.storage_class,
+            metadata=mtime_metadata(mtime_ns),
+            checksum=checksum,
+        )
+        return Uploaded(size, mtime_ns, checksum.cache_value())
+
+
+async def _open(path: bytes) -> int:
+    try:
+        return await anyio.to_thread.run_sync(open_nofollow, path)
+    except OSError as exc:
+        raise os_error(exc) from None
+
+
+def _stat_of(fd: int) -> tuple[int, int]:
+    try:
+        st = os.fstat(fd)
+    except OSError as exc:
+        raise os_error(exc) from None
+    return st.st_size, st.st_mtime_ns
+
+
+def _check_unchanged(fd: int, size: int, mtime_ns: int) -> None:
+    if _stat_of(fd) != (size, mtime_ns):
+        raise FileChanged("size or modification time changed while the file was read")
+
+
+@contextmanager
+def _refusal_is_a_change(fd: int, size: int, mtime_ns: int) -> Iterator[None]:
+    """S3 refuses a body that does not match its checksum: after a refusal, a file that was written
+    to since its checksum was taken is a change (read it again), not an S3 failure."""
+    try:
+        yield
+    except S3Error:
+        _check_unchanged(fd, size, mtime_ns)
+        raise
+
+
+async def _close(fd: int) -> None:
+    with anyio.CancelScope(shield=True):
+        await anyio.to_thread.run_sync(os.close, fd)
+
+
+async def _send_streamed(
+    s3: S3,
+    pool: BufferPool,
+    reader: RangeReader,
+    offset: int,
+    length: int,
+    send: Callable[[BodyStream, PartChecksum], Awaitable[Any]],
+) -> tuple[Any, PartChecksum]:
+    """Checksum a range of the file, then send it streamed from the file through a pair of pooled
+    buffers; returns what `send` returned and the checksum."""
+    pair: BufferPair = await pool.take_pair()
+    stream: BodyStream | None = None
+    try:
+        checksum = await anyio.to_thread.run_sync(
+            checksum_range, reader.fd, offset, length, s3.checksum_algorithm, pair.buffers[0]
+        )
+        stream = BodyStream(reader, offset, length, pair.buffers)
+        result = await send(stream, checksum)
+    except BaseException:
+        pool.discard(pair)  # a read or a send may have been cut off: never hand these out again
+        raise
+    if stream.tainted:
+        pool.discard(pair)
+    else:
+        pool.give(pair)
+    return result, checksum
+
+
+async def _put_streamed(
+    s3: S3, bucket: str, key: str, file: DiskFile, settings: UploadSettings, limits: MemoryLimits
+) -> Uploaded | None:
+    """PutObject streamed from the file; None when it has grown past the threshold."""
+    fd = await _open(file.path)
+    try:
+        size, mtime_ns = _stat_of(fd)
+        if size >= settings.multipart_threshold_bytes:
+            return None
+
+        async def send(stream: BodyStream, checksum: PartChecksum) -> None:
+            await s3.put_object(
+                bucket,
+                key,
+                stream,
+                storage_class=settings.storage_class,
+                metadata=mtime_metadata(mtime_ns),
+                checksum=checksum,
+            )
+
+        with _refusal_is_a_change(fd, size, mtime_ns):
+            _, checksum = await _send_streamed(s3, limits.buffers, RangeReader(fd), 0, size, send)
+        _check_unchanged(fd, size, mtime_ns)
+        return Uploaded(size, mtime_ns, checksum.cache_value())
+    finally:
+        await _close(fd)
+
+
+def _read_exact(fd: int, offset: int, length: int) -> bytes:
+    try:
+        data = os.pread(fd, length, offset)
+    except OSError as exc:
+        raise os_error(exc) from None
+    if len(data) != length:
+        raise FileChanged("the file became shorter while it was read")
+    return data
 
 
 async def _upload_multipart(
@@ -173,65 +245,59 @@ async def _upload_multipart(
     on_started: UploadHook,
     on_ended: UploadHook,
 ) -> Uploaded:
+    fd = await _open(file.path)
     try:
-        f = await aiofiles.open(file.path, "rb", opener=lambda p, _flags: _open_nofollow(os.fsencode(p)))
-    except OSError as exc:
-        raise _os_error(exc) from None
-    try:
-        before = os.fstat(f.fileno())
-        size, mtime_ns = before.st_size, before.st_mtime_ns
+        size, mtime_ns = _stat_of(fd)
         part_bytes = part_size_for(size, settings.part_size_bytes)
         ranges = part_ranges(size, part_bytes)
+        streaming = await s3.can_stream(bucket)
+        reader = RangeReader(fd)
         upload_id = await _create_recorded(s3, bucket, key, settings, mtime_ns, on_started, on_ended)
         parts: list[dict[str, Any]] = [{} for _ in ranges]
         sums: list[PartChecksum | None] = [None] * len(ranges)
 
-        def give_back(taken: int) -> None:
-            limits.budget.release(taken)
-            limits.part_slots.release()
-
-        async def send_part(number: int, data: bytes, taken: int) -> None:
+        async def send_streamed(number: int, offset: int, length: int) -> None:
             try:
-                # MD5 of a 16 MiB part takes tens of ms: in a thread (hashlib releases the GIL).
-                checksum = await anyio.to_thread.run_sync(PartChecksum.of, data, s3.checksum_algorithm)
-                sums[number - 1] = checksum
-                parts[number - 1] = await s3.upload_part(bucket, key, upload_id, number, data, checksum)
+
+                async def send(stream: BodyStream, checksum: PartChecksum) -> dict[str, Any]:
+                    return await s3.upload_part(bucket, key, upload_id, number, stream, checksum)
+
+                parts[number - 1], sums[number - 1] = await _send_streamed(
+                    s3, limits.buffers, reader, offset, length, send
+                )
             finally:
-                give_back(taken)
+                limits.part_slots.release()
+
+        async def send_whole(number: int, offset: int, length: int) -> None:
+            # Through botocore: the part is read whole, holding its length of the budget.
+            try:
+                taken = await limits.budget.acquire(length)
+                try:
+                    data = await anyio.to_thread.run_sync(_read_exact, fd, offset, length)
+                    # MD5 of a 16 MiB part takes tens of ms: in a thread (hashlib releases the GIL).
+                    checksum = await anyio.to_thread.run_sync(PartChecksum.of, data, s3.checksum_algorithm)
+                    sums[number - 1] = checksum
+                    parts[number - 1] = await s3.upload_part(bucket, key, upload_id, number, data, checksum)
+                finally:
+                    limits.budget.release(taken)
+            finally:
+                limits.part_slots.release()
 
         try:
-            async with unwrapped_group() as tg:
-                for number, (_offset, length) in enumerate(ranges, start=1):
-                    # A slot and the part's bytes from the budget: reading waits while memory is taken.
-                    await limits.part_slots.acquire()
-                    try:
-                        taken = await limits.budget.acquire(length)
-                    except BaseException:
-                        limits.part_slots.release()
-                        raise
-                    try:
-                        data = await f.read(length)
-                    except OSError as exc:
-                        give_back(taken)
-                        raise _os_error(exc) from None
-                    except BaseException:
-                        give_back(taken)
-                        raise
-                    if len(data) != length:
-                        give_back(taken)
-                        raise FileChanged("the file became shorter while it was read")
-                    tg.start_soon(send_part, number, data, taken)
-                    del data  # the part task owns the buffer now
-            after = os.fstat(f.fileno())
-            if (after.st_size, after.st_mtime_ns) != (size, mtime_ns):
-                raise FileChanged("size or modification time changed while the file was read")
+            with _refusal_is_a_change(fd, size, mtime_ns):
+                async with unwrapped_group() as tg:
+                    for number, (offset, length) in enumerate(ranges, start=1):
+                        # A slot first: parts in flight are bounded across all files; the memory each
+                        # one holds is taken from the budget inside its task, in the order they started.
+                        await limits.part_slots.acquire()
+                        tg.start_soon(send_streamed if streaming else send_whole, number, offset, length)
+            _check_unchanged(fd, size, mtime_ns)
             await s3.complete_multipart_upload(bucket, key, upload_id, parts)
         except BaseException:
             await _abort(s3, bucket, key, upload_id, on_ended)
             raise
     finally:
-        with anyio.CancelScope(shield=True):
-            await f.close()
+        await _close(fd)
     await on_ended(upload_id)
     checksums = [s for s in sums if s is not None]
     return Uploaded(size, mtime_ns, composite_checksum(checksums))

@@ -34,6 +34,7 @@ from aiohttp import web
 from yarl import URL
 
 __all__ = [
+    "CheckDigest",
     "CorruptBody",
     "Delay",
     "DeleteKeyErrors",
@@ -297,6 +298,14 @@ class CorruptBody(Fault):
     verify: bool = True
 
     kind: ClassVar[str] = "corrupt"
+
+
+@dataclass(frozen=True)
+class CheckDigest(CorruptBody):
+    """Check bodies against their checksum header as S3 does, without touching them: a body that
+    changed on the client after its checksum was taken is refused with 400 BadDigest."""
+
+    kind: ClassVar[str] = "check-digest"
 
 
 @dataclass(frozen=True)
@@ -791,7 +800,7 @@ class ProxyServer:
     async def _forward_corrupted(self, request: web.BaseRequest, record: Record, fault: CorruptBody) -> web.Response:
         # Request bodies here are at most one part (tens of MiB): buffering it is fine in a test.
         body = bytearray(b"".join([c async for c in self._read_body(request, record)]))
-        if body:
+        if body and not isinstance(fault, CheckDigest):
             body[len(body) // 2] ^= 0xFF
         if fault.verify:
             wrong = digest_mismatch(request.headers, bytes(body))

@@ -15,9 +15,10 @@ from faultcheck import bucket_objects, cache_rows
 
 from async_backup.budget import ByteBudget
 from async_backup.config import AwsSettings, Tuning
+from async_backup.read import FileChanged, FileVanished, read_whole
 from async_backup.s3 import open_s3
 from async_backup.targets import stable_bucket_name
-from async_backup.upload import FileChanged, FileVanished, MemoryLimits, UploadSettings, read_whole, upload_file
+from async_backup.upload import MemoryLimits, UploadSettings, upload_file
 from async_backup.walk import DiskFile, Excluder, Hole, walk_target
 
 

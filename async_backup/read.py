@@ -1,0 +1,132 @@
+"""Reading files for upload: consistent whole reads of small files, checksummed ranges of large ones.
+
+Owns the local side of a request body: opening a file without following a symlink that replaced
+it, noticing a file that changes or shrinks while it is read, and the two reads of a streamed
+range (the checksum pass in a worker thread, then the chunks the socket sends). A streamed body
+never holds the file in memory: both passes go through the two chunk buffers its stream took from
+the pool (budget.BufferPool). The chunks are read on the event loop only when the page cache
+already holds them (RWF_NOWAIT: the checksum pass just read them), else in a worker thread, so a
+slow disk or a stalled NFS server never holds up the loop. Must not import aiohttp or botocore.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import anyio
+
+from .s3 import PartChecksum, RunningChecksum
+
+
+class FileVanished(Exception):
+    """The file disappeared between the walk and the upload."""
+
+
+class FileChanged(Exception):
+    """The file's size or mtime moved while it was read: what was read is not a consistent copy."""
+
+
+class FileUnreadable(Exception):
+    def __init__(self, exc: OSError) -> None:
+        super().__init__(exc.strerror or str(exc))
+        self.errno_name = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+
+
+# preadv flags that mean "this file system cannot do RWF_NOWAIT": read in a thread instead.
+_NOWAIT_UNSUPPORTED = frozenset({errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS})
+
+
+def open_nofollow(path: bytes) -> int:
+    # O_NOFOLLOW: a file replaced by a symlink since the walk is not followed.
+    return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+
+
+def os_error(exc: OSError) -> Exception:
+    """Ours for an OSError of reading a file: vanished (gone, or now a symlink) or unreadable."""
+    if isinstance(exc, FileNotFoundError) or exc.errno == errno.ELOOP:
+        return FileVanished(str(exc))
+    return FileUnreadable(exc)
+
+
+def read_whole(path: bytes) -> tuple[bytes, int, int]:
+    """Read a small file in one go; returns (data, size, mtime_ns) of a consistent read."""
+    try:
+        fd = open_nofollow(path)
+    except OSError as exc:
+        raise os_error(exc) from None
+    try:
+        before = os.fstat(fd)
+        chunks = []
+        remaining = before.st_size
+        while True:
+            chunk = os.read(fd, max(remaining, 65536))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+        after = os.fstat(fd)
+    except OSError as exc:
+        raise os_error(exc) from None
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns) or len(data) != after.st_size:
+        raise FileChanged("size or modification time changed while the file was read")
+    return data, after.st_size, after.st_mtime_ns
+
+
+def read_and_sum(path: bytes, algorithm: str) -> tuple[bytes, int, int, PartChecksum]:
+    data, size, mtime_ns = read_whole(path)
+    return data, size, mtime_ns, PartChecksum.of(data, algorithm)
+
+
+def checksum_range(fd: int, offset: int, length: int, algorithm: str, buffer: bytearray) -> PartChecksum:
+    """The checksum of `length` bytes at `offset`, read through `buffer` (run in a worker thread:
+    hashlib and zlib release the GIL). Raises FileChanged when the file ends before the range."""
+    view = memoryview(buffer)
+    running = RunningChecksum(algorithm)
+    position, end = offset, offset + length
+    try:
+        while position < end:
+            n = os.preadv(fd, [view[: min(len(view), end - position)]], position)
+            if n == 0:
+                raise FileChanged("the file became shorter while it was read")
+            running.update(view[:n])
+            position += n
+    except OSError as exc:
+        raise os_error(exc) from None
+    finally:
+        view.release()
+    return running.result()
+
+
+class RangeReader:
+    """Reads chunks of one open file for a streamed body, at given positions."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._nowait = hasattr(os, "RWF_NOWAIT")
+
+    async def read_into(self, view: memoryview, position: int) -> int:
+        """Fill `view` from `position` as far as one read goes; raises FileChanged at the end of
+        the file (the body's range was checksummed, so the file became shorter since)."""
+        n = -1
+        if self._nowait:
+            try:
+                # Only from the page cache, so the event loop never waits for a disk.
+                n = os.preadv(self.fd, [view], position, os.RWF_NOWAIT)
+            except BlockingIOError:
+                pass
+            except OSError as exc:
+                if exc.errno not in _NOWAIT_UNSUPPORTED:
+                    raise os_error(exc) from None
+                self._nowait = False
+        if n < 0:
+            try:
+                n = await anyio.to_thread.run_sync(os.preadv, self.fd, [view], position)
+            except OSError as exc:
+                raise os_error(exc) from None
+        if n == 0:
+            raise FileChanged("the file became shorter while it was read")
+        return n

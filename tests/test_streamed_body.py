@@ -1,0 +1,240 @@
+"""Bodies larger than one chunk are streamed from the file through reused buffers (issue 13).
+
+Against moto over HTTP and HTTPS: every size around the chunk and part edges arrives whole; the pool
+hands the same buffers from one body to the next, so streaming faults in no new memory; a file
+rewritten after its checksum was taken is refused by the server's digest check and read again; a
+file truncated then is a change, not a network failure retried five times.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import resource
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from conftest import ACCESS_KEY, REGION, SECRET_KEY, CAFiles, run_cli, write_config
+from faultcheck import assert_contents, bucket_objects, cache_rows
+from s3proxy import CheckDigest, ProxyServer
+
+from async_backup import upload
+from async_backup.budget import BufferPool, ByteBudget
+from async_backup.config import AwsSettings, Tuning
+from async_backup.keys import key_for_path
+from async_backup.read import FileChanged
+from async_backup.s3 import S3, open_s3
+from async_backup.targets import stable_bucket_name
+from async_backup.upload import CHUNK_BYTES, MemoryLimits, UploadSettings, upload_file
+from async_backup.walk import DiskFile
+
+MiB = 1024 * 1024
+SETTINGS = UploadSettings("DEEP_ARCHIVE", 5 * MiB, 5 * MiB)
+SIZES = [
+    0,
+    1,
+    CHUNK_BYTES - 1,
+    CHUNK_BYTES,
+    CHUNK_BYTES + 1,
+    2 * CHUNK_BYTES + 3,
+    3 * MiB + 5,
+    5 * MiB - 1,
+    11 * MiB + 9,
+]
+
+
+def write_tree(root: Path, sizes: list[int], seed: int = 13) -> list[Path]:
+    rng = random.Random(seed)
+    paths = []
+    for i, size in enumerate(sizes):
+        path = root / f"vol{i % 3}" / f"page-{i:03d}.tif"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(rng.randbytes(size))
+        paths.append(path)
+    return paths
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+@pytest.mark.parametrize("algorithm", ["when_supported", "when_required"])
+def test_every_size_around_the_chunk_and_part_edges_arrives_whole(
+    scheme: str,
+    algorithm: str,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    bucket_prefix: str,
+) -> None:
+    endpoint = request.getfixturevalue("moto_endpoint" if scheme == "http" else "moto_tls_endpoint")
+    inspect = request.getfixturevalue("s3_inspect" if scheme == "http" else "s3_tls_inspect")
+    aws_extra: dict[str, Any] = {"checksum_calculation": algorithm}
+    if scheme == "https":
+        aws_extra["ca_bundle"] = request.getfixturevalue("test_ca").ca_pem
+    root = tmp_path / "tree"
+    paths = write_tree(root, SIZES)
+    cache = tmp_path / "cache"
+    tuning = {"multipart_threshold_mib": 5, "part_size_mib": 5, "parts_in_flight": 2, "workers": 4}
+    write_config(cache, endpoint, folders=[str(root)], bucket_prefix=bucket_prefix, tuning=tuning, aws_extra=aws_extra)
+    done = run_cli("--cache", str(cache), "--no-cache-backup")
+    assert done.returncode == 0, done.stderr
+    bucket = stable_bucket_name(bucket_prefix, str(root))
+    assert_contents(inspect, bucket, [os.fsencode(p) for p in paths])  # byte for byte
+    assert set(cache_rows(cache, bucket)) == {os.fsencode(p) for p in paths}
+
+
+def run_uploads(
+    endpoint: str,
+    files: list[Path],
+    bucket: str,
+    *,
+    algorithm: str = "when_supported",
+    budget_bytes: int = 8 * MiB,
+    before_each: Callable[[S3, MemoryLimits], Awaitable[None]] | None = None,
+    ca_bundle: str | None = None,
+) -> tuple[list[Any], MemoryLimits, list[int]]:
+    """upload_file for each file in turn, in this process; returns the results (or the exceptions),
+    the limits used, and the minor page faults each upload cost."""
+    aws = AwsSettings(ACCESS_KEY, SECRET_KEY, REGION, endpoint, checksum_calculation=algorithm, ca_bundle=ca_bundle)
+    limits = MemoryLimits(ByteBudget(budget_bytes), anyio.Semaphore(2))
+    results: list[Any] = []
+    faults: list[int] = []
+
+    async def hook(_upload_id: str) -> None:
+        return None
+
+    async def main() -> None:
+        async with open_s3(aws, Tuning()) as s3:
+            await s3.create_bucket(bucket)
+            for path in files:
+                st = path.stat()
+                file = DiskFile(os.fsencode(path), st.st_size, st.st_mtime_ns)
+                if before_each is not None:
+                    await before_each(s3, limits)
+                start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+                try:
+                    results.append(
+                        await upload_file(s3, bucket, key_for_path(file.path), file, SETTINGS, limits, hook, hook)
+                    )
+                except Exception as exc:
+                    results.append(exc)
+                faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start)
+
+    anyio.run(main)
+    return results, limits, faults
+
+
+def test_the_pool_hands_the_same_buffers_from_body_to_body_and_faults_in_no_new_memory(
+    tmp_path: Path, moto_endpoint: str, s3_inspect: Any, bucket_prefix: str
+) -> None:
+    # 3 MiB single PUTs and an 11 MiB file in 5 MiB parts (two in flight), one file at a time.
+    paths = write_tree(tmp_path / "tree", [3 * MiB + 1] * 12 + [11 * MiB])
+    bucket = f"{bucket_prefix}pool"
+    results, limits, faults = run_uploads(moto_endpoint, paths, bucket)
+    assert all(isinstance(r, upload.Uploaded) for r in results), results
+    # Two buffers per body in flight at once: one single PUT, or two parts.
+    assert limits.buffers.allocated <= 4
+    assert limits.buffers.idle_count == limits.buffers.allocated
+    # Charged while idle: the budget's free bytes are what the idle buffers do not hold.
+    assert limits.budget.free_bytes == limits.budget.total_bytes - limits.buffers.allocated * CHUNK_BYTES
+    # A fresh buffer per body would fault in every 4 KiB page of it (768 per 3 MiB body). Reused
+    # buffers fault in nothing new; what remains is the client's own small allocations.
+    steady = faults[2:12]
+    assert max(steady) < 200, faults
+    assert_contents(s3_inspect, bucket, [os.fsencode(p) for p in paths])
+
+
+def test_idle_buffers_are_given_up_before_anyone_waits_for_memory() -> None:
+    async def main() -> None:
+        budget = ByteBudget(4 * CHUNK_BYTES)
+        pool = BufferPool(budget, CHUNK_BYTES)
+        pair = await pool.take_pair()
+        other = await pool.take_pair()
+        assert budget.free_bytes == 0
+        pool.give(pair)
+        pool.give(other)
+        assert pool.idle_count == 4 and budget.free_bytes == 0  # idle, still charged
+        with anyio.fail_after(1):
+            taken = await budget.acquire(3 * CHUNK_BYTES)  # a small file's read: idle buffers make room
+        assert pool.idle_count == 1
+        budget.release(taken)
+        reused = await pool.take_pair()
+        assert pool.allocated == 5 and pool.idle_count == 0
+        pool.discard(reused)  # cut off mid-send: dropped, its charge given back
+        assert budget.free_bytes == budget.total_bytes and pool.idle_count == 0
+
+    anyio.run(main)
+
+
+@pytest.mark.parametrize("algorithm", ["when_supported", "when_required"])
+@pytest.mark.parametrize("size", [3 * MiB + 1, 11 * MiB])
+def test_a_file_rewritten_after_its_checksum_is_refused_then_read_again(
+    algorithm: str,
+    size: int,
+    tmp_path: Path,
+    moto_endpoint: str,
+    s3_inspect: Any,
+    bucket_prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Between the checksum pass and the send, the file is rewritten in place at the same size: the
+    server's digest check refuses the body (BadDigest), the upload says FileChanged, and the next
+    read takes the new content, which S3 then holds."""
+    (path,) = write_tree(tmp_path / "tree", [size])
+    new_content = random.Random(99).randbytes(size)
+    real_checksum = upload.checksum_range
+    rewritten = []
+
+    def checksum_then_rewrite(fd: int, offset: int, length: int, algorithm: str, buffer: bytearray) -> Any:
+        result = real_checksum(fd, offset, length, algorithm, buffer)
+        if not rewritten:
+            with open(path, "r+b") as f:
+                f.write(new_content)
+            os.utime(path, ns=(1_700_000_000_000_000_000, 1_700_000_000_000_000_000))
+            rewritten.append(True)
+        return result
+
+    monkeypatch.setattr(upload, "checksum_range", checksum_then_rewrite)
+    with ProxyServer(moto_endpoint) as proxy:
+        proxy.set_faults(CheckDigest(ops={"PutObject", "UploadPart"}))
+        bucket = f"{bucket_prefix}rewrite"
+        results, limits, _ = run_uploads(proxy.url, [path, path], bucket, algorithm=algorithm)
+        refused = [r for r in proxy.wait_done() if r.status == 400]
+    assert isinstance(results[0], FileChanged), results
+    assert refused, "the server never saw the rewritten body"
+    assert isinstance(results[1], upload.Uploaded) and results[1].mtime_ns == 1_700_000_000_000_000_000
+    assert_contents(s3_inspect, bucket, [os.fsencode(path)])
+    assert limits.budget.free_bytes + limits.buffers.idle_count * CHUNK_BYTES == limits.budget.total_bytes
+
+
+def test_a_file_truncated_after_its_checksum_is_a_change_not_a_network_failure(
+    tmp_path: Path, moto_endpoint: str, s3_inspect: Any, bucket_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (path,) = write_tree(tmp_path / "tree", [3 * MiB])
+    real_checksum = upload.checksum_range
+
+    def checksum_then_truncate(fd: int, offset: int, length: int, algorithm: str, buffer: bytearray) -> Any:
+        result = real_checksum(fd, offset, length, algorithm, buffer)
+        os.truncate(path, MiB)
+        return result
+
+    monkeypatch.setattr(upload, "checksum_range", checksum_then_truncate)
+    with ProxyServer(moto_endpoint) as proxy:
+        bucket = f"{bucket_prefix}truncate"
+        results, limits, _ = run_uploads(proxy.url, [path], bucket)
+        puts = [r for r in proxy.wait_done() if r.op == "PutObject"]
+    assert isinstance(results[0], FileChanged), results
+    assert len(puts) <= 1  # given up at once: not sent again as if the connection had dropped
+    assert bucket_objects(s3_inspect, bucket) == {}
+    assert limits.budget.free_bytes + limits.buffers.idle_count * CHUNK_BYTES == limits.budget.total_bytes
+
+
+def test_streamed_bodies_over_https_reuse_their_buffers_too(
+    tmp_path: Path, moto_tls_endpoint: str, s3_tls_inspect: Any, test_ca: CAFiles, bucket_prefix: str
+) -> None:
+    paths = write_tree(tmp_path / "tree", [2 * MiB + 3] * 8)
+    bucket = f"{bucket_prefix}tls"
+    results, limits, _ = run_uploads(moto_tls_endpoint, paths, bucket, ca_bundle=test_ca.ca_pem)
+    assert all(isinstance(r, upload.Uploaded) for r in results), results
+    assert limits.buffers.allocated == 2
+    assert_contents(s3_tls_inspect, bucket, [os.fsencode(p) for p in paths])
