@@ -2,10 +2,10 @@
 
 Owns the requests that carry file contents: a PutObject per new or changed small file, an
 UploadPart per part of a large one. botocore spends about a millisecond of CPU on each (endpoint
-rules, hooks, user agent, signing, parsing) and, over plain HTTP, a SHA-256 of every body to sign
-it; here the body is covered by its CRC32 or MD5 checksum header instead (UNSIGNED-PAYLOAD), which
-S3 verifies. Everything else (buckets, creating and completing uploads, deletes, listings) stays
-on botocore.
+rules, hooks, user agent, signing, parsing). The body is covered by the checksum the caller
+computed while reading it: a CRC32 header (UNSIGNED-PAYLOAD) where the server takes flexible
+checksums, else the body's SHA-256 as the signed payload hash; S3 verifies either. Everything
+else (buckets, creating and completing uploads, deletes, listings) stays on botocore.
 
 Nothing here is configured on its own: s3.py hands over the botocore client's credentials (static,
 or refreshable ones from a role, SSO, `credential_process`), the URL botocore's endpoint rules give
@@ -42,7 +42,7 @@ from yarl import URL
 
 from .errors import FatalError, S3Error
 
-UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"  # the body is covered by Content-MD5 / x-amz-checksum-crc32 instead
+UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"  # the body is covered by x-amz-checksum-crc32 (or Content-MD5) instead
 RETRY_CODES = frozenset({"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable"})
 # The bucket lives in another region than the one requests are signed for. S3 answers
 # PermanentRedirect (301) to a request sent to the wrong regional endpoint and
@@ -314,7 +314,10 @@ class DirectPut:
         amz_date = now.strftime("%Y%m%dT%H%M%SZ")
         day = amz_date[:8]
         all_headers = {k.lower(): v for k, v in headers.items()}
-        all_headers.update({"host": endpoint.host, "x-amz-date": amz_date, "x-amz-content-sha256": UNSIGNED_PAYLOAD})
+        # The body's SHA-256 when the caller gives it (the server then checks the body against it),
+        # else UNSIGNED-PAYLOAD: a CRC32 or MD5 header covers the body instead.
+        payload_hash = all_headers.get("x-amz-content-sha256", UNSIGNED_PAYLOAD)
+        all_headers.update({"host": endpoint.host, "x-amz-date": amz_date, "x-amz-content-sha256": payload_hash})
         if credentials.token:
             all_headers["x-amz-security-token"] = credentials.token
         names = sorted(all_headers)
@@ -327,7 +330,7 @@ class DirectPut:
                 *(f"{n}:{_canonical_value(all_headers[n])}" for n in names),
                 "",
                 signed,
-                UNSIGNED_PAYLOAD,
+                payload_hash,
             ]
         )
         scope = f"{day}/{endpoint.region}/{endpoint.service}/aws4_request"

@@ -102,27 +102,31 @@ async def upload_file(
     on_multipart_ended: UploadHook,
 ) -> Uploaded:
     """Upload `file` to bucket/key; raises FileVanished, FileChanged, FileUnreadable or S3Error."""
+    streaming = await s3.can_stream(bucket)
+    algorithm = await s3.body_checksum(bucket)
     if file.size < settings.multipart_threshold_bytes:
-        if file.size <= limits.buffers.chunk_bytes or not await s3.can_stream(bucket):
-            done = await _put_whole(s3, bucket, key, file, settings, limits)
+        if file.size <= limits.buffers.chunk_bytes or not streaming:
+            done = await _put_whole(s3, bucket, key, file, settings, limits, algorithm)
         else:
-            done = await _put_streamed(s3, bucket, key, file, settings, limits)
+            done = await _put_streamed(s3, bucket, key, file, settings, limits, algorithm)
         if done is not None:
             return done
     # Large, or grown past the threshold since the walk.
-    return await _upload_multipart(s3, bucket, key, file, settings, limits, on_multipart_started, on_multipart_ended)
+    return await _upload_multipart(
+        s3, bucket, key, file, settings, limits, algorithm, streaming, on_multipart_started, on_multipart_ended
+    )
 
 
 async def _put_whole(
-    s3: S3, bucket: str, key: str, file: DiskFile, settings: UploadSettings, limits: MemoryLimits
+    s3: S3, bucket: str, key: str, file: DiskFile, settings: UploadSettings, limits: MemoryLimits, algorithm: str
 ) -> Uploaded | None:
     """PutObject of the file read whole into memory; None when it has grown past the threshold."""
     async with limits.budget.hold(file.size):
         # Read and checksum in one worker-thread call: hashing never holds up the event loop.
-        data, size, mtime_ns, checksum = await anyio.to_thread.run_sync(read_and_sum, file.path, s3.checksum_algorithm)
+        data, size, mtime_ns, checksum = await anyio.to_thread.run_sync(read_and_sum, file.path, algorithm)
         if size >= settings.multipart_threshold_bytes and size > 0:
             return None
-        await s3.put_object(
+        etag = await s3.put_object(
             bucket,
             key,
             data,
@@ -130,7 +134,7 @@ async def _put_whole(
             metadata=mtime_metadata(mtime_ns),
             checksum=checksum,
         )
-        return Uploaded(size, mtime_ns, checksum.cache_value())
+        return Uploaded(size, mtime_ns, checksum.recorded(etag))
 
 
 async def _open(path: bytes) -> int:
@@ -175,6 +179,7 @@ async def _send_streamed(
     reader: RangeReader,
     offset: int,
     length: int,
+    algorithm: str,
     send: Callable[[BodyStream, PartChecksum], Awaitable[Any]],
 ) -> tuple[Any, PartChecksum]:
     """Checksum a range of the file, then send it streamed from the file through a pair of pooled
@@ -182,9 +187,7 @@ async def _send_streamed(
     pair: BufferPair = await pool.take_pair()
     stream: BodyStream | None = None
     try:
-        checksum = await anyio.to_thread.run_sync(
-            checksum_range, reader.fd, offset, length, s3.checksum_algorithm, pair.buffers[0]
-        )
+        checksum = await anyio.to_thread.run_sync(checksum_range, reader.fd, offset, length, algorithm, pair.buffers[0])
         stream = BodyStream(reader, offset, length, pair.buffers)
         result = await send(stream, checksum)
     except BaseException:
@@ -198,7 +201,7 @@ async def _send_streamed(
 
 
 async def _put_streamed(
-    s3: S3, bucket: str, key: str, file: DiskFile, settings: UploadSettings, limits: MemoryLimits
+    s3: S3, bucket: str, key: str, file: DiskFile, settings: UploadSettings, limits: MemoryLimits, algorithm: str
 ) -> Uploaded | None:
     """PutObject streamed from the file; None when it has grown past the threshold."""
     fd = await _open(file.path)
@@ -207,8 +210,8 @@ async def _put_streamed(
         if size >= settings.multipart_threshold_bytes:
             return None
 
-        async def send(stream: BodyStream, checksum: PartChecksum) -> None:
-            await s3.put_object(
+        async def send(stream: BodyStream, checksum: PartChecksum) -> str:
+            return await s3.put_object(
                 bucket,
                 key,
                 stream,
@@ -218,9 +221,9 @@ async def _put_streamed(
             )
 
         with _refusal_is_a_change(fd, size, mtime_ns):
-            _, checksum = await _send_streamed(s3, limits.buffers, RangeReader(fd), 0, size, send)
+            etag, checksum = await _send_streamed(s3, limits.buffers, RangeReader(fd), 0, size, algorithm, send)
         _check_unchanged(fd, size, mtime_ns)
-        return Uploaded(size, mtime_ns, checksum.cache_value())
+        return Uploaded(size, mtime_ns, checksum.recorded(etag))
     finally:
         await _close(fd)
 
@@ -242,6 +245,8 @@ async def _upload_multipart(
     file: DiskFile,
     settings: UploadSettings,
     limits: MemoryLimits,
+    algorithm: str,
+    streaming: bool,
     on_started: UploadHook,
     on_ended: UploadHook,
 ) -> Uploaded:
@@ -250,7 +255,6 @@ async def _upload_multipart(
         size, mtime_ns = _stat_of(fd)
         part_bytes = part_size_for(size, settings.part_size_bytes)
         ranges = part_ranges(size, part_bytes)
-        streaming = await s3.can_stream(bucket)
         reader = RangeReader(fd)
         upload_id = await _create_recorded(s3, bucket, key, settings, mtime_ns, on_started, on_ended)
         parts: list[dict[str, Any]] = [{} for _ in ranges]
@@ -263,7 +267,7 @@ async def _upload_multipart(
                     return await s3.upload_part(bucket, key, upload_id, number, stream, checksum)
 
                 parts[number - 1], sums[number - 1] = await _send_streamed(
-                    s3, limits.buffers, reader, offset, length, send
+                    s3, limits.buffers, reader, offset, length, algorithm, send
                 )
             finally:
                 limits.part_slots.release()
@@ -275,7 +279,7 @@ async def _upload_multipart(
                 try:
                     data = await anyio.to_thread.run_sync(_read_exact, fd, offset, length)
                     # MD5 of a 16 MiB part takes tens of ms: in a thread (hashlib releases the GIL).
-                    checksum = await anyio.to_thread.run_sync(PartChecksum.of, data, s3.checksum_algorithm)
+                    checksum = await anyio.to_thread.run_sync(PartChecksum.of, data, algorithm)
                     sums[number - 1] = checksum
                     parts[number - 1] = await s3.upload_part(bucket, key, upload_id, number, data, checksum)
                 finally:
@@ -300,7 +304,7 @@ async def _upload_multipart(
         await _close(fd)
     await on_ended(upload_id)
     checksums = [s for s in sums if s is not None]
-    return Uploaded(size, mtime_ns, composite_checksum(checksums))
+    return Uploaded(size, mtime_ns, composite_checksum(checksums, [str(p.get("ETag", "")) for p in parts]))
 
 
 async def _create_recorded(

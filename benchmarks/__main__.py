@@ -10,6 +10,7 @@ them into exit 1), 1 the harness could not run (no server, ...), 2 usage, 130 in
 from __future__ import annotations
 
 import argparse
+import compileall
 import contextlib
 import os
 import platform
@@ -179,6 +180,16 @@ def _sigterm_to_interrupt(_sig: int, _frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
+def compile_python_contenders() -> None:
+    """Byte-compile async-backup and the baseline script once, as `pip install` does for an
+    installed package: from an editable checkout under PYTHONDONTWRITEBYTECODE (set on some
+    machines, this one included) every run would otherwise compile its modules again, about 0.08 s
+    of CPU that no installed tool pays."""
+    root = Path(__file__).resolve().parent.parent
+    for package in ("async_backup", "benchmarks"):
+        compileall.compile_dir(root / package, quiet=1)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
@@ -188,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.install:
         install_missing(args, args.workdir / "install.log")
     wanted = [c for c in all_contenders() if c.name in args.contenders]
+    compile_python_contenders()
     sizes = PROFILES[args.profile].scaled(args.scale)
     gen = Generator(args.workdir / "data" / f"{args.profile}-x{args.scale:g}-seed{args.seed}", sizes, args.seed)
     try:

@@ -399,7 +399,13 @@ def digest_mismatch(headers: Mapping[str, str], body: bytes) -> str | None:
     md5 = lowered.get("content-md5")
     if md5 is not None and base64.b64encode(hashlib.md5(body).digest()).decode() != md5:
         return "Content-MD5"
+    payload = lowered.get("x-amz-content-sha256", "")
+    if re.fullmatch(r"[0-9a-f]{64}", payload) and hashlib.sha256(body).hexdigest() != payload:
+        return PAYLOAD_SHA256  # a signed payload hash: S3 checks the body against it
     return None
+
+
+PAYLOAD_SHA256 = "x-amz-content-sha256"
 
 
 def error_xml(code: str, message: str, resource: str, request_id: str, extra: Iterable[tuple[str, str]] = ()) -> bytes:
@@ -807,8 +813,14 @@ class ProxyServer:
             if wrong is not None:
                 self._request_seq += 1
                 request_id = f"S3PROXY{self._request_seq:09d}"
-                message = f"The {wrong} you specified did not match the calculated checksum."
-                reply = error_xml("BadDigest", message, request.path, request_id)
+                if wrong == PAYLOAD_SHA256:  # as S3 and Ceph RGW answer a body that fails its signed hash
+                    code, message = (
+                        "XAmzContentSHA256Mismatch",
+                        "The provided 'x-amz-content-sha256' header does not match what was computed.",
+                    )
+                else:
+                    code, message = "BadDigest", f"The {wrong} you specified did not match the calculated checksum."
+                reply = error_xml(code, message, request.path, request_id)
                 return web.Response(
                     status=400, body=reply, headers={"Content-Type": "application/xml", "x-amz-request-id": request_id}
                 )

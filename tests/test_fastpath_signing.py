@@ -7,13 +7,14 @@ PutObject here; benchmarks/RESULTS.md); this test is the condition for keeping i
 from __future__ import annotations
 
 import datetime
+import hashlib
 from typing import Any
 
 import pytest
 from botocore.credentials import ReadOnlyCredentials
 
 from async_backup.directput import BucketEndpoint, DirectPut
-from async_backup.s3 import botocore_signed_headers
+from async_backup.s3 import PartChecksum, botocore_signed_headers
 
 NOW = datetime.datetime(2026, 12, 1, 23, 59, 58, tzinfo=datetime.UTC)
 STATIC = ReadOnlyCredentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", None)
@@ -81,6 +82,25 @@ def test_signed_exactly_as_botocore_signs(endpoint: BucketEndpoint, credentials:
             assert ours["x-amz-security-token"] == credentials.token
             assert "x-amz-security-token" in ours["authorization"]
         assert ours["x-amz-content-sha256"] == "UNSIGNED-PAYLOAD"
+
+
+@pytest.mark.parametrize("endpoint", ENDPOINTS, ids=lambda e: e.origin)
+@pytest.mark.parametrize("credentials", [STATIC, TEMPORARY], ids=["static", "session-token"])
+def test_a_body_signed_with_its_sha256_is_signed_as_botocore_signs_its_payload(
+    endpoint: BucketEndpoint, credentials: Any
+) -> None:
+    """Servers without flexible checksums get the body's SHA-256 as the signed payload hash
+    (PartChecksum "sha256"): the same signature botocore makes when it hashes the body itself."""
+    body = bytes(range(256)) * 1000 + b"tail"
+    checksum = PartChecksum.of(body, "sha256")
+    headers = {k: v for k, v in HEADERS.items() if k != "x-amz-checksum-crc32"} | checksum.request_headers()
+    for query in (None, {"partNumber": "3", "uploadId": "abc"}):
+        url, ours = _signer().signed_headers(endpoint, "srv/page 1.tif", headers, NOW, credentials, query)
+        botocore_headers = {k: v for k, v in headers.items() if k != "x-amz-content-sha256"}
+        theirs = _lower(botocore_signed_headers(url, botocore_headers, credentials, endpoint.region, NOW, body=body))
+        assert ours["x-amz-content-sha256"] == hashlib.sha256(body).hexdigest() == theirs["x-amz-content-sha256"]
+        assert ours["authorization"] == theirs["authorization"]
+        assert ours == theirs
 
 
 def test_new_credentials_get_a_new_signing_key() -> None:
