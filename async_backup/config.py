@@ -71,18 +71,23 @@ class AwsSettings:
 class Tuning:
     """Knobs for throughput and memory.
 
-    File contents in memory never exceed memory_budget_bytes (512 MiB by default), whatever the
-    number of workers and the file sizes: a small file holds its size from the read until S3
-    confirmed it, a multipart part its length; uploads wait for budget, first come first served.
-    Files over 156 GiB raise the part size (10,000 parts at most); a part larger than the budget
-    takes the whole budget alone.
+    File contents in memory never exceed memory_budget_bytes (16 MiB by default), whatever the
+    number of workers and the file sizes: a file of at most 256 KiB holds its size from the read
+    until S3 confirmed it; any larger body (a file, or one part) is streamed from the file through
+    two 256 KiB buffers, which stay charged while idle in the pool; uploads wait for budget, first
+    come first served. Through botocore (buckets the fast path cannot sign) a body is held whole,
+    and a part larger than the budget takes the whole budget alone.
+
+    Parts are 64 MiB, and files below 64 MiB are one PutObject: with bodies streamed, the part size
+    costs no memory, and on DEEP_ARCHIVE every request is billed (README, "What a run costs").
+    Files over 625 GiB raise the part size (10,000 parts at most).
     """
 
     workers: int = 64  # uploads in flight: S3 latency, not CPU, is what many workers hide
-    multipart_threshold_bytes: int = 16 * MiB
-    part_size_bytes: int = 16 * MiB
+    multipart_threshold_bytes: int = 64 * MiB
+    part_size_bytes: int = 64 * MiB
     parts_in_flight: int = 8
-    memory_budget_bytes: int = 512 * MiB
+    memory_budget_bytes: int = 16 * MiB
     max_delete_percent: float = 50.0
     max_attempts: int = 5  # total attempts per request, the first included
     connect_timeout_s: float = 10.0

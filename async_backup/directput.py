@@ -148,9 +148,10 @@ class SlicedBody(aiohttp.BytesPayload):
     """A request body written from the caller's memory in BODY_SLICE_BYTES views, waiting for the
     socket to drain between them; the Content-Length is the whole body's."""
 
-    def __init__(self, body: bytes | bytearray | memoryview) -> None:
+    def __init__(self, body: bytes | bytearray | memoryview, stall_timeout_s: float | None = None) -> None:
         super().__init__(body, content_type="application/octet-stream")
         self._view = memoryview(body).cast("B")
+        self._stall_timeout_s = stall_timeout_s  # as StreamedBody's
 
     async def write(self, writer: aiohttp.abc.AbstractStreamWriter) -> None:
         await self.write_with_length(writer, None)
@@ -158,7 +159,8 @@ class SlicedBody(aiohttp.BytesPayload):
     async def write_with_length(self, writer: aiohttp.abc.AbstractStreamWriter, content_length: int | None) -> None:
         view = self._view if content_length is None else self._view[:content_length]
         for start in range(0, len(view), BODY_SLICE_BYTES):
-            await writer.write(view[start : start + BODY_SLICE_BYTES])
+            with anyio.fail_after(self._stall_timeout_s):
+                await writer.write(view[start : start + BODY_SLICE_BYTES])
 
 
 class ChunkReader(Protocol):
@@ -183,11 +185,16 @@ class BodyStream:
         self.buffers = buffers
         self.failure: Exception | None = None
         self.tainted = False
+        self.stall_timeout_s: float | None = None  # set by DirectPut: see StreamedBody
 
 
 class StreamedBody(aiohttp.payload.Payload):
     """One attempt at sending a BodyStream. Each chunk is read into the buffer whose previous chunk
-    the transport has let go of, and written as a view of it: no copy of the body in Python."""
+    the transport has let go of, and written as a view of it: no copy of the body in Python.
+
+    aiohttp's read timeout only starts once the body is sent, so a server that stops reading
+    mid-body would hold the request forever: a chunk that cannot be handed to the kernel within the
+    stall timeout fails the attempt (TimeoutError, retried like a read timeout)."""
 
     def __init__(self, stream: BodyStream) -> None:
         super().__init__(stream, content_type="application/octet-stream")
@@ -214,20 +221,25 @@ class StreamedBody(aiohttp.payload.Payload):
                 view = views[index % 2]
                 if index >= 2:
                     # This buffer held the chunk before last: the transport must have let go of it.
-                    await _until_queued_at_most(writer, sent_last)
+                    with anyio.fail_after(stream.stall_timeout_s):
+                        await _until_queued_at_most(writer, sent_last)
                 n = await stream.reader.read_into(view[: min(len(view), remaining)], position)
                 if n <= 0:
                     raise ValueError("the body's reader returned no bytes before the end of its range")
-                await writer.write(view[:n])
+                with anyio.fail_after(stream.stall_timeout_s):
+                    await writer.write(view[:n])
                 position += n
                 remaining -= n
                 sent_last = n
             # The reply cannot come before S3 has the whole body, so waiting here costs no time.
-            await _until_queued_at_most(writer, 0)
+            with anyio.fail_after(stream.stall_timeout_s):
+                await _until_queued_at_most(writer, 0)
             finished = True
         except Exception as exc:
-            if not isinstance(exc, (aiohttp.ClientError, ConnectionError)):
-                stream.failure = exc  # the file's side (FileChanged, FileUnreadable, ...), not the network's
+            if not isinstance(exc, (aiohttp.ClientError, OSError)):
+                # The file's side (FileChanged, FileUnreadable, ...), not the network's (the reader
+                # maps the file's OSErrors to its own errors, so an OSError here is the socket's).
+                stream.failure = exc
             raise
         finally:
             if not finished:
@@ -265,6 +277,7 @@ class DirectPut:
         ssl_context: ssl.SSLContext | bool = True,
         endpoint_label: str = "S3",
         configured_region: str = "",
+        send_stall_s: float | None = None,
     ) -> None:
         self.session = session
         self._credentials = credentials
@@ -275,6 +288,7 @@ class DirectPut:
         self._ssl = ssl_context  # an SSLContext, or False to skip certificate checks (aws.verify_tls false)
         self._label = endpoint_label
         self._configured_region = configured_region
+        self._send_stall_s = send_stall_s  # longest wait for the socket to take the next slice of a body
         self._keys: dict[tuple[str, str, str, str], bytes] = {}
 
     def _signing_key(self, secret: str, day: str, region: str, service: str) -> bytes:
@@ -363,6 +377,8 @@ class DirectPut:
         for attempt in range(self._max_attempts):
             if attempt:
                 await anyio.sleep(random.random() * min(MAX_BACKOFF_S, 2.0 ** (attempt - 1)))
+            if isinstance(body, BodyStream):
+                body.failure = None
             if isinstance(body, BodyStream) and body.tainted:
                 # The last attempt was cut off mid-body: its buffers may still be referenced, so
                 # this one reads into new ones (the caller drops the old ones, never reusing them).
@@ -373,7 +389,11 @@ class DirectPut:
             now = datetime.datetime.now(datetime.UTC)
             url, signed = self.signed_headers(endpoint, key, headers, now, credentials, query)
             try:
-                data = StreamedBody(body) if isinstance(body, BodyStream) else SlicedBody(body)
+                if isinstance(body, BodyStream):
+                    body.stall_timeout_s = self._send_stall_s
+                    data: aiohttp.payload.Payload = StreamedBody(body)
+                else:
+                    data = SlicedBody(body, self._send_stall_s)
                 async with self.session.put(URL(url, encoded=True), data=data, headers=signed, ssl=self._ssl) as reply:
                     if reply.status < 300:
                         await reply.read()
@@ -382,7 +402,7 @@ class DirectPut:
                     code, message = _error_of(reply.status, payload)
                     bucket_region = reply.headers.get("x-amz-bucket-region")
             except TimeoutError:
-                last = S3Error("ReadTimeoutError", f"{what}: no answer within the read timeout")
+                last = S3Error("ReadTimeoutError", f"{what}: no progress or no answer within the read timeout")
                 continue
             except aiohttp.ClientSSLError as exc:  # a certificate no retry can fix
                 raise FatalError(tls_failure_message(self._label, _ssl_reason(exc))) from None

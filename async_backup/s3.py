@@ -811,6 +811,7 @@ async def open_s3(aws: AwsSettings, tuning: Tuning) -> AsyncIterator[S3]:
                 ssl_context=ssl_context_for(aws, ca_bundle),
                 endpoint_label=endpoint_name(aws),
                 configured_region=aws.region,
+                send_stall_s=tuning.read_timeout_s,
             )
         yield S3(client, aws, direct)
 

@@ -15,8 +15,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import anyio
+import anyio.abc
 import pytest
+from botocore.credentials import ReadOnlyCredentials
 from conftest import ACCESS_KEY, REGION, SECRET_KEY, CAFiles, run_cli, write_config
 from faultcheck import assert_contents, bucket_objects, cache_rows
 from s3proxy import CheckDigest, ProxyServer
@@ -24,8 +27,10 @@ from s3proxy import CheckDigest, ProxyServer
 from async_backup import upload
 from async_backup.budget import BufferPool, ByteBudget
 from async_backup.config import AwsSettings, Tuning
+from async_backup.directput import BodyStream, BucketEndpoint, DirectPut
+from async_backup.errors import S3Error
 from async_backup.keys import key_for_path
-from async_backup.read import FileChanged
+from async_backup.read import FileChanged, RangeReader
 from async_backup.s3 import S3, open_s3
 from async_backup.targets import stable_bucket_name
 from async_backup.upload import CHUNK_BYTES, MemoryLimits, UploadSettings, upload_file
@@ -81,6 +86,12 @@ def test_every_size_around_the_chunk_and_part_edges_arrives_whole(
     bucket = stable_bucket_name(bucket_prefix, str(root))
     assert_contents(inspect, bucket, [os.fsencode(p) for p in paths])  # byte for byte
     assert set(cache_rows(cache, bucket)) == {os.fsencode(p) for p in paths}
+    # What the cache keeps compares with S3's ETags (with --no-checksums: no HeadObject). Bodies
+    # sent with their SHA-256 (when_required) are recorded with the ETag S3 answered.
+    checked = run_cli("verify", "--cache", str(cache), "--no-checksums")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    if algorithm == "when_required":
+        assert f"{len(paths)} match" in checked.stdout, checked.stdout
 
 
 def run_uploads(
@@ -238,3 +249,53 @@ def test_streamed_bodies_over_https_reuse_their_buffers_too(
     assert all(isinstance(r, upload.Uploaded) for r in results), results
     assert limits.buffers.allocated == 2
     assert_contents(s3_tls_inspect, bucket, [os.fsencode(p) for p in paths])
+
+
+def test_a_server_that_stops_reading_mid_body_fails_the_request_instead_of_holding_it(tmp_path: Path) -> None:
+    """aiohttp's read timeout starts only after the body is sent: without the stall timeout a
+    server that stops reading mid-body would hold the nightly run forever."""
+    path = tmp_path / "volume.tif"
+    path.write_bytes(random.Random(3).randbytes(48 * MiB))  # more than loopback's socket buffers hold
+    accepted: list[int] = []
+
+    async def main() -> None:
+        async def stop_reading(stream: anyio.abc.SocketStream) -> None:
+            accepted.append(1)
+            await stream.receive(65536)  # the request's first bytes, then never another read
+            await anyio.sleep(30)
+
+        listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        async with anyio.create_task_group() as tg, aiohttp.ClientSession() as session:
+            tg.start_soon(listener.serve, stop_reading)
+
+            async def resolve(_bucket: str) -> BucketEndpoint | None:
+                return BucketEndpoint(f"http://127.0.0.1:{port}", "/b", REGION)
+
+            class Keys:
+                async def get_frozen_credentials(self) -> Any:
+                    return ReadOnlyCredentials(ACCESS_KEY, SECRET_KEY, None)
+
+            put = DirectPut(
+                session=session,
+                credentials=Keys(),
+                resolve_endpoint=resolve,
+                max_attempts=2,
+                fatal_codes=frozenset(),
+                send_stall_s=0.5,
+            )
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                stream = BodyStream(RangeReader(fd), 0, 48 * MiB, [bytearray(CHUNK_BYTES), bytearray(CHUNK_BYTES)])
+                endpoint = await put.endpoint("b")
+                assert endpoint is not None
+                with anyio.fail_after(20), pytest.raises(S3Error) as failed:
+                    await put.put(endpoint, "b", "volume.tif", stream, {}, "PutObject volume.tif")
+            finally:
+                os.close(fd)
+            assert failed.value.code == "ReadTimeoutError"
+            assert stream.failure is None and stream.tainted  # cut off mid-body: never reused
+            tg.cancel_scope.cancel()
+
+    anyio.run(main)
+    assert len(accepted) == 2  # both attempts reached the server, each was given up
