@@ -23,8 +23,9 @@ from typing import Any
 import anyio
 
 from . import __version__
-from .card import build_card, card_json
-from .config import Config, load_config
+from .backup.pipeline import Backup, RunOptions
+from .cache.store import StateStore
+from .disk.lock import cache_lock
 from .errors import (
     BackupError,
     ConfigError,
@@ -34,17 +35,16 @@ from .errors import (
     LockHeldError,
     unwrapped_group,
 )
-from .lock import cache_lock
-from .logsetup import TRACEBACK_LOGGER, setup_logging
-from .notify import NotifyResult, send_card
-from .pipeline import Backup, RunOptions
-from .pricing import planned_counts, price_requests, prices_for
-from .progress import Progress
-from .redact import Redactor, webhook_host
-from .runreport import write_metrics, write_report
-from .state import StateStore
-from .summary import RunSummary, format_bytes
-from .targets import Target, discover_targets, nested_target_warnings
+from .report.card import build_card, card_json
+from .report.logsetup import TRACEBACK_LOGGER, setup_logging
+from .report.notify import NotifyResult, send_card
+from .report.progress import Progress
+from .report.redact import Redactor, webhook_host
+from .report.runreport import write_metrics, write_report
+from .report.summary import RunSummary, format_bytes
+from .s3.pricing import planned_counts, price_requests, prices_for
+from .settings.config import Config, load_config
+from .settings.targets import Target, discover_targets, nested_target_warnings
 
 log = logging.getLogger("async_backup")
 
@@ -250,15 +250,15 @@ def _main(argv: Sequence[str] | None) -> int:
         log.warning("%s", warning)
     try:
         if args.command == "verify":
-            from .verify import run_verify
+            from .verify.command import run_verify
 
             return run_verify(config, cache_dir, args)
         if args.command == "restore":
-            from .restore import run_restore
+            from .restore.command import run_restore
 
             return run_restore(config, cache_dir, args)
         if args.command == "status":
-            from .status import run_status
+            from .report.status import run_status
 
             return run_status(config, cache_dir, args)
         return _backup(config, cache_dir, args)

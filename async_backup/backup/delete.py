@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from .errors import S3Error
-from .keys import key_for_path
+from ..disk.keys import key_for_path
+from ..errors import S3Error
+from ..s3.client import S3
 from .plan import MAX_DELETE_BATCH, batches
-from .s3 import S3
 
 
 @dataclass(frozen=True, slots=True)

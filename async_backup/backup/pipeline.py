@@ -27,28 +27,8 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream as ObjectReceiveStream
 from anyio.streams.memory import MemoryObjectSendStream as ObjectSendStream
 
-from .buckets import ensure_bucket
-from .budget import ByteBudget
-from .config import Config
-from .delete import KeyFailure, delete_paths
-from .errors import Failure, FailureCollector, FailureKind, FatalError, S3Error, unwrapped_group
-from .keys import KeyTooLongError, check_key_length, display_path, key_for_path
-from .legacy import LEGACY_CACHE_BUCKET, OldCache, OldCacheError, old_cache_name, old_cache_path
-from .logsetup import LOG_MAX_BYTES, LOG_NAME
-from .plan import (
-    MAX_DELETE_BATCH,
-    MAX_OBJECT_BYTES,
-    PlanCounts,
-    Recorded,
-    Upload,
-    deletion_guard,
-    device_guard,
-    merge,
-    part_size_for,
-)
-from .pricing import RequestTally, upload_requests
-from .progress import Progress
-from .rebuild import (
+from ..cache.legacy import LEGACY_CACHE_BUCKET, OldCache, OldCacheError, old_cache_name, old_cache_path
+from ..cache.rebuild import (
     REBUILDING_MARK,
     Candidate,
     Listing,
@@ -66,12 +46,32 @@ from .rebuild import (
     snapshot_holds,
     snapshot_key,
 )
-from .s3 import S3, endpoint_name, open_s3
-from .state import Change, Removed, StateStore, Stored, UploadEnded, UploadStarted, run_writer
-from .summary import TargetStats, format_bytes
-from .targets import Target
+from ..cache.store import Change, Removed, StateStore, Stored, UploadEnded, UploadStarted, run_writer
+from ..disk.keys import KeyTooLongError, check_key_length, display_path, key_for_path
+from ..disk.walk import Excluder, WalkEntry, walk_target
+from ..errors import Failure, FailureCollector, FailureKind, FatalError, S3Error, unwrapped_group
+from ..report.logsetup import LOG_MAX_BYTES, LOG_NAME
+from ..report.progress import Progress
+from ..report.summary import TargetStats, format_bytes
+from ..s3.buckets import ensure_bucket
+from ..s3.client import S3, endpoint_name, open_s3
+from ..s3.pricing import RequestTally, upload_requests
+from ..settings.config import Config
+from ..settings.targets import Target
+from .budget import ByteBudget
+from .delete import KeyFailure, delete_paths
+from .plan import (
+    MAX_DELETE_BATCH,
+    MAX_OBJECT_BYTES,
+    PlanCounts,
+    Recorded,
+    Upload,
+    deletion_guard,
+    device_guard,
+    merge,
+    part_size_for,
+)
 from .upload import FileChanged, FileUnreadable, FileVanished, MemoryLimits, UploadSettings, upload_file
-from .walk import Excluder, WalkEntry, walk_target
 
 log = logging.getLogger(__name__)
 
@@ -918,7 +918,7 @@ def cache_bucket_name(config: Config) -> str:
 def host_cache_bucket_name(config: Config) -> str:
     """The default cache bucket before the rebuild existed: derived from the host name and the
     cache directory's path. Still read for snapshots an installation wrote there."""
-    from .targets import stable_bucket_name
+    from ..settings.targets import stable_bucket_name
 
     host = socket.gethostname().split(".")[0] or "host"
     return stable_bucket_name(config.bucket_prefix + "cache-", "/" + host + str(config.source.parent))

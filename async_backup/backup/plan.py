@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from .walk import DiskFile, Hole, Skipped, WalkEntry
+from ..disk.walk import DiskFile, Hole, Skipped, WalkEntry
 
 MiB = 1024 * 1024
 MAX_PARTS = 10_000  # [S3 user guide, "Multipart upload limits"]

@@ -18,11 +18,11 @@ from typing import Any
 import aiofiles
 import anyio
 
+from ..disk.walk import DiskFile
+from ..errors import unwrapped_group
+from ..s3.client import S3, PartChecksum, composite_checksum
 from .budget import ByteBudget
-from .errors import unwrapped_group
 from .plan import part_ranges, part_size_for
-from .s3 import S3, PartChecksum, composite_checksum
-from .walk import DiskFile
 
 log = logging.getLogger(__name__)
 

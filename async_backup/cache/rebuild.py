@@ -38,12 +38,12 @@ from pathlib import Path
 
 import anyio
 
-from .errors import S3Error
-from .keys import ESCAPED_KEY_MARK, key_for_path, path_for_key
+from ..backup.upload import parse_mtime_metadata
+from ..disk.keys import ESCAPED_KEY_MARK, key_for_path, path_for_key
+from ..errors import S3Error
+from ..s3.client import S3, ListedObject, ObjectHead
 from .legacy import OldCache
-from .s3 import S3, ListedObject, ObjectHead
-from .state import StateStore, Stored, file_columns
-from .upload import parse_mtime_metadata
+from .store import StateStore, Stored, file_columns
 
 log = logging.getLogger(__name__)
 

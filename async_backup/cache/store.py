@@ -25,8 +25,8 @@ from typing import Concatenate, ParamSpec, TypeVar
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream as ObjectReceiveStream
 
-from .errors import FatalError
-from .plan import Recorded
+from ..backup.plan import Recorded
+from ..errors import FatalError
 
 log = logging.getLogger(__name__)
 

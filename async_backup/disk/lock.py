@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import LockHeldError
+from ..errors import LockHeldError
 
 LOCK_NAME = "async-backup.lock"
 

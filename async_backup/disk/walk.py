@@ -17,7 +17,7 @@ import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from .errors import Failure, FailureKind
+from ..errors import Failure, FailureKind
 from .keys import display_path
 
 

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
-from .errors import Failure, FailureKind
-from .pricing import format_usd
+from ..errors import Failure, FailureKind
+from ..s3.pricing import format_usd
 from .redact import Redactor, printable
 from .summary import RunSummary, TargetStats, format_bytes
 

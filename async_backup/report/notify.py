@@ -24,8 +24,8 @@ from typing import Any
 import aiohttp
 import yarl
 
+from ..errors import Failure, FailureKind
 from .card import payload_json
-from .errors import Failure, FailureKind
 from .redact import Redactor, webhook_host
 
 log = logging.getLogger("async_backup.notify")

@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .errors import Failure
+from ..errors import Failure
 from .redact import Redactor, printable
 from .summary import RunSummary, TargetStats
 

@@ -13,10 +13,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .config import Config
-from .pricing import format_usd, prices_for, storage_month
+from ..cache.store import StateStore
+from ..s3.pricing import format_usd, prices_for, storage_month
+from ..settings.config import Config
 from .runreport import latest_report
-from .state import StateStore
 from .summary import format_bytes
 
 EXIT_OK = 0

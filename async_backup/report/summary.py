@@ -8,8 +8,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from .errors import Failure
-from .pricing import RequestCost
+from ..errors import Failure
+from ..s3.pricing import RequestCost
 
 
 @dataclass(slots=True)

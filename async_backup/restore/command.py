@@ -32,16 +32,16 @@ from typing import Any
 
 import anyio
 
-from .config import Config
-from .errors import ConfigError, S3Error, unwrapped_group
-from .keys import display_path, path_for_key
-from .pricing import format_usd, prices_for, restore_cost
-from .s3 import S3, ObjectHead, ObjectVersion, open_s3
-from .state import StateStore, record_restore_request, restore_requested
-from .summary import format_bytes
-from .targets import Target, bucket_name_problem, discover_targets, stable_bucket_name
-from .upload import parse_mtime_metadata
-from .verify import Ticker, format_requests, select_targets, split_checksum
+from ..backup.upload import parse_mtime_metadata
+from ..cache.store import StateStore, record_restore_request, restore_requested
+from ..disk.keys import display_path, path_for_key
+from ..errors import ConfigError, S3Error, unwrapped_group
+from ..report.summary import format_bytes
+from ..s3.client import S3, ObjectHead, ObjectVersion, open_s3
+from ..s3.pricing import format_usd, prices_for, restore_cost
+from ..settings.config import Config
+from ..settings.targets import Target, bucket_name_problem, discover_targets, stable_bucket_name
+from ..verify.command import Ticker, format_requests, select_targets, split_checksum
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from .s3 import S3
+from .client import S3
 
 log = logging.getLogger(__name__)
 

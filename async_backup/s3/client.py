@@ -40,8 +40,9 @@ from botocore.exceptions import (
 )
 from botocore.httpsession import get_cert_path
 
-from .config import AwsSettings, Tuning
-from .directput import (
+from ..errors import FatalError, S3Error
+from ..settings.config import AwsSettings, Tuning
+from .fastput import (
     REGION_CODES,
     SKEW_CODE,
     BucketEndpoint,
@@ -51,7 +52,6 @@ from .directput import (
     skew_message,
     tls_failure_message,
 )
-from .errors import FatalError, S3Error
 from .pricing import RequestTally
 
 # put_plain_file holds at most this much of a file in memory: one PutObject up to it, else parts of it.

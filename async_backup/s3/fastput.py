@@ -38,7 +38,7 @@ import aiohttp.abc
 import anyio
 from yarl import URL
 
-from .errors import FatalError, S3Error
+from ..errors import FatalError, S3Error
 
 UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"  # the body is covered by Content-MD5 / x-amz-checksum-crc32 instead
 RETRY_CODES = frozenset({"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable"})

@@ -13,9 +13,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from ..cache.legacy import infer_common, legacy_bucket_name, legacy_common, legacy_name, legacy_target_list
+from ..errors import ConfigError
 from .config import Config
-from .errors import ConfigError
-from .legacy import infer_common, legacy_bucket_name, legacy_common, legacy_name, legacy_target_list
 
 BUCKET_MIN_LEN = 3
 BUCKET_MAX_LEN = 63  # [S3 user guide, "General purpose bucket naming rules"]

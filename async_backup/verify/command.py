@@ -27,16 +27,16 @@ from pathlib import Path
 import anyio
 from anyio.abc import TaskGroup
 
-from .config import Config
-from .errors import ConfigError, Failure, S3Error, unwrapped_group
-from .keys import display_path, path_for_key
-from .lock import cache_lock
-from .plan import Recorded, is_unchanged
-from .s3 import S3, ListedObject, ObjectHead, open_s3
-from .state import Change, Removed, StateStore, Stored, iter_rows
-from .summary import format_bytes
-from .targets import Target, discover_targets
-from .walk import DiskFile, Excluder, Hole, Skipped, WalkEntry, walk_target
+from ..backup.plan import Recorded, is_unchanged
+from ..cache.store import Change, Removed, StateStore, Stored, iter_rows
+from ..disk.keys import display_path, path_for_key
+from ..disk.lock import cache_lock
+from ..disk.walk import DiskFile, Excluder, Hole, Skipped, WalkEntry, walk_target
+from ..errors import ConfigError, Failure, S3Error, unwrapped_group
+from ..report.summary import format_bytes
+from ..s3.client import S3, ListedObject, ObjectHead, open_s3
+from ..settings.config import Config
+from ..settings.targets import Target, discover_targets
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""The backup command: planning, uploads, deletes and the pipeline that wires them."""

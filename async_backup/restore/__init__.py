@@ -1,0 +1,1 @@
+"""The restore command: versions chosen, archived objects requested, downloads checked and placed."""

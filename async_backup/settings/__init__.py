@@ -1,0 +1,1 @@
+"""What the operator configured: config.json read into frozen dataclasses, targets and their bucket names."""

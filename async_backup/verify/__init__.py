@@ -1,0 +1,1 @@
+"""The verify command: the cache held against S3 and the disk."""
