@@ -175,7 +175,7 @@ def main() -> None:
 
     from moto.server import ThreadedMotoServer
 
-    from async_backup.settings.targets import stable_bucket_name
+    from async_backup.settings.naming import stable_bucket_name
 
     os.environ.update({"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY})
     work = Path(tempfile.mkdtemp(prefix="bench-memory-"))

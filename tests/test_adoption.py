@@ -207,7 +207,7 @@ def test_a_subfolder_added_later_is_named_like_its_siblings(tmp_path: Path, moto
 def test_symlinked_subfolders_and_folders_are_backed_up_under_the_link(
     tmp_path: Path, moto_endpoint: str, s3_inspect: Any, bucket_prefix: str
 ):
-    from async_backup.settings.targets import stable_bucket_name
+    from async_backup.settings.naming import stable_bucket_name
 
     real = tmp_path / "elsewhere"
     make_tree(real, {"scans/p.tif": b"p", "scans/inner/q.tif": b"q", "folder/f.tif": b"f"})

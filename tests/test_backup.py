@@ -18,7 +18,7 @@ from conftest import ACCESS_KEY, SECRET_KEY, all_keys, key_of, make_tree, run_cl
 
 from async_backup.backup.pipeline import cache_bucket_name
 from async_backup.settings.config import load_config
-from async_backup.settings.targets import stable_bucket_name
+from async_backup.settings.naming import stable_bucket_name
 
 
 def read_archived(client: Any, bucket: str, key: str) -> bytes:

@@ -18,7 +18,7 @@ from async_backup.cache.rebuild import log_key
 from async_backup.report.logsetup import LOG_MAX_BYTES
 from async_backup.s3.client import open_s3
 from async_backup.settings.config import load_config
-from async_backup.settings.targets import stable_bucket_name
+from async_backup.settings.naming import stable_bucket_name
 
 
 def make_tree(root: Path) -> None:

@@ -22,7 +22,7 @@ from faultcheck import bucket_objects, cache_rows
 from async_backup.backup.plan import Delete, PlanCounts, Recorded, merge
 from async_backup.disk.walk import Excluder, walk_target
 from async_backup.errors import Failure
-from async_backup.settings.targets import stable_bucket_name
+from async_backup.settings.naming import stable_bucket_name
 
 
 def reports(cache: Path) -> list[dict[str, Any]]:

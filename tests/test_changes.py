@@ -18,7 +18,7 @@ from async_backup.backup.upload import FileChanged, FileVanished, MemoryLimits, 
 from async_backup.disk.walk import DiskFile, Excluder, Hole, walk_target
 from async_backup.s3.client import open_s3
 from async_backup.settings.config import AwsSettings, Tuning
-from async_backup.settings.targets import stable_bucket_name
+from async_backup.settings.naming import stable_bucket_name
 
 
 def test_a_file_written_during_its_upload_is_not_recorded(

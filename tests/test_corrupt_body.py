@@ -19,7 +19,7 @@ from faultcheck import assert_contents, assert_whole, bucket_etags, cache_rows, 
 from s3proxy import CorruptBody, ProxyServer
 
 from async_backup.disk.keys import display_path, key_for_path
-from async_backup.settings.targets import stable_bucket_name
+from async_backup.settings.naming import stable_bucket_name
 
 TUNING = {"multipart_threshold_mib": 5, "part_size_mib": 5, "parts_in_flight": 2, "workers": 4}
 

@@ -30,7 +30,7 @@ from faultcheck import (
 )
 
 from async_backup.disk.keys import key_for_path
-from async_backup.settings.targets import stable_bucket_name
+from async_backup.settings.naming import stable_bucket_name
 
 TUNING = {"multipart_threshold_mib": 5, "part_size_mib": 5, "parts_in_flight": 2, "workers": 8}
 MOMENTS = 10  # per scenario; two scenarios, 20 moments

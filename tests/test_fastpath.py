@@ -26,7 +26,7 @@ from s3proxy import Delay, ErrorReply, ProxyServer
 
 from async_backup.s3.client import open_s3
 from async_backup.settings.config import AwsSettings, Tuning
-from async_backup.settings.targets import stable_bucket_name
+from async_backup.settings.naming import stable_bucket_name
 
 MiB = 1024 * 1024
 

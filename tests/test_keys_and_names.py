@@ -13,13 +13,8 @@ from async_backup.disk.keys import MAX_KEY_BYTES, KeyTooLongError, check_key_len
 from async_backup.disk.walk import DiskFile, Excluder, walk_target
 from async_backup.errors import ConfigError
 from async_backup.settings.config import FolderSpec, parse_config
-from async_backup.settings.targets import (
-    bucket_name_problem,
-    discover_targets,
-    legacy_bucket_name,
-    nested_target_warnings,
-    stable_bucket_name,
-)
+from async_backup.settings.naming import bucket_name_problem, legacy_bucket_name, stable_bucket_name
+from async_backup.settings.targets import discover_targets, nested_target_warnings
 
 path_bytes = st.lists(
     st.binary(min_size=1, max_size=12).filter(lambda b: b"/" not in b and b"\0" not in b), min_size=1, max_size=4

@@ -11,7 +11,7 @@ from conftest import run_cli, write_config
 from faultcheck import assert_whole, bucket_objects
 
 from async_backup.disk.keys import path_for_key
-from async_backup.settings.targets import stable_bucket_name
+from async_backup.settings.naming import stable_bucket_name
 
 ODD_NAMES = [
     "with space.tif",

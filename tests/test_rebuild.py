@@ -22,7 +22,7 @@ from s3proxy import ProxyServer
 from async_backup.backup.pipeline import cache_bucket_name
 from async_backup.cache.store import STATE_NAME
 from async_backup.settings.config import load_config
-from async_backup.settings.targets import stable_bucket_name
+from async_backup.settings.naming import stable_bucket_name
 
 FILES = {f"box-{i // 4}/img-{i:02d}.tif": bytes([65 + i]) * (100 + i) for i in range(12)}
 

@@ -22,7 +22,7 @@ from s3proxy import ProxyServer, Record, internal_error
 
 from async_backup.backup.pipeline import cache_bucket_name
 from async_backup.settings.config import load_config
-from async_backup.settings.targets import stable_bucket_name
+from async_backup.settings.naming import stable_bucket_name
 
 # Bucket-level reads: the bucket's settings, and the multipart uploads an earlier run may have left
 # (listed on first use of an existing bucket). Never a write, never a request for an object.

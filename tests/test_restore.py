@@ -34,7 +34,7 @@ from async_backup.restore.command import (
     under_prefix,
 )
 from async_backup.s3.client import ObjectHead, ObjectVersion
-from async_backup.settings.targets import stable_bucket_name
+from async_backup.settings.naming import stable_bucket_name
 
 MIB = 1024 * 1024
 T0 = datetime(2026, 11, 1, tzinfo=UTC)

@@ -918,7 +918,7 @@ def cache_bucket_name(config: Config) -> str:
 def host_cache_bucket_name(config: Config) -> str:
     """The default cache bucket before the rebuild existed: derived from the host name and the
     cache directory's path. Still read for snapshots an installation wrote there."""
-    from ..settings.targets import stable_bucket_name
+    from ..settings.naming import stable_bucket_name
 
     host = socket.gethostname().split(".")[0] or "host"
     return stable_bucket_name(config.bucket_prefix + "cache-", "/" + host + str(config.source.parent))

@@ -1,20 +1,18 @@
-"""The existing script's rules and the state it leaves behind, read exactly as it writes them.
+"""The state the existing script leaves behind, read exactly as it writes it.
 
-Owns everything that must match the old script byte for byte: its list of targets and their
-names (`relpath` to the common path of every configured folder and every entry of every root,
-files and symlinks included), its bucket rule (`images--` + the name with each character outside
-[a-zA-Z0-9] turned into `-`, lowercased), where it keeps a target's cache
+Owns everything of the old script's cache that must match it byte for byte: where it keeps a
+target's cache
 (`db/<quote_plus(name)>.db`, table `files(key TEXT PRIMARY KEY, timestamp REAL)`, key = the file's
 absolute path, timestamp = `os.stat().st_mtime`), and the bucket it copies its cache directory to
 (`image-backup-cache`, config.json with the AWS keys included). Reads the disk and the old SQLite
-files; imports nothing of S3 and writes nothing.
+files; imports nothing of S3 and writes nothing. Its naming rules (target names, `images--`
+buckets) and its list of targets live in `settings.naming` and `settings.targets`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 import sqlite3
 import urllib.parse
 from collections.abc import Iterator, Sequence
@@ -23,54 +21,11 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-LEGACY_PREFIX = "images--"
 LEGACY_DB_DIR = "db"
 # The old script copies its whole cache directory here after every run, config.json included.
 LEGACY_CACHE_BUCKET = "image-backup-cache"
 # SQLite's default limit on host parameters in one statement is 32,766 (999 before 3.32).
 LOOKUP_CHUNK = 900
-
-
-def legacy_name(target: str, common: str) -> str:
-    """The old script's name of a target: its path relative to the common path (`.` when alone)."""
-    return os.path.relpath(target, common)
-
-
-def legacy_bucket_name(path: str, common: str) -> str:
-    """The old script's bucket: "images--" + the name, every character outside [a-zA-Z0-9]
-    replaced by "-", lowercased (`archives/Archive 3` -> `images--archives-archive-3`)."""
-    return LEGACY_PREFIX + re.sub(r"[^a-zA-Z0-9]", "-", legacy_name(path, common)).lower()
-
-
-def legacy_target_list(folders: Sequence[str], roots: Sequence[str]) -> list[str]:
-    """The old script's list: every folder, and every entry of every root (files and symlinks
-    too, which shape the common path even though they hold nothing to back up)."""
-    paths = [os.path.expanduser(f) for f in folders]
-    for root in roots:
-        try:
-            paths.extend(os.path.join(root, entry) for entry in os.listdir(root))
-        except OSError:
-            continue  # an unreadable root: its own failure is reported where targets are found
-    return sorted(paths)
-
-
-def legacy_common(paths: Sequence[str]) -> str:
-    return os.path.commonpath(list(paths)) if paths else "/"
-
-
-def infer_common(path: str, bucket: str) -> str | None:
-    """The common path under which `path` got the legacy bucket `bucket`, if any ancestor gives it.
-
-    Lets a cache that recorded legacy names (but not the common path) name a new subfolder the way
-    its siblings were named."""
-    candidate = path
-    while True:
-        parent = os.path.dirname(candidate)
-        if legacy_bucket_name(path, parent) == bucket:
-            return parent
-        if parent == candidate:
-            return None
-        candidate = parent
 
 
 def old_cache_name(name: str) -> str:

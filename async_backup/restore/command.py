@@ -40,7 +40,8 @@ from ..report.summary import format_bytes
 from ..s3.client import S3, ObjectHead, ObjectVersion, open_s3
 from ..s3.pricing import format_usd, prices_for, restore_cost
 from ..settings.config import Config
-from ..settings.targets import Target, bucket_name_problem, discover_targets, stable_bucket_name
+from ..settings.naming import bucket_name_problem, stable_bucket_name
+from ..settings.targets import Target, discover_targets
 from ..verify.command import Ticker, format_requests, select_targets, split_checksum
 
 log = logging.getLogger(__name__)

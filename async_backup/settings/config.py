@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import ConfigError
+from .naming import check_bucket_prefix
 
 MiB = 1024 * 1024
 CONFIG_NAME = "config.json"
@@ -247,8 +248,6 @@ def parse_config(raw: Any, source: Path, warnings: list[str] | None = None) -> C
     prefix = _opt_str(backup, "bucket_prefix", "backup", where)
     if prefix is None:
         prefix = DEFAULT_BUCKET_PREFIX
-    from .targets import check_bucket_prefix  # local import: targets depends on this module
-
     check_bucket_prefix(prefix, where)
 
     return Config(

@@ -1,29 +1,27 @@
 """Turn configured folders and roots into targets with stable, valid, collision-free bucket names.
 
-Owns the bucket naming rules (stable and legacy) and the checks on them. `discover_targets`
-lists each root's direct subfolders and checks which folders exist; everything else here is pure.
-Imports nothing of S3.
+Owns targets: which folders and roots' subfolders are backed up, the bucket each one gets (by
+the rules in `naming`), and the checks across targets (collisions, nesting). `discover_targets`
+lists each root's direct subfolders and checks which folders exist, as does `legacy_target_list`
+for the old script's list; everything else here is pure. Imports nothing of S3 or the cache.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
-import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from ..cache.legacy import infer_common, legacy_bucket_name, legacy_common, legacy_name, legacy_target_list
 from ..errors import ConfigError
 from .config import Config
-
-BUCKET_MIN_LEN = 3
-BUCKET_MAX_LEN = 63  # [S3 user guide, "General purpose bucket naming rules"]
-HASH_LEN = 8
-_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9-]*[a-z0-9]$")
-_RESERVED_PREFIXES = ("xn--", "sthree-", "amzn-s3-demo-")
-_RESERVED_SUFFIXES = ("-s3alias", "--ol-s3", "--x-s3", "--table-s3")
-_PREFIX_MAX_LEN = 40  # leaves room for a readable slug and the hash
+from .naming import (
+    bucket_name_problem,
+    infer_common,
+    legacy_bucket_name,
+    legacy_common,
+    legacy_name,
+    stable_bucket_name,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,47 +38,6 @@ class Target:
     @property
     def path_bytes(self) -> bytes:
         return os.fsencode(self.path)
-
-
-def bucket_name_problem(name: str) -> str | None:
-    """Why `name` is not a valid S3 bucket name, or None when it is."""
-    if not BUCKET_MIN_LEN <= len(name) <= BUCKET_MAX_LEN:
-        return f"must be {BUCKET_MIN_LEN} to {BUCKET_MAX_LEN} characters long"
-    if not _BUCKET_RE.match(name):
-        return "may hold only lowercase letters, digits and hyphens, and must start and end with a letter or digit"
-    if name.startswith(_RESERVED_PREFIXES) or name.endswith(_RESERVED_SUFFIXES):
-        return "uses a prefix or suffix that S3 reserves"
-    return None
-
-
-def check_bucket_prefix(prefix: str, where: str) -> None:
-    if not prefix:
-        return
-    if len(prefix) > _PREFIX_MAX_LEN or not re.match(r"^[a-z0-9][a-z0-9-]*$", prefix):
-        raise ConfigError(
-            f"{where}: backup.bucket_prefix {prefix!r} must be at most {_PREFIX_MAX_LEN} lowercase letters, "
-            "digits and hyphens, starting with a letter or digit"
-        )
-    if prefix.startswith(_RESERVED_PREFIXES):
-        raise ConfigError(f"{where}: backup.bucket_prefix {prefix!r} starts with a prefix that S3 reserves")
-
-
-def stable_bucket_name(prefix: str, path: str) -> str:
-    """`prefix` + a slug of the path + 8 hex digits of its SHA-256.
-
-    Depends on nothing but the prefix and the target's own path, so adding or removing other
-    targets never renames a bucket; the hash keeps /a/b-c and /a/b/c apart. A slug too long for
-    63 characters keeps its end, the most specific part of the path.
-    """
-    digest = hashlib.sha256(os.fsencode(path)).hexdigest()[:HASH_LEN]
-    slug = re.sub(r"[^a-z0-9]+", "-", path.lower()).strip("-")
-    room = BUCKET_MAX_LEN - len(prefix) - HASH_LEN - 1
-    if len(slug) > room:
-        slug = slug[len(slug) - room :].lstrip("-")
-    name = f"{prefix}{slug}-{digest}" if slug else f"{prefix}{digest}"
-    if len(name) < BUCKET_MIN_LEN or not name[0].isalnum():
-        name = f"b{name}"
-    return name
 
 
 def discover_targets(config: Config, known: Mapping[str, tuple[str, str | None]]) -> list[Target]:
@@ -157,6 +114,18 @@ def discover_targets(config: Config, known: Mapping[str, tuple[str, str | None]]
         )
     check_collisions([t for t in targets if t.problem is None], where, config.cache_bucket)
     return targets
+
+
+def legacy_target_list(folders: Sequence[str], roots: Sequence[str]) -> list[str]:
+    """The old script's list: every folder, and every entry of every root (files and symlinks
+    too, which shape the common path even though they hold nothing to back up)."""
+    paths = [os.path.expanduser(f) for f in folders]
+    for root in roots:
+        try:
+            paths.extend(os.path.join(root, entry) for entry in os.listdir(root))
+        except OSError:
+            continue  # an unreadable root: its own failure is reported where targets are found
+    return sorted(paths)
 
 
 def _is_folder(entry: os.DirEntry[str]) -> bool:
