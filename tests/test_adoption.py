@@ -16,7 +16,9 @@ import pytest
 from conftest import SECRET_KEY, make_tree, run_cli, write_config
 from oldscript import OLD_CACHE_BUCKET, run_old_script
 
-from async_backup.backup.plan import DiskFile, PlanCounts, Recorded, is_unchanged, merge, stat_float_mtime
+from async_backup.backup.plan import PlanCounts, merge
+from async_backup.cache.records import Recorded, is_unchanged, stat_float_mtime
+from async_backup.disk.entries import DiskFile
 
 
 def _token(tmp_path: Path) -> str:

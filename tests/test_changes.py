@@ -15,7 +15,8 @@ from faultcheck import bucket_objects, cache_rows
 
 from async_backup.backup.budget import ByteBudget
 from async_backup.backup.upload import FileChanged, FileVanished, MemoryLimits, UploadSettings, read_whole, upload_file
-from async_backup.disk.walk import DiskFile, Excluder, Hole, walk_target
+from async_backup.disk.entries import DiskFile, Hole
+from async_backup.disk.walk import Excluder, walk_target
 from async_backup.s3.client import open_s3
 from async_backup.settings.config import AwsSettings, Tuning
 from async_backup.settings.naming import stable_bucket_name

@@ -9,8 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from async_backup.disk.entries import DiskFile
 from async_backup.disk.keys import MAX_KEY_BYTES, KeyTooLongError, check_key_length, key_for_path, path_for_key
-from async_backup.disk.walk import DiskFile, Excluder, walk_target
+from async_backup.disk.walk import Excluder, walk_target
 from async_backup.errors import ConfigError
 from async_backup.settings.config import FolderSpec, parse_config
 from async_backup.settings.naming import bucket_name_problem, legacy_bucket_name, stable_bucket_name

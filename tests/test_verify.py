@@ -17,7 +17,8 @@ import pytest
 from conftest import Ran, in_process, key_of, make_tree, run_cli, write_config
 from s3proxy import ErrorReply, ProxyServer
 
-from async_backup.disk.walk import DiskFile, Excluder, Hole, Skipped
+from async_backup.disk.entries import DiskFile, Hole, Skipped
+from async_backup.disk.walk import Excluder
 from async_backup.s3.client import ListedObject, ObjectHead
 from async_backup.settings.naming import stable_bucket_name
 from async_backup.settings.targets import Target

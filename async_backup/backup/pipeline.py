@@ -46,9 +46,11 @@ from ..cache.rebuild import (
     snapshot_holds,
     snapshot_key,
 )
+from ..cache.records import Recorded
 from ..cache.store import Change, Removed, StateStore, Stored, UploadEnded, UploadStarted, run_writer
+from ..disk.entries import WalkEntry
 from ..disk.keys import KeyTooLongError, check_key_length, display_path, key_for_path
-from ..disk.walk import Excluder, WalkEntry, walk_target
+from ..disk.walk import Excluder, walk_target
 from ..errors import Failure, FailureCollector, FailureKind, FatalError, S3Error, unwrapped_group
 from ..report.logsetup import LOG_MAX_BYTES, LOG_NAME
 from ..report.progress import Progress
@@ -64,7 +66,6 @@ from .plan import (
     MAX_DELETE_BATCH,
     MAX_OBJECT_BYTES,
     PlanCounts,
-    Recorded,
     Upload,
     deletion_guard,
     device_guard,

@@ -13,7 +13,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from ..disk.walk import DiskFile, Hole, Skipped, WalkEntry
+from ..cache.records import Recorded, is_unchanged
+from ..disk.entries import DiskFile, Hole, Skipped, WalkEntry
 
 MiB = 1024 * 1024
 MAX_PARTS = 10_000  # [S3 user guide, "Multipart upload limits"]
@@ -21,22 +22,6 @@ MIN_PART_BYTES = 5 * MiB
 MAX_PART_BYTES = 5 * 1024 * MiB
 MAX_OBJECT_BYTES = 5 * 1024**4  # the largest object S3 stores, 5 TiB
 MAX_DELETE_BATCH = 1_000  # DeleteObjects takes at most 1,000 keys [S3 API reference]
-# Old caches stored st_mtime as a float; a double near 1.7e9 s is exact to about 0.24 us.
-LEGACY_MTIME_TOLERANCE_NS = 2_000
-
-
-@dataclass(frozen=True, slots=True)
-class Recorded:
-    """A cache row: what S3 confirmed for one path.
-
-    Rows adopted from the old script carry its float st_mtime in `legacy_mtime` (and the size the
-    bucket listing showed, or None in a dry run, which sends no listing); rows adopted by earlier
-    versions of this tool have neither a size nor a legacy_mtime."""
-
-    path: bytes
-    size: int | None
-    mtime_ns: int
-    legacy_mtime: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,21 +49,6 @@ class PlanCounts:
     kept: int = 0  # cached files under a hole or excluded: neither uploaded nor deleted
     holes: int = 0
     disk_bytes: int = 0
-
-
-def stat_float_mtime(mtime_ns: int) -> float:
-    """`os.stat().st_mtime` as CPython computes it from the nanoseconds (sec + nsec * 1e-9), so an
-    mtime the old script stored compares at exactly the float precision it had."""
-    seconds, nanos = divmod(mtime_ns, 1_000_000_000)
-    return float(seconds) + nanos * 1e-9
-
-
-def is_unchanged(file: DiskFile, row: Recorded) -> bool:
-    if row.legacy_mtime is not None:
-        return (row.size is None or row.size == file.size) and stat_float_mtime(file.mtime_ns) == row.legacy_mtime
-    if row.size is None:
-        return abs(file.mtime_ns - row.mtime_ns) <= LEGACY_MTIME_TOLERANCE_NS
-    return file.size == row.size and file.mtime_ns == row.mtime_ns
 
 
 def merge(

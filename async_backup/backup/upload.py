@@ -18,7 +18,7 @@ from typing import Any
 import aiofiles
 import anyio
 
-from ..disk.walk import DiskFile
+from ..disk.entries import DiskFile
 from ..errors import unwrapped_group
 from ..s3.client import S3, PartChecksum, composite_checksum
 from .budget import ByteBudget

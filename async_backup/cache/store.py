@@ -25,8 +25,8 @@ from typing import Concatenate, ParamSpec, TypeVar
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream as ObjectReceiveStream
 
-from ..backup.plan import Recorded
 from ..errors import FatalError
+from .records import Recorded
 
 log = logging.getLogger(__name__)
 

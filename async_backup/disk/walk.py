@@ -15,42 +15,10 @@ import os
 import re
 import stat
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 from ..errors import Failure, FailureKind
+from .entries import DiskFile, Hole, Skipped, WalkEntry
 from .keys import display_path
-
-
-@dataclass(frozen=True, slots=True)
-class DiskFile:
-    """A regular file as the walk saw it."""
-
-    path: bytes
-    size: int
-    mtime_ns: int
-
-
-@dataclass(frozen=True, slots=True)
-class Skipped:
-    """Something on disk that is not backed up: a symlink, socket, FIFO, device, or excluded file."""
-
-    path: bytes
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Hole:
-    """A directory whose contents are unknown this run (unreadable, vanished or excluded).
-
-    `path` is the directory with a trailing slash: every cached file under it is kept as it is,
-    neither uploaded nor deleted.
-    """
-
-    path: bytes
-    reason: str
-
-
-WalkEntry = DiskFile | Skipped | Hole
 
 
 class Excluder:

@@ -27,11 +27,12 @@ from pathlib import Path
 import anyio
 from anyio.abc import TaskGroup
 
-from ..backup.plan import Recorded, is_unchanged
+from ..cache.records import Recorded, is_unchanged
 from ..cache.store import Change, Removed, StateStore, Stored, iter_rows
+from ..disk.entries import DiskFile, Hole, Skipped, WalkEntry
 from ..disk.keys import display_path, path_for_key
 from ..disk.lock import cache_lock
-from ..disk.walk import DiskFile, Excluder, Hole, Skipped, WalkEntry, walk_target
+from ..disk.walk import Excluder, walk_target
 from ..errors import ConfigError, Failure, S3Error, unwrapped_group
 from ..report.summary import format_bytes
 from ..s3.client import S3, ListedObject, ObjectHead, open_s3
