@@ -55,7 +55,8 @@ def _free_port() -> int:
 async def _measure(
     endpoint: str, requests: int, concurrency: int, checksum: str, validate: bool, expect: bool, cached_ua: bool = False
 ) -> float:
-    from async_backup.s3.client import PartChecksum, client_config
+    from async_backup.s3.checksums import PartChecksum
+    from async_backup.s3.client import client_config
     from async_backup.settings.config import AwsSettings, Tuning
 
     aws = AwsSettings("AKIDEXAMPLE", "secret", "us-east-1", endpoint, checksum_calculation=checksum)  # type: ignore[arg-type]
@@ -131,7 +132,8 @@ async def _measure_tool(
     import datetime
     import types
 
-    from async_backup.s3.client import PartChecksum, open_s3
+    from async_backup.s3.checksums import PartChecksum
+    from async_backup.s3.client import open_s3
     from async_backup.settings.config import AwsSettings, Tuning
 
     saved = {k: os.environ.get(k) for k in CREDENTIAL_ENV}

@@ -33,7 +33,7 @@ from async_backup.restore.command import (
     list_prefixes,
     under_prefix,
 )
-from async_backup.s3.client import ObjectHead, ObjectVersion
+from async_backup.s3.objects import ObjectHead, ObjectVersion
 from async_backup.settings.naming import stable_bucket_name
 
 MIB = 1024 * 1024

@@ -20,7 +20,9 @@ import anyio
 
 from ..disk.entries import DiskFile
 from ..errors import unwrapped_group
-from ..s3.client import S3, PartChecksum, composite_checksum
+from ..s3.checksums import PartChecksum, composite_checksum
+from ..s3.client import S3
+from ..s3.objects import mtime_metadata
 from .budget import ByteBudget
 from .plan import part_ranges, part_size_for
 
@@ -67,23 +69,6 @@ class MemoryLimits:
 
     budget: ByteBudget
     part_slots: anyio.Semaphore
-
-
-def mtime_metadata(mtime_ns: int) -> dict[str, str]:
-    """The file's mtime as user metadata, in seconds with nanoseconds (rclone reads the same key)."""
-    seconds, nanos = divmod(mtime_ns, 1_000_000_000)
-    return {"mtime": f"{seconds}.{nanos:09d}"}
-
-
-def parse_mtime_metadata(metadata: dict[str, str]) -> int | None:
-    value = metadata.get("mtime")
-    if not value:
-        return None
-    seconds, _, fraction = value.partition(".")
-    try:
-        return int(seconds) * 1_000_000_000 + int((fraction + "000000000")[:9])
-    except ValueError:
-        return None
 
 
 def _open_nofollow(path: bytes) -> int:

@@ -38,10 +38,10 @@ from pathlib import Path
 
 import anyio
 
-from ..backup.upload import parse_mtime_metadata
 from ..disk.keys import ESCAPED_KEY_MARK, key_for_path, path_for_key
 from ..errors import S3Error
-from ..s3.client import S3, ListedObject, ObjectHead
+from ..s3.client import S3
+from ..s3.objects import ListedObject, ObjectHead, parse_mtime_metadata
 from .legacy import OldCache
 from .store import StateStore, Stored, file_columns
 

@@ -32,17 +32,18 @@ from typing import Any
 
 import anyio
 
-from ..backup.upload import parse_mtime_metadata
 from ..cache.store import StateStore, record_restore_request, restore_requested
 from ..disk.keys import display_path, path_for_key
 from ..errors import ConfigError, S3Error, unwrapped_group
 from ..report.summary import format_bytes
-from ..s3.client import S3, ObjectHead, ObjectVersion, open_s3
+from ..s3.checksums import split_checksum
+from ..s3.client import S3, open_s3
+from ..s3.objects import ObjectHead, ObjectVersion, parse_mtime_metadata
 from ..s3.pricing import format_usd, prices_for, restore_cost
 from ..settings.config import Config
 from ..settings.naming import bucket_name_problem, stable_bucket_name
 from ..settings.targets import Target, discover_targets
-from ..verify.command import Ticker, format_requests, select_targets, split_checksum
+from ..verify.command import Ticker, format_requests, select_targets
 
 log = logging.getLogger(__name__)
 

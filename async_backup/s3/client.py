@@ -8,15 +8,11 @@ Nothing in here knows about targets, the cache or the plan.
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import hashlib
 import ssl
-import zlib
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -42,6 +38,7 @@ from botocore.httpsession import get_cert_path
 
 from ..errors import FatalError, S3Error
 from ..settings.config import AwsSettings, Tuning
+from .checksums import PartChecksum
 from .fastput import (
     REGION_CODES,
     SKEW_CODE,
@@ -52,6 +49,7 @@ from .fastput import (
     skew_message,
     tls_failure_message,
 )
+from .objects import ListedObject, ObjectHead, ObjectVersion
 from .pricing import RequestTally
 
 # put_plain_file holds at most this much of a file in memory: one PutObject up to it, else parts of it.
@@ -69,51 +67,6 @@ FATAL_CODES = frozenset(
         "AllAccessDisabled",
     }
 )
-
-
-@dataclass(frozen=True, slots=True)
-class PartChecksum:
-    """The integrity value sent with one body, which S3 verifies on receipt."""
-
-    algorithm: str  # "crc32" or "md5"
-    digest: bytes
-
-    @classmethod
-    def of(cls, data: bytes, algorithm: str) -> PartChecksum:
-        if algorithm == "crc32":
-            return cls("crc32", zlib.crc32(data).to_bytes(4, "big"))
-        return cls("md5", hashlib.md5(data, usedforsecurity=False).digest())
-
-    @property
-    def b64(self) -> str:
-        return base64.b64encode(self.digest).decode("ascii")
-
-    def request_args(self) -> dict[str, str]:
-        if self.algorithm == "crc32":
-            return {"ChecksumCRC32": self.b64}
-        return {"ContentMD5": self.b64}
-
-    def request_headers(self) -> dict[str, str]:
-        """The same value as a raw HTTP header, for requests the tool signs itself."""
-        if self.algorithm == "crc32":
-            return {"x-amz-checksum-crc32": self.b64}
-        return {"content-md5": self.b64}
-
-    def cache_value(self) -> str:
-        """What the cache keeps, in the form S3 reports it (base64 CRC32, or the hex ETag)."""
-        if self.algorithm == "crc32":
-            return f"crc32:{self.b64}"
-        return f"md5:{self.digest.hex()}"
-
-
-def composite_checksum(parts: Sequence[PartChecksum]) -> str:
-    """The value S3 stores for a multipart object: a checksum of the part checksums, then -N."""
-    algorithm = parts[0].algorithm
-    joined = b"".join(p.digest for p in parts)
-    whole = PartChecksum.of(joined, algorithm)
-    if algorithm == "crc32":
-        return f"crc32:{whole.b64}-{len(parts)}"
-    return f"md5:{whole.digest.hex()}-{len(parts)}"
 
 
 def client_config(aws: AwsSettings, tuning: Tuning) -> AioConfig:
@@ -736,56 +689,7 @@ async def open_s3(aws: AwsSettings, tuning: Tuning) -> AsyncIterator[S3]:
         yield S3(client, aws, direct)
 
 
-# Restore and verify: what the methods above return.
-
-
-@dataclass(frozen=True, slots=True)
-class ListedObject:
-    """One current object from ListObjectsV2."""
-
-    key: str
-    size: int
-    storage_class: str
-    etag: str  # without quotes
-    last_modified: datetime | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ObjectVersion:
-    """One version (or delete marker) from ListObjectVersions."""
-
-    key: str
-    version_id: str  # "" on a bucket that never had versioning ("null" as S3 lists it otherwise)
-    last_modified: datetime
-    is_latest: bool
-    is_delete_marker: bool
-    size: int = 0
-    storage_class: str = "STANDARD"
-    etag: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class ObjectHead:
-    """What HeadObject or GetObject tells about one object version."""
-
-    size: int
-    etag: str
-    storage_class: str
-    version_id: str
-    metadata: dict[str, str]
-    restore: str | None  # the x-amz-restore value, None when no retrieval was ever asked for
-    checksum_crc32: str | None  # base64, "-N" appended by S3 for a composite multipart value
-    other_checksum: bool  # a checksum of another algorithm is stored (not comparable with ours)
-    checksum_type: str  # "COMPOSITE", "FULL_OBJECT", or "" when the server does not say
-    parts_count: int | None
-    encrypted_with_key: bool  # SSE-KMS or SSE-C: the ETag is then not an MD5 of the content
-
-    @property
-    def restore_state(self) -> str:
-        """One of "none" (never asked for, or the copy expired), "pending" or "ready"."""
-        if not self.restore:
-            return "none"
-        return "pending" if 'ongoing-request="true"' in self.restore else "ready"
+# GetObject bodies, for restore.
 
 
 class ObjectReader:

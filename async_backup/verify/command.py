@@ -35,7 +35,9 @@ from ..disk.lock import cache_lock
 from ..disk.walk import Excluder, walk_target
 from ..errors import ConfigError, Failure, S3Error, unwrapped_group
 from ..report.summary import format_bytes
-from ..s3.client import S3, ListedObject, ObjectHead, open_s3
+from ..s3.checksums import split_checksum
+from ..s3.client import S3, open_s3
+from ..s3.objects import ListedObject, ObjectHead
 from ..settings.config import Config
 from ..settings.targets import Target, discover_targets
 
@@ -159,14 +161,6 @@ class Ticker:
 
 
 # Checksums: what is comparable, and what is not
-
-
-def split_checksum(value: str) -> tuple[str, str, int | None]:
-    """ "crc32:AbCd==-3" -> ("crc32", "AbCd==", 3); the part count is None for a single upload."""
-    algorithm, _, rest = value.partition(":")
-    digest, dash, parts = rest.rpartition("-") if "-" in rest else (rest, "", "")
-    count = int(parts) if dash and parts.isdigit() else None
-    return algorithm, digest if count is not None else rest, count
 
 
 def compare_checksum(cached: str, etag: str, head: ObjectHead | None) -> tuple[bool | None, str]:
