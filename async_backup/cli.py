@@ -27,6 +27,11 @@ from .backup.pipeline import Backup, RunOptions
 from .cache.store import StateStore
 from .disk.lock import cache_lock
 from .errors import (
+    EXIT_FAILURES,
+    EXIT_INTERRUPTED,
+    EXIT_LOCKED,
+    EXIT_OK,
+    EXIT_USAGE,
     BackupError,
     ConfigError,
     Failure,
@@ -44,16 +49,11 @@ from .report.runreport import write_metrics, write_report
 from .report.summary import RunSummary, format_bytes
 from .s3.pricing import planned_counts, price_requests, prices_for
 from .settings.config import Config, load_config
-from .settings.targets import Target, discover_targets, nested_target_warnings
+from .settings.targets import Target, discover_targets, nested_target_warnings, select_targets
 
 log = logging.getLogger("async_backup")
 
 M_MMAP_THRESHOLD = -3  # from glibc's malloc.h
-EXIT_OK = 0
-EXIT_FAILURES = 1
-EXIT_USAGE = 2
-EXIT_LOCKED = 3
-EXIT_INTERRUPTED = 130
 DEFAULT_CACHE = "~/.local/async-backup/"
 
 
@@ -387,7 +387,7 @@ def _run(config: Config, cache_dir: Path, args: argparse.Namespace, collector: F
         elif args.reset and not args.dry_run:
             store.reset()
             log.info("cache reset: its rows are rebuilt from S3 before planning")
-        targets = _select(discover_targets(config, store.known_targets()), args.only)
+        targets = select_targets(discover_targets(config, store.known_targets()), args.only, "--only")
         for warning in nested_target_warnings(targets):
             log.warning("%s", warning)
         if not args.dry_run:
@@ -398,18 +398,6 @@ def _run(config: Config, cache_dir: Path, args: argparse.Namespace, collector: F
         return _execute(config, targets, store, collector, held, args)
     finally:
         store.close()
-
-
-def _select(targets: list[Target], only: Sequence[str]) -> list[Target]:
-    if not only:
-        return targets
-    wanted = {os.path.normpath(o) if o.startswith("/") else o for o in only}
-    chosen = [t for t in targets if t.path in wanted or t.bucket in wanted]
-    found = {t.path for t in chosen} | {t.bucket for t in chosen}
-    unknown = sorted(wanted - found)
-    if unknown:
-        raise ConfigError(f"--only {unknown[0]} names no configured target; give a folder path or bucket name")
-    return chosen
 
 
 def event_loop_options() -> dict[str, Any]:

@@ -10,10 +10,11 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import anyio
+from anyio.abc import TaskGroup
 
 from .summary import TargetStats, format_bytes
 
@@ -76,9 +77,7 @@ class Progress:
         if self.live:
             await self._live(stats, started)
             return
-        while True:
-            await anyio.sleep(self.interval_s)
-            log.info("%s", progress_line(stats, time.monotonic() - started))
+        await log_every(self.interval_s, lambda: progress_line(stats, time.monotonic() - started))
 
     async def _live(self, stats: Sequence[TargetStats], started: float) -> None:
         from rich.progress import (
@@ -124,3 +123,40 @@ class Progress:
 
 def _short(name: str, width: int = 40) -> str:
     return name if len(name) <= width else "…" + name[-(width - 1) :]
+
+
+# verify and restore: one line, how often it is rewritten on a terminal and how often logged elsewhere
+TICKER_TTY_S = 1.0
+TICKER_LOG_S = 15.0
+
+
+async def log_every(interval_s: float, describe: Callable[[], str]) -> None:
+    """Log `describe()` every `interval_s` until cancelled: progress off a terminal, for every command."""
+    while True:
+        await anyio.sleep(interval_s)
+        log.info("%s", describe())
+
+
+class Ticker:
+    """verify's and restore's progress line: rewritten in place on a terminal every TICKER_TTY_S,
+    a log line every TICKER_LOG_S elsewhere (backup's `Progress` draws bars on a terminal instead)."""
+
+    def __init__(self, describe: Callable[[], str]) -> None:
+        self._describe = describe
+        self._tty = sys.stderr.isatty()
+
+    def start(self, tg: TaskGroup) -> None:
+        tg.start_soon(self._run)
+
+    async def _run(self) -> None:
+        if not self._tty:
+            await log_every(TICKER_LOG_S, self._describe)
+            return
+        try:
+            while True:
+                await anyio.sleep(TICKER_TTY_S)
+                sys.stderr.write("\r\x1b[K" + self._describe())
+                sys.stderr.flush()
+        finally:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()

@@ -14,12 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from ..cache.store import StateStore
+from ..errors import EXIT_OK
 from ..s3.pricing import format_usd, prices_for, storage_month
 from ..settings.config import Config
 from .runreport import latest_report
 from .summary import format_bytes
-
-EXIT_OK = 0
 
 
 def gather(config: Config, cache_dir: Path) -> dict[str, Any]:

@@ -6,6 +6,7 @@ Owns the counters only. Stages increment them as work is confirmed; nothing here
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ..errors import Failure
@@ -105,3 +106,10 @@ def format_bytes(n: int) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     raise AssertionError("unreachable")
+
+
+def format_requests(counts: Mapping[str, int]) -> str:
+    """ "12 (ListObjectsV2 2, HeadObject 10)": every request sent, retries included."""
+    total = sum(counts.values())
+    detail = ", ".join(f"{op} {n}" for op, n in sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+    return f"{total} ({detail})" if detail else "0"

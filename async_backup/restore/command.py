@@ -34,23 +34,19 @@ import anyio
 
 from ..cache.store import StateStore, record_restore_request, restore_requested
 from ..disk.keys import display_path, path_for_key
-from ..errors import ConfigError, S3Error, unwrapped_group
-from ..report.summary import format_bytes
+from ..errors import EXIT_FAILURES, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, ConfigError, S3Error, unwrapped_group
+from ..report.progress import Ticker
+from ..report.summary import format_bytes, format_requests
 from ..s3.checksums import split_checksum
 from ..s3.client import S3, open_s3
 from ..s3.objects import ObjectHead, ObjectVersion, parse_mtime_metadata
 from ..s3.pricing import format_usd, prices_for, restore_cost
 from ..settings.config import Config
 from ..settings.naming import bucket_name_problem, stable_bucket_name
-from ..settings.targets import Target, discover_targets
-from ..verify.command import Ticker, format_requests, select_targets
+from ..settings.targets import Target, discover_targets, select_targets
 
 log = logging.getLogger(__name__)
 
-EXIT_OK = 0
-EXIT_FAILURES = 1
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
 CHUNK_BYTES = 1024 * 1024  # per download in flight: memory is about workers x CHUNK_BYTES
 ARCHIVE_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})  # unreadable until RestoreObject completes
 # Deep Archive retrieval times [S3 user guide, "Archive retrieval options"]; GLACIER is faster.

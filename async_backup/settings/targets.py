@@ -178,3 +178,22 @@ def nested_target_warnings(targets: list[Target]) -> list[str]:
                 break
             parent = os.path.dirname(parent)
     return warnings
+
+
+def select_targets(targets: Sequence[Target], names: Sequence[str], option: str) -> list[Target]:
+    """The targets named by folder path or bucket name, in configuration order; all when none are named.
+
+    The one selection for `--only` (backup), `--target` (verify) and restore's TARGET; `option` names
+    the argument in the error. A relative path is taken from the working directory."""
+    if not names:
+        return list(targets)
+    chosen: list[Target] = []
+    for name in names:
+        as_path = os.path.normpath(os.path.abspath(name))
+        found = [t for t in targets if t.bucket == name or t.path == as_path]
+        if not found:
+            raise ConfigError(
+                f"{option} {name} names no configured target; give a target's folder path or its bucket name"
+            )
+        chosen.extend(t for t in found if t not in chosen)
+    return [t for t in targets if t in chosen]

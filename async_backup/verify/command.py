@@ -1,10 +1,9 @@
 """Verify: compare each target's bucket, the cache and the disk, without restoring anything.
 
 Owns the comparison rules (what counts as missing from S3, unexplained in S3, a size, storage-class
-or checksum mismatch, and what cannot be checked), `--repair` (cache corrections that make the next
-backup put things right), and three small pieces `restore` shares: choosing targets by folder or
-bucket, the progress line, and the count of requests sent. Talks to S3 only through `s3.S3`, reads
-the disk only through `walk`, and writes the cache only with --repair, under the backup's lock.
+or checksum mismatch, and what cannot be checked) and `--repair` (cache corrections that make the next
+backup put things right). Talks to S3 only through `s3.S3`, reads the disk only through `walk`,
+and writes the cache only with --repair, under the backup's lock.
 """
 
 from __future__ import annotations
@@ -12,20 +11,17 @@ from __future__ import annotations
 import argparse
 import enum
 import logging
-import os
 import re
 import sqlite3
-import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
-from anyio.abc import TaskGroup
 
 from ..cache.records import Recorded, is_unchanged
 from ..cache.store import Change, Removed, StateStore, Stored, iter_rows
@@ -33,21 +29,18 @@ from ..disk.entries import DiskFile, Hole, Skipped, WalkEntry
 from ..disk.keys import display_path, path_for_key
 from ..disk.lock import cache_lock
 from ..disk.walk import Excluder, walk_target
-from ..errors import ConfigError, Failure, S3Error, unwrapped_group
-from ..report.summary import format_bytes
+from ..errors import EXIT_FAILURES, EXIT_OK, Failure, S3Error, unwrapped_group
+from ..report.progress import Ticker
+from ..report.summary import format_bytes, format_requests
 from ..s3.checksums import split_checksum
 from ..s3.client import S3, open_s3
 from ..s3.objects import ListedObject, ObjectHead
 from ..settings.config import Config
-from ..settings.targets import Target, discover_targets
+from ..settings.targets import Target, discover_targets, select_targets
 
 log = logging.getLogger(__name__)
 
-EXIT_OK = 0
-EXIT_PROBLEMS = 1
 SHOWN_PER_KIND = 20  # problem lines printed per kind and target; the counts are always complete
-PROGRESS_TTY_S = 1.0
-PROGRESS_LOG_S = 15.0
 _MD5_ETAG = re.compile(r"^[0-9a-f]{32}(-[0-9]+)?$")
 SPILL_CHUNK = 1000  # rows read from or written to the spill at a time
 
@@ -106,58 +99,6 @@ class TargetCheck:
 
     def add(self, kind: Kind, path: bytes, detail: str) -> None:
         self.problems.append(Problem(kind, path, detail))
-
-
-# Shared with restore: choosing targets, progress, request counts
-
-
-def select_targets(targets: Sequence[Target], names: Sequence[str], option: str) -> list[Target]:
-    """The targets named by folder path or bucket name, in configuration order; all when none are named."""
-    if not names:
-        return list(targets)
-    chosen: list[Target] = []
-    for name in names:
-        as_path = os.path.normpath(os.path.abspath(name))
-        found = [t for t in targets if t.bucket == name or t.path == as_path]
-        if not found:
-            raise ConfigError(
-                f"{option} {name} names no configured target; give a target's folder path or its bucket name"
-            )
-        chosen.extend(t for t in found if t not in chosen)
-    return [t for t in targets if t in chosen]
-
-
-def format_requests(counts: Mapping[str, int]) -> str:
-    """ "12 (ListObjectsV2 2, HeadObject 10)": every request sent, retries included."""
-    total = sum(counts.values())
-    detail = ", ".join(f"{op} {n}" for op, n in sorted(counts.items(), key=lambda item: (-item[1], item[0])))
-    return f"{total} ({detail})" if detail else "0"
-
-
-class Ticker:
-    """A progress line: rewritten in place on a terminal, a log line every PROGRESS_LOG_S elsewhere."""
-
-    def __init__(self, describe: Callable[[], str]) -> None:
-        self._describe = describe
-        self._tty = sys.stderr.isatty()
-
-    def start(self, tg: TaskGroup) -> None:
-        tg.start_soon(self._run)
-
-    async def _run(self) -> None:
-        interval = PROGRESS_TTY_S if self._tty else PROGRESS_LOG_S
-        try:
-            while True:
-                await anyio.sleep(interval)
-                if self._tty:
-                    sys.stderr.write("\r\x1b[K" + self._describe())
-                    sys.stderr.flush()
-                else:
-                    log.info("%s", self._describe())
-        finally:
-            if self._tty:
-                sys.stderr.write("\r\x1b[K")
-                sys.stderr.flush()
 
 
 # Checksums: what is comparable, and what is not
@@ -598,7 +539,7 @@ def run_verify(config: Config, cache_dir: Path, args: argparse.Namespace) -> int
             errors = sum(len(c.errors) for c in job.results)
             summary = _summary(job.results, problems, errors, repairs, args.repair, time.monotonic() - started)
             print(summary)
-            return EXIT_PROBLEMS if problems or errors else EXIT_OK
+            return EXIT_FAILURES if problems or errors else EXIT_OK
         finally:
             store.close()
 
