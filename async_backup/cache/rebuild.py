@@ -43,6 +43,7 @@ from ..errors import S3Error
 from ..s3.client import S3
 from ..s3.objects import ListedObject, ObjectHead, parse_mtime_metadata
 from .legacy import OldCache
+from .spill import open_spill
 from .store import StateStore, Stored, file_columns
 
 log = logging.getLogger(__name__)
@@ -212,9 +213,7 @@ class Listing:
     marks keys a snapshot row already accounts for; the rest are for HeadObject to prove."""
 
     def __init__(self, path: Path) -> None:
-        self._conn = sqlite3.connect(path, check_same_thread=False)
-        self._conn.execute("PRAGMA journal_mode=OFF")
-        self._conn.execute("PRAGMA synchronous=OFF")
+        self._conn = open_spill(path, page_cache_kib=None)
         self._conn.execute(
             "CREATE TABLE objects (key TEXT PRIMARY KEY, size INTEGER NOT NULL, covered INTEGER NOT NULL DEFAULT 0)"
         )

@@ -19,7 +19,6 @@ import logging
 import os
 import secrets
 import signal
-import sqlite3
 import sys
 import tempfile
 import zlib
@@ -32,6 +31,7 @@ from typing import Any
 
 import anyio
 
+from ..cache.spill import open_spill
 from ..cache.store import StateStore, record_restore_request, restore_requested
 from ..disk.keys import display_path, path_for_key
 from ..errors import EXIT_FAILURES, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, ConfigError, S3Error, unwrapped_group
@@ -612,10 +612,7 @@ class VersionSpill:
     which `choose_one` relies on to break ties in time."""
 
     def __init__(self, path: Path) -> None:
-        self._conn = sqlite3.connect(path, check_same_thread=False)
-        self._conn.execute("PRAGMA journal_mode=OFF")
-        self._conn.execute("PRAGMA synchronous=OFF")
-        self._conn.execute("PRAGMA cache_size=-8192")  # 8 MiB of pages at most
+        self._conn = open_spill(path)
         self._conn.executescript(
             """
             CREATE TABLE versions (key TEXT NOT NULL, seq INTEGER NOT NULL, version_id TEXT NOT NULL,

@@ -12,7 +12,6 @@ import argparse
 import enum
 import logging
 import re
-import sqlite3
 import tempfile
 import time
 from collections import Counter
@@ -24,6 +23,7 @@ from pathlib import Path
 import anyio
 
 from ..cache.records import Recorded, is_unchanged
+from ..cache.spill import open_spill
 from ..cache.store import Change, Removed, StateStore, Stored, iter_rows
 from ..disk.entries import DiskFile, Hole, Skipped, WalkEntry
 from ..disk.keys import display_path, path_for_key
@@ -407,10 +407,7 @@ class Spill:
     (the order of the cache's rows and of the walk), whatever order the keys were listed in."""
 
     def __init__(self, path: Path) -> None:
-        self._conn = sqlite3.connect(path, check_same_thread=False)
-        self._conn.execute("PRAGMA journal_mode=OFF")
-        self._conn.execute("PRAGMA synchronous=OFF")
-        self._conn.execute("PRAGMA cache_size=-8192")  # 8 MiB of pages at most
+        self._conn = open_spill(path)
         self._conn.execute(
             "CREATE TABLE objects (path BLOB PRIMARY KEY, key TEXT NOT NULL, size INTEGER NOT NULL, "
             "class TEXT NOT NULL, etag TEXT NOT NULL) WITHOUT ROWID"
