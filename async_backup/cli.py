@@ -23,7 +23,8 @@ from typing import Any
 import anyio
 
 from . import __version__
-from .backup.pipeline import Backup, RunOptions
+from .backup.pipeline import Backup
+from .backup.runs import RunOptions
 from .cache.store import StateStore
 from .disk.lock import cache_lock
 from .errors import (

@@ -19,7 +19,7 @@ import pytest
 from conftest import key_of, make_tree, run_cli, write_config
 from s3proxy import ProxyServer
 
-from async_backup.backup.pipeline import cache_bucket_name
+from async_backup.cache.snapshot import cache_bucket_name
 from async_backup.cache.store import STATE_NAME
 from async_backup.settings.config import load_config
 from async_backup.settings.naming import stable_bucket_name
@@ -244,7 +244,7 @@ def test_objects_uploaded_after_the_snapshot_are_proven_by_head(site: dict[str, 
 def test_a_snapshot_in_the_old_host_derived_bucket_is_still_read(site: dict[str, Any], s3_inspect: Any):
     import gzip
 
-    from async_backup.backup.pipeline import host_cache_bucket_name
+    from async_backup.cache.snapshot import host_cache_bucket_name
 
     cache, bucket = site["cache"], site["bucket"]
     assert backup(cache, "--no-cache-backup").returncode == 0

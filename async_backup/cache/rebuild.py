@@ -199,6 +199,11 @@ def snapshot_holds(db: Path, bucket: str) -> bool:
         conn.close()
 
 
+def needs_rebuild(store: StateStore, bucket: str) -> bool:
+    """No rows for the bucket, or a rebuild of it that began and never finished."""
+    return store.count(bucket) == 0 or store.get_meta(REBUILDING_MARK + bucket) is not None
+
+
 # ----------------------------------------------------------------------------- the listing
 
 
