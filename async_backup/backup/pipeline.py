@@ -26,7 +26,8 @@ from anyio.streams.memory import MemoryObjectReceiveStream as ObjectReceiveStrea
 from anyio.streams.memory import MemoryObjectSendStream as ObjectSendStream
 
 from ..cache.rebuild import needs_rebuild
-from ..cache.store import Change, Removed, StateStore, run_writer
+from ..cache.store import Change, Removed, StateStore
+from ..cache.writer import run_writer
 from ..disk.entries import WalkEntry
 from ..disk.keys import display_path
 from ..disk.walk import Excluder, walk_target

@@ -1,17 +1,17 @@
 """The local cache: what S3 has confirmed, per bucket and path, in SQLite.
 
-Owns the schema, the insertion of rows adopted from the old script's caches, and the single writer task
-that applies every change in batched transactions. A row is written only after S3 confirmed the
-upload or delete it describes, so a crash at any moment loses nothing: at most the files in
-flight are sent again. Reads for the planner open their own connection (WAL lets them run beside
-the writer). Imports nothing of S3.
+Owns the schema, the mapping of sqlite3 errors to our FatalError (`_mapped`, the one SQLite
+boundary of the cache), the insertion of rows adopted from the old script's caches, the restores
+table, and `apply`, which the single writer task (`writer`) calls with batched changes. A row is
+written only after S3 confirmed the upload or delete it describes, so a crash at any moment loses
+nothing: at most the files in flight are sent again. Reads for the planner open their own
+connection (WAL lets them run beside the writer). Imports nothing of S3.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import math
 import os
 import sqlite3
 import threading
@@ -22,17 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Concatenate, ParamSpec, TypeVar
 
-import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream as ObjectReceiveStream
-
 from ..errors import FatalError
 from .records import Recorded
 
 log = logging.getLogger(__name__)
 
 STATE_NAME = "async-backup.db"
-WRITE_BATCH_ROWS = 500
-WRITE_BATCH_S = 0.5
 # meta row "device:<target path>" -> st_dev of the target's folder (a meta row: no schema change)
 DEVICE_META = "device:"
 
@@ -60,6 +55,20 @@ CREATE TABLE IF NOT EXISTS multipart_uploads (
     PRIMARY KEY (bucket, upload_id)
 );
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+# Restore requests: written by `restore` only, so that a rerun sends no RestoreObject twice.
+_RESTORES_SCHEMA = """
+CREATE TABLE IF NOT EXISTS restores (
+    bucket     TEXT    NOT NULL,
+    key        TEXT    NOT NULL,
+    version_id TEXT    NOT NULL,   -- "" when the bucket lists no version ids
+    tier       TEXT    NOT NULL,
+    days       INTEGER NOT NULL,
+    requested  REAL    NOT NULL,   -- Unix time S3 accepted the RestoreObject request
+    PRIMARY KEY (bucket, key, version_id)
+) WITHOUT ROWID;
 """
 
 
@@ -463,6 +472,31 @@ class StateStore:
             )
         return int(cursor.rowcount)
 
+    def restore_requested(self, bucket: str, key: str, version_id: str) -> bool:
+        """Whether a retrieval of this version was requested before (one lookup: no dict of them all)."""
+        assert self._conn is not None
+        try:
+            row = self._conn.execute(
+                "SELECT 1 FROM restores WHERE bucket=? AND key=? AND version_id=?", (bucket, key, version_id)
+            ).fetchone()
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return False  # no restore was ever requested from this cache
+            raise storage_error(self.path, exc) from None
+        return row is not None
+
+    @_mapped
+    def record_restore_request(self, bucket: str, key: str, version_id: str, tier: str, days: int) -> None:
+        """Remember one accepted RestoreObject request (a transaction of its own: it survives a crash)."""
+        assert self._conn is not None
+        with self._conn:
+            self._conn.executescript(_RESTORES_SCHEMA)
+            self._conn.execute(
+                "INSERT OR REPLACE INTO restores(bucket, key, version_id, tier, days, requested) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (bucket, key, version_id, tier, days, time.time()),
+            )
+
     @_mapped
     def snapshot(self, dest: Path) -> None:
         """A consistent copy of the live database through SQLite's backup API."""
@@ -472,89 +506,6 @@ class StateStore:
             self._conn.backup(target)
         finally:
             target.close()
-
-
-async def run_writer(store: StateStore, changes: ObjectReceiveStream[Change]) -> None:
-    """The one task that writes the cache: batches confirmed changes into short transactions.
-
-    A batch is flushed when it holds WRITE_BATCH_ROWS changes or WRITE_BATCH_S seconds after its
-    first change, and once more when every sender has closed its end of the stream. When the run
-    is cancelled (SIGTERM, a fatal error) whatever S3 confirmed and is already queued is still
-    written: the cache may only under-record, never lose a confirmed upload.
-    """
-    batch: list[Change] = []
-    deadline = math.inf
-    with changes:
-        try:
-            while True:
-                timeout = max(0.0, deadline - anyio.current_time()) if batch else math.inf
-                with anyio.move_on_after(timeout):
-                    try:
-                        change = await changes.receive()
-                    except anyio.EndOfStream:
-                        break
-                    if not batch:
-                        deadline = anyio.current_time() + WRITE_BATCH_S
-                    batch.append(change)
-                    if len(batch) < WRITE_BATCH_ROWS:
-                        continue
-                await _flush(store, batch)
-                batch = []
-        finally:
-            while True:
-                try:
-                    batch.append(changes.receive_nowait())
-                except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
-                    break
-            if batch:
-                await _flush(store, batch)
-
-
-async def _flush(store: StateStore, batch: list[Change]) -> None:
-    # Shielded: a cancelled run still records what S3 already confirmed. A storage failure is a
-    # FatalError from StateStore.apply: the run stops with its one line.
-    with anyio.CancelScope(shield=True):
-        await anyio.to_thread.run_sync(store.apply, batch)
-
-
-# Restore requests: written by `restore` only, so that a rerun sends no RestoreObject twice.
-
-_RESTORES_SCHEMA = """
-CREATE TABLE IF NOT EXISTS restores (
-    bucket     TEXT    NOT NULL,
-    key        TEXT    NOT NULL,
-    version_id TEXT    NOT NULL,   -- "" when the bucket lists no version ids
-    tier       TEXT    NOT NULL,
-    days       INTEGER NOT NULL,
-    requested  REAL    NOT NULL,   -- Unix time S3 accepted the RestoreObject request
-    PRIMARY KEY (bucket, key, version_id)
-) WITHOUT ROWID;
-"""
-
-
-def restore_requested(store: StateStore, bucket: str, key: str, version_id: str) -> bool:
-    """Whether a retrieval of this version was requested before (one lookup: no dict of them all)."""
-    assert store._conn is not None
-    try:
-        row = store._conn.execute(
-            "SELECT 1 FROM restores WHERE bucket=? AND key=? AND version_id=?", (bucket, key, version_id)
-        ).fetchone()
-    except sqlite3.OperationalError as exc:
-        if "no such table" in str(exc):
-            return False  # no restore was ever requested from this cache
-        raise storage_error(store.path, exc) from None
-    return row is not None
-
-
-def record_restore_request(store: StateStore, bucket: str, key: str, version_id: str, tier: str, days: int) -> None:
-    """Remember one accepted RestoreObject request (a transaction of its own: it survives a crash)."""
-    assert store._conn is not None
-    with store._conn:
-        store._conn.executescript(_RESTORES_SCHEMA)
-        store._conn.execute(
-            "INSERT OR REPLACE INTO restores(bucket, key, version_id, tier, days, requested) VALUES (?, ?, ?, ?, ?, ?)",
-            (bucket, key, version_id, tier, days, time.time()),
-        )
 
 
 def iter_rows(store: StateStore, bucket: str) -> Iterator[tuple[bytes, int | None, int, str | None]]:

@@ -32,7 +32,7 @@ from typing import Any
 import anyio
 
 from ..cache.spill import open_spill
-from ..cache.store import StateStore, record_restore_request, restore_requested
+from ..cache.store import StateStore
 from ..disk.keys import display_path, path_for_key
 from ..errors import EXIT_FAILURES, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, ConfigError, S3Error, unwrapped_group
 from ..report.progress import Ticker
@@ -377,7 +377,7 @@ class Restore:
                 continue
             if v.storage_class not in ARCHIVE_CLASSES:
                 action = Action.DOWNLOAD
-            elif restore_requested(self.store, self.bucket, v.key, v.version_id):
+            elif self.store.restore_requested(self.bucket, v.key, v.version_id):
                 action = Action.CHECK
             else:
                 action = Action.REQUEST
@@ -510,7 +510,7 @@ class Restore:
         state = await s3.restore_object(self.bucket, v.key, version_id=v.version_id, days=self.days, tier=self.tier)
         async with self._record_lock:
             await anyio.to_thread.run_sync(
-                record_restore_request, self.store, self.bucket, v.key, v.version_id, self.tier, self.days
+                self.store.record_restore_request, self.bucket, v.key, v.version_id, self.tier, self.days
             )
         if state == "ready":
             await self._download(s3, item)
