@@ -16,7 +16,6 @@ rules, the deletion and device guards), `snapshot` (the cache snapshot), `plan` 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -30,7 +29,7 @@ from ..cache.store import Change, Removed, StateStore
 from ..cache.writer import run_writer
 from ..disk.entries import WalkEntry
 from ..disk.keys import display_path
-from ..disk.walk import Excluder, walk_target
+from ..disk.walk import Excluder, device_of, walk_target
 from ..errors import Failure, FailureCollector, FailureKind, unwrapped_group
 from ..report.logsetup import LOG_MAX_BYTES, LOG_NAME
 from ..report.progress import Progress
@@ -215,7 +214,7 @@ class Backup:
         excluded: Callable[[bytes], bool] = (
             (lambda p: self.excluder.excludes_any_part(root, p)) if self.excluder else (lambda _p: False)
         )
-        run.device = _device_of(root)
+        run.device = device_of(root)
         walk = _until_stopped(
             walk_target(root, self.excluder, self.collector.add, target.path, self.collector.warn), self._stopping
         )
@@ -325,11 +324,3 @@ def _until_stopped(entries: Iterator[WalkEntry], stopping: threading.Event, ever
         if n % every == 0 and stopping.is_set():
             raise _Stopped
         yield entry
-
-
-def _device_of(folder: bytes) -> int | None:
-    """st_dev of a target's folder (following a symlink, as the walk's scandir does)."""
-    try:
-        return os.stat(folder).st_dev
-    except OSError:
-        return None  # the walk reports the folder; no device decides anything this run

@@ -116,6 +116,14 @@ def walk_target(
                 yield Skipped(path, "special file")
 
 
+def device_of(folder: bytes) -> int | None:
+    """st_dev of a target's folder (following a symlink, as the walk's scandir does)."""
+    try:
+        return os.stat(folder).st_dev
+    except OSError:
+        return None  # the walk reports the folder; no device decides anything this run
+
+
 class _Kind(enum.Enum):
     DIR = "dir"
     OTHER = "other"  # a regular file, symlink or special file, its lstat done
