@@ -16,8 +16,8 @@ before planning, from what S3 proves:
 Owns: the pure decisions (`needs_head`, `proves_row`), the listing of one bucket kept in a
 temporary SQLite file (a million keys never sit in memory), finding, downloading (streamed to a
 temporary file), unpacking and checking snapshots, and checking snapshot rows against the listing.
-The HeadObject fan-out is wired in `pipeline.py`, which owns task groups and streams. Imports the
-S3 adapter and the state store's types; must not import the pipeline, the planner or the walk.
+The HeadObject fan-out is wired in `backup/recovery.py`, which owns its task group and streams.
+Imports the S3 adapter and the cache store's types; must not import backup/, the planner or the walk.
 """
 
 from __future__ import annotations

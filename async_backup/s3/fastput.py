@@ -7,7 +7,7 @@ it; here the body is covered by its CRC32 or MD5 checksum header instead (UNSIGN
 S3 verifies. Everything else (buckets, creating and completing uploads, deletes, listings) stays
 on botocore.
 
-Nothing here is configured on its own: s3.py hands over the botocore client's credentials (static,
+Nothing here is configured on its own: client.py hands over the botocore client's credentials (static,
 or refreshable ones from a role, SSO, `credential_process`), the URL botocore's endpoint rules give
 each bucket (endpoint, addressing style, signing region), and an SSL context built from the same CA
 bundle botocore verifies with. So every request of a run uses one credential, endpoint and TLS
@@ -17,7 +17,7 @@ request, 15-25 % of a whole PutObject here (benchmarks/RESULTS.md), which is why
 
 Retries follow botocore's standard mode: throttling, 5xx, timeouts and dropped connections are
 retried with capped, jittered exponential backoff, up to `tuning.max_attempts` attempts. Errors map
-onto ours exactly as s3.py maps botocore's. Must not import botocore or aiobotocore.
+onto ours exactly as client.py maps botocore's. Must not import botocore or aiobotocore.
 """
 
 from __future__ import annotations
