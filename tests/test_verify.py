@@ -23,7 +23,7 @@ from async_backup.s3.checksums import split_checksum
 from async_backup.s3.objects import ListedObject, ObjectHead
 from async_backup.settings.naming import stable_bucket_name
 from async_backup.settings.targets import Target
-from async_backup.verify.command import Kind, compare, compare_checksum
+from async_backup.verify.compare import Kind, compare, compare_checksum
 
 MIB = 1024 * 1024
 
