@@ -1,49 +1,45 @@
 """Restore: bring files back from a target's bucket, asking for Deep Archive retrievals first.
 
-Owns choosing what to restore (a path prefix, the version current at --as-of), the estimate shown
-before anything is sent, RestoreObject requests and their record in the cache (so a rerun sends
-none twice and reports pending, ready and failed counts), and downloads: streamed in chunks to a
-temporary file beside the destination, checked against the stored checksum, given the original
-mtime, then renamed into place. Talks to S3 only through `s3.S3`; writes to the cache only its
-own restores table.
+Owns the run: listing versions into the spill (`spill`), choosing per key (`choose`: a path
+prefix, the version current at --as-of), the estimate shown before anything is sent,
+RestoreObject requests and their record in the cache (so a rerun sends none twice and reports
+pending, ready and failed counts), and downloads: streamed in chunks to a temporary file beside
+the destination (`place`), checked against the stored checksum (`checksum`), given the original
+mtime, then renamed into place. The only module of restore/ that opens task groups. Talks to S3
+only through `s3.S3`; writes to the cache only its own restores table.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
-import contextlib
-import enum
-import hashlib
 import logging
 import os
-import secrets
 import signal
 import sys
 import tempfile
-import zlib
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import anyio
 
-from ..cache.spill import open_spill
 from ..cache.store import StateStore
 from ..disk.keys import display_path, path_for_key
 from ..errors import EXIT_FAILURES, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, ConfigError, S3Error, unwrapped_group
 from ..report.progress import Ticker
 from ..report.summary import format_bytes, format_requests
-from ..s3.checksums import split_checksum
 from ..s3.client import S3, open_s3
-from ..s3.objects import ObjectHead, ObjectVersion, parse_mtime_metadata
+from ..s3.objects import parse_mtime_metadata
 from ..s3.pricing import format_usd, prices_for, restore_cost
 from ..settings.config import Config
 from ..settings.naming import bucket_name_problem, stable_bucket_name
 from ..settings.targets import Target, discover_targets, select_targets
+from .checksum import StreamSum, expected_checksum
+from .choose import Action, Item, is_safe, list_prefixes, under_prefix
+from .place import TempFile
+from .spill import VersionSpill
 
 log = logging.getLogger(__name__)
 
@@ -52,22 +48,6 @@ ARCHIVE_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})  # unreadable until Res
 # Deep Archive retrieval times [S3 user guide, "Archive retrieval options"]; GLACIER is faster.
 READY_WITHIN = {"Bulk": "up to 48 h", "Standard": "up to 12 h"}
 SHOWN_FAILURES = 50
-TEMP_MARK = b".async-backup-restore-"
-SPILL_CHUNK = 1000  # rows read from or written to the spill at a time
-
-
-class Action(enum.Enum):
-    DOWNLOAD = "download"  # readable now
-    REQUEST = "request"  # archived, never asked for: RestoreObject
-    CHECK = "check"  # archived, asked for before: HeadObject tells pending or ready
-
-
-@dataclass(frozen=True, slots=True)
-class Item:
-    version: ObjectVersion
-    path: bytes  # the original absolute path
-    dest: bytes
-    action: Action
 
 
 @dataclass(slots=True)
@@ -86,159 +66,6 @@ class Stats:
     failures: list[str] = field(default_factory=list)
     handled: int = 0
     received_bytes: int = 0  # downloaded so far, finished files or not (for the progress line)
-
-
-# Choosing what to restore (pure)
-
-
-def choose_versions(versions: Iterable[ObjectVersion], as_of: datetime | None) -> Iterator[ObjectVersion]:
-    """Per key, the version to restore: the current one, or the newest one at `as_of`. A key whose
-    choice is a delete marker (deleted by then) yields nothing. Ties in time go to the version S3
-    lists first, the newer one. (Holds every version: for tests and small sets; `Restore` streams
-    the same choice, `choose_one`, over a spilled listing.)"""
-    groups: dict[str, list[ObjectVersion]] = {}
-    for v in versions:
-        groups.setdefault(v.key, []).append(v)
-    for key in sorted(groups):
-        chosen = choose_one(groups[key], as_of)
-        if chosen is not None:
-            yield chosen
-
-
-def choose_one(versions: Iterable[ObjectVersion], as_of: datetime | None) -> ObjectVersion | None:
-    """One key's versions in listing order: the version to restore, or None (deleted by then)."""
-    best: ObjectVersion | None = None
-    for v in versions:
-        if as_of is None:
-            if v.is_latest:
-                best = v
-            continue
-        if v.last_modified > as_of:
-            continue
-        if best is None or v.last_modified > best.last_modified:
-            best = v
-    return None if best is None or best.is_delete_marker else best
-
-
-def under_prefix(path: bytes, prefix: bytes | None) -> bool:
-    if prefix is None or prefix == b"/":
-        return True
-    return path == prefix or path.startswith(prefix.rstrip(b"/") + b"/")
-
-
-def list_prefixes(prefix: bytes | None) -> list[str]:
-    """S3 prefixes that hold every key under `prefix`: its plain key form, and "/" for escaped keys."""
-    if prefix is None or prefix == b"/":
-        return [""]
-    try:
-        plain = prefix[1:].decode("utf-8")
-    except UnicodeDecodeError:
-        return [""]
-    if any(ord(c) < 0x20 or c in "\x7f%" for c in plain):
-        return [""]
-    return [plain, "/"]
-
-
-def is_safe(path: bytes) -> bool:
-    """An absolute path without "." or ".." parts: it cannot climb out of --to DIR."""
-    parts = path.split(b"/")
-    return path.startswith(b"/") and b".." not in parts and b"." not in parts and b"\x00" not in path
-
-
-# Checksums while streaming
-
-
-@dataclass(frozen=True, slots=True)
-class Expected:
-    algorithm: str  # "crc32" or "md5"
-    digest: str  # base64 CRC32 or hex MD5
-    parts: int | None  # a composite value over this many parts
-    source: str  # "S3" or "the cache"
-
-
-class StreamSum:
-    """CRC32 (or MD5) of a download as it streams; per part as well, for composite values."""
-
-    def __init__(self, algorithm: str, part_bytes: int | None) -> None:
-        self.algorithm = algorithm
-        self.part_bytes = part_bytes
-        self._whole = self._new()
-        self._part = self._new()
-        self._part_filled = 0
-        self._digests: list[bytes] = []
-        self.crc32 = 0
-
-    def _new(self) -> Any:
-        return hashlib.md5(usedforsecurity=False) if self.algorithm == "md5" else _Crc32()
-
-    def update(self, data: bytes) -> None:
-        self.crc32 = zlib.crc32(data, self.crc32)
-        if self.part_bytes is None:
-            self._whole.update(data)
-            return
-        view = memoryview(data)
-        while view:
-            room = self.part_bytes - self._part_filled
-            self._part.update(view[:room])
-            self._part_filled += min(room, len(view))
-            view = view[room:]
-            if self._part_filled == self.part_bytes:
-                self._end_part()
-
-    def _end_part(self) -> None:
-        self._digests.append(self._part.digest())
-        self._part, self._part_filled = self._new(), 0
-
-    def result(self) -> str:
-        """The value in the form S3 stores it: base64 CRC32 or hex MD5, composite ones without "-N"."""
-        if self.part_bytes is None:
-            digest = self._whole.digest()
-        else:
-            if self._part_filled or not self._digests:
-                self._end_part()
-            combined = self._new()
-            combined.update(b"".join(self._digests))
-            digest = combined.digest()
-        return digest.hex() if self.algorithm == "md5" else base64.b64encode(digest).decode("ascii")
-
-    @property
-    def part_count(self) -> int:
-        return len(self._digests)
-
-
-class _Crc32:
-    def __init__(self) -> None:
-        self._value = 0
-
-    def update(self, data: bytes | memoryview) -> None:
-        self._value = zlib.crc32(data, self._value)
-
-    def digest(self) -> bytes:
-        return self._value.to_bytes(4, "big")
-
-
-def expected_checksum(
-    head: ObjectHead, version: ObjectVersion, row: tuple[int | None, int, str | None] | None
-) -> Expected | None:
-    """What the download must match: the object's stored CRC32, else the cache's value when the row
-    describes this very upload (current version, same size, same mtime metadata). None: not checkable."""
-    if head.checksum_crc32:
-        digest, _, tail = head.checksum_crc32.partition("-")
-        parts = int(tail) if tail.isdigit() else None
-        if parts is None and head.checksum_type != "FULL_OBJECT":
-            # Some servers omit "-N" on composite values; the ETag still tells a multipart object.
-            etag_parts = head.etag.rpartition("-")[2] if "-" in head.etag else ""
-            parts = int(etag_parts) if etag_parts.isdigit() else None
-        return Expected("crc32", digest, parts, "S3")
-    if row is None or not version.is_latest:
-        return None
-    size, mtime_ns, cached = row
-    if not cached or size != head.size or parse_mtime_metadata(head.metadata) != mtime_ns:
-        return None
-    algorithm, digest, parts = split_checksum(cached)
-    if algorithm not in ("crc32", "md5"):
-        return None
-    return Expected(algorithm, digest, parts, "the cache")
 
 
 # The run
@@ -538,7 +365,7 @@ class Restore:
                     if part_bytes is None:
                         expected = None
             summer = StreamSum(expected.algorithm if expected else "crc32", part_bytes)
-            temp = await anyio.to_thread.run_sync(_TempFile.create, item.dest)
+            temp = await anyio.to_thread.run_sync(TempFile.create, item.dest)
             try:
                 received = 0
                 while chunk := await obj.read(CHUNK_BYTES):
@@ -599,185 +426,6 @@ class Restore:
                 f"restore: {s.pending} retrievals are not ready yet (tier {self.tier}: {READY_WITHIN[self.tier]}); "
                 "run the same command again later: it sends no request twice"
             )
-
-
-_ACTIONS = {a.value: a for a in Action}
-
-
-class VersionSpill:
-    """Restore's listing of versions, the version chosen per key and the plan, in a temporary
-    SQLite file, so memory does not grow with the bucket (or with its number of versions).
-
-    Versions are kept in listing order per key (`seq`): S3 lists a key's versions newest first,
-    which `choose_one` relies on to break ties in time."""
-
-    def __init__(self, path: Path) -> None:
-        self._conn = open_spill(path)
-        self._conn.executescript(
-            """
-            CREATE TABLE versions (key TEXT NOT NULL, seq INTEGER NOT NULL, version_id TEXT NOT NULL,
-                modified REAL NOT NULL, latest INTEGER NOT NULL, marker INTEGER NOT NULL,
-                size INTEGER NOT NULL, class TEXT NOT NULL, etag TEXT NOT NULL,
-                PRIMARY KEY (key, seq)) WITHOUT ROWID;
-            CREATE TABLE chosen (key TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
-            CREATE TABLE items (n INTEGER PRIMARY KEY, key TEXT NOT NULL, seq INTEGER NOT NULL,
-                dest BLOB NOT NULL, action TEXT NOT NULL);
-            """
-        )
-        self._seq = 0
-        self._items: list[tuple[str, int, bytes, str]] = []
-
-    def add_versions(self, versions: Sequence[ObjectVersion]) -> None:
-        batch = []
-        for v in versions:
-            self._seq += 1
-            batch.append(
-                (
-                    v.key,
-                    self._seq,
-                    v.version_id,
-                    v.last_modified.timestamp(),
-                    int(v.is_latest),
-                    int(v.is_delete_marker),
-                    v.size,
-                    v.storage_class,
-                    v.etag,
-                )
-            )
-        with self._conn:
-            self._conn.executemany("INSERT INTO versions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", batch)
-
-    def _versions(self, sql: str, params: tuple[object, ...] = ()) -> Iterator[tuple[int, ObjectVersion]]:
-        cursor = self._conn.execute(sql, params)
-        while rows := cursor.fetchmany(SPILL_CHUNK):
-            for row in rows:
-                yield int(row[1]), _version_of(row)
-
-    def choose(self, as_of: datetime | None) -> tuple[int, int, int]:
-        """Choose per key (worker thread); returns (keys, versions chosen, their bytes)."""
-        keys = chosen_count = chosen_bytes = 0
-        picked: list[tuple[str, int]] = []
-        group: list[tuple[int, ObjectVersion]] = []
-
-        def settle() -> None:
-            nonlocal keys, chosen_count, chosen_bytes
-            keys += 1
-            best = choose_one((v for _, v in group), as_of)
-            if best is not None:
-                chosen_count += 1
-                chosen_bytes += best.size
-                picked.append((best.key, next(seq for seq, v in group if v is best)))
-
-        for seq, v in self._versions("SELECT * FROM versions ORDER BY key, seq"):
-            if group and group[0][1].key != v.key:
-                settle()
-                group = []
-                if len(picked) >= SPILL_CHUNK:
-                    self._add_chosen(picked)
-                    picked = []
-            group.append((seq, v))
-        if group:
-            settle()
-        self._add_chosen(picked)
-        return keys, chosen_count, chosen_bytes
-
-    def _add_chosen(self, picked: list[tuple[str, int]]) -> None:
-        with self._conn:
-            self._conn.executemany("INSERT INTO chosen VALUES (?, ?)", picked)
-
-    def chosen(self) -> Iterator[tuple[int, ObjectVersion]]:
-        """The chosen versions in key order, read in chunks (so items can be written meanwhile)."""
-        after = ""
-        while True:
-            rows = list(
-                self._versions(
-                    "SELECT v.* FROM chosen c JOIN versions v ON v.key = c.key AND v.seq = c.seq "
-                    "WHERE c.key > ? ORDER BY c.key LIMIT ?",
-                    (after, SPILL_CHUNK),
-                )
-            )
-            if not rows:
-                return
-            yield from rows
-            after = rows[-1][1].key
-
-    def add_item(self, seq: int, item: Item) -> None:
-        """Plan `item`, the chosen version `seq` of its key."""
-        self._items.append((item.version.key, seq, item.dest, item.action.value))
-        if len(self._items) >= SPILL_CHUNK:
-            self.items_done()
-
-    def items_done(self) -> None:
-        if self._items:
-            with self._conn:
-                self._conn.executemany("INSERT INTO items(key, seq, dest, action) VALUES (?, ?, ?, ?)", self._items)
-            self._items = []
-
-    def items(self) -> Iterator[Item]:
-        """The plan, in key order, read back in chunks."""
-        after = 0
-        while True:
-            rows = self._conn.execute(
-                "SELECT i.n, i.dest, i.action, v.* FROM items i JOIN versions v ON v.key = i.key AND v.seq = i.seq "
-                "WHERE i.n > ? ORDER BY i.n LIMIT ?",
-                (after, SPILL_CHUNK),
-            ).fetchall()
-            if not rows:
-                return
-            for n, dest, action, *columns in rows:
-                version = _version_of(columns)
-                yield Item(version, path_for_key(version.key), bytes(dest), _ACTIONS[str(action)])
-                after = int(n)
-
-    def close(self) -> None:
-        self._conn.close()
-
-
-class _TempFile:
-    """A hidden file beside the destination that becomes it only once complete and checked."""
-
-    def __init__(self, path: bytes, fd: int) -> None:
-        self.path = path
-        self.fd: int | None = fd
-        self.placed = False
-
-    @classmethod
-    def create(cls, dest: bytes) -> _TempFile:
-        parent, name = os.path.split(dest)
-        os.makedirs(parent, exist_ok=True)
-        path = os.path.join(parent, b"." + name[:180] + TEMP_MARK + secrets.token_hex(4).encode())
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-        return cls(path, fd)
-
-    def write(self, data: bytes, summer: StreamSum) -> None:
-        assert self.fd is not None
-        summer.update(data)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self.fd, view) :]
-
-    def place(self, dest: bytes, mtime_ns: int, mode: int, overwrite: bool) -> bool:
-        """Give the file its mode and mtime, flush it, and rename it into place; False when the
-        destination appeared meanwhile and may not be replaced."""
-        assert self.fd is not None
-        os.fchmod(self.fd, mode)
-        os.fsync(self.fd)
-        os.close(self.fd)
-        self.fd = None
-        os.utime(self.path, ns=(mtime_ns, mtime_ns), follow_symlinks=False)
-        if not overwrite and os.path.lexists(dest):
-            return False
-        os.replace(self.path, dest)
-        self.placed = True
-        return True
-
-    def discard(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-        if not self.placed:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.path)
 
 
 # Entry point
@@ -853,19 +501,3 @@ def run_restore(config: Config, cache_dir: Path, args: argparse.Namespace) -> in
         return anyio.run(job.run)
     finally:
         store.close()
-
-
-def _version_of(row: Sequence[Any]) -> ObjectVersion:
-    """A row of the spill's versions table (key, seq, version_id, modified, latest, marker, size,
-    class, etag) as the ObjectVersion it was written from."""
-    key, _seq, version_id, modified, latest, marker, size, cls, etag = row
-    return ObjectVersion(
-        key=str(key),
-        version_id=str(version_id),
-        last_modified=datetime.fromtimestamp(float(modified), UTC),
-        is_latest=bool(latest),
-        is_delete_marker=bool(marker),
-        size=int(size),
-        storage_class=str(cls),
-        etag=str(etag),
-    )
