@@ -1,7 +1,8 @@
-"""The command line: parse arguments, load the config, run the pipeline, map the outcome to an exit code.
+"""The command line: parse arguments, load the config, run a command, map the outcome to an exit code.
 
-Exit codes: 0 all done; 1 finished but something failed; 2 configuration or usage error;
-3 another run holds this cache's lock; 130 interrupted.
+Exit codes (the table is in `errors`): 0 all done; 1 finished but something failed; 2 configuration
+or usage error; 3 another run holds this cache's lock; 130 interrupted. What the end of a backup
+run publishes is `report.publish`'s.
 """
 
 from __future__ import annotations
@@ -41,13 +42,10 @@ from .errors import (
     LockHeldError,
     unwrapped_group,
 )
-from .report.card import build_card, card_json
 from .report.logsetup import TRACEBACK_LOGGER, setup_logging
-from .report.notify import NotifyResult, send_card
 from .report.progress import Progress
-from .report.redact import Redactor, webhook_host
-from .report.runreport import write_metrics, write_report
-from .report.summary import RunSummary, format_bytes
+from .report.publish import publish, redactor_for, tell_outcome
+from .report.summary import RunSummary
 from .s3.pricing import planned_counts, price_requests, prices_for
 from .settings.config import Config, load_config
 from .settings.targets import Target, discover_targets, nested_target_warnings, select_targets
@@ -274,14 +272,6 @@ def _main(argv: Sequence[str] | None) -> int:
         return EXIT_FAILURES
 
 
-def redactor_for(config: Config) -> Redactor:
-    return Redactor.for_run(
-        aws_access_key_id=config.aws.access_key,
-        aws_secret_access_key=config.aws.secret_access_key,
-        webhook_url=config.webhook,
-    )
-
-
 @dataclasses.dataclass
 class _Held:
     """What a run built before it ended, however it ended: the report is made from it."""
@@ -334,8 +324,8 @@ def _backup(config: Config, cache_dir: Path, args: argparse.Namespace) -> int:
         summary.requests = price_requests(held.backup.sent.counts, prices)
     with _LateSignals() as late:
         try:
-            _report(summary, args.dry_run)
-            _publish(config, cache_dir, summary, args)
+            tell_outcome(summary, args.dry_run)
+            publish(config, cache_dir, summary, metrics_file=args.metrics_file, print_card=args.print_card)
         except Exception as exc:  # publishing failed itself (MemoryError, a bug): the exit code still tells
             log.error("the run report could not be published: %s", one_line(exc))
             logging.getLogger(TRACEBACK_LOGGER).error("publishing failed", exc_info=exc)
@@ -435,49 +425,6 @@ def _execute(
     return anyio.run(_run_until_signal, held.backup, backend_options=event_loop_options())
 
 
-def _publish(config: Config, cache_dir: Path, summary: RunSummary, args: argparse.Namespace) -> None:
-    """The JSON report, the metrics file and the Teams card. None of them changes the exit code.
-
-    Report and metrics come first: a webhook that hangs (or a stop timeout that kills us while it
-    does) must not cost monitoring its data. The report is rewritten if the card fails."""
-    redactor = redactor_for(config)
-    report = None
-    if not summary.dry_run:
-        report = _write_report(cache_dir, summary, config, redactor)
-        if args.metrics_file:
-            try:
-                write_metrics(Path(args.metrics_file), summary, redactor=redactor)
-            except OSError as exc:
-                log.warning("metrics file %s could not be written (%s)", args.metrics_file, exc.strerror or exc)
-    wants_card = bool(summary.failures) or summary.interrupted or config.notify_on_success
-    report_path = str(report) if report is not None else None
-    if args.print_card:
-        print(card_json(summary, redactor=redactor, report_path=report_path))
-    elif wants_card and config.webhook and not summary.dry_run:
-        result = anyio.run(_send, config.webhook, build_card(summary, redactor=redactor, report_path=report_path))
-        if not result.ok:
-            summary.warnings.append(result.as_warning())
-            if report is not None:
-                report.unlink(missing_ok=True)
-                _write_report(cache_dir, summary, config, redactor)
-        else:  # notify.send_card already logged the delivery at INFO, with status and attempt
-            log.debug("Teams card for this run sent to %s", webhook_host(config.webhook))
-
-
-def _write_report(cache_dir: Path, summary: RunSummary, config: Config, redactor: Redactor) -> Path | None:
-    try:
-        path = write_report(cache_dir, summary, keep=config.keep_reports, redactor=redactor)
-    except OSError as exc:
-        log.warning("the run report could not be written (%s)", exc.strerror or exc)
-        return None
-    log.debug("run report written to %s", path)
-    return path
-
-
-async def _send(url: str, payload: dict[str, Any]) -> NotifyResult:
-    return await send_card(url, payload)
-
-
 async def _run_until_signal(backup: Backup) -> bool:
     """Run the backup; SIGINT or SIGTERM cancels it gracefully. Returns True when interrupted.
 
@@ -507,45 +454,3 @@ async def _run_until_signal(backup: Backup) -> bool:
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
     return interrupted
-
-
-def _report(summary: RunSummary, dry_run: bool) -> None:
-    for failure in summary.failures[:50]:
-        log.error("failed: [%s] %s: %s", failure.group, failure.path or failure.target, failure.message)
-    if len(summary.failures) > 50:
-        log.error("... and %d more failures", len(summary.failures) - 50)
-    for warning in summary.warnings[:20]:
-        log.warning("%s: %s: %s", warning.group, warning.path, warning.message)
-    if dry_run:
-        for t in summary.targets:
-            adopt = (
-                f"would adopt {t.adopted} files from the old script's cache (each checked against the bucket "
-                "listing first), "
-                if t.adopted
-                else ""
-            )
-            print(
-                f"{t.name} -> s3://{t.bucket}: {adopt}would upload {t.planned_uploads} files "
-                f"({format_bytes(t.planned_upload_bytes)}), delete {t.planned_deletes}, "
-                f"{t.unchanged} unchanged, {t.skipped} skipped"
-            )
-            if t.rebuild_due:
-                print(
-                    f"  the cache holds no rows for {t.name}: a real run first rebuilds them from S3 "
-                    "(the newest snapshot, else the bucket listing + HeadObject) and uploads only what S3 "
-                    "does not hold as it is on disk; this dry run sends no request, so it counts every file as new"
-                )
-    tail = f", {summary.rows_rebuilt:,} cache rows rebuilt from S3" if summary.rows_rebuilt else ""
-    if summary.requests is not None:
-        tail += f"; {summary.requests.brief()} at {summary.requests.prices.describe()}"
-    log.info(
-        "%s: %d targets, %d files uploaded (%s), %d deleted, %d failures in %.1f s%s",
-        "dry run done" if dry_run else "interrupted" if summary.interrupted else "done",
-        len(summary.targets),
-        summary.files_uploaded,
-        format_bytes(summary.bytes_uploaded),
-        summary.files_deleted,
-        len(summary.failures),
-        summary.duration_s,
-        tail,
-    )
