@@ -24,6 +24,7 @@ from typing import Any
 import aiohttp
 import yarl
 
+from ..backoff import Backoff
 from ..errors import Failure, FailureKind
 from .card import payload_json
 from .redact import Redactor, webhook_host
@@ -129,7 +130,7 @@ async def send_card(
     attempt = 0
     try:
         for attempt in range(1, tries + 1):
-            delay_s = backoff_s * 2 ** (attempt - 1)
+            delay_s = Backoff(backoff_s).delay_s(attempt)
             try:
                 async with client.post(
                     target,

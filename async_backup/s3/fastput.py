@@ -25,7 +25,6 @@ from __future__ import annotations
 import datetime
 import hashlib
 import hmac
-import random
 import re
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
@@ -38,6 +37,7 @@ import aiohttp.abc
 import anyio
 from yarl import URL
 
+from ..backoff import Backoff
 from ..errors import FatalError, S3Error
 
 UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"  # the body is covered by Content-MD5 / x-amz-checksum-crc32 instead
@@ -48,6 +48,7 @@ RETRY_CODES = frozenset({"SlowDown", "RequestTimeout", "InternalError", "Service
 REGION_CODES = frozenset({"PermanentRedirect", "AuthorizationHeaderMalformed", "IllegalLocationConstraintException"})
 SKEW_CODE = "RequestTimeTooSkewed"  # more than 15 minutes between our clock and S3's
 MAX_BACKOFF_S = 20.0  # botocore's standard mode caps its backoff at 20 s
+BACKOFF = Backoff(first_s=1.0, cap_s=MAX_BACKOFF_S, jitter=True)  # botocore's standard mode
 # A body goes to the socket in slices of this size, each a view of the caller's buffer. Handed over
 # whole, a 16 MiB part is copied two or three times on the event loop's thread (asyncio's
 # writelines joins headers and body into new bytes, the unsent rest is copied again, then appended to
@@ -267,7 +268,7 @@ class DirectPut:
         last: S3Error | None = None
         for attempt in range(self._max_attempts):
             if attempt:
-                await anyio.sleep(random.random() * min(MAX_BACKOFF_S, 2.0 ** (attempt - 1)))
+                await anyio.sleep(BACKOFF.delay_s(attempt))
             # Asked every attempt, as botocore's signer does: a refresh happens here, never a failure.
             credentials = await self._credentials.get_frozen_credentials()
             now = datetime.datetime.now(datetime.UTC)
