@@ -1,7 +1,8 @@
-"""The command line: parse arguments, load the config, run the pipeline, map the outcome to an exit code.
+"""The command line: parse arguments, load the config, run a command, map the outcome to an exit code.
 
-Exit codes: 0 all done; 1 finished but something failed; 2 configuration or usage error;
-3 another run holds this cache's lock; 130 interrupted.
+Exit codes (the table is in `errors`): 0 all done; 1 finished but something failed; 2 configuration
+or usage error; 3 another run holds this cache's lock; 130 interrupted. What the end of a backup
+run publishes is `report.publish`'s.
 """
 
 from __future__ import annotations
@@ -23,9 +24,16 @@ from typing import Any
 import anyio
 
 from . import __version__
-from .card import build_card, card_json
-from .config import Config, load_config
+from .backup.pipeline import Backup
+from .backup.runs import RunOptions
+from .cache.store import StateStore
+from .disk.lock import cache_lock
 from .errors import (
+    EXIT_FAILURES,
+    EXIT_INTERRUPTED,
+    EXIT_LOCKED,
+    EXIT_OK,
+    EXIT_USAGE,
     BackupError,
     ConfigError,
     Failure,
@@ -34,26 +42,17 @@ from .errors import (
     LockHeldError,
     unwrapped_group,
 )
-from .lock import cache_lock
-from .logsetup import TRACEBACK_LOGGER, setup_logging
-from .notify import NotifyResult, send_card
-from .pipeline import Backup, RunOptions
-from .pricing import planned_counts, price_requests, prices_for
-from .progress import Progress
-from .redact import Redactor, webhook_host
-from .runreport import write_metrics, write_report
-from .state import StateStore
-from .summary import RunSummary, format_bytes
-from .targets import Target, discover_targets, nested_target_warnings
+from .report.logsetup import TRACEBACK_LOGGER, setup_logging
+from .report.progress import Progress
+from .report.publish import publish, redactor_for, tell_outcome
+from .report.summary import RunSummary
+from .s3.pricing import planned_counts, price_requests, prices_for
+from .settings.config import Config, load_config
+from .settings.targets import Target, discover_targets, nested_target_warnings, select_targets
 
 log = logging.getLogger("async_backup")
 
 M_MMAP_THRESHOLD = -3  # from glibc's malloc.h
-EXIT_OK = 0
-EXIT_FAILURES = 1
-EXIT_USAGE = 2
-EXIT_LOCKED = 3
-EXIT_INTERRUPTED = 130
 DEFAULT_CACHE = "~/.local/async-backup/"
 
 
@@ -250,15 +249,15 @@ def _main(argv: Sequence[str] | None) -> int:
         log.warning("%s", warning)
     try:
         if args.command == "verify":
-            from .verify import run_verify
+            from .verify.command import run_verify
 
             return run_verify(config, cache_dir, args)
         if args.command == "restore":
-            from .restore import run_restore
+            from .restore.command import run_restore
 
             return run_restore(config, cache_dir, args)
         if args.command == "status":
-            from .status import run_status
+            from .report.status import run_status
 
             return run_status(config, cache_dir, args)
         return _backup(config, cache_dir, args)
@@ -271,14 +270,6 @@ def _main(argv: Sequence[str] | None) -> int:
     except BackupError as exc:
         log.error("%s", exc)
         return EXIT_FAILURES
-
-
-def redactor_for(config: Config) -> Redactor:
-    return Redactor.for_run(
-        aws_access_key_id=config.aws.access_key,
-        aws_secret_access_key=config.aws.secret_access_key,
-        webhook_url=config.webhook,
-    )
 
 
 @dataclasses.dataclass
@@ -333,8 +324,8 @@ def _backup(config: Config, cache_dir: Path, args: argparse.Namespace) -> int:
         summary.requests = price_requests(held.backup.sent.counts, prices)
     with _LateSignals() as late:
         try:
-            _report(summary, args.dry_run)
-            _publish(config, cache_dir, summary, args)
+            tell_outcome(summary, args.dry_run)
+            publish(config, cache_dir, summary, metrics_file=args.metrics_file, print_card=args.print_card)
         except Exception as exc:  # publishing failed itself (MemoryError, a bug): the exit code still tells
             log.error("the run report could not be published: %s", one_line(exc))
             logging.getLogger(TRACEBACK_LOGGER).error("publishing failed", exc_info=exc)
@@ -387,7 +378,7 @@ def _run(config: Config, cache_dir: Path, args: argparse.Namespace, collector: F
         elif args.reset and not args.dry_run:
             store.reset()
             log.info("cache reset: its rows are rebuilt from S3 before planning")
-        targets = _select(discover_targets(config, store.known_targets()), args.only)
+        targets = select_targets(discover_targets(config, store.known_targets()), args.only, "--only")
         for warning in nested_target_warnings(targets):
             log.warning("%s", warning)
         if not args.dry_run:
@@ -398,18 +389,6 @@ def _run(config: Config, cache_dir: Path, args: argparse.Namespace, collector: F
         return _execute(config, targets, store, collector, held, args)
     finally:
         store.close()
-
-
-def _select(targets: list[Target], only: Sequence[str]) -> list[Target]:
-    if not only:
-        return targets
-    wanted = {os.path.normpath(o) if o.startswith("/") else o for o in only}
-    chosen = [t for t in targets if t.path in wanted or t.bucket in wanted]
-    found = {t.path for t in chosen} | {t.bucket for t in chosen}
-    unknown = sorted(wanted - found)
-    if unknown:
-        raise ConfigError(f"--only {unknown[0]} names no configured target; give a folder path or bucket name")
-    return chosen
 
 
 def event_loop_options() -> dict[str, Any]:
@@ -446,49 +425,6 @@ def _execute(
     return anyio.run(_run_until_signal, held.backup, backend_options=event_loop_options())
 
 
-def _publish(config: Config, cache_dir: Path, summary: RunSummary, args: argparse.Namespace) -> None:
-    """The JSON report, the metrics file and the Teams card. None of them changes the exit code.
-
-    Report and metrics come first: a webhook that hangs (or a stop timeout that kills us while it
-    does) must not cost monitoring its data. The report is rewritten if the card fails."""
-    redactor = redactor_for(config)
-    report = None
-    if not summary.dry_run:
-        report = _write_report(cache_dir, summary, config, redactor)
-        if args.metrics_file:
-            try:
-                write_metrics(Path(args.metrics_file), summary, redactor=redactor)
-            except OSError as exc:
-                log.warning("metrics file %s could not be written (%s)", args.metrics_file, exc.strerror or exc)
-    wants_card = bool(summary.failures) or summary.interrupted or config.notify_on_success
-    report_path = str(report) if report is not None else None
-    if args.print_card:
-        print(card_json(summary, redactor=redactor, report_path=report_path))
-    elif wants_card and config.webhook and not summary.dry_run:
-        result = anyio.run(_send, config.webhook, build_card(summary, redactor=redactor, report_path=report_path))
-        if not result.ok:
-            summary.warnings.append(result.as_warning())
-            if report is not None:
-                report.unlink(missing_ok=True)
-                _write_report(cache_dir, summary, config, redactor)
-        else:  # notify.send_card already logged the delivery at INFO, with status and attempt
-            log.debug("Teams card for this run sent to %s", webhook_host(config.webhook))
-
-
-def _write_report(cache_dir: Path, summary: RunSummary, config: Config, redactor: Redactor) -> Path | None:
-    try:
-        path = write_report(cache_dir, summary, keep=config.keep_reports, redactor=redactor)
-    except OSError as exc:
-        log.warning("the run report could not be written (%s)", exc.strerror or exc)
-        return None
-    log.debug("run report written to %s", path)
-    return path
-
-
-async def _send(url: str, payload: dict[str, Any]) -> NotifyResult:
-    return await send_card(url, payload)
-
-
 async def _run_until_signal(backup: Backup) -> bool:
     """Run the backup; SIGINT or SIGTERM cancels it gracefully. Returns True when interrupted.
 
@@ -518,45 +454,3 @@ async def _run_until_signal(backup: Backup) -> bool:
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
     return interrupted
-
-
-def _report(summary: RunSummary, dry_run: bool) -> None:
-    for failure in summary.failures[:50]:
-        log.error("failed: [%s] %s: %s", failure.group, failure.path or failure.target, failure.message)
-    if len(summary.failures) > 50:
-        log.error("... and %d more failures", len(summary.failures) - 50)
-    for warning in summary.warnings[:20]:
-        log.warning("%s: %s: %s", warning.group, warning.path, warning.message)
-    if dry_run:
-        for t in summary.targets:
-            adopt = (
-                f"would adopt {t.adopted} files from the old script's cache (each checked against the bucket "
-                "listing first), "
-                if t.adopted
-                else ""
-            )
-            print(
-                f"{t.name} -> s3://{t.bucket}: {adopt}would upload {t.planned_uploads} files "
-                f"({format_bytes(t.planned_upload_bytes)}), delete {t.planned_deletes}, "
-                f"{t.unchanged} unchanged, {t.skipped} skipped"
-            )
-            if t.rebuild_due:
-                print(
-                    f"  the cache holds no rows for {t.name}: a real run first rebuilds them from S3 "
-                    "(the newest snapshot, else the bucket listing + HeadObject) and uploads only what S3 "
-                    "does not hold as it is on disk; this dry run sends no request, so it counts every file as new"
-                )
-    tail = f", {summary.rows_rebuilt:,} cache rows rebuilt from S3" if summary.rows_rebuilt else ""
-    if summary.requests is not None:
-        tail += f"; {summary.requests.brief()} at {summary.requests.prices.describe()}"
-    log.info(
-        "%s: %d targets, %d files uploaded (%s), %d deleted, %d failures in %.1f s%s",
-        "dry run done" if dry_run else "interrupted" if summary.interrupted else "done",
-        len(summary.targets),
-        summary.files_uploaded,
-        format_bytes(summary.bytes_uploaded),
-        summary.files_deleted,
-        len(summary.failures),
-        summary.duration_s,
-        tail,
-    )

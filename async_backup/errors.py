@@ -1,8 +1,9 @@
 """The exception hierarchy and the failure collector.
 
-Owns: every error type the tool raises on purpose, the kinds of per-item failure, and the one
-collector that gathers failures for the run's report and Teams card. Imports nothing of S3,
-the filesystem or the network: adapters map their foreign errors onto these types.
+Owns: every error type the tool raises on purpose, the kinds of per-item failure, the one
+collector that gathers failures for the run's report and Teams card, and the one table of exit
+codes. Imports nothing of S3, the filesystem or the network: adapters map their foreign errors
+onto these types.
 """
 
 from __future__ import annotations
@@ -16,6 +17,13 @@ from dataclasses import dataclass
 
 import anyio
 from anyio.abc import TaskGroup
+
+# The one table of exit codes, for every command (backup, verify, restore, status).
+EXIT_OK = 0  # done; verify: nothing wrong found
+EXIT_FAILURES = 1  # some items failed (backup, restore), or verify found problems
+EXIT_USAGE = 2  # bad arguments or configuration; argparse exits with 2 as well
+EXIT_LOCKED = 3  # another run holds the cache directory's lock
+EXIT_INTERRUPTED = 130  # stopped by SIGINT or SIGTERM: 128 + SIGINT, as shells report it
 
 
 class BackupError(Exception):

@@ -4,19 +4,19 @@ Owns the local side of a request body: opening a file without following a symlin
 it, noticing a file that changes or shrinks while it is read, and the two reads of a streamed
 range (the checksum pass in a worker thread, then the chunks the socket sends). A streamed body
 never holds the file in memory: both passes go through the two chunk buffers its stream took from
-the pool (budget.BufferPool). The chunks are read on the event loop only when the page cache
+the pool (backup/budget.BufferPool). The chunks are read on the event loop only when the page cache
 already holds them (RWF_NOWAIT: the checksum pass just read them), else in a worker thread, so a
-slow disk or a stalled NFS server never holds up the loop. Must not import aiohttp or botocore.
+slow disk or a stalled NFS server never holds up the loop. Knows no checksum (the caller's `update`
+computes it) and imports nothing of the package: no S3, no aiohttp, no botocore.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Callable
 
 import anyio
-
-from .s3 import PartChecksum, RunningChecksum
 
 
 class FileVanished(Exception):
@@ -76,29 +76,23 @@ def read_whole(path: bytes) -> tuple[bytes, int, int]:
     return data, after.st_size, after.st_mtime_ns
 
 
-def read_and_sum(path: bytes, algorithm: str) -> tuple[bytes, int, int, PartChecksum]:
-    data, size, mtime_ns = read_whole(path)
-    return data, size, mtime_ns, PartChecksum.of(data, algorithm)
-
-
-def checksum_range(fd: int, offset: int, length: int, algorithm: str, buffer: bytearray) -> PartChecksum:
-    """The checksum of `length` bytes at `offset`, read through `buffer` (run in a worker thread:
-    hashlib and zlib release the GIL). Raises FileChanged when the file ends before the range."""
+def feed_range(fd: int, offset: int, length: int, buffer: bytearray, update: Callable[[memoryview], None]) -> None:
+    """Read `length` bytes at `offset` through `buffer` and hand each piece to `update` (a checksum
+    being computed; run in a worker thread: hashlib and zlib release the GIL). Raises FileChanged
+    when the file ends before the range."""
     view = memoryview(buffer)
-    running = RunningChecksum(algorithm)
     position, end = offset, offset + length
     try:
         while position < end:
             n = os.preadv(fd, [view[: min(len(view), end - position)]], position)
             if n == 0:
                 raise FileChanged("the file became shorter while it was read")
-            running.update(view[:n])
+            update(view[:n])
             position += n
     except OSError as exc:
         raise os_error(exc) from None
     finally:
         view.release()
-    return running.result()
 
 
 class RangeReader:

@@ -129,7 +129,7 @@ def print_page_times(url: str, bucket: str) -> None:
 def make_cache(cache: Path, url: str, folder: str, prefix: str, bucket: str, count: int) -> None:
     import json
 
-    from async_backup.state import connect
+    from async_backup.cache.store import connect
 
     cache.mkdir(parents=True)
     doc = {
@@ -175,7 +175,7 @@ def main() -> None:
 
     from moto.server import ThreadedMotoServer
 
-    from async_backup.targets import stable_bucket_name
+    from async_backup.settings.naming import stable_bucket_name
 
     os.environ.update({"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY})
     work = Path(tempfile.mkdtemp(prefix="bench-memory-"))

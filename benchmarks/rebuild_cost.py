@@ -150,8 +150,8 @@ def measure(tmp: Path, data: Path, server: Any, proxy_url: str, args: argparse.N
     record("rebuild from the snapshot", took, log)
 
     forget_cache(cache)
-    from async_backup.config import load_config
-    from async_backup.pipeline import snapshot_buckets
+    from async_backup.cache.snapshot import snapshot_buckets
+    from async_backup.settings.config import load_config
 
     for bucket in snapshot_buckets(load_config(cache)):
         try:

@@ -55,8 +55,9 @@ def _free_port() -> int:
 async def _measure(
     endpoint: str, requests: int, concurrency: int, checksum: str, validate: bool, expect: bool, cached_ua: bool = False
 ) -> float:
-    from async_backup.config import AwsSettings, Tuning
-    from async_backup.s3 import PartChecksum, client_config
+    from async_backup.s3.checksums import PartChecksum
+    from async_backup.s3.client import client_config
+    from async_backup.settings.config import AwsSettings, Tuning
 
     aws = AwsSettings("AKIDEXAMPLE", "secret", "us-east-1", endpoint, checksum_calculation=checksum)  # type: ignore[arg-type]
     config = client_config(aws, Tuning(workers=concurrency))
@@ -67,7 +68,7 @@ async def _measure(
     async with get_session().create_client(
         "s3", endpoint_url=endpoint, aws_access_key_id="AKIDEXAMPLE", aws_secret_access_key="secret", config=config
     ) as client:
-        from async_backup.s3 import S3, cache_user_agent, skip_expect_continue
+        from async_backup.s3.client import S3, cache_user_agent, skip_expect_continue
 
         if not expect:
             skip_expect_continue(client)
@@ -107,7 +108,7 @@ def _botocore_signed(
     """DirectPut.signed_headers with botocore's S3SigV4Auth doing the signing, for comparison."""
     from urllib.parse import quote
 
-    from async_backup.s3 import botocore_signed_headers
+    from async_backup.s3.client import botocore_signed_headers
 
     path = f"{endpoint.path_prefix}/{quote(key, safe='/~')}"
     canonical_query = "&".join(
@@ -131,8 +132,9 @@ async def _measure_tool(
     import datetime
     import types
 
-    from async_backup.config import AwsSettings, Tuning
-    from async_backup.s3 import PartChecksum, open_s3
+    from async_backup.s3.checksums import PartChecksum
+    from async_backup.s3.client import open_s3
+    from async_backup.settings.config import AwsSettings, Tuning
 
     saved = {k: os.environ.get(k) for k in CREDENTIAL_ENV}
     if credentials == "static":
@@ -197,8 +199,8 @@ def signing_costs(rounds: int = 20000) -> list[tuple[str, float]]:
 
     from botocore.credentials import ReadOnlyCredentials
 
-    from async_backup.directput import BucketEndpoint, DirectPut
-    from async_backup.s3 import botocore_signed_headers
+    from async_backup.s3.client import botocore_signed_headers
+    from async_backup.s3.fastput import BucketEndpoint, DirectPut
 
     endpoint = BucketEndpoint("https://bench.s3.us-east-1.amazonaws.com", "", "us-east-1")
     headers = {

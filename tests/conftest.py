@@ -163,7 +163,7 @@ def make_tree(base: Any, files: dict[str, bytes]) -> None:
 
 def key_of(path: Any) -> str:
     """The object key async-backup gives a local path."""
-    from async_backup.keys import key_for_path
+    from async_backup.disk.keys import key_for_path
 
     return key_for_path(os.fsencode(path))
 

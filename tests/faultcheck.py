@@ -15,7 +15,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from async_backup.keys import key_for_path, path_for_key
+from async_backup.disk.keys import key_for_path, path_for_key
 
 
 def tree_files(root: Path) -> dict[bytes, int]:

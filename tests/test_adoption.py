@@ -16,7 +16,9 @@ import pytest
 from conftest import SECRET_KEY, make_tree, run_cli, write_config
 from oldscript import OLD_CACHE_BUCKET, run_old_script
 
-from async_backup.plan import DiskFile, PlanCounts, Recorded, is_unchanged, merge, stat_float_mtime
+from async_backup.backup.plan import PlanCounts, merge
+from async_backup.cache.records import Recorded, is_unchanged, stat_float_mtime
+from async_backup.disk.entries import DiskFile
 
 
 def _token(tmp_path: Path) -> str:
@@ -207,7 +209,7 @@ def test_a_subfolder_added_later_is_named_like_its_siblings(tmp_path: Path, moto
 def test_symlinked_subfolders_and_folders_are_backed_up_under_the_link(
     tmp_path: Path, moto_endpoint: str, s3_inspect: Any, bucket_prefix: str
 ):
-    from async_backup.targets import stable_bucket_name
+    from async_backup.settings.naming import stable_bucket_name
 
     real = tmp_path / "elsewhere"
     make_tree(real, {"scans/p.tif": b"p", "scans/inner/q.tif": b"q", "folder/f.tif": b"f"})

@@ -20,7 +20,7 @@ from conftest import run_cli, write_config
 from faultcheck import cache_rows, open_uploads
 from s3proxy import ErrorReply, FakeReply, ProxyServer, SlowReply, Stall
 
-from async_backup.targets import stable_bucket_name
+from async_backup.settings.naming import stable_bucket_name
 
 TUNING = {"multipart_threshold_mib": 5, "part_size_mib": 5, "parts_in_flight": 2, "workers": 4}
 NO_UPLOAD_ID = (

@@ -112,7 +112,9 @@ def test_requests_are_counted_at_the_proxy(tiny_report: dict[str, Any]) -> None:
     assert large["requests"].get("UploadPart", 0) > 0  # 12 MiB files go multipart in boto3
 
 
-@pytest.mark.skipif(not (REPO / "async_backup" / "pipeline.py").exists(), reason="async_backup not built yet")
+@pytest.mark.skipif(
+    not (REPO / "async_backup" / "backup" / "pipeline.py").exists(), reason="async_backup not built yet"
+)
 def test_async_backup_ran_and_verified(tiny_report: dict[str, Any]) -> None:
     runs = _runs(tiny_report, "async-backup")
     bad = [(r["dataset"], r["status"], r["detail"]) for r in runs if r["status"] != "ok"]

@@ -13,12 +13,12 @@ import anyio
 from conftest import in_process, run_cli, write_config
 from s3proxy import ProxyServer
 
-from async_backup.config import load_config
-from async_backup.logsetup import LOG_MAX_BYTES
-from async_backup.pipeline import cache_bucket_name
-from async_backup.rebuild import log_key
-from async_backup.s3 import open_s3
-from async_backup.targets import stable_bucket_name
+from async_backup.cache.rebuild import log_key
+from async_backup.cache.snapshot import cache_bucket_name
+from async_backup.report.logsetup import LOG_MAX_BYTES
+from async_backup.s3.client import open_s3
+from async_backup.settings.config import load_config
+from async_backup.settings.naming import stable_bucket_name
 
 
 def make_tree(root: Path) -> None:

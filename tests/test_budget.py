@@ -7,7 +7,7 @@ import random
 import anyio
 import pytest
 
-from async_backup.budget import ByteBudget
+from async_backup.backup.budget import ByteBudget
 
 
 async def test_holders_never_exceed_the_budget_and_everything_is_given_back():

@@ -20,9 +20,9 @@ from conftest import run_cli, write_config
 from faultcheck import assert_whole, cache_rows, stored_versions, tree_files
 from s3proxy import ProxyServer
 
+from async_backup.cache.store import StateStore, storage_error
 from async_backup.errors import FatalError
-from async_backup.state import StateStore, storage_error
-from async_backup.targets import stable_bucket_name
+from async_backup.settings.naming import stable_bucket_name
 
 FS_BYTES = 4 * 1024 * 1024
 FREE_BYTES = 192 * 1024  # what is left for the cache once the ballast is in

@@ -17,13 +17,13 @@ from conftest import ACCESS_KEY, SECRET_KEY
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from async_backup import card as card_module
-from async_backup.card import CARD_BUDGET_BYTES, TEAMS_MESSAGE_LIMIT_BYTES, escape_markdown
+from async_backup.disk.walk import Excluder, walk_target
 from async_backup.errors import Failure, FailureKind
-from async_backup.pricing import US_EAST_1, price_requests
-from async_backup.redact import Redactor, printable
-from async_backup.summary import RunSummary, TargetStats
-from async_backup.walk import Excluder, walk_target
+from async_backup.report import card as card_module
+from async_backup.report.card import CARD_BUDGET_BYTES, TEAMS_MESSAGE_LIMIT_BYTES, escape_markdown
+from async_backup.report.redact import Redactor, printable
+from async_backup.report.summary import RunSummary, TargetStats
+from async_backup.s3.pricing import US_EAST_1, price_requests
 
 T0 = 1_795_888_320.0  # 2026-11-28 17:52 UTC
 WEBHOOK = (

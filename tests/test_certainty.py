@@ -19,10 +19,11 @@ import pytest
 from conftest import key_of, make_tree, run_cli, write_config
 from faultcheck import bucket_objects, cache_rows
 
+from async_backup.backup.plan import Delete, PlanCounts, merge
+from async_backup.cache.records import Recorded
+from async_backup.disk.walk import Excluder, walk_target
 from async_backup.errors import Failure
-from async_backup.plan import Delete, PlanCounts, Recorded, merge
-from async_backup.targets import stable_bucket_name
-from async_backup.walk import Excluder, walk_target
+from async_backup.settings.naming import stable_bucket_name
 
 
 def reports(cache: Path) -> list[dict[str, Any]]:

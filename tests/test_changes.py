@@ -13,13 +13,14 @@ import pytest
 from conftest import ACCESS_KEY, REGION, SECRET_KEY, run_cli, write_config
 from faultcheck import bucket_objects, cache_rows
 
-from async_backup.budget import ByteBudget
-from async_backup.config import AwsSettings, Tuning
+from async_backup.backup.budget import ByteBudget
+from async_backup.backup.upload import MemoryLimits, UploadSettings, upload_file
+from async_backup.disk.entries import DiskFile, Hole
 from async_backup.read import FileChanged, FileVanished, read_whole
-from async_backup.s3 import open_s3
-from async_backup.targets import stable_bucket_name
-from async_backup.upload import MemoryLimits, UploadSettings, upload_file
-from async_backup.walk import DiskFile, Excluder, Hole, walk_target
+from async_backup.disk.walk import Excluder, walk_target
+from async_backup.s3.client import open_s3
+from async_backup.settings.config import AwsSettings, Tuning
+from async_backup.settings.naming import stable_bucket_name
 
 
 def test_a_file_written_during_its_upload_is_not_recorded(

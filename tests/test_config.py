@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from conftest import run_cli, write_config
 
-from async_backup.progress import progress_line
-from async_backup.summary import TargetStats
+from async_backup.report.progress import progress_line
+from async_backup.report.summary import TargetStats
 
 
 def run(cache: Path) -> tuple[int, str]:

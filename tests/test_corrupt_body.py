@@ -18,8 +18,8 @@ from conftest import run_cli, write_config
 from faultcheck import assert_contents, assert_whole, bucket_etags, cache_rows, etag_matches_file, reported_failures
 from s3proxy import CorruptBody, ProxyServer
 
-from async_backup.keys import display_path, key_for_path
-from async_backup.targets import stable_bucket_name
+from async_backup.disk.keys import display_path, key_for_path
+from async_backup.settings.naming import stable_bucket_name
 
 TUNING = {"multipart_threshold_mib": 5, "part_size_mib": 5, "parts_in_flight": 2, "workers": 4}
 

@@ -15,9 +15,8 @@ import pytest
 from conftest import make_tree, run_cli, write_config
 from s3proxy import ProxyServer
 
-from async_backup.config import parse_config
 from async_backup.errors import ConfigError
-from async_backup.pricing import (
+from async_backup.s3.pricing import (
     US_EAST_1,
     format_usd,
     part_size_cost_per_tib,
@@ -28,6 +27,7 @@ from async_backup.pricing import (
     storage_month,
     upload_requests,
 )
+from async_backup.settings.config import parse_config
 
 MiB = 1024 * 1024
 GB = 1024**3  # AWS's billing GB

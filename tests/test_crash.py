@@ -29,8 +29,8 @@ from faultcheck import (
     versions_per_key,
 )
 
-from async_backup.keys import key_for_path
-from async_backup.targets import stable_bucket_name
+from async_backup.disk.keys import key_for_path
+from async_backup.settings.naming import stable_bucket_name
 
 TUNING = {"multipart_threshold_mib": 5, "part_size_mib": 5, "parts_in_flight": 2, "workers": 8}
 MOMENTS = 10  # per scenario; two scenarios, 20 moments

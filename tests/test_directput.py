@@ -14,7 +14,7 @@ from conftest import run_cli, write_config
 from faultcheck import bucket_objects, tree_files
 from test_s3proxy import moto_checking_signatures  # noqa: F401  (a fixture)
 
-from async_backup.targets import stable_bucket_name
+from async_backup.settings.naming import stable_bucket_name
 
 NAMES = [
     "plain.tif",

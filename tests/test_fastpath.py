@@ -24,9 +24,9 @@ from conftest import (
 from connectproxy import ConnectProxy
 from s3proxy import Delay, ErrorReply, ProxyServer
 
-from async_backup.config import AwsSettings, Tuning
-from async_backup.s3 import open_s3
-from async_backup.targets import stable_bucket_name
+from async_backup.s3.client import open_s3
+from async_backup.settings.config import AwsSettings, Tuning
+from async_backup.settings.naming import stable_bucket_name
 
 MiB = 1024 * 1024
 
@@ -342,8 +342,8 @@ def test_parts_in_flight_beyond_the_workers_never_wait_into_a_connect_timeout(
 
 
 def test_a_ca_bundle_that_is_not_a_file_is_a_config_error(tmp_path: Path) -> None:
-    from async_backup.config import parse_config
     from async_backup.errors import ConfigError
+    from async_backup.settings.config import parse_config
 
     missing = tmp_path / "no-such-ca.pem"
     doc = {"backup": {"folders": [str(tmp_path)]}, "aws": {"ca_bundle": str(missing)}}

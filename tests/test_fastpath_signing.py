@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 from botocore.credentials import ReadOnlyCredentials
 
-from async_backup.directput import BucketEndpoint, DirectPut
-from async_backup.s3 import PartChecksum, botocore_signed_headers
+from async_backup.s3.checksums import PartChecksum
+from async_backup.s3.client import botocore_signed_headers
+from async_backup.s3.fastput import BucketEndpoint, DirectPut
 
 NOW = datetime.datetime(2026, 12, 1, 23, 59, 58, tzinfo=datetime.UTC)
 STATIC = ReadOnlyCredentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", None)

@@ -21,8 +21,8 @@ from faultcheck import (
 )
 from s3proxy import DeleteKeyErrors, ProxyServer, ResetBody, Stall, internal_error, slow_down
 
-from async_backup.keys import display_path
-from async_backup.targets import stable_bucket_name
+from async_backup.disk.keys import display_path
+from async_backup.settings.naming import stable_bucket_name
 
 FAULT_SHARE = 0.05
 

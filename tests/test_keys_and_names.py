@@ -9,17 +9,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from async_backup.config import FolderSpec, parse_config
+from async_backup.disk.entries import DiskFile
+from async_backup.disk.keys import MAX_KEY_BYTES, KeyTooLongError, check_key_length, key_for_path, path_for_key
+from async_backup.disk.walk import Excluder, walk_target
 from async_backup.errors import ConfigError
-from async_backup.keys import MAX_KEY_BYTES, KeyTooLongError, check_key_length, key_for_path, path_for_key
-from async_backup.targets import (
-    bucket_name_problem,
-    discover_targets,
-    legacy_bucket_name,
-    nested_target_warnings,
-    stable_bucket_name,
-)
-from async_backup.walk import DiskFile, Excluder, walk_target
+from async_backup.settings.config import FolderSpec, parse_config
+from async_backup.settings.naming import bucket_name_problem, legacy_bucket_name, stable_bucket_name
+from async_backup.settings.targets import discover_targets, nested_target_warnings
 
 path_bytes = st.lists(
     st.binary(min_size=1, max_size=12).filter(lambda b: b"/" not in b and b"\0" not in b), min_size=1, max_size=4
@@ -119,7 +115,7 @@ def test_roots_give_one_target_per_direct_subfolder(tmp_path: Path):
 
 
 def test_nested_targets_are_warned_about():
-    from async_backup.targets import Target
+    from async_backup.settings.targets import Target
 
     warnings = nested_target_warnings([Target("/a", "b1"), Target("/a/b", "b2"), Target("/a-b", "b3")])
     assert warnings == ["target /a/b lies inside target /a: its files go to both buckets"]

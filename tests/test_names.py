@@ -10,8 +10,8 @@ from typing import Any
 from conftest import run_cli, write_config
 from faultcheck import assert_whole, bucket_objects
 
-from async_backup.keys import path_for_key
-from async_backup.targets import stable_bucket_name
+from async_backup.disk.keys import path_for_key
+from async_backup.settings.naming import stable_bucket_name
 
 ODD_NAMES = [
     "with space.tif",

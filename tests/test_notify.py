@@ -16,12 +16,12 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from async_backup.card import build_card, card_json
 from async_backup.errors import Failure, FailureKind
-from async_backup.notify import NotifyResult, parse_retry_after, send_card
-from async_backup.redact import RedactingFilter, Redactor
-from async_backup.runreport import write_metrics, write_report
-from async_backup.summary import RunSummary, TargetStats
+from async_backup.report.card import build_card, card_json
+from async_backup.report.notify import NotifyResult, parse_retry_after, send_card
+from async_backup.report.redact import RedactingFilter, Redactor
+from async_backup.report.runreport import write_metrics, write_report
+from async_backup.report.summary import RunSummary, TargetStats
 from tests.conftest import ACCESS_KEY, SECRET_KEY, free_port
 
 FLOW_ID = "0123456789abcdef0123456789abcdef"

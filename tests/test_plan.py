@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from async_backup.plan import (
+from async_backup.backup.plan import (
     MAX_DELETE_BATCH,
     MAX_OBJECT_BYTES,
     MAX_PART_BYTES,
@@ -13,7 +13,6 @@ from async_backup.plan import (
     MIN_PART_BYTES,
     Delete,
     PlanCounts,
-    Recorded,
     Upload,
     batches,
     deletion_guard,
@@ -22,7 +21,8 @@ from async_backup.plan import (
     part_ranges,
     part_size_for,
 )
-from async_backup.walk import DiskFile, Hole, Skipped, WalkEntry
+from async_backup.cache.records import Recorded
+from async_backup.disk.entries import DiskFile, Hole, Skipped, WalkEntry
 
 names = st.sampled_from([b"a", b"b", b"a-c", b"a.b", b"z", b"\xc3\xa9", b"A", b"0"])
 rel_paths = st.lists(names, min_size=1, max_size=3).map(lambda parts: b"/t/" + b"/".join(parts))

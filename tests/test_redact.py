@@ -9,7 +9,7 @@ import os
 from hypothesis import given
 from hypothesis import strategies as st
 
-from async_backup.redact import RedactingFilter, Redactor, printable, webhook_host, webhook_secrets
+from async_backup.report.redact import RedactingFilter, Redactor, printable, webhook_host, webhook_secrets
 from tests.conftest import ACCESS_KEY, SECRET_KEY
 
 SIG = "PLANTEDsignatureAbCdEfGhIjKlMnOpQrStUvWxYz0123"

@@ -20,9 +20,9 @@ import pytest
 from conftest import all_keys, key_of, make_tree, run_cli, write_config
 from s3proxy import ProxyServer, Record, internal_error
 
-from async_backup.config import load_config
-from async_backup.pipeline import cache_bucket_name
-from async_backup.targets import stable_bucket_name
+from async_backup.cache.snapshot import cache_bucket_name
+from async_backup.settings.config import load_config
+from async_backup.settings.naming import stable_bucket_name
 
 # Bucket-level reads: the bucket's settings, and the multipart uploads an earlier run may have left
 # (listed on first use of an existing bucket). Never a write, never a request for an object.

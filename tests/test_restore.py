@@ -24,10 +24,11 @@ import pytest
 from conftest import Ran, in_process, run_cli, write_config
 from s3proxy import ErrorReply, ProxyServer, Stall
 
-from async_backup.keys import key_for_path
-from async_backup.restore import StreamSum, choose_versions, expected_checksum, is_safe, list_prefixes, under_prefix
-from async_backup.s3 import ObjectHead, ObjectVersion
-from async_backup.targets import stable_bucket_name
+from async_backup.disk.keys import key_for_path
+from async_backup.restore.checksum import StreamSum, expected_checksum
+from async_backup.restore.choose import choose_versions, is_safe, list_prefixes, under_prefix
+from async_backup.s3.objects import ObjectHead, ObjectVersion
+from async_backup.settings.naming import stable_bucket_name
 
 MIB = 1024 * 1024
 T0 = datetime(2026, 11, 1, tzinfo=UTC)

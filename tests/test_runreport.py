@@ -12,8 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from async_backup.errors import Failure, FailureKind
-from async_backup.redact import printable
-from async_backup.runreport import (
+from async_backup.report.redact import printable
+from async_backup.report.runreport import (
     LAST_SUCCESS_METRIC,
     build_report,
     escape_label_value,
@@ -23,7 +23,7 @@ from async_backup.runreport import (
     write_metrics,
     write_report,
 )
-from async_backup.summary import RunSummary, TargetStats
+from async_backup.report.summary import RunSummary, TargetStats
 
 T0 = 1_795_888_320.0  # 2026-11-28T17:52:00Z
 

@@ -24,17 +24,17 @@ from conftest import ACCESS_KEY, REGION, SECRET_KEY, CAFiles, run_cli, write_con
 from faultcheck import assert_contents, bucket_objects, cache_rows
 from s3proxy import CheckDigest, ProxyServer
 
-from async_backup import upload
-from async_backup.budget import BufferPool, ByteBudget
-from async_backup.config import AwsSettings, Tuning
-from async_backup.directput import BodyStream, BucketEndpoint, DirectPut
-from async_backup.errors import S3Error
-from async_backup.keys import key_for_path
+from async_backup.backup import upload
+from async_backup.backup.budget import BufferPool, ByteBudget
+from async_backup.backup.upload import CHUNK_BYTES, MemoryLimits, UploadSettings, upload_file
+from async_backup.disk.entries import DiskFile
+from async_backup.disk.keys import key_for_path
 from async_backup.read import FileChanged, RangeReader
-from async_backup.s3 import S3, open_s3
-from async_backup.targets import stable_bucket_name
-from async_backup.upload import CHUNK_BYTES, MemoryLimits, UploadSettings, upload_file
-from async_backup.walk import DiskFile
+from async_backup.errors import S3Error
+from async_backup.s3.client import S3, open_s3
+from async_backup.s3.fastput import BodyStream, BucketEndpoint, DirectPut
+from async_backup.settings.config import AwsSettings, Tuning
+from async_backup.settings.naming import stable_bucket_name
 
 MiB = 1024 * 1024
 SETTINGS = UploadSettings("DEEP_ARCHIVE", 5 * MiB, 5 * MiB)

@@ -17,10 +17,13 @@ import pytest
 from conftest import Ran, in_process, key_of, make_tree, run_cli, write_config
 from s3proxy import ErrorReply, ProxyServer
 
-from async_backup.s3 import ListedObject, ObjectHead
-from async_backup.targets import Target, stable_bucket_name
-from async_backup.verify import Kind, compare, compare_checksum, split_checksum
-from async_backup.walk import DiskFile, Excluder, Hole, Skipped
+from async_backup.disk.entries import DiskFile, Hole, Skipped
+from async_backup.disk.walk import Excluder
+from async_backup.s3.checksums import split_checksum
+from async_backup.s3.objects import ListedObject, ObjectHead
+from async_backup.settings.naming import stable_bucket_name
+from async_backup.settings.targets import Target
+from async_backup.verify.compare import Kind, compare, compare_checksum
 
 MIB = 1024 * 1024
 

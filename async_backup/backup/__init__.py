@@ -1,0 +1,10 @@
+"""backup/: the backup command: walk -> plan -> upload/delete -> record.
+
+Owns the pure planner (`plan`), the upload and delete workers (`upload`, `delete`, the memory
+`budget`), and the run: `pipeline` wires the stages and holds no policy; the policy and the steps
+around it have rooms of their own (`runs`, `setup`, `cleanup`, `policy`, `recovery`, `adopt`,
+`snapshot`).
+
+May import every lower layer (report/, cache/, s3/, disk/, settings/, errors). Must not import
+verify/, restore/ or cli.
+"""

@@ -1,0 +1,153 @@
+"""Adopting the old script's cache: its local db/ files, and its copies in its cache bucket.
+
+Owns finding a legacy-named target's old cache (on disk, else the copy the old script left in
+`image-backup-cache`), adopting its rows against the bucket listing, the warning about the
+config.json copy (AWS keys included) the old script left in that bucket, and, in a dry run,
+planning against the old cache a real run would adopt. Reads the old SQLite files only through
+`cache.legacy`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+
+from ..cache.legacy import LEGACY_CACHE_BUCKET, OldCache, OldCacheError, old_cache_name, old_cache_path
+from ..cache.rebuild import Listing, needs_rebuild, rows_from_old_cache
+from ..cache.records import Recorded
+from ..cache.store import StateStore
+from ..errors import Failure, FailureCollector, FailureKind, S3Error
+from ..s3.client import S3
+from ..settings.config import Config
+from .runs import TargetRun
+
+log = logging.getLogger(__name__)
+
+
+class OldCaches:
+    def __init__(self, config: Config, store: StateStore, collector: FailureCollector) -> None:
+        self.config = config
+        self.store = store
+        self.collector = collector
+        self._old_cache_bucket_keys: list[str] = []  # keys in the old script's cache bucket (legacy naming)
+
+    def of(self, run: TargetRun) -> Path | None:
+        """The old script's cache of a legacy-named target, if it left one."""
+        if run.target.legacy_name is None:
+            return None
+        # config.json's folder, not the store's: a dry run with --reset reads an empty stand-in store.
+        path = old_cache_path(self.config.source.parent, run.target.legacy_name)
+        return path if path.is_file() else None
+
+    def to_adopt(self, run: TargetRun) -> Path | None:
+        """For a dry run: the old cache a real run would adopt (the cache holds no rows for it yet)."""
+        path = self.of(run)
+        return path if path is not None and needs_rebuild(self.store, run.target.bucket) else None
+
+    def recorded(self, run: TargetRun) -> Iterator[Recorded]:
+        """The cache's rows for the target, or in a dry run the old script's cache it would adopt."""
+        if run.old_cache is None:
+            yield from self.store.recorded(run.target.bucket)
+            return
+        old = OldCache(run.old_cache)
+        try:
+            for row in old.rows():
+                yield Recorded(row.path, None, round(row.timestamp * 1e9), row.timestamp)
+        finally:
+            old.close()
+
+    def adopt(self, run: TargetRun, path: Path, listing: Listing) -> int:
+        """Adopt the old script's cache of the target, checked against the listing (worker thread).
+        An old cache that cannot be read is one warning: its files are then treated as new."""
+        target = run.target
+        try:
+            old = OldCache(path)
+        except OldCacheError as exc:
+            log.warning("old cache of %s: %s; its files are treated as new", target.path, exc)
+            return 0
+        try:
+            old_rows = old.count()
+            adopted = rows_from_old_cache(old, target.bucket, target.path_bytes, listing, self.store)
+        except OldCacheError as exc:
+            log.warning("old cache of %s: %s; what it did not yield is treated as new", target.path, exc)
+            return 0
+        finally:
+            old.close()
+        missing = old_rows - adopted
+        log.info(
+            "%s: adopted %d of %d files from the old cache %s (checked against %d ListObjectsV2 pages)%s",
+            target.path,
+            adopted,
+            old_rows,
+            path,
+            listing.requests,
+            f"; {missing} are not in s3://{target.bucket} and are uploaded if still on disk" if missing else "",
+        )
+        return adopted
+
+    async def read_bucket(self, s3: S3) -> None:
+        """List the old script's cache bucket once (a few objects per installation): its copies of
+        config.json are warned about, its copies of db/*.db can stand in for lost local ones."""
+        found: list[str] = []
+        try:
+            async for page in s3.list_current(LEGACY_CACHE_BUCKET):
+                found.extend(o.key for o in page)
+        except S3Error as exc:
+            log.debug("bucket %s not read: %s", LEGACY_CACHE_BUCKET, exc)
+            return
+        self._old_cache_bucket_keys = found
+        self._warn_about_old_config_copy([k for k in found if k == "config.json" or k.endswith("/config.json")])
+
+    async def fetch_copy(self, s3: S3, run: TargetRun, tmp: Path) -> Path | None:
+        """The old script's cache of the target as it last copied it to its cache bucket, for when
+        the local db/ file is gone (a new server): this cache directory's copy first, else the one
+        other installation's copy of that name (several: none is chosen, the choice would be a guess)."""
+        if run.target.legacy_name is None or not self._old_cache_bucket_keys:
+            return None
+        name = old_cache_name(run.target.legacy_name)
+        own = str(self.config.source.parent).lstrip("/") + "/" + name
+        matches = [k for k in self._old_cache_bucket_keys if k == own or k.endswith("/" + name)]
+        key = own if own in matches else matches[0] if len(matches) == 1 else None
+        if key is None:
+            if matches:
+                log.warning(
+                    "%s: %d copies of the old cache %s in s3://%s, none from this cache directory; none used",
+                    run.target.path,
+                    len(matches),
+                    name,
+                    LEGACY_CACHE_BUCKET,
+                )
+            return None
+        dest = tmp / f"old-{run.target.bucket}.db"
+        try:
+            async with (
+                s3.open_object(LEGACY_CACHE_BUCKET, key) as reader,
+                await anyio.open_file(dest, "wb") as out,
+            ):
+                while chunk := await reader.read(1024 * 1024):
+                    await out.write(chunk)
+        except (S3Error, OSError) as exc:
+            log.warning(
+                "%s: the old cache s3://%s/%s could not be read (%s)", run.target.path, LEGACY_CACHE_BUCKET, key, exc
+            )
+            return None
+        log.info("%s: no local old cache; using its copy s3://%s/%s", run.target.path, LEGACY_CACHE_BUCKET, key)
+        return dest
+
+    def _warn_about_old_config_copy(self, keys: list[str]) -> None:
+        """The old script copied config.json, AWS keys included, to its cache bucket after every run.
+        Say so once per run (never delete it: it may be someone's only copy of that config)."""
+        if not keys:
+            return
+        own = str(self.store.cache_dir).lstrip("/") + "/config.json"  # this cache directory's copy first
+        keys.sort(key=lambda k: k != own)
+        more = f" (and {len(keys) - 1} more config.json objects)" if len(keys) > 1 else ""
+        message = (
+            f"bucket {LEGACY_CACHE_BUCKET} still holds the old script's copy of config.json with the AWS keys, "
+            f"s3://{LEGACY_CACHE_BUCKET}/{keys[0]}{more}: rotate those keys and delete that object "
+            "(async-backup never deletes it)"
+        )
+        self.collector.warn(Failure(FailureKind.SECRETS_EXPOSED, "cache", f"s3://{LEGACY_CACHE_BUCKET}", message))

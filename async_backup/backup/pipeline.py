@@ -1,0 +1,326 @@
+"""The backup run: walk -> plan -> upload/delete -> record, as concurrent stages.
+
+The only module of backup/ that wires stages together, and it holds no policy. `Backup.run`
+reads top to bottom like a script: check the endpoint, abort what a crash left, rebuild lost
+cache rows, start the cache writer and the upload workers, walk every target (each walk in a
+worker thread, merged with the cache into actions), let each target delete what vanished once
+its uploads are done, then close each stage's input in order and wait, and upload the cache
+snapshot if it is due. Every arrow between stages is a bounded memory stream, so a fast walk can
+never run ahead of the uploads by more than the queue size.
+
+The rooms it calls: `setup` (endpoint check, buckets on first need), `cleanup` (crash
+leftovers), `recovery` and `adopt` (lost rows, the old script's cache), `policy` (each upload's
+rules, the deletion and device guards), `snapshot` (the cache snapshot), `plan` (pure merge).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream as ObjectReceiveStream
+from anyio.streams.memory import MemoryObjectSendStream as ObjectSendStream
+
+from ..cache.rebuild import needs_rebuild
+from ..cache.store import Change, Removed, StateStore
+from ..cache.writer import run_writer
+from ..disk.entries import WalkEntry
+from ..disk.keys import display_path
+from ..disk.walk import Excluder, device_of, walk_target
+from ..errors import Failure, FailureCollector, FailureKind, unwrapped_group
+from ..report.logsetup import LOG_MAX_BYTES, LOG_NAME
+from ..report.progress import Progress
+from ..report.summary import TargetStats
+from ..s3.client import S3, open_s3
+from ..s3.pricing import RequestTally, upload_requests
+from ..settings.config import Config
+from ..settings.targets import Target
+from .adopt import OldCaches
+from .budget import ByteBudget
+from .cleanup import CrashCleanup
+from .delete import KeyFailure, delete_paths
+from .plan import MAX_DELETE_BATCH, Upload, merge, part_size_for
+from .policy import Guards, UploadPolicy, target_missing, target_unusable
+from .recovery import Rebuild
+from .runs import RunOptions, TargetRun, UploadJob
+from .setup import BucketSetup
+from .snapshot import snapshot_due, upload_snapshot
+from .upload import MemoryLimits, UploadSettings
+
+log = logging.getLogger(__name__)
+
+# Actions cross from the walk thread to the event loop in chunks: one thread hop per chunk,
+# not per file. Small enough that an incremental run starts uploading almost at once.
+CHUNK_FILES = 32
+
+
+class Backup:
+    def __init__(
+        self,
+        config: Config,
+        targets: list[Target],
+        store: StateStore,
+        collector: FailureCollector,
+        options: RunOptions,
+        progress: Progress | None = None,
+    ) -> None:
+        self.config = config
+        self.progress = progress
+        self.store = store
+        self.collector = collector
+        self.options = options
+        self.runs = [TargetRun(t, TargetStats(name=t.path, bucket=t.bucket)) for t in targets]
+        self.excluder = Excluder(config.exclude)
+        self.settings = UploadSettings(
+            storage_class=config.storage_class,
+            multipart_threshold_bytes=config.tuning.multipart_threshold_bytes,
+            part_size_bytes=config.tuning.part_size_bytes,
+        )
+        self._stopping = threading.Event()
+        self.started_at = time.time()
+        self.guards = Guards(config, store, options, collector)
+        self.old_caches = OldCaches(config, store, collector)
+        self._s3: S3 | None = None
+        self._buckets: BucketSetup | None = None
+        self._uploads: UploadPolicy | None = None
+        self.sent = RequestTally()  # every S3 request of the run, once the client is open
+        self._limits = MemoryLimits(
+            budget=ByteBudget(config.tuning.memory_budget_bytes),
+            part_slots=anyio.Semaphore(config.tuning.parts_in_flight),
+        )
+
+    @property
+    def s3(self) -> S3:
+        assert self._s3 is not None, "S3 is used only inside Backup.run"
+        return self._s3
+
+    @property
+    def buckets(self) -> BucketSetup:
+        assert self._buckets is not None, "buckets are set up only inside Backup.run"
+        return self._buckets
+
+    @property
+    def uploads(self) -> UploadPolicy:
+        assert self._uploads is not None, "uploads run only inside Backup.run"
+        return self._uploads
+
+    async def run(self) -> None:
+        await anyio.to_thread.run_sync(self.guards.read_recorded_devices, self.runs)
+        if self.options.dry_run:
+            await self._plan_only()
+            return
+        tuning = self.config.tuning
+        async with open_s3(self.config.aws, tuning) as s3:
+            self._s3 = s3
+            self.sent = s3.sent
+            cleanup = CrashCleanup(s3, self.store, self.started_at)
+            self._buckets = BucketSetup(s3, self.config, self.collector, cleanup)
+            self._uploads = UploadPolicy(
+                s3, self.config, self.store, self.collector, self.settings, self._limits, self._buckets
+            )
+            await self.buckets.check_endpoint(self.runs)
+            if self.config.naming == "legacy":
+                await self.old_caches.read_bucket(s3)
+            await cleanup.abort_leftover_uploads(self.runs)
+            if self.options.rebuild:
+                await Rebuild(s3, self.config, self.store, self.collector, self.old_caches).rebuild_caches(self.runs)
+            upload_send, upload_receive = anyio.create_memory_object_stream[UploadJob](tuning.queue_size)
+            change_send, change_receive = anyio.create_memory_object_stream[Change](4 * tuning.queue_size)
+            try:
+                async with unwrapped_group() as stages:
+                    stages.start_soon(run_writer, self.store, change_receive)
+                    progress_scope = anyio.CancelScope()
+                    stages.start_soon(self._show_progress, progress_scope)
+                    with change_send:
+                        async with unwrapped_group() as workers:
+                            with upload_receive:
+                                for _ in range(tuning.workers):
+                                    workers.start_soon(self._upload_worker, upload_receive.clone(), change_send.clone())
+                            walk_slots = anyio.CapacityLimiter(tuning.walk_threads)
+                            with upload_send:
+                                async with unwrapped_group() as producers:
+                                    for run in self.runs:
+                                        producers.start_soon(
+                                            self._run_target,
+                                            run,
+                                            upload_send.clone(),
+                                            change_send.clone(),
+                                            walk_slots,
+                                        )
+                    progress_scope.cancel()  # every stage is done: the last progress line is the summary
+            finally:
+                self._stopping.set()
+            if self.options.backup_cache and await snapshot_due(self.store, self._cache_changed()):
+                log_path = self.store.cache_dir / LOG_NAME
+                await upload_snapshot(s3, self.config, self.store, self.collector, log_path, LOG_MAX_BYTES)
+
+    def _cache_changed(self) -> bool:
+        return any(r.stats.new or r.stats.updated or r.stats.deleted or r.device_recorded for r in self.runs)
+
+    async def _show_progress(self, scope: anyio.CancelScope) -> None:
+        if self.progress is None:
+            return
+        with scope:
+            await self.progress.run([r.stats for r in self.runs])
+
+    # Stage: walk and plan one target, then its deletes once its uploads are done
+
+    async def _run_target(
+        self,
+        run: TargetRun,
+        upload_send: ObjectSendStream[UploadJob],
+        change_send: ObjectSendStream[Change],
+        walk_slots: anyio.CapacityLimiter,
+    ) -> None:
+        target = run.target
+        try:
+            with change_send:
+                with upload_send:
+                    if target.missing:
+                        target_missing(run, self.collector)
+                        return
+                    if target.problem:
+                        target_unusable(run, self.collector)
+                        return
+                    if run.held_back:
+                        return
+                    async with walk_slots:
+                        await self._walk_in_thread(run, upload_send)
+                run.walk_done()
+                await run.uploads_done.wait()
+                await self._delete_vanished(run, change_send)
+                await self.guards.record_device(run)
+        finally:
+            run.stats.finished_at = time.time()
+            run.stats.failed = self.collector.count_for(target.path)
+            log.info("%s", run.stats.line())
+
+    async def _walk_in_thread(self, run: TargetRun, upload_send: ObjectSendStream[UploadJob] | None) -> None:
+        """The walk runs in a worker thread. On cancellation (SIGTERM, a fatal error) the thread is
+        told to stop and left to notice it, so a walk of millions of files cannot hold up a stop."""
+        try:
+            await anyio.to_thread.run_sync(self._produce, run, upload_send, abandon_on_cancel=True)
+        except anyio.get_cancelled_exc_class():
+            self._stopping.set()
+            raise
+
+    def _produce(self, run: TargetRun, upload_send: ObjectSendStream[UploadJob] | None) -> None:
+        """Runs in a worker thread: the sorted walk merged with the cache's rows."""
+        target = run.target
+        root = target.path_bytes
+        excluded: Callable[[bytes], bool] = (
+            (lambda p: self.excluder.excludes_any_part(root, p)) if self.excluder else (lambda _p: False)
+        )
+        run.device = device_of(root)
+        walk = _until_stopped(
+            walk_target(root, self.excluder, self.collector.add, target.path, self.collector.warn), self._stopping
+        )
+        chunk: list[UploadJob] = []
+        try:
+            for action in merge(walk, self.old_caches.recorded(run), run.counts, excluded):
+                if isinstance(action, Upload):
+                    run.stats.planned_uploads += 1
+                    run.stats.planned_upload_bytes += action.file.size
+                    self._plan_requests(run, action.file.size)
+                    if upload_send is not None:
+                        chunk.append(UploadJob(run, action))
+                        if len(chunk) >= CHUNK_FILES:
+                            anyio.from_thread.run(self._enqueue, chunk, upload_send)
+                            chunk = []
+                else:
+                    run.deletes.append(action.path)
+        except _Stopped:
+            return  # the run is being cancelled: its plan is dropped unused
+        if chunk and upload_send is not None:
+            anyio.from_thread.run(self._enqueue, chunk, upload_send)
+        counts = run.counts
+        run.stats.planned_deletes = len(run.deletes)
+        if run.deletes:
+            batches = -(-len(run.deletes) // MAX_DELETE_BATCH)
+            run.stats.planned_requests["DeleteObjects"] = run.stats.planned_requests.get("DeleteObjects", 0) + batches
+        run.stats.unchanged = counts.unchanged
+        run.stats.skipped += counts.skipped
+        if run.old_cache is not None:
+            run.stats.adopted = counts.unchanged  # what a real run would adopt, if S3 lists it
+        run.stats.walk_finished = True
+
+    def _plan_requests(self, run: TargetRun, size_bytes: int) -> None:
+        """Count the object requests one planned upload sends (its part size as upload.py picks it)."""
+        settings = self.settings
+        part_bytes = part_size_for(size_bytes, settings.part_size_bytes)
+        planned = run.stats.planned_requests
+        for operation, n in upload_requests(size_bytes, settings.multipart_threshold_bytes, part_bytes).items():
+            planned[operation] = planned.get(operation, 0) + n
+
+    async def _enqueue(self, chunk: list[UploadJob], upload_send: ObjectSendStream[UploadJob]) -> None:
+        for job in chunk:
+            job.run.pending += 1
+            await upload_send.send(job)
+
+    async def _delete_vanished(self, run: TargetRun, change_send: ObjectSendStream[Change]) -> None:
+        if not run.deletes:
+            return
+        if self.guards.deletes_held_back(run) or not await self.buckets.ready(run):
+            return
+        bucket = run.target.bucket
+
+        async def deleted(path: bytes) -> None:
+            run.stats.deleted += 1
+            await change_send.send(Removed(bucket, path))
+
+        async def failed(failure: KeyFailure) -> None:
+            self.collector.add(
+                Failure(FailureKind.S3, run.target.path, display_path(failure.path), failure.message, failure.code)
+            )
+
+        await delete_paths(self.s3, bucket, run.deletes, deleted, failed)
+
+    # Stage: upload workers
+
+    async def _upload_worker(self, jobs: ObjectReceiveStream[UploadJob], change_send: ObjectSendStream[Change]) -> None:
+        with jobs, change_send:
+            async for job in jobs:
+                try:
+                    await self.uploads.upload(job, change_send)
+                finally:
+                    job.run.job_finished()
+
+    # Dry run: the walk stage alone, against the cache (or the old cache a real run would adopt)
+
+    async def _plan_only(self) -> None:
+        walk_slots = anyio.CapacityLimiter(self.config.tuning.walk_threads)
+
+        async def plan(run: TargetRun) -> None:
+            if run.target.missing:
+                target_missing(run, self.collector)
+                return
+            if run.target.problem:
+                target_unusable(run, self.collector)
+                return
+            if self.options.rebuild:
+                run.old_cache = await anyio.to_thread.run_sync(self.old_caches.to_adopt, run)
+                if run.old_cache is None:
+                    run.stats.rebuild_due = await anyio.to_thread.run_sync(needs_rebuild, self.store, run.target.bucket)
+            async with walk_slots:
+                await self._walk_in_thread(run, None)
+            self.guards.deletes_held_back(run)
+            run.stats.finished_at = time.time()
+
+        async with unwrapped_group() as tg:
+            for run in self.runs:
+                tg.start_soon(plan, run)
+
+
+class _Stopped(Exception):
+    """Raised inside the walk thread when the run is being cancelled."""
+
+
+def _until_stopped(entries: Iterator[WalkEntry], stopping: threading.Event, every: int = 1000) -> Iterator[WalkEntry]:
+    """Pass walk entries through, checking every `every` entries whether the run is stopping."""
+    for n, entry in enumerate(entries):
+        if n % every == 0 and stopping.is_set():
+            raise _Stopped
+        yield entry

@@ -1,0 +1,207 @@
+"""Backup's policy: what one planned upload becomes, and when deletes are held back.
+
+Owns the rules around each upload (a key too long or a file too large fails alone, a file that
+changes while read gets one more read and is then left for the next run, a vanished file is
+skipped, an unreadable one fails, a run of transport failures ends the run as fatal), the
+device and deletion guards applied to a target's deletes, and the failures of targets that
+cannot run. The pipeline calls these; they open no task group and no stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import anyio
+from anyio.streams.memory import MemoryObjectSendStream as ObjectSendStream
+
+from ..cache.store import Change, StateStore, Stored, UploadEnded, UploadStarted
+from ..disk.keys import KeyTooLongError, check_key_length, display_path, key_for_path
+from ..read import FileChanged, FileUnreadable, FileVanished
+from ..errors import Failure, FailureCollector, FailureKind, FatalError, S3Error
+from ..report.summary import format_bytes
+from ..s3.client import S3, endpoint_name
+from ..settings.config import Config
+from .plan import MAX_OBJECT_BYTES, deletion_guard, device_guard
+from .runs import RunOptions, TargetRun, UploadJob
+from .setup import BucketSetup
+from .upload import MemoryLimits, UploadSettings, upload_file
+
+# So many requests in a row failing at the transport level (after botocore's retries) means the
+# endpoint is gone: stop with one error rather than thousands.
+TRANSPORT_FAILURES_FATAL = 20
+TRANSPORT_CODES = frozenset(
+    {"EndpointConnectionError", "ConnectTimeoutError", "ConnectionClosedError", "ReadTimeoutError"}
+)
+
+
+class UploadPolicy:
+    """One planned upload, from the key check to the Stored row sent to the cache writer."""
+
+    def __init__(
+        self,
+        s3: S3,
+        config: Config,
+        store: StateStore,
+        collector: FailureCollector,
+        settings: UploadSettings,
+        limits: MemoryLimits,
+        buckets: BucketSetup,
+    ) -> None:
+        self.s3 = s3
+        self.config = config
+        self.store = store
+        self.collector = collector
+        self.settings = settings
+        self._limits = limits
+        self.buckets = buckets
+        self._transport_failures_in_a_row = 0
+
+    async def upload(self, job: UploadJob, change_send: ObjectSendStream[Change]) -> None:
+        run, file = job.run, job.upload.file
+        bucket = run.target.bucket
+        shown = display_path(file.path)
+
+        def fail(kind: FailureKind, message: str, code: str = "") -> None:
+            self.collector.add(Failure(kind, run.target.path, shown, message, code))
+
+        try:
+            key = key_for_path(file.path)
+            check_key_length(key)
+        except KeyTooLongError as exc:
+            fail(FailureKind.KEY_TOO_LONG, f"{exc}; shorten the path")
+            return
+        if file.size > MAX_OBJECT_BYTES:
+            fail(
+                FailureKind.S3,
+                f"the file is larger than S3's {format_bytes(MAX_OBJECT_BYTES)} object limit",
+                "TooLarge",
+            )
+            return
+        if not await self.buckets.ready(run):
+            return
+
+        async def started(upload_id: str) -> None:
+            # Committed at once, not batched: a crash right after must still leave the id behind
+            # for the next run to abort.
+            await anyio.to_thread.run_sync(self.store.apply, [UploadStarted(bucket, key, upload_id)])
+
+        async def ended(upload_id: str) -> None:
+            # Committed directly too, not through the writer's stream: an abort that finishes
+            # after a signal may find the writer gone.
+            await anyio.to_thread.run_sync(self.store.apply, [UploadEnded(bucket, upload_id)])
+
+        for attempt in (1, 2):
+            try:
+                done = await upload_file(self.s3, bucket, key, file, self.settings, self._limits, started, ended)
+            except FileChanged as exc:
+                if attempt == 1:
+                    continue  # one more read: a file being written often settles quickly
+                run.stats.skipped += 1
+                self.collector.warn(
+                    Failure(
+                        FailureKind.CHANGED_WHILE_READING,
+                        run.target.path,
+                        shown,
+                        f"{exc}; left for the next run",
+                    )
+                )
+                return
+            except FileVanished:
+                run.stats.skipped += 1  # deleted after the walk: the next run deletes it from S3
+                return
+            except FileUnreadable as exc:
+                fail(FailureKind.UNREADABLE, f"{exc}; check its permissions", exc.errno_name)
+                return
+            except S3Error as exc:
+                fail(FailureKind.S3, exc.message, exc.code)
+                self._note_transport(exc)
+                return
+            self._transport_failures_in_a_row = 0
+            await change_send.send(Stored(bucket, file.path, done.size, done.mtime_ns, done.checksum))
+            if job.upload.is_new:
+                run.stats.new += 1
+            else:
+                run.stats.updated += 1
+            run.stats.bytes_uploaded += done.size
+            return
+
+    def _note_transport(self, exc: S3Error) -> None:
+        if exc.code not in TRANSPORT_CODES:
+            self._transport_failures_in_a_row = 0
+            return
+        self._transport_failures_in_a_row += 1
+        if self._transport_failures_in_a_row >= TRANSPORT_FAILURES_FATAL:
+            raise FatalError(
+                f"S3 at {endpoint_name(self.config.aws)} stopped answering ({exc.code} on "
+                f"{TRANSPORT_FAILURES_FATAL} requests in a row); the run stopped. Check the server and the network"
+            )
+
+
+class Guards:
+    """The device and deletion guards over a target's planned deletes, and the device they remember."""
+
+    def __init__(self, config: Config, store: StateStore, options: RunOptions, collector: FailureCollector) -> None:
+        self.config = config
+        self.store = store
+        self.options = options
+        self.collector = collector
+
+    def read_recorded_devices(self, runs: Sequence[TargetRun]) -> None:
+        for run in runs:
+            run.recorded_device = self.store.target_device(run.target.path)
+
+    def deletes_held_back(self, run: TargetRun) -> bool:
+        """Apply the device and deletion guards to a target's planned deletes; a held-back target
+        is a failure."""
+        moved = device_guard(
+            target=run.target.path,
+            device=run.device,
+            recorded_device=run.recorded_device,
+            deletes=len(run.deletes),
+            allow_mass_delete=self.options.allow_mass_delete,
+        )
+        if moved:
+            run.device_held_back = True
+            self.collector.add(Failure(FailureKind.DELETION_GUARD, run.target.path, run.target.path, moved))
+            return True
+        reason = deletion_guard(
+            recorded=run.counts.recorded,
+            deletes=len(run.deletes),
+            on_disk=run.counts.on_disk,
+            max_delete_percent=self.config.tuning.max_delete_percent,
+            allow_mass_delete=self.options.allow_mass_delete,
+        )
+        if reason:
+            self.collector.add(Failure(FailureKind.DELETION_GUARD, run.target.path, run.target.path, reason))
+        return reason is not None
+
+    async def record_device(self, run: TargetRun) -> None:
+        """Remember the folder's device once a run walked it to the end and the device guard did
+        not hold it back (with --allow-mass-delete it never does): a share that is not mounted must
+        not make its empty mount point the device the next runs compare with."""
+        if run.device is None or run.device_held_back or not run.stats.walk_finished:
+            return
+        if run.device != run.recorded_device:
+            await anyio.to_thread.run_sync(self.store.set_target_device, run.target.path, run.device)
+            run.device_recorded = True
+
+
+def target_missing(run: TargetRun, collector: FailureCollector) -> None:
+    target = run.target
+    if target.root is not None:
+        message = (
+            f"this subfolder of root {target.root} is gone (renamed, removed, or the share unmounted?); "
+            "nothing was uploaded or deleted. If it is gone for good, run "
+            f"async-backup --forget-target '{target.path}' (its bucket s3://{target.bucket} stays as it is)"
+        )
+    else:
+        message = (
+            "the folder is missing (an unmounted share?); nothing was uploaded or deleted. "
+            "Mount it, or remove it from config.json and run with --forget-target if it is gone for good"
+        )
+    collector.add(Failure(FailureKind.TARGET_MISSING, target.path, target.path, message))
+
+
+def target_unusable(run: TargetRun, collector: FailureCollector) -> None:
+    assert run.target.problem is not None
+    collector.add(Failure(FailureKind.BUCKET, run.target.path, run.target.path, run.target.problem))

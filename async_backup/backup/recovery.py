@@ -1,0 +1,197 @@
+"""Recovery of lost cache rows from S3, before any target is planned.
+
+Owns the rebuild stage: for each target whose cache holds no rows (or whose rebuild never
+finished), the newest snapshot that holds it, else the old script's cache, then HeadObject for
+listed objects still unproven. A rebuild that fails holds its target back. The rules for what a
+listing, a snapshot or a head proves live in `cache.rebuild`; this module runs them.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream as ObjectReceiveStream
+from anyio.streams.memory import MemoryObjectSendStream as ObjectSendStream
+
+from ..cache.rebuild import (
+    REBUILDING_MARK,
+    Candidate,
+    Listing,
+    candidates,
+    checksum_of,
+    list_bucket,
+    needs_rebuild,
+    proves_row,
+    rows_from_snapshot,
+)
+from ..cache.snapshot import SNAPSHOT_DUE, SnapshotShelf, snapshot_buckets
+from ..cache.store import Change, StateStore, Stored
+from ..errors import Failure, FailureCollector, FailureKind, S3Error, unwrapped_group
+from ..s3.client import S3
+from ..settings.config import Config
+from .adopt import OldCaches
+from .runs import TargetRun
+
+log = logging.getLogger(__name__)
+
+# Rows proven by HeadObject are written to the cache in transactions of this many.
+REBUILD_WRITE_ROWS = 500
+
+
+class Rebuild:
+    def __init__(
+        self, s3: S3, config: Config, store: StateStore, collector: FailureCollector, old_caches: OldCaches
+    ) -> None:
+        self.s3 = s3
+        self.config = config
+        self.store = store
+        self.collector = collector
+        self.old_caches = old_caches
+
+    async def rebuild_caches(self, runs: Sequence[TargetRun]) -> None:
+        runs = [
+            r
+            for r in runs
+            if not r.target.missing
+            and not r.target.problem
+            and await anyio.to_thread.run_sync(needs_rebuild, self.store, r.target.bucket)
+        ]
+        if not runs:
+            return
+        with tempfile.TemporaryDirectory(prefix="async-backup-rebuild-") as tmp:
+            snapshots = SnapshotShelf(self.s3, snapshot_buckets(self.config), Path(tmp))
+            for run in runs:
+                await self.rebuild_target(run, snapshots, Path(tmp))
+
+    async def rebuild_target(self, run: TargetRun, snapshots: SnapshotShelf, tmp: Path) -> None:
+        """Snapshot rows the listing confirms, then HeadObject for listed objects still unproven.
+        A rebuild that fails holds the target back: planning from a half-rebuilt cache would
+        upload again what S3 already holds."""
+        bucket = run.target.bucket
+        mark = REBUILDING_MARK + bucket
+        try:
+            listing = await list_bucket(self.s3, bucket, tmp / f"listing-{bucket}.db")
+            if listing is None:
+                return  # a new target: nothing in S3 to rebuild from
+            try:
+                if listing.count == 0:
+                    return
+                await anyio.to_thread.run_sync(self.store.set_meta, mark, str(time.time()))
+                sources = []
+                found = await snapshots.newest_holding(bucket)
+                old_cache = self.old_caches.of(run)
+                if found is None and old_cache is None:
+                    old_cache = await self.old_caches.fetch_copy(self.s3, run, tmp)
+                if found is not None:
+                    snapshot, db = found
+                    rows = await anyio.to_thread.run_sync(
+                        rows_from_snapshot, db, bucket, run.target.path_bytes, listing, self.store
+                    )
+                    run.stats.rebuilt_rows += rows
+                    sources.append(snapshot.describe())
+                elif old_cache is not None:
+                    run.stats.adopted = await anyio.to_thread.run_sync(self.old_caches.adopt, run, old_cache, listing)
+                heads, rows = await self.rebuild_from_listing(run, listing)
+                run.stats.rebuilt_rows += rows
+                if found is None and old_cache is None:
+                    sources.append(f"bucket listing ({listing.requests:,} ListObjectsV2) + {heads:,} HeadObject")
+                elif heads:
+                    held = "the snapshot" if found is not None else "the old cache"
+                    sources.append(f"{heads:,} HeadObject for objects {held} does not hold")
+                run.stats.rebuilt_from = " + ".join(sources)
+                await anyio.to_thread.run_sync(self.store.clear_meta, mark)
+                await anyio.to_thread.run_sync(self.store.set_meta, SNAPSHOT_DUE, "1")
+                log.info(
+                    "%s -> s3://%s: the cache held no rows; %d of %d objects rebuilt from %s%s",
+                    run.target.path,
+                    bucket,
+                    run.stats.rebuilt_rows,
+                    listing.count,
+                    run.stats.rebuilt_from,
+                    f"; {run.stats.rebuilt_gone:,} of them for files gone from disk, deleted from S3 by this run "
+                    "unless the deletion guard holds them back"
+                    if run.stats.rebuilt_gone
+                    else "",
+                )
+            finally:
+                listing.close()
+        except S3Error as exc:
+            run.held_back = True
+            self.collector.add(
+                Failure(
+                    FailureKind.REBUILD,
+                    run.target.path,
+                    f"s3://{bucket}",
+                    f"the cache could not be rebuilt from S3 ({exc.message}); nothing of this target was "
+                    "uploaded or deleted, so that nothing S3 holds is uploaded twice; the next run tries again",
+                    exc.code,
+                )
+            )
+
+    async def rebuild_from_listing(self, run: TargetRun, listing: Listing) -> tuple[int, int]:
+        """Listed objects no snapshot row covers: lstat in worker threads, HeadObject only where
+        the size matches a regular file, a row only where the mtime metadata matches too.
+        Returns (HeadObject requests, rows written). A failed HeadObject fails the rebuild."""
+        bucket = run.target.bucket
+        root = run.target.path_bytes
+        workers = max(1, min(self.config.tuning.workers, 64))
+        cand_send, cand_receive = anyio.create_memory_object_stream[Candidate](self.config.tuning.queue_size)
+        row_send, row_receive = anyio.create_memory_object_stream[Stored](self.config.tuning.queue_size)
+        heads = 0
+        written = 0
+        errors: list[S3Error] = []
+
+        async def produce(rows: ObjectSendStream[Stored]) -> None:
+            with cand_send, rows:
+                after = ""
+                while chunk := await anyio.to_thread.run_sync(listing.uncovered, after, 1000):
+                    after = chunk[-1].key
+                    found, gone = await anyio.to_thread.run_sync(candidates, chunk, root)
+                    for path, size in gone:  # no file: a row so the run deletes the object
+                        run.stats.rebuilt_gone += 1
+                        await rows.send(Stored(bucket, path, size, 0, None))
+                    for candidate in found:
+                        await cand_send.send(candidate)
+
+        async def prove(jobs: ObjectReceiveStream[Candidate], rows: ObjectSendStream[Stored]) -> None:
+            nonlocal heads
+            with jobs, rows:
+                async for c in jobs:
+                    heads += 1
+                    try:
+                        head = await self.s3.head_object(bucket, c.key)
+                    except S3Error as exc:
+                        errors.append(exc)
+                        continue
+                    if head is not None and proves_row(c.listed_size, c.disk, head.metadata):
+                        await rows.send(Stored(bucket, c.path, c.disk.size, c.disk.mtime_ns, checksum_of(head)))
+
+        async def record() -> None:
+            nonlocal written
+            batch: list[Change] = []
+            with row_receive:
+                async for row in row_receive:
+                    batch.append(row)
+                    if len(batch) >= REBUILD_WRITE_ROWS:
+                        await anyio.to_thread.run_sync(self.store.apply, batch)
+                        written += len(batch)
+                        batch = []
+            if batch:
+                await anyio.to_thread.run_sync(self.store.apply, batch)
+                written += len(batch)
+
+        async with unwrapped_group() as tg:
+            tg.start_soon(record)
+            with row_send, cand_receive:
+                for _ in range(workers):
+                    tg.start_soon(prove, cand_receive.clone(), row_send.clone())
+                tg.start_soon(produce, row_send.clone())
+        if errors:
+            first = errors[0]
+            raise S3Error(first.code, f"{len(errors):,} HeadObject requests failed, the first: {first.message}")
+        return heads, written

@@ -1,0 +1,69 @@
+"""Set-up before and during a run: the first request that proves the endpoint, and each target's
+bucket created and configured on first need.
+
+Owns what turns a missing or unreachable S3 into one clear error: a fatal one for the endpoint,
+one bucket failure per target otherwise. A bucket that already exists is swept of stale
+multipart uploads (`cleanup`). Talks to S3 through `s3.S3` and `s3.buckets` only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ..errors import Failure, FailureCollector, FailureKind, FatalError, S3Error
+from ..s3.buckets import ensure_bucket
+from ..s3.client import S3, endpoint_name
+from ..settings.config import Config
+from .cleanup import CrashCleanup
+from .runs import TargetRun
+
+
+class BucketSetup:
+    def __init__(self, s3: S3, config: Config, collector: FailureCollector, cleanup: CrashCleanup) -> None:
+        self.s3 = s3
+        self.config = config
+        self.collector = collector
+        self.cleanup = cleanup
+
+    async def check_endpoint(self, runs: Sequence[TargetRun]) -> None:
+        """One cheap request before any work: bad credentials or an unreachable endpoint stop the
+        run here, with one clear error, instead of as thousands of per-file failures."""
+        probe = runs[0].target.bucket if runs else "async-backup-probe"
+        try:
+            await self.s3.bucket_versioning(probe)
+        except S3Error as exc:
+            where = endpoint_name(self.config.aws)
+            if exc.code in ("EndpointConnectionError", "ConnectTimeoutError", "ConnectionClosedError"):
+                raise FatalError(f"cannot reach S3 at {where}: check aws.endpoint_url and the network") from None
+            if exc.code in ("AccessDenied", "403", "Forbidden"):
+                raise FatalError(
+                    f"S3 at {where} denied access to bucket {probe} ({exc.code}); check the credentials' "
+                    "permissions (see the README's IAM policy)"
+                ) from None
+            raise FatalError(f"S3 at {where} failed the first request ({exc}); check the endpoint") from None
+
+    async def ready(self, run: TargetRun) -> bool:
+        """Create and configure the target's bucket on first need, once per run."""
+        if run.bucket_ready:
+            return True
+        async with run.bucket_lock:
+            if run.bucket_ready or run.bucket_failed:
+                return run.bucket_ready
+            try:
+                created = await ensure_bucket(self.s3, run.target.bucket, self.config.noncurrent_days)
+                if not created:
+                    await self.cleanup.abort_stale_uploads(run.target.bucket)
+            except S3Error as exc:
+                run.bucket_failed = True
+                self.collector.add(
+                    Failure(
+                        FailureKind.BUCKET,
+                        run.target.path,
+                        f"s3://{run.target.bucket}",
+                        f"{exc.message}; nothing of this target was backed up",
+                        exc.code,
+                    )
+                )
+                return False
+            run.bucket_ready = True
+            return True

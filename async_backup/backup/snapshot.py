@@ -1,0 +1,63 @@
+"""The cache snapshot after a run: due when the run changed the cache, uploaded with the log's tail.
+
+Owns the `snapshot_due` decision and the upload to the cache bucket; a failed upload is one
+failure of kind CACHE_BACKUP and leaves the snapshot due. What a snapshot is, where it goes and
+how it is packed live in `cache.snapshot`.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+import anyio
+
+from ..cache.rebuild import log_key, snapshot_key
+from ..cache.snapshot import SNAPSHOT_DUE, cache_bucket_name, log_tail, pack_snapshot
+from ..cache.store import StateStore
+from ..errors import Failure, FailureCollector, FailureKind, S3Error
+from ..report.summary import format_bytes
+from ..s3.buckets import ensure_bucket
+from ..s3.client import S3
+from ..settings.config import Config
+
+log = logging.getLogger(__name__)
+
+
+async def snapshot_due(store: StateStore, changed: bool) -> bool:
+    """A snapshot is due when the cache changed since the last one that reached S3. A no-op
+    night then costs no request beyond the first bucket check."""
+    if changed:
+        await anyio.to_thread.run_sync(store.set_meta, SNAPSHOT_DUE, "1")
+        return True
+    return await anyio.to_thread.run_sync(store.get_meta, SNAPSHOT_DUE) != "0"
+
+
+async def upload_snapshot(
+    s3: S3, config: Config, store: StateStore, collector: FailureCollector, log_path: Path, log_max_bytes: int
+) -> None:
+    """A consistent snapshot of the cache, and the log, to their own non-versioned bucket."""
+    bucket = cache_bucket_name(config)
+    try:
+        with tempfile.TemporaryDirectory(prefix="async-backup-") as tmp:
+            snapshot = Path(tmp) / "snapshot.db"
+            packed = await anyio.to_thread.run_sync(pack_snapshot, store, snapshot)
+            await ensure_bucket(s3, bucket, config.noncurrent_days, versioned=False)
+            key = snapshot_key(store.cache_dir)
+            sent = await s3.put_plain_file(bucket, key, str(packed))
+            if log_path.exists():  # noqa: ASYNC240 - one stat of a local file, as it always was
+                log_body = await anyio.to_thread.run_sync(log_tail, log_path, log_max_bytes)
+                await s3.put_plain_object(bucket, log_key(store.cache_dir), log_body)
+    except (S3Error, OSError) as exc:
+        collector.add(
+            Failure(
+                FailureKind.CACHE_BACKUP,
+                "cache",
+                f"s3://{bucket}",
+                f"the cache snapshot was not uploaded: {exc}",
+            )
+        )
+    else:
+        await anyio.to_thread.run_sync(store.set_meta, SNAPSHOT_DUE, "0")
+        log.info("cache snapshot (%s) uploaded to s3://%s/%s", format_bytes(sent), bucket, key)

@@ -1,0 +1,350 @@
+"""Upload one file: a single PutObject for small files, a multipart upload for large ones.
+
+Owns the upload policy: which body goes how, detecting files that change while read, and aborting
+multipart uploads that fail. A file of at most one chunk (256 KiB) is read whole in one
+worker-thread call. A larger body (a file up to the multipart threshold, or one part) is streamed:
+its checksum is taken in a worker thread, then the fast path sends it from the file through the
+two chunk buffers it took from the pool, so a body's size never shows in memory. Through botocore
+(buckets the fast path cannot sign), bodies are read whole into memory instead. Either way, file
+contents in memory never exceed the byte budget of `config.Tuning`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+
+from ..disk.entries import DiskFile
+from ..read import (
+    FileChanged,
+    RangeReader,
+    feed_range,
+    open_nofollow,
+    os_error,
+    read_whole,
+)
+from ..errors import S3Error, unwrapped_group
+from ..s3.checksums import PartChecksum, RunningChecksum, composite_checksum
+from ..s3.client import S3
+from ..s3.fastput import BodyStream
+from ..s3.objects import mtime_metadata
+from .budget import BufferPair, BufferPool, ByteBudget
+from .plan import part_ranges, part_size_for
+
+log = logging.getLogger(__name__)
+
+# An abort of a failed or cancelled multipart upload runs shielded from cancellation, but no longer
+# than this (botocore's own timeouts and retries apply inside it).
+ABORT_TIMEOUT_S = 90
+# The buffers of streamed bodies: a body goes to the socket in views of this size. Files of at most
+# this size are read whole instead (one read and one checksum in a single worker-thread call).
+CHUNK_BYTES = 256 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Uploaded:
+    """What S3 confirmed: the file as it was read, and the checksum S3 verified."""
+
+    size: int
+    mtime_ns: int
+    checksum: str
+
+
+@dataclass(frozen=True, slots=True)
+class UploadSettings:
+    storage_class: str
+    multipart_threshold_bytes: int
+    part_size_bytes: int
+
+
+class MemoryLimits:
+    """What all uploads share: bytes of file contents held at once (whole small files, chunk
+    buffers of streamed bodies, idle or in use), and multipart parts in flight."""
+
+    def __init__(self, budget: ByteBudget, part_slots: anyio.Semaphore, chunk_bytes: int = CHUNK_BYTES) -> None:
+        self.budget = budget
+        self.part_slots = part_slots
+        self.buffers = BufferPool(budget, min(chunk_bytes, max(1, budget.total_bytes // 2)))
+
+
+def read_and_sum(path: bytes, algorithm: str) -> tuple[bytes, int, int, PartChecksum]:
+    """A small file read whole and its checksum, in one worker-thread call."""
+    data, size, mtime_ns = read_whole(path)
+    return data, size, mtime_ns, PartChecksum.of(data, algorithm)
+
+
+def checksum_range(fd: int, offset: int, length: int, algorithm: str, buffer: bytearray) -> PartChecksum:
+    """The checksum of a range of the file, read through `buffer` (in a worker thread)."""
+    running = RunningChecksum(algorithm)
+    feed_range(fd, offset, length, buffer, running.update)
+    return running.result()
+
+
+UploadHook = Callable[[str], Awaitable[None]]
+
+
+async def upload_file(
+    s3: S3,
+    bucket: str,
+    key: str,
+    file: DiskFile,
+    settings: UploadSettings,
+    limits: MemoryLimits,
+    on_multipart_started: UploadHook,
+    on_multipart_ended: UploadHook,
+) -> Uploaded:
+    """Upload `file` to bucket/key; raises FileVanished, FileChanged, FileUnreadable or S3Error."""
+    streaming = await s3.can_stream(bucket)
+    algorithm = await s3.body_checksum(bucket)
+    if file.size < settings.multipart_threshold_bytes:
+        if file.size <= limits.buffers.chunk_bytes or not streaming:
+            done = await _put_whole(s3, bucket, key, file, settings, limits, algorithm)
+        else:
+            done = await _put_streamed(s3, bucket, key, file, settings, limits, algorithm)
+        if done is not None:
+            return done
+    # Large, or grown past the threshold since the walk.
+    return await _upload_multipart(
+        s3, bucket, key, file, settings, limits, algorithm, streaming, on_multipart_started, on_multipart_ended
+    )
+
+
+async def _put_whole(
+    s3: S3, bucket: str, key: str, file: DiskFile, settings: UploadSettings, limits: MemoryLimits, algorithm: str
+) -> Uploaded | None:
+    """PutObject of the file read whole into memory; None when it has grown past the threshold."""
+    async with limits.budget.hold(file.size):
+        # Read and checksum in one worker-thread call: hashing never holds up the event loop.
+        data, size, mtime_ns, checksum = await anyio.to_thread.run_sync(read_and_sum, file.path, algorithm)
+        if size >= settings.multipart_threshold_bytes and size > 0:
+            return None
+        etag = await s3.put_object(
+            bucket,
+            key,
+            data,
+            storage_class=settings.storage_class,
+            metadata=mtime_metadata(mtime_ns),
+            checksum=checksum,
+        )
+        return Uploaded(size, mtime_ns, checksum.recorded(etag))
+
+
+async def _open(path: bytes) -> int:
+    try:
+        return await anyio.to_thread.run_sync(open_nofollow, path)
+    except OSError as exc:
+        raise os_error(exc) from None
+
+
+def _stat_of(fd: int) -> tuple[int, int]:
+    try:
+        st = os.fstat(fd)
+    except OSError as exc:
+        raise os_error(exc) from None
+    return st.st_size, st.st_mtime_ns
+
+
+def _check_unchanged(fd: int, size: int, mtime_ns: int) -> None:
+    if _stat_of(fd) != (size, mtime_ns):
+        raise FileChanged("size or modification time changed while the file was read")
+
+
+@contextmanager
+def _refusal_is_a_change(fd: int, size: int, mtime_ns: int) -> Iterator[None]:
+    """S3 refuses a body that does not match its checksum: after a refusal, a file that was written
+    to since its checksum was taken is a change (read it again), not an S3 failure."""
+    try:
+        yield
+    except S3Error:
+        _check_unchanged(fd, size, mtime_ns)
+        raise
+
+
+async def _close(fd: int) -> None:
+    with anyio.CancelScope(shield=True):
+        await anyio.to_thread.run_sync(os.close, fd)
+
+
+async def _send_streamed(
+    s3: S3,
+    pool: BufferPool,
+    reader: RangeReader,
+    offset: int,
+    length: int,
+    algorithm: str,
+    send: Callable[[BodyStream, PartChecksum], Awaitable[Any]],
+) -> tuple[Any, PartChecksum]:
+    """Checksum a range of the file, then send it streamed from the file through a pair of pooled
+    buffers; returns what `send` returned and the checksum."""
+    pair: BufferPair = await pool.take_pair()
+    stream: BodyStream | None = None
+    try:
+        checksum = await anyio.to_thread.run_sync(checksum_range, reader.fd, offset, length, algorithm, pair.buffers[0])
+        stream = BodyStream(reader, offset, length, pair.buffers)
+        result = await send(stream, checksum)
+    except BaseException:
+        pool.discard(pair)  # a read or a send may have been cut off: never hand these out again
+        raise
+    if stream.tainted:
+        pool.discard(pair)
+    else:
+        pool.give(pair)
+    return result, checksum
+
+
+async def _put_streamed(
+    s3: S3, bucket: str, key: str, file: DiskFile, settings: UploadSettings, limits: MemoryLimits, algorithm: str
+) -> Uploaded | None:
+    """PutObject streamed from the file; None when it has grown past the threshold."""
+    fd = await _open(file.path)
+    try:
+        size, mtime_ns = _stat_of(fd)
+        if size >= settings.multipart_threshold_bytes:
+            return None
+
+        async def send(stream: BodyStream, checksum: PartChecksum) -> str:
+            return await s3.put_object(
+                bucket,
+                key,
+                stream,
+                storage_class=settings.storage_class,
+                metadata=mtime_metadata(mtime_ns),
+                checksum=checksum,
+            )
+
+        with _refusal_is_a_change(fd, size, mtime_ns):
+            etag, checksum = await _send_streamed(s3, limits.buffers, RangeReader(fd), 0, size, algorithm, send)
+        _check_unchanged(fd, size, mtime_ns)
+        return Uploaded(size, mtime_ns, checksum.recorded(etag))
+    finally:
+        await _close(fd)
+
+
+def _read_exact(fd: int, offset: int, length: int) -> bytes:
+    try:
+        data = os.pread(fd, length, offset)
+    except OSError as exc:
+        raise os_error(exc) from None
+    if len(data) != length:
+        raise FileChanged("the file became shorter while it was read")
+    return data
+
+
+async def _upload_multipart(
+    s3: S3,
+    bucket: str,
+    key: str,
+    file: DiskFile,
+    settings: UploadSettings,
+    limits: MemoryLimits,
+    algorithm: str,
+    streaming: bool,
+    on_started: UploadHook,
+    on_ended: UploadHook,
+) -> Uploaded:
+    fd = await _open(file.path)
+    try:
+        size, mtime_ns = _stat_of(fd)
+        part_bytes = part_size_for(size, settings.part_size_bytes)
+        ranges = part_ranges(size, part_bytes)
+        reader = RangeReader(fd)
+        upload_id = await _create_recorded(s3, bucket, key, settings, mtime_ns, on_started, on_ended)
+        parts: list[dict[str, Any]] = [{} for _ in ranges]
+        sums: list[PartChecksum | None] = [None] * len(ranges)
+
+        async def send_streamed(number: int, offset: int, length: int) -> None:
+            try:
+
+                async def send(stream: BodyStream, checksum: PartChecksum) -> dict[str, Any]:
+                    return await s3.upload_part(bucket, key, upload_id, number, stream, checksum)
+
+                parts[number - 1], sums[number - 1] = await _send_streamed(
+                    s3, limits.buffers, reader, offset, length, algorithm, send
+                )
+            finally:
+                limits.part_slots.release()
+
+        async def send_whole(number: int, offset: int, length: int) -> None:
+            # Through botocore: the part is read whole, holding its length of the budget.
+            try:
+                taken = await limits.budget.acquire(length)
+                try:
+                    data = await anyio.to_thread.run_sync(_read_exact, fd, offset, length)
+                    # MD5 of a 16 MiB part takes tens of ms: in a thread (hashlib releases the GIL).
+                    checksum = await anyio.to_thread.run_sync(PartChecksum.of, data, algorithm)
+                    sums[number - 1] = checksum
+                    parts[number - 1] = await s3.upload_part(bucket, key, upload_id, number, data, checksum)
+                finally:
+                    limits.budget.release(taken)
+            finally:
+                limits.part_slots.release()
+
+        try:
+            with _refusal_is_a_change(fd, size, mtime_ns):
+                async with unwrapped_group() as tg:
+                    for number, (offset, length) in enumerate(ranges, start=1):
+                        # A slot first: parts in flight are bounded across all files; the memory each
+                        # one holds is taken from the budget inside its task, in the order they started.
+                        await limits.part_slots.acquire()
+                        tg.start_soon(send_streamed if streaming else send_whole, number, offset, length)
+            _check_unchanged(fd, size, mtime_ns)
+            await s3.complete_multipart_upload(bucket, key, upload_id, parts)
+        except BaseException:
+            await _abort(s3, bucket, key, upload_id, on_ended)
+            raise
+    finally:
+        await _close(fd)
+    await on_ended(upload_id)
+    checksums = [s for s in sums if s is not None]
+    return Uploaded(size, mtime_ns, composite_checksum(checksums, [str(p.get("ETag", "")) for p in parts]))
+
+
+async def _create_recorded(
+    s3: S3,
+    bucket: str,
+    key: str,
+    settings: UploadSettings,
+    mtime_ns: int,
+    on_started: UploadHook,
+    on_ended: UploadHook,
+) -> str:
+    """CreateMultipartUpload and the record of its id, as one region a cancellation cannot split:
+    once S3 has created the upload, it is either recorded (so the next run can abort it) or
+    aborted here. Only SIGKILL leaves one open, and then S3 lists it for the next run's sweep.
+    botocore's timeouts and retries bound the wait for the reply."""
+    with anyio.CancelScope(shield=True):
+        upload_id = await s3.create_multipart_upload(
+            bucket, key, storage_class=settings.storage_class, metadata=mtime_metadata(mtime_ns)
+        )
+        try:
+            await on_started(upload_id)
+        except BaseException:  # the cache could not record it (a full disk): abort it now
+            await _abort(s3, bucket, key, upload_id, on_ended, record=False)
+            raise
+    return upload_id
+
+
+async def _abort(s3: S3, bucket: str, key: str, upload_id: str, on_ended: UploadHook, *, record: bool = True) -> None:
+    """Abort a multipart upload, shielded from cancellation and bounded by ABORT_TIMEOUT_S. An
+    upload that cannot be aborted keeps its id in the cache, and the next run aborts it."""
+    with anyio.CancelScope(shield=True), anyio.move_on_after(ABORT_TIMEOUT_S) as deadline:
+        try:
+            await s3.abort_multipart_upload(bucket, key, upload_id)
+        except Exception as exc:
+            log.warning("could not abort multipart upload of %s: %s; the next run aborts it", key, exc)
+            return
+    if deadline.cancelled_caught:
+        log.warning("aborting the multipart upload of %s took over %d s; the next run aborts it", key, ABORT_TIMEOUT_S)
+        return
+    if record:
+        try:
+            with anyio.CancelScope(shield=True):
+                await on_ended(upload_id)
+        except Exception as exc:  # its id stays in the cache; the next run finds the upload gone
+            log.warning("the abort of %s's multipart upload was not recorded: %s", key, exc)

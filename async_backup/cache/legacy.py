@@ -1,0 +1,114 @@
+"""The state the existing script leaves behind, read exactly as it writes it.
+
+Owns everything of the old script's cache that must match it byte for byte: where it keeps a
+target's cache
+(`db/<quote_plus(name)>.db`, table `files(key TEXT PRIMARY KEY, timestamp REAL)`, key = the file's
+absolute path, timestamp = `os.stat().st_mtime`), and the bucket it copies its cache directory to
+(`image-backup-cache`, config.json with the AWS keys included). Reads the disk and the old SQLite
+files; imports nothing of S3 and writes nothing. Its naming rules (target names, `images--`
+buckets) and its list of targets live in `settings.naming` and `settings.targets`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import urllib.parse
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+LEGACY_DB_DIR = "db"
+# The old script copies its whole cache directory here after every run, config.json included.
+LEGACY_CACHE_BUCKET = "image-backup-cache"
+# SQLite's default limit on host parameters in one statement is 32,766 (999 before 3.32).
+LOOKUP_CHUNK = 900
+
+
+def old_cache_name(name: str) -> str:
+    """A target's cache relative to the old script's cache directory: the name before cleaning,
+    quote_plus-ed (`db/archives%2FArchive+3.db`)."""
+    return f"{LEGACY_DB_DIR}/{urllib.parse.quote_plus(name)}.db"
+
+
+def old_cache_path(cache_dir: Path, name: str) -> Path:
+    """Where the old script keeps a target's cache."""
+    return cache_dir / old_cache_name(name)
+
+
+@dataclass(frozen=True, slots=True)
+class OldRow:
+    """One row of the old script's cache: a path it uploaded and the float st_mtime it saw."""
+
+    path: bytes
+    timestamp: float
+
+
+class OldCacheError(Exception):
+    """The old cache file cannot be read as the old script writes it."""
+
+
+class OldCache:
+    """Read-only access to one of the old script's `db/*.db` files."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            # Quoted: the old names hold "%" (quote_plus), which a SQLite URI would decode.
+            uri = f"file:{urllib.parse.quote(str(path))}?mode=ro"
+            self._conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
+            columns = {str(r[1]) for r in self._conn.execute("PRAGMA table_info(files)")}
+        except sqlite3.Error as exc:
+            raise OldCacheError(f"{path} cannot be read as SQLite ({exc})") from None
+        if not {"key", "timestamp"} <= columns:
+            self._conn.close()
+            raise OldCacheError(f"{path} has no table files(key, timestamp)")
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def count(self) -> int:
+        try:
+            return int(self._conn.execute("SELECT COUNT(*) FROM files").fetchone()[0])
+        except sqlite3.Error as exc:
+            raise OldCacheError(f"{self.path} cannot be read ({exc})") from None
+
+    def lookup(self, paths: Sequence[str]) -> dict[str, float]:
+        """The recorded float mtime of each of `paths` that the old cache holds."""
+        found: dict[str, float] = {}
+        try:
+            for start in range(0, len(paths), LOOKUP_CHUNK):
+                chunk = paths[start : start + LOOKUP_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                for key, timestamp in self._conn.execute(
+                    f"SELECT key, timestamp FROM files WHERE key IN ({marks})", tuple(chunk)
+                ):
+                    if _valid(key, timestamp):
+                        found[str(key)] = float(timestamp)
+        except sqlite3.Error as exc:
+            raise OldCacheError(f"{self.path} cannot be read ({exc})") from None
+        return found
+
+    def rows(self) -> Iterator[OldRow]:
+        """Every usable row in path-byte order (TEXT compares as UTF-8 bytes), streamed."""
+        try:
+            cursor = self._conn.execute("SELECT key, timestamp FROM files ORDER BY key")
+            cursor.arraysize = 1000
+            while batch := cursor.fetchmany():
+                for key, timestamp in batch:
+                    if _valid(key, timestamp):
+                        yield OldRow(os.fsencode(key), float(timestamp))
+        except sqlite3.Error as exc:
+            raise OldCacheError(f"{self.path} cannot be read ({exc})") from None
+
+
+def _valid(key: object, timestamp: object) -> bool:
+    return (
+        isinstance(key, str)
+        and key.startswith("/")
+        and isinstance(timestamp, int | float)
+        and timestamp == timestamp  # not NaN
+    )

@@ -1,0 +1,371 @@
+"""Rebuilding a lost or damaged cache from S3, so that no file S3 already holds is uploaded again.
+
+Deep Archive bills every copy for 180 days, so when the cache holds no rows for a target whose
+bucket has objects (a new machine, a deleted or damaged database, --reset) its rows are rebuilt
+before planning, from what S3 proves:
+
+1. the newest cache snapshot (in the cache bucket) holding rows for the bucket, each row kept only
+   where the bucket's current listing holds its key with the same size;
+2. else, for a legacy-named target, the old script's own cache of it (`db/<quote_plus(name)>.db`),
+   each row kept only where the listing holds its key (that is how an installation of the old
+   script is adopted: it is a cache that holds no rows yet);
+3. for listed objects neither covers: the listing's size against the file on disk, and where that
+   matches a regular file, the object's `mtime` user metadata (HeadObject) against its
+   st_mtime_ns.
+
+Owns: the pure decisions (`needs_head`, `proves_row`), the listing of one bucket kept in a
+temporary SQLite file (a million keys never sit in memory), finding, downloading (streamed to a
+temporary file), unpacking and checking snapshots, and checking snapshot rows against the listing.
+The HeadObject fan-out is wired in `backup/recovery.py`, which owns its task group and streams.
+Imports the S3 adapter and the cache store's types; must not import backup/, the planner or the walk.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import logging
+import os
+import shutil
+import socket
+import sqlite3
+import stat
+import urllib.parse
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import anyio
+
+from ..disk.keys import ESCAPED_KEY_MARK, key_for_path, path_for_key
+from ..errors import S3Error
+from ..s3.client import S3
+from ..s3.objects import ListedObject, ObjectHead, parse_mtime_metadata
+from .legacy import OldCache
+from .spill import open_spill
+from .store import StateStore, Stored, file_columns
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT_NAME = "async-backup.db.gz"
+LOG_NAME = "backup.log"
+REBUILDING_MARK = "rebuilding:"  # meta name prefix: a rebuild of this bucket began and has not finished
+ROW_BATCH = 5_000  # snapshot rows written to the cache per transaction
+DOWNLOAD_CHUNK_BYTES = 1024 * 1024
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+# ----------------------------------------------------------------------------- pure decisions
+
+
+@dataclass(frozen=True, slots=True)
+class DiskStat:
+    """What the walk would see of a file: only what a rebuild compares."""
+
+    is_regular: bool
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> DiskStat:
+        return cls(stat.S_ISREG(st.st_mode), st.st_size, st.st_mtime_ns)
+
+
+def needs_head(listed_size: int, disk: DiskStat | None) -> bool:
+    """Whether a HeadObject can prove anything: only where the listed size matches a regular
+    file on disk. A file that is gone, or differs in size, is uploaded anyway: no HEAD for it."""
+    return disk is not None and disk.is_regular and disk.size == listed_size
+
+
+def proves_row(listed_size: int, disk: DiskStat | None, metadata: dict[str, str]) -> bool:
+    """Whether S3 proves that the object is the file as it is on disk now: the same size (the
+    listing) and the same mtime to the nanosecond (our `mtime` metadata, set on every upload)."""
+    if not needs_head(listed_size, disk):
+        return False
+    assert disk is not None
+    mtime_ns = parse_mtime_metadata(metadata)
+    return mtime_ns is not None and mtime_ns == disk.mtime_ns
+
+
+def checksum_of(head: ObjectHead) -> str | None:
+    """The checksum S3 stored, in the cache's form (what an upload would have recorded)."""
+    if head.checksum_crc32:
+        return f"crc32:{head.checksum_crc32}"
+    if head.etag and not head.encrypted_with_key and not head.other_checksum:
+        return f"md5:{head.etag}"
+    return None
+
+
+def under_root(path: bytes, root: bytes) -> bool:
+    """Only rows inside the target's folder: a row the walk cannot see would be planned as a delete."""
+    return path.startswith(root.rstrip(b"/") + b"/")
+
+
+# ----------------------------------------------------------------------------- where snapshots live
+
+
+def installation_id(cache_dir: Path) -> str:
+    """Snapshot keys are distinct per installation sharing a cache bucket: host + hash of the path."""
+    host = socket.gethostname().split(".")[0] or "host"
+    digest = hashlib.sha256(os.fsencode(str(cache_dir))).hexdigest()[:8]
+    return f"{host}-{digest}"
+
+
+def snapshot_key(cache_dir: Path) -> str:
+    return f"{installation_id(cache_dir)}/{SNAPSHOT_NAME}"
+
+
+def log_key(cache_dir: Path) -> str:
+    return f"{installation_id(cache_dir)}/{LOG_NAME}"
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    bucket: str
+    key: str
+    last_modified: datetime
+
+    def describe(self) -> str:
+        when = self.last_modified.strftime("%Y-%m-%d %H:%M UTC")
+        return f"snapshot s3://{self.bucket}/{self.key} of {when}"
+
+
+async def find_snapshots(s3: S3, buckets: Sequence[str]) -> list[Snapshot]:
+    """Every cache snapshot in these buckets, newest first. A bucket that does not exist or
+    cannot be listed is passed over: the bucket listing alone is still a safe source."""
+    found: list[Snapshot] = []
+    for bucket in buckets:
+        try:
+            async for page in s3.list_current(bucket):
+                found.extend(
+                    Snapshot(bucket, o.key, o.last_modified or EPOCH) for o in page if o.key.endswith(SNAPSHOT_NAME)
+                )
+        except S3Error as exc:
+            if exc.code != "NoSuchBucket":
+                log.warning("cache snapshots in s3://%s could not be listed (%s); passed over", bucket, exc.message)
+    found.sort(key=lambda s: s.last_modified, reverse=True)
+    return found
+
+
+class SnapshotUnusable(Exception):
+    """A snapshot that cannot be downloaded, unpacked or read as a sound SQLite database."""
+
+
+async def download_snapshot(s3: S3, snapshot: Snapshot, dest_dir: Path, name: str) -> Path:
+    """GetObject streamed to a temporary file, gunzipped to another, checked with integrity_check."""
+    packed = dest_dir / f"{name}.db.gz"
+    unpacked = dest_dir / f"{name}.db"
+    try:
+        async with s3.open_object(snapshot.bucket, snapshot.key) as reader, await anyio.open_file(packed, "wb") as out:
+            while chunk := await reader.read(DOWNLOAD_CHUNK_BYTES):
+                await out.write(chunk)
+    except S3Error as exc:
+        raise SnapshotUnusable(f"download failed: {exc.message}") from None
+    await anyio.to_thread.run_sync(_unpack_and_check, packed, unpacked)
+    return unpacked
+
+
+def _unpack_and_check(packed: Path, unpacked: Path) -> None:
+    try:
+        with gzip.open(packed, "rb") as src, open(unpacked, "wb") as dst:
+            shutil.copyfileobj(src, dst, DOWNLOAD_CHUNK_BYTES)
+    except (OSError, EOFError) as exc:
+        raise SnapshotUnusable(f"not a gzip file ({exc})") from None
+    finally:
+        packed.unlink(missing_ok=True)
+    try:
+        conn = _open_readonly(unpacked)
+        try:
+            verdict = conn.execute("PRAGMA integrity_check(1)").fetchone()
+            if not verdict or verdict[0] != "ok":
+                raise SnapshotUnusable(f"integrity_check: {verdict[0] if verdict else 'no answer'}")
+            conn.execute("SELECT bucket, path, size, mtime_ns, checksum FROM files LIMIT 1").fetchall()
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise SnapshotUnusable(f"not a readable cache ({exc})") from None
+
+
+def _open_readonly(path: Path) -> sqlite3.Connection:
+    return sqlite3.connect(f"file:{urllib.parse.quote(str(path))}?mode=ro", uri=True, check_same_thread=False)
+
+
+def snapshot_holds(db: Path, bucket: str) -> bool:
+    conn = _open_readonly(db)
+    try:
+        return conn.execute("SELECT 1 FROM files WHERE bucket=? LIMIT 1", (bucket,)).fetchone() is not None
+    finally:
+        conn.close()
+
+
+def needs_rebuild(store: StateStore, bucket: str) -> bool:
+    """No rows for the bucket, or a rebuild of it that began and never finished."""
+    return store.count(bucket) == 0 or store.get_meta(REBUILDING_MARK + bucket) is not None
+
+
+# ----------------------------------------------------------------------------- the listing
+
+
+@dataclass(frozen=True, slots=True)
+class Listed:
+    key: str
+    size: int
+
+
+class Listing:
+    """One bucket's current objects (key, size), kept in a temporary SQLite file. `covered`
+    marks keys a snapshot row already accounts for; the rest are for HeadObject to prove."""
+
+    def __init__(self, path: Path) -> None:
+        self._conn = open_spill(path, page_cache_kib=None)
+        self._conn.execute(
+            "CREATE TABLE objects (key TEXT PRIMARY KEY, size INTEGER NOT NULL, covered INTEGER NOT NULL DEFAULT 0)"
+        )
+        self.count = 0
+        self.requests = 0  # ListObjectsV2 pages
+
+    def add(self, objects: Sequence[ListedObject]) -> None:
+        with self._conn:
+            self._conn.executemany(
+                "INSERT OR REPLACE INTO objects(key, size) VALUES (?, ?)", [(o.key, o.size) for o in objects]
+            )
+        self.count += len(objects)
+
+    def size_of(self, key: str) -> int | None:
+        row = self._conn.execute("SELECT size FROM objects WHERE key=?", (key,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def cover(self, keys: Sequence[str]) -> None:
+        with self._conn:
+            self._conn.executemany("UPDATE objects SET covered=1 WHERE key=?", [(k,) for k in keys])
+
+    def uncovered(self, after: str, limit: int) -> list[Listed]:
+        """The next `limit` keys after `after` that no snapshot row covers, in key order."""
+        rows = self._conn.execute(
+            "SELECT key, size FROM objects WHERE covered=0 AND key>? ORDER BY key LIMIT ?", (after, limit)
+        )
+        return [Listed(str(k), int(s)) for k, s in rows]
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+async def list_bucket(s3: S3, bucket: str, dest: Path) -> Listing | None:
+    """The bucket's current objects, one ListObjectsV2 per 1,000; None when there is no bucket."""
+    listing = Listing(dest)
+    try:
+        async for page in s3.list_current(bucket):
+            listing.requests += 1
+            if page:
+                await anyio.to_thread.run_sync(listing.add, page)
+    except S3Error as exc:
+        listing.close()
+        if exc.code == "NoSuchBucket":
+            return None
+        raise
+    return listing
+
+
+# ----------------------------------------------------------------------------- the two sources
+
+
+def rows_from_snapshot(db: Path, bucket: str, root: bytes, listing: Listing, store: StateStore) -> int:
+    """Copy the snapshot's rows for `bucket` into the cache where the listing holds the key with
+    the same size (rows adopted from the old script carry no size: the key must be listed). The
+    keys taken are marked covered in the listing. Runs in a worker thread; returns rows written."""
+    conn = _open_readonly(db)
+    written = 0
+    try:
+        legacy = "legacy_mtime" if "legacy_mtime" in file_columns(conn) else "NULL"  # snapshots from before adoption
+        cursor = conn.execute(f"SELECT path, size, mtime_ns, checksum, {legacy} FROM files WHERE bucket=?", (bucket,))
+        cursor.arraysize = 1000
+        batch: list[Stored] = []
+        keys: list[str] = []
+        while rows := cursor.fetchmany():
+            for path, size, mtime_ns, checksum, legacy_mtime in rows:
+                path = bytes(path)
+                if not under_root(path, root):
+                    continue
+                key = key_for_path(path)
+                listed = listing.size_of(key)
+                if listed is None or (size is not None and int(size) != listed):
+                    continue
+                batch.append(Stored(bucket, path, size, int(mtime_ns), checksum, legacy_mtime))
+                keys.append(key)
+            if len(batch) >= ROW_BATCH:
+                store.apply(batch)
+                listing.cover(keys)
+                written += len(batch)
+                batch, keys = [], []
+        if batch:
+            store.apply(batch)
+            listing.cover(keys)
+            written += len(batch)
+    finally:
+        conn.close()
+    return written
+
+
+def rows_from_old_cache(old: OldCache, bucket: str, root: bytes, listing: Listing, store: StateStore) -> int:
+    """Adopt the old script's cache: a listed key it holds becomes a row with the listed size and
+    the float st_mtime the old script saw (the planner compares at that precision). Keys taken are
+    marked covered. A key the old cache holds but S3 does not list stays out: its file is uploaded.
+    Runs in a worker thread; returns rows written."""
+    written = 0
+    for chunk in iter_chunks(listing):
+        # The old script's keys are str(path).lstrip("/"); keys in our escaped form are ours.
+        sizes = {"/" + e.key: e.size for e in chunk if not e.key.startswith(ESCAPED_KEY_MARK)}
+        stamps = old.lookup(list(sizes))
+        rows = []
+        for old_key, ts in stamps.items():
+            path = path_for_key(old_key[1:])
+            if under_root(path, root):
+                rows.append((path, sizes[old_key], ts))
+        if rows:
+            written += store.insert_adopted(bucket, rows)
+            listing.cover([key_for_path(p) for p, _size, _ts in rows])
+    return written
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A listed object whose size matches a regular file on disk: a HeadObject may prove it."""
+
+    key: str
+    path: bytes
+    listed_size: int
+    disk: DiskStat
+
+
+def candidates(entries: Sequence[Listed], root: bytes) -> tuple[list[Candidate], list[tuple[bytes, int]]]:
+    """The entries worth a HeadObject, and the (path, listed size) of those whose file is gone
+    from disk (lstat of each local path; runs in a worker thread).
+
+    A gone file's object gets a row, so the run deletes it like any vanished file (a delete marker,
+    restorable for noncurrent_days; the deletion guard applies): otherwise a file deleted while the
+    cache was lost would stay current in S3 for good. Only "no such file" counts as gone; a path
+    that cannot be read (EACCES, EIO) is no knowledge and gets no row."""
+    found = []
+    gone = []
+    for entry in entries:
+        path = path_for_key(entry.key)
+        if not under_root(path, root):
+            continue
+        try:
+            disk = DiskStat.of(os.lstat(path))
+        except (FileNotFoundError, NotADirectoryError):
+            gone.append((path, entry.size))
+            continue
+        except OSError:
+            continue  # unreadable: left alone, as the walk leaves it
+        if needs_head(entry.size, disk):
+            found.append(Candidate(entry.key, path, entry.size, disk))
+    return found, gone
+
+
+def iter_chunks(listing: Listing, limit: int = 1000) -> Iterator[list[Listed]]:
+    after = ""
+    while chunk := listing.uncovered(after, limit):
+        yield chunk
+        after = chunk[-1].key

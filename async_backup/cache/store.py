@@ -1,0 +1,526 @@
+"""The local cache: what S3 has confirmed, per bucket and path, in SQLite.
+
+Owns the schema, the mapping of sqlite3 errors to our FatalError (`_mapped`, the one SQLite
+boundary of the cache), the insertion of rows adopted from the old script's caches, the restores
+table, and `apply`, which the single writer task (`writer`) calls with batched changes. A row is
+written only after S3 confirmed the upload or delete it describes, so a crash at any moment loses
+nothing: at most the files in flight are sent again. Reads for the planner open their own
+connection (WAL lets them run beside the writer). Imports nothing of S3.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sqlite3
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Concatenate, ParamSpec, TypeVar
+
+from ..errors import FatalError
+from .records import Recorded
+
+log = logging.getLogger(__name__)
+
+STATE_NAME = "async-backup.db"
+# meta row "device:<target path>" -> st_dev of the target's folder (a meta row: no schema change)
+DEVICE_META = "device:"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS files (
+    bucket   TEXT    NOT NULL,
+    path     BLOB    NOT NULL,   -- absolute path bytes; BLOB order is the walk's order
+    size     INTEGER,            -- NULL for rows adopted from the old script's cache
+    mtime_ns INTEGER NOT NULL,
+    checksum TEXT,               -- "crc32:<b64>[-parts]" or "md5:<hex>[-parts]" as S3 stored it
+    legacy_mtime REAL,           -- the old script's float st_mtime, for rows adopted from its cache
+    PRIMARY KEY (bucket, path)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS targets (
+    path      TEXT PRIMARY KEY,
+    bucket    TEXT NOT NULL,
+    root      TEXT,
+    last_seen REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS multipart_uploads (
+    bucket    TEXT NOT NULL,
+    key       TEXT NOT NULL,
+    upload_id TEXT NOT NULL,
+    started   REAL NOT NULL,
+    PRIMARY KEY (bucket, upload_id)
+);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+# Restore requests: written by `restore` only, so that a rerun sends no RestoreObject twice.
+_RESTORES_SCHEMA = """
+CREATE TABLE IF NOT EXISTS restores (
+    bucket     TEXT    NOT NULL,
+    key        TEXT    NOT NULL,
+    version_id TEXT    NOT NULL,   -- "" when the bucket lists no version ids
+    tier       TEXT    NOT NULL,
+    days       INTEGER NOT NULL,
+    requested  REAL    NOT NULL,   -- Unix time S3 accepted the RestoreObject request
+    PRIMARY KEY (bucket, key, version_id)
+) WITHOUT ROWID;
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """S3 confirmed this file's upload (or, rebuilt from a snapshot, an earlier run's row as it was)."""
+
+    bucket: str
+    path: bytes
+    size: int | None
+    mtime_ns: int
+    checksum: str | None
+    legacy_mtime: float | None = None  # kept from a snapshot row adopted from the old script
+
+
+@dataclass(frozen=True, slots=True)
+class Removed:
+    """S3 confirmed this key's delete."""
+
+    bucket: str
+    path: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class UploadStarted:
+    """A multipart upload was created; remembered so a crash cannot leave it open for good."""
+
+    bucket: str
+    key: str
+    upload_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class UploadEnded:
+    bucket: str
+    upload_id: str
+
+
+Change = Stored | Removed | UploadStarted | UploadEnded
+
+
+# SQLite's answers that say the storage under the cache failed, not the database itself
+# [sqlite.org/rescode.html]; a damaged database is SQLITE_CORRUPT or SQLITE_NOTADB.
+_FULL = ("SQLITE_FULL",)
+_LOCKED = ("SQLITE_BUSY", "SQLITE_LOCKED")
+_IOERR = ("SQLITE_IOERR", "SQLITE_CANTOPEN", "SQLITE_READONLY", "SQLITE_PERM")
+
+
+def mount_point(path: Path) -> Path:
+    """The mount point of the filesystem that holds `path` (for "free space on ...")."""
+    current = path.absolute()
+    while not current.exists():
+        current = current.parent
+    while not os.path.ismount(current) and current != current.parent:
+        current = current.parent
+    return current
+
+
+def is_storage_error(exc: sqlite3.Error) -> bool:
+    """The disk, a lock held by another program or the filesystem failed, not the database."""
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    text = str(exc)
+    return (
+        name.startswith(_FULL + _LOCKED + _IOERR)
+        or "disk is full" in text
+        or "is locked" in text
+        or "disk I/O error" in text
+        or "readonly database" in text
+        or "unable to open database" in text
+    )
+
+
+def storage_error(path: Path, exc: sqlite3.Error) -> FatalError:
+    """One line for an operator: which file, what failed, what to do. Nothing unconfirmed was
+    recorded (every row follows S3's confirmation), so after the fix the next run uploads only
+    what this one missed."""
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    text = str(exc)
+    after = "then run again: the next run uploads only what this one missed"
+    if name.startswith(_FULL) or "disk is full" in text:
+        return FatalError(
+            f"cache {path} cannot be written: the disk is full; free space on {mount_point(path)}, {after}"
+        )
+    if name.startswith(_LOCKED) or "is locked" in text:
+        return FatalError(
+            f"cache {path} is locked by another program (an sqlite3 shell, a file-level backup?); "
+            f"stop the program holding {path}, {after}"
+        )
+    if name.startswith("SQLITE_READONLY") or "readonly database" in text:
+        return FatalError(
+            f"cache {path} cannot be written (read-only); check its permissions and that "
+            f"{mount_point(path)} is mounted read-write, {after}"
+        )
+    return FatalError(f"cache {path}: {text or name} (an I/O error); check the disk holding it (dmesg), {after}")
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _mapped(method: Callable[Concatenate[StateStore, _P], _R]) -> Callable[Concatenate[StateStore, _P], _R]:
+    """sqlite3 errors of a StateStore method become our one-line FatalError at this boundary."""
+
+    def wrapper(self: StateStore, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.Error as exc:
+            raise storage_error(self.path, exc) from None
+
+    functools.update_wrapper(wrapper, method)
+    return wrapper
+
+
+def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    if readonly:
+        # Quoted: a "%" or "?" in the cache directory's path would change a SQLite URI's meaning.
+        conn = sqlite3.connect(f"file:{urllib.parse.quote(str(path))}?mode=ro", uri=True, check_same_thread=False)
+    else:
+        conn = sqlite3.connect(path, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable to the last checkpoint-safe commit
+        conn.executescript(_SCHEMA)
+        if "legacy_mtime" not in file_columns(conn):  # a cache made before adoption kept the old mtime
+            conn.execute("ALTER TABLE files ADD COLUMN legacy_mtime REAL")
+    conn.execute("PRAGMA busy_timeout=30000")
+    return conn
+
+
+def file_columns(conn: sqlite3.Connection) -> set[str]:
+    """The columns of a cache's `files` table (snapshots from older versions lack some)."""
+    return {str(row[1]) for row in conn.execute("PRAGMA table_info(files)")}
+
+
+def quick_check(conn: sqlite3.Connection) -> str | None:
+    """SQLite's quick_check (every page and index, without matching index contents to rows):
+    None when the database is sound, else its first complaint. Reads the whole file once."""
+    rows = conn.execute("PRAGMA quick_check(1)").fetchall()
+    verdict = str(rows[0][0]) if rows else "no answer from quick_check"
+    if verdict == "ok":
+        return None
+    # SQLite's report spans lines ("*** in database main ***\nPage 3: ..."): one line for the log.
+    return " ".join(verdict.replace("*** in database main ***", "").split()) or "quick_check failed"
+
+
+def move_aside(path: Path) -> Path:
+    """Rename a damaged database (and its WAL and shared-memory files, which belong to it) to
+    `<name>.damaged-<UTC time>`, so that nothing is planned from it and it stays for inspection."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    dest = path.with_name(f"{path.name}.damaged-{stamp}")
+    serial = 1
+    while dest.exists():
+        serial += 1
+        dest = path.with_name(f"{path.name}.damaged-{stamp}-{serial}")
+    os.replace(path, dest)
+    for suffix in ("-wal", "-shm"):
+        side = path.with_name(path.name + suffix)
+        if side.exists():
+            os.replace(side, dest.with_name(dest.name + suffix))
+    return dest
+
+
+class StateStore:
+    """Synchronous access to the cache; call its methods from worker threads, not the event loop."""
+
+    def __init__(self, cache_dir: Path, *, readonly: bool = False) -> None:
+        self.cache_dir = cache_dir
+        self.path = cache_dir / STATE_NAME
+        self.readonly = readonly
+        self._conn: sqlite3.Connection | None = None
+        # Every write holds it: worker threads share one connection, and two interleaved transactions
+        # on it end in "cannot commit - no transaction is active".
+        self._write_lock = threading.Lock()
+        self.damaged: str | None = None  # why the database could not be used, when it could not
+        if readonly and not self.path.exists():
+            return  # a dry run on a fresh cache: everything is new
+        problem = self._open(readonly)
+        if problem is None:
+            return
+        self.damaged = problem
+        if readonly:
+            log.warning(
+                "cache %s is damaged (%s); left as it is (read-only here): a real backup run moves it aside "
+                "and rebuilds it from S3, this run treats it as empty",
+                self.path,
+                problem,
+            )
+            return
+        moved = move_aside(self.path)
+        log.warning(
+            "cache %s is damaged (%s); moved it to %s, a backup rebuilds its rows from S3 before planning",
+            self.path,
+            problem,
+            moved,
+        )
+        problem = self._open(readonly)
+        if problem is not None:
+            raise FatalError(f"cache {self.path} cannot be created ({problem}); check the cache directory") from None
+
+    def _open(self, readonly: bool) -> str | None:
+        """Open the database and check its pages; returns what is wrong, or None."""
+        try:
+            self._conn = connect(self.path, readonly=readonly)
+            problem = quick_check(self._conn)
+        except sqlite3.Error as exc:
+            if is_storage_error(exc):  # a full disk or a lock held elsewhere: the database is not damaged
+                if self._conn is not None:
+                    self._conn.close()
+                    self._conn = None
+                raise storage_error(self.path, exc) from None
+            problem = str(exc) or type(exc).__name__
+        if problem is not None and self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        return problem
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    @_mapped
+    def _query(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+        if self._conn is None:
+            return []
+        return list(self._conn.execute(sql, params))
+
+    def known_targets(self) -> dict[str, tuple[str, str | None]]:
+        rows = self._query("SELECT path, bucket, root FROM targets")
+        known = {str(p): (str(b), None if r is None else str(r)) for p, b, r in rows}
+        # A bucket with rows but no targets entry (an adopted old cache) still counts as known.
+        return known
+
+    @_mapped
+    def remember_targets(self, targets: Iterable[tuple[str, str, str | None]]) -> None:
+        assert self._conn is not None
+        now = time.time()
+        with self._write_lock, self._conn:
+            self._conn.executemany(
+                "INSERT INTO targets(path, bucket, root, last_seen) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(path) DO UPDATE SET bucket=excluded.bucket, root=excluded.root, "
+                "last_seen=excluded.last_seen",
+                [(p, b, r, now) for p, b, r in targets],
+            )
+
+    @_mapped
+    def forget_target(self, path: str) -> int:
+        """Drop a target and its rows (its bucket stays as it is in S3); returns rows dropped."""
+        assert self._conn is not None
+        with self._write_lock, self._conn:
+            row = self._conn.execute("SELECT bucket FROM targets WHERE path=?", (path,)).fetchone()
+            if row is None:
+                return 0
+            n = self._conn.execute("DELETE FROM files WHERE bucket=?", (row[0],)).rowcount
+            self._conn.execute("DELETE FROM targets WHERE path=?", (path,))
+            self._conn.execute("DELETE FROM meta WHERE name=?", (DEVICE_META + path,))
+            return int(n)
+
+    @_mapped
+    def holdings(self) -> dict[str, tuple[int, int, int]]:
+        """Per bucket: (rows, sum of known sizes, rows whose size is unknown), from the cache alone."""
+        rows = self._query(
+            "SELECT bucket, COUNT(*), COALESCE(SUM(size), 0), SUM(size IS NULL) FROM files GROUP BY bucket"
+        )
+        return {str(b): (int(n), int(size), int(null or 0)) for b, n, size, null in rows}  # type: ignore[call-overload]
+
+    @_mapped
+    def count(self, bucket: str) -> int:
+        rows = self._query("SELECT COUNT(*) FROM files WHERE bucket=?", (bucket,))
+        return int(rows[0][0]) if rows else 0  # type: ignore[call-overload]
+
+    def recorded(self, bucket: str) -> Iterator[Recorded]:
+        """Stream one bucket's rows in path order over a connection of its own (for the walk thread)."""
+        try:
+            yield from self._recorded(bucket)
+        except sqlite3.Error as exc:
+            raise storage_error(self.path, exc) from None
+
+    def _recorded(self, bucket: str) -> Iterator[Recorded]:
+        if self._conn is None or not self.path.exists():
+            return
+        conn = connect(self.path, readonly=True)
+        try:
+            legacy = "legacy_mtime" if "legacy_mtime" in file_columns(conn) else "NULL"
+            cursor = conn.execute(
+                f"SELECT path, size, mtime_ns, {legacy} FROM files WHERE bucket=? ORDER BY path", (bucket,)
+            )
+            cursor.arraysize = 1000
+            while rows := cursor.fetchmany():
+                for path, size, mtime_ns, legacy_mtime in rows:
+                    yield Recorded(bytes(path), size, mtime_ns, legacy_mtime)
+        finally:
+            conn.close()
+
+    @_mapped
+    def rows(self, bucket: str) -> list[tuple[bytes, int | None, int, str | None]]:
+        """Every row of a bucket (for verify and tests): path, size, mtime_ns, checksum."""
+        if self._conn is None:
+            return []
+        cursor = self._conn.execute(
+            "SELECT path, size, mtime_ns, checksum FROM files WHERE bucket=? ORDER BY path", (bucket,)
+        )
+        return [(bytes(p), s, m, c) for p, s, m, c in cursor]
+
+    @_mapped
+    def row(self, bucket: str, path: bytes) -> tuple[int | None, int, str | None] | None:
+        """One file's row (size, mtime_ns, checksum), or None (for restore, one file at a time)."""
+        rows = self._query("SELECT size, mtime_ns, checksum FROM files WHERE bucket=? AND path=?", (bucket, path))
+        if not rows:
+            return None
+        size, mtime_ns, checksum = rows[0]
+        return (
+            None if size is None else int(size),  # type: ignore[call-overload]
+            int(mtime_ns),  # type: ignore[call-overload]
+            None if checksum is None else str(checksum),
+        )
+
+    def open_uploads(self, bucket: str) -> list[tuple[str, str]]:
+        return [
+            (str(k), str(u))
+            for k, u in self._query("SELECT key, upload_id FROM multipart_uploads WHERE bucket=?", (bucket,))
+        ]
+
+    @_mapped
+    def apply(self, changes: Iterable[Change]) -> None:
+        """Apply confirmed changes in one transaction."""
+        assert self._conn is not None
+        stored, removed, started, ended = [], [], [], []
+        for c in changes:
+            if isinstance(c, Stored):
+                stored.append((c.bucket, c.path, c.size, c.mtime_ns, c.checksum, c.legacy_mtime))
+            elif isinstance(c, Removed):
+                removed.append((c.bucket, c.path))
+            elif isinstance(c, UploadStarted):
+                started.append((c.bucket, c.key, c.upload_id, time.time()))
+            else:
+                ended.append((c.bucket, c.upload_id))
+        with self._write_lock, self._conn:
+            if stored:
+                self._conn.executemany(
+                    "INSERT OR REPLACE INTO files(bucket, path, size, mtime_ns, checksum, legacy_mtime) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    stored,
+                )
+            if removed:
+                self._conn.executemany("DELETE FROM files WHERE bucket=? AND path=?", removed)
+            if started:
+                self._conn.executemany(
+                    "INSERT OR REPLACE INTO multipart_uploads(bucket, key, upload_id, started) VALUES (?, ?, ?, ?)",
+                    started,
+                )
+            if ended:
+                self._conn.executemany("DELETE FROM multipart_uploads WHERE bucket=? AND upload_id=?", ended)
+
+    @_mapped
+    def reset(self) -> None:
+        """Forget every recorded file (--reset); targets and adoption marks stay."""
+        assert self._conn is not None
+        with self._write_lock, self._conn:
+            self._conn.execute("DELETE FROM files")
+            self._conn.execute("INSERT OR REPLACE INTO meta(name, value) VALUES ('reset_at', ?)", (str(time.time()),))
+
+    def target_device(self, path: str) -> int | None:
+        """The st_dev of a target's folder as the last run that walked it without doubt found it."""
+        value = self.get_meta(DEVICE_META + path)
+        try:
+            return None if value is None else int(value)
+        except ValueError:
+            return None
+
+    def set_target_device(self, path: str, device: int) -> None:
+        self.set_meta(DEVICE_META + path, str(device))
+
+    def get_meta(self, name: str) -> str | None:
+        rows = self._query("SELECT value FROM meta WHERE name=?", (name,))
+        return str(rows[0][0]) if rows else None
+
+    @_mapped
+    def set_meta(self, name: str, value: str) -> None:
+        assert self._conn is not None
+        with self._write_lock, self._conn:
+            self._conn.execute("INSERT OR REPLACE INTO meta(name, value) VALUES (?, ?)", (name, value))
+
+    @_mapped
+    def clear_meta(self, name: str) -> None:
+        assert self._conn is not None
+        with self._write_lock, self._conn:
+            self._conn.execute("DELETE FROM meta WHERE name=?", (name,))
+
+    @_mapped
+    def insert_adopted(self, bucket: str, rows: Iterable[tuple[bytes, int, float]]) -> int:
+        """Rows adopted from the old script's cache: (path, size S3 listed, its float st_mtime).
+
+        INSERT OR IGNORE: a row this tool already wrote (an upload S3 confirmed) always wins."""
+        assert self._conn is not None
+        batch = [(bucket, path, size, round(ts * 1e9), None, ts) for path, size, ts in rows]
+        with self._write_lock, self._conn:
+            cursor = self._conn.executemany(
+                "INSERT OR IGNORE INTO files(bucket, path, size, mtime_ns, checksum, legacy_mtime) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                batch,
+            )
+        return int(cursor.rowcount)
+
+    def restore_requested(self, bucket: str, key: str, version_id: str) -> bool:
+        """Whether a retrieval of this version was requested before (one lookup: no dict of them all)."""
+        assert self._conn is not None
+        try:
+            row = self._conn.execute(
+                "SELECT 1 FROM restores WHERE bucket=? AND key=? AND version_id=?", (bucket, key, version_id)
+            ).fetchone()
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return False  # no restore was ever requested from this cache
+            raise storage_error(self.path, exc) from None
+        return row is not None
+
+    @_mapped
+    def record_restore_request(self, bucket: str, key: str, version_id: str, tier: str, days: int) -> None:
+        """Remember one accepted RestoreObject request (a transaction of its own: it survives a crash)."""
+        assert self._conn is not None
+        with self._conn:
+            self._conn.executescript(_RESTORES_SCHEMA)
+            self._conn.execute(
+                "INSERT OR REPLACE INTO restores(bucket, key, version_id, tier, days, requested) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (bucket, key, version_id, tier, days, time.time()),
+            )
+
+    @_mapped
+    def snapshot(self, dest: Path) -> None:
+        """A consistent copy of the live database through SQLite's backup API."""
+        assert self._conn is not None
+        target = sqlite3.connect(dest)
+        try:
+            self._conn.backup(target)
+        finally:
+            target.close()
+
+
+def iter_rows(store: StateStore, bucket: str) -> Iterator[tuple[bytes, int | None, int, str | None]]:
+    """One bucket's rows in path order (path, size, mtime_ns, checksum), streamed over a connection
+    of its own, so verify can merge them with the walk in a worker thread without a list of all."""
+    if store.damaged is not None or not store.path.exists():
+        return
+    conn = connect(store.path, readonly=True)
+    try:
+        cursor = conn.execute(
+            "SELECT path, size, mtime_ns, checksum FROM files WHERE bucket=? ORDER BY path", (bucket,)
+        )
+        cursor.arraysize = 1000
+        while rows := cursor.fetchmany():
+            for path, size, mtime_ns, checksum in rows:
+                yield bytes(path), size, mtime_ns, checksum
+    finally:
+        conn.close()

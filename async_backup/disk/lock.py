@@ -1,0 +1,41 @@
+"""The cache directory's lock: one run per cache at a time.
+
+Owns the lock file. flock is released by the kernel when the process dies, so a crashed run never
+leaves a stale lock; the holder's pid is written into the file for the error message.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from ..errors import LockHeldError
+
+LOCK_NAME = "async-backup.lock"
+
+
+@contextmanager
+def cache_lock(cache_dir: Path) -> Iterator[None]:
+    path = cache_dir / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LockHeldError(str(path), _read_pid(fd)) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        os.close(fd)
+
+
+def _read_pid(fd: int) -> int | None:
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        return int(text) if text.isdigit() else None
+    except OSError:
+        return None

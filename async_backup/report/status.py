@@ -1,0 +1,160 @@
+"""`async-backup status`: what S3 holds per target and what holding it costs, from local files only.
+
+Owns the status table and its JSON: per target the objects and bytes the cache records (current
+versions S3 confirmed), their monthly storage price with Deep Archive's per-object overhead, and
+the last run's time and outcome from the newest run report. Sends no request to S3 and takes no
+lock: it only reads the cache and the reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from ..cache.store import StateStore
+from ..errors import EXIT_OK
+from ..s3.pricing import format_usd, prices_for, storage_month
+from ..settings.config import Config
+from .runreport import latest_report
+from .summary import format_bytes
+
+
+def gather(config: Config, cache_dir: Path) -> dict[str, Any]:
+    """The status as JSON-ready data."""
+    prices = prices_for(config.aws.region, config.pricing)
+    store = StateStore(cache_dir, readonly=True)
+    try:
+        held = store.holdings() if store.damaged is None else {}
+        known = store.known_targets()
+    finally:
+        store.close()
+    last = latest_report(cache_dir)
+    report = last[1] if last else {}
+    last_by_target = {t.get("name"): t for t in report.get("targets", []) if isinstance(t, dict)}
+    failed_by_target: dict[str, int] = {}
+    for failure in report.get("failures", []):
+        if isinstance(failure, dict):
+            name = str(failure.get("target", ""))
+            failed_by_target[name] = failed_by_target.get(name, 0) + 1
+    targets: list[dict[str, Any]] = []
+    names = {bucket: path for path, (bucket, _root) in known.items()}
+    for bucket in sorted(set(held) | set(names.keys()), key=lambda b: names.get(b, "~" + b)):
+        objects, size, unknown = held.get(bucket, (0, 0, 0))
+        cost = storage_month(size, objects, config.storage_class, prices)
+        name = names.get(bucket, "")
+        ran = last_by_target.get(name)
+        targets.append(
+            {
+                "target": name or None,
+                "bucket": bucket,
+                "objects": objects,
+                "bytes": size,
+                "objects_of_unknown_size": unknown,
+                "storage_class": config.storage_class,
+                "usd_per_month": round(cost.usd, 9),
+                "overhead_usd_per_month": round(cost.overhead_usd, 9),
+                "last_run": None
+                if ran is None
+                else {
+                    "finished_at": ran.get("finished_at"),
+                    "new": ran.get("new"),
+                    "updated": ran.get("updated"),
+                    "deleted": ran.get("deleted"),
+                    "failed": failed_by_target.get(name, ran.get("failed", 0)),
+                },
+            }
+        )
+    total = storage_month(
+        sum(t["bytes"] for t in targets), sum(t["objects"] for t in targets), config.storage_class, prices
+    )
+    return {
+        "targets": targets,
+        "totals": {
+            "objects": sum(t["objects"] for t in targets),
+            "bytes": sum(t["bytes"] for t in targets),
+            "objects_of_unknown_size": sum(t["objects_of_unknown_size"] for t in targets),
+            "usd_per_month": round(total.usd, 9),
+        },
+        "last_run": None
+        if not last
+        else {
+            "report": str(last[0]),
+            "started_at": report.get("started_at"),
+            "finished_at": report.get("finished_at"),
+            "exit_code": report.get("exit_code"),
+            "succeeded": report.get("succeeded"),
+            "dry_run": report.get("dry_run"),
+            "interrupted": report.get("interrupted"),
+            "failures": report.get("totals", {}).get("failures"),
+            "requests": report.get("requests"),
+        },
+        "prices": prices.describe(),
+        "note": "current versions the cache records; noncurrent versions S3 keeps for up to "
+        f"{config.noncurrent_days} days after a change or delete are not in the cache and add to this",
+    }
+
+
+def outcome(run: dict[str, Any]) -> str:
+    if run.get("interrupted"):
+        return "interrupted"
+    if run.get("succeeded"):
+        return "succeeded"
+    return f"failed (exit code {run.get('exit_code')}, {run.get('failures') or 0} failures)"
+
+
+def render(status: dict[str, Any]) -> str:
+    lines = []
+    rows = [("target", "bucket", "objects", "bytes", "per month", "last run")]
+    for t in status["targets"]:
+        ran = t["last_run"]
+        if ran is None:
+            last = "not in the last run"
+        else:
+            last = f"{ran['finished_at'] or 'unfinished'}: {ran['failed'] or 0} failed"
+        unknown = f" ({t['objects_of_unknown_size']:,} of unknown size)" if t["objects_of_unknown_size"] else ""
+        rows.append(
+            (
+                t["target"] or "(not a target now)",
+                t["bucket"],
+                f"{t['objects']:,}{unknown}",
+                format_bytes(t["bytes"]),
+                format_usd(t["usd_per_month"]),
+                last,
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        lines.append("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
+    totals = status["totals"]
+    lines.append(
+        f"total: {totals['objects']:,} objects, {format_bytes(totals['bytes'])}, "
+        f"{format_usd(totals['usd_per_month'])} per month in storage (Deep Archive's 40 KB per object included)"
+    )
+    if totals["objects_of_unknown_size"]:
+        lines.append(
+            f"  {totals['objects_of_unknown_size']:,} objects adopted from the old script's cache have no size "
+            "recorded: their bytes are not counted"
+        )
+    lines.append(f"  {status['note']}")
+    lines.append(f"  prices: {status['prices']}")
+    run = status["last_run"]
+    if run is None:
+        lines.append("last run: no run report yet")
+    else:
+        lines.append(f"last run: started {run['started_at']}, {outcome(run)}; report {run['report']}")
+        if run.get("requests"):
+            req = run["requests"]
+            lines.append(f"  it sent {req['total']:,} S3 requests for {format_usd(req['usd'])}")
+    return "\n".join(lines)
+
+
+def run_status(config: Config, cache_dir: Path, args: argparse.Namespace) -> int:
+    """`async-backup status [--json]`: 0 always once the config loads (no S3 request is sent)."""
+    status = gather(config, cache_dir)
+    if args.json:
+        print(json.dumps(status, indent=1, ensure_ascii=False))
+    else:
+        print(render(status))
+    return EXIT_OK

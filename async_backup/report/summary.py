@@ -1,0 +1,115 @@
+"""What a run did, per target and in total: the input of the log summary, the report and the card.
+
+Owns the counters only. Stages increment them as work is confirmed; nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from ..errors import Failure
+from ..s3.pricing import RequestCost
+
+
+@dataclass(slots=True)
+class TargetStats:
+    """Counters for one target; `bytes_uploaded` counts only what S3 confirmed."""
+
+    name: str  # the target's folder path, as configured
+    bucket: str
+    new: int = 0
+    updated: int = 0
+    deleted: int = 0
+    unchanged: int = 0
+    skipped: int = 0  # symlinks, sockets, FIFOs, devices, excluded, vanished before reading
+    failed: int = 0
+    bytes_uploaded: int = 0
+    planned_uploads: int = 0
+    planned_upload_bytes: int = 0
+    planned_deletes: int = 0
+    adopted: int = 0  # rows taken from the old script's cache (a dry run: that would be)
+    rebuilt_rows: int = 0  # cache rows rebuilt from S3 before planning
+    rebuilt_gone: int = 0  # of those, objects whose file is gone from disk (so the run deletes them)
+    rebuilt_from: str = ""  # e.g. "snapshot s3://b/k of 2026-12-01 03:12 UTC" or "bucket listing + N HeadObject"
+    rebuild_due: bool = False  # dry run: the cache holds no rows, a real run rebuilds them first
+    walk_finished: bool = False
+    # The object requests its plan needs (PutObject, UploadPart, ...): what a dry run would send.
+    planned_requests: dict[str, int] = field(default_factory=dict)
+    started_at: float = field(default_factory=time.time)
+    finished_at: float | None = None
+
+    @property
+    def duration_s(self) -> float:
+        end = self.finished_at if self.finished_at is not None else time.time()
+        return max(0.0, end - self.started_at)
+
+    def line(self) -> str:
+        """The one summary line per target that the log carries."""
+        adopted = f"{self.adopted} adopted from the old cache, " if self.adopted else ""
+        return (
+            f"{self.name} -> s3://{self.bucket}: {adopted}{self.new} new, {self.updated} updated, "
+            f"{self.deleted} deleted, {self.unchanged} unchanged, {self.skipped} skipped, "
+            f"{self.failed} failed, {format_bytes(self.bytes_uploaded)} uploaded "
+            f"in {self.duration_s:.1f} s{self.rebuilt_note()}"
+        )
+
+    def rebuilt_note(self) -> str:
+        if not self.rebuilt_from:
+            return ""
+        return f"; {self.rebuilt_rows:,} cache rows rebuilt from {self.rebuilt_from}"
+
+
+@dataclass(slots=True)
+class RunSummary:
+    """The whole run: targets in configuration order, every failure, and the outcome."""
+
+    host: str
+    started_at: float
+    dry_run: bool = False
+    finished_at: float | None = None
+    targets: list[TargetStats] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+    warnings: list[Failure] = field(default_factory=list)
+    exit_code: int = 0
+    interrupted: bool = False
+    requests: RequestCost | None = None  # the S3 requests sent (a dry run: would send) and their price
+
+    @property
+    def duration_s(self) -> float:
+        end = self.finished_at if self.finished_at is not None else time.time()
+        return max(0.0, end - self.started_at)
+
+    @property
+    def files_uploaded(self) -> int:
+        return sum(t.new + t.updated for t in self.targets)
+
+    @property
+    def files_deleted(self) -> int:
+        return sum(t.deleted for t in self.targets)
+
+    @property
+    def bytes_uploaded(self) -> int:
+        return sum(t.bytes_uploaded for t in self.targets)
+
+    @property
+    def rows_rebuilt(self) -> int:
+        return sum(t.rebuilt_rows for t in self.targets)
+
+
+def format_bytes(n: int) -> str:
+    """Human-readable size with binary units, e.g. 1.5 GiB."""
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def format_requests(counts: Mapping[str, int]) -> str:
+    """ "12 (ListObjectsV2 2, HeadObject 10)": every request sent, retries included."""
+    total = sum(counts.values())
+    detail = ", ".join(f"{op} {n}" for op, n in sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+    return f"{total} ({detail})" if detail else "0"

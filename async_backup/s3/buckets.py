@@ -1,0 +1,78 @@
+"""Bucket setup: created on first need, private, versioned, with our lifecycle rules.
+
+Owns what a target bucket must look like. Checked and set once per bucket per run by the
+pipeline, never per file, and never in a dry run.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from .client import S3
+
+log = logging.getLogger(__name__)
+
+RULE_PREFIX = "async-backup-"
+# Incomplete multipart uploads cost storage until aborted; a week covers any run.
+ABORT_INCOMPLETE_DAYS = 7
+
+
+def lifecycle_rules(noncurrent_days: int) -> list[dict[str, Any]]:
+    """Our rules: old versions expire, stale multipart uploads are aborted, and delete markers
+    left with no versions behind them are removed."""
+    everything = {"Prefix": ""}
+    return [
+        {
+            "ID": f"{RULE_PREFIX}noncurrent-versions",
+            "Status": "Enabled",
+            "Filter": everything,
+            "NoncurrentVersionExpiration": {"NoncurrentDays": noncurrent_days},
+        },
+        {
+            "ID": f"{RULE_PREFIX}incomplete-uploads",
+            "Status": "Enabled",
+            "Filter": everything,
+            "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": ABORT_INCOMPLETE_DAYS},
+        },
+        {
+            "ID": f"{RULE_PREFIX}expired-delete-markers",
+            "Status": "Enabled",
+            "Filter": everything,
+            "Expiration": {"ExpiredObjectDeleteMarker": True},
+        },
+    ]
+
+
+def _rule_core(rule: dict[str, Any]) -> dict[str, Any]:
+    """The parts of a rule we set, for comparing with what the server returns."""
+    keys = ("ID", "Status", "NoncurrentVersionExpiration", "AbortIncompleteMultipartUpload", "Expiration")
+    core = {k: rule[k] for k in keys if k in rule}
+    if "NoncurrentVersionExpiration" in core:
+        core["NoncurrentVersionExpiration"] = {
+            "NoncurrentDays": core["NoncurrentVersionExpiration"].get("NoncurrentDays")
+        }
+    return core
+
+
+async def ensure_bucket(s3: S3, bucket: str, noncurrent_days: int, *, versioned: bool = True) -> bool:
+    """Make `bucket` exist with our settings; returns True when it was created now."""
+    status = await s3.bucket_versioning(bucket)
+    created = status is None
+    if created:
+        await s3.create_bucket(bucket)
+        await s3.block_public_access(bucket)
+        log.info("created bucket %s", bucket)
+    if not versioned:
+        return created
+    if status != "Enabled":
+        if not created:
+            log.warning("bucket %s had versioning %s; enabling it", bucket, status or "off")
+        await s3.enable_versioning(bucket)
+    wanted = lifecycle_rules(noncurrent_days)
+    current = [] if created else await s3.lifecycle_rules(bucket)
+    ours = [_rule_core(r) for r in current if str(r.get("ID", "")).startswith(RULE_PREFIX)]
+    if sorted(map(repr, ours)) != sorted(repr(_rule_core(r)) for r in wanted):
+        foreign = [r for r in current if not str(r.get("ID", "")).startswith(RULE_PREFIX)]
+        await s3.put_lifecycle_rules(bucket, foreign + wanted)
+    return created

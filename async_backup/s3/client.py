@@ -1,0 +1,757 @@
+"""The S3 adapter: the only module that imports aiobotocore and botocore.
+
+Owns the client's settings (retries, timeouts, pool size, checksum behaviour) and the mapping of
+botocore's exceptions onto ours: per-request failures become `S3Error` with S3's error code;
+failures that doom every request (bad credentials, unreachable endpoint) become `FatalError`.
+Nothing in here knows about targets, the cache or the plan.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ssl
+from collections import Counter
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import datetime
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import aiohttp
+import anyio
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
+from botocore import handlers as botocore_handlers
+from botocore.auth import SIGV4_TIMESTAMP, S3SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import ReadOnlyCredentials
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionClosedError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    ReadTimeoutError,
+    SSLError,
+)
+from botocore.httpsession import get_cert_path
+
+from ..errors import FatalError, S3Error
+from ..settings.config import AwsSettings, Tuning
+from .checksums import PartChecksum
+from .fastput import (
+    REGION_CODES,
+    SKEW_CODE,
+    BodyStream,
+    BucketEndpoint,
+    DirectPut,
+    FrozenCredentials,
+    region_message,
+    skew_message,
+    tls_failure_message,
+)
+from .objects import ListedObject, ObjectHead, ObjectVersion
+from .pricing import RequestTally
+
+# put_plain_file holds at most this much of a file in memory: one PutObject up to it, else parts of it.
+PLAIN_PART_BYTES = 16 * 1024 * 1024
+
+# Codes after which no other request of this run can succeed.
+FATAL_CODES = frozenset(
+    {
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "ExpiredToken",
+        "InvalidToken",
+        "TokenRefreshRequired",
+        "AccountProblem",
+        "AllAccessDisabled",
+    }
+)
+
+
+def client_config(aws: AwsSettings, tuning: Tuning) -> AioConfig:
+    return AioConfig(
+        region_name=aws.region,
+        # One connection per worker, plus the multipart parts they may have in flight.
+        max_pool_connections=tuning.workers + tuning.parts_in_flight + 4,
+        # total_max_attempts counts the first try too; botocore's max_attempts would count retries only.
+        retries={"mode": "standard", "total_max_attempts": tuning.max_attempts},
+        connect_timeout=tuning.connect_timeout_s,
+        read_timeout=tuning.read_timeout_s,
+        request_checksum_calculation=aws.checksum_calculation,
+        response_checksum_validation=aws.checksum_calculation,
+        s3={"addressing_style": aws.addressing_style},
+        tcp_keepalive=True,
+        parameter_validation=False,  # our own code builds every request; validation cost ~5% CPU per request
+    )
+
+
+def endpoint_name(aws: AwsSettings) -> str:
+    """The endpoint as operators know it, safe for logs (no credentials in it)."""
+    return aws.endpoint_url or f"AWS S3 ({aws.region})"
+
+
+class S3:
+    """Thin async wrapper: one method per request the tool sends, errors mapped to ours."""
+
+    def __init__(self, client: Any, aws: AwsSettings, direct: DirectPut | None = None) -> None:
+        self._client = client
+        self._direct = direct
+        self.aws = aws
+        self.checksum_algorithm = "crc32" if aws.checksum_calculation == "when_supported" else "md5"
+        # Every request this client sends, by operation and the storage class it is billed in.
+        self.sent = RequestTally()
+        self._upload_class: dict[str, str] = {}  # multipart upload id -> storage class of its object
+        client.meta.events.register("before-send.s3", self._count_sent)
+
+    def _count_sent(self, event_name: str = "", request: Any = None, **_kwargs: Any) -> None:
+        """Counted where botocore sends, so retries count too: what S3 bills. The parts of a
+        multipart upload bill at their object's class, which only its CreateMultipartUpload says."""
+        operation = event_name.rsplit(".", 1)[-1]
+        storage_class = ""
+        if request is not None:
+            headers = getattr(request, "headers", {}) or {}
+            value = headers.get("x-amz-storage-class") or ""
+            storage_class = value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)
+            if not storage_class and operation in ("UploadPart", "CompleteMultipartUpload"):
+                upload_id = parse_qs(urlsplit(str(getattr(request, "url", ""))).query).get("uploadId", [""])[0]
+                storage_class = self._upload_class.get(upload_id, "")
+        self.sent.add(operation, storage_class)
+
+    @property
+    def fast_path(self) -> DirectPut | None:
+        """The hand-signed PutObject/UploadPart path, None when switched off or without credentials."""
+        return self._direct
+
+    async def can_stream(self, bucket: str) -> bool:
+        """Whether bodies for this bucket can be streamed from the file (the fast path signs them);
+        through botocore, the fallback, a body is bytes in memory."""
+        if self._direct is None:
+            return False
+        async with self._mapped(f"endpoint of {bucket}"):
+            return await self._direct.endpoint(bucket) is not None
+
+    async def body_checksum(self, bucket: str) -> str:
+        """The checksum that goes with bodies for this bucket: CRC32 where the server takes flexible
+        checksums; else the body's SHA-256 as the signed payload hash on the fast path, or
+        Content-MD5 through botocore."""
+        if self.checksum_algorithm == "md5" and await self.can_stream(bucket):
+            return "sha256"
+        return self.checksum_algorithm
+
+    @asynccontextmanager
+    async def _mapped(self, what: str) -> AsyncIterator[None]:
+        try:
+            yield
+        except ClientError as exc:
+            err = exc.response.get("Error", {})
+            code = str(err.get("Code") or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", "Error"))
+            message = str(err.get("Message") or "")
+            if code in FATAL_CODES:
+                raise FatalError(
+                    f"S3 at {endpoint_name(self.aws)} refused the credentials ({code}) during {what}; "
+                    "check aws.access_key and aws.secret_access_key, or the AWS profile or role they come from"
+                ) from None
+            if code in REGION_CODES:
+                headers = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+                region = err.get("Region") or headers.get("x-amz-bucket-region")
+                bucket = err.get("BucketName") or err.get("Bucket") or f"of {what}"
+                raise FatalError(region_message(str(bucket), region and str(region), self.aws.region)) from None
+            if code == SKEW_CODE:
+                raise FatalError(skew_message(err.get("RequestTime"), err.get("ServerTime"))) from None
+            raise S3Error(code, f"{what}: {message or 'request failed'}") from None
+        except NoCredentialsError:
+            raise FatalError(
+                "no AWS credentials found: set aws.access_key and aws.secret_access_key in config.json "
+                "or configure the standard AWS credential chain"
+            ) from None
+        except SSLError as exc:
+            raise FatalError(tls_failure_message(endpoint_name(self.aws), exc.kwargs.get("error", exc))) from None
+        except EndpointConnectionError:
+            raise S3Error("EndpointConnectionError", f"{what}: cannot connect to {endpoint_name(self.aws)}") from None
+        except (ConnectionClosedError, ReadTimeoutError) as exc:
+            raise S3Error(type(exc).__name__, f"{what}: connection lost or timed out after retries") from None
+        except BotoCoreError as exc:
+            raise S3Error(type(exc).__name__, f"{what}: {exc}") from None
+        except (OSError, TimeoutError) as exc:
+            raise S3Error(type(exc).__name__, f"{what}: {exc}") from None
+
+    # Objects
+
+    async def put_object(
+        self,
+        bucket: str,
+        key: str,
+        body: bytes | BodyStream,
+        *,
+        storage_class: str,
+        metadata: Mapping[str, str],
+        checksum: PartChecksum,
+    ) -> str:
+        """PutObject; returns the ETag S3 answered."""
+        if self._direct is not None:
+            # Mapped too: resolving the endpoint or refreshing credentials can fail as botocore fails.
+            async with self._mapped(f"PutObject {key}"):
+                endpoint = await self._direct.endpoint(bucket)
+                if endpoint is not None:
+                    headers = {
+                        "x-amz-storage-class": storage_class,
+                        **{f"x-amz-meta-{k}": v for k, v in metadata.items()},
+                        **checksum.request_headers(),
+                    }
+                    # Sent past botocore, so counted here (once per call: DirectPut's own retries are not seen).
+                    self.sent.add("PutObject", storage_class)
+                    got = await self._direct.put(endpoint, bucket, key, body, headers, f"PutObject {key}")
+                    return next((v for k, v in got.items() if k.lower() == "etag"), "")
+        if isinstance(body, BodyStream):
+            raise TypeError("a streamed body needs the fast path: check can_stream() first")
+        async with self._mapped(f"PutObject {key}"):
+            reply = await self._client.put_object(
+                Bucket=bucket,
+                Key=key,
+                Body=body,
+                StorageClass=storage_class,
+                Metadata=dict(metadata),
+                **checksum.request_args(),
+            )
+        return str(reply.get("ETag", ""))
+
+    async def create_multipart_upload(
+        self, bucket: str, key: str, *, storage_class: str, metadata: Mapping[str, str]
+    ) -> str:
+        extra = {"ChecksumAlgorithm": "CRC32"} if self.checksum_algorithm == "crc32" else {}
+        async with self._mapped(f"CreateMultipartUpload {key}"):
+            reply = await self._client.create_multipart_upload(
+                Bucket=bucket, Key=key, StorageClass=storage_class, Metadata=dict(metadata), **extra
+            )
+        upload_id = str(reply["UploadId"])
+        self._upload_class[upload_id] = storage_class
+        return upload_id
+
+    async def upload_part(
+        self, bucket: str, key: str, upload_id: str, part_number: int, body: bytes | BodyStream, checksum: PartChecksum
+    ) -> dict[str, Any]:
+        endpoint = None
+        if self._direct is not None:
+            async with self._mapped(f"UploadPart {part_number} of {key}"):
+                endpoint = await self._direct.endpoint(bucket)
+        if self._direct is not None and endpoint is not None:
+            self.sent.add("UploadPart", self._upload_class.get(upload_id, ""))
+            async with self._mapped(f"UploadPart {part_number} of {key}"):
+                got = await self._direct.put(
+                    endpoint,
+                    bucket,
+                    key,
+                    body,
+                    checksum.request_headers(),
+                    f"UploadPart {part_number} of {key}",
+                    {"partNumber": str(part_number), "uploadId": upload_id},
+                )
+            etag = next((v for k, v in got.items() if k.lower() == "etag"), "")
+            direct_part: dict[str, Any] = {"PartNumber": part_number, "ETag": etag}
+            if checksum.algorithm == "crc32":
+                direct_part["ChecksumCRC32"] = checksum.b64
+            return direct_part
+        if isinstance(body, BodyStream):
+            raise TypeError("a streamed body needs the fast path: check can_stream() first")
+        async with self._mapped(f"UploadPart {part_number} of {key}"):
+            reply = await self._client.upload_part(
+                Bucket=bucket,
+                Key=key,
+                UploadId=upload_id,
+                PartNumber=part_number,
+                Body=body,
+                **checksum.request_args(),
+            )
+        part: dict[str, Any] = {"PartNumber": part_number, "ETag": reply.get("ETag", "")}
+        if checksum.algorithm == "crc32":
+            part["ChecksumCRC32"] = checksum.b64
+        return part
+
+    async def complete_multipart_upload(
+        self, bucket: str, key: str, upload_id: str, parts: Sequence[Mapping[str, Any]]
+    ) -> None:
+        async with self._mapped(f"CompleteMultipartUpload {key}"):
+            await self._client.complete_multipart_upload(
+                Bucket=bucket,
+                Key=key,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": [dict(p) for p in parts]},
+            )
+        self._upload_class.pop(upload_id, None)
+
+    async def abort_multipart_upload(self, bucket: str, key: str, upload_id: str) -> None:
+        async with self._mapped(f"AbortMultipartUpload {key}"):
+            try:
+                await self._client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") == "NoSuchUpload":
+                    return  # already completed or aborted
+                raise
+            finally:
+                self._upload_class.pop(upload_id, None)
+
+    async def list_multipart_uploads(self, bucket: str) -> list[tuple[str, str, float]]:
+        """(key, upload id, initiated as Unix time) of every open multipart upload."""
+        found: list[tuple[str, str, float]] = []
+        async with self._mapped(f"ListMultipartUploads {bucket}"):
+            paginator = self._client.get_paginator("list_multipart_uploads")
+            async for page in paginator.paginate(Bucket=bucket):
+                for u in page.get("Uploads", []):
+                    initiated = u.get("Initiated")
+                    stamp = initiated.timestamp() if hasattr(initiated, "timestamp") else 0.0
+                    found.append((str(u["Key"]), str(u["UploadId"]), stamp))
+        return found
+
+    async def delete_objects(self, bucket: str, keys: Sequence[str]) -> tuple[list[str], list[tuple[str, str, str]]]:
+        """Delete up to 1,000 keys; returns the keys deleted and (key, code, message) per failed key."""
+        async with self._mapped(f"DeleteObjects in {bucket}"):
+            reply = await self._client.delete_objects(
+                Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys], "Quiet": False}
+            )
+        deleted = [str(d["Key"]) for d in reply.get("Deleted", [])]
+        errors = [
+            (str(e.get("Key", "")), str(e.get("Code", "")), str(e.get("Message", ""))) for e in reply.get("Errors", [])
+        ]
+        return deleted, errors
+
+    # Buckets
+
+    async def bucket_versioning(self, bucket: str) -> str | None:
+        """The bucket's versioning status ("Enabled", "Suspended", "" when never set), None if no bucket."""
+        async with self._mapped(f"GetBucketVersioning {bucket}"):
+            try:
+                reply = await self._client.get_bucket_versioning(Bucket=bucket)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") == "NoSuchBucket":
+                    return None
+                raise
+        return str(reply.get("Status", ""))
+
+    async def create_bucket(self, bucket: str) -> None:
+        args: dict[str, Any] = {"Bucket": bucket}
+        if self.aws.region != "us-east-1":  # us-east-1 takes no LocationConstraint
+            args["CreateBucketConfiguration"] = {"LocationConstraint": self.aws.region}
+        async with self._mapped(f"CreateBucket {bucket}"):
+            try:
+                await self._client.create_bucket(**args)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") != "BucketAlreadyOwnedByYou":
+                    raise
+
+    async def block_public_access(self, bucket: str) -> None:
+        """Keep the bucket private. On AWS all four switches are set. Ceph RGW 16 refuses every
+        PutObject once BlockPublicAcls is on (even without an ACL), so other endpoints get the
+        other three: IgnorePublicAcls alone already makes any public ACL ineffective."""
+        async with self._mapped(f"PutPublicAccessBlock {bucket}"):
+            await self._client.put_public_access_block(
+                Bucket=bucket,
+                PublicAccessBlockConfiguration={
+                    "BlockPublicAcls": self.aws.endpoint_url is None,
+                    "IgnorePublicAcls": True,
+                    "BlockPublicPolicy": True,
+                    "RestrictPublicBuckets": True,
+                },
+            )
+
+    async def enable_versioning(self, bucket: str) -> None:
+        async with self._mapped(f"PutBucketVersioning {bucket}"):
+            await self._client.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+
+    async def lifecycle_rules(self, bucket: str) -> list[dict[str, Any]]:
+        async with self._mapped(f"GetBucketLifecycleConfiguration {bucket}"):
+            try:
+                reply = await self._client.get_bucket_lifecycle_configuration(Bucket=bucket)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") == "NoSuchLifecycleConfiguration":
+                    return []
+                raise
+        return list(reply.get("Rules", []))
+
+    async def put_lifecycle_rules(self, bucket: str, rules: Sequence[Mapping[str, Any]]) -> None:
+        async with self._mapped(f"PutBucketLifecycleConfiguration {bucket}"):
+            await self._client.put_bucket_lifecycle_configuration(
+                Bucket=bucket, LifecycleConfiguration={"Rules": [dict(r) for r in rules]}
+            )
+
+    async def put_plain_object(self, bucket: str, key: str, body: bytes) -> None:
+        """A STANDARD-class object without our metadata (the cache snapshot and the log)."""
+        checksum = PartChecksum.of(body, self.checksum_algorithm)
+        async with self._mapped(f"PutObject {key}"):
+            await self._client.put_object(
+                Bucket=bucket, Key=key, Body=body, StorageClass="STANDARD", **checksum.request_args()
+            )
+
+    async def put_plain_file(self, bucket: str, key: str, path: str, part_bytes: int = PLAIN_PART_BYTES) -> int:
+        """put_plain_object for a file of any size, `part_bytes` in memory at most: one PutObject
+        up to `part_bytes`, else a multipart upload sent one part at a time, aborted (shielded)
+        if anything fails. Returns the bytes sent. Reads run in worker threads."""
+        size = (await anyio.Path(path).stat()).st_size
+        if size <= part_bytes:
+            body = await anyio.Path(path).read_bytes()
+            await self.put_plain_object(bucket, key, body)
+            return len(body)
+        extra = {"ChecksumAlgorithm": "CRC32"} if self.checksum_algorithm == "crc32" else {}
+        async with self._mapped(f"CreateMultipartUpload {key}"):
+            reply = await self._client.create_multipart_upload(Bucket=bucket, Key=key, StorageClass="STANDARD", **extra)
+        upload_id = str(reply["UploadId"])
+        sent = 0
+        try:
+            parts: list[dict[str, Any]] = []
+            async with await anyio.open_file(path, "rb") as f:
+                number = 0
+                while data := await f.read(part_bytes):
+                    number += 1
+                    checksum = PartChecksum.of(data, self.checksum_algorithm)
+                    parts.append(await self.upload_part(bucket, key, upload_id, number, data, checksum))
+                    sent += len(data)
+                    del data
+            await self.complete_multipart_upload(bucket, key, upload_id, parts)
+        except BaseException:
+            # The cache bucket's leftovers cost little, and S3 lists them for a sweep: a failed abort is let be.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(60), contextlib.suppress(S3Error):
+                await self.abort_multipart_upload(bucket, key, upload_id)
+            raise
+        return sent
+
+    # Restore and verify
+
+    def count_requests(self) -> Counter[str]:
+        """Count every HTTP request this client sends from now on, by S3 operation.
+
+        Counted where botocore sends, so retries count too: the numbers are what S3 bills."""
+        counts: Counter[str] = Counter()
+
+        def on_send(event_name: str = "", **_kwargs: Any) -> None:
+            counts[event_name.rsplit(".", 1)[-1]] += 1
+
+        self._client.meta.events.register("before-send.s3", on_send)
+        return counts
+
+    async def list_current(self, bucket: str, prefix: str = "") -> AsyncIterator[list[ListedObject]]:
+        """The bucket's current objects under `prefix`, one list per ListObjectsV2 page (one request)."""
+        args: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
+        while True:
+            async with self._mapped(f"ListObjectsV2 {bucket}"):
+                page = await self._client.list_objects_v2(**args)
+            yield [
+                ListedObject(
+                    key=str(o["Key"]),
+                    size=int(o.get("Size", 0)),
+                    storage_class=str(o.get("StorageClass") or "STANDARD"),
+                    etag=_unquote_etag(o.get("ETag")),
+                    last_modified=o.get("LastModified"),
+                )
+                for o in page.get("Contents", [])
+            ]
+            if not page.get("IsTruncated") or not page.get("NextContinuationToken"):
+                return
+            args["ContinuationToken"] = page["NextContinuationToken"]
+
+    async def list_versions(self, bucket: str, prefix: str = "") -> AsyncIterator[list[ObjectVersion]]:
+        """Every version and delete marker under `prefix`, one list per ListObjectVersions page.
+
+        Within a key S3 lists the newest version first; each page is returned in that order."""
+        args: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
+        while True:
+            async with self._mapped(f"ListObjectVersions {bucket}"):
+                page = await self._client.list_object_versions(**args)
+            found = [
+                ObjectVersion(
+                    key=str(v["Key"]),
+                    version_id=str(v.get("VersionId") or ""),
+                    last_modified=v["LastModified"],
+                    is_latest=bool(v.get("IsLatest")),
+                    is_delete_marker=False,
+                    size=int(v.get("Size", 0)),
+                    storage_class=str(v.get("StorageClass") or "STANDARD"),
+                    etag=_unquote_etag(v.get("ETag")),
+                )
+                for v in page.get("Versions", [])
+            ]
+            found.extend(
+                ObjectVersion(
+                    key=str(m["Key"]),
+                    version_id=str(m.get("VersionId") or ""),
+                    last_modified=m["LastModified"],
+                    is_latest=bool(m.get("IsLatest")),
+                    is_delete_marker=True,
+                )
+                for m in page.get("DeleteMarkers", [])
+            )
+            yield found
+            if not page.get("IsTruncated"):
+                return
+            args["KeyMarker"] = page.get("NextKeyMarker", "")
+            args["VersionIdMarker"] = page.get("NextVersionIdMarker", "")
+
+    async def head_object(
+        self, bucket: str, key: str, *, version_id: str = "", part_number: int | None = None
+    ) -> ObjectHead | None:
+        """HeadObject with the stored checksums (ChecksumMode=ENABLED); None when there is no such object.
+
+        With `part_number` the size is that part's (how the part size of a multipart object is learnt)."""
+        args: dict[str, Any] = {"Bucket": bucket, "Key": key, "ChecksumMode": "ENABLED"}
+        if version_id:
+            args["VersionId"] = version_id
+        if part_number is not None:
+            args["PartNumber"] = part_number
+        async with self._mapped(f"HeadObject {key}"):
+            try:
+                reply = await self._client.head_object(**args)
+            except ClientError as exc:
+                if str(exc.response.get("Error", {}).get("Code")) in ("404", "NoSuchKey", "NoSuchVersion"):
+                    return None
+                raise
+        return _object_head(reply)
+
+    async def restore_object(self, bucket: str, key: str, *, version_id: str, days: int, tier: str) -> str:
+        """Ask for a readable copy of an archived object: "accepted" (a new retrieval), "ready" (a
+        restored copy exists already; its expiry is extended) or "in progress" (asked for before)."""
+        args: dict[str, Any] = {
+            "Bucket": bucket,
+            "Key": key,
+            "RestoreRequest": {"Days": days, "GlacierJobParameters": {"Tier": tier}},
+        }
+        if version_id:
+            args["VersionId"] = version_id
+        async with self._mapped(f"RestoreObject {key}"):
+            try:
+                reply = await self._client.restore_object(**args)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") == "RestoreAlreadyInProgress":
+                    return "in progress"
+                raise
+        status = int(reply.get("ResponseMetadata", {}).get("HTTPStatusCode", 202))
+        return "ready" if status == 200 else "accepted"
+
+    @asynccontextmanager
+    async def open_object(self, bucket: str, key: str, *, version_id: str = "") -> AsyncIterator[ObjectReader]:
+        """GetObject (with its stored checksums); the body is read in chunks and closed on exit."""
+        args: dict[str, Any] = {"Bucket": bucket, "Key": key, "ChecksumMode": "ENABLED"}
+        if version_id:
+            args["VersionId"] = version_id
+        async with self._mapped(f"GetObject {key}"):
+            reply = await self._client.get_object(**args)
+        body = reply["Body"]
+        try:
+            yield ObjectReader(_object_head(reply), body, key)
+        finally:
+            body.close()
+
+
+def skip_expect_continue(client: Any) -> None:
+    """botocore asks for "Expect: 100-continue" on every PUT with a body: a round trip before the
+    body is sent. Our bodies are at most one part, already in memory: cheaper to resend than to wait."""
+    client.meta.events.unregister("before-call.s3", botocore_handlers.add_expect_header)
+
+
+def cache_user_agent(client: Any) -> None:
+    """botocore builds the User-Agent string twice per request (about a tenth of a PutObject's CPU).
+    It only changes when features are registered, so build it once per client. Uses botocore
+    internals; where they differ, nothing is changed."""
+    creator = getattr(client, "_user_agent_creator", None)
+    if creator is None or not hasattr(creator, "to_string"):
+        return
+    client.meta.events.unregister("request-created.s3", creator.rebuild_and_replace_user_agent_handler)
+    built = creator.to_string()
+    creator.to_string = lambda: built
+
+
+def fast_path_pool_size(tuning: Tuning) -> int:
+    """Connections of the fast path: every worker's PutObject plus every multipart part in flight
+    (a worker sending parts sends no PutObject meanwhile), so no request waits for a connection."""
+    return tuning.workers + tuning.parts_in_flight
+
+
+def fast_path_timeout(tuning: Tuning) -> aiohttp.ClientTimeout:
+    """aiohttp's `connect` counts the wait for a pooled connection too; `sock_connect` counts only
+    the TCP (and TLS) set-up, which is what connect_timeout_s means, as in botocore."""
+    return aiohttp.ClientTimeout(
+        total=None, connect=None, sock_connect=tuning.connect_timeout_s, sock_read=tuning.read_timeout_s
+    )
+
+
+def ca_bundle_of(aws: AwsSettings, session: Any) -> str | None:
+    """The CA bundle every request trusts: aws.ca_bundle, else what botocore reads itself
+    (AWS_CA_BUNDLE, then the profile's ca_bundle); None for botocore's default bundle."""
+    if aws.ca_bundle:
+        return aws.ca_bundle
+    found = session.get_config_variable("ca_bundle")
+    return str(found) if found else None
+
+
+def ssl_context_for(aws: AwsSettings, ca_bundle: str | None) -> ssl.SSLContext | bool:
+    """The fast path's TLS settings, from the same file botocore verifies with."""
+    if not aws.verify_tls:
+        return False
+    cafile = ca_bundle or get_cert_path(True)  # botocore's default: certifi's bundle
+    source = "aws.ca_bundle" if aws.ca_bundle else "AWS_CA_BUNDLE or the profile's ca_bundle"
+    try:
+        return ssl.create_default_context(cafile=cafile)
+    except (OSError, ssl.SSLError) as exc:
+        raise FatalError(
+            f"the CA bundle {cafile} ({source}) cannot be loaded ({exc}); point it at a readable PEM file"
+        ) from None
+
+
+def _host_of(url: str) -> str:
+    """The Host header botocore signs for a URL: lowercased, the scheme's default port dropped."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    if parts.port is not None and parts.port != {"http": 80, "https": 443}.get(parts.scheme):
+        host = f"{host}:{parts.port}"
+    return host
+
+
+def endpoint_resolver(client: Any) -> Any:
+    """A resolver asking botocore's S3 endpoint rules, as a PutObject through botocore would
+    (endpoint_url, region, addressing style, FIPS, dual-stack, partitions like aws-cn), once per
+    bucket. None when the rules want a signer other than plain SigV4 (directory buckets, MRAP):
+    those PUTs stay on botocore."""
+    operation = client.meta.service_model.operation_model("PutObject")
+
+    async def resolve(bucket: str) -> BucketEndpoint | None:
+        context: dict[str, Any] = {}
+        url, headers, _props = await client._resolve_endpoint_ruleset(
+            operation, {"Bucket": bucket, "Key": "k"}, context
+        )
+        signing = context.get("signing", {})
+        if context.get("auth_type", "v4") not in ("v4", "s3v4") or headers:
+            return None
+        parts = urlsplit(url)
+        return BucketEndpoint(
+            origin=f"{parts.scheme}://{_host_of(url)}",
+            path_prefix=parts.path.rstrip("/"),
+            region=str(signing.get("region") or client.meta.region_name),
+            service=str(signing.get("signing_name") or "s3"),
+        )
+
+    return resolve
+
+
+def _no_retry_on_tls_failure(caught_exception: Exception | None = None, **_kwargs: Any) -> None:
+    """A certificate that is not trusted stays untrusted: botocore would retry it with backoff."""
+    if isinstance(caught_exception, SSLError):
+        raise caught_exception
+
+
+_UNSIGNED_PAYLOAD = AioConfig(s3={"payload_signing_enabled": False})
+_SIGNED_PAYLOAD = AioConfig(s3={"payload_signing_enabled": True})
+
+
+def botocore_signed_headers(
+    url: str,
+    headers: Mapping[str, str],
+    credentials: FrozenCredentials,
+    region: str,
+    now: datetime,
+    body: bytes | None = None,
+) -> dict[str, str]:
+    """What botocore's own S3SigV4Auth puts on a PUT with UNSIGNED-PAYLOAD, or with the SHA-256 of
+    `body` as the signed payload hash: the yardstick the fast path's signer is tested
+    (tests/test_fastpath_signing.py) and measured against (benchmarks)."""
+    request = AWSRequest(method="PUT", url=url, headers=dict(headers), data=body)
+    request.context["client_config"] = _UNSIGNED_PAYLOAD if body is None else _SIGNED_PAYLOAD
+    request.context["timestamp"] = now.strftime(SIGV4_TIMESTAMP)
+    auth = S3SigV4Auth(
+        ReadOnlyCredentials(credentials.access_key, credentials.secret_key, credentials.token), "s3", region
+    )
+    # add_auth without its own clock reading, so tests compare at one instant.
+    auth._modify_request_before_signing(request)
+    canonical = auth.canonical_request(request)
+    auth._inject_signature_to_request(request, auth.signature(auth.string_to_sign(request, canonical), request))
+    return dict(request.headers.items())
+
+
+@asynccontextmanager
+async def open_s3(aws: AwsSettings, tuning: Tuning) -> AsyncIterator[S3]:
+    """One long-lived client for the whole run; the fast path shares its credentials, endpoint
+    rules and CA bundle."""
+    session = get_session()
+    kwargs: dict[str, Any] = {"config": client_config(aws, tuning)}
+    if aws.endpoint_url:
+        kwargs["endpoint_url"] = aws.endpoint_url
+    if aws.access_key and aws.secret_access_key:
+        kwargs["aws_access_key_id"] = aws.access_key
+        kwargs["aws_secret_access_key"] = aws.secret_access_key
+    ca_bundle = ca_bundle_of(aws, session) if aws.verify_tls else None
+    if not aws.verify_tls:
+        kwargs["verify"] = False
+    elif ca_bundle:
+        kwargs["verify"] = ca_bundle
+    async with AsyncExitStack() as stack:
+        try:
+            client = await stack.enter_async_context(session.create_client("s3", **kwargs))
+        except ValueError as exc:  # botocore rejects a malformed endpoint URL this way
+            raise FatalError(f"aws.endpoint_url cannot be used ({exc}); fix it in config.json") from None
+        skip_expect_continue(client)
+        cache_user_agent(client)
+        client.meta.events.register_first("needs-retry.s3", _no_retry_on_tls_failure)
+        direct = None
+        credentials = client._request_signer._credentials  # None: no credentials anywhere, botocore says so
+        if aws.direct_put and credentials is not None:
+            http = await stack.enter_async_context(
+                aiohttp.ClientSession(
+                    connector=aiohttp.TCPConnector(limit=fast_path_pool_size(tuning), ttl_dns_cache=300),
+                    timeout=fast_path_timeout(tuning),
+                    trust_env=True,  # HTTPS_PROXY and NO_PROXY, as botocore honours them
+                    skip_auto_headers=("Content-Type",),
+                )
+            )
+            direct = DirectPut(
+                session=http,
+                credentials=credentials,
+                resolve_endpoint=endpoint_resolver(client),
+                max_attempts=tuning.max_attempts,
+                fatal_codes=FATAL_CODES,
+                ssl_context=ssl_context_for(aws, ca_bundle),
+                endpoint_label=endpoint_name(aws),
+                configured_region=aws.region,
+                send_stall_s=tuning.read_timeout_s,
+            )
+        yield S3(client, aws, direct)
+
+
+# GetObject bodies, for restore.
+
+
+class ObjectReader:
+    """The body of one GetObject reply, read in chunks with errors mapped to S3Error."""
+
+    def __init__(self, head: ObjectHead, body: Any, key: str) -> None:
+        self.head = head
+        self._body = body
+        self._key = key
+
+    async def read(self, size_bytes: int) -> bytes:
+        """Up to `size_bytes` of the body; b"" at the end."""
+        try:
+            return bytes(await self._body.read(size_bytes))
+        except (BotoCoreError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise S3Error(type(exc).__name__, f"GetObject {self._key}: the download broke off ({exc})") from None
+
+
+def _unquote_etag(value: Any) -> str:
+    return str(value or "").strip('"')
+
+
+def _object_head(reply: Mapping[str, Any]) -> ObjectHead:
+    other = any(reply.get(k) for k in ("ChecksumCRC32C", "ChecksumCRC64NVME", "ChecksumSHA1", "ChecksumSHA256"))
+    sse = str(reply.get("ServerSideEncryption") or "")
+    return ObjectHead(
+        size=int(reply.get("ContentLength", 0)),
+        etag=_unquote_etag(reply.get("ETag")),
+        storage_class=str(reply.get("StorageClass") or "STANDARD"),
+        version_id=str(reply.get("VersionId") or ""),
+        metadata={str(k): str(v) for k, v in (reply.get("Metadata") or {}).items()},
+        restore=str(reply["Restore"]) if reply.get("Restore") else None,
+        checksum_crc32=str(reply["ChecksumCRC32"]) if reply.get("ChecksumCRC32") else None,
+        other_checksum=bool(other),
+        checksum_type=str(reply.get("ChecksumType") or ""),
+        parts_count=int(reply["PartsCount"]) if reply.get("PartsCount") else None,
+        encrypted_with_key=sse.startswith("aws:kms") or bool(reply.get("SSECustomerAlgorithm")),
+    )

@@ -1,0 +1,109 @@
+"""Bucket names: the stable rule, the old script's legacy rule, and the checks S3 puts on a name.
+
+Owns the naming rules only; pure string and path arithmetic (os.path, no filesystem access).
+Both `config` (the bucket prefix check) and `targets` (naming each target) use it, so neither
+imports the other. Must not import anything outside `errors`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Sequence
+
+from ..errors import ConfigError
+
+BUCKET_MIN_LEN = 3
+
+
+BUCKET_MAX_LEN = 63  # [S3 user guide, "General purpose bucket naming rules"]
+
+
+HASH_LEN = 8
+
+
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9-]*[a-z0-9]$")
+
+
+_RESERVED_PREFIXES = ("xn--", "sthree-", "amzn-s3-demo-")
+
+
+_RESERVED_SUFFIXES = ("-s3alias", "--ol-s3", "--x-s3", "--table-s3")
+
+
+_PREFIX_MAX_LEN = 40  # leaves room for a readable slug and the hash
+
+
+def bucket_name_problem(name: str) -> str | None:
+    """Why `name` is not a valid S3 bucket name, or None when it is."""
+    if not BUCKET_MIN_LEN <= len(name) <= BUCKET_MAX_LEN:
+        return f"must be {BUCKET_MIN_LEN} to {BUCKET_MAX_LEN} characters long"
+    if not _BUCKET_RE.match(name):
+        return "may hold only lowercase letters, digits and hyphens, and must start and end with a letter or digit"
+    if name.startswith(_RESERVED_PREFIXES) or name.endswith(_RESERVED_SUFFIXES):
+        return "uses a prefix or suffix that S3 reserves"
+    return None
+
+
+def check_bucket_prefix(prefix: str, where: str) -> None:
+    if not prefix:
+        return
+    if len(prefix) > _PREFIX_MAX_LEN or not re.match(r"^[a-z0-9][a-z0-9-]*$", prefix):
+        raise ConfigError(
+            f"{where}: backup.bucket_prefix {prefix!r} must be at most {_PREFIX_MAX_LEN} lowercase letters, "
+            "digits and hyphens, starting with a letter or digit"
+        )
+    if prefix.startswith(_RESERVED_PREFIXES):
+        raise ConfigError(f"{where}: backup.bucket_prefix {prefix!r} starts with a prefix that S3 reserves")
+
+
+def stable_bucket_name(prefix: str, path: str) -> str:
+    """`prefix` + a slug of the path + 8 hex digits of its SHA-256.
+
+    Depends on nothing but the prefix and the target's own path, so adding or removing other
+    targets never renames a bucket; the hash keeps /a/b-c and /a/b/c apart. A slug too long for
+    63 characters keeps its end, the most specific part of the path.
+    """
+    digest = hashlib.sha256(os.fsencode(path)).hexdigest()[:HASH_LEN]
+    slug = re.sub(r"[^a-z0-9]+", "-", path.lower()).strip("-")
+    room = BUCKET_MAX_LEN - len(prefix) - HASH_LEN - 1
+    if len(slug) > room:
+        slug = slug[len(slug) - room :].lstrip("-")
+    name = f"{prefix}{slug}-{digest}" if slug else f"{prefix}{digest}"
+    if len(name) < BUCKET_MIN_LEN or not name[0].isalnum():
+        name = f"b{name}"
+    return name
+
+
+LEGACY_PREFIX = "images--"
+
+
+def legacy_name(target: str, common: str) -> str:
+    """The old script's name of a target: its path relative to the common path (`.` when alone)."""
+    return os.path.relpath(target, common)
+
+
+def legacy_bucket_name(path: str, common: str) -> str:
+    """The old script's bucket: "images--" + the name, every character outside [a-zA-Z0-9]
+    replaced by "-", lowercased (`archives/Archive 3` -> `images--archives-archive-3`)."""
+    return LEGACY_PREFIX + re.sub(r"[^a-zA-Z0-9]", "-", legacy_name(path, common)).lower()
+
+
+def legacy_common(paths: Sequence[str]) -> str:
+    return os.path.commonpath(list(paths)) if paths else "/"
+
+
+def infer_common(path: str, bucket: str) -> str | None:
+    """The common path under which `path` got the legacy bucket `bucket`, if any ancestor gives it.
+
+    Lets a cache that recorded legacy names (but not the common path) name a new subfolder the way
+    its siblings were named."""
+    candidate = path
+    while True:
+        parent = os.path.dirname(candidate)
+        if legacy_bucket_name(path, parent) == bucket:
+            return parent
+        if parent == candidate:
+            return None
+        candidate = parent

@@ -1,0 +1,199 @@
+"""Turn configured folders and roots into targets with stable, valid, collision-free bucket names.
+
+Owns targets: which folders and roots' subfolders are backed up, the bucket each one gets (by
+the rules in `naming`), and the checks across targets (collisions, nesting). `discover_targets`
+lists each root's direct subfolders and checks which folders exist, as does `legacy_target_list`
+for the old script's list; everything else here is pure. Imports nothing of S3 or the cache.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from ..errors import ConfigError
+from .config import Config
+from .naming import (
+    bucket_name_problem,
+    infer_common,
+    legacy_bucket_name,
+    legacy_common,
+    legacy_name,
+    stable_bucket_name,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One backup target: a folder tree that goes to one bucket."""
+
+    path: str  # absolute, normalised
+    bucket: str
+    root: str | None = None  # the root it was found under, if any
+    missing: bool = False  # known from earlier runs but not on disk now
+    legacy_name: str | None = None  # the old script's name for it (legacy naming): finds its old cache
+    problem: str | None = None  # why it cannot be backed up (an invalid generated bucket name); fails alone
+
+    @property
+    def path_bytes(self) -> bytes:
+        return os.fsencode(self.path)
+
+
+def discover_targets(config: Config, known: Mapping[str, tuple[str, str | None]]) -> list[Target]:
+    """List roots and check folders on disk, then name every target.
+
+    `known` maps target paths seen by earlier runs to (bucket, root). A configured folder that is
+    missing now is a ConfigError unless an earlier run backed it up: then it is returned with
+    missing=True, so the run reports it and holds back its deletes (likewise a root's subfolder
+    that is gone). A root's subfolders include symlinks to folders, as the old script had them.
+    A root's subfolder that is also configured in backup.folders is that folder (with its pinned
+    bucket, if any). A generated name that is no valid bucket fails that target alone.
+    """
+    where = str(config.source)
+    candidates: list[tuple[str, str | None, str | None, bool]] = []  # path, pinned bucket, root, missing
+    folder_paths = {f.path for f in config.folders}
+    for i, folder in enumerate(config.folders):
+        exists = os.path.isdir(folder.path)
+        if not exists and folder.path not in known:
+            raise ConfigError(
+                f"{where}: backup.folders[{i}] {folder.path} is not a directory and was never backed up; "
+                "fix the path or mount the share"
+            )
+        candidates.append((folder.path, folder.bucket, None, not exists))
+    for i, root in enumerate(config.roots):
+        known_under_root = sorted(p for p, (_, r) in known.items() if r == root and p not in folder_paths)
+        try:
+            with os.scandir(root) as entries:
+                children = sorted(os.path.join(root, e.name) for e in entries if _is_folder(e))
+        except OSError as exc:
+            if not known_under_root:
+                reason = exc.strerror or type(exc).__name__
+                raise ConfigError(
+                    f"{where}: backup.roots[{i}] {root} cannot be listed ({reason}) and was never backed up; "
+                    "fix the path or mount the share"
+                ) from None
+            children = []
+        children = [c for c in children if c not in folder_paths]
+        present = set(children)
+        candidates.extend((child, None, root, False) for child in children)
+        candidates.extend((p, None, root, True) for p in known_under_root if p not in present)
+
+    common = _legacy_common(config, known, [c[0] for c in candidates]) if config.naming == "legacy" else "/"
+    targets: list[Target] = []
+    seen_paths: set[str] = set()
+    for path, pinned, found_under, missing in candidates:
+        if path in seen_paths:
+            raise ConfigError(f"{where}: {path} is configured twice in backup.folders; keep one")
+        seen_paths.add(path)
+        recorded = known.get(path)
+        bucket: str
+        old_name = legacy_name(path, common) if config.naming == "legacy" else None
+        if pinned:
+            bucket = pinned
+        elif config.naming == "legacy":
+            # Legacy names depend on every target, so a name once used is kept (recorded in the cache).
+            bucket = recorded[0] if recorded else legacy_bucket_name(path, common)
+        else:
+            bucket = stable_bucket_name(config.bucket_prefix, path)
+        problem = bucket_name_problem(bucket)
+        if problem and pinned:
+            raise ConfigError(
+                f'{where}: bucket name {bucket!r} for {path} {problem}; pin a valid one with "bucket" in backup.folders'
+            )
+        unusable: str | None = None
+        if problem:
+            # Only a generated legacy name can be invalid (`neu ö` gives `images--neu--`): that
+            # target fails alone, the others run.
+            unusable = (
+                f"its bucket name {bucket!r} (the old script's rule) {problem}, so it cannot be backed up; "
+                f'add {{"path": "{path}", "bucket": "<a valid name>"}} to backup.folders, or rename the folder'
+            )
+        targets.append(
+            Target(path=path, bucket=bucket, root=found_under, missing=missing, legacy_name=old_name, problem=unusable)
+        )
+    check_collisions([t for t in targets if t.problem is None], where, config.cache_bucket)
+    return targets
+
+
+def legacy_target_list(folders: Sequence[str], roots: Sequence[str]) -> list[str]:
+    """The old script's list: every folder, and every entry of every root (files and symlinks
+    too, which shape the common path even though they hold nothing to back up)."""
+    paths = [os.path.expanduser(f) for f in folders]
+    for root in roots:
+        try:
+            paths.extend(os.path.join(root, entry) for entry in os.listdir(root))
+        except OSError:
+            continue  # an unreadable root: its own failure is reported where targets are found
+    return sorted(paths)
+
+
+def _is_folder(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_dir()  # follows a symlink: a linked folder is a target, keyed under the link
+    except OSError:
+        return False
+
+
+def _legacy_common(config: Config, known: Mapping[str, tuple[str, str | None]], candidates: list[str]) -> str:
+    """The common path legacy names are relative to.
+
+    Once the cache knows legacy-named targets, the common path their names were made with is kept,
+    so a subfolder added later is named like its siblings (the old script would have renamed every
+    bucket instead). Before that, the old script's own rule over its own list of targets."""
+    inferred = {infer_common(path, bucket) for path, (bucket, _root) in known.items()}
+    inferred.discard(None)
+    if len(inferred) == 1:
+        common = inferred.pop()
+        assert common is not None
+        outside = [c for c in candidates if c != common and not c.startswith(common.rstrip("/") + "/")]
+        return legacy_common([common, *outside]) if outside else common
+    return legacy_common(legacy_target_list([f.path for f in config.folders], config.roots) or candidates)
+
+
+def check_collisions(targets: list[Target], where: str, cache_bucket: str | None) -> None:
+    by_bucket: dict[str, str] = {}
+    for t in targets:
+        if t.bucket in by_bucket:
+            raise ConfigError(
+                f"{where}: {by_bucket[t.bucket]} and {t.path} would both go to bucket {t.bucket}; "
+                'give one of them its own "bucket" in backup.folders'
+            )
+        by_bucket[t.bucket] = t.path
+    if cache_bucket and cache_bucket in by_bucket:
+        raise ConfigError(
+            f"{where}: backup.cache_bucket {cache_bucket} is also the bucket of {by_bucket[cache_bucket]}"
+        )
+
+
+def nested_target_warnings(targets: list[Target]) -> list[str]:
+    """Targets inside other targets are backed up twice; legal, but worth a warning."""
+    paths = {t.path for t in targets}
+    warnings = []
+    for inner in sorted(paths):
+        parent = os.path.dirname(inner)
+        while parent and parent != os.path.dirname(parent):
+            if parent in paths:
+                warnings.append(f"target {inner} lies inside target {parent}: its files go to both buckets")
+                break
+            parent = os.path.dirname(parent)
+    return warnings
+
+
+def select_targets(targets: Sequence[Target], names: Sequence[str], option: str) -> list[Target]:
+    """The targets named by folder path or bucket name, in configuration order; all when none are named.
+
+    The one selection for `--only` (backup), `--target` (verify) and restore's TARGET; `option` names
+    the argument in the error. A relative path is taken from the working directory."""
+    if not names:
+        return list(targets)
+    chosen: list[Target] = []
+    for name in names:
+        as_path = os.path.normpath(os.path.abspath(name))
+        found = [t for t in targets if t.bucket == name or t.path == as_path]
+        if not found:
+            raise ConfigError(
+                f"{option} {name} names no configured target; give a target's folder path or its bucket name"
+            )
+        chosen.extend(t for t in found if t not in chosen)
+    return [t for t in targets if t in chosen]
