@@ -16,7 +16,7 @@ from faultcheck import bucket_objects, cache_rows
 from async_backup.backup.budget import ByteBudget
 from async_backup.backup.upload import MemoryLimits, UploadSettings, upload_file
 from async_backup.disk.entries import DiskFile, Hole
-from async_backup.read import FileChanged, FileVanished, read_whole
+from async_backup.disk.read import FileChanged, FileVanished, read_whole
 from async_backup.disk.walk import Excluder, walk_target
 from async_backup.s3.client import open_s3
 from async_backup.settings.config import AwsSettings, Tuning

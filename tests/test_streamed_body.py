@@ -29,7 +29,7 @@ from async_backup.backup.budget import BufferPool, ByteBudget
 from async_backup.backup.upload import CHUNK_BYTES, MemoryLimits, UploadSettings, upload_file
 from async_backup.disk.entries import DiskFile
 from async_backup.disk.keys import key_for_path
-from async_backup.read import FileChanged, RangeReader
+from async_backup.disk.read import FileChanged, RangeReader
 from async_backup.errors import S3Error
 from async_backup.s3.client import S3, open_s3
 from async_backup.s3.fastput import BodyStream, BucketEndpoint, DirectPut

@@ -16,7 +16,7 @@ from anyio.streams.memory import MemoryObjectSendStream as ObjectSendStream
 
 from ..cache.store import Change, StateStore, Stored, UploadEnded, UploadStarted
 from ..disk.keys import KeyTooLongError, check_key_length, display_path, key_for_path
-from ..read import FileChanged, FileUnreadable, FileVanished
+from ..disk.read import FileChanged, FileUnreadable, FileVanished
 from ..errors import Failure, FailureCollector, FailureKind, FatalError, S3Error
 from ..report.summary import format_bytes
 from ..s3.client import S3, endpoint_name

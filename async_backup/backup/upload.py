@@ -21,7 +21,7 @@ from typing import Any
 import anyio
 
 from ..disk.entries import DiskFile
-from ..read import (
+from ..disk.read import (
     FileChanged,
     RangeReader,
     feed_range,
