@@ -84,7 +84,7 @@ class Tuning:
     Files over 625 GiB raise the part size (10,000 parts at most).
     """
 
-    workers: int = 64  # uploads in flight: S3 latency, not CPU, is what many workers hide
+    workers: int = 128  # uploads in flight: S3 latency, not CPU, is what many workers hide
     multipart_threshold_bytes: int = 64 * MiB
     part_size_bytes: int = 64 * MiB
     parts_in_flight: int = 8
