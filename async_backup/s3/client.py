@@ -698,7 +698,7 @@ async def open_s3(aws: AwsSettings, tuning: Tuning) -> AsyncIterator[S3]:
                 aiohttp.ClientSession(
                     connector=aiohttp.TCPConnector(limit=fast_path_pool_size(tuning), ttl_dns_cache=300),
                     timeout=fast_path_timeout(tuning),
-                    trust_env=True,  # HTTPS_PROXY and NO_PROXY, as botocore honours them
+                    trust_env=False,  # DirectPut reads HTTPS_PROXY and NO_PROXY once per endpoint
                     skip_auto_headers=("Content-Type",),
                 )
             )

@@ -35,6 +35,7 @@ from urllib.parse import quote
 
 import aiohttp
 import aiohttp.abc
+import aiohttp.helpers
 import aiohttp.payload
 import anyio
 from yarl import URL
@@ -56,6 +57,7 @@ BACKOFF = Backoff(first_s=1.0, cap_s=MAX_BACKOFF_S, jitter=True)  # botocore's s
 # writelines joins headers and body into new bytes, the unsent rest is copied again, then appended to
 # the transport's buffer); in slices, only the unsent rest of one slice is ever copied.
 BODY_SLICE_BYTES = 256 * 1024
+TLS_SLICE_BYTES = 64 * 1024  # four TLS records of 16 KiB: see write_slice_bytes
 _CODE = re.compile(rb"<Code>([^<]+)</Code>")
 _MESSAGE = re.compile(rb"<Message>([^<]*)</Message>")
 _REGION = re.compile(rb"<Region>([^<]+)</Region>")
@@ -159,9 +161,10 @@ class SlicedBody(aiohttp.BytesPayload):
 
     async def write_with_length(self, writer: aiohttp.abc.AbstractStreamWriter, content_length: int | None) -> None:
         view = self._view if content_length is None else self._view[:content_length]
-        for start in range(0, len(view), BODY_SLICE_BYTES):
+        slice_bytes = write_slice_bytes(writer)
+        for start in range(0, len(view), slice_bytes):
             with anyio.fail_after(self._stall_timeout_s):
-                await writer.write(view[start : start + BODY_SLICE_BYTES])
+                await writer.write(view[start : start + slice_bytes])
 
 
 class ChunkReader(Protocol):
@@ -213,6 +216,7 @@ class StreamedBody(aiohttp.payload.Payload):
         remaining = stream.length if content_length is None else min(content_length, stream.length)
         position = stream.offset
         views = [memoryview(b) for b in stream.buffers]
+        slice_bytes = write_slice_bytes(writer)
         sent_last = 0
         finished = False
         try:
@@ -227,8 +231,9 @@ class StreamedBody(aiohttp.payload.Payload):
                 n = await stream.reader.read_into(view[: min(len(view), remaining)], position)
                 if n <= 0:
                     raise ValueError("the body's reader returned no bytes before the end of its range")
-                with anyio.fail_after(stream.stall_timeout_s):
-                    await writer.write(view[:n])
+                for start in range(0, n, slice_bytes):
+                    with anyio.fail_after(stream.stall_timeout_s):
+                        await writer.write(view[start : min(n, start + slice_bytes)])
                 position += n
                 remaining -= n
                 sent_last = n
@@ -247,6 +252,17 @@ class StreamedBody(aiohttp.payload.Payload):
                 stream.tainted = True
             for v in views:
                 v.release()
+
+
+def write_slice_bytes(writer: aiohttp.abc.AbstractStreamWriter) -> int:
+    """How much of a body goes to the transport in one write: BODY_SLICE_BYTES, or TLS_SLICE_BYTES
+    over TLS. The SSL protocol encrypts each write whole into its connection's memory BIO, which
+    keeps the largest size it ever held for as long as the connection lives: with 256 KiB writes,
+    128 pooled connections would each keep a 256 KiB buffer (32 MiB)."""
+    transport = getattr(writer, "transport", None)
+    if transport is not None and transport.get_extra_info("ssl_object") is not None:
+        return TLS_SLICE_BYTES
+    return BODY_SLICE_BYTES
 
 
 async def _until_queued_at_most(writer: aiohttp.abc.AbstractStreamWriter, limit_bytes: int) -> None:
@@ -284,6 +300,7 @@ class DirectPut:
         self._credentials = credentials
         self._resolve_endpoint = resolve_endpoint
         self._endpoints: dict[str, BucketEndpoint | None] = {}
+        self._proxies: dict[str, tuple[URL | None, aiohttp.BasicAuth | None]] = {}
         self._max_attempts = max(1, max_attempts)
         self._fatal_codes = fatal_codes
         self._ssl = ssl_context  # an SSLContext, or False to skip certificate checks (aws.verify_tls false)
@@ -302,6 +319,21 @@ class DirectPut:
             self._keys = {cache_key: k}  # one day and one set of credentials at a time
             key = k
         return key
+
+    def _proxy_for(self, origin: str) -> tuple[URL | None, aiohttp.BasicAuth | None]:
+        """The proxy for an origin from HTTP(S)_PROXY and NO_PROXY (as botocore honours them), read
+        once per origin. The session does not trust the environment itself: aiohttp would then read
+        the proxy variables and parse ~/.netrc again for every request, about a tenth of a small
+        file's CPU, and could add a netrc login as an Authorization header."""
+        try:
+            return self._proxies[origin]
+        except KeyError:
+            try:
+                found: tuple[URL | None, aiohttp.BasicAuth | None] = aiohttp.helpers.get_env_proxy_for_url(URL(origin))
+            except LookupError:
+                found = (None, None)
+            self._proxies[origin] = found
+            return found
 
     async def endpoint(self, bucket: str) -> BucketEndpoint | None:
         """The bucket's endpoint, resolved by botocore once per bucket and run; None when this
@@ -395,7 +427,15 @@ class DirectPut:
                     data: aiohttp.payload.Payload = StreamedBody(body)
                 else:
                     data = SlicedBody(body, self._send_stall_s)
-                async with self.session.put(URL(url, encoded=True), data=data, headers=signed, ssl=self._ssl) as reply:
+                proxy, proxy_auth = self._proxy_for(endpoint.origin)
+                async with self.session.put(
+                    URL(url, encoded=True),
+                    data=data,
+                    headers=signed,
+                    ssl=self._ssl,
+                    proxy=proxy,
+                    proxy_auth=proxy_auth,
+                ) as reply:
                     if reply.status < 300:
                         await reply.read()
                         return dict(reply.headers)
