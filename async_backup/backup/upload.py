@@ -276,7 +276,7 @@ async def _upload_multipart(
                 taken = await limits.budget.acquire(length)
                 try:
                     data = await anyio.to_thread.run_sync(_read_exact, fd, offset, length)
-                    # MD5 of a 16 MiB part takes tens of ms: in a thread (hashlib releases the GIL).
+                    # Hashing a part takes tens of ms: in a thread (hashlib releases the GIL).
                     checksum = await anyio.to_thread.run_sync(PartChecksum.of, data, algorithm)
                     sums[number - 1] = checksum
                     parts[number - 1] = await s3.upload_part(bucket, key, upload_id, number, data, checksum)

@@ -58,7 +58,8 @@ class AwsSettings:
     region: str = DEFAULT_REGION
     endpoint_url: str | None = None
     # "when_supported": botocore's default since 1.36, we send CRC32 checksums.
-    # "when_required": for S3-compatible servers that reject those; we send Content-MD5 instead.
+    # "when_required": for S3-compatible servers that reject those: the fast path signs each body's
+    # SHA-256 as its payload hash instead (Content-MD5 through botocore).
     checksum_calculation: ChecksumCalculation = "when_supported"
     verify_tls: bool = True
     # PEM file of the CAs to trust for the endpoint's certificate; else AWS_CA_BUNDLE or the profile's.
