@@ -28,6 +28,7 @@ from faultcheck import (
     tree_files,
     versions_per_key,
 )
+from s3proxy import Delay, ProxyServer
 
 from async_backup.disk.keys import key_for_path
 from async_backup.settings.naming import stable_bucket_name
@@ -158,14 +159,20 @@ def test_sigterm_and_sigint_stop_gracefully(
     root = tmp_path / "tree"
     make_tree(root, seed=5)
     cache = tmp_path / "cache"
-    write_config(cache, moto_endpoint, folders=[str(root)], bucket_prefix=bucket_prefix, tuning=TUNING)
     bucket = stable_bucket_name(bucket_prefix, str(root))
-    proc = start(cache)
-    deadline = time.monotonic() + 30
-    while not cache_rows(cache, bucket) and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.05)  # signal once uploads are under way, however slow the machine
-    proc.send_signal(signum)
-    _, stderr = proc.communicate(timeout=60)
+    # Each PutObject held 0.1 s: the whole run takes seconds, so the signal lands while uploads are
+    # in flight (unslowed, the run can finish before the first cache rows are even written).
+    with ProxyServer(moto_endpoint) as proxy:
+        proxy.set_faults(Delay(seconds=0.1, ops={"PutObject"}))
+        write_config(cache, proxy.url, folders=[str(root)], bucket_prefix=bucket_prefix, tuning=TUNING)
+        proc = start(cache)
+        deadline = time.monotonic() + 30
+        while not cache_rows(cache, bucket) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)  # signal once uploads are under way, however slow the machine
+        assert proc.poll() is None, "the run ended before it could be signalled"
+        proc.send_signal(signum)
+        _, stderr = proc.communicate(timeout=60)
+    write_config(cache, moto_endpoint, folders=[str(root)], bucket_prefix=bucket_prefix, tuning=TUNING)
     assert proc.returncode == 130, stderr.decode()
     assert b"Traceback" not in stderr
     rows = cache_rows(cache, bucket)
