@@ -101,7 +101,7 @@ async def upload_file(
 ) -> Uploaded:
     """Upload `file` to bucket/key; raises FileVanished, FileChanged, FileUnreadable or S3Error."""
     streaming = await s3.can_stream(bucket)
-    algorithm = await s3.body_checksum(bucket)
+    algorithm = s3.body_checksum(streaming)
     if file.size < settings.multipart_threshold_bytes:
         if file.size <= limits.buffers.chunk_bytes or not streaming:
             done = await _put_whole(s3, bucket, key, file, settings, limits, algorithm)
@@ -172,7 +172,6 @@ async def _close(fd: int) -> None:
 
 
 async def _send_streamed(
-    s3: S3,
     pool: BufferPool,
     reader: RangeReader,
     offset: int,
@@ -183,7 +182,6 @@ async def _send_streamed(
     """Checksum a range of the file, then send it streamed from the file through a pair of pooled
     buffers; returns what `send` returned and the checksum."""
     pair: BufferPair = await pool.take_pair()
-    stream: BodyStream | None = None
     try:
         checksum = await anyio.to_thread.run_sync(checksum_range, reader.fd, offset, length, algorithm, pair.buffers[0])
         stream = BodyStream(reader, offset, length, pair.buffers)
@@ -219,7 +217,7 @@ async def _put_streamed(
             )
 
         with _refusal_is_a_change(fd, size, mtime_ns):
-            etag, checksum = await _send_streamed(s3, limits.buffers, RangeReader(fd), 0, size, algorithm, send)
+            etag, checksum = await _send_streamed(limits.buffers, RangeReader(fd), 0, size, algorithm, send)
         _check_unchanged(fd, size, mtime_ns)
         return Uploaded(size, mtime_ns, checksum.recorded(etag))
     finally:
@@ -265,7 +263,7 @@ async def _upload_multipart(
                     return await s3.upload_part(bucket, key, upload_id, number, stream, checksum)
 
                 parts[number - 1], sums[number - 1] = await _send_streamed(
-                    s3, limits.buffers, reader, offset, length, algorithm, send
+                    limits.buffers, reader, offset, length, algorithm, send
                 )
             finally:
                 limits.part_slots.release()

@@ -132,11 +132,11 @@ class S3:
         async with self._mapped(f"endpoint of {bucket}"):
             return await self._direct.endpoint(bucket) is not None
 
-    async def body_checksum(self, bucket: str) -> str:
-        """The checksum that goes with bodies for this bucket: CRC32 where the server takes flexible
-        checksums; else the body's SHA-256 as the signed payload hash on the fast path, or
-        Content-MD5 through botocore."""
-        if self.checksum_algorithm == "md5" and await self.can_stream(bucket):
+    def body_checksum(self, streaming: bool) -> str:
+        """The checksum that goes with a bucket's bodies, given can_stream(bucket): CRC32 where the
+        server takes flexible checksums; else the body's SHA-256 as the signed payload hash on the
+        fast path, or Content-MD5 through botocore."""
+        if self.checksum_algorithm == "md5" and streaming:
             return "sha256"
         return self.checksum_algorithm
 
@@ -202,8 +202,7 @@ class S3:
                     }
                     # Sent past botocore, so counted here (once per call: DirectPut's own retries are not seen).
                     self.sent.add("PutObject", storage_class)
-                    got = await self._direct.put(endpoint, bucket, key, body, headers, f"PutObject {key}")
-                    return next((v for k, v in got.items() if k.lower() == "etag"), "")
+                    return _etag_of(await self._direct.put(endpoint, bucket, key, body, headers, f"PutObject {key}"))
         if isinstance(body, BodyStream):
             raise TypeError("a streamed body needs the fast path: check can_stream() first")
         async with self._mapped(f"PutObject {key}"):
@@ -248,8 +247,7 @@ class S3:
                     f"UploadPart {part_number} of {key}",
                     {"partNumber": str(part_number), "uploadId": upload_id},
                 )
-            etag = next((v for k, v in got.items() if k.lower() == "etag"), "")
-            direct_part: dict[str, Any] = {"PartNumber": part_number, "ETag": etag}
+            direct_part: dict[str, Any] = {"PartNumber": part_number, "ETag": _etag_of(got)}
             if checksum.algorithm == "crc32":
                 direct_part["ChecksumCRC32"] = checksum.b64
             return direct_part
@@ -733,6 +731,11 @@ class ObjectReader:
             return bytes(await self._body.read(size_bytes))
         except (BotoCoreError, aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise S3Error(type(exc).__name__, f"GetObject {self._key}: the download broke off ({exc})") from None
+
+
+def _etag_of(headers: Mapping[str, str]) -> str:
+    """The ETag of a reply's headers as DirectPut returns them (a plain dict: any case)."""
+    return next((v for k, v in headers.items() if k.lower() == "etag"), "")
 
 
 def _unquote_etag(value: Any) -> str:

@@ -161,10 +161,7 @@ class SlicedBody(aiohttp.BytesPayload):
 
     async def write_with_length(self, writer: aiohttp.abc.AbstractStreamWriter, content_length: int | None) -> None:
         view = self._view if content_length is None else self._view[:content_length]
-        slice_bytes = write_slice_bytes(writer)
-        for start in range(0, len(view), slice_bytes):
-            with anyio.fail_after(self._stall_timeout_s):
-                await writer.write(view[start : start + slice_bytes])
+        await _write_in_slices(writer, view, write_slice_bytes(writer), self._stall_timeout_s)
 
 
 class ChunkReader(Protocol):
@@ -189,7 +186,6 @@ class BodyStream:
         self.buffers = buffers
         self.failure: Exception | None = None
         self.tainted = False
-        self.stall_timeout_s: float | None = None  # set by DirectPut: see StreamedBody
 
 
 class StreamedBody(aiohttp.payload.Payload):
@@ -200,10 +196,11 @@ class StreamedBody(aiohttp.payload.Payload):
     mid-body would hold the request forever: a chunk that cannot be handed to the kernel within the
     stall timeout fails the attempt (TimeoutError, retried like a read timeout)."""
 
-    def __init__(self, stream: BodyStream) -> None:
+    def __init__(self, stream: BodyStream, stall_timeout_s: float | None = None) -> None:
         super().__init__(stream, content_type="application/octet-stream")
         self._size = stream.length
         self._stream = stream
+        self._stall_timeout_s = stall_timeout_s
 
     def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
         raise TypeError("a streamed file body has no text form")
@@ -226,19 +223,17 @@ class StreamedBody(aiohttp.payload.Payload):
                 view = views[index % 2]
                 if index >= 2:
                     # This buffer held the chunk before last: the transport must have let go of it.
-                    with anyio.fail_after(stream.stall_timeout_s):
+                    with anyio.fail_after(self._stall_timeout_s):
                         await _until_queued_at_most(writer, sent_last)
                 n = await stream.reader.read_into(view[: min(len(view), remaining)], position)
                 if n <= 0:
                     raise ValueError("the body's reader returned no bytes before the end of its range")
-                for start in range(0, n, slice_bytes):
-                    with anyio.fail_after(stream.stall_timeout_s):
-                        await writer.write(view[start : min(n, start + slice_bytes)])
+                await _write_in_slices(writer, view[:n], slice_bytes, self._stall_timeout_s)
                 position += n
                 remaining -= n
                 sent_last = n
             # The reply cannot come before S3 has the whole body, so waiting here costs no time.
-            with anyio.fail_after(stream.stall_timeout_s):
+            with anyio.fail_after(self._stall_timeout_s):
                 await _until_queued_at_most(writer, 0)
             finished = True
         except Exception as exc:
@@ -252,6 +247,15 @@ class StreamedBody(aiohttp.payload.Payload):
                 stream.tainted = True
             for v in views:
                 v.release()
+
+
+async def _write_in_slices(
+    writer: aiohttp.abc.AbstractStreamWriter, view: memoryview, slice_bytes: int, stall_timeout_s: float | None
+) -> None:
+    """Hand `view` to the writer in views of `slice_bytes`, each within the stall timeout."""
+    for start in range(0, len(view), slice_bytes):
+        with anyio.fail_after(stall_timeout_s):
+            await writer.write(view[start : start + slice_bytes])
 
 
 def write_slice_bytes(writer: aiohttp.abc.AbstractStreamWriter) -> int:
@@ -412,21 +416,21 @@ class DirectPut:
                 await anyio.sleep(BACKOFF.delay_s(attempt))
             if isinstance(body, BodyStream):
                 body.failure = None
-            if isinstance(body, BodyStream) and body.tainted:
-                # The last attempt was cut off mid-body: its buffers may still be referenced, so
-                # this one reads into new ones (the caller drops the old ones, never reusing them).
-                body.buffers[:] = [bytearray(len(b)) for b in body.buffers]
-                body.tainted = False
+                if body.tainted:
+                    # The last attempt was cut off mid-body: its buffers may still be referenced, so
+                    # this one reads into new ones (the caller drops the old ones, never reusing them).
+                    body.buffers[:] = [bytearray(len(b)) for b in body.buffers]
+                    body.tainted = False
             # Asked every attempt, as botocore's signer does: a refresh happens here, never a failure.
             credentials = await self._credentials.get_frozen_credentials()
             now = datetime.datetime.now(datetime.UTC)
             url, signed = self.signed_headers(endpoint, key, headers, now, credentials, query)
             try:
-                if isinstance(body, BodyStream):
-                    body.stall_timeout_s = self._send_stall_s
-                    data: aiohttp.payload.Payload = StreamedBody(body)
-                else:
-                    data = SlicedBody(body, self._send_stall_s)
+                data: aiohttp.payload.Payload = (
+                    StreamedBody(body, self._send_stall_s)
+                    if isinstance(body, BodyStream)
+                    else SlicedBody(body, self._send_stall_s)
+                )
                 proxy, proxy_auth = self._proxy_for(endpoint.origin)
                 async with self.session.put(
                     URL(url, encoded=True),
