@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from conftest import run_cli, write_config
 from faultcheck import assert_whole, cache_rows, stored_versions, tree_files
-from s3proxy import ProxyServer
+from s3proxy import Delay, ProxyServer
 
 from async_backup.cache.store import StateStore, storage_error
 from async_backup.errors import FatalError
@@ -68,6 +68,9 @@ def test_a_full_cache_disk_stops_the_run_with_one_line_and_the_next_run_uploads_
     with ProxyServer(moto_endpoint) as proxy:
         write_config(cache, proxy.url, folders=[str(root)], bucket_prefix=bucket_prefix, tuning={"workers": 16})
         ballast = fill(cache, FREE_BYTES)
+        # Each PutObject held 0.05 s, so the cache is written in several timed batches and the disk
+        # fills after the first ones (unslowed, the first batch can hold 500 rows and fill it alone).
+        proxy.set_faults(Delay(seconds=0.05, ops={"PutObject"}))
         first = run_cli("--cache", str(cache), "--no-cache-backup", "--print-card")
         assert first.returncode == 1, first.stderr
         db = cache / "async-backup.db"
