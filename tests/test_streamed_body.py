@@ -299,3 +299,88 @@ def test_a_server_that_stops_reading_mid_body_fails_the_request_instead_of_holdi
 
     anyio.run(main)
     assert len(accepted) == 2  # both attempts reached the server, each was given up
+
+
+def test_a_slow_but_steady_server_and_a_slow_disk_read_never_trip_the_stall_timeout(tmp_path: Path) -> None:
+    """The stall timeout counts time without progress, not the body's whole send: a body that takes
+    several timeouts to drain at a steady pace, with one read of the file slower than the timeout,
+    still arrives, in one attempt."""
+    size = 24 * MiB  # more than loopback's socket buffers, so the server's pace sets the send's
+    path = tmp_path / "volume.tif"
+    data = random.Random(5).randbytes(size)
+    path.write_bytes(data)
+    received: list[bytes] = []
+    timeout_s = 0.3
+
+    class SlowOnce:
+        """A disk that takes longer than the stall timeout for its third read."""
+
+        def __init__(self, reader: RangeReader) -> None:
+            self.reader, self.reads = reader, 0
+
+        async def read_into(self, view: memoryview, position: int) -> int:
+            self.reads += 1
+            if self.reads == 3:
+                await anyio.sleep(3 * timeout_s)
+            return await self.reader.read_into(view, position)
+
+    took: list[float] = []
+
+    async def main() -> None:
+        async def read_slowly(stream: anyio.abc.SocketStream) -> None:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += await stream.receive(65536)
+            head, _, body = head.partition(b"\r\n\r\n")
+            length = next(
+                int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")
+            )
+            parts = [body]
+            got = len(body)
+            while got < length:
+                await anyio.sleep(0.005)  # about 12 MiB/s: the send takes six or more timeouts
+                chunk = await stream.receive(65536)
+                parts.append(chunk)
+                got += len(chunk)
+            received.append(b"".join(parts))
+            await stream.send(b'HTTP/1.1 200 OK\r\nETag: "steady"\r\nContent-Length: 0\r\n\r\n')
+
+        listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        async with anyio.create_task_group() as tg, aiohttp.ClientSession() as session:
+            tg.start_soon(listener.serve, read_slowly)
+
+            async def resolve(_bucket: str) -> BucketEndpoint | None:
+                return BucketEndpoint(f"http://127.0.0.1:{port}", "/b", REGION)
+
+            class Keys:
+                async def get_frozen_credentials(self) -> Any:
+                    return ReadOnlyCredentials(ACCESS_KEY, SECRET_KEY, None)
+
+            put = DirectPut(
+                session=session,
+                credentials=Keys(),
+                resolve_endpoint=resolve,
+                max_attempts=1,
+                fatal_codes=frozenset(),
+                send_stall_s=timeout_s,
+            )
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                reader = SlowOnce(RangeReader(fd))
+                stream = BodyStream(reader, 0, size, [bytearray(CHUNK_BYTES), bytearray(CHUNK_BYTES)])
+                endpoint = await put.endpoint("b")
+                assert endpoint is not None
+                started = anyio.current_time()
+                with anyio.fail_after(30):
+                    reply = await put.put(endpoint, "b", "volume.tif", stream, {}, "PutObject volume.tif")
+                took.append(anyio.current_time() - started)
+            finally:
+                os.close(fd)
+                tg.cancel_scope.cancel()  # the server's handler, should the send have failed
+            assert {k.lower(): v for k, v in reply.items()}["etag"] == '"steady"'
+            assert reader.reads > 3
+
+    anyio.run(main)
+    assert received == [data]  # one attempt, the whole body
+    assert took[0] > 4 * timeout_s  # the send really outlasted the timeout several times over

@@ -22,13 +22,16 @@ onto ours exactly as client.py maps botocore's. Must not import botocore or aiob
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import hashlib
 import hmac
 import itertools
+import math
 import re
 import ssl
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import quote
@@ -161,7 +164,12 @@ class SlicedBody(aiohttp.BytesPayload):
 
     async def write_with_length(self, writer: aiohttp.abc.AbstractStreamWriter, content_length: int | None) -> None:
         view = self._view if content_length is None else self._view[:content_length]
-        await _write_in_slices(writer, view, write_slice_bytes(writer), self._stall_timeout_s)
+        slice_bytes = write_slice_bytes(writer)
+        with stall_clock(self._stall_timeout_s) as clock:
+            # Usually one chunk; a file that grew since the walk may be read whole up to the threshold.
+            for start in range(0, len(view), BODY_SLICE_BYTES):
+                clock.restart()
+                await _write_in_slices(writer, view[start : start + BODY_SLICE_BYTES], slice_bytes)
 
 
 class ChunkReader(Protocol):
@@ -194,7 +202,7 @@ class StreamedBody(aiohttp.payload.Payload):
 
     aiohttp's read timeout only starts once the body is sent, so a server that stops reading
     mid-body would hold the request forever: a chunk that cannot be handed to the kernel within the
-    stall timeout fails the attempt (TimeoutError, retried like a read timeout)."""
+    stall timeout of its read fails the attempt (TimeoutError, retried like a read timeout)."""
 
     def __init__(self, stream: BodyStream, stall_timeout_s: float | None = None) -> None:
         super().__init__(stream, content_type="application/octet-stream")
@@ -217,23 +225,23 @@ class StreamedBody(aiohttp.payload.Payload):
         sent_last = 0
         finished = False
         try:
-            for index in itertools.count():
-                if not remaining:
-                    break
-                view = views[index % 2]
-                if index >= 2:
-                    # This buffer held the chunk before last: the transport must have let go of it.
-                    with anyio.fail_after(self._stall_timeout_s):
+            with stall_clock(self._stall_timeout_s) as clock:
+                for index in itertools.count():
+                    if not remaining:
+                        break
+                    view = views[index % 2]
+                    if index >= 2:
+                        # This buffer held the chunk before last: the transport must have let go of it.
                         await _until_queued_at_most(writer, sent_last)
-                n = await stream.reader.read_into(view[: min(len(view), remaining)], position)
-                if n <= 0:
-                    raise ValueError("the body's reader returned no bytes before the end of its range")
-                await _write_in_slices(writer, view[:n], slice_bytes, self._stall_timeout_s)
-                position += n
-                remaining -= n
-                sent_last = n
-            # The reply cannot come before S3 has the whole body, so waiting here costs no time.
-            with anyio.fail_after(self._stall_timeout_s):
+                    with clock.reading():
+                        n = await stream.reader.read_into(view[: min(len(view), remaining)], position)
+                    if n <= 0:
+                        raise ValueError("the body's reader returned no bytes before the end of its range")
+                    await _write_in_slices(writer, view[:n], slice_bytes)
+                    position += n
+                    remaining -= n
+                    sent_last = n
+                # The reply cannot come before S3 has the whole body, so waiting here costs no time.
                 await _until_queued_at_most(writer, 0)
             finished = True
         except Exception as exc:
@@ -249,13 +257,47 @@ class StreamedBody(aiohttp.payload.Payload):
                 v.release()
 
 
-async def _write_in_slices(
-    writer: aiohttp.abc.AbstractStreamWriter, view: memoryview, slice_bytes: int, stall_timeout_s: float | None
-) -> None:
-    """Hand `view` to the writer in views of `slice_bytes`, each within the stall timeout."""
+async def _write_in_slices(writer: aiohttp.abc.AbstractStreamWriter, view: memoryview, slice_bytes: int) -> None:
+    """Hand `view` to the writer in views of `slice_bytes`."""
     for start in range(0, len(view), slice_bytes):
-        with anyio.fail_after(stall_timeout_s):
-            await writer.write(view[start : start + slice_bytes])
+        await writer.write(view[start : start + slice_bytes])
+
+
+class StallClock:
+    """A TimeoutError once a body's send has stalled for `timeout_s`.
+
+    One cancel scope covers the whole body. Its deadline is `timeout_s` after the last read of the
+    file ended, so each chunk must be handed to the kernel within the timeout, counted from when it
+    was read; while the file is read the deadline is held off (a slow disk is not a stalled server).
+    A scope per write instead cost about a tenth of a TLS upload's CPU (entering one asks anyio which
+    loop runs, and that costs a getpid)."""
+
+    def __init__(self, scope: anyio.CancelScope, timeout_s: float | None) -> None:
+        self._scope = scope
+        self._timeout_s = timeout_s
+        self._loop = asyncio.get_running_loop()  # anyio's asyncio backend keeps time by this clock
+
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        if self._timeout_s is None:
+            yield
+            return
+        self._scope.deadline = math.inf
+        try:
+            yield
+        finally:
+            self.restart()
+
+    def restart(self) -> None:
+        """Start the timeout again from now (a new chunk is on its way)."""
+        if self._timeout_s is not None:
+            self._scope.deadline = self._loop.time() + self._timeout_s
+
+
+@contextmanager
+def stall_clock(timeout_s: float | None) -> Iterator[StallClock]:
+    with anyio.fail_after(timeout_s) as scope:
+        yield StallClock(scope, timeout_s)
 
 
 def write_slice_bytes(writer: aiohttp.abc.AbstractStreamWriter) -> int:
