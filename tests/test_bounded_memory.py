@@ -1,17 +1,22 @@
 """Bounded memory: verify and restore spill the bucket listing to disk and merge it in path order;
 the cache snapshot is sent from its temporary file (in parts when large); backup.log is rotated
-and its uploaded copy bounded. (The 1,000,000-object figures: benchmarks/memory_listing.py.)"""
+and its uploaded copy bounded; a run starts at most `tuning.file_threads` threads for files. (The
+1,000,000-object figures: benchmarks/memory_listing.py.)"""
 
 from __future__ import annotations
 
 import os
 import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import anyio
+import pytest
 from conftest import in_process, run_cli, write_config
-from s3proxy import ProxyServer
+from s3proxy import Delay, ProxyServer
 
 from async_backup.cache.rebuild import log_key
 from async_backup.cache.snapshot import cache_bucket_name
@@ -109,3 +114,45 @@ def test_backup_log_is_rotated_and_its_uploaded_copy_bounded(
     uploaded = s3_inspect.head_object(Bucket=cache_bucket_name(config), Key=log_key(cache.resolve()))
     assert uploaded["ContentLength"] <= LOG_MAX_BYTES
     assert stable_bucket_name(bucket_prefix, str(root))  # the target itself was backed up as usual
+
+
+def _peak_threads(cache: Path, seconds_limit: float = 120) -> tuple[int, subprocess.CompletedProcess[str]]:
+    """Run a backup as a subprocess and sample its thread count until it exits."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "async_backup", "--cache", str(cache)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    peak = 0
+    deadline = time.monotonic() + seconds_limit
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            peak = max(peak, len(os.listdir(f"/proc/{proc.pid}/task")))
+        except FileNotFoundError:
+            break
+        time.sleep(0.01)
+    out, err = proc.communicate(timeout=seconds_limit)
+    return peak, subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads through /proc")
+def test_file_threads_bounds_the_threads_a_run_starts(tmp_path: Path, moto_endpoint: str, bucket_prefix: str) -> None:
+    """Each idle thread keeps its stack and its malloc arena: the threads that read and checksum
+    files are `tuning.file_threads`, not anyio's default of 40, however many uploads run at once."""
+    peaks = {}
+    for threads in (3, 40):
+        root = tmp_path / f"tree-{threads}"
+        for i in range(400):
+            (root / f"vol{i % 4}").mkdir(parents=True, exist_ok=True)
+            (root / f"vol{i % 4}" / f"page-{i:04d}.tif").write_bytes(os.urandom(200_000))
+        cache = tmp_path / f"cache-{threads}"
+        with ProxyServer(moto_endpoint) as proxy:
+            proxy.set_faults(Delay(seconds=0.05, ops={"PutObject"}))
+            tuning = {"workers": 128, "file_threads": threads, "walk_threads": 1}
+            write_config(cache, proxy.url, folders=[str(root)], bucket_prefix=bucket_prefix, tuning=tuning)
+            peaks[threads], done = _peak_threads(cache)
+        assert done.returncode == 0, done.stderr[-2000:]
+    # The main thread, the file threads, one walk thread, libuv's resolver pool (four): at most 9 more.
+    assert peaks[3] <= 3 + 9, peaks
+    assert peaks[40] >= peaks[3] + 4, peaks  # the sampling does see the threads a run starts

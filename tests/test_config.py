@@ -33,6 +33,7 @@ def write_raw(cache: Path, text: str) -> None:
         ('{"backup": {"folders": ["relative/path"]}}', "backup.folders[0] is 'relative/path'; give an absolute path"),
         ('{"backup": {"folders": ["/tmp"]}, "aws": {"access_key": "only-one"}}', "go together"),
         ('{"backup": {"folders": ["/tmp"]}, "tuning": {"workers": 0}}', "tuning.workers is 0"),
+        ('{"backup": {"folders": ["/tmp"]}, "tuning": {"file_threads": 0}}', "tuning.file_threads is 0"),
         ('{"backup": {"folders": ["/tmp"], "storage_class": "COLD"}}', "backup.storage_class must be one of"),
         ('{"backup": {"folders": ["/tmp"]}, "notification": {"webhook": "teams"}}', "notification.webhook must be"),
         ('["not", "an", "object"]', "top level must be a JSON object"),

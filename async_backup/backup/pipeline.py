@@ -108,6 +108,7 @@ class Backup:
         return self._uploads
 
     async def run(self) -> None:
+        anyio.to_thread.current_default_thread_limiter().total_tokens = self.config.tuning.file_threads
         await anyio.to_thread.run_sync(self.guards.read_recorded_devices, self.runs)
         if self.options.dry_run:
             await self._plan_only()

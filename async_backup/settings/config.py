@@ -95,6 +95,9 @@ class Tuning:
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 60.0
     walk_threads: int = 4
+    # Threads that read and checksum files and write the cache (anyio's default is 40): on two
+    # cores a few keep the CPUs busy, and each idle one keeps its stack and malloc arena.
+    file_threads: int = 16
     queue_size: int = 256
 
 
@@ -155,6 +158,7 @@ _KNOWN_KEYS: dict[str, set[str]] = {
         "connect_timeout_s",
         "read_timeout_s",
         "walk_threads",
+        "file_threads",
         "queue_size",
     },
 }
@@ -337,6 +341,7 @@ def _tuning(raw: dict[str, Any], where: str) -> Tuning:
         connect_timeout_s=_opt_float(raw, "connect_timeout_s", where, d.connect_timeout_s, 0.1, 600.0),
         read_timeout_s=_opt_float(raw, "read_timeout_s", where, d.read_timeout_s, 0.1, 3600.0),
         walk_threads=_opt_int(raw, "walk_threads", "tuning", where, d.walk_threads, minimum=1, maximum=64),
+        file_threads=_opt_int(raw, "file_threads", "tuning", where, d.file_threads, minimum=1, maximum=256),
         queue_size=_opt_int(raw, "queue_size", "tuning", where, d.queue_size, minimum=1, maximum=100_000),
     )
 
