@@ -8,9 +8,13 @@ file truncated then is a change, not a network failure retried five times.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import resource
+import ssl
+import threading
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -27,6 +31,7 @@ from s3proxy import CheckDigest, ProxyServer
 from async_backup.backup import upload
 from async_backup.backup.budget import BufferPool, ByteBudget
 from async_backup.backup.upload import CHUNK_BYTES, MemoryLimits, UploadSettings, upload_file
+from async_backup.cli import event_loop_options
 from async_backup.disk.entries import DiskFile
 from async_backup.disk.keys import key_for_path
 from async_backup.disk.read import FileChanged, RangeReader
@@ -384,3 +389,125 @@ def test_a_slow_but_steady_server_and_a_slow_disk_read_never_trip_the_stall_time
     anyio.run(main)
     assert received == [data]  # one attempt, the whole body
     assert took[0] > 4 * timeout_s  # the send really outlasted the timeout several times over
+
+
+class _ThrottledSink:
+    """An HTTP server in a thread of its own that reads each connection at `rate` bytes/s and
+    answers 200 once the whole body is in: S3 across a WAN, as seen from one upload stream."""
+
+    def __init__(self, rate: float, ssl_context: ssl.SSLContext | None) -> None:
+        self.rate, self.ssl_context = rate, ssl_context
+        self.port = 0
+        self.bodies = 0
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def __enter__(self) -> _ThrottledSink:
+        self._thread.start()
+        self._ready.wait(10)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    def _serve(self) -> None:
+        sink = self
+
+        class Reader(asyncio.Protocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                assert isinstance(transport, asyncio.Transport)
+                self.transport, self.head, self.left = transport, b"", -1
+                self.got, self.started = 0, time.monotonic()
+
+            def data_received(self, data: bytes) -> None:
+                self.got += len(data)
+                ahead_s = self.got / sink.rate - (time.monotonic() - self.started)
+                if ahead_s > 0.002:
+                    self.transport.pause_reading()
+                    asyncio.get_running_loop().call_later(ahead_s, self.transport.resume_reading)
+                if self.left < 0:
+                    self.head += data
+                    if b"\r\n\r\n" not in self.head:
+                        return
+                    head, _, data = self.head.partition(b"\r\n\r\n")
+                    self.left = next(
+                        int(h.split(b":")[1]) for h in head.split(b"\r\n") if h.lower().startswith(b"content-length:")
+                    )
+                    self.head = b""
+                self.left -= len(data)
+                if self.left <= 0:
+                    self.left = -1
+                    sink.bodies += 1
+                    self.transport.write(b'HTTP/1.1 200 OK\r\nETag: "x"\r\nContent-Length: 0\r\n\r\n')
+
+        loop = self._loop = asyncio.new_event_loop()
+        server = loop.run_until_complete(loop.create_server(Reader, "127.0.0.1", 0, ssl=self.ssl_context))
+        self.port = server.sockets[0].getsockname()[1]
+        self._ready.set()
+        loop.run_forever()
+        server.close()
+        loop.close()
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_waiting_for_a_slow_server_costs_the_event_loop_no_cpu(tmp_path: Path, test_ca: CAFiles, scheme: str) -> None:
+    """A WAN uplink is slower than the loop can write: each stream then waits for its connection to
+    take the next chunk. That wait must sleep on the transport's flow control; polling it cost a
+    whole core over TLS (8 s of CPU per GB at 25 MB/s per connection)."""
+    size, streams = 32 * MiB, 4  # more than loopback's socket buffers take in at once
+    path = tmp_path / "volume.tif"
+    path.write_bytes(random.Random(7).randbytes(size))
+    server_context = None
+    if scheme == "https":
+        server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        server_context.load_cert_chain(test_ca.cert_pem, test_ca.key_pem)
+    measured: list[float] = []
+
+    async def main(port: int) -> None:
+        client_context = ssl.create_default_context(cafile=test_ca.ca_pem)
+        async with aiohttp.ClientSession() as session:
+
+            async def resolve(_bucket: str) -> BucketEndpoint | None:
+                return BucketEndpoint(f"{scheme}://127.0.0.1:{port}", "/b", REGION)
+
+            class Keys:
+                async def get_frozen_credentials(self) -> Any:
+                    return ReadOnlyCredentials(ACCESS_KEY, SECRET_KEY, None)
+
+            put = DirectPut(
+                session=session,
+                credentials=Keys(),
+                resolve_endpoint=resolve,
+                max_attempts=1,
+                fatal_codes=frozenset(),
+                ssl_context=client_context,
+                send_stall_s=30,
+            )
+            endpoint = await put.endpoint("b")
+            assert endpoint is not None
+            fd = os.open(path, os.O_RDONLY)
+
+            async def one(i: int) -> None:
+                stream = BodyStream(RangeReader(fd), 0, size, [bytearray(CHUNK_BYTES), bytearray(CHUNK_BYTES)])
+                await put.put(endpoint, "b", f"k{i}", stream, {}, f"PutObject k{i}")
+
+            try:
+                cpu, wall = time.thread_time(), time.monotonic()
+                with anyio.fail_after(60):
+                    async with anyio.create_task_group() as tg:
+                        for i in range(streams):
+                            tg.start_soon(one, i)
+                measured[:] = [time.thread_time() - cpu, time.monotonic() - wall]
+            finally:
+                os.close(fd)
+
+    with _ThrottledSink(rate=12e6, ssl_context=server_context) as sink:
+        anyio.run(main, sink.port, backend_options=event_loop_options())
+        assert sink.bodies == streams
+    cpu_s, wall_s = measured
+    assert wall_s > 1.0, measured  # the server really held the streams back
+    # Hashing the bodies and TLS take a little; polling took most of the core.
+    assert cpu_s < 0.3 * wall_s, measured
