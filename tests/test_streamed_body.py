@@ -67,6 +67,19 @@ def write_tree(root: Path, sizes: list[int], seed: int = 13) -> list[Path]:
     return paths
 
 
+def direct_put_at(session: aiohttp.ClientSession, base_url: str, **options: Any) -> DirectPut:
+    """A DirectPut that sends every bucket's requests to `base_url`, with the tests' keys."""
+
+    async def resolve(_bucket: str) -> BucketEndpoint | None:
+        return BucketEndpoint(base_url, "/b", REGION)
+
+    class Keys:
+        async def get_frozen_credentials(self) -> Any:
+            return ReadOnlyCredentials(ACCESS_KEY, SECRET_KEY, None)
+
+    return DirectPut(session=session, credentials=Keys(), resolve_endpoint=resolve, fatal_codes=frozenset(), **options)
+
+
 @pytest.mark.parametrize("scheme", ["http", "https"])
 @pytest.mark.parametrize("algorithm", ["when_supported", "when_required"])
 def test_every_size_around_the_chunk_and_part_edges_arrives_whole(
@@ -274,21 +287,7 @@ def test_a_server_that_stops_reading_mid_body_fails_the_request_instead_of_holdi
         async with anyio.create_task_group() as tg, aiohttp.ClientSession() as session:
             tg.start_soon(listener.serve, stop_reading)
 
-            async def resolve(_bucket: str) -> BucketEndpoint | None:
-                return BucketEndpoint(f"http://127.0.0.1:{port}", "/b", REGION)
-
-            class Keys:
-                async def get_frozen_credentials(self) -> Any:
-                    return ReadOnlyCredentials(ACCESS_KEY, SECRET_KEY, None)
-
-            put = DirectPut(
-                session=session,
-                credentials=Keys(),
-                resolve_endpoint=resolve,
-                max_attempts=2,
-                fatal_codes=frozenset(),
-                send_stall_s=0.5,
-            )
+            put = direct_put_at(session, f"http://127.0.0.1:{port}", max_attempts=2, send_stall_s=0.5)
             fd = os.open(path, os.O_RDONLY)
             try:
                 stream = BodyStream(RangeReader(fd), 0, 48 * MiB, [bytearray(CHUNK_BYTES), bytearray(CHUNK_BYTES)])
@@ -355,21 +354,7 @@ def test_a_slow_but_steady_server_and_a_slow_disk_read_never_trip_the_stall_time
         async with anyio.create_task_group() as tg, aiohttp.ClientSession() as session:
             tg.start_soon(listener.serve, read_slowly)
 
-            async def resolve(_bucket: str) -> BucketEndpoint | None:
-                return BucketEndpoint(f"http://127.0.0.1:{port}", "/b", REGION)
-
-            class Keys:
-                async def get_frozen_credentials(self) -> Any:
-                    return ReadOnlyCredentials(ACCESS_KEY, SECRET_KEY, None)
-
-            put = DirectPut(
-                session=session,
-                credentials=Keys(),
-                resolve_endpoint=resolve,
-                max_attempts=1,
-                fatal_codes=frozenset(),
-                send_stall_s=timeout_s,
-            )
+            put = direct_put_at(session, f"http://127.0.0.1:{port}", max_attempts=1, send_stall_s=timeout_s)
             fd = os.open(path, os.O_RDONLY)
             try:
                 reader = SlowOnce(RangeReader(fd))
@@ -469,22 +454,8 @@ def test_waiting_for_a_slow_server_costs_the_event_loop_no_cpu(tmp_path: Path, t
     async def main(port: int) -> None:
         client_context = ssl.create_default_context(cafile=test_ca.ca_pem)
         async with aiohttp.ClientSession() as session:
-
-            async def resolve(_bucket: str) -> BucketEndpoint | None:
-                return BucketEndpoint(f"{scheme}://127.0.0.1:{port}", "/b", REGION)
-
-            class Keys:
-                async def get_frozen_credentials(self) -> Any:
-                    return ReadOnlyCredentials(ACCESS_KEY, SECRET_KEY, None)
-
-            put = DirectPut(
-                session=session,
-                credentials=Keys(),
-                resolve_endpoint=resolve,
-                max_attempts=1,
-                fatal_codes=frozenset(),
-                ssl_context=client_context,
-                send_stall_s=30,
+            put = direct_put_at(
+                session, f"{scheme}://127.0.0.1:{port}", max_attempts=1, ssl_context=client_context, send_stall_s=30
             )
             endpoint = await put.endpoint("b")
             assert endpoint is not None
