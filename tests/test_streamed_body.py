@@ -37,7 +37,7 @@ from async_backup.disk.keys import key_for_path
 from async_backup.disk.read import FileChanged, RangeReader
 from async_backup.errors import S3Error
 from async_backup.s3.client import S3, open_s3
-from async_backup.s3.fastput import BodyStream, BucketEndpoint, DirectPut
+from async_backup.s3.fastput import TLS_WRITE_BUFFER_HIGH, BodyStream, BucketEndpoint, DirectPut, write_slice_bytes
 from async_backup.settings.config import AwsSettings, Tuning
 from async_backup.settings.naming import stable_bucket_name
 
@@ -434,6 +434,7 @@ class _ThrottledSink:
         self._ready.set()
         loop.run_forever()
         server.close()
+        loop.run_until_complete(server.wait_closed())  # connections still being accepted finish first
         loop.close()
 
 
@@ -482,3 +483,37 @@ def test_waiting_for_a_slow_server_costs_the_event_loop_no_cpu(tmp_path: Path, t
     assert wall_s > 1.0, measured  # the server really held the streams back
     # Hashing the bodies and TLS take a little; polling took most of the core.
     assert cpu_s < 0.3 * wall_s, measured
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_a_tls_transport_may_hold_no_more_ciphertext_than_plain_tcp(test_ca: CAFiles, scheme: str) -> None:
+    """Each TLS connection keeps its own encrypted copy of what it could not send yet, and its
+    memory BIO keeps the largest size that ever reached. uvloop lets that grow to 512 KiB per
+    connection before it pushes back; a body's first write caps it at plain TCP's 64 KiB, and
+    writes one 16 KiB record at a time (on Ceph over HTTPS: peak RSS 96 MiB for the pages set,
+    not 111). Plain connections keep their limits and take 256 KiB slices."""
+    server_context = None
+    if scheme == "https":
+        server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        server_context.load_cert_chain(test_ca.cert_pem, test_ca.key_pem)
+    seen: dict[str, Any] = {}
+
+    async def main(port: int) -> None:
+        client_context = ssl.create_default_context(cafile=test_ca.ca_pem) if scheme == "https" else None
+        _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_context)
+        try:
+            seen["before"] = writer.transport.get_write_buffer_limits()
+            seen["slice"] = write_slice_bytes(writer)  # type: ignore[arg-type]  # has .transport, as aiohttp's writer
+            seen["after"] = writer.transport.get_write_buffer_limits()
+        finally:
+            writer.close()
+
+    with _ThrottledSink(rate=1e12, ssl_context=server_context) as sink:
+        anyio.run(main, sink.port, backend_options=event_loop_options())
+    if scheme == "https":
+        assert seen["before"][1] > TLS_WRITE_BUFFER_HIGH  # what the cap is for (uvloop: 512 KiB)
+        assert seen["after"][1] <= TLS_WRITE_BUFFER_HIGH
+        assert seen["slice"] == 16 * 1024
+    else:
+        assert seen["after"] == seen["before"]
+        assert seen["slice"] == CHUNK_BYTES

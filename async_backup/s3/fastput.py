@@ -61,6 +61,7 @@ BACKOFF = Backoff(first_s=1.0, cap_s=MAX_BACKOFF_S, jitter=True)  # botocore's s
 # the transport's buffer); in slices, only the unsent rest of one slice is ever copied.
 BODY_SLICE_BYTES = 256 * 1024
 TLS_SLICE_BYTES = 16 * 1024  # one TLS record: see write_slice_bytes
+TLS_WRITE_BUFFER_HIGH = 64 * 1024  # ciphertext a TLS transport may hold before it pauses writes
 _CODE = re.compile(rb"<Code>([^<]+)</Code>")
 _MESSAGE = re.compile(rb"<Message>([^<]*)</Message>")
 _REGION = re.compile(rb"<Region>([^<]+)</Region>")
@@ -301,15 +302,20 @@ def stall_clock(timeout_s: float | None) -> Iterator[StallClock]:
 
 
 def write_slice_bytes(writer: aiohttp.abc.AbstractStreamWriter) -> int:
-    """How much of a body goes to the transport in one write: BODY_SLICE_BYTES, or TLS_SLICE_BYTES
-    over TLS. The SSL protocol encrypts each write whole into its connection's memory BIO, which
-    keeps the largest size it ever held for as long as the connection lives: per pooled connection,
-    about 70 KiB plus the largest write (benchmarks/tls_connection_memory.py). One record per write
-    saved 12 MiB of peak RSS over 128 connections against 64 KiB writes, for no CPU we could measure."""
+    """How much of a body goes to the transport in one write: BODY_SLICE_BYTES, or over TLS
+    TLS_SLICE_BYTES, after capping the TLS transport's write buffer.
+
+    The SSL protocol encrypts each write whole into its connection's memory BIO, which keeps the
+    largest size it ever held for as long as the connection lives: about 70 KiB per pooled
+    connection plus the largest write (benchmarks/tls_connection_memory.py), so one record per
+    write. And uvloop lets a TLS transport hold up to 512 KiB of ciphertext before it pushes back
+    (plain TCP: 64 KiB), which the BIO then keeps too: capped like plain TCP's."""
     transport = getattr(writer, "transport", None)
-    if transport is not None and transport.get_extra_info("ssl_object") is not None:
-        return TLS_SLICE_BYTES
-    return BODY_SLICE_BYTES
+    if transport is None or transport.get_extra_info("ssl_object") is None:
+        return BODY_SLICE_BYTES
+    if transport.get_write_buffer_limits()[1] > TLS_WRITE_BUFFER_HIGH:
+        transport.set_write_buffer_limits(high=TLS_WRITE_BUFFER_HIGH, low=TLS_WRITE_BUFFER_HIGH // 4)
+    return TLS_SLICE_BYTES
 
 
 async def _until_queued_at_most(writer: aiohttp.abc.AbstractStreamWriter, limit_bytes: int) -> None:
