@@ -253,6 +253,8 @@ class Listing:
 
 async def list_bucket(s3: S3, bucket: str, dest: Path) -> Listing | None:
     """The bucket's current objects, one ListObjectsV2 per 1,000; None when there is no bucket."""
+    if s3.known_missing(bucket):
+        return None
     listing = Listing(dest)
     try:
         async for page in s3.list_current(bucket):

@@ -57,7 +57,7 @@ def _rule_core(rule: dict[str, Any]) -> dict[str, Any]:
 
 async def ensure_bucket(s3: S3, bucket: str, noncurrent_days: int, *, versioned: bool = True) -> bool:
     """Make `bucket` exist with our settings; returns True when it was created now."""
-    status = await s3.bucket_versioning(bucket)
+    status = None if s3.known_missing(bucket) else await s3.bucket_versioning(bucket)
     created = status is None
     if created:
         await s3.create_bucket(bucket)
