@@ -28,6 +28,7 @@ from benchmarks.contenders import CONTENDER_NAMES, Baseline, S5cmd, all_contende
 from benchmarks.datasets import PROFILES, Generator
 from benchmarks.measure import RecordingProxy
 from benchmarks.runner import DATASETS, Bench, now_utc
+from benchmarks.verify import peers_versioned
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "out"
 DEFAULT_WORKDIR = Path(tempfile.gettempdir()) / "async-backup-bench"
@@ -250,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
                 "repeat": args.repeat,
                 "sizes": sizes.__dict__,
                 "server": server.describe(),
+                "peers_versioned": peers_versioned(),
                 "proxy": args.proxy,
                 "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
                 f"Python {platform.python_version()}",

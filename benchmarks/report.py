@@ -177,7 +177,8 @@ def markdown(rows: Sequence[Row], meta: dict[str, Any], overhead: dict[str, Any]
         f"{meta['scale']}, seed {meta['seed']}, {meta['repeat']} repetition(s), medians of the successful ones",
         f"- server: {meta['server']['kind']} at {meta['server']['endpoint']} "
         f"(checksums {meta['server']['checksum_calculation']}); requests counted at "
-        f"{'the recording proxy' if meta['proxy'] else 'nowhere (--no-proxy)'}",
+        f"{'the recording proxy' if meta['proxy'] else 'nowhere (--no-proxy)'}; the peers' buckets "
+        + ("versioned, as async-backup's" if meta.get("peers_versioned") else "plain (BENCH_VERSIONED_PEERS=0)"),
         f"- machine: {meta['machine']}",
         "- ratios (×) are contender / async-backup on the same data set: wall time, CPU per file, requests",
         "",

@@ -42,12 +42,17 @@ def admin_client(server: S3Server) -> Any:
     )
 
 
+def peers_versioned() -> bool:
+    """Whether the peers' buckets are versioned like async-backup's own (the default: like for
+    like). Versioned writes cost the server more (Ceph RGW keeps an index entry per version), which
+    is the price of keeping old versions, not the client's. BENCH_VERSIONED_PEERS=0 gives the peers
+    plain buckets, as before issue 13."""
+    return os.environ.get("BENCH_VERSIONED_PEERS", "1") != "0"
+
+
 def make_bucket(s3: Any, bucket: str) -> None:
     s3.create_bucket(Bucket=bucket)
-    # BENCH_VERSIONED_PEERS=1 gives every peer a versioned bucket like async-backup's own: versioned
-    # writes cost the server more (Ceph RGW keeps an index entry per version), which is part of the
-    # price of keeping old versions, not of the client.
-    if os.environ.get("BENCH_VERSIONED_PEERS") == "1":
+    if peers_versioned():
         s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
 
 
