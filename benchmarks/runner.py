@@ -24,7 +24,7 @@ from benchmarks.contenders import Contender, Target
 from benchmarks.datasets import Generator, Mutation, listing
 from benchmarks.measure import RecordingProxy, run_measured
 from benchmarks.procs import tail
-from benchmarks.servers import S3Server
+from benchmarks.servers import S3Server, wait_until_quiet
 from benchmarks.verify import admin_client, drop_bucket, make_bucket, verify
 
 DATASETS = ("small", "noop", "incremental", "large", "pages", "bignoop")
@@ -168,6 +168,11 @@ class Bench:
         state.mkdir(parents=True)
         if not c.creates_bucket:
             make_bucket(self.s3, bucket)
+        # The last run's dropped bucket is still being reclaimed, or the server has just started:
+        # every run starts on a quiet server, so none carries another's cost.
+        waited = wait_until_quiet(self.server.pids)
+        if waited > 2:
+            self.progress(f"  (waited {waited:.1f} s for the server to settle)")
         return Target(endpoint or self.endpoint, self.server, bucket, src, state)
 
     def _bucket_names(self) -> set[str]:

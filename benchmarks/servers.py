@@ -42,6 +42,7 @@ class S3Server:
     checksum_calculation: str = "when_supported"
     started_in_s: float = 0.0
     ca_bundle: str | None = None  # PEM of the CA that issued the server's certificate (HTTPS servers)
+    pids: tuple[int, ...] = ()  # the server's own processes, when the harness started them
 
     def describe(self) -> dict[str, object]:
         return {
@@ -52,6 +53,38 @@ class S3Server:
             "started_in_s": round(self.started_in_s, 2),
             "tls": self.endpoint.startswith("https://"),
         }
+
+
+def cpu_seconds(pids: tuple[int, ...]) -> float:
+    """User + system CPU the processes have used so far (from /proc; gone ones count 0)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return total
+
+
+def wait_until_quiet(
+    pids: tuple[int, ...], *, busy_share: float = 0.15, window_s: float = 0.5, cap_s: float = 30.0
+) -> float:
+    """Wait until the server uses less than `busy_share` of one core over `window_s`, at most
+    `cap_s`; returns the seconds waited. Ceph reclaims a dropped bucket's objects in the background
+    after the delete requests have been answered; a run started meanwhile shares the cores with
+    that work and would carry the previous contender's cost."""
+    if not pids:
+        return 0.0
+    started = time.monotonic()
+    while time.monotonic() - started < cap_s:
+        before = cpu_seconds(pids)
+        time.sleep(window_s)
+        if cpu_seconds(pids) - before < busy_share * window_s:
+            break
+    return time.monotonic() - started
 
 
 def ceph_installed() -> bool:
@@ -377,6 +410,7 @@ def _ceph(tmp: Path, store: str, mem_gib: float, tls: bool = False) -> Iterator[
             checksum_calculation="when_required",
             started_in_s=time.monotonic() - t0,
             ca_bundle=ca_bundle,
+            pids=tuple(p.pid for p in procs if p.alive()),
         )
     finally:
         for p in reversed(procs):
