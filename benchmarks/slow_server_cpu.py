@@ -23,7 +23,7 @@ import ssl
 import sys
 import tempfile
 import time
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import uvloop
@@ -45,8 +45,8 @@ def serve(port_queue: Any, ca: CAFiles | None, rate_mbs: float) -> None:
 
     class Sink(asyncio.Protocol):
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            assert isinstance(transport, asyncio.Transport)
-            self.transport, self.head, self.left = transport, b"", -1
+            self.transport = cast(asyncio.Transport, transport)  # uvloop's is no asyncio.Transport subclass
+            self.head, self.left = b"", -1
             self.got, self.started = 0, time.monotonic()
 
         def data_received(self, data: bytes) -> None:
