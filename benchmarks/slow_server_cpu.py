@@ -23,7 +23,7 @@ import ssl
 import sys
 import tempfile
 import time
-from typing import Any, cast
+from typing import Any
 
 import aiohttp
 import uvloop
@@ -31,6 +31,7 @@ from botocore.credentials import ReadOnlyCredentials
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "tests"))
 from conftest import CAFiles, make_test_ca  # the tests' CA maker
+from pacedsink import PacedReader  # the tests' paced sink
 
 from async_backup.disk.read import RangeReader
 from async_backup.s3.fastput import BodyStream, BucketEndpoint, DirectPut
@@ -41,40 +42,16 @@ CHUNK_BYTES = 256 * 1024
 
 
 def serve(port_queue: Any, ca: CAFiles | None, rate_mbs: float) -> None:
-    """The sink: reads every connection at `rate_mbs` (pausing the transport when ahead)."""
-
-    class Sink(asyncio.Protocol):
-        def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            self.transport = cast(asyncio.Transport, transport)  # uvloop's is no asyncio.Transport subclass
-            self.head, self.left = b"", -1
-            self.got, self.started = 0, time.monotonic()
-
-        def data_received(self, data: bytes) -> None:
-            if rate_mbs:
-                self.got += len(data)
-                ahead_s = self.got / (rate_mbs * 1e6) - (time.monotonic() - self.started)
-                if ahead_s > 0.002:
-                    self.transport.pause_reading()
-                    asyncio.get_running_loop().call_later(ahead_s, self.transport.resume_reading)
-            if self.left < 0:
-                self.head += data
-                if b"\r\n\r\n" not in self.head:
-                    return
-                head, _, data = self.head.partition(b"\r\n\r\n")
-                lines = head.split(b"\r\n")
-                self.left = next(int(h.split(b":")[1]) for h in lines if h.lower().startswith(b"content-length:"))
-                self.head = b""
-            self.left -= len(data)
-            if self.left <= 0:
-                self.left = -1
-                self.transport.write(b'HTTP/1.1 200 OK\r\nETag: "x"\r\nContent-Length: 0\r\n\r\n')
+    """The sink: reads every connection at `rate_mbs` (the tests' PacedReader), in uvloop."""
 
     async def run() -> None:
         context = None
         if ca is not None:
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             context.load_cert_chain(ca.cert_pem, ca.key_pem)
-        server = await asyncio.get_running_loop().create_server(Sink, "127.0.0.1", 0, ssl=context)
+        server = await asyncio.get_running_loop().create_server(
+            lambda: PacedReader(rate_mbs * 1e6), "127.0.0.1", 0, ssl=context
+        )
         port_queue.put(server.sockets[0].getsockname()[1])
         await asyncio.sleep(3600)
 

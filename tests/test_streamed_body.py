@@ -13,7 +13,6 @@ import os
 import random
 import resource
 import ssl
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -26,6 +25,7 @@ import pytest
 from botocore.credentials import ReadOnlyCredentials
 from conftest import ACCESS_KEY, REGION, SECRET_KEY, CAFiles, run_cli, write_config
 from faultcheck import assert_contents, bucket_objects, cache_rows
+from pacedsink import ThreadedSink
 from s3proxy import CheckDigest, ProxyServer
 
 from async_backup.backup import upload
@@ -376,68 +376,6 @@ def test_a_slow_but_steady_server_and_a_slow_disk_read_never_trip_the_stall_time
     assert took[0] > 4 * timeout_s  # the send really outlasted the timeout several times over
 
 
-class _ThrottledSink:
-    """An HTTP server in a thread of its own that reads each connection at `rate` bytes/s and
-    answers 200 once the whole body is in: S3 across a WAN, as seen from one upload stream."""
-
-    def __init__(self, rate: float, ssl_context: ssl.SSLContext | None) -> None:
-        self.rate, self.ssl_context = rate, ssl_context
-        self.port = 0
-        self.bodies = 0
-        self._ready = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-
-    def __enter__(self) -> _ThrottledSink:
-        self._thread.start()
-        self._ready.wait(10)
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-
-    def _serve(self) -> None:
-        sink = self
-
-        class Reader(asyncio.Protocol):
-            def connection_made(self, transport: asyncio.BaseTransport) -> None:
-                assert isinstance(transport, asyncio.Transport)
-                self.transport, self.head, self.left = transport, b"", -1
-                self.got, self.started = 0, time.monotonic()
-
-            def data_received(self, data: bytes) -> None:
-                self.got += len(data)
-                ahead_s = self.got / sink.rate - (time.monotonic() - self.started)
-                if ahead_s > 0.002:
-                    self.transport.pause_reading()
-                    asyncio.get_running_loop().call_later(ahead_s, self.transport.resume_reading)
-                if self.left < 0:
-                    self.head += data
-                    if b"\r\n\r\n" not in self.head:
-                        return
-                    head, _, data = self.head.partition(b"\r\n\r\n")
-                    self.left = next(
-                        int(h.split(b":")[1]) for h in head.split(b"\r\n") if h.lower().startswith(b"content-length:")
-                    )
-                    self.head = b""
-                self.left -= len(data)
-                if self.left <= 0:
-                    self.left = -1
-                    sink.bodies += 1
-                    self.transport.write(b'HTTP/1.1 200 OK\r\nETag: "x"\r\nContent-Length: 0\r\n\r\n')
-
-        loop = self._loop = asyncio.new_event_loop()
-        server = loop.run_until_complete(loop.create_server(Reader, "127.0.0.1", 0, ssl=self.ssl_context))
-        self.port = server.sockets[0].getsockname()[1]
-        self._ready.set()
-        loop.run_forever()
-        server.close()
-        loop.run_until_complete(server.wait_closed())  # connections still being accepted finish first
-        loop.close()
-
-
 @pytest.mark.parametrize("scheme", ["http", "https"])
 def test_waiting_for_a_slow_server_costs_the_event_loop_no_cpu(tmp_path: Path, test_ca: CAFiles, scheme: str) -> None:
     """A WAN uplink is slower than the loop can write: each stream then waits for its connection to
@@ -476,7 +414,7 @@ def test_waiting_for_a_slow_server_costs_the_event_loop_no_cpu(tmp_path: Path, t
             finally:
                 os.close(fd)
 
-    with _ThrottledSink(rate=12e6, ssl_context=server_context) as sink:
+    with ThreadedSink(rate=12e6, ssl_context=server_context) as sink:
         anyio.run(main, sink.port, backend_options=event_loop_options())
         assert sink.bodies == streams
     cpu_s, wall_s = measured
@@ -508,7 +446,7 @@ def test_a_tls_transport_may_hold_no_more_ciphertext_than_plain_tcp(test_ca: CAF
         finally:
             writer.close()
 
-    with _ThrottledSink(rate=1e12, ssl_context=server_context) as sink:
+    with ThreadedSink(rate=1e12, ssl_context=server_context) as sink:
         anyio.run(main, sink.port, backend_options=event_loop_options())
     if scheme == "https":
         assert seen["before"][1] > TLS_WRITE_BUFFER_HIGH  # what the cap is for (uvloop: 512 KiB)
