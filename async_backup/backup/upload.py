@@ -22,12 +22,14 @@ import anyio
 
 from ..disk.entries import DiskFile
 from ..disk.read import (
-    FileChanged,
     RangeReader,
+    check_unchanged,
     feed_range,
     open_nofollow,
     os_error,
+    read_range,
     read_whole,
+    size_and_mtime,
 )
 from ..errors import S3Error, unwrapped_group
 from ..s3.checksums import PartChecksum, RunningChecksum, composite_checksum
@@ -142,19 +144,6 @@ async def _open(path: bytes) -> int:
         raise os_error(exc) from None
 
 
-def _stat_of(fd: int) -> tuple[int, int]:
-    try:
-        st = os.fstat(fd)
-    except OSError as exc:
-        raise os_error(exc) from None
-    return st.st_size, st.st_mtime_ns
-
-
-def _check_unchanged(fd: int, size: int, mtime_ns: int) -> None:
-    if _stat_of(fd) != (size, mtime_ns):
-        raise FileChanged("size or modification time changed while the file was read")
-
-
 @contextmanager
 def _refusal_is_a_change(fd: int, size: int, mtime_ns: int) -> Iterator[None]:
     """S3 refuses a body that does not match its checksum: after a refusal, a file that was written
@@ -162,7 +151,7 @@ def _refusal_is_a_change(fd: int, size: int, mtime_ns: int) -> Iterator[None]:
     try:
         yield
     except S3Error:
-        _check_unchanged(fd, size, mtime_ns)
+        check_unchanged(fd, size, mtime_ns)
         raise
 
 
@@ -202,7 +191,7 @@ async def _put_streamed(
     """PutObject streamed from the file; None when it has grown past the threshold."""
     fd = await _open(file.path)
     try:
-        size, mtime_ns = _stat_of(fd)
+        size, mtime_ns = size_and_mtime(fd)
         if size >= settings.multipart_threshold_bytes:
             return None
 
@@ -218,20 +207,10 @@ async def _put_streamed(
 
         with _refusal_is_a_change(fd, size, mtime_ns):
             etag, checksum = await _send_streamed(limits.buffers, RangeReader(fd), 0, size, algorithm, send)
-        _check_unchanged(fd, size, mtime_ns)
+        check_unchanged(fd, size, mtime_ns)
         return Uploaded(size, mtime_ns, checksum.recorded(etag))
     finally:
         await _close(fd)
-
-
-def _read_exact(fd: int, offset: int, length: int) -> bytes:
-    try:
-        data = os.pread(fd, length, offset)
-    except OSError as exc:
-        raise os_error(exc) from None
-    if len(data) != length:
-        raise FileChanged("the file became shorter while it was read")
-    return data
 
 
 async def _upload_multipart(
@@ -248,7 +227,7 @@ async def _upload_multipart(
 ) -> Uploaded:
     fd = await _open(file.path)
     try:
-        size, mtime_ns = _stat_of(fd)
+        size, mtime_ns = size_and_mtime(fd)
         part_bytes = part_size_for(size, settings.part_size_bytes)
         ranges = part_ranges(size, part_bytes)
         reader = RangeReader(fd)
@@ -273,7 +252,7 @@ async def _upload_multipart(
             try:
                 taken = await limits.budget.acquire(length)
                 try:
-                    data = await anyio.to_thread.run_sync(_read_exact, fd, offset, length)
+                    data = await anyio.to_thread.run_sync(read_range, fd, offset, length)
                     # Hashing a part takes tens of ms: in a thread (hashlib releases the GIL).
                     checksum = await anyio.to_thread.run_sync(PartChecksum.of, data, algorithm)
                     sums[number - 1] = checksum
@@ -291,7 +270,7 @@ async def _upload_multipart(
                         # one holds is taken from the budget inside its task, in the order they started.
                         await limits.part_slots.acquire()
                         tg.start_soon(send_streamed if streaming else send_whole, number, offset, length)
-            _check_unchanged(fd, size, mtime_ns)
+            check_unchanged(fd, size, mtime_ns)
             await s3.complete_multipart_upload(bucket, key, upload_id, parts)
         except BaseException:
             await _abort(s3, bucket, key, upload_id, on_ended)

@@ -76,6 +76,33 @@ def read_whole(path: bytes) -> tuple[bytes, int, int]:
     return data, after.st_size, after.st_mtime_ns
 
 
+def size_and_mtime(fd: int) -> tuple[int, int]:
+    """The open file's size and mtime (ns), as a change check compares them."""
+    try:
+        st = os.fstat(fd)
+    except OSError as exc:
+        raise os_error(exc) from None
+    return st.st_size, st.st_mtime_ns
+
+
+def check_unchanged(fd: int, size: int, mtime_ns: int) -> None:
+    """Raise FileChanged unless the open file still has this size and mtime."""
+    if size_and_mtime(fd) != (size, mtime_ns):
+        raise FileChanged("size or modification time changed while the file was read")
+
+
+def read_range(fd: int, offset: int, length: int) -> bytes:
+    """`length` bytes at `offset`, read whole (a part through botocore); FileChanged when the file
+    ends first."""
+    try:
+        data = os.pread(fd, length, offset)
+    except OSError as exc:
+        raise os_error(exc) from None
+    if len(data) != length:
+        raise FileChanged("the file became shorter while it was read")
+    return data
+
+
 def feed_range(fd: int, offset: int, length: int, buffer: bytearray, update: Callable[[memoryview], None]) -> None:
     """Read `length` bytes at `offset` through `buffer` and hand each piece to `update` (a checksum
     being computed; run in a worker thread: hashlib and zlib release the GIL). Raises FileChanged
