@@ -107,6 +107,7 @@ class S3:
         # endpoint probe's 404 spares the rebuild's listing and the setup's versioning check (on
         # Ceph each such 404 takes 40-50 ms).
         self._missing: set[str] = set()
+        self._streamable: dict[str, bool] = {}  # can_stream's answers, per bucket
         client.meta.events.register("before-send.s3", self._count_sent)
 
     def _count_sent(self, event_name: str = "", request: Any = None, **_kwargs: Any) -> None:
@@ -131,10 +132,14 @@ class S3:
     async def can_stream(self, bucket: str) -> bool:
         """Whether bodies for this bucket can be streamed from the file (the fast path signs them);
         through botocore, the fallback, a body is bytes in memory."""
+        known = self._streamable.get(bucket)
+        if known is not None:  # asked once per file: answered without a context manager after the first
+            return known
         if self._direct is None:
             return False
         async with self._mapped(f"endpoint of {bucket}"):
-            return await self._direct.endpoint(bucket) is not None
+            answer = self._streamable[bucket] = await self._direct.endpoint(bucket) is not None
+        return answer
 
     def body_checksum(self, streaming: bool) -> str:
         """The checksum that goes with a bucket's bodies, given can_stream(bucket): CRC32 where the

@@ -378,7 +378,7 @@ class DirectPut:
         self._ssl = ssl_context  # an SSLContext, or False to skip certificate checks (aws.verify_tls false)
         self._label = endpoint_label
         self._configured_region = configured_region
-        self._send_stall_s = send_stall_s  # longest wait for the socket to take the next slice of a body
+        self._send_stall_s = send_stall_s  # longest a body's chunk may take to reach the socket once read
         self._keys: dict[tuple[str, str, str, str], bytes] = {}
 
     def _signing_key(self, secret: str, day: str, region: str, service: str) -> bytes:
@@ -533,8 +533,7 @@ class DirectPut:
                     "aws.secret_access_key, or the AWS profile or role the credentials come from"
                 )
             if code in REGION_CODES:
-                found = _REGION.search(payload)
-                region = found.group(1).decode("utf-8", "replace") if found else bucket_region
+                region = _group(_REGION, payload) or bucket_region
                 raise FatalError(region_message(bucket, region, self._configured_region or endpoint.region))
             if code == SKEW_CODE:
                 raise FatalError(skew_message(_group(_REQUEST_TIME, payload), _group(_SERVER_TIME, payload)))
