@@ -59,10 +59,10 @@ class UploadPolicy:
     async def upload(self, job: UploadJob, change_send: ObjectSendStream[Change]) -> None:
         run, file = job.run, job.upload.file
         bucket = run.target.bucket
-        shown = display_path(file.path)
 
         def fail(kind: FailureKind, message: str, code: str = "") -> None:
-            self.collector.add(Failure(kind, run.target.path, shown, message, code))
+            # The path is shown only in a failure: not worked out for the millions of files that upload.
+            self.collector.add(Failure(kind, run.target.path, display_path(file.path), message, code))
 
         try:
             key = key_for_path(file.path)
@@ -101,7 +101,7 @@ class UploadPolicy:
                     Failure(
                         FailureKind.CHANGED_WHILE_READING,
                         run.target.path,
-                        shown,
+                        display_path(file.path),
                         f"{exc}; left for the next run",
                     )
                 )
