@@ -29,6 +29,7 @@ from benchmarks.datasets import PROFILES, Generator
 from benchmarks.measure import RecordingProxy
 from benchmarks.runner import DATASETS, Bench, now_utc
 from benchmarks.verify import peers_versioned
+from benchmarks.warmup import warm_up
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "out"
 DEFAULT_WORKDIR = Path(tempfile.gettempdir()) / "async-backup-bench"
@@ -123,6 +124,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="also time one upload through the proxy and straight at the server (default: on, off with --quick/--tiny)",
     )
+    run.add_argument(
+        "--warmup-gib",
+        type=float,
+        default=None,
+        help="write and drop this much at a server the harness started, before measuring "
+        "(default 4, 1 with --quick, 0 with --tiny, on moto or at --endpoint)",
+    )
+    run.add_argument(
+        "--warmup-runs",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="first one unmeasured run per contender on the tiny profile's small and large trees "
+        "(default: on, off with --tiny)",
+    )
     run.add_argument("--keep-buckets", action="store_true", help="do not empty and delete buckets afterwards")
     run.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the .md and .json reports go")
     run.add_argument("--strict", action="store_true", help="exit 1 when any contender failed")
@@ -144,6 +159,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error("--repeat must be >= 1 and --scale > 0")
     if args.run_timeout is None:
         args.run_timeout = 300.0 if args.profile == "tiny" else 3600.0
+    if args.warmup_runs is None:
+        args.warmup_runs = args.profile != "tiny"
     if args.proxy_overhead is None:
         args.proxy_overhead = args.profile == "full" and args.proxy
     return args
@@ -231,8 +248,23 @@ def main(argv: list[str] | None = None) -> int:
             for tree in _trees(args.datasets):
                 gen.ensure(tree)
             print(f"  ready in {time.monotonic() - t0:.1f} s", flush=True)
+            warmup_gib = args.warmup_gib
+            if warmup_gib is None:
+                started_here = not args.endpoint and server.kind != "moto"
+                warmup_gib = {"full": 4.0, "quick": 1.0}.get(args.profile, 0.0) if started_here else 0.0
+            warmup_s = warm_up(server, int(warmup_gib * 1024**3))
+            warmup_gen = None
+            if args.warmup_runs:
+                warmup_gen = Generator(args.workdir / "data" / f"tiny-x1-seed{args.seed}", PROFILES["tiny"], args.seed)
             bench = Bench(
-                server, proxy, gen, tmp, args.run_timeout, args.keep_buckets, progress=lambda s: print(s, flush=True)
+                server,
+                proxy,
+                gen,
+                tmp,
+                args.run_timeout,
+                args.keep_buckets,
+                progress=lambda s: print(s, flush=True),
+                warmup_gen=warmup_gen,
             )
             overhead = None
             if args.proxy_overhead and proxy is not None:
@@ -253,6 +285,9 @@ def main(argv: list[str] | None = None) -> int:
                 "server": server.describe(),
                 "peers_versioned": peers_versioned(),
                 "proxy": args.proxy,
+                "warmup_gib": warmup_gib,
+                "warmup_runs": args.warmup_runs,
+                "warmup_s": round(warmup_s, 1),
                 "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
                 f"Python {platform.python_version()}",
                 "versions": {c.name: (c.version() if not c.missing() else "not installed") for c in wanted},

@@ -179,6 +179,9 @@ def markdown(rows: Sequence[Row], meta: dict[str, Any], overhead: dict[str, Any]
         f"(checksums {meta['server']['checksum_calculation']}); requests counted at "
         f"{'the recording proxy' if meta['proxy'] else 'nowhere (--no-proxy)'}; the peers' buckets "
         + ("versioned, as async-backup's" if meta.get("peers_versioned") else "plain (BENCH_VERSIONED_PEERS=0)"),
+        f"- server warm-up before measuring: {meta.get('warmup_gib', 0):g} GiB written and dropped"
+        + (f" ({meta.get('warmup_s', 0):g} s)" if meta.get("warmup_gib") else "")
+        + ("; one unmeasured run per contender first (tiny small and large trees)" if meta.get("warmup_runs") else ""),
         f"- machine: {meta['machine']}",
         "- ratios (×) are contender / async-backup on the same data set: wall time, CPU per file, requests",
         "",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import shutil
 import statistics
+import subprocess
 import sys
 import time
 import uuid
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from benchmarks.contenders import Contender, Target
-from benchmarks.datasets import Generator, Mutation, listing
+from benchmarks.datasets import Generator, Mutation, listing, read_through
 from benchmarks.measure import RecordingProxy, run_measured
 from benchmarks.procs import tail
 from benchmarks.servers import S3Server, wait_until_quiet
@@ -77,8 +78,10 @@ class Bench:
         timeout_s: float,
         keep_buckets: bool = False,
         progress: Callable[[str], None] = print,
+        warmup_gen: Generator | None = None,
     ) -> None:
         self.server = server
+        self.warmup_gen = warmup_gen  # trees for each contender's unmeasured first run, or None
         self.proxy = proxy
         self.gen = gen
         self.run_dir = run_dir
@@ -168,6 +171,7 @@ class Bench:
         state.mkdir(parents=True)
         if not c.creates_bucket:
             make_bucket(self.s3, bucket)
+        read_through(src)  # every run reads its tree from the page cache, none from disk
         # The last run's dropped bucket is still being reclaimed, or the server has just started:
         # every run starts on a quiet server, so none carries another's cost.
         waited = wait_until_quiet(self.server.pids)
@@ -191,6 +195,12 @@ class Bench:
                 drop_bucket(self.s3, bucket)
             except Exception as e:  # cleanup must not end the benchmark
                 self.progress(f"  (could not drop bucket {bucket}: {e})")
+        # Ceph would reclaim the dropped objects on its own every 15 s, often inside the next
+        # contender's run: 0.3-1 s of the server's CPU taken from whoever happened to be running.
+        try:
+            self.server.reclaim()
+        except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:
+            self.progress(f"  (the server could not reclaim dropped objects: {e})")
 
     def small_chain(self, c: Contender, rep: int, wanted: Sequence[str]) -> None:
         src = self.gen.ensure("small")
@@ -239,6 +249,21 @@ class Bench:
         finally:
             self._drop(t)
 
+    def warm_up(self, c: Contender, gen: Generator) -> None:
+        """One unmeasured run of `c` on each of a small tree's data sets (a few small files, two
+        files of 12 MiB), like hyperfine's --warmup. The first run of a contender after the
+        server's warm-up otherwise read its own program from disk: async-backup's interpreter,
+        its libraries and botocore's service models took 2 s more to start than in later runs
+        here, and a Go binary is read the same way. The figures measure uploading, not that."""
+        for tree in ("small", "large"):
+            t = self._fresh(c, f"warmup-{tree}", 0, gen.ensure(tree))
+            try:
+                rec = self.run_one(c, f"warmup-{tree}", 0, t, record=False)
+                if not rec.ok:
+                    self.progress(f"  ({c.name}: its warm-up run {rec.status}; measuring anyway)")
+            finally:
+                self._drop(t)
+
     def run_all(self, contenders: Sequence[Contender], datasets: Sequence[str], repeat: int) -> None:
         runnable = []
         for c in contenders:
@@ -251,6 +276,9 @@ class Bench:
             else:
                 runnable.append(c)
         small_wanted = [d for d in SMALL_CHAIN if d in datasets]
+        if self.warmup_gen is not None:
+            for c in runnable:
+                self.warm_up(c, self.warmup_gen)
         for rep in range(repeat):
             for c in rotated(runnable, rep):
                 if small_wanted:

@@ -42,6 +42,7 @@ def tiny_report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             "1",
             "--no-install",
             "--no-proxy-overhead",
+            "--warmup-runs",  # off by default with --tiny; on here so that path is run too
             "--workdir",
             str(tmp / "work"),
             "--out",
@@ -77,6 +78,10 @@ def test_report_has_a_table_per_data_set(tiny_report: dict[str, Any]) -> None:
         assert title in md
     assert "| CPU s/GB |" in md and "| minor faults/GB |" in md
     assert tiny_report["meta"]["server"]["kind"] == "moto"
+    assert tiny_report["meta"]["warmup_runs"] is True and tiny_report["meta"]["warmup_gib"] == 0
+    assert "one unmeasured run per contender first" in md
+    # The warm-up runs are not figures: every run recorded is one of the measured data sets.
+    assert not [r for r in tiny_report["runs"] if r["dataset"].startswith("warmup")]
     datasets = {row["dataset"] for row in tiny_report["summary"]}
     assert datasets >= {"small", "noop", "incremental", "large", "pages", "bignoop"}
     pages = next(r for r in tiny_report["summary"] if r["contender"] == "async-backup" and r["dataset"] == "pages")
