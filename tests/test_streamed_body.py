@@ -173,6 +173,57 @@ def test_the_pool_hands_the_same_buffers_from_body_to_body_and_faults_in_no_new_
     assert_contents(s3_inspect, bucket, [os.fsencode(p) for p in paths])
 
 
+def test_streamed_bodies_take_their_checksum_passes_in_turn_and_the_first_is_sent_while_others_wait(
+    tmp_path: Path, moto_endpoint: str, s3_inspect: Any, bucket_prefix: str
+) -> None:
+    """Eight bodies uploaded at once with one checksum pass allowed at a time: the passes never
+    overlap, and the first body is on its way while later ones still wait for their turn (when
+    every body hashed at once, the first send waited for nearly all of them)."""
+    paths = write_tree(tmp_path / "tree", [3 * MiB + 1] * 8)
+    bucket = f"{bucket_prefix}turns"
+    aws = AwsSettings(ACCESS_KEY, SECRET_KEY, REGION, moto_endpoint, checksum_calculation="when_supported")
+    limits = MemoryLimits(ByteBudget(16 * MiB), anyio.Semaphore(2), checksum_threads=1)
+    slots = limits.checksum_slots
+    most_hashing = 0
+    waiting_at_first_send: list[int] = []
+
+    async def hook(_upload_id: str) -> None:
+        return None
+
+    async def main() -> None:
+        nonlocal most_hashing
+        async with open_s3(aws, Tuning()) as s3:
+            await s3.create_bucket(bucket)
+            sends_seen = sum(s3.sent.counts.values())
+
+            async def watch(scope: anyio.CancelScope) -> None:
+                nonlocal most_hashing
+                with scope:
+                    while True:
+                        most_hashing = max(most_hashing, int(slots.borrowed_tokens))
+                        if not waiting_at_first_send and sum(s3.sent.counts.values()) > sends_seen:
+                            waiting_at_first_send.append(slots.statistics().tasks_waiting)
+                        await anyio.sleep(0.0005)
+
+            files = [DiskFile(os.fsencode(p), p.stat().st_size, p.stat().st_mtime_ns) for p in paths]
+
+            async def one(file: DiskFile) -> None:
+                await upload_file(s3, bucket, key_for_path(file.path), file, SETTINGS, limits, hook, hook)
+
+            watcher = anyio.CancelScope()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(watch, watcher)
+                async with anyio.create_task_group() as uploads:
+                    for file in files:
+                        uploads.start_soon(one, file)
+                watcher.cancel()
+
+    anyio.run(main)
+    assert most_hashing == 1, "the checksum passes did not take the limiter's turns"
+    assert waiting_at_first_send and waiting_at_first_send[0] >= 1, waiting_at_first_send
+    assert_contents(s3_inspect, bucket, [os.fsencode(p) for p in paths])
+
+
 def test_idle_buffers_are_given_up_before_anyone_waits_for_memory() -> None:
     async def main() -> None:
         budget = ByteBudget(4 * CHUNK_BYTES)

@@ -67,12 +67,32 @@ class UploadSettings:
 
 class MemoryLimits:
     """What all uploads share: bytes of file contents held at once (whole small files, chunk
-    buffers of streamed bodies, idle or in use), and multipart parts in flight."""
+    buffers of streamed bodies, idle or in use), multipart parts in flight, and the threads that
+    checksum streamed bodies before they are sent."""
 
-    def __init__(self, budget: ByteBudget, part_slots: anyio.Semaphore, chunk_bytes: int = CHUNK_BYTES) -> None:
+    def __init__(
+        self,
+        budget: ByteBudget,
+        part_slots: anyio.Semaphore,
+        chunk_bytes: int = CHUNK_BYTES,
+        checksum_threads: int | None = None,
+    ) -> None:
         self.budget = budget
         self.part_slots = part_slots
         self.buffers = BufferPool(budget, min(chunk_bytes, max(1, budget.total_bytes // 2)))
+        # One checksum pass per core at once; the others wait their turn (anyio's limiter is first
+        # come, first served). When every body hashed at once, a run's first send waited until nearly
+        # all of them were done; in turn, the first bodies are ready early and go out while the
+        # next ones are hashed.
+        self.checksum_slots = anyio.CapacityLimiter(checksum_threads or usable_cores())
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity, which a container or taskset narrows)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def read_and_sum(path: bytes, algorithm: str) -> tuple[bytes, int, int, PartChecksum]:
@@ -161,7 +181,7 @@ async def _close(fd: int) -> None:
 
 
 async def _send_streamed(
-    pool: BufferPool,
+    limits: MemoryLimits,
     reader: RangeReader,
     offset: int,
     length: int,
@@ -170,9 +190,13 @@ async def _send_streamed(
 ) -> tuple[Any, PartChecksum]:
     """Checksum a range of the file, then send it streamed from the file through a pair of pooled
     buffers; returns what `send` returned and the checksum."""
+    pool = limits.buffers
     pair: BufferPair = await pool.take_pair()
     try:
-        checksum = await anyio.to_thread.run_sync(checksum_range, reader.fd, offset, length, algorithm, pair.buffers[0])
+        async with limits.checksum_slots:  # a turn first, then one of the file threads
+            checksum = await anyio.to_thread.run_sync(
+                checksum_range, reader.fd, offset, length, algorithm, pair.buffers[0]
+            )
         stream = BodyStream(reader, offset, length, pair.buffers)
         result = await send(stream, checksum)
     except BaseException:
@@ -206,7 +230,7 @@ async def _put_streamed(
             )
 
         with _refusal_is_a_change(fd, size, mtime_ns):
-            etag, checksum = await _send_streamed(limits.buffers, RangeReader(fd), 0, size, algorithm, send)
+            etag, checksum = await _send_streamed(limits, RangeReader(fd), 0, size, algorithm, send)
         check_unchanged(fd, size, mtime_ns)
         return Uploaded(size, mtime_ns, checksum.recorded(etag))
     finally:
@@ -242,7 +266,7 @@ async def _upload_multipart(
                     return await s3.upload_part(bucket, key, upload_id, number, stream, checksum)
 
                 parts[number - 1], sums[number - 1] = await _send_streamed(
-                    limits.buffers, reader, offset, length, algorithm, send
+                    limits, reader, offset, length, algorithm, send
                 )
             finally:
                 limits.part_slots.release()
