@@ -47,9 +47,16 @@ class S3Server:
     # so that work is done between runs instead of landing inside the next one.
     reclaim_argv: tuple[str, ...] = ()
 
-    def reclaim(self) -> None:
-        if self.reclaim_argv:
+    def reclaim(self) -> str | None:
+        """Run `reclaim_argv` if there is one; returns why it failed, or None. A failure only
+        leaves the work to the server's own timer, so callers report it and go on."""
+        if not self.reclaim_argv:
+            return None
+        try:
             run_checked(self.reclaim_argv, 300)
+        except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:
+            return str(e)
+        return None
 
     def describe(self) -> dict[str, object]:
         return {

@@ -63,7 +63,9 @@ def warm_up(server: S3Server, total_bytes: int, log: Any = print) -> float:
             list(pool.map(put, range(count)))
     finally:
         drop_bucket(s3, WARMUP_BUCKET)
-    server.reclaim()  # now, not inside the first measured run
+    failed = server.reclaim()  # now, not inside the first measured run
+    if failed:
+        log(f"  (the server could not reclaim the warm-up's objects: {failed})")
     wait_until_quiet(server.pids)
     took = time.monotonic() - started
     log(f"server warmed up: {count} x 64 MiB written and dropped in {took:.1f} s")
