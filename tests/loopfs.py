@@ -1,0 +1,78 @@
+"""Real file systems for the tests that depend on how one behaves: loop-mounted ext2 and ext4 images.
+
+ext2 keeps whole seconds on disk (the kernel hands out coarse mtimes there, as NFS and older ext4/xfs
+kernels do), and a second image mounted inside a first one is a share mounted inside a target. Only
+root can mount: elsewhere every test that asks for one is skipped with the reason.
+
+    with loop_mount(tmp_path / "fs", "ext2") as mounted:   # a pathlib.Path, the mount point
+        ...
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+
+def _why_not() -> str | None:
+    if os.geteuid() != 0:
+        return "loop mounts need root (run the suite as root to test on real ext2/ext4)"
+    for tool in ("mkfs.ext2", "mkfs.ext4", "mount", "umount"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (Debian: e2fsprogs, mount)"
+    return None
+
+
+def skip_unless_mountable() -> None:
+    """Skip the calling test, with the reason, where loop mounts cannot be made."""
+    reason = _why_not()
+    if reason:
+        pytest.skip(reason)
+
+
+@contextlib.contextmanager
+def loop_mount(mount_point: Path, fs_type: str = "ext2", size_mib: int = 64) -> Iterator[Path]:
+    """Make an image of `fs_type`, loop-mount it on `mount_point` (created), yield the mount point,
+    and unmount it afterwards, also when the test failed. Skips the test where it cannot be done."""
+    skip_unless_mountable()
+    mount_point = Path(mount_point)
+    mount_point.mkdir(parents=True, exist_ok=True)
+    image = mount_point.parent / f".{mount_point.name}.{fs_type}.img"
+    with open(image, "wb") as f:
+        f.truncate(size_mib * 1024 * 1024)
+    made = subprocess.run([f"mkfs.{fs_type}", "-q", "-F", str(image)], capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"mkfs.{fs_type} failed: {made.stderr.strip()}")
+    mounted = subprocess.run(["mount", "-o", "loop", str(image), str(mount_point)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        image.unlink(missing_ok=True)
+        pytest.skip(f"cannot loop-mount {fs_type} here: {mounted.stderr.strip()}")
+    try:
+        # mkfs leaves lost+found: tests want an empty file system, as a fresh share would be.
+        shutil.rmtree(mount_point / "lost+found", ignore_errors=True)
+        os.chmod(mount_point, 0o755)
+        yield mount_point
+    finally:
+        unmount(mount_point)
+        image.unlink(missing_ok=True)
+
+
+def unmount(mount_point: Path) -> None:
+    """Unmount if mounted (a test may have unmounted it already); lazily when it is busy."""
+    if not os.path.ismount(mount_point):
+        return
+    done = subprocess.run(["umount", str(mount_point)], capture_output=True, text=True)
+    if done.returncode != 0:
+        subprocess.run(["umount", "-l", str(mount_point)], capture_output=True, text=True)
+
+
+def remount(mount_point: Path, fs_type: str = "ext2") -> None:
+    """Mount again the image `loop_mount` made for `mount_point` (a share that comes back)."""
+    image = Path(mount_point).parent / f".{Path(mount_point).name}.{fs_type}.img"
+    subprocess.run(["mount", "-o", "loop", str(image), str(mount_point)], check=True, capture_output=True)
