@@ -8,6 +8,7 @@ Hypothesis alike. Imports nothing of S3, the filesystem or the cache.
 
 from __future__ import annotations
 
+import enum
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -24,10 +25,19 @@ MAX_OBJECT_BYTES = 5 * 1024**4  # the largest object S3 stores, 5 TiB
 MAX_DELETE_BATCH = 1_000  # DeleteObjects takes at most 1,000 keys [S3 API reference]
 
 
+class Proof(enum.Enum):
+    """What settles, before a planned upload is sent, whether S3 already holds the file as it is."""
+
+    CONTENT = "content"  # an unsure row: the file's checksum against the one the row recorded
+    HEAD = "head"  # a rebuilt "gone" row met by a file of the listed size: HeadObject's mtime metadata
+
+
 @dataclass(frozen=True, slots=True)
 class Upload:
     file: DiskFile
     is_new: bool
+    # None: upload. Otherwise prove first, and upload only what the proof does not settle.
+    proof: Proof | None = None
 
 
 @dataclass(frozen=True, slots=True)
