@@ -42,6 +42,7 @@ from .adopt import OldCaches
 from .budget import ByteBudget
 from .cleanup import CrashCleanup
 from .delete import KeyFailure, delete_paths
+from .mounts import TargetMounts
 from .plan import MAX_DELETE_BATCH, Upload, merge, part_size_for
 from .policy import Guards, UploadPolicy, target_missing, target_unusable
 from .recovery import Rebuild
@@ -80,6 +81,7 @@ class Backup:
             part_size_bytes=config.tuning.part_size_bytes,
         )
         self._stopping = threading.Event()
+        self._mounts: dict[str, TargetMounts] = {}  # per target path, once its walk began
         self.started_at = time.time()
         self.guards = Guards(config, store, options, collector)
         self.old_caches = OldCaches(config, store, collector)
@@ -194,6 +196,7 @@ class Backup:
                 await run.uploads_done.wait()
                 await self._delete_vanished(run, change_send)
                 await self.guards.record_device(run)
+                await self._record_mounts(run)
         finally:
             run.stats.finished_at = time.time()
             run.stats.failed = self.collector.count_for(target.path)
@@ -216,8 +219,11 @@ class Backup:
             (lambda p: self.excluder.excludes_any_part(root, p)) if self.excluder else (lambda _p: False)
         )
         run.device = device_of(root)
+        mounts = self._mounts[target.path] = TargetMounts(target.path, self.store.mounts(target.path), self.collector)
+        watch = mounts.watch(allow_mass_delete=self.options.allow_mass_delete)
         walk = _until_stopped(
-            walk_target(root, self.excluder, self.collector.add, target.path, self.collector.warn), self._stopping
+            walk_target(root, self.excluder, self.collector.add, target.path, self.collector.warn, watch),
+            self._stopping,
         )
         chunk: list[UploadJob] = []
         try:
@@ -278,6 +284,14 @@ class Backup:
             )
 
         await delete_paths(self.s3, bucket, run.deletes, deleted, failed)
+
+    async def _record_mounts(self, run: TargetRun) -> None:
+        mounts = self._mounts.get(run.target.path)
+        if mounts is None or not run.stats.walk_finished:
+            return  # a walk cut short may not have reached every mount point
+        await anyio.to_thread.run_sync(
+            lambda: mounts.record(self.store, allow_mass_delete=self.options.allow_mass_delete)
+        )
 
     # Stage: upload workers
 

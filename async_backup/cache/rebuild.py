@@ -43,6 +43,7 @@ from ..errors import S3Error
 from ..s3.client import S3
 from ..s3.objects import ListedObject, ObjectHead, parse_mtime_metadata
 from .legacy import OldCache
+from .mountpoints import AbsentShares
 from .spill import open_spill
 from .store import StateStore, Stored, file_columns
 
@@ -340,14 +341,17 @@ class Candidate:
     disk: DiskStat
 
 
-def candidates(entries: Sequence[Listed], root: bytes) -> tuple[list[Candidate], list[tuple[bytes, int]]]:
+def candidates(
+    entries: Sequence[Listed], root: bytes, absent: AbsentShares | None = None
+) -> tuple[list[Candidate], list[tuple[bytes, int]]]:
     """The entries worth a HeadObject, and the (path, listed size) of those whose file is gone
     from disk (lstat of each local path; runs in a worker thread).
 
     A gone file's object gets a row, so the run deletes it like any vanished file (a delete marker,
     restorable for noncurrent_days; the deletion guard applies): otherwise a file deleted while the
     cache was lost would stay current in S3 for good. Only "no such file" counts as gone; a path
-    that cannot be read (EACCES, EIO) is no knowledge and gets no row."""
+    that cannot be read (EACCES, EIO) is no knowledge and gets no row, and so is a file under an
+    absent share (`absent`: an unmounted share leaves an empty folder, which proves nothing)."""
     found = []
     gone = []
     for entry in entries:
@@ -357,7 +361,8 @@ def candidates(entries: Sequence[Listed], root: bytes) -> tuple[list[Candidate],
         try:
             disk = DiskStat.of(os.lstat(path))
         except (FileNotFoundError, NotADirectoryError):
-            gone.append((path, entry.size))
+            if absent is None or not absent.holds(path):
+                gone.append((path, entry.size))
             continue
         except OSError:
             continue  # unreadable: left alone, as the walk leaves it

@@ -55,6 +55,12 @@ CREATE TABLE IF NOT EXISTS multipart_uploads (
     PRIMARY KEY (bucket, upload_id)
 );
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS mounts (
+    target TEXT    NOT NULL,   -- the target's path, as in `targets`
+    path   BLOB    NOT NULL,   -- a directory inside it that is (or was) a file system of its own
+    device INTEGER,            -- its st_dev when last seen mounted; NULL: suspected, never seen mounted
+    PRIMARY KEY (target, path)
+) WITHOUT ROWID;
 """
 
 
@@ -197,6 +203,10 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     return conn
 
 
+def _has_table(conn: sqlite3.Connection, name: str) -> bool:
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)).fetchone() is not None
+
+
 def file_columns(conn: sqlite3.Connection) -> set[str]:
     """The columns of a cache's `files` table (snapshots from older versions lack some)."""
     return {str(row[1]) for row in conn.execute("PRAGMA table_info(files)")}
@@ -324,6 +334,7 @@ class StateStore:
             n = self._conn.execute("DELETE FROM files WHERE bucket=?", (row[0],)).rowcount
             self._conn.execute("DELETE FROM targets WHERE path=?", (path,))
             self._conn.execute("DELETE FROM meta WHERE name=?", (DEVICE_META + path,))
+            self._conn.execute("DELETE FROM mounts WHERE target=?", (path,))
             return int(n)
 
     @_mapped
@@ -440,6 +451,30 @@ class StateStore:
 
     def set_target_device(self, path: str, device: int) -> None:
         self.set_meta(DEVICE_META + path, str(device))
+
+    @_mapped
+    def mounts(self, target: str) -> dict[bytes, int | None]:
+        """The mount points remembered inside a target: path -> st_dev when last seen mounted."""
+        if self._conn is None or not _has_table(self._conn, "mounts"):
+            return {}  # no cache, or a read-only look at one from before mount points were remembered
+        rows = self._conn.execute("SELECT path, device FROM mounts WHERE target=?", (target,))
+        return {bytes(p): None if d is None else int(d) for p, d in rows}
+
+    @_mapped
+    def remember_mounts(self, target: str, mounts: Iterable[tuple[bytes, int | None]]) -> None:
+        """Remember (or refresh the device of) mount points inside a target."""
+        assert self._conn is not None
+        with self._write_lock, self._conn:
+            self._conn.executemany(
+                "INSERT OR REPLACE INTO mounts(target, path, device) VALUES (?, ?, ?)",
+                [(target, p, d) for p, d in mounts],
+            )
+
+    @_mapped
+    def forget_mounts(self, target: str, paths: Iterable[bytes]) -> None:
+        assert self._conn is not None
+        with self._write_lock, self._conn:
+            self._conn.executemany("DELETE FROM mounts WHERE target=? AND path=?", [(target, p) for p in paths])
 
     def get_meta(self, name: str) -> str | None:
         rows = self._query("SELECT value FROM meta WHERE name=?", (name,))
