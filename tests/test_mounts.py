@@ -180,6 +180,29 @@ def test_a_cache_lost_while_a_share_is_unmounted_writes_no_gone_rows_for_it(
         assert set(bucket_objects(s3_inspect, bucket)) >= {os.fsencode(scans / rel) for rel in SCANS}
 
 
+def test_a_cache_rebuilt_from_a_snapshot_while_a_share_is_unmounted_keeps_its_rows(
+    tmp_path: Path, moto_endpoint: str, bucket_prefix: str, s3_inspect: Any
+) -> None:
+    target = tmp_path / "parish"
+    make_tree(target, TOP)
+    cache = tmp_path / "cache"
+    write_config(cache, moto_endpoint, folders=[str(target)], bucket_prefix=bucket_prefix, backup_extra=IMAGES)
+    bucket = stable_bucket_name(bucket_prefix, str(target))
+    with loop_mount(target / "scans-2019") as scans:
+        make_tree(scans, SCANS)
+        assert run_cli("--cache", str(cache)).returncode == 0  # its snapshot remembers the mount point
+        unmount(scans)
+        for name in ("async-backup.db", "async-backup.db-wal", "async-backup.db-shm"):
+            (cache / name).unlink(missing_ok=True)
+
+        rebuilt = run_cli("--cache", str(cache))
+        assert rebuilt.returncode == 1, rebuilt.stderr
+        assert "rebuilt from" in rebuilt.stderr and "snapshot" in rebuilt.stderr
+        assert [f["path"] for f in last_report(cache)["failures"]] == [str(scans)]
+        assert under(cache_rows(cache, bucket), scans) == {os.fsencode(scans / rel) for rel in SCANS}
+        assert versions(s3_inspect, bucket)[1] == []
+
+
 def test_verify_repair_while_a_share_is_unmounted_keeps_its_rows_and_adds_no_gone_rows(
     tmp_path: Path, moto_endpoint: str, bucket_prefix: str, s3_inspect: Any
 ) -> None:

@@ -18,7 +18,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream as ObjectReceiveStream
 from anyio.streams.memory import MemoryObjectSendStream as ObjectSendStream
 
-from ..cache.mountpoints import AbsentShares
+from ..cache.mountpoints import AbsentShares, mounts_from_snapshot
 from ..cache.rebuild import (
     REBUILDING_MARK,
     Candidate,
@@ -94,6 +94,8 @@ class Rebuild:
                     rows = await anyio.to_thread.run_sync(
                         rows_from_snapshot, db, bucket, run.target.path_bytes, listing, self.store
                     )
+                    # before any "gone" row is decided: its rows under an unmounted share stay held
+                    await anyio.to_thread.run_sync(mounts_from_snapshot, db, run.target.path, self.store)
                     run.stats.rebuilt_rows += rows
                     sources.append(snapshot.describe())
                 elif old_cache is not None:

@@ -117,11 +117,13 @@ class MountWatch:
                 above.add(path)
         object.__setattr__(self, "_above", frozenset(above))
 
+    def above(self, folder: bytes) -> bool:
+        """Whether a remembered mount point lies below `folder`."""
+        return folder in self._above
+
     def missing_below(self, folder: bytes, listed_dirs: set[bytes]) -> list[bytes]:
         """Remembered mount points under `folder` cut off because the folder's child on the way
         to them is not among `listed_dirs` (names): the outermost of each, sorted."""
-        if folder not in self._above:
-            return []
         prefix = folder.rstrip(b"/") + b"/"
         cut = sorted(
             m for m in self.remembered if m.startswith(prefix) and m[len(prefix) :].split(b"/")[0] not in listed_dirs
@@ -251,8 +253,8 @@ _Listed = tuple[bytes, _Kind, "os.DirEntry[bytes] | bytes", int]
 def _with_missing_mounts(folder: bytes, listing: list[_Listed], watch: MountWatch) -> list[_Listed]:
     """The listing, with a place for each remembered mount point below `folder` that the listing
     has no way down to (the mount point, or a folder above it, is missing)."""
-    if not watch.remembered:
-        return listing
+    if not watch.above(folder):
+        return listing  # the common case: one set lookup, nothing built per entry
     # a folder the walk enters, or holds as a Hole (excluded, unreadable): a way down either way
     dirs = {item[0][:-1] for item in listing if item[0].endswith(b"/")}
     missing = watch.missing_below(folder, dirs)
