@@ -178,6 +178,15 @@ def test_a_cache_lost_while_a_share_is_unmounted_writes_no_gone_rows_for_it(
         assert [f["path"] for f in last_report(cache)["failures"]] == [str(scans)]
         assert versions(s3_inspect, bucket)[1] == [key_of(target / "letters" / "7.txt")]  # truly deleted
         assert set(bucket_objects(s3_inspect, bucket)) >= {os.fsencode(scans / rel) for rel in SCANS}
+        assert remembered(cache, target) == {os.fsencode(scans): None}  # suspected: never seen mounted
+
+        remount(scans)
+        back = run_cli("--cache", str(cache), "--no-cache-backup")
+        assert back.returncode == 0, back.stderr
+        assert last_report(cache)["failures"] == []
+        assert versions(s3_inspect, bucket)[1] == [key_of(target / "letters" / "7.txt")]
+        assert under(cache_rows(cache, bucket), scans) == {os.fsencode(scans / rel) for rel in SCANS}
+        assert remembered(cache, target)[os.fsencode(scans)] == os.stat(scans).st_dev
 
 
 def test_a_cache_rebuilt_from_a_snapshot_while_a_share_is_unmounted_keeps_its_rows(
@@ -259,3 +268,23 @@ def test_the_walk_finds_mount_points_with_one_lstat_per_directory_and_holds_abse
         (t + b"/m-empty", "not mounted"),
     ]
     assert found == [] and failures == []
+
+
+def test_a_suspected_mount_point_back_with_files_on_its_parents_device_is_walked(tmp_path: Path) -> None:
+    """An empty folder a rebuild suspected to be a share, refilled on the parent's file system: it
+    was no share after all, so it is walked and reported for forgetting, not held every night."""
+    from async_backup.disk.walk import MountWatch
+
+    target = tmp_path / "t"
+    make_tree(target, {"refilled/x.txt": b"x", "still-empty/.keep": b""})
+    (target / "still-empty" / ".keep").unlink()
+    t = os.fsencode(target)
+    absent: list[bytes] = []
+    unmounted: list[bytes] = []
+    suspected = frozenset({t + b"/refilled", t + b"/still-empty"})
+    watch = MountWatch(
+        suspected, absent=lambda p, _why: absent.append(p), suspected=suspected, unmounted=unmounted.append
+    )
+    paths = [e.path for e in walk_target(t, Excluder(()), lambda _f: None, str(target), mounts=watch)]
+    assert paths == [t + b"/refilled/x.txt", t + b"/still-empty/"]
+    assert absent == [t + b"/still-empty"] and unmounted == [t + b"/refilled"]

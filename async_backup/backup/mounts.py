@@ -26,6 +26,7 @@ class TargetMounts:
         self.remembered = remembered
         self.collector = collector
         self.found: dict[bytes, int] = {}
+        self.unmounted: set[bytes] = set()  # suspected mount points that hold files on the parent's device
         self.absent: set[bytes] = set()
         self._lock = threading.Lock()  # the walk thread reports, the event loop records afterwards
 
@@ -33,11 +34,27 @@ class TargetMounts:
         """What the walk is given. With --allow-mass-delete the operator said that what is gone is
         gone: remembered mount points are walked like any folder (and forgotten afterwards)."""
         remembered = frozenset() if allow_mass_delete else frozenset(self.remembered)
-        return MountWatch(remembered=remembered, found=self._found, absent=self._absent)
+        suspected = frozenset(p for p in remembered if self.remembered[p] is None)
+        return MountWatch(
+            remembered=remembered,
+            found=self._found,
+            absent=self._absent,
+            suspected=suspected,
+            unmounted=self._unmounted,
+        )
+
+    def unproven(self) -> tuple[bytes, ...]:
+        """Prefixes of the suspected mount points: the rebuild wrote no rows under them, so a file
+        that comes back there may be in S3 already (its upload is to be proven first)."""
+        return tuple(p + b"/" for p, device in self.remembered.items() if device is None)
 
     def _found(self, path: bytes, device: int) -> None:
         with self._lock:
             self.found[path] = device
+
+    def _unmounted(self, path: bytes) -> None:
+        with self._lock:
+            self.unmounted.add(path)
 
     def _absent(self, path: bytes, why: str) -> None:
         with self._lock:
@@ -46,12 +63,13 @@ class TargetMounts:
 
     def record(self, store: StateStore, *, allow_mass_delete: bool) -> None:
         """After a walk that went to the end (never in a dry run): remember the mount points found
-        (a new one, or a new st_dev after a remount), and with --allow-mass-delete forget the
-        remembered ones that are no longer mounted. Runs in a worker thread."""
+        (a new one, or a new st_dev after a remount), and forget the suspected ones that are back
+        with their files on the parent's device, and, with --allow-mass-delete, the remembered ones
+        that are no longer mounted. Runs in a worker thread."""
         changed = [(p, d) for p, d in self.found.items() if self.remembered.get(p, -1) != d]
         if changed:
             store.remember_mounts(self.target, changed)
-        if allow_mass_delete:
-            gone = [p for p in self.remembered if p not in self.found]
-            if gone:
-                store.forget_mounts(self.target, gone)
+        gone = [p for p in self.remembered if p not in self.found] if allow_mass_delete else []
+        gone.extend(p for p in self.unmounted if p not in gone)  # back with its files: no share after all
+        if gone:
+            store.forget_mounts(self.target, gone)

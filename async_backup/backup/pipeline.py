@@ -43,7 +43,7 @@ from .budget import ByteBudget
 from .cleanup import CrashCleanup
 from .delete import KeyFailure, delete_paths
 from .mounts import TargetMounts
-from .plan import MAX_DELETE_BATCH, Upload, merge, part_size_for
+from .plan import MAX_DELETE_BATCH, Proof, Upload, merge, part_size_for
 from .policy import Guards, UploadPolicy, target_missing, target_unusable
 from .recovery import Rebuild
 from .runs import RunOptions, TargetRun, UploadJob
@@ -221,6 +221,7 @@ class Backup:
         run.device = device_of(root)
         mounts = self._mounts[target.path] = TargetMounts(target.path, self.store.mounts(target.path), self.collector)
         watch = mounts.watch(allow_mass_delete=self.options.allow_mass_delete)
+        unproven = mounts.unproven()
         walk = _until_stopped(
             walk_target(root, self.excluder, self.collector.add, target.path, self.collector.warn, watch),
             self._stopping,
@@ -229,6 +230,9 @@ class Backup:
         try:
             for action in merge(walk, self.old_caches.recorded(run), run.counts, excluded):
                 if isinstance(action, Upload):
+                    if unproven and action.is_new and action.file.path.startswith(unproven):
+                        # Its row was not rebuilt while the share was away: prove before sending.
+                        action = Upload(action.file, is_new=True, proof=Proof.HEAD)
                     run.stats.planned_uploads += 1
                     run.stats.planned_upload_bytes += action.file.size
                     self._plan_requests(run, action.file.size)

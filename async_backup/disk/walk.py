@@ -93,6 +93,10 @@ def _no_absence(_path: bytes, _why: str) -> None:
     pass
 
 
+def _no_absence_of(_path: bytes) -> None:
+    pass
+
+
 @dataclass(frozen=True, slots=True)
 class MountWatch:
     """What the walk knows and tells about file systems mounted inside a target, as plain data
@@ -100,6 +104,9 @@ class MountWatch:
 
     `remembered`: mount points (paths without a trailing slash) earlier runs found inside the
     target. `found(path, st_dev)`: a non-empty directory on another device than its parent.
+    `suspected`: those of them never seen mounted (empty folders a lost cache's rebuild found
+    objects under): only empty or missing counts as absent for these; found with files on the
+    parent's device, such a folder is reported to `unmounted` (it was no share after all).
     `absent(path, why)`: a remembered mount point that is not mounted, empty or missing; the
     walk yields it as a Hole, so nothing cached under it is deleted.
     """
@@ -107,6 +114,8 @@ class MountWatch:
     remembered: frozenset[bytes] = frozenset()
     found: Callable[[bytes, int], None] = _no_mount
     absent: Callable[[bytes, str], None] = _no_absence
+    suspected: frozenset[bytes] = frozenset()
+    unmounted: Callable[[bytes], None] = _no_absence_of
     # every folder above a remembered mount point: only these are checked for a missing one
     _above: frozenset[bytes] = field(init=False, default=frozenset())
 
@@ -201,7 +210,7 @@ def walk_target(
             except OSError:
                 device = None  # vanished or unreadable: _list_dir says which
             remembered = path in watch.remembered
-            if remembered and device == parent_device:
+            if remembered and device == parent_device and path not in watch.suspected:
                 watch.absent(path, NOT_MOUNTED)
                 yield Hole(path + b"/", "not mounted")
                 continue
@@ -216,6 +225,8 @@ def walk_target(
                     device = parent_device
                 elif device != parent_device and sub:
                     watch.found(path, device)
+                elif remembered:
+                    watch.unmounted(path)  # a suspected one, with files on its parent's device
                 stack.append((iter(_with_missing_mounts(path, sub, watch)), device))
         else:
             mode = item[3]
