@@ -145,6 +145,11 @@ def test_a_mount_point_removed_on_purpose_is_let_go_with_allow_mass_delete(
         assert "missing" in last_report(cache)["failures"][0]["message"]
         assert versions(s3_inspect, bucket)[1] == []
 
+        dry = run_cli("--cache", str(cache), "--only", str(target), "--allow-mass-delete", "--dry-run")
+        assert dry.returncode == 0, dry.stderr
+        assert set(remembered(cache, target)) == {os.fsencode(scans)}  # a dry run forgets nothing
+        assert versions(s3_inspect, bucket)[1] == []
+
         allowed = run_cli("--cache", str(cache), "--only", str(target), "--allow-mass-delete")
         assert allowed.returncode == 0, allowed.stderr
         assert versions(s3_inspect, bucket)[1] == sorted(key_of(scans / rel) for rel in SCANS)
