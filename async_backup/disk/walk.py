@@ -192,7 +192,7 @@ def walk_target(
             watch.absent(absent, MISSING)
             yield Hole(absent + b"/", "mount point missing")
             continue
-        entry = cast(os.DirEntry[bytes], item[2])
+        entry: os.DirEntry[bytes] = item[2]  # type: ignore[assignment]  # no cast() call per file
         path = entry.path
         if kind is _Kind.UNKNOWN:
             yield Skipped(path, "unreadable")
