@@ -252,7 +252,7 @@ class Backup:
         if run.deletes:
             batches = -(-len(run.deletes) // MAX_DELETE_BATCH)
             run.stats.planned_requests["DeleteObjects"] = run.stats.planned_requests.get("DeleteObjects", 0) + batches
-        run.stats.unchanged = counts.unchanged
+        run.stats.unchanged += counts.unchanged  # += : files a proof settled count there too
         run.stats.skipped += counts.skipped
         if run.old_cache is not None:
             run.stats.adopted = counts.unchanged  # what a real run would adopt, if S3 lists it

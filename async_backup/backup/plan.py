@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from ..cache.records import Recorded, is_unchanged
+from ..cache.records import Recorded, is_gone, is_unchanged
 from ..disk.entries import DiskFile, Hole, Skipped, WalkEntry
 
 MiB = 1024 * 1024
@@ -69,7 +69,9 @@ def merge(
 ) -> Iterator[Action]:
     """Merge two streams sorted by path bytes into upload and delete actions.
 
-    A file on disk and not in the cache, or with another size or mtime, is uploaded. A cached
+    A file on disk and not in the cache, or with another size or mtime, is uploaded; one that
+    meets a rebuilt "gone" row with the row's size is uploaded only if HeadObject does not prove
+    that S3 holds it (Proof.HEAD). A cached
     path that is no longer on disk is deleted, unless it lies under a Hole (the walk could not
     see there) or is excluded. Everything else is left alone. An entry whose type the walk could
     not read comes as Skipped(path) and Hole(path + "/"), each in its place in the order: the
@@ -104,6 +106,9 @@ def merge(
                 counts.disk_bytes += d.size
                 if is_unchanged(d, r):
                     counts.unchanged += 1
+                elif is_gone(r) and r.size == d.size:
+                    # The file is back with the size S3 listed: S3 may hold it already.
+                    yield Upload(d, is_new=False, proof=Proof.HEAD)
                 else:
                     yield Upload(d, is_new=False)
             else:

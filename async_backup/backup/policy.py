@@ -1,6 +1,7 @@
 """Backup's policy: what one planned upload becomes, and when deletes are held back.
 
 Owns the rules around each upload (a key too long or a file too large fails alone, a file that
+meets a rebuilt "gone" row is first proven by HeadObject (Proof.HEAD), a file that
 changes while read gets one more read and is then left for the next run, a vanished file is
 skipped, an unreadable one fails, a run of transport failures ends the run as fatal), the
 device and deletion guards applied to a target's deletes, and the failures of targets that
@@ -14,14 +15,17 @@ from collections.abc import Sequence
 import anyio
 from anyio.streams.memory import MemoryObjectSendStream as ObjectSendStream
 
+from ..cache.rebuild import checksum_of
 from ..cache.store import Change, StateStore, Stored, UploadEnded, UploadStarted
+from ..disk.digest import file_md5, single_part_md5
 from ..disk.keys import KeyTooLongError, check_key_length, display_path, key_for_path
 from ..disk.read import FileChanged, FileUnreadable, FileVanished
 from ..errors import Failure, FailureCollector, FailureKind, FatalError, S3Error
 from ..report.summary import format_bytes
 from ..s3.client import S3, endpoint_name
+from ..s3.objects import parse_mtime_metadata
 from ..settings.config import Config
-from .plan import MAX_OBJECT_BYTES, deletion_guard, device_guard
+from .plan import MAX_OBJECT_BYTES, Proof, deletion_guard, device_guard
 from .runs import RunOptions, TargetRun, UploadJob
 from .setup import BucketSetup
 from .upload import MemoryLimits, UploadSettings, upload_file
@@ -79,6 +83,19 @@ class UploadPolicy:
             return
         if not await self.buckets.ready(run):
             return
+        if job.upload.proof is Proof.HEAD:
+            try:
+                if await self.proven_by_head(job, key, change_send):
+                    return
+            except S3Error as exc:
+                fail(
+                    FailureKind.S3,
+                    f"HeadObject failed ({exc.message}); not uploaded, so that nothing S3 already holds is "
+                    "uploaded twice: the next run checks it again",
+                    exc.code,
+                )
+                self._note_transport(exc)
+                return
 
         async def started(upload_id: str) -> None:
             # Committed at once, not batched: a crash right after must still leave the id behind
@@ -124,6 +141,29 @@ class UploadPolicy:
                 run.stats.updated += 1
             run.stats.bytes_uploaded += done.size
             return
+
+    async def proven_by_head(self, job: UploadJob, key: str, change_send: ObjectSendStream[Change]) -> bool:
+        """Proof.HEAD, for a file that came back to a rebuilt "gone" row with the listed size:
+        whether S3 holds it as it is, so that it gets its row and no upload. HeadObject: an
+        object with our `mtime` metadata is the file when that equals its mtime to the nanosecond
+        (as the rebuild proves rows); one without it (the old script set none) when its
+        single-part ETag equals the file's MD5 (the file is read; a multipart ETag proves nothing
+        and the file is uploaded). Raises S3Error when HeadObject fails."""
+        run, file = job.run, job.upload.file
+        head = await self.s3.head_object(run.target.bucket, key)
+        if head is None or head.size != file.size:
+            return False
+        mtime_ns = parse_mtime_metadata(head.metadata)
+        if mtime_ns is not None:
+            if mtime_ns != file.mtime_ns:
+                return False
+        else:
+            md5 = None if head.encrypted_with_key else single_part_md5(head.etag)
+            if md5 is None or md5 != await anyio.to_thread.run_sync(file_md5, file.path, file.size, file.mtime_ns):
+                return False
+        await change_send.send(Stored(run.target.bucket, file.path, file.size, file.mtime_ns, checksum_of(head)))
+        run.stats.unchanged += 1
+        return True
 
     def _note_transport(self, exc: S3Error) -> None:
         if exc.code not in TRANSPORT_CODES:

@@ -30,6 +30,7 @@ from ..cache.rebuild import (
     proves_row,
     rows_from_snapshot,
 )
+from ..cache.records import GONE_MTIME_NS
 from ..cache.snapshot import SNAPSHOT_DUE, SnapshotShelf, snapshot_buckets
 from ..cache.store import Change, StateStore, Stored
 from ..disk.keys import display_path
@@ -92,7 +93,13 @@ class Rebuild:
                 if found is not None:
                     snapshot, db = found
                     rows = await anyio.to_thread.run_sync(
-                        rows_from_snapshot, db, bucket, run.target.path_bytes, listing, self.store
+                        rows_from_snapshot,
+                        db,
+                        bucket,
+                        run.target.path_bytes,
+                        listing,
+                        self.store,
+                        snapshot.last_modified.timestamp(),
                     )
                     # before any "gone" row is decided: its rows under an unmounted share stay held
                     await anyio.to_thread.run_sync(mounts_from_snapshot, db, run.target.path, self.store)
@@ -173,7 +180,7 @@ class Rebuild:
                     found, gone = await anyio.to_thread.run_sync(candidates, chunk, root, absent)
                     for path, size in gone:  # no file: a row so the run deletes the object
                         run.stats.rebuilt_gone += 1
-                        await rows.send(Stored(bucket, path, size, 0, None))
+                        await rows.send(Stored(bucket, path, size, GONE_MTIME_NS, None))
                     for candidate in found:
                         await cand_send.send(candidate)
 

@@ -12,6 +12,11 @@ from ..disk.entries import DiskFile
 
 # Old caches stored st_mtime as a float; a double near 1.7e9 s is exact to about 0.24 us.
 LEGACY_MTIME_TOLERANCE_NS = 2_000
+# The mtime of a "gone" row: one the rebuild wrote for a listed object whose file it did not find
+# (deleted, or on a share not mounted then). Its size is the listed one; nothing proves what its
+# file is, so a file of that size that turns up there goes through the HeadObject proof. A row of
+# a file whose mtime really is 0 reads as gone too: it only costs that file a HeadObject.
+GONE_MTIME_NS = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,3 +46,8 @@ def is_unchanged(file: DiskFile, row: Recorded) -> bool:
     if row.size is None:
         return abs(file.mtime_ns - row.mtime_ns) <= LEGACY_MTIME_TOLERANCE_NS
     return file.size == row.size and file.mtime_ns == row.mtime_ns
+
+
+def is_gone(row: Recorded) -> bool:
+    """A row the rebuild wrote for an object whose file was not on disk (see GONE_MTIME_NS)."""
+    return row.mtime_ns == GONE_MTIME_NS and row.size is not None and row.legacy_mtime is None
