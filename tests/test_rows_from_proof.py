@@ -52,8 +52,9 @@ def last_report(cache: Path) -> dict[str, Any]:
 def test_a_share_unmounted_while_the_cache_was_lost_comes_back_without_uploads(
     tmp_path: Path, moto_endpoint: str, bucket_prefix: str
 ):
-    """The rebuild meets the empty mount point and writes a "gone" row per object of the share;
-    when the share is back, each file has the listed size and HeadObject proves it: no upload."""
+    """The rebuild meets the empty mount point: it writes no row for the share's objects (a
+    suspected mount point). When the share is back, each file has the listed size and HeadObject
+    proves it: no upload."""
     target = tmp_path / "data" / "parish"
     make_tree(target, {"index.txt": b"index of the parish scans", "cover.tif": b"c" * 300})
     share = target / "scans-2019"
@@ -76,8 +77,11 @@ def test_a_share_unmounted_while_the_cache_was_lost_comes_back_without_uploads(
         assert share.is_dir() and not list(share.iterdir())
         delete_cache_db(cache)
         away = run_cli("--cache", str(cache), "--no-cache-backup")
-        assert "20 of them for files gone from disk" in away.stderr, away.stderr
-        assert last_report(cache)["targets"][0]["deleted"] == 0  # the deletion guard held them back
+        # The empty folder S3 holds files under is taken for a share that is not mounted: no "gone"
+        # row for its files, nothing deleted, and a failure names it.
+        assert "mount point absent" in away.stderr and str(share) in away.stderr, away.stderr
+        assert not [path for path in rows(cache, bucket) if path.startswith(os.fsencode(share))]
+        assert last_report(cache)["targets"][0]["deleted"] == 0
 
         remount(mounted)
         proxy.clear()
