@@ -140,14 +140,29 @@ def versions_per_key(client: Any, bucket: str) -> dict[str, int]:
     return counts
 
 
-def assert_whole(client: Any, bucket: str, root: Path, cache: Path) -> None:
-    """The bucket's current objects equal the tree (sizes and contents), and the cache equals the bucket."""
+def uploads_holding_parts(client: Any, bucket: str) -> list[str]:
+    """Keys of open multipart uploads that hold at least one part."""
+    return [
+        u["Key"]
+        for u in client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+        if client.list_parts(Bucket=bucket, Key=u["Key"], UploadId=u["UploadId"]).get("Parts")
+    ]
+
+
+def assert_whole(client: Any, bucket: str, root: Path, cache: Path, *, killed: bool = False) -> None:
+    """The bucket's current objects equal the tree (sizes and contents), and the cache equals the bucket.
+
+    `killed`: a SIGKILL may land between CreateMultipartUpload's reply and the commit of its id; the
+    upload then holds no part (parts go only after the commit) and is the lifecycle rule's to abort."""
     tree = tree_files(root)
     objects = bucket_objects(client, bucket)
     assert objects == tree, _diff("bucket", objects, tree)
     rows = cache_rows(cache, bucket)
     assert rows == objects, _diff("cache", rows, objects)
-    assert open_uploads(client, bucket) == []
+    if killed:
+        assert uploads_holding_parts(client, bucket) == []
+    else:
+        assert open_uploads(client, bucket) == []
     assert_contents(client, bucket)
 
 
