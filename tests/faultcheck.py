@@ -149,17 +149,19 @@ def uploads_holding_parts(client: Any, bucket: str) -> list[str]:
     ]
 
 
-def assert_whole(client: Any, bucket: str, root: Path, cache: Path, *, killed: bool = False) -> None:
+def assert_whole(client: Any, bucket: str, root: Path, cache: Path, *, unrecorded_creates: bool = False) -> None:
     """The bucket's current objects equal the tree (sizes and contents), and the cache equals the bucket.
 
-    `killed`: a SIGKILL may land between CreateMultipartUpload's reply and the commit of its id; the
-    upload then holds no part (parts go only after the commit) and is the lifecycle rule's to abort."""
+    `unrecorded_creates`: a CreateMultipartUpload whose reply was lost (a stall past the read timeout,
+    then botocore's retry) or cut off by SIGKILL before its id was committed leaves an upload no cache
+    knows, so no run aborts it (it may be another installation's); it holds no part, since parts are
+    sent only after the id is committed, and the bucket's lifecycle rule aborts it."""
     tree = tree_files(root)
     objects = bucket_objects(client, bucket)
     assert objects == tree, _diff("bucket", objects, tree)
     rows = cache_rows(cache, bucket)
     assert rows == objects, _diff("cache", rows, objects)
-    if killed:
+    if unrecorded_creates:
         assert uploads_holding_parts(client, bucket) == []
     else:
         assert open_uploads(client, bucket) == []
