@@ -43,6 +43,7 @@ __all__ = [
     "Fault",
     "ProxyServer",
     "Record",
+    "RefuseDeleteBatch",
     "ResetBody",
     "SlowReply",
     "Stall",
@@ -359,6 +360,24 @@ class DeleteKeyErrors(Fault):
         return record.op in (self.ops or {"DeleteObjects"})
 
 
+@dataclass(frozen=True)
+class RefuseDeleteBatch(Fault):
+    """Answer 400 MalformedXML, without forwarding, to a DeleteObjects request whose body names one
+    of `refused_keys`, as S3 refuses a body holding a character XML 1.0 cannot carry (U+FFFE, U+FFFF).
+    Any other DeleteObjects request goes to moto unchanged. `ops` defaults to DeleteObjects."""
+
+    refused_keys: Collection[str] = frozenset()
+
+    kind: ClassVar[str] = "refuse_delete"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "refused_keys", frozenset(self.refused_keys))
+
+    def matches(self, record: Record) -> bool:
+        return record.op in (self.ops or {"DeleteObjects"})
+
+
 def slow_down(
     probability: float = 1.0,
     *,
@@ -670,7 +689,7 @@ class ProxyServer:
         record.security_token = request.headers.get("X-Amz-Security-Token")
         record.user_agent = request.headers.get("User-Agent", "")
         fault = self._pick_fault(record)
-        if fault is not None and not isinstance(fault, DeleteKeyErrors):
+        if fault is not None and not isinstance(fault, DeleteKeyErrors | RefuseDeleteBatch):
             record.fault = fault.kind
         status: int | None = None
         response: web.StreamResponse
@@ -786,6 +805,8 @@ class ProxyServer:
     async def _forward(self, request: web.BaseRequest, record: Record, fault: Fault | None) -> web.StreamResponse:
         if isinstance(fault, DeleteKeyErrors):
             return await self._forward_delete(request, record, fault)
+        if isinstance(fault, RefuseDeleteBatch):
+            return await self._refuse_delete(request, record, fault)
         upstream = await self._upstream(request, self._read_body(request, record))
         async with upstream:
             if isinstance(fault, SlowReply):
@@ -855,3 +876,22 @@ class ProxyServer:
                         fault.message or ERROR_MESSAGES.get(fault.code, fault.code),
                     )
             return web.Response(status=upstream.status, reason=upstream.reason, body=reply, headers=headers)
+
+    async def _refuse_delete(self, request: web.BaseRequest, record: Record, fault: RefuseDeleteBatch) -> web.Response:
+        body = b"".join([c async for c in self._read_body(request, record)])
+        if fault.refused_keys.isdisjoint(delete_request_keys(body)):
+            async with await self._upstream(request, body) as upstream:
+                reply = await upstream.read()
+                headers = [
+                    (k, v)
+                    for k, v in upstream.headers.items()
+                    if k.lower() not in HOP_BY_HOP and k.lower() != "content-length"
+                ]
+                return web.Response(status=upstream.status, reason=upstream.reason, body=reply, headers=headers)
+        record.fault = fault.kind
+        self._request_seq += 1
+        request_id = f"S3PROXY{self._request_seq:09d}"
+        message = "The XML you provided was not well-formed or did not validate against our published schema"
+        reply = error_xml("MalformedXML", message, request.path, request_id)
+        headers = {"Content-Type": "application/xml", "x-amz-request-id": request_id}
+        return web.Response(status=400, body=reply, headers=headers)

@@ -10,7 +10,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from async_backup.disk.entries import DiskFile
-from async_backup.disk.keys import MAX_KEY_BYTES, KeyTooLongError, check_key_length, key_for_path, path_for_key
+from async_backup.disk.keys import (
+    MAX_KEY_BYTES,
+    KeyTooLongError,
+    check_key_length,
+    key_for_path,
+    path_for_key,
+    superseded_key,
+)
 from async_backup.disk.walk import Excluder, walk_target
 from async_backup.errors import ConfigError
 from async_backup.settings.config import FolderSpec, parse_config
@@ -38,6 +45,38 @@ def test_plain_paths_keep_the_existing_scripts_keys():
 def test_undecodable_and_control_names_take_the_escaped_form():
     assert key_for_path(b"/srv/caf\xe9.tif") == "/srv/caf%E9.tif"
     assert key_for_path(b"/srv/line\nbreak%.tif") == "/srv/line%0Abreak%25.tif"
+
+
+def xml_char(ch: str) -> bool:
+    """XML 1.0's Char production."""
+    code = ord(ch)
+    return code in (0x9, 0xA, 0xD) or 0x20 <= code <= 0xD7FF or 0xE000 <= code <= 0xFFFD or code >= 0x10000
+
+
+@pytest.mark.parametrize(
+    ("path", "key", "earlier"),
+    [
+        ("/srv/a\ufffe.tif".encode(), "/srv/a%EF%BF%BE.tif", "srv/a\ufffe.tif"),
+        ("/srv/a\uffff%.tif".encode(), "/srv/a%EF%BF%BF%25.tif", "srv/a\uffff%.tif"),
+        (b"/srv/\x01" + "\ufffe".encode(), "/srv/%01%EF%BF%BE", "/srv/%01\ufffe"),  # escaped before, U+FFFE raw
+        (b"/srv/caf\xe9" + "\uffff".encode(), "/srv/caf%E9%EF%BF%BF", "/srv/caf%E9\uffff"),
+        (b"/srv/\xed\xa0\x80.tif", "/srv/%ED%A0%80.tif", None),  # a surrogate's bytes: never UTF-8
+        ("/srv/\ufdd0\U0010fffe.tif".encode(), "srv/\ufdd0\U0010fffe.tif", None),  # noncharacters XML allows
+    ],
+)
+def test_names_outside_xml_take_the_escaped_form(path: bytes, key: str, earlier: str | None):
+    assert key_for_path(path) == key
+    assert all(xml_char(ch) for ch in key)
+    assert path_for_key(key) == path
+    assert superseded_key(path, key) == earlier
+
+
+@given(st.lists(st.sampled_from(["a", "%", "\n", "\ufffe", "\uffff", "\ud7ff", "\ue000", "\U0001f4dc"]), max_size=8))
+def test_every_key_is_xml(chars: list[str]):
+    path = ("/x" + "".join(chars)).encode()
+    key = key_for_path(path)
+    assert all(xml_char(ch) for ch in key), key
+    assert path_for_key(key) == path
 
 
 def test_overlong_keys_are_refused():

@@ -119,8 +119,8 @@ class Backup:
         async with open_s3(self.config.aws, tuning) as s3:
             self._s3 = s3
             self.sent = s3.sent
-            cleanup = CrashCleanup(s3, self.store, self.started_at)
-            self._buckets = BucketSetup(s3, self.config, self.collector, cleanup)
+            cleanup = CrashCleanup(s3, self.store)
+            self._buckets = BucketSetup(s3, self.config, self.collector)
             self._uploads = UploadPolicy(
                 s3, self.config, self.store, self.collector, self.settings, self._limits, self._buckets
             )

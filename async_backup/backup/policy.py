@@ -25,6 +25,7 @@ from ..report.summary import format_bytes
 from ..s3.client import S3, endpoint_name
 from ..s3.objects import parse_mtime_metadata
 from ..settings.config import Config
+from .delete import delete_superseded
 from .plan import MAX_OBJECT_BYTES, Proof, deletion_guard, device_guard
 from .runs import RunOptions, TargetRun, UploadJob
 from .setup import BucketSetup
@@ -134,6 +135,12 @@ class UploadPolicy:
                 self._note_transport(exc)
                 return
             self._transport_failures_in_a_row = 0
+            superseded = await delete_superseded(self.s3, bucket, file.path, key)
+            if superseded is not None:
+                # Not recorded: the next run uploads it again and retries the old key's delete, so
+                # no restore finds the old object beside the new one.
+                fail(FailureKind.S3, superseded.message, superseded.code)
+                return
             await change_send.send(Stored(bucket, file.path, done.size, done.mtime_ns, done.checksum))
             if job.upload.is_new:
                 run.stats.new += 1

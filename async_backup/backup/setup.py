@@ -2,8 +2,7 @@
 bucket created and configured on first need.
 
 Owns what turns a missing or unreachable S3 into one clear error: a fatal one for the endpoint,
-one bucket failure per target otherwise. A bucket that already exists is swept of stale
-multipart uploads (`cleanup`). Talks to S3 through `s3.S3` and `s3.buckets` only.
+one bucket failure per target otherwise. Talks to S3 through `s3.S3` and `s3.buckets` only.
 """
 
 from __future__ import annotations
@@ -14,16 +13,14 @@ from ..errors import Failure, FailureCollector, FailureKind, FatalError, S3Error
 from ..s3.buckets import ensure_bucket
 from ..s3.client import S3, endpoint_name
 from ..settings.config import Config
-from .cleanup import CrashCleanup
 from .runs import TargetRun
 
 
 class BucketSetup:
-    def __init__(self, s3: S3, config: Config, collector: FailureCollector, cleanup: CrashCleanup) -> None:
+    def __init__(self, s3: S3, config: Config, collector: FailureCollector) -> None:
         self.s3 = s3
         self.config = config
         self.collector = collector
-        self.cleanup = cleanup
 
     async def check_endpoint(self, runs: Sequence[TargetRun]) -> None:
         """One cheap request before any work: bad credentials or an unreachable endpoint stop the
@@ -50,9 +47,9 @@ class BucketSetup:
             if run.bucket_ready or run.bucket_failed:
                 return run.bucket_ready
             try:
-                created = await ensure_bucket(self.s3, run.target.bucket, self.config.noncurrent_days)
-                if not created:
-                    await self.cleanup.abort_stale_uploads(run.target.bucket)
+                # Multipart uploads left in it by others (another installation) are the lifecycle
+                # rule's to abort, never ours: see cleanup.
+                await ensure_bucket(self.s3, run.target.bucket, self.config.noncurrent_days)
             except S3Error as exc:
                 run.bucket_failed = True
                 self.collector.add(

@@ -299,18 +299,6 @@ class S3:
             finally:
                 self._upload_class.pop(upload_id, None)
 
-    async def list_multipart_uploads(self, bucket: str) -> list[tuple[str, str, float]]:
-        """(key, upload id, initiated as Unix time) of every open multipart upload."""
-        found: list[tuple[str, str, float]] = []
-        async with self._mapped(f"ListMultipartUploads {bucket}"):
-            paginator = self._client.get_paginator("list_multipart_uploads")
-            async for page in paginator.paginate(Bucket=bucket):
-                for u in page.get("Uploads", []):
-                    initiated = u.get("Initiated")
-                    stamp = initiated.timestamp() if hasattr(initiated, "timestamp") else 0.0
-                    found.append((str(u["Key"]), str(u["UploadId"]), stamp))
-        return found
-
     async def delete_objects(self, bucket: str, keys: Sequence[str]) -> tuple[list[str], list[tuple[str, str, str]]]:
         """Delete up to 1,000 keys; returns the keys deleted and (key, code, message) per failed key."""
         async with self._mapped(f"DeleteObjects in {bucket}"):
@@ -322,6 +310,11 @@ class S3:
             (str(e.get("Key", "")), str(e.get("Code", "")), str(e.get("Message", ""))) for e in reply.get("Errors", [])
         ]
         return deleted, errors
+
+    async def delete_object(self, bucket: str, key: str) -> None:
+        """DeleteObject: the key travels in the URL, so this deletes keys no XML body can name."""
+        async with self._mapped(f"DeleteObject {key}"):
+            await self._client.delete_object(Bucket=bucket, Key=key)
 
     # Buckets
 
