@@ -10,10 +10,13 @@ racing program could create it. The S3 client is never patched.
 from __future__ import annotations
 
 import errno
+import fcntl
+import hashlib
 import os
+import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -254,3 +257,87 @@ def test_a_file_appearing_while_the_download_is_held_is_left_alone(
     assert result.returncode == 0, result.stdout + result.stderr
     assert "restore: 0 restored" in result.stdout and "1 left alone" in result.stdout
     assert [p.name for p in files_under(out)] == ["a.txt"]
+
+
+# The cache of a running backup
+
+
+@pytest.fixture
+def backup_holds_the_lock() -> Iterator[Callable[[Path], None]]:
+    """Hold a cache's lock as a running backup does (flock, its pid written in the file)."""
+    fds: list[int] = []
+
+    def hold(cache: Path) -> None:
+        fd = os.open(cache / "async-backup.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        fds.append(fd)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.write(fd, b"424242\n")
+
+    yield hold
+    for fd in fds:
+        os.close(fd)
+
+
+def cache_state(cache: Path) -> dict[str, str]:
+    """The database and its WAL as bytes (hashed), and every file the cache directory holds."""
+    state = {p.name: "" for p in cache.iterdir()}
+    for name in ("async-backup.db", "async-backup.db-wal"):
+        path = cache / name
+        if path.exists():
+            state[name] = hashlib.sha256(path.read_bytes()).hexdigest()
+    # What SQLite makes for any reader of a WAL database: the shared-memory index, an empty WAL.
+    state.pop("async-backup.db-shm", None)
+    if (cache / "async-backup.db-wal").exists() and not (cache / "async-backup.db-wal").stat().st_size:
+        state.pop("async-backup.db-wal")
+    state.pop("restores.db", None)
+    state.pop("restores.db-wal", None)
+    state.pop("restores.db-shm", None)
+    return state
+
+
+def test_restore_beside_a_running_backup_leaves_its_cache_untouched(
+    tmp_path: Path, moto_endpoint: str, bucket_prefix: str, backup_holds_the_lock: Callable[[Path], None]
+) -> None:
+    docs, cache = backed_up(tmp_path, moto_endpoint, bucket_prefix, storage_class="DEEP_ARCHIVE")
+    backup_holds_the_lock(cache)
+    before = cache_state(cache)
+    out = tmp_path / "out"
+
+    first = restore(cache, str(docs), "--to", str(out), "--yes")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "3 pending (3 retrievals requested now)" in first.stdout
+    assert cache_state(cache) == before
+    with sqlite3.connect(cache / "restores.db") as db:
+        assert db.execute("SELECT COUNT(*) FROM restores").fetchone()[0] == 3
+
+    second = restore(cache, str(docs), "--to", str(out), "--yes")
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "restore: 3 restored" in second.stdout
+    assert "RestoreObject" not in lines_naming(second.stdout, "requests sent:")[0]  # none sent twice
+    assert cache_state(cache) == before
+    assert (out / docs.relative_to("/") / "sub" / "c.txt").read_bytes() == b"sea"
+
+
+def test_restore_never_moves_a_damaged_cache_aside_under_a_running_backup(
+    tmp_path: Path, moto_endpoint: str, bucket_prefix: str, backup_holds_the_lock: Callable[[Path], None]
+) -> None:
+    """Only a backup, under the lock, may move a damaged cache aside; restore reads around it."""
+    docs, cache = backed_up(tmp_path, moto_endpoint, bucket_prefix)
+    db = cache / "async-backup.db"
+    with sqlite3.connect(db) as conn:  # fold the WAL in, so the damage below is all there is
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    data = bytearray(db.read_bytes())
+    page = int.from_bytes(data[16:18], "big") or 65536
+    assert len(data) >= 3 * page
+    data[page : 3 * page] = os.urandom(2 * page)  # the pages after the header page
+    db.write_bytes(bytes(data))
+    backup_holds_the_lock(cache)
+    before = cache_state(cache)
+
+    out = tmp_path / "out"
+    result = restore(cache, str(docs), "--to", str(out), "--yes")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert cache_state(cache) == before
+    assert not list(cache.glob("*.damaged-*"))
+    assert len(lines_naming(result.stderr, "is damaged")) == 1, result.stderr
+    assert (out / docs.relative_to("/") / "a.txt").read_bytes() == b"hello"

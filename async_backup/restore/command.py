@@ -2,12 +2,13 @@
 
 Owns the run: listing versions into the spill (`spill`), choosing per key (`choose`: a path
 prefix, the version current at --as-of), the estimate shown before anything is sent,
-RestoreObject requests and their record in the cache (so a rerun sends none twice and reports
+RestoreObject requests and their record (`RestoreLog`: a rerun sends none twice and reports
 pending, ready and failed counts), and downloads: streamed in chunks to a temporary file beside
 the destination (`place`), checked against the stored checksum (`checksum`), given the original
 mtime, then moved into place (never through a link below the root, never over a file without
 --overwrite). The only module of restore/ that opens task groups. Talks to S3 only through
-`s3.S3`; writes to the cache only its own restores table.
+`s3.S3`. Reads the cache read-only (no lock: the nightly backup may run meanwhile, and a damaged
+cache is left for the backup to move aside) and writes only its own log of requests (`RestoreLog`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import anyio
 
+from ..cache.restores import RestoreLog
 from ..cache.store import StateStore
 from ..disk.keys import display_path, path_for_key
 from ..errors import EXIT_FAILURES, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, ConfigError, S3Error, unwrapped_group
@@ -77,6 +79,7 @@ class Restore:
         self,
         config: Config,
         store: StateStore,
+        requests: RestoreLog,
         target: Target,
         prefix: bytes | None,
         dest_root: bytes | None,
@@ -85,6 +88,7 @@ class Restore:
     ) -> None:
         self.config = config
         self.store = store
+        self.requests = requests
         self.target = target
         self.bucket = target.bucket
         self.prefix = prefix
@@ -236,7 +240,9 @@ class Restore:
             return
         if v.storage_class not in ARCHIVE_CLASSES:
             action = Action.DOWNLOAD
-        elif self.store.restore_requested(self.bucket, v.key, v.version_id):
+        elif self.requests.requested(self.bucket, v.key, v.version_id) or self.store.restore_requested(
+            self.bucket, v.key, v.version_id
+        ):
             action = Action.CHECK
         else:
             action = Action.REQUEST
@@ -369,9 +375,7 @@ class Restore:
         v = item.version
         state = await s3.restore_object(self.bucket, v.key, version_id=v.version_id, days=self.days, tier=self.tier)
         async with self._record_lock:
-            await anyio.to_thread.run_sync(
-                self.store.record_restore_request, self.bucket, v.key, v.version_id, self.tier, self.days
-            )
+            await anyio.to_thread.run_sync(self.requests.record, self.bucket, v.key, v.version_id, self.tier, self.days)
         if state == "ready":
             await self._download(s3, item)
             return
@@ -519,7 +523,9 @@ def run_restore(config: Config, cache_dir: Path, args: argparse.Namespace) -> in
         raise ConfigError(f"--as-of {args.as_of} lies in the future; leave it out to restore the current versions")
     if args.days < 1:
         raise ConfigError(f"--days is {args.days}; a restored copy must stay readable at least 1 day")
-    store = StateStore(cache_dir)
+    # Read-only, without the lock: a backup may hold both (see RestoreLog for the requests).
+    store = StateStore(cache_dir, readonly=True)
+    requests: RestoreLog | None = None
     try:
         target, inside = find_target(config, store, args.target)
         if inside is not None and args.path:
@@ -529,7 +535,10 @@ def run_restore(config: Config, cache_dir: Path, args: argparse.Namespace) -> in
             base = target.path if target.path else "/"
             prefix = os.fsencode(os.path.normpath(os.path.join(base, args.path)))
         dest_root = os.fsencode(os.path.abspath(args.to)) if args.to else None
-        job = Restore(config, store, target, prefix, dest_root, as_of, args)
+        requests = RestoreLog(cache_dir, readonly=bool(getattr(args, "dry_run", False)))
+        job = Restore(config, store, requests, target, prefix, dest_root, as_of, args)
         return anyio.run(job.run)
     finally:
+        if requests is not None:
+            requests.close()
         store.close()
