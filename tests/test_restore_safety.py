@@ -341,3 +341,30 @@ def test_restore_never_moves_a_damaged_cache_aside_under_a_running_backup(
     assert not list(cache.glob("*.damaged-*"))
     assert len(lines_naming(result.stderr, "is damaged")) == 1, result.stderr
     assert (out / docs.relative_to("/") / "a.txt").read_bytes() == b"hello"
+
+
+def test_requests_recorded_in_the_cache_by_an_earlier_version_are_not_sent_again(
+    tmp_path: Path, moto_endpoint: str, bucket_prefix: str
+) -> None:
+    """Before restores.db, requests went into the cache's own restores table: still honoured there."""
+    docs, cache = backed_up(tmp_path, moto_endpoint, bucket_prefix, storage_class="DEEP_ARCHIVE")
+    out = tmp_path / "out"
+    first = restore(cache, str(docs), "--path", "a.txt", "--to", str(out), "--yes")
+    assert first.returncode == 0 and "1 retrievals requested now" in first.stdout, first.stdout + first.stderr
+    with sqlite3.connect(cache / "restores.db") as log:
+        rows = log.execute("SELECT bucket, key, version_id, tier, days, requested FROM restores").fetchall()
+    assert len(rows) == 1
+    with sqlite3.connect(cache / "async-backup.db") as db:  # where an earlier version kept them
+        db.execute(
+            "CREATE TABLE restores (bucket TEXT NOT NULL, key TEXT NOT NULL, version_id TEXT NOT NULL, "
+            "tier TEXT NOT NULL, days INTEGER NOT NULL, requested REAL NOT NULL, "
+            "PRIMARY KEY (bucket, key, version_id)) WITHOUT ROWID"
+        )
+        db.executemany("INSERT INTO restores VALUES (?, ?, ?, ?, ?, ?)", rows)
+    for name in ("restores.db", "restores.db-wal", "restores.db-shm"):
+        (cache / name).unlink(missing_ok=True)
+
+    second = restore(cache, str(docs), "--path", "a.txt", "--to", str(out), "--yes")
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "RestoreObject" not in lines_naming(second.stdout, "requests sent:")[0]
+    assert (out / docs.relative_to("/") / "a.txt").read_bytes() == b"hello"
