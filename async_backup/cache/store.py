@@ -6,6 +6,8 @@ table, and `apply`, which the single writer task (`writer`) calls with batched c
 written only after S3 confirmed the upload or delete it describes, so a crash at any moment loses
 nothing: at most the files in flight are sent again. Reads for the planner open their own
 connection (WAL lets them run beside the writer). Imports nothing of S3.
+Opened writable only under the cache's lock (`disk.lock`): `status`, `verify` and `restore` read
+it read-only, which never moves a damaged database aside (restore's own requests: `restores`).
 """
 
 from __future__ import annotations
@@ -60,20 +62,6 @@ CREATE TABLE IF NOT EXISTS mounts (
     path   BLOB    NOT NULL,   -- a directory inside it that is (or was) a file system of its own
     device INTEGER,            -- its st_dev when last seen mounted; NULL: suspected, never seen mounted
     PRIMARY KEY (target, path)
-) WITHOUT ROWID;
-"""
-
-
-# Restore requests: written by `restore` only, so that a rerun sends no RestoreObject twice.
-_RESTORES_SCHEMA = """
-CREATE TABLE IF NOT EXISTS restores (
-    bucket     TEXT    NOT NULL,
-    key        TEXT    NOT NULL,
-    version_id TEXT    NOT NULL,   -- "" when the bucket lists no version ids
-    tier       TEXT    NOT NULL,
-    days       INTEGER NOT NULL,
-    requested  REAL    NOT NULL,   -- Unix time S3 accepted the RestoreObject request
-    PRIMARY KEY (bucket, key, version_id)
 ) WITHOUT ROWID;
 """
 
@@ -508,8 +496,10 @@ class StateStore:
         return int(cursor.rowcount)
 
     def restore_requested(self, bucket: str, key: str, version_id: str) -> bool:
-        """Whether a retrieval of this version was requested before (one lookup: no dict of them all)."""
-        assert self._conn is not None
+        """Whether a retrieval of this version was recorded here by a version of restore that kept
+        its requests in the cache (they now go to `restores.RestoreLog`); one lookup."""
+        if self._conn is None:
+            return False  # no cache, or a damaged one restore only reads
         try:
             row = self._conn.execute(
                 "SELECT 1 FROM restores WHERE bucket=? AND key=? AND version_id=?", (bucket, key, version_id)
@@ -519,18 +509,6 @@ class StateStore:
                 return False  # no restore was ever requested from this cache
             raise storage_error(self.path, exc) from None
         return row is not None
-
-    @_mapped
-    def record_restore_request(self, bucket: str, key: str, version_id: str, tier: str, days: int) -> None:
-        """Remember one accepted RestoreObject request (a transaction of its own: it survives a crash)."""
-        assert self._conn is not None
-        with self._conn:
-            self._conn.executescript(_RESTORES_SCHEMA)
-            self._conn.execute(
-                "INSERT OR REPLACE INTO restores(bucket, key, version_id, tier, days, requested) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (bucket, key, version_id, tier, days, time.time()),
-            )
 
     @_mapped
     def snapshot(self, dest: Path) -> None:
