@@ -28,7 +28,8 @@ class BucketSetup:
     async def check_endpoint(self, runs: Sequence[TargetRun]) -> None:
         """One cheap request before any work: bad credentials or an unreachable endpoint stop the
         run here, with one clear error, instead of as thousands of per-file failures."""
-        probe = runs[0].target.bucket if runs else "async-backup-probe"
+        named = [r.target.bucket for r in runs if r.target.bucket and not r.target.problem]
+        probe = named[0] if named else "async-backup-probe"
         try:
             await self.s3.bucket_versioning(probe)
         except S3Error as exc:
