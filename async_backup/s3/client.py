@@ -9,6 +9,7 @@ Nothing in here knows about targets, the cache or the plan.
 from __future__ import annotations
 
 import contextlib
+import math
 import ssl
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -68,6 +69,10 @@ FATAL_CODES = frozenset(
         "AllAccessDisabled",
     }
 )
+
+
+# Errors of a request that never reached the server (the probe reports them as "cannot reach").
+_CONNECT_ERRORS = frozenset({"EndpointConnectionError", "ConnectTimeoutError"})
 
 
 def client_config(aws: AwsSettings, tuning: Tuning) -> AioConfig:
@@ -341,6 +346,44 @@ class S3:
                 raise
         self._missing.discard(bucket)
         return str(reply.get("Status", ""))
+
+    async def probe_versioning(self, bucket: str, answer_within_s: float) -> str | None:
+        """bucket_versioning as the run's first request, which must be answered within seconds.
+
+        Its normal retries and read timeout (`tuning.read_timeout_s` per attempt, 5 attempts: over
+        five minutes) would leave a server that accepts the connection and never answers in
+        silence. So once the request is first sent, some HTTP answer (any status: a 503 proves the
+        server talks, and is then retried as usual) must come within `answer_within_s`; the
+        credentials are looked up before that clock starts (a `credential_process` may take its
+        time). Without an answer, S3Error with the last connection error's name (it could not
+        connect), else "NoAnswer"."""
+        events = self._client.meta.events
+        waiting = anyio.CancelScope()
+        last_error: list[str] = []
+        armed: list[bool] = []
+
+        def sent(**_kwargs: Any) -> None:  # returns None: a value here would stand in for the reply
+            if not armed:  # the first send starts the clock; retries do not restart it
+                armed.append(True)
+                waiting.deadline = anyio.current_time() + answer_within_s
+
+        def received(response_dict: Any = None, exception: Any = None, **_kwargs: Any) -> None:
+            if response_dict is not None:
+                waiting.deadline = math.inf  # it answers: the usual timeouts and retries apply
+            elif exception is not None:
+                last_error.append(type(exception).__name__)
+
+        send_event, receive_event = "before-send.s3.GetBucketVersioning", "response-received.s3.GetBucketVersioning"
+        events.register(send_event, sent, unique_id="async-backup-probe-sent")
+        events.register(receive_event, received, unique_id="async-backup-probe-received")
+        try:
+            with waiting:
+                return await self.bucket_versioning(bucket)
+        finally:
+            events.unregister(send_event, unique_id="async-backup-probe-sent")
+            events.unregister(receive_event, unique_id="async-backup-probe-received")
+        code = last_error[-1] if last_error and last_error[-1] in _CONNECT_ERRORS else "NoAnswer"
+        raise S3Error(code, f"GetBucketVersioning {bucket}: no answer within {answer_within_s:g} s")
 
     async def create_bucket(self, bucket: str) -> None:
         args: dict[str, Any] = {"Bucket": bucket}
