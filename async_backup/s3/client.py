@@ -31,7 +31,6 @@ from botocore.exceptions import (
     ClientError,
     ConnectionClosedError,
     EndpointConnectionError,
-    NoCredentialsError,
     ReadTimeoutError,
     SSLError,
 )
@@ -40,6 +39,7 @@ from botocore.httpsession import get_cert_path
 from ..errors import FatalError, S3Error
 from ..settings.config import AwsSettings, Tuning
 from .checksums import PartChecksum
+from .credentials import credentials_failure
 from .fastput import (
     REGION_CODES,
     SKEW_CODE,
@@ -175,11 +175,6 @@ class S3:
             if code == SKEW_CODE:
                 raise FatalError(skew_message(err.get("RequestTime"), err.get("ServerTime"))) from None
             raise S3Error(code, f"{what}: {message or 'request failed'}") from None
-        except NoCredentialsError:
-            raise FatalError(
-                "no AWS credentials found: set aws.access_key and aws.secret_access_key in config.json "
-                "or configure the standard AWS credential chain"
-            ) from None
         except SSLError as exc:
             raise FatalError(tls_failure_message(endpoint_name(self.aws), exc.kwargs.get("error", exc))) from None
         except EndpointConnectionError:
@@ -187,6 +182,10 @@ class S3:
         except (ConnectionClosedError, ReadTimeoutError) as exc:
             raise S3Error(type(exc).__name__, f"{what}: connection lost or timed out after retries") from None
         except BotoCoreError as exc:
+            # No credentials to sign with (fetched as a request is signed: SSO, refreshed ones) fails every request.
+            fatal = credentials_failure(exc)
+            if fatal is not None:
+                raise fatal from None
             raise S3Error(type(exc).__name__, f"{what}: {exc}") from None
         except (OSError, TimeoutError) as exc:
             raise S3Error(type(exc).__name__, f"{what}: {exc}") from None
@@ -735,16 +734,21 @@ async def open_s3(aws: AwsSettings, tuning: Tuning) -> AsyncIterator[S3]:
     if aws.access_key and aws.secret_access_key:
         kwargs["aws_access_key_id"] = aws.access_key
         kwargs["aws_secret_access_key"] = aws.secret_access_key
-    ca_bundle = ca_bundle_of(aws, session) if aws.verify_tls else None
-    if not aws.verify_tls:
-        kwargs["verify"] = False
-    elif ca_bundle:
-        kwargs["verify"] = ca_bundle
     async with AsyncExitStack() as stack:
         try:
+            ca_bundle = ca_bundle_of(aws, session) if aws.verify_tls else None
+            if not aws.verify_tls:
+                kwargs["verify"] = False
+            elif ca_bundle:
+                kwargs["verify"] = ca_bundle
             client = await stack.enter_async_context(session.create_client("s3", **kwargs))
         except ValueError as exc:  # botocore rejects a malformed endpoint URL this way
             raise FatalError(f"aws.endpoint_url cannot be used ({exc}); fix it in config.json") from None
+        except BotoCoreError as exc:  # the profile is read and the credential chain asked here
+            fatal = credentials_failure(exc)
+            if fatal is None:
+                raise
+            raise fatal from None
         skip_expect_continue(client)
         cache_user_agent(client)
         client.meta.events.register_first("needs-retry.s3", _no_retry_on_tls_failure)
