@@ -188,7 +188,7 @@ def check_collisions(targets: list[Target], where: str, cache_bucket: str | None
 
 def nested_target_warnings(targets: list[Target]) -> list[str]:
     """Targets inside other targets are backed up twice; legal, but worth a warning."""
-    paths = {t.path for t in targets}
+    paths = {t.path for t in targets if t.bucket}  # a root that cannot be listed holds no files of its own
     warnings = []
     for inner in sorted(paths):
         parent = os.path.dirname(inner)
