@@ -153,6 +153,20 @@ def test_roots_give_one_target_per_direct_subfolder(tmp_path: Path):
     assert [t.missing for t in gone] == [False, False, True]
 
 
+def test_a_missing_new_folder_or_root_is_a_missing_target_not_a_config_error(tmp_path: Path):
+    (tmp_path / "a").mkdir()
+    config = _config(tmp_path, [str(tmp_path / "a"), str(tmp_path / "typo")], [str(tmp_path / "unmounted")])
+    targets = discover_targets(config, {})
+    assert [(t.path, t.missing, t.missing_key) for t in targets] == [
+        (str(tmp_path / "a"), False, None),
+        (str(tmp_path / "typo"), True, "backup.folders[1]"),
+        (str(tmp_path / "unmounted"), True, "backup.roots[0]"),
+    ]
+    assert targets[2].bucket == ""  # a root is no target of its own: it only stands for its unknown subfolders
+    known = discover_targets(config, {str(tmp_path / "typo"): ("b-typo", None)})
+    assert known[1].missing and known[1].missing_key is None  # backed up before: the usual "target missing"
+
+
 def test_nested_targets_are_warned_about():
     from async_backup.settings.targets import Target
 

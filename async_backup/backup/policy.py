@@ -235,7 +235,21 @@ class Guards:
 
 def target_missing(run: TargetRun, collector: FailureCollector) -> None:
     target = run.target
-    if target.root is not None:
+    if target.missing_key is not None:
+        # Never backed up: a typo or a share not mounted yet, in a line just added to config.json.
+        section = target.missing_key.split("[", 1)[0]
+        if target.bucket:
+            what = f"is not there ({target.missing_reason}) and was never backed up; nothing of it was backed up"
+        else:  # a root: which subfolders it holds is unknown, so it fails as a whole
+            what = (
+                f"cannot be listed ({target.missing_reason}) and none of its subfolders was ever backed up; "
+                "nothing under it was backed up"
+            )
+        message = (
+            f"{target.missing_key} {target.path} {what}, the other targets ran. "
+            f"Fix the path in {section} in config.json, or mount the share"
+        )
+    elif target.root is not None:
         message = (
             f"this subfolder of root {target.root} is gone (renamed, removed, or the share unmounted?); "
             "nothing was uploaded or deleted. If it is gone for good, run "

@@ -15,6 +15,12 @@ from ..s3.client import S3, endpoint_name
 from ..settings.config import Config
 from .runs import TargetRun
 
+# The first request of a run must be answered this long after its connection was made
+# (tuning.connect_timeout_s is added for making it): S3, Ceph and MinIO answer GetBucketVersioning
+# in milliseconds, and a silent server must stop the run in seconds, not after every attempt's
+# read timeout (5 x 60 s). Only this request has it; the others keep tuning.read_timeout_s.
+PROBE_ANSWER_S = 5.0
+
 
 class BucketSetup:
     def __init__(self, s3: S3, config: Config, collector: FailureCollector) -> None:
@@ -25,13 +31,20 @@ class BucketSetup:
     async def check_endpoint(self, runs: Sequence[TargetRun]) -> None:
         """One cheap request before any work: bad credentials or an unreachable endpoint stop the
         run here, with one clear error, instead of as thousands of per-file failures."""
-        probe = runs[0].target.bucket if runs else "async-backup-probe"
+        named = [r.target.bucket for r in runs if r.target.bucket and not r.target.problem]
+        probe = named[0] if named else "async-backup-probe"
+        answer_within_s = self.config.tuning.connect_timeout_s + PROBE_ANSWER_S
         try:
-            await self.s3.bucket_versioning(probe)
+            await self.s3.probe_versioning(probe, answer_within_s)
         except S3Error as exc:
             where = endpoint_name(self.config.aws)
             if exc.code in ("EndpointConnectionError", "ConnectTimeoutError", "ConnectionClosedError"):
                 raise FatalError(f"cannot reach S3 at {where}: check aws.endpoint_url and the network") from None
+            if exc.code in ("NoAnswer", "ReadTimeoutError"):
+                raise FatalError(
+                    f"S3 at {where} took the connection but sent no answer within {answer_within_s:g} s; "
+                    "check aws.endpoint_url (an S3 server, its port, http or https) and any proxy or firewall between"
+                ) from None
             if exc.code in ("AccessDenied", "403", "Forbidden"):
                 raise FatalError(
                     f"S3 at {where} denied access to bucket {probe} ({exc.code}); check the credentials' "

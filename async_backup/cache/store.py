@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Concatenate, ParamSpec, TypeVar
 
+from ..disk.cachedir import mount_point, why_unwritable
 from ..errors import FatalError
 from .records import Recorded
 
@@ -111,16 +112,6 @@ _LOCKED = ("SQLITE_BUSY", "SQLITE_LOCKED")
 _IOERR = ("SQLITE_IOERR", "SQLITE_CANTOPEN", "SQLITE_READONLY", "SQLITE_PERM")
 
 
-def mount_point(path: Path) -> Path:
-    """The mount point of the filesystem that holds `path` (for "free space on ...")."""
-    current = path.absolute()
-    while not current.exists():
-        current = current.parent
-    while not os.path.ismount(current) and current != current.parent:
-        current = current.parent
-    return current
-
-
 def is_storage_error(exc: sqlite3.Error) -> bool:
     """The disk, a lock held by another program or the filesystem failed, not the database."""
     name = getattr(exc, "sqlite_errorname", "") or ""
@@ -151,6 +142,12 @@ def storage_error(path: Path, exc: sqlite3.Error) -> FatalError:
             f"cache {path} is locked by another program (an sqlite3 shell, a file-level backup?); "
             f"stop the program holding {path}, {after}"
         )
+    opening = name.startswith(("SQLITE_CANTOPEN", "SQLITE_PERM")) or "unable to open database" in text
+    if opening or name.startswith("SQLITE_READONLY") or "readonly database" in text:
+        # A read-only mount, or a directory this user may not write (SQLite cannot make its WAL there).
+        why = why_unwritable(path)
+        if why is not None:
+            return FatalError(f"cache {path} cannot be written: {why}, {after}")
     if name.startswith("SQLITE_READONLY") or "readonly database" in text:
         return FatalError(
             f"cache {path} cannot be written (read-only); check its permissions and that "

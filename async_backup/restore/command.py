@@ -496,7 +496,7 @@ def find_target(config: Config, store: StateStore, name: str) -> tuple[Target, s
             log.info("%s is no configured target; restoring from the bucket of that name", name)
             return Target(path="", bucket=name), None
         inside = os.path.normpath(os.path.abspath(name))
-        holders = [t for t in targets if t.path and inside.startswith(t.path.rstrip("/") + "/")]
+        holders = [t for t in targets if t.path and t.bucket and inside.startswith(t.path.rstrip("/") + "/")]
         if holders:  # a file or folder inside a target: the deepest target holds it
             return max(holders, key=lambda t: len(t.path)), inside
         raise

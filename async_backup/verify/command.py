@@ -226,7 +226,9 @@ def run_verify(config: Config, cache_dir: Path, args: argparse.Namespace) -> int
             targets = select_targets(discover_targets(config, store.known_targets()), args.target, "--target")
             for unusable in (t for t in targets if t.problem):
                 print(f"{unusable.path}: not checked: {unusable.problem}")
-            targets = [t for t in targets if not t.problem]
+            for new in (t for t in targets if t.missing_key):  # nothing of it was ever backed up
+                print(f"{new.path}: not checked: {new.missing_key} is missing and was never backed up")
+            targets = [t for t in targets if not t.problem and not t.missing_key]
             job = Verify(config, store, targets, checksums)
             started = time.monotonic()
             anyio.run(job.run)
