@@ -23,7 +23,6 @@ from async_backup.settings.naming import stable_bucket_name
 
 TOP = {f"letters/{i}.txt": b"letter %d" % i for i in range(8)}
 SCANS = {"scan-a.tif": b"a" * 100, "scan-b.tif": b"b" * 200, "2019-05/scan-c.tif": b"c" * 300}
-IMAGES = {"exclude": ["*.img"]}  # loopfs keeps each image beside its mount point, inside the target
 NESTED = {"deep-1.tif": b"1" * 50, "deep-2.tif": b"2" * 60}
 
 
@@ -78,7 +77,7 @@ def test_an_unmounted_share_inside_a_target_keeps_its_files_until_it_is_back(
     target = tmp_path / "parish"
     make_tree(target, TOP)
     cache = tmp_path / "cache"
-    write_config(cache, moto_endpoint, folders=[str(target)], bucket_prefix=bucket_prefix, backup_extra=IMAGES)
+    write_config(cache, moto_endpoint, folders=[str(target)], bucket_prefix=bucket_prefix)
     bucket = stable_bucket_name(bucket_prefix, str(target))
     with loop_mount(target / "scans-2019") as scans, loop_mount(scans / "nested") as nested:
         make_tree(scans, SCANS)
@@ -131,7 +130,7 @@ def test_a_mount_point_removed_on_purpose_is_let_go_with_allow_mass_delete(
     target = tmp_path / "parish"
     make_tree(target, TOP)
     cache = tmp_path / "cache"
-    write_config(cache, moto_endpoint, folders=[str(target)], bucket_prefix=bucket_prefix, backup_extra=IMAGES)
+    write_config(cache, moto_endpoint, folders=[str(target)], bucket_prefix=bucket_prefix)
     bucket = stable_bucket_name(bucket_prefix, str(target))
     with loop_mount(target / "scans-2019") as scans:
         make_tree(scans, SCANS)
@@ -166,7 +165,7 @@ def test_a_cache_lost_while_a_share_is_unmounted_writes_no_gone_rows_for_it(
     target = tmp_path / "parish"
     make_tree(target, TOP)
     cache = tmp_path / "cache"
-    write_config(cache, moto_endpoint, folders=[str(target)], bucket_prefix=bucket_prefix, backup_extra=IMAGES)
+    write_config(cache, moto_endpoint, folders=[str(target)], bucket_prefix=bucket_prefix)
     bucket = stable_bucket_name(bucket_prefix, str(target))
     with loop_mount(target / "scans-2019") as scans:
         make_tree(scans, SCANS)
@@ -200,7 +199,7 @@ def test_a_cache_rebuilt_from_a_snapshot_while_a_share_is_unmounted_keeps_its_ro
     target = tmp_path / "parish"
     make_tree(target, TOP)
     cache = tmp_path / "cache"
-    write_config(cache, moto_endpoint, folders=[str(target)], bucket_prefix=bucket_prefix, backup_extra=IMAGES)
+    write_config(cache, moto_endpoint, folders=[str(target)], bucket_prefix=bucket_prefix)
     bucket = stable_bucket_name(bucket_prefix, str(target))
     with loop_mount(target / "scans-2019") as scans:
         make_tree(scans, SCANS)
@@ -223,7 +222,7 @@ def test_verify_repair_while_a_share_is_unmounted_keeps_its_rows_and_adds_no_gon
     target = tmp_path / "parish"
     make_tree(target, TOP)
     cache = tmp_path / "cache"
-    write_config(cache, moto_endpoint, folders=[str(target)], bucket_prefix=bucket_prefix, backup_extra=IMAGES)
+    write_config(cache, moto_endpoint, folders=[str(target)], bucket_prefix=bucket_prefix)
     bucket = stable_bucket_name(bucket_prefix, str(target))
     with loop_mount(target / "scans-2019") as scans:
         make_tree(scans, SCANS)

@@ -65,9 +65,7 @@ def test_a_share_unmounted_while_the_cache_was_lost_comes_back_without_uploads(
         unmount(mounted)
         remount(mounted)
         cache = tmp_path / "cache"
-        # loopfs keeps the share's image beside its mount point: not part of the archive.
-        extra = {"exclude": ["*.img"]}
-        write_config(cache, proxy.url, folders=[str(target)], bucket_prefix=bucket_prefix, backup_extra=extra)
+        write_config(cache, proxy.url, folders=[str(target)], bucket_prefix=bucket_prefix)
         bucket = stable_bucket_name(bucket_prefix, str(target))
         first = run_cli("--cache", str(cache), "--no-cache-backup")  # no snapshot: the bucket is the only source
         assert first.returncode == 0, first.stderr
