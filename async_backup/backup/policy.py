@@ -1,8 +1,9 @@
 """Backup's policy: what one planned upload becomes, and when deletes are held back.
 
 Owns the rules around each upload (a key too long or a file too large fails alone, a file that
-changes while read gets one more read and is then left for the next run, a vanished file is
-skipped, an unreadable one fails, a run of transport failures ends the run as fatal), the
+changes while read gets one more read and is then left for the next run, and fails from the
+third run in a row that finds it changing, a vanished file (or one that is no longer a regular
+file) is skipped, an unreadable one fails, a run of transport failures ends the run as fatal), the
 device and deletion guards applied to a target's deletes, and the failures of targets that
 cannot run. The pipeline calls these; they open no task group and no stream.
 """
@@ -32,6 +33,9 @@ TRANSPORT_FAILURES_FATAL = 20
 TRANSPORT_CODES = frozenset(
     {"EndpointConnectionError", "ConnectTimeoutError", "ConnectionClosedError", "ReadTimeoutError"}
 )
+# A file found changed while read in so many runs in a row never holds still long enough to be
+# backed up (a log, a file being scanned into): from then on it is a failure, not a warning.
+UNSETTLED_RUNS_FAIL = 3
 
 
 class UploadPolicy:
@@ -97,14 +101,7 @@ class UploadPolicy:
                 if attempt == 1:
                     continue  # one more read: a file being written often settles quickly
                 run.stats.skipped += 1
-                self.collector.warn(
-                    Failure(
-                        FailureKind.CHANGED_WHILE_READING,
-                        run.target.path,
-                        display_path(file.path),
-                        f"{exc}; left for the next run",
-                    )
-                )
+                await self._unsettled(run, file.path, str(exc))
                 return
             except FileVanished:
                 run.stats.skipped += 1  # deleted after the walk: the next run deletes it from S3
@@ -124,6 +121,30 @@ class UploadPolicy:
                 run.stats.updated += 1
             run.stats.bytes_uploaded += done.size
             return
+
+    async def _unsettled(self, run: TargetRun, path: bytes, reason: str) -> None:
+        """A file left unrecorded because it changed while read: a warning, and from the
+        UNSETTLED_RUNS_FAIL-th run in a row a failure, since such a file is never backed up."""
+        runs = await anyio.to_thread.run_sync(self.store.note_unsettled, run.target.bucket, path)
+        if runs < UNSETTLED_RUNS_FAIL:
+            self.collector.warn(
+                Failure(
+                    FailureKind.CHANGED_WHILE_READING,
+                    run.target.path,
+                    display_path(path),
+                    f"{reason}; left for the next run",
+                )
+            )
+            return
+        self.collector.add(
+            Failure(
+                FailureKind.NEVER_STILL,
+                run.target.path,
+                display_path(path),
+                f"changed while it was read in {runs} runs in a row ({reason}), so it has no backup; "
+                "exclude it with backup.exclude, or back up a copy made while nothing writes to it",
+            )
+        )
 
     def _note_transport(self, exc: S3Error) -> None:
         if exc.code not in TRANSPORT_CODES:
