@@ -41,6 +41,7 @@ __all__ = [
     "ErrorReply",
     "FakeReply",
     "Fault",
+    "Gate",
     "ProxyServer",
     "Record",
     "ResetBody",
@@ -284,6 +285,17 @@ class Delay(Fault):
     seconds: float = 1.0
 
     kind: ClassVar[str] = "delay"
+
+
+@dataclass(frozen=True)
+class Gate(Fault):
+    """Hold the request until the test sets `opened` (at most MAX_STALL_S), then forward it: a point
+    in a run (one given request) at which a test changes the world deterministically, e.g. swaps a
+    file between the walk and its upload. The request's record is there as soon as it arrives."""
+
+    opened: threading.Event = dataclasses.field(default_factory=threading.Event)
+
+    kind: ClassVar[str] = "gate"
 
 
 @dataclass(frozen=True)
@@ -685,6 +697,12 @@ class ProxyServer:
             if isinstance(fault, Stall):
                 await self._stall(request, record, fault)
                 return web.Response()
+            if isinstance(fault, Gate):
+                assert self._stopping is not None
+                deadline = time.monotonic() + MAX_STALL_S
+                # Polled: the test's thread sets a threading.Event, which this loop cannot await.
+                while not (fault.opened.is_set() or self._stopping.is_set()) and time.monotonic() < deadline:  # noqa: ASYNC110
+                    await asyncio.sleep(0.01)
             if isinstance(fault, Delay):
                 assert self._stopping is not None
                 with contextlib.suppress(TimeoutError):
