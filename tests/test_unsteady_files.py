@@ -356,3 +356,50 @@ def test_a_file_that_never_holds_still_fails_on_the_third_run_naming_it(
         assert conn.execute("SELECT COUNT(*) FROM unsettled").fetchone() == (0,)
     finally:
         conn.close()
+
+
+def test_a_file_deleted_before_it_ever_held_still_ends_its_count(
+    tmp_path: Path, moto_endpoint: str, bucket_prefix: str
+) -> None:
+    """Never recorded, such a file leaves no cache row whose delete would end its count: the run
+    that no longer finds it changing does, so a new file of that name starts again from one."""
+    root = tmp_path / "tree"
+    root.mkdir()
+    busy = root / "scanner.log"
+    busy.write_bytes(os.urandom(30 * MiB))
+    cache = tmp_path / "cache"
+    write_config(
+        cache,
+        moto_endpoint,
+        folders=[str(root)],
+        bucket_prefix=bucket_prefix,
+        tuning={"multipart_threshold_mib": 5, "part_size_mib": 5, "parts_in_flight": 1},
+    )
+    stop = threading.Event()
+
+    def keep_writing() -> None:
+        with open(busy, "r+b") as f:
+            while not stop.is_set():
+                f.seek(0)
+                f.write(os.urandom(16))
+                f.flush()
+                os.utime(busy)
+                time.sleep(0.005)
+
+    writer = threading.Thread(target=keep_writing)
+    writer.start()
+    try:
+        changing = run_cli("--cache", str(cache), "--no-cache-backup", timeout_s=RUN_TIMEOUT_S)
+    finally:
+        stop.set()
+        writer.join()
+    assert changing.returncode == 0 and "changed while reading" in changing.stderr, changing.stderr
+    conn = sqlite3.connect(cache / "async-backup.db")
+    try:
+        assert conn.execute("SELECT runs FROM unsettled").fetchall() == [(1,)]
+        busy.unlink()
+        gone = run_cli("--cache", str(cache), "--no-cache-backup", timeout_s=RUN_TIMEOUT_S)
+        assert gone.returncode == 0, gone.stderr
+        assert conn.execute("SELECT COUNT(*) FROM unsettled").fetchone() == (0,)
+    finally:
+        conn.close()

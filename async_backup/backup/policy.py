@@ -59,6 +59,8 @@ class UploadPolicy:
         self._limits = limits
         self.buckets = buckets
         self._transport_failures_in_a_row = 0
+        # Per bucket, the files this run found changed while reading (their counts go on).
+        self._unsettled_paths: dict[str, set[bytes]] = {}
 
     async def upload(self, job: UploadJob, change_send: ObjectSendStream[Change]) -> None:
         run, file = job.run, job.upload.file
@@ -125,6 +127,7 @@ class UploadPolicy:
     async def _unsettled(self, run: TargetRun, path: bytes, reason: str) -> None:
         """A file left unrecorded because it changed while read: a warning, and from the
         UNSETTLED_RUNS_FAIL-th run in a row a failure, since such a file is never backed up."""
+        self._unsettled_paths.setdefault(run.target.bucket, set()).add(path)
         runs = await anyio.to_thread.run_sync(self.store.note_unsettled, run.target.bucket, path)
         if runs < UNSETTLED_RUNS_FAIL:
             self.collector.warn(
@@ -145,6 +148,15 @@ class UploadPolicy:
                 "exclude it with backup.exclude, or back up a copy made while nothing writes to it",
             )
         )
+
+    async def end_target(self, run: TargetRun) -> None:
+        """After a target's walk and uploads: a file this run did not find changing (it was not
+        tried, it vanished, it failed otherwise) no longer counts runs in a row; a file that was
+        deleted or excluded before it was ever recorded would else keep its count for good. Not
+        after a walk cut short, which did not look at every file."""
+        if run.stats.walk_finished:
+            noted = self._unsettled_paths.pop(run.target.bucket, set())
+            await anyio.to_thread.run_sync(self.store.keep_unsettled, run.target.bucket, noted)
 
     def _note_transport(self, exc: S3Error) -> None:
         if exc.code not in TRANSPORT_CODES:

@@ -440,6 +440,16 @@ class StateStore:
         )
 
     @_mapped
+    def keep_unsettled(self, bucket: str, paths: set[bytes]) -> None:
+        """End the count of every file of `bucket` but `paths` (those a run found changing again)."""
+        assert self._conn is not None
+        rows = self._conn.execute("SELECT path FROM unsettled WHERE bucket=?", (bucket,)).fetchall()
+        stale = [(bucket, bytes(p)) for (p,) in rows if bytes(p) not in paths]
+        if stale:
+            with self._write_lock, self._conn:
+                self._conn.executemany("DELETE FROM unsettled WHERE bucket=? AND path=?", stale)
+
+    @_mapped
     def note_unsettled(self, bucket: str, path: bytes) -> int:
         """Count one more run in a row that found this file changed while reading it; returns the
         count (committed at once: it must survive the run's end however it ends)."""
