@@ -403,3 +403,57 @@ def test_a_file_deleted_before_it_ever_held_still_ends_its_count(
         assert conn.execute("SELECT COUNT(*) FROM unsettled").fetchone() == (0,)
     finally:
         conn.close()
+
+
+def test_a_change_after_s3_stored_a_streamed_body_still_records_what_s3_holds(
+    tmp_path: Path, moto_endpoint: str, bucket_prefix: str, s3_inspect: Any
+) -> None:
+    """The file changes after S3 stored its body, before the reply arrives. S3 holds exactly the
+    checksummed bytes, which were the file as of the size and mtime checked after the checksum
+    pass: the row records that (size, mtime), true of the object, and the next run uploads the
+    newer file. Before, the object stayed in S3 unrecorded."""
+    path = tmp_path / "scan.tif"
+    first = os.urandom(2 * MiB)
+    path.write_bytes(first)
+    st = path.stat()
+    file = DiskFile(os.fsencode(path), st.st_size, st.st_mtime_ns)
+    bucket = f"{bucket_prefix}late"
+    s3_inspect.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": REGION})
+    s3_inspect.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    outcome: list[Any] = []
+
+    with ProxyServer(moto_endpoint) as proxy:
+        gate = Gate(ops={"PutObject"}, after_forward=True, max_hits=1)
+        proxy.set_faults(gate)
+        aws = AwsSettings(ACCESS_KEY, SECRET_KEY, REGION, proxy.url)
+
+        async def attempt() -> None:
+            async with open_s3(aws, Tuning()) as s3:
+
+                async def hook(_upload_id: str) -> None:
+                    return None
+
+                limits = MemoryLimits(ByteBudget(16 * MiB), anyio.Semaphore(1))
+                settings = UploadSettings("STANDARD", 5 * MiB, 5 * MiB)
+                outcome.append(await upload_file(s3, bucket, key_of(path), file, settings, limits, hook, hook))
+
+        def upload_in_thread() -> None:
+            try:
+                anyio.run(attempt)
+            except BaseException as exc:
+                outcome.append(exc)
+
+        thread = threading.Thread(target=upload_in_thread, daemon=True)
+        thread.start()
+        assert gate.arrived.wait(RUN_TIMEOUT_S), "the PutObject never reached the proxy"
+        with open(path, "r+b") as f:
+            f.write(b"a later scan line")
+        os.utime(path, ns=(1_700_000_000_000_000_000, 1_700_000_000_000_000_000))
+        gate.opened.set()
+        thread.join(RUN_TIMEOUT_S)
+    assert len(outcome) == 1 and isinstance(outcome[0], upload.Uploaded), outcome
+    assert (outcome[0].size, outcome[0].mtime_ns) == (st.st_size, st.st_mtime_ns)
+    versions = s3_inspect.list_object_versions(Bucket=bucket).get("Versions", [])
+    assert len(versions) == 1
+    body = s3_inspect.get_object(Bucket=bucket, Key=key_of(path))["Body"].read()
+    assert body == first
