@@ -41,6 +41,7 @@ __all__ = [
     "ErrorReply",
     "FakeReply",
     "Fault",
+    "Gate",
     "ProxyServer",
     "Record",
     "RefuseDeleteBatch",
@@ -285,6 +286,21 @@ class Delay(Fault):
     seconds: float = 1.0
 
     kind: ClassVar[str] = "delay"
+
+
+@dataclass(frozen=True)
+class Gate(Fault):
+    """Hold the request until the test sets `opened` (at most MAX_STALL_S), then forward it: a point
+    in a run (one given request) at which a test changes the world deterministically, e.g. swaps a
+    file between the walk and its upload. `arrived` is set once the hold begins. With
+    `after_forward=True` the request reaches moto first and its reply is held instead: the write
+    has happened, and the client does not know yet."""
+
+    opened: threading.Event = dataclasses.field(default_factory=threading.Event)
+    arrived: threading.Event = dataclasses.field(default_factory=threading.Event)
+    after_forward: bool = False
+
+    kind: ClassVar[str] = "gate"
 
 
 @dataclass(frozen=True)
@@ -704,6 +720,8 @@ class ProxyServer:
             if isinstance(fault, Stall):
                 await self._stall(request, record, fault)
                 return web.Response()
+            if isinstance(fault, Gate) and not fault.after_forward:
+                await self._hold_at_gate(fault)
             if isinstance(fault, Delay):
                 assert self._stopping is not None
                 with contextlib.suppress(TimeoutError):
@@ -721,6 +739,14 @@ class ProxyServer:
             return response
         finally:
             self._finish(record, status)
+
+    async def _hold_at_gate(self, fault: Gate) -> None:
+        assert self._stopping is not None
+        fault.arrived.set()
+        deadline = time.monotonic() + MAX_STALL_S
+        # Polled: the test's thread sets a threading.Event, which this loop cannot await.
+        while not (fault.opened.is_set() or self._stopping.is_set()) and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
 
     async def _send_continue(self, request: web.BaseRequest) -> None:
         """Answer `Expect: 100-continue` ourselves; the header is not forwarded."""
@@ -809,6 +835,8 @@ class ProxyServer:
             return await self._refuse_delete(request, record, fault)
         upstream = await self._upstream(request, self._read_body(request, record))
         async with upstream:
+            if isinstance(fault, Gate) and fault.after_forward:
+                await self._hold_at_gate(fault)
             if isinstance(fault, SlowReply):
                 assert self._stopping is not None
                 with contextlib.suppress(TimeoutError):

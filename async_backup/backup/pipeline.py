@@ -197,6 +197,7 @@ class Backup:
                 await self._delete_vanished(run, change_send)
                 await self.guards.record_device(run)
                 await self._record_mounts(run)
+                await self.uploads.end_target(run)
         finally:
             run.stats.finished_at = time.time()
             run.stats.failed = self.collector.count_for(target.path)

@@ -2,8 +2,9 @@
 
 Owns the rules around each upload (a key too long or a file too large fails alone, a file that
 meets a rebuilt "gone" row is first proven by HeadObject (Proof.HEAD), a file that
-changes while read gets one more read and is then left for the next run, a vanished file is
-skipped, an unreadable one fails, a run of transport failures ends the run as fatal), the
+changes while read gets one more read and is then left for the next run, and fails from the
+third run in a row that finds it changing, a vanished file (or one that is no longer a regular
+file) is skipped, an unreadable one fails, a run of transport failures ends the run as fatal), the
 device and deletion guards applied to a target's deletes, and the failures of targets that
 cannot run. The pipeline calls these; they open no task group and no stream.
 """
@@ -37,6 +38,9 @@ TRANSPORT_FAILURES_FATAL = 20
 TRANSPORT_CODES = frozenset(
     {"EndpointConnectionError", "ConnectTimeoutError", "ConnectionClosedError", "ReadTimeoutError"}
 )
+# A file found changed while read in so many runs in a row never holds still long enough to be
+# backed up (a log, a file being scanned into): from then on it is a failure, not a warning.
+UNSETTLED_RUNS_FAIL = 3
 
 
 class UploadPolicy:
@@ -60,6 +64,8 @@ class UploadPolicy:
         self._limits = limits
         self.buckets = buckets
         self._transport_failures_in_a_row = 0
+        # Per bucket, the files this run found changed while reading (their counts go on).
+        self._unsettled_paths: dict[str, set[bytes]] = {}
 
     async def upload(self, job: UploadJob, change_send: ObjectSendStream[Change]) -> None:
         run, file = job.run, job.upload.file
@@ -115,14 +121,7 @@ class UploadPolicy:
                 if attempt == 1:
                     continue  # one more read: a file being written often settles quickly
                 run.stats.skipped += 1
-                self.collector.warn(
-                    Failure(
-                        FailureKind.CHANGED_WHILE_READING,
-                        run.target.path,
-                        display_path(file.path),
-                        f"{exc}; left for the next run",
-                    )
-                )
+                await self._unsettled(run, file.path, str(exc))
                 return
             except FileVanished:
                 run.stats.skipped += 1  # deleted after the walk: the next run deletes it from S3
@@ -171,6 +170,40 @@ class UploadPolicy:
         await change_send.send(Stored(run.target.bucket, file.path, file.size, file.mtime_ns, checksum_of(head)))
         run.stats.unchanged += 1
         return True
+
+    async def _unsettled(self, run: TargetRun, path: bytes, reason: str) -> None:
+        """A file left unrecorded because it changed while read: a warning, and from the
+        UNSETTLED_RUNS_FAIL-th run in a row a failure, since such a file is never backed up."""
+        self._unsettled_paths.setdefault(run.target.bucket, set()).add(path)
+        runs = await anyio.to_thread.run_sync(self.store.note_unsettled, run.target.bucket, path)
+        if runs < UNSETTLED_RUNS_FAIL:
+            self.collector.warn(
+                Failure(
+                    FailureKind.CHANGED_WHILE_READING,
+                    run.target.path,
+                    display_path(path),
+                    f"{reason}; left for the next run",
+                )
+            )
+            return
+        self.collector.add(
+            Failure(
+                FailureKind.NEVER_STILL,
+                run.target.path,
+                display_path(path),
+                f"changed while it was read in {runs} runs in a row ({reason}), so it has no backup; "
+                "exclude it with backup.exclude, or back up a copy made while nothing writes to it",
+            )
+        )
+
+    async def end_target(self, run: TargetRun) -> None:
+        """After a target's walk and uploads: a file this run did not find changing (it was not
+        tried, it vanished, it failed otherwise) no longer counts runs in a row; a file that was
+        deleted or excluded before it was ever recorded would else keep its count for good. Not
+        after a walk cut short, which did not look at every file."""
+        if run.stats.walk_finished:
+            noted = self._unsettled_paths.pop(run.target.bucket, set())
+            await anyio.to_thread.run_sync(self.store.keep_unsettled, run.target.bucket, noted)
 
     def _note_transport(self, exc: S3Error) -> None:
         if exc.code not in TRANSPORT_CODES:

@@ -19,7 +19,7 @@ import sqlite3
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Concatenate, ParamSpec, TypeVar
@@ -63,6 +63,12 @@ CREATE TABLE IF NOT EXISTS mounts (
     path   BLOB    NOT NULL,   -- a directory inside it that is (or was) a file system of its own
     device INTEGER,            -- its st_dev when last seen mounted; NULL: suspected, never seen mounted
     PRIMARY KEY (target, path)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS unsettled (
+    bucket TEXT    NOT NULL,
+    path   BLOB    NOT NULL,
+    runs   INTEGER NOT NULL,     -- runs in a row that found the file changed while reading it
+    PRIMARY KEY (bucket, path)
 ) WITHOUT ROWID;
 """
 
@@ -417,6 +423,40 @@ class StateStore:
                 )
             if ended:
                 self._conn.executemany("DELETE FROM multipart_uploads WHERE bucket=? AND upload_id=?", ended)
+            self._settle(stored, removed)
+
+    def _settle(self, stored: Sequence[tuple[object, ...]], removed: Sequence[tuple[object, ...]]) -> None:
+        """A file recorded or deleted holds still again: its count of unsettled runs ends. Looked up
+        only while the table holds rows (rarely), so a batch of millions of rows pays nothing."""
+        assert self._conn is not None
+        if not (stored or removed) or self._conn.execute("SELECT 1 FROM unsettled LIMIT 1").fetchone() is None:
+            return
+        self._conn.executemany(
+            "DELETE FROM unsettled WHERE bucket=? AND path=?", [row[:2] for row in (*stored, *removed)]
+        )
+
+    @_mapped
+    def keep_unsettled(self, bucket: str, paths: set[bytes]) -> None:
+        """End the count of every file of `bucket` but `paths` (those a run found changing again)."""
+        assert self._conn is not None
+        rows = self._conn.execute("SELECT path FROM unsettled WHERE bucket=?", (bucket,)).fetchall()
+        stale = [(bucket, bytes(p)) for (p,) in rows if bytes(p) not in paths]
+        if stale:
+            with self._write_lock, self._conn:
+                self._conn.executemany("DELETE FROM unsettled WHERE bucket=? AND path=?", stale)
+
+    @_mapped
+    def note_unsettled(self, bucket: str, path: bytes) -> int:
+        """Count one more run in a row that found this file changed while reading it; returns the
+        count (committed at once: it must survive the run's end however it ends)."""
+        assert self._conn is not None
+        with self._write_lock, self._conn:
+            row = self._conn.execute(
+                "INSERT INTO unsettled(bucket, path, runs) VALUES (?, ?, 1) "
+                "ON CONFLICT(bucket, path) DO UPDATE SET runs = runs + 1 RETURNING runs",
+                (bucket, path),
+            ).fetchone()
+        return int(row[0])
 
     @_mapped
     def reset(self) -> None:

@@ -148,7 +148,9 @@ ADVICE: dict[FailureKind, str] = {
     FailureKind.UNREADABLE: "Check the permissions (as the user the backup runs as) and the file system; "
     "the next run retries them.",
     FailureKind.CHANGED_WHILE_READING: "Written to during the backup: the next run uploads them. "
-    "If it repeats, run the backup when nothing writes.",
+    "If it repeats, run the backup when nothing writes; at the third run in a row it is a failure.",
+    FailureKind.NEVER_STILL: "Written to at every run, so never backed up: exclude them with backup.exclude, "
+    "or back up a copy made while nothing writes to them.",
     FailureKind.S3: "S3 refused or failed after retries; the next run retries. If the code repeats, "
     "check the bucket, the credentials' permissions and the endpoint.",
     FailureKind.DELETION_GUARD: "Deletes were held back. If the files really are gone, rerun with --allow-mass-delete.",
