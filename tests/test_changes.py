@@ -72,7 +72,7 @@ def test_a_file_written_during_its_upload_is_not_recorded(
 def test_read_whole_notices_a_change_during_the_read(tmp_path: Path):
     path = tmp_path / "f"
     path.write_bytes(b"x" * 1000)
-    data, size, mtime_ns = read_whole(os.fsencode(path))
+    data, size, mtime_ns, _ = read_whole(os.fsencode(path))
     assert (data, size, mtime_ns) == (b"x" * 1000, 1000, path.stat().st_mtime_ns)
     # A FIFO is the deterministic stand-in for "the file changes under the reader": it never matches
     # its own fstat size, so the consistency check must refuse what was read.

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from ..cache.records import Recorded, is_unchanged
+from ..cache.records import Recorded, is_unchanged, lacks_evidence, needs_proof
 from ..disk.entries import DiskFile, Hole, Skipped, WalkEntry
 
 MiB = 1024 * 1024
@@ -45,7 +45,15 @@ class Delete:
     path: bytes
 
 
-Action = Upload | Delete
+@dataclass(frozen=True, slots=True)
+class Observed:
+    """An unchanged file whose row has no inode or ctime yet (written before they were kept):
+    record the walk's, without a read or a request."""
+
+    file: DiskFile
+
+
+Action = Upload | Delete | Observed
 
 
 @dataclass(slots=True)
@@ -55,6 +63,7 @@ class PlanCounts:
     on_disk: int = 0
     recorded: int = 0
     unchanged: int = 0
+    unsure: int = 0  # size and mtime match, but the contents are to be compared (Proof.CONTENT)
     skipped: int = 0
     kept: int = 0  # cached files under a hole or excluded: neither uploaded nor deleted
     holes: int = 0
@@ -69,7 +78,9 @@ def merge(
 ) -> Iterator[Action]:
     """Merge two streams sorted by path bytes into upload and delete actions.
 
-    A file on disk and not in the cache, or with another size or mtime, is uploaded. A cached
+    A file on disk and not in the cache, or with another size or mtime, is uploaded. A file whose
+    size and mtime match but whose row is unsure (read racily) or whose inode or ctime moved is an
+    upload with Proof.CONTENT: its contents are compared first. A cached
     path that is no longer on disk is deleted, unless it lies under a Hole (the walk could not
     see there) or is excluded. Everything else is left alone. An entry whose type the walk could
     not read comes as Skipped(path) and Hole(path + "/"), each in its place in the order: the
@@ -102,10 +113,15 @@ def merge(
             if isinstance(d, DiskFile):
                 counts.on_disk += 1
                 counts.disk_bytes += d.size
-                if is_unchanged(d, r):
-                    counts.unchanged += 1
-                else:
+                if not is_unchanged(d, r):
                     yield Upload(d, is_new=False)
+                elif needs_proof(d, r):
+                    counts.unsure += 1
+                    yield Upload(d, is_new=False, proof=Proof.CONTENT)
+                else:
+                    counts.unchanged += 1
+                    if lacks_evidence(d, r):
+                        yield Observed(d)
             else:
                 # Now a symlink or special file (or excluded): keep the last backed-up copy.
                 counts.skipped += 1

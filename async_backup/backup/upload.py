@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,7 +30,6 @@ from ..disk.read import (
     os_error,
     read_range,
     read_whole,
-    size_and_mtime,
 )
 from ..errors import S3Error, unwrapped_group
 from ..s3.checksums import PartChecksum, RunningChecksum, composite_checksum
@@ -56,6 +56,13 @@ class Uploaded:
     size: int
     mtime_ns: int
     checksum: str
+    # The evidence the row keeps: the file's inode and ctime from the stat its size and mtime came
+    # from, and the wall clock just before that stat (the moment the read began, for the racy-clean
+    # rule: a write after it gets a later tick unless the file's last change lies within one).
+    ino: int = 0
+    ctime_ns: int = 0
+    read_started_ns: int = 0
+    part_bytes: int | None = None  # the part size of a multipart upload
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,10 +102,12 @@ def usable_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def read_and_sum(path: bytes, algorithm: str) -> tuple[bytes, int, int, PartChecksum]:
-    """A small file read whole and its checksum, in one worker-thread call."""
-    data, size, mtime_ns = read_whole(path)
-    return data, size, mtime_ns, PartChecksum.of(data, algorithm)
+def read_and_sum(path: bytes, algorithm: str) -> tuple[bytes, int, int, PartChecksum, os.stat_result, int]:
+    """A small file read whole and its checksum, in one worker-thread call; with the stat taken
+    before the read and the wall clock before that."""
+    started_ns = time.time_ns()
+    data, size, mtime_ns, before = read_whole(path)
+    return data, size, mtime_ns, PartChecksum.of(data, algorithm), before, started_ns
 
 
 def checksum_range(fd: int, offset: int, length: int, algorithm: str, buffer: bytearray) -> PartChecksum:
@@ -143,7 +152,9 @@ async def _put_whole(
     """PutObject of the file read whole into memory; None when it has grown past the threshold."""
     async with limits.budget.hold(file.size):
         # Read and checksum in one worker-thread call: hashing never holds up the event loop.
-        data, size, mtime_ns, checksum = await anyio.to_thread.run_sync(read_and_sum, file.path, algorithm)
+        data, size, mtime_ns, checksum, st, started_ns = await anyio.to_thread.run_sync(
+            read_and_sum, file.path, algorithm
+        )
         if size >= settings.multipart_threshold_bytes and size > 0:
             return None
         etag = await s3.put_object(
@@ -154,7 +165,7 @@ async def _put_whole(
             metadata=mtime_metadata(mtime_ns),
             checksum=checksum,
         )
-        return Uploaded(size, mtime_ns, checksum.recorded(etag))
+        return Uploaded(size, mtime_ns, checksum.recorded(etag), st.st_ino, st.st_ctime_ns, started_ns)
 
 
 async def _open(path: bytes) -> int:
@@ -173,6 +184,14 @@ def _refusal_is_a_change(fd: int, size: int, mtime_ns: int) -> Iterator[None]:
     except S3Error:
         check_unchanged(fd, size, mtime_ns)
         raise
+
+
+def _fstat(fd: int) -> os.stat_result:
+    """The open file's stat, taken before its first byte is read (the row's evidence)."""
+    try:
+        return os.fstat(fd)
+    except OSError as exc:
+        raise os_error(exc) from None
 
 
 async def _close(fd: int) -> None:
@@ -213,9 +232,11 @@ async def _put_streamed(
     s3: S3, bucket: str, key: str, file: DiskFile, settings: UploadSettings, limits: MemoryLimits, algorithm: str
 ) -> Uploaded | None:
     """PutObject streamed from the file; None when it has grown past the threshold."""
+    started_ns = time.time_ns()
     fd = await _open(file.path)
     try:
-        size, mtime_ns = size_and_mtime(fd)
+        st = _fstat(fd)
+        size, mtime_ns = st.st_size, st.st_mtime_ns
         if size >= settings.multipart_threshold_bytes:
             return None
 
@@ -232,7 +253,7 @@ async def _put_streamed(
         with _refusal_is_a_change(fd, size, mtime_ns):
             etag, checksum = await _send_streamed(limits, RangeReader(fd), 0, size, algorithm, send)
         check_unchanged(fd, size, mtime_ns)
-        return Uploaded(size, mtime_ns, checksum.recorded(etag))
+        return Uploaded(size, mtime_ns, checksum.recorded(etag), st.st_ino, st.st_ctime_ns, started_ns)
     finally:
         await _close(fd)
 
@@ -249,9 +270,11 @@ async def _upload_multipart(
     on_started: UploadHook,
     on_ended: UploadHook,
 ) -> Uploaded:
+    started_ns = time.time_ns()
     fd = await _open(file.path)
     try:
-        size, mtime_ns = size_and_mtime(fd)
+        st = _fstat(fd)
+        size, mtime_ns = st.st_size, st.st_mtime_ns
         part_bytes = part_size_for(size, settings.part_size_bytes)
         ranges = part_ranges(size, part_bytes)
         reader = RangeReader(fd)
@@ -303,7 +326,8 @@ async def _upload_multipart(
         await _close(fd)
     await on_ended(upload_id)
     checksums = [s for s in sums if s is not None]
-    return Uploaded(size, mtime_ns, composite_checksum(checksums, [str(p.get("ETag", "")) for p in parts]))
+    checksum = composite_checksum(checksums, [str(p.get("ETag", "")) for p in parts])
+    return Uploaded(size, mtime_ns, checksum, st.st_ino, st.st_ctime_ns, started_ns, part_bytes)
 
 
 async def _create_recorded(

@@ -49,8 +49,9 @@ def os_error(exc: OSError) -> Exception:
     return FileUnreadable(exc)
 
 
-def read_whole(path: bytes) -> tuple[bytes, int, int]:
-    """Read a small file in one go; returns (data, size, mtime_ns) of a consistent read."""
+def read_whole(path: bytes) -> tuple[bytes, int, int, os.stat_result]:
+    """Read a small file in one go; returns (data, size, mtime_ns) of a consistent read, and the
+    fstat taken before the read (its inode and ctime are the row's evidence)."""
     try:
         fd = open_nofollow(path)
     except OSError as exc:
@@ -73,7 +74,7 @@ def read_whole(path: bytes) -> tuple[bytes, int, int]:
     data = b"".join(chunks)
     if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns) or len(data) != after.st_size:
         raise FileChanged("size or modification time changed while the file was read")
-    return data, after.st_size, after.st_mtime_ns
+    return data, after.st_size, after.st_mtime_ns, before
 
 
 def size_and_mtime(fd: int) -> tuple[int, int]:
