@@ -232,14 +232,13 @@ def file_columns(conn: sqlite3.Connection) -> set[str]:
     return {str(row[1]) for row in conn.execute("PRAGMA table_info(files)")}
 
 
-def evidence_columns(conn: sqlite3.Connection) -> str:
-    """`ino, ctime_ns, unsure, part_bytes` for a SELECT, with NULL or 0 for those an older cache
-    (a read-only one not migrated, a snapshot) lacks."""
+def evidence_columns(
+    conn: sqlite3.Connection, columns: tuple[str, ...] = ("ino", "ctime_ns", "unsure", "part_bytes")
+) -> str:
+    """These columns for a SELECT, with NULL (0 for `unsure`) for those an older cache (a read-only
+    one not migrated, a snapshot) lacks."""
     present = file_columns(conn)
-    return ", ".join(c if c in present else ("0" if c == "unsure" else "NULL") for c in _EVIDENCE)
-
-
-_EVIDENCE = ("ino", "ctime_ns", "unsure", "part_bytes")
+    return ", ".join(c if c in present else ("0" if c == "unsure" else "NULL") for c in columns)
 
 
 def quick_check(conn: sqlite3.Connection) -> str | None:
@@ -392,14 +391,14 @@ class StateStore:
         conn = connect(self.path, readonly=True)
         try:
             legacy = "legacy_mtime" if "legacy_mtime" in file_columns(conn) else "NULL"
-            evidence = evidence_columns(conn)
+            evidence = evidence_columns(conn, ("ino", "ctime_ns", "unsure"))
             cursor = conn.execute(
                 f"SELECT path, size, mtime_ns, {legacy}, {evidence} FROM files WHERE bucket=? ORDER BY path",
                 (bucket,),
             )
             cursor.arraysize = 1000
             while rows := cursor.fetchmany():
-                for path, size, mtime_ns, legacy_mtime, ino, ctime_ns, unsure, _part_bytes in rows:
+                for path, size, mtime_ns, legacy_mtime, ino, ctime_ns, unsure in rows:
                     yield Recorded(bytes(path), size, mtime_ns, legacy_mtime, ino, ctime_ns, bool(unsure))
         finally:
             conn.close()
@@ -596,13 +595,13 @@ def iter_rows(store: StateStore, bucket: str) -> Iterator[VerifyRow]:
         return
     conn = connect(store.path, readonly=True)
     try:
-        evidence = evidence_columns(conn)
+        evidence = evidence_columns(conn, ("ino", "ctime_ns", "unsure"))
         cursor = conn.execute(
             f"SELECT path, size, mtime_ns, checksum, {evidence} FROM files WHERE bucket=? ORDER BY path", (bucket,)
         )
         cursor.arraysize = 1000
         while rows := cursor.fetchmany():
-            for path, size, mtime_ns, checksum, ino, ctime_ns, unsure, _part_bytes in rows:
+            for path, size, mtime_ns, checksum, ino, ctime_ns, unsure in rows:
                 yield bytes(path), size, mtime_ns, checksum, ino, ctime_ns, bool(unsure)
     finally:
         conn.close()
