@@ -64,6 +64,7 @@ class FailureKind(enum.StrEnum):
 
     UNREADABLE = "unreadable"  # a file or directory the OS refused to read
     CHANGED_WHILE_READING = "changed while reading"  # size or mtime moved during the upload
+    NEVER_STILL = "never holds still"  # changed while reading in several runs in a row: no backup
     S3 = "S3 error"  # an S3 request failed after retries; the code says which
     DELETION_GUARD = "deletion guard"  # deletes held back for a target
     TARGET_MISSING = "target missing"  # a known target's folder is gone (unmounted share?)

@@ -11,9 +11,11 @@ root can mount: elsewhere every test that asks for one is skipped with the reaso
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -43,7 +45,7 @@ def loop_mount(mount_point: Path, fs_type: str = "ext2", size_mib: int = 64) -> 
     skip_unless_mountable()
     mount_point = Path(mount_point)
     mount_point.mkdir(parents=True, exist_ok=True)
-    image = mount_point.parent / f".{mount_point.name}.{fs_type}.img"
+    image = _image_for(mount_point, fs_type)
     with open(image, "wb") as f:
         f.truncate(size_mib * 1024 * 1024)
     made = subprocess.run([f"mkfs.{fs_type}", "-q", "-F", str(image)], capture_output=True, text=True)
@@ -74,5 +76,14 @@ def unmount(mount_point: Path) -> None:
 
 def remount(mount_point: Path, fs_type: str = "ext2") -> None:
     """Mount again the image `loop_mount` made for `mount_point` (a share that comes back)."""
-    image = Path(mount_point).parent / f".{Path(mount_point).name}.{fs_type}.img"
+    image = _image_for(Path(mount_point), fs_type)
     subprocess.run(["mount", "-o", "loop", str(image), str(mount_point)], check=True, capture_output=True)
+
+
+def _image_for(mount_point: Path, fs_type: str) -> Path:
+    """Where the image of a mount point lies: outside every tree a test backs up (an image beside its
+    mount point would lie inside the target the test builds around it)."""
+    folder = Path(tempfile.gettempdir()) / "async-backup-loopfs"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    digest = hashlib.sha256(os.fsencode(mount_point.absolute())).hexdigest()[:16]
+    return folder / f"{digest}.{fs_type}.img"

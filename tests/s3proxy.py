@@ -41,8 +41,10 @@ __all__ = [
     "ErrorReply",
     "FakeReply",
     "Fault",
+    "Gate",
     "ProxyServer",
     "Record",
+    "RefuseDeleteBatch",
     "ResetBody",
     "SlowReply",
     "Stall",
@@ -287,6 +289,21 @@ class Delay(Fault):
 
 
 @dataclass(frozen=True)
+class Gate(Fault):
+    """Hold the request until the test sets `opened` (at most MAX_STALL_S), then forward it: a point
+    in a run (one given request) at which a test changes the world deterministically, e.g. swaps a
+    file between the walk and its upload. `arrived` is set once the hold begins. With
+    `after_forward=True` the request reaches moto first and its reply is held instead: the write
+    has happened, and the client does not know yet."""
+
+    opened: threading.Event = dataclasses.field(default_factory=threading.Event)
+    arrived: threading.Event = dataclasses.field(default_factory=threading.Event)
+    after_forward: bool = False
+
+    kind: ClassVar[str] = "gate"
+
+
+@dataclass(frozen=True)
 class CorruptBody(Fault):
     """Flip one byte in the middle of the request body, keeping its length, and forward it.
 
@@ -354,6 +371,24 @@ class DeleteKeyErrors(Fault):
     def __post_init__(self) -> None:
         super().__post_init__()
         object.__setattr__(self, "error_keys", frozenset(self.error_keys))
+
+    def matches(self, record: Record) -> bool:
+        return record.op in (self.ops or {"DeleteObjects"})
+
+
+@dataclass(frozen=True)
+class RefuseDeleteBatch(Fault):
+    """Answer 400 MalformedXML, without forwarding, to a DeleteObjects request whose body names one
+    of `refused_keys`, as S3 refuses a body holding a character XML 1.0 cannot carry (U+FFFE, U+FFFF).
+    Any other DeleteObjects request goes to moto unchanged. `ops` defaults to DeleteObjects."""
+
+    refused_keys: Collection[str] = frozenset()
+
+    kind: ClassVar[str] = "refuse_delete"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "refused_keys", frozenset(self.refused_keys))
 
     def matches(self, record: Record) -> bool:
         return record.op in (self.ops or {"DeleteObjects"})
@@ -670,7 +705,7 @@ class ProxyServer:
         record.security_token = request.headers.get("X-Amz-Security-Token")
         record.user_agent = request.headers.get("User-Agent", "")
         fault = self._pick_fault(record)
-        if fault is not None and not isinstance(fault, DeleteKeyErrors):
+        if fault is not None and not isinstance(fault, DeleteKeyErrors | RefuseDeleteBatch):
             record.fault = fault.kind
         status: int | None = None
         response: web.StreamResponse
@@ -685,6 +720,8 @@ class ProxyServer:
             if isinstance(fault, Stall):
                 await self._stall(request, record, fault)
                 return web.Response()
+            if isinstance(fault, Gate) and not fault.after_forward:
+                await self._hold_at_gate(fault)
             if isinstance(fault, Delay):
                 assert self._stopping is not None
                 with contextlib.suppress(TimeoutError):
@@ -702,6 +739,14 @@ class ProxyServer:
             return response
         finally:
             self._finish(record, status)
+
+    async def _hold_at_gate(self, fault: Gate) -> None:
+        assert self._stopping is not None
+        fault.arrived.set()
+        deadline = time.monotonic() + MAX_STALL_S
+        # Polled: the test's thread sets a threading.Event, which this loop cannot await.
+        while not (fault.opened.is_set() or self._stopping.is_set()) and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
 
     async def _send_continue(self, request: web.BaseRequest) -> None:
         """Answer `Expect: 100-continue` ourselves; the header is not forwarded."""
@@ -786,8 +831,12 @@ class ProxyServer:
     async def _forward(self, request: web.BaseRequest, record: Record, fault: Fault | None) -> web.StreamResponse:
         if isinstance(fault, DeleteKeyErrors):
             return await self._forward_delete(request, record, fault)
+        if isinstance(fault, RefuseDeleteBatch):
+            return await self._refuse_delete(request, record, fault)
         upstream = await self._upstream(request, self._read_body(request, record))
         async with upstream:
+            if isinstance(fault, Gate) and fault.after_forward:
+                await self._hold_at_gate(fault)
             if isinstance(fault, SlowReply):
                 assert self._stopping is not None
                 with contextlib.suppress(TimeoutError):
@@ -855,3 +904,22 @@ class ProxyServer:
                         fault.message or ERROR_MESSAGES.get(fault.code, fault.code),
                     )
             return web.Response(status=upstream.status, reason=upstream.reason, body=reply, headers=headers)
+
+    async def _refuse_delete(self, request: web.BaseRequest, record: Record, fault: RefuseDeleteBatch) -> web.Response:
+        body = b"".join([c async for c in self._read_body(request, record)])
+        if fault.refused_keys.isdisjoint(delete_request_keys(body)):
+            async with await self._upstream(request, body) as upstream:
+                reply = await upstream.read()
+                headers = [
+                    (k, v)
+                    for k, v in upstream.headers.items()
+                    if k.lower() not in HOP_BY_HOP and k.lower() != "content-length"
+                ]
+                return web.Response(status=upstream.status, reason=upstream.reason, body=reply, headers=headers)
+        record.fault = fault.kind
+        self._request_seq += 1
+        request_id = f"S3PROXY{self._request_seq:09d}"
+        message = "The XML you provided was not well-formed or did not validate against our published schema"
+        reply = error_xml("MalformedXML", message, request.path, request_id)
+        headers = {"Content-Type": "application/xml", "x-amz-request-id": request_id}
+        return web.Response(status=400, body=reply, headers=headers)

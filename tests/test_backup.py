@@ -228,13 +228,44 @@ def test_a_missing_known_folder_fails_alone_and_deletes_nothing(site: dict[str, 
     assert key_of(data / "scans/new.tif") in all_keys(s3_inspect, site["buckets"]["scans"])  # others go on
 
 
-def test_a_folder_never_backed_up_and_missing_is_a_config_error(tmp_path: Path, moto_endpoint: str):
+def test_a_missing_new_folder_or_root_fails_alone_and_the_others_run(
+    site: dict[str, Any], s3_inspect: Any, tmp_path: Path
+):
+    """A line just added to config.json that names nothing on disk (a typo, a share not mounted yet)
+    fails that target alone: the others are backed up, the report, metrics and card are written."""
+    data, cache = site["data"], site["cache"]
+    config = json.loads((cache / "config.json").read_text())
+    config["backup"]["folders"].append(str(data / "typo"))
+    config["backup"]["roots"].append(str(data / "share-not-mounted"))
+    (cache / "config.json").write_text(json.dumps(config))
+    metrics = tmp_path / "metrics.prom"
+    result = backup(cache, "--metrics-file", str(metrics), "--print-card")
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    failed = [line for line in result.stderr.splitlines() if "target missing" in line]
+    assert len(failed) == 2, result.stderr
+    assert any(f"backup.folders[2] {data / 'typo'}" in line and "never backed up" in line for line in failed)
+    assert any(f"backup.roots[1] {data / 'share-not-mounted'}" in line for line in failed)
+    assert all("config.json" in line and "mount the share" in line for line in failed)
+    for name in ("scans", "letters", "registers/parish-a", "registers/parish-b"):  # every other target ran
+        assert all_keys(s3_inspect, site["buckets"][name]), name
+    report = json.loads(max((cache / "reports").glob("*.json")).read_text())
+    assert sorted(f["kind"] for f in report["failures"]) == ["target missing", "target missing"]
+    assert report["exit_code"] == 1
+    assert "async_backup_exit_code 1" in metrics.read_text()
+    assert "target missing" in result.stdout  # the card
+    # Once the share is mounted, the next run backs it up like any target.
+    make_tree(data, {"share-not-mounted/vol1/a.tif": b"a", "typo/b.tif": b"b"})
+    assert backup(cache).returncode == 0
+
+
+def test_a_config_that_cannot_be_read_is_still_exit_2(tmp_path: Path, moto_endpoint: str):
     cache = tmp_path / "cache"
     write_config(cache, moto_endpoint, folders=[str(tmp_path / "nope")])
+    (cache / "config.json").write_text('{"backup": {"folders": "/srv/not-a-list"}}')
     result = backup(cache)
     assert result.returncode == 2
-    assert "backup.folders[0]" in result.stderr and "never backed up" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert "backup.folders must be a list" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_a_second_run_on_a_locked_cache_exits_3_naming_the_holder(site: dict[str, Any]):

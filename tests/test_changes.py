@@ -16,7 +16,7 @@ from faultcheck import bucket_objects, cache_rows
 from async_backup.backup.budget import ByteBudget
 from async_backup.backup.upload import MemoryLimits, UploadSettings, upload_file
 from async_backup.disk.entries import DiskFile, Hole
-from async_backup.disk.read import FileChanged, FileVanished, read_whole
+from async_backup.disk.read import FileChanged, FileVanished, open_regular, read_exact
 from async_backup.disk.walk import Excluder, walk_target
 from async_backup.s3.client import open_s3
 from async_backup.settings.config import AwsSettings, Tuning
@@ -69,25 +69,21 @@ def test_a_file_written_during_its_upload_is_not_recorded(
     assert cache_rows(cache, bucket)[os.fsencode(growing)] == growing.stat().st_size
 
 
-def test_read_whole_notices_a_change_during_the_read(tmp_path: Path):
+def test_read_exact_reads_no_more_than_the_fstat_size_and_notices_a_change(tmp_path: Path):
     path = tmp_path / "f"
     path.write_bytes(b"x" * 1000)
-    data, size, mtime_ns, _ = read_whole(os.fsencode(path))
-    assert (data, size, mtime_ns) == (b"x" * 1000, 1000, path.stat().st_mtime_ns)
-    # A FIFO is the deterministic stand-in for "the file changes under the reader": it never matches
-    # its own fstat size, so the consistency check must refuse what was read.
-    fifo = tmp_path / "fifo"
-    os.mkfifo(fifo)
-
-    def feed() -> None:
-        with open(fifo, "wb") as f:
-            f.write(b"data that a regular file of size 0 cannot have")
-
-    t = threading.Thread(target=feed)
-    t.start()
-    with pytest.raises(FileChanged):
-        read_whole(os.fsencode(fifo))
-    t.join()
+    fd, st = open_regular(os.fsencode(path))
+    try:
+        assert read_exact(fd, st.st_size, st.st_mtime_ns) == b"x" * 1000
+        with open(path, "ab") as f:
+            f.write(b"grown")
+        with pytest.raises(FileChanged):
+            read_exact(fd, st.st_size, st.st_mtime_ns)
+        os.truncate(path, 10)
+        with pytest.raises(FileChanged):
+            read_exact(fd, st.st_size, st.st_mtime_ns)
+    finally:
+        os.close(fd)
 
 
 def test_a_file_that_vanished_after_the_walk_is_a_skip(tmp_path: Path, moto_endpoint: str):

@@ -14,10 +14,10 @@ from faultcheck import (
     assert_whole,
     bucket_objects,
     cache_rows,
-    open_uploads,
     reported_failures,
     run_stopped,
     tree_files,
+    uploads_holding_parts,
 )
 from s3proxy import DeleteKeyErrors, ProxyServer, ResetBody, Stall, internal_error, slow_down
 
@@ -130,5 +130,6 @@ def test_faults_lose_nothing_and_a_clean_rerun_makes_the_bucket_whole(
         proxy.clear()
         clean = run_cli("--cache", str(cache), "--no-cache-backup", timeout_s=600)
         assert clean.returncode == 0, clean.stderr
-    assert_whole(s3_inspect, bucket, root, cache)
-    assert open_uploads(s3_inspect, bucket) == []
+    # A stalled CreateMultipartUpload reply leaves an upload nobody recorded: see assert_whole.
+    assert_whole(s3_inspect, bucket, root, cache, unrecorded_creates=True)
+    assert uploads_holding_parts(s3_inspect, bucket) == []

@@ -10,7 +10,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from async_backup.disk.entries import DiskFile
-from async_backup.disk.keys import MAX_KEY_BYTES, KeyTooLongError, check_key_length, key_for_path, path_for_key
+from async_backup.disk.keys import (
+    MAX_KEY_BYTES,
+    KeyTooLongError,
+    check_key_length,
+    key_for_path,
+    path_for_key,
+    superseded_key,
+)
 from async_backup.disk.walk import Excluder, walk_target
 from async_backup.errors import ConfigError
 from async_backup.settings.config import FolderSpec, parse_config
@@ -38,6 +45,38 @@ def test_plain_paths_keep_the_existing_scripts_keys():
 def test_undecodable_and_control_names_take_the_escaped_form():
     assert key_for_path(b"/srv/caf\xe9.tif") == "/srv/caf%E9.tif"
     assert key_for_path(b"/srv/line\nbreak%.tif") == "/srv/line%0Abreak%25.tif"
+
+
+def xml_char(ch: str) -> bool:
+    """XML 1.0's Char production."""
+    code = ord(ch)
+    return code in (0x9, 0xA, 0xD) or 0x20 <= code <= 0xD7FF or 0xE000 <= code <= 0xFFFD or code >= 0x10000
+
+
+@pytest.mark.parametrize(
+    ("path", "key", "earlier"),
+    [
+        ("/srv/a\ufffe.tif".encode(), "/srv/a%EF%BF%BE.tif", "srv/a\ufffe.tif"),
+        ("/srv/a\uffff%.tif".encode(), "/srv/a%EF%BF%BF%25.tif", "srv/a\uffff%.tif"),
+        (b"/srv/\x01" + "\ufffe".encode(), "/srv/%01%EF%BF%BE", "/srv/%01\ufffe"),  # escaped before, U+FFFE raw
+        (b"/srv/caf\xe9" + "\uffff".encode(), "/srv/caf%E9%EF%BF%BF", "/srv/caf%E9\uffff"),
+        (b"/srv/\xed\xa0\x80.tif", "/srv/%ED%A0%80.tif", None),  # a surrogate's bytes: never UTF-8
+        ("/srv/\ufdd0\U0010fffe.tif".encode(), "srv/\ufdd0\U0010fffe.tif", None),  # noncharacters XML allows
+    ],
+)
+def test_names_outside_xml_take_the_escaped_form(path: bytes, key: str, earlier: str | None):
+    assert key_for_path(path) == key
+    assert all(xml_char(ch) for ch in key)
+    assert path_for_key(key) == path
+    assert superseded_key(path, key) == earlier
+
+
+@given(st.lists(st.sampled_from(["a", "%", "\n", "\ufffe", "\uffff", "\ud7ff", "\ue000", "\U0001f4dc"]), max_size=8))
+def test_every_key_is_xml(chars: list[str]):
+    path = ("/x" + "".join(chars)).encode()
+    key = key_for_path(path)
+    assert all(xml_char(ch) for ch in key), key
+    assert path_for_key(key) == path
 
 
 def test_overlong_keys_are_refused():
@@ -112,6 +151,20 @@ def test_roots_give_one_target_per_direct_subfolder(tmp_path: Path):
         _config(tmp_path, [], [str(tmp_path / "root")]), {str(tmp_path / "root/z"): ("b-z", str(tmp_path / "root"))}
     )
     assert [t.missing for t in gone] == [False, False, True]
+
+
+def test_a_missing_new_folder_or_root_is_a_missing_target_not_a_config_error(tmp_path: Path):
+    (tmp_path / "a").mkdir()
+    config = _config(tmp_path, [str(tmp_path / "a"), str(tmp_path / "typo")], [str(tmp_path / "unmounted")])
+    targets = discover_targets(config, {})
+    assert [(t.path, t.missing, t.missing_key) for t in targets] == [
+        (str(tmp_path / "a"), False, None),
+        (str(tmp_path / "typo"), True, "backup.folders[1]"),
+        (str(tmp_path / "unmounted"), True, "backup.roots[0]"),
+    ]
+    assert targets[2].bucket == ""  # a root is no target of its own: it only stands for its unknown subfolders
+    known = discover_targets(config, {str(tmp_path / "typo"): ("b-typo", None)})
+    assert known[1].missing and known[1].missing_key is None  # backed up before: the usual "target missing"
 
 
 def test_nested_targets_are_warned_about():

@@ -24,11 +24,9 @@ from async_backup.cache.snapshot import cache_bucket_name
 from async_backup.settings.config import load_config
 from async_backup.settings.naming import stable_bucket_name
 
-# Bucket-level reads: the bucket's settings, and the multipart uploads an earlier run may have left
-# (listed on first use of an existing bucket). Never a write, never a request for an object.
-BUCKET_CHECKS = frozenset(
-    {"HeadBucket", "GetBucketVersioning", "GetBucketLifecycleConfiguration", "ListMultipartUploads"}
-)
+# Bucket-level reads: the bucket's settings. Never a write, never a request for an object, and no
+# ListMultipartUploads: only uploads the cache recorded are aborted (another installation's would be listed).
+BUCKET_CHECKS = frozenset({"HeadBucket", "GetBucketVersioning", "GetBucketLifecycleConfiguration"})
 # Setting up a new versioned bucket; each must happen once per bucket per run, not per file.
 BUCKET_SETUP = ("CreateBucket", "PutPublicAccessBlock", "PutBucketVersioning", "PutBucketLifecycleConfiguration")
 WRITES = frozenset(

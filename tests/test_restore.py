@@ -234,7 +234,8 @@ def test_rerun_after_interrupted_restore_sends_no_restore_twice(
         first = restore(cache, *args)
         assert first.returncode == 0, first.stdout + first.stderr
         assert proxy.count("RestoreObject") == 6 and proxy.count("GetObject") == 0
-        with sqlite3.connect(cache / "async-backup.db") as db:
+        # Recorded in restore's own log, not in the cache (which restore only reads).
+        with sqlite3.connect(cache / "restores.db") as db:
             assert db.execute("SELECT COUNT(*) FROM restores").fetchone()[0] == 6
 
         # Second run: the downloads of d2 fail (the server errors), the others land.

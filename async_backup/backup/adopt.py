@@ -16,7 +16,7 @@ from pathlib import Path
 import anyio
 
 from ..cache.legacy import LEGACY_CACHE_BUCKET, OldCache, OldCacheError, old_cache_name, old_cache_path
-from ..cache.rebuild import Listing, needs_rebuild, rows_from_old_cache
+from ..cache.rebuild import OLD_UPLOAD_MARGIN_S, Listing, needs_rebuild, rows_from_old_cache
 from ..cache.records import Recorded
 from ..cache.store import StateStore
 from ..errors import Failure, FailureCollector, FailureKind, S3Error
@@ -76,17 +76,25 @@ class OldCaches:
             return 0
         finally:
             old.close()
-        missing = old_rows - adopted
+        missing = old_rows - adopted.rows - adopted.unproven
+        unproven = (
+            f"; {adopted.unproven} not taken: written within {OLD_UPLOAD_MARGIN_S // 60} minutes of their upload "
+            "(the old script recorded the mtime after uploading) and not proven by the ETag, so uploaded "
+            "unless HeadObject proves them"
+            if adopted.unproven
+            else ""
+        )
         log.info(
-            "%s: adopted %d of %d files from the old cache %s (checked against %d ListObjectsV2 pages)%s",
+            "%s: adopted %d of %d files from the old cache %s (checked against %d ListObjectsV2 pages)%s%s",
             target.path,
-            adopted,
+            adopted.rows,
             old_rows,
             path,
             listing.requests,
             f"; {missing} are not in s3://{target.bucket} and are uploaded if still on disk" if missing else "",
+            unproven,
         )
-        return adopted
+        return adopted.rows
 
     async def read_bucket(self, s3: S3) -> None:
         """List the old script's cache bucket once (a few objects per installation): its copies of

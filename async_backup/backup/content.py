@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import anyio
 
 from ..disk.entries import DiskFile
-from ..disk.read import check_unchanged, feed_range, open_nofollow, os_error
+from ..disk.read import check_unchanged, feed_range, open_regular
 from ..s3.checksums import PartChecksum, RunningChecksum, composite_checksum, split_checksum
 from .plan import part_ranges
 from .upload import MemoryLimits
@@ -53,15 +53,8 @@ def checksum_of_file(
     uploaded. Raises FileVanished, FileChanged or FileUnreadable as the upload's reads do."""
     algorithm, _, parts = split_checksum(recorded)
     started_ns = time.time_ns()
+    fd, st = open_regular(file.path)  # non-blocking, a regular file or FileVanished
     try:
-        fd = open_nofollow(file.path)
-    except OSError as exc:
-        raise os_error(exc) from None
-    try:
-        try:
-            st = os.fstat(fd)
-        except OSError as exc:
-            raise os_error(exc) from None
         if (st.st_size, st.st_mtime_ns) != (file.size, file.mtime_ns):
             return None
         ranges = part_ranges(file.size, part_bytes) if parts is not None and part_bytes else [(0, file.size)]

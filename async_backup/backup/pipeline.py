@@ -42,6 +42,7 @@ from .adopt import OldCaches
 from .budget import ByteBudget
 from .cleanup import CrashCleanup
 from .delete import KeyFailure, delete_paths
+from .mounts import TargetMounts
 from .plan import MAX_DELETE_BATCH, Observed, Proof, Upload, merge, part_size_for
 from .policy import Guards, UploadPolicy, target_missing, target_unusable
 from .recovery import Rebuild
@@ -80,6 +81,7 @@ class Backup:
             part_size_bytes=config.tuning.part_size_bytes,
         )
         self._stopping = threading.Event()
+        self._mounts: dict[str, TargetMounts] = {}  # per target path, once its walk began
         self.started_at = time.time()
         self.guards = Guards(config, store, options, collector)
         self.old_caches = OldCaches(config, store, collector)
@@ -117,8 +119,8 @@ class Backup:
         async with open_s3(self.config.aws, tuning) as s3:
             self._s3 = s3
             self.sent = s3.sent
-            cleanup = CrashCleanup(s3, self.store, self.started_at)
-            self._buckets = BucketSetup(s3, self.config, self.collector, cleanup)
+            cleanup = CrashCleanup(s3, self.store)
+            self._buckets = BucketSetup(s3, self.config, self.collector)
             self._uploads = UploadPolicy(
                 s3, self.config, self.store, self.collector, self.settings, self._limits, self._buckets
             )
@@ -194,6 +196,8 @@ class Backup:
                 await run.uploads_done.wait()
                 await self._delete_vanished(run, change_send)
                 await self.guards.record_device(run)
+                await self._record_mounts(run)
+                await self.uploads.end_target(run)
         finally:
             run.stats.finished_at = time.time()
             run.stats.failed = self.collector.count_for(target.path)
@@ -227,8 +231,12 @@ class Backup:
             (lambda p: self.excluder.excludes_any_part(root, p)) if self.excluder else (lambda _p: False)
         )
         run.device = device_of(root)
+        mounts = self._mounts[target.path] = TargetMounts(target.path, self.store.mounts(target.path), self.collector)
+        watch = mounts.watch(allow_mass_delete=self.options.allow_mass_delete)
+        unproven = mounts.unproven()
         walk = _until_stopped(
-            walk_target(root, self.excluder, self.collector.add, target.path, self.collector.warn), self._stopping
+            walk_target(root, self.excluder, self.collector.add, target.path, self.collector.warn, watch),
+            self._stopping,
         )
         chunk: list[UploadJob] = []
         observed: list[Change] = []
@@ -245,6 +253,9 @@ class Backup:
                             observed = []
                     continue
                 if isinstance(action, Upload):
+                    if unproven and action.is_new and action.file.path.startswith(unproven):
+                        # Its row was not rebuilt while the share was away: prove before sending.
+                        action = Upload(action.file, is_new=True, proof=Proof.HEAD)
                     if action.proof is not Proof.CONTENT:  # a content check sends nothing when it matches
                         run.stats.planned_uploads += 1
                         run.stats.planned_upload_bytes += action.file.size
@@ -267,7 +278,7 @@ class Backup:
         if run.deletes:
             batches = -(-len(run.deletes) // MAX_DELETE_BATCH)
             run.stats.planned_requests["DeleteObjects"] = run.stats.planned_requests.get("DeleteObjects", 0) + batches
-        run.stats.unchanged += counts.unchanged  # content checks that matched add theirs as they end
+        run.stats.unchanged += counts.unchanged  # += : files a proof settled count there too
         run.stats.unsure = counts.unsure
         run.stats.skipped += counts.skipped
         if run.old_cache is not None:
@@ -308,6 +319,14 @@ class Backup:
             )
 
         await delete_paths(self.s3, bucket, run.deletes, deleted, failed)
+
+    async def _record_mounts(self, run: TargetRun) -> None:
+        mounts = self._mounts.get(run.target.path)
+        if mounts is None or not run.stats.walk_finished:
+            return  # a walk cut short may not have reached every mount point
+        await anyio.to_thread.run_sync(
+            lambda: mounts.record(self.store, allow_mass_delete=self.options.allow_mass_delete)
+        )
 
     # Stage: upload workers
 

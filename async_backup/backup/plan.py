@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from ..cache.records import Recorded, is_unchanged, lacks_evidence, needs_proof
+from ..cache.records import Recorded, is_gone, is_unchanged, lacks_evidence, needs_proof
 from ..disk.entries import DiskFile, Hole, Skipped, WalkEntry
 
 MiB = 1024 * 1024
@@ -78,9 +78,11 @@ def merge(
 ) -> Iterator[Action]:
     """Merge two streams sorted by path bytes into upload and delete actions.
 
-    A file on disk and not in the cache, or with another size or mtime, is uploaded. A file whose
-    size and mtime match but whose row is unsure (read racily) or whose inode or ctime moved is an
-    upload with Proof.CONTENT: its contents are compared first. A cached
+    A file on disk and not in the cache, or with another size or mtime, is uploaded; one that
+    meets a rebuilt "gone" row with the row's size is uploaded only if HeadObject does not prove
+    that S3 holds it (Proof.HEAD). A file whose size and mtime match but whose row is unsure (read
+    racily) or whose inode or ctime moved is an upload with Proof.CONTENT: its contents are
+    compared first. A cached
     path that is no longer on disk is deleted, unless it lies under a Hole (the walk could not
     see there) or is excluded. Everything else is left alone. An entry whose type the walk could
     not read comes as Skipped(path) and Hole(path + "/"), each in its place in the order: the
@@ -114,7 +116,11 @@ def merge(
                 counts.on_disk += 1
                 counts.disk_bytes += d.size
                 if not is_unchanged(d, r):
-                    yield Upload(d, is_new=False)
+                    if is_gone(r) and r.size == d.size:
+                        # The file is back with the size S3 listed: S3 may hold it already.
+                        yield Upload(d, is_new=False, proof=Proof.HEAD)
+                    else:
+                        yield Upload(d, is_new=False)
                 elif r.ino == d.ino and r.ctime_ns == d.ctime_ns and not r.unsure:
                     counts.unchanged += 1  # the common case, settled without a call (millions of files)
                 elif needs_proof(d, r):

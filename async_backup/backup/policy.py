@@ -1,9 +1,12 @@
 """Backup's policy: what one planned upload becomes, and when deletes are held back.
 
 Owns the rules around each upload (a key too long or a file too large fails alone, a file that
-changes while read gets one more read and is then left for the next run, a vanished file is
-skipped, an unreadable one fails, a run of transport failures ends the run as fatal; an unsure
-match is compared by content first and sent only when it differs), the
+meets a rebuilt "gone" row is first proven by HeadObject (Proof.HEAD), one whose row is unsure
+(read racily, or its inode or ctime moved) is first compared by content (Proof.CONTENT) and sent
+only when it differs, a file that
+changes while read gets one more read and is then left for the next run, and fails from the
+third run in a row that finds it changing, a vanished file (or one that is no longer a regular
+file) is skipped, an unreadable one fails, a run of transport failures ends the run as fatal), the
 device and deletion guards applied to a target's deletes, and the failures of targets that
 cannot run. The pipeline calls these; they open no task group and no stream.
 """
@@ -15,15 +18,19 @@ from collections.abc import Sequence
 import anyio
 from anyio.streams.memory import MemoryObjectSendStream as ObjectSendStream
 
+from ..cache.rebuild import checksum_of
 from ..cache.records import is_racy
 from ..cache.store import Change, StateStore, Stored, UploadEnded, UploadStarted
+from ..disk.digest import file_md5, single_part_md5
 from ..disk.keys import KeyTooLongError, check_key_length, display_path, key_for_path
 from ..disk.read import FileChanged, FileUnreadable, FileVanished
 from ..errors import Failure, FailureCollector, FailureKind, FatalError, S3Error
 from ..report.summary import format_bytes
 from ..s3.client import S3, endpoint_name
+from ..s3.objects import parse_mtime_metadata
 from ..settings.config import Config
 from .content import comparable, read_content
+from .delete import delete_superseded
 from .plan import MAX_OBJECT_BYTES, Proof, deletion_guard, device_guard
 from .runs import RunOptions, TargetRun, UploadJob
 from .setup import BucketSetup
@@ -35,6 +42,9 @@ TRANSPORT_FAILURES_FATAL = 20
 TRANSPORT_CODES = frozenset(
     {"EndpointConnectionError", "ConnectTimeoutError", "ConnectionClosedError", "ReadTimeoutError"}
 )
+# A file found changed while read in so many runs in a row never holds still long enough to be
+# backed up (a log, a file being scanned into): from then on it is a failure, not a warning.
+UNSETTLED_RUNS_FAIL = 3
 
 
 class UploadPolicy:
@@ -58,6 +68,8 @@ class UploadPolicy:
         self._limits = limits
         self.buckets = buckets
         self._transport_failures_in_a_row = 0
+        # Per bucket, the files this run found changed while reading (their counts go on).
+        self._unsettled_paths: dict[str, set[bytes]] = {}
 
     async def upload(self, job: UploadJob, change_send: ObjectSendStream[Change]) -> None:
         if job.upload.proof is Proof.CONTENT and await self._same_content(job, change_send):
@@ -84,6 +96,19 @@ class UploadPolicy:
             return
         if not await self.buckets.ready(run):
             return
+        if job.upload.proof is Proof.HEAD:
+            try:
+                if await self.proven_by_head(job, key, change_send):
+                    return
+            except S3Error as exc:
+                fail(
+                    FailureKind.S3,
+                    f"HeadObject failed ({exc.message}); not uploaded, so that nothing S3 already holds is "
+                    "uploaded twice: the next run checks it again",
+                    exc.code,
+                )
+                self._note_transport(exc)
+                return
 
         async def started(upload_id: str) -> None:
             # Committed at once, not batched: a crash right after must still leave the id behind
@@ -102,14 +127,7 @@ class UploadPolicy:
                 if attempt == 1:
                     continue  # one more read: a file being written often settles quickly
                 run.stats.skipped += 1
-                self.collector.warn(
-                    Failure(
-                        FailureKind.CHANGED_WHILE_READING,
-                        run.target.path,
-                        display_path(file.path),
-                        f"{exc}; left for the next run",
-                    )
-                )
+                await self._unsettled(run, file.path, str(exc))
                 return
             except FileVanished:
                 run.stats.skipped += 1  # deleted after the walk: the next run deletes it from S3
@@ -122,6 +140,12 @@ class UploadPolicy:
                 self._note_transport(exc)
                 return
             self._transport_failures_in_a_row = 0
+            superseded = await delete_superseded(self.s3, bucket, file.path, key)
+            if superseded is not None:
+                # Not recorded: the next run uploads it again and retries the old key's delete, so
+                # no restore finds the old object beside the new one.
+                fail(FailureKind.S3, superseded.message, superseded.code)
+                return
             unsure = is_racy(done.mtime_ns, done.ctime_ns, done.read_started_ns)
             await change_send.send(
                 Stored(
@@ -180,6 +204,63 @@ class UploadPolicy:
         await change_send.send(row)
         run.stats.unchanged += 1
         return True
+
+    async def proven_by_head(self, job: UploadJob, key: str, change_send: ObjectSendStream[Change]) -> bool:
+        """Proof.HEAD, for a file that came back to a rebuilt "gone" row with the listed size:
+        whether S3 holds it as it is, so that it gets its row and no upload. HeadObject: an
+        object with our `mtime` metadata is the file when that equals its mtime to the nanosecond
+        (as the rebuild proves rows); one without it (the old script set none) when its
+        single-part ETag equals the file's MD5 (the file is read; a multipart ETag proves nothing
+        and the file is uploaded). Raises S3Error when HeadObject fails."""
+        run, file = job.run, job.upload.file
+        head = await self.s3.head_object(run.target.bucket, key)
+        if head is None or head.size != file.size:
+            return False
+        mtime_ns = parse_mtime_metadata(head.metadata)
+        if mtime_ns is not None:
+            if mtime_ns != file.mtime_ns:
+                return False
+        else:
+            md5 = None if head.encrypted_with_key else single_part_md5(head.etag)
+            if md5 is None or md5 != await anyio.to_thread.run_sync(file_md5, file.path, file.size, file.mtime_ns):
+                return False
+        await change_send.send(Stored(run.target.bucket, file.path, file.size, file.mtime_ns, checksum_of(head)))
+        run.stats.unchanged += 1
+        return True
+
+    async def _unsettled(self, run: TargetRun, path: bytes, reason: str) -> None:
+        """A file left unrecorded because it changed while read: a warning, and from the
+        UNSETTLED_RUNS_FAIL-th run in a row a failure, since such a file is never backed up."""
+        self._unsettled_paths.setdefault(run.target.bucket, set()).add(path)
+        runs = await anyio.to_thread.run_sync(self.store.note_unsettled, run.target.bucket, path)
+        if runs < UNSETTLED_RUNS_FAIL:
+            self.collector.warn(
+                Failure(
+                    FailureKind.CHANGED_WHILE_READING,
+                    run.target.path,
+                    display_path(path),
+                    f"{reason}; left for the next run",
+                )
+            )
+            return
+        self.collector.add(
+            Failure(
+                FailureKind.NEVER_STILL,
+                run.target.path,
+                display_path(path),
+                f"changed while it was read in {runs} runs in a row ({reason}), so it has no backup; "
+                "exclude it with backup.exclude, or back up a copy made while nothing writes to it",
+            )
+        )
+
+    async def end_target(self, run: TargetRun) -> None:
+        """After a target's walk and uploads: a file this run did not find changing (it was not
+        tried, it vanished, it failed otherwise) no longer counts runs in a row; a file that was
+        deleted or excluded before it was ever recorded would else keep its count for good. Not
+        after a walk cut short, which did not look at every file."""
+        if run.stats.walk_finished:
+            noted = self._unsettled_paths.pop(run.target.bucket, set())
+            await anyio.to_thread.run_sync(self.store.keep_unsettled, run.target.bucket, noted)
 
     def _note_transport(self, exc: S3Error) -> None:
         if exc.code not in TRANSPORT_CODES:
@@ -244,7 +325,21 @@ class Guards:
 
 def target_missing(run: TargetRun, collector: FailureCollector) -> None:
     target = run.target
-    if target.root is not None:
+    if target.missing_key is not None:
+        # Never backed up: a typo or a share not mounted yet, in a line just added to config.json.
+        section = target.missing_key.split("[", 1)[0]
+        if target.bucket:
+            what = f"is not there ({target.missing_reason}) and was never backed up; nothing of it was backed up"
+        else:  # a root: which subfolders it holds is unknown, so it fails as a whole
+            what = (
+                f"cannot be listed ({target.missing_reason}) and none of its subfolders was ever backed up; "
+                "nothing under it was backed up"
+            )
+        message = (
+            f"{target.missing_key} {target.path} {what}, the other targets ran. "
+            f"Fix the path in {section} in config.json, or mount the share"
+        )
+    elif target.root is not None:
         message = (
             f"this subfolder of root {target.root} is gone (renamed, removed, or the share unmounted?); "
             "nothing was uploaded or deleted. If it is gone for good, run "

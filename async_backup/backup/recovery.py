@@ -18,6 +18,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream as ObjectReceiveStream
 from anyio.streams.memory import MemoryObjectSendStream as ObjectSendStream
 
+from ..cache.mountpoints import AbsentShares, mounts_from_snapshot
 from ..cache.rebuild import (
     REBUILDING_MARK,
     Candidate,
@@ -29,8 +30,10 @@ from ..cache.rebuild import (
     proves_row,
     rows_from_snapshot,
 )
+from ..cache.records import GONE_MTIME_NS
 from ..cache.snapshot import SNAPSHOT_DUE, SnapshotShelf, snapshot_buckets
 from ..cache.store import Change, StateStore, Stored
+from ..disk.keys import display_path
 from ..errors import Failure, FailureCollector, FailureKind, S3Error, unwrapped_group
 from ..s3.client import S3
 from ..settings.config import Config
@@ -90,8 +93,16 @@ class Rebuild:
                 if found is not None:
                     snapshot, db = found
                     rows = await anyio.to_thread.run_sync(
-                        rows_from_snapshot, db, bucket, run.target.path_bytes, listing, self.store
+                        rows_from_snapshot,
+                        db,
+                        bucket,
+                        run.target.path_bytes,
+                        listing,
+                        self.store,
+                        snapshot.last_modified.timestamp(),
                     )
+                    # before any "gone" row is decided: its rows under an unmounted share stay held
+                    await anyio.to_thread.run_sync(mounts_from_snapshot, db, run.target.path, self.store)
                     run.stats.rebuilt_rows += rows
                     sources.append(snapshot.describe())
                 elif old_cache is not None:
@@ -133,6 +144,19 @@ class Rebuild:
                 )
             )
 
+    def _remember_suspected(self, run: TargetRun, absent: AbsentShares) -> None:
+        """Empty folders that S3 holds files under: remembered as mount points not yet seen mounted,
+        so the walk holds them (a failure names each) until the share is back or the operator lets
+        the deletes through. Runs in a worker thread."""
+        self.store.remember_mounts(run.target.path, [(folder, None) for folder in sorted(absent.suspected)])
+        for folder in sorted(absent.suspected):
+            log.warning(
+                "%s: the cache was rebuilt while %s is empty, though S3 holds files under it (a share not "
+                "mounted?): no row says they were deleted, they stay in S3",
+                run.target.path,
+                display_path(folder),
+            )
+
     async def rebuild_from_listing(self, run: TargetRun, listing: Listing) -> tuple[int, int]:
         """Listed objects no snapshot row covers: lstat in worker threads, HeadObject only where
         the size matches a regular file, a row only where the mtime metadata matches too.
@@ -145,16 +169,18 @@ class Rebuild:
         heads = 0
         written = 0
         errors: list[S3Error] = []
+        remembered = await anyio.to_thread.run_sync(self.store.mounts, run.target.path)
+        absent = AbsentShares(root, frozenset(remembered))
 
         async def produce(rows: ObjectSendStream[Stored]) -> None:
             with cand_send, rows:
                 after = ""
                 while chunk := await anyio.to_thread.run_sync(listing.uncovered, after, 1000):
                     after = chunk[-1].key
-                    found, gone = await anyio.to_thread.run_sync(candidates, chunk, root)
+                    found, gone = await anyio.to_thread.run_sync(candidates, chunk, root, absent)
                     for path, size in gone:  # no file: a row so the run deletes the object
                         run.stats.rebuilt_gone += 1
-                        await rows.send(Stored(bucket, path, size, 0, None))
+                        await rows.send(Stored(bucket, path, size, GONE_MTIME_NS, None))
                     for candidate in found:
                         await cand_send.send(candidate)
 
@@ -191,6 +217,8 @@ class Rebuild:
                 for _ in range(workers):
                     tg.start_soon(prove, cand_receive.clone(), row_send.clone())
                 tg.start_soon(produce, row_send.clone())
+        if absent.suspected:
+            await anyio.to_thread.run_sync(self._remember_suspected, run, absent)
         if errors:
             first = errors[0]
             raise S3Error(first.code, f"{len(errors):,} HeadObject requests failed, the first: {first.message}")

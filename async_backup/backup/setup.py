@@ -2,8 +2,7 @@
 bucket created and configured on first need.
 
 Owns what turns a missing or unreachable S3 into one clear error: a fatal one for the endpoint,
-one bucket failure per target otherwise. A bucket that already exists is swept of stale
-multipart uploads (`cleanup`). Talks to S3 through `s3.S3` and `s3.buckets` only.
+one bucket failure per target otherwise. Talks to S3 through `s3.S3` and `s3.buckets` only.
 """
 
 from __future__ import annotations
@@ -14,27 +13,38 @@ from ..errors import Failure, FailureCollector, FailureKind, FatalError, S3Error
 from ..s3.buckets import ensure_bucket
 from ..s3.client import S3, endpoint_name
 from ..settings.config import Config
-from .cleanup import CrashCleanup
 from .runs import TargetRun
+
+# The first request of a run must be answered this long after its connection was made
+# (tuning.connect_timeout_s is added for making it): S3, Ceph and MinIO answer GetBucketVersioning
+# in milliseconds, and a silent server must stop the run in seconds, not after every attempt's
+# read timeout (5 x 60 s). Only this request has it; the others keep tuning.read_timeout_s.
+PROBE_ANSWER_S = 5.0
 
 
 class BucketSetup:
-    def __init__(self, s3: S3, config: Config, collector: FailureCollector, cleanup: CrashCleanup) -> None:
+    def __init__(self, s3: S3, config: Config, collector: FailureCollector) -> None:
         self.s3 = s3
         self.config = config
         self.collector = collector
-        self.cleanup = cleanup
 
     async def check_endpoint(self, runs: Sequence[TargetRun]) -> None:
         """One cheap request before any work: bad credentials or an unreachable endpoint stop the
         run here, with one clear error, instead of as thousands of per-file failures."""
-        probe = runs[0].target.bucket if runs else "async-backup-probe"
+        named = [r.target.bucket for r in runs if r.target.bucket and not r.target.problem]
+        probe = named[0] if named else "async-backup-probe"
+        answer_within_s = self.config.tuning.connect_timeout_s + PROBE_ANSWER_S
         try:
-            await self.s3.bucket_versioning(probe)
+            await self.s3.probe_versioning(probe, answer_within_s)
         except S3Error as exc:
             where = endpoint_name(self.config.aws)
             if exc.code in ("EndpointConnectionError", "ConnectTimeoutError", "ConnectionClosedError"):
                 raise FatalError(f"cannot reach S3 at {where}: check aws.endpoint_url and the network") from None
+            if exc.code in ("NoAnswer", "ReadTimeoutError"):
+                raise FatalError(
+                    f"S3 at {where} took the connection but sent no answer within {answer_within_s:g} s; "
+                    "check aws.endpoint_url (an S3 server, its port, http or https) and any proxy or firewall between"
+                ) from None
             if exc.code in ("AccessDenied", "403", "Forbidden"):
                 raise FatalError(
                     f"S3 at {where} denied access to bucket {probe} ({exc.code}); check the credentials' "
@@ -50,9 +60,9 @@ class BucketSetup:
             if run.bucket_ready or run.bucket_failed:
                 return run.bucket_ready
             try:
-                created = await ensure_bucket(self.s3, run.target.bucket, self.config.noncurrent_days)
-                if not created:
-                    await self.cleanup.abort_stale_uploads(run.target.bucket)
+                # Multipart uploads left in it by others (another installation) are the lifecycle
+                # rule's to abort, never ours: see cleanup.
+                await ensure_bucket(self.s3, run.target.bucket, self.config.noncurrent_days)
             except S3Error as exc:
                 run.bucket_failed = True
                 self.collector.add(

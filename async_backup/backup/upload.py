@@ -1,12 +1,15 @@
 """Upload one file: a single PutObject for small files, a multipart upload for large ones.
 
 Owns the upload policy: which body goes how, detecting files that change while read, and aborting
-multipart uploads that fail. A file of at most one chunk (256 KiB) is read whole in one
-worker-thread call. A larger body (a file up to the multipart threshold, or one part) is streamed:
-its checksum is taken in a worker thread, then the fast path sends it from the file through the
-two chunk buffers it took from the pool, so a body's size never shows in memory. Through botocore
-(buckets the fast path cannot sign), bodies are read whole into memory instead. Either way, file
-contents in memory never exceed the byte budget of `config.Tuning`.
+multipart uploads that fail. A file is opened without blocking and must be a regular file (else
+it counts as vanished); it goes by the size its fstat gives then, not the walk's, so a file that
+grew since the walk never makes a read pass what was reserved for it. A file of at most one chunk
+(256 KiB) is opened, read whole and checksummed in one worker-thread call. A larger body (a file
+up to the multipart threshold, or one part) is streamed: its checksum is taken in a worker thread,
+the file is checked unchanged, then the fast path sends it from the file through the two chunk
+buffers it took from the pool, so a body's size never shows in memory. Through botocore (buckets
+the fast path cannot sign), bodies are read whole into memory instead. Either way, file contents
+in memory never exceed the byte budget of `config.Tuning`.
 """
 
 from __future__ import annotations
@@ -26,10 +29,9 @@ from ..disk.read import (
     RangeReader,
     check_unchanged,
     feed_range,
-    open_nofollow,
-    os_error,
+    open_regular,
+    read_exact,
     read_range,
-    read_whole,
 )
 from ..errors import S3Error, unwrapped_group
 from ..s3.checksums import PartChecksum, RunningChecksum, composite_checksum
@@ -56,13 +58,12 @@ class Uploaded:
     size: int
     mtime_ns: int
     checksum: str
-    # The evidence the row keeps: the file's inode and ctime from the stat its size and mtime came
-    # from, and the wall clock just before that stat (the moment the read began, for the racy-clean
-    # rule: a write after it gets a later tick unless the file's last change lies within one).
+    # The evidence the row keeps (see Opened), and the part size of a multipart upload, which its
+    # composite checksum needs to be recomputed from the file.
     ino: int = 0
     ctime_ns: int = 0
     read_started_ns: int = 0
-    part_bytes: int | None = None  # the part size of a multipart upload
+    part_bytes: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,18 +103,67 @@ def usable_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def read_and_sum(path: bytes, algorithm: str) -> tuple[bytes, int, int, PartChecksum, os.stat_result, int]:
-    """A small file read whole and its checksum, in one worker-thread call; with the stat taken
-    before the read and the wall clock before that."""
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """A file opened for upload and its fstat: the size every read of it goes by. Its inode and
+    ctime, and the wall clock just before the open (the moment the read began, for the racy-clean
+    rule: a write after it gets a later tick unless the file's last change lies within one), are
+    what the row keeps as evidence."""
+
+    fd: int
+    size: int
+    mtime_ns: int
+    ino: int = 0
+    ctime_ns: int = 0
+    read_started_ns: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class WholeBody:
+    """A file read whole, consistently, and its checksum."""
+
+    data: bytes
+    size: int
+    mtime_ns: int
+    checksum: PartChecksum
+    opened: Opened  # its evidence
+
+
+def open_for_upload(path: bytes) -> Opened:
     started_ns = time.time_ns()
-    data, size, mtime_ns, before = read_whole(path)
-    return data, size, mtime_ns, PartChecksum.of(data, algorithm), before, started_ns
+    fd, st = open_regular(path)
+    return Opened(fd, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, started_ns)
 
 
-def checksum_range(fd: int, offset: int, length: int, algorithm: str, buffer: bytearray) -> PartChecksum:
-    """The checksum of a range of the file, read through `buffer` (in a worker thread)."""
+def read_and_sum(opened: Opened, algorithm: str) -> WholeBody:
+    """An open file read whole (never past its fstat size) and its checksum."""
+    data = read_exact(opened.fd, opened.size, opened.mtime_ns)
+    return WholeBody(data, opened.size, opened.mtime_ns, PartChecksum.of(data, algorithm), opened)
+
+
+def open_and_read_small(path: bytes, reserved_bytes: int, algorithm: str) -> WholeBody | Opened:
+    """Open a file, and when its fstat size fits the bytes reserved for it by the walk's size,
+    read it whole and checksum it: one worker-thread call for the common small file. A file that
+    grew past the reservation since the walk comes back open and unread, for the caller to send by
+    its fstat size."""
+    opened = open_for_upload(path)
+    if opened.size > reserved_bytes:
+        return opened
+    try:
+        return read_and_sum(opened, algorithm)
+    finally:
+        os.close(opened.fd)
+
+
+def checksum_range(
+    fd: int, offset: int, length: int, algorithm: str, buffer: bytearray, settled: tuple[int, int]
+) -> PartChecksum:
+    """The checksum of a range of the file, read through `buffer` (in a worker thread); raises
+    FileChanged when the file's (size, mtime_ns) no longer is `settled` after the pass, so a body
+    already known to be inconsistent is never sent."""
     running = RunningChecksum(algorithm)
     feed_range(fd, offset, length, buffer, running.update)
+    check_unchanged(fd, *settled)
     return running.result()
 
 
@@ -130,49 +180,60 @@ async def upload_file(
     on_multipart_started: UploadHook,
     on_multipart_ended: UploadHook,
 ) -> Uploaded:
-    """Upload `file` to bucket/key; raises FileVanished, FileChanged, FileUnreadable or S3Error."""
+    """Upload `file` to bucket/key; raises FileVanished, FileChanged, FileUnreadable or S3Error.
+
+    The file goes by the size its fstat gives when it is opened, not by the walk's: a file that grew
+    since the walk is streamed or sent in parts, never read whole past what was reserved for it."""
     streaming = await s3.can_stream(bucket)
     algorithm = s3.body_checksum(streaming)
-    if file.size < settings.multipart_threshold_bytes:
-        if file.size <= limits.buffers.chunk_bytes or not streaming:
-            done = await _put_whole(s3, bucket, key, file, settings, limits, algorithm)
-        else:
-            done = await _put_streamed(s3, bucket, key, file, settings, limits, algorithm)
-        if done is not None:
-            return done
-    # Large, or grown past the threshold since the walk.
-    return await _upload_multipart(
-        s3, bucket, key, file, settings, limits, algorithm, streaming, on_multipart_started, on_multipart_ended
-    )
-
-
-async def _put_whole(
-    s3: S3, bucket: str, key: str, file: DiskFile, settings: UploadSettings, limits: MemoryLimits, algorithm: str
-) -> Uploaded | None:
-    """PutObject of the file read whole into memory; None when it has grown past the threshold."""
-    async with limits.budget.hold(file.size):
-        # Read and checksum in one worker-thread call: hashing never holds up the event loop.
-        data, size, mtime_ns, checksum, st, started_ns = await anyio.to_thread.run_sync(
-            read_and_sum, file.path, algorithm
-        )
-        if size >= settings.multipart_threshold_bytes and size > 0:
-            return None
-        etag = await s3.put_object(
-            bucket,
-            key,
-            data,
-            storage_class=settings.storage_class,
-            metadata=mtime_metadata(mtime_ns),
-            checksum=checksum,
-        )
-        return Uploaded(size, mtime_ns, checksum.recorded(etag), st.st_ino, st.st_ctime_ns, started_ns)
-
-
-async def _open(path: bytes) -> int:
+    if _read_whole(file.size, settings, limits, streaming):
+        async with limits.budget.hold(file.size):
+            # Open, read and checksum in one worker-thread call: hashing never holds up the event loop.
+            read = await anyio.to_thread.run_sync(open_and_read_small, file.path, file.size, algorithm)
+            if isinstance(read, WholeBody):
+                return await _put_whole(s3, bucket, key, read, settings)
+        opened = read  # grown past its reservation since the walk
+    else:
+        opened = await _open(file.path)
     try:
-        return await anyio.to_thread.run_sync(open_nofollow, path)
-    except OSError as exc:
-        raise os_error(exc) from None
+        if _read_whole(opened.size, settings, limits, streaming):
+            async with limits.budget.hold(opened.size):
+                body = await anyio.to_thread.run_sync(read_and_sum, opened, algorithm)
+                return await _put_whole(s3, bucket, key, body, settings)
+        if opened.size < settings.multipart_threshold_bytes:
+            return await _put_streamed(s3, bucket, key, opened, settings, limits, algorithm)
+        return await _upload_multipart(
+            s3, bucket, key, opened, settings, limits, algorithm, streaming, on_multipart_started, on_multipart_ended
+        )
+    finally:
+        await _close(opened.fd)
+
+
+def _read_whole(size: int, settings: UploadSettings, limits: MemoryLimits, streaming: bool) -> bool:
+    """Whether a body of `size` is read whole into memory (a single PutObject of at most one chunk,
+    or any single PutObject through botocore) rather than streamed or sent in parts."""
+    if size >= settings.multipart_threshold_bytes:
+        return False
+    return size <= limits.buffers.chunk_bytes or not streaming
+
+
+async def _put_whole(s3: S3, bucket: str, key: str, body: WholeBody, settings: UploadSettings) -> Uploaded:
+    """PutObject of a file read whole: it was found consistent before a byte was sent."""
+    etag = await s3.put_object(
+        bucket,
+        key,
+        body.data,
+        storage_class=settings.storage_class,
+        metadata=mtime_metadata(body.mtime_ns),
+        checksum=body.checksum,
+    )
+    opened = body.opened
+    recorded = body.checksum.recorded(etag)
+    return Uploaded(body.size, body.mtime_ns, recorded, opened.ino, opened.ctime_ns, opened.read_started_ns)
+
+
+async def _open(path: bytes) -> Opened:
+    return await anyio.to_thread.run_sync(open_for_upload, path)
 
 
 @contextmanager
@@ -186,14 +247,6 @@ def _refusal_is_a_change(fd: int, size: int, mtime_ns: int) -> Iterator[None]:
         raise
 
 
-def _fstat(fd: int) -> os.stat_result:
-    """The open file's stat, taken before its first byte is read (the row's evidence)."""
-    try:
-        return os.fstat(fd)
-    except OSError as exc:
-        raise os_error(exc) from None
-
-
 async def _close(fd: int) -> None:
     with anyio.CancelScope(shield=True):
         await anyio.to_thread.run_sync(os.close, fd)
@@ -202,19 +255,21 @@ async def _close(fd: int) -> None:
 async def _send_streamed(
     limits: MemoryLimits,
     reader: RangeReader,
+    opened: Opened,
     offset: int,
     length: int,
     algorithm: str,
     send: Callable[[BodyStream, PartChecksum], Awaitable[Any]],
 ) -> tuple[Any, PartChecksum]:
-    """Checksum a range of the file, then send it streamed from the file through a pair of pooled
-    buffers; returns what `send` returned and the checksum."""
+    """Checksum a range of the file, check that the file did not change meanwhile, then send the
+    range streamed from the file through a pair of pooled buffers; returns what `send` returned
+    and the checksum."""
     pool = limits.buffers
     pair: BufferPair = await pool.take_pair()
     try:
         async with limits.checksum_slots:  # a turn first, then one of the file threads
             checksum = await anyio.to_thread.run_sync(
-                checksum_range, reader.fd, offset, length, algorithm, pair.buffers[0]
+                checksum_range, reader.fd, offset, length, algorithm, pair.buffers[0], (opened.size, opened.mtime_ns)
             )
         stream = BodyStream(reader, offset, length, pair.buffers)
         result = await send(stream, checksum)
@@ -229,40 +284,39 @@ async def _send_streamed(
 
 
 async def _put_streamed(
-    s3: S3, bucket: str, key: str, file: DiskFile, settings: UploadSettings, limits: MemoryLimits, algorithm: str
-) -> Uploaded | None:
-    """PutObject streamed from the file; None when it has grown past the threshold."""
-    started_ns = time.time_ns()
-    fd = await _open(file.path)
-    try:
-        st = _fstat(fd)
-        size, mtime_ns = st.st_size, st.st_mtime_ns
-        if size >= settings.multipart_threshold_bytes:
-            return None
+    s3: S3, bucket: str, key: str, opened: Opened, settings: UploadSettings, limits: MemoryLimits, algorithm: str
+) -> Uploaded:
+    """PutObject streamed from the open file.
 
-        async def send(stream: BodyStream, checksum: PartChecksum) -> str:
-            return await s3.put_object(
-                bucket,
-                key,
-                stream,
-                storage_class=settings.storage_class,
-                metadata=mtime_metadata(mtime_ns),
-                checksum=checksum,
-            )
+    A change during the checksum pass is caught before the send; one during the send makes S3
+    refuse the body (it no longer matches the checksum) or ends it early. A change after S3 stored
+    the body is not a reason to leave the object unrecorded: S3 verified that it holds exactly the
+    checksummed bytes, which were the file as of (size, mtime) (the fstat after the checksum pass
+    said so), so the row is true of it; the next run sees the newer mtime and uploads again.
+    Not recording it would leave the unrecorded version this check exists to avoid."""
+    fd, size, mtime_ns = opened.fd, opened.size, opened.mtime_ns
 
-        with _refusal_is_a_change(fd, size, mtime_ns):
-            etag, checksum = await _send_streamed(limits, RangeReader(fd), 0, size, algorithm, send)
-        check_unchanged(fd, size, mtime_ns)
-        return Uploaded(size, mtime_ns, checksum.recorded(etag), st.st_ino, st.st_ctime_ns, started_ns)
-    finally:
-        await _close(fd)
+    async def send(stream: BodyStream, checksum: PartChecksum) -> str:
+        return await s3.put_object(
+            bucket,
+            key,
+            stream,
+            storage_class=settings.storage_class,
+            metadata=mtime_metadata(mtime_ns),
+            checksum=checksum,
+        )
+
+    with _refusal_is_a_change(fd, size, mtime_ns):
+        etag, checksum = await _send_streamed(limits, RangeReader(fd), opened, 0, size, algorithm, send)
+    recorded = checksum.recorded(etag)
+    return Uploaded(size, mtime_ns, recorded, opened.ino, opened.ctime_ns, opened.read_started_ns)
 
 
 async def _upload_multipart(
     s3: S3,
     bucket: str,
     key: str,
-    file: DiskFile,
+    opened: Opened,
     settings: UploadSettings,
     limits: MemoryLimits,
     algorithm: str,
@@ -270,64 +324,60 @@ async def _upload_multipart(
     on_started: UploadHook,
     on_ended: UploadHook,
 ) -> Uploaded:
-    started_ns = time.time_ns()
-    fd = await _open(file.path)
-    try:
-        st = _fstat(fd)
-        size, mtime_ns = st.st_size, st.st_mtime_ns
-        part_bytes = part_size_for(size, settings.part_size_bytes)
-        ranges = part_ranges(size, part_bytes)
-        reader = RangeReader(fd)
-        upload_id = await _create_recorded(s3, bucket, key, settings, mtime_ns, on_started, on_ended)
-        parts: list[dict[str, Any]] = [{} for _ in ranges]
-        sums: list[PartChecksum | None] = [None] * len(ranges)
+    """A multipart upload of the open file by its fstat size; checked unchanged before Complete and
+    aborted otherwise, so a body found inconsistent never becomes an object."""
+    fd, size, mtime_ns = opened.fd, opened.size, opened.mtime_ns
+    part_bytes = part_size_for(size, settings.part_size_bytes)
+    ranges = part_ranges(size, part_bytes)
+    reader = RangeReader(fd)
+    upload_id = await _create_recorded(s3, bucket, key, settings, mtime_ns, on_started, on_ended)
+    parts: list[dict[str, Any]] = [{} for _ in ranges]
+    sums: list[PartChecksum | None] = [None] * len(ranges)
 
-        async def send_streamed(number: int, offset: int, length: int) -> None:
-            try:
-
-                async def send(stream: BodyStream, checksum: PartChecksum) -> dict[str, Any]:
-                    return await s3.upload_part(bucket, key, upload_id, number, stream, checksum)
-
-                parts[number - 1], sums[number - 1] = await _send_streamed(
-                    limits, reader, offset, length, algorithm, send
-                )
-            finally:
-                limits.part_slots.release()
-
-        async def send_whole(number: int, offset: int, length: int) -> None:
-            # Through botocore: the part is read whole, holding its length of the budget.
-            try:
-                taken = await limits.budget.acquire(length)
-                try:
-                    data = await anyio.to_thread.run_sync(read_range, fd, offset, length)
-                    # Hashing a part takes tens of ms: in a thread (hashlib releases the GIL).
-                    checksum = await anyio.to_thread.run_sync(PartChecksum.of, data, algorithm)
-                    sums[number - 1] = checksum
-                    parts[number - 1] = await s3.upload_part(bucket, key, upload_id, number, data, checksum)
-                finally:
-                    limits.budget.release(taken)
-            finally:
-                limits.part_slots.release()
-
+    async def send_streamed(number: int, offset: int, length: int) -> None:
         try:
-            with _refusal_is_a_change(fd, size, mtime_ns):
-                async with unwrapped_group() as tg:
-                    for number, (offset, length) in enumerate(ranges, start=1):
-                        # A slot first: parts in flight are bounded across all files; the memory each
-                        # one holds is taken from the budget inside its task, in the order they started.
-                        await limits.part_slots.acquire()
-                        tg.start_soon(send_streamed if streaming else send_whole, number, offset, length)
-            check_unchanged(fd, size, mtime_ns)
-            await s3.complete_multipart_upload(bucket, key, upload_id, parts)
-        except BaseException:
-            await _abort(s3, bucket, key, upload_id, on_ended)
-            raise
-    finally:
-        await _close(fd)
+
+            async def send(stream: BodyStream, checksum: PartChecksum) -> dict[str, Any]:
+                return await s3.upload_part(bucket, key, upload_id, number, stream, checksum)
+
+            parts[number - 1], sums[number - 1] = await _send_streamed(
+                limits, reader, opened, offset, length, algorithm, send
+            )
+        finally:
+            limits.part_slots.release()
+
+    async def send_whole(number: int, offset: int, length: int) -> None:
+        # Through botocore: the part is read whole, holding its length of the budget.
+        try:
+            taken = await limits.budget.acquire(length)
+            try:
+                data = await anyio.to_thread.run_sync(read_range, fd, offset, length)
+                # Hashing a part takes tens of ms: in a thread (hashlib releases the GIL).
+                checksum = await anyio.to_thread.run_sync(PartChecksum.of, data, algorithm)
+                sums[number - 1] = checksum
+                parts[number - 1] = await s3.upload_part(bucket, key, upload_id, number, data, checksum)
+            finally:
+                limits.budget.release(taken)
+        finally:
+            limits.part_slots.release()
+
+    try:
+        with _refusal_is_a_change(fd, size, mtime_ns):
+            async with unwrapped_group() as tg:
+                for number, (offset, length) in enumerate(ranges, start=1):
+                    # A slot first: parts in flight are bounded across all files; the memory each
+                    # one holds is taken from the budget inside its task, in the order they started.
+                    await limits.part_slots.acquire()
+                    tg.start_soon(send_streamed if streaming else send_whole, number, offset, length)
+        check_unchanged(fd, size, mtime_ns)
+        await s3.complete_multipart_upload(bucket, key, upload_id, parts)
+    except BaseException:
+        await _abort(s3, bucket, key, upload_id, on_ended)
+        raise
     await on_ended(upload_id)
     checksums = [s for s in sums if s is not None]
-    checksum = composite_checksum(checksums, [str(p.get("ETag", "")) for p in parts])
-    return Uploaded(size, mtime_ns, checksum, st.st_ino, st.st_ctime_ns, started_ns, part_bytes)
+    recorded = composite_checksum(checksums, [str(p.get("ETag", "")) for p in parts])
+    return Uploaded(size, mtime_ns, recorded, opened.ino, opened.ctime_ns, opened.read_started_ns, part_bytes)
 
 
 async def _create_recorded(

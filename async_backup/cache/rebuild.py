@@ -5,15 +5,19 @@ bucket has objects (a new machine, a deleted or damaged database, --reset) its r
 before planning, from what S3 proves:
 
 1. the newest cache snapshot (in the cache bucket) holding rows for the bucket, each row kept only
-   where the bucket's current listing holds its key with the same size;
+   where the bucket's current listing holds its key with the same size and an object not newer
+   than the snapshot (`snapshot_row_holds`);
 2. else, for a legacy-named target, the old script's own cache of it (`db/<quote_plus(name)>.db`),
-   each row kept only where the listing holds its key (that is how an installation of the old
-   script is adopted: it is a cache that holds no rows yet);
+   each row kept only where the listing holds its key and the row is proven (`old_row_holds`:
+   older than the upload by a margin, or the file's MD5 is the single-part ETag) (that is how an
+   installation of the old script is adopted: it is a cache that holds no rows yet);
 3. for listed objects neither covers: the listing's size against the file on disk, and where that
    matches a regular file, the object's `mtime` user metadata (HeadObject) against its
-   st_mtime_ns.
+   st_mtime_ns; a listed object whose file is gone gets a "gone" row (records.GONE_MTIME_NS),
+   which the planner never takes as proof of anything (a file back at it goes through HeadObject).
 
-Owns: the pure decisions (`needs_head`, `proves_row`), the listing of one bucket kept in a
+Owns: the pure decisions (`needs_head`, `proves_row`, `snapshot_row_holds`, `old_row_holds`), the
+listing of one bucket kept in a
 temporary SQLite file (a million keys never sit in memory), finding, downloading (streamed to a
 temporary file), unpacking and checking snapshots, and checking snapshot rows against the listing.
 The HeadObject fan-out is wired in `backup/recovery.py`, which owns its task group and streams.
@@ -38,11 +42,14 @@ from pathlib import Path
 
 import anyio
 
+from ..disk.digest import file_md5, single_part_md5
 from ..disk.keys import ESCAPED_KEY_MARK, key_for_path, path_for_key
 from ..errors import S3Error
 from ..s3.client import S3
 from ..s3.objects import ListedObject, ObjectHead, parse_mtime_metadata
 from .legacy import OldCache
+from .mountpoints import AbsentShares
+from .records import stat_float_mtime
 from .spill import open_spill
 from .store import StateStore, Stored, evidence_columns, file_columns
 
@@ -54,6 +61,14 @@ REBUILDING_MARK = "rebuilding:"  # meta name prefix: a rebuild of this bucket be
 ROW_BATCH = 5_000  # snapshot rows written to the cache per transaction
 DOWNLOAD_CHUNK_BYTES = 1024 * 1024
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# An old script's row is taken on time alone only where its mtime is older than the object's
+# LastModified by this much. The mtime comes from the server's clock, LastModified from S3's: S3
+# refuses requests signed more than 15 minutes off (RequestTimeTooSkewed), so the old script's
+# clock was within 15 minutes of S3's. A PutObject's LastModified may be when it completed, not
+# when its body was read: up to 8 MiB (the old script's multipart threshold; a multipart object's
+# LastModified is when the upload was created, before any part was read), under 5 minutes on any
+# usable link. And a listing gives whole seconds. A row inside the margin needs the ETag proof.
+OLD_UPLOAD_MARGIN_S = 15 * 60 + 5 * 60 + 1
 
 
 # ----------------------------------------------------------------------------- pure decisions
@@ -86,6 +101,43 @@ def proves_row(listed_size: int, disk: DiskStat | None, metadata: dict[str, str]
     assert disk is not None
     mtime_ns = parse_mtime_metadata(metadata)
     return mtime_ns is not None and mtime_ns == disk.mtime_ns
+
+
+def snapshot_row_holds(listed: Listed, snapshot_time_s: float) -> bool:
+    """A snapshot row tells what an object was when the snapshot was written: it still holds only
+    where the object was not replaced since, i.e. its LastModified is not newer than the snapshot's
+    (both from listings of the same S3, so one clock). A newer object goes to the HeadObject proof."""
+    return listed.last_modified_s is not None and listed.last_modified_s <= snapshot_time_s
+
+
+def old_row_predates_upload(timestamp: float, listed: Listed) -> bool:
+    """Whether the old script's float mtime is older than the object's LastModified by the margin:
+    then the file was last written before that upload read it, and the row describes its bytes."""
+    return listed.last_modified_s is not None and timestamp < listed.last_modified_s - OLD_UPLOAD_MARGIN_S
+
+
+def old_row_holds(path: bytes, timestamp: float, listed: Listed) -> bool:
+    """Whether a row of the old script's cache may become ours (blocking: a worker thread).
+
+    The old script stat'ed each file *after* uploading it, so a file rewritten during its upload
+    left a row with the new mtime over the old bytes. A row is taken where its mtime predates the
+    upload by the margin; else only where the file, as the row would call it unchanged (listed
+    size, the same float mtime), has the MD5 that the single-part ETag states (the file is read).
+    A row that cannot call the file unchanged (the file is gone, or has another size or mtime) is
+    taken too: it only makes the run delete or upload that file, as no row would (and a gone
+    file's object is then deleted, not left current for good)."""
+    if old_row_predates_upload(timestamp, listed):
+        return True
+    try:
+        st = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    except OSError:
+        return False  # unreadable: no knowledge
+    if not stat.S_ISREG(st.st_mode) or st.st_size != listed.size or stat_float_mtime(st.st_mtime_ns) != timestamp:
+        return True
+    md5 = single_part_md5(listed.etag)
+    return md5 is not None and file_md5(path, st.st_size, st.st_mtime_ns) == md5
 
 
 def checksum_of(head: ObjectHead) -> str | None:
@@ -211,16 +263,21 @@ def needs_rebuild(store: StateStore, bucket: str) -> bool:
 class Listed:
     key: str
     size: int
+    # LastModified as Unix seconds (whole seconds in a listing); None where the server gave none
+    last_modified_s: float | None = None
+    etag: str = ""
 
 
 class Listing:
-    """One bucket's current objects (key, size), kept in a temporary SQLite file. `covered`
-    marks keys a snapshot row already accounts for; the rest are for HeadObject to prove."""
+    """One bucket's current objects (key, size, LastModified, ETag), kept in a temporary SQLite
+    file. `covered` marks keys a snapshot or old-cache row already accounts for; the rest are
+    for HeadObject to prove."""
 
     def __init__(self, path: Path) -> None:
         self._conn = open_spill(path, page_cache_kib=None)
         self._conn.execute(
-            "CREATE TABLE objects (key TEXT PRIMARY KEY, size INTEGER NOT NULL, covered INTEGER NOT NULL DEFAULT 0)"
+            "CREATE TABLE objects (key TEXT PRIMARY KEY, size INTEGER NOT NULL, last_modified_s REAL, "
+            "etag TEXT NOT NULL DEFAULT '', covered INTEGER NOT NULL DEFAULT 0)"
         )
         self.count = 0
         self.requests = 0  # ListObjectsV2 pages
@@ -228,13 +285,17 @@ class Listing:
     def add(self, objects: Sequence[ListedObject]) -> None:
         with self._conn:
             self._conn.executemany(
-                "INSERT OR REPLACE INTO objects(key, size) VALUES (?, ?)", [(o.key, o.size) for o in objects]
+                "INSERT OR REPLACE INTO objects(key, size, last_modified_s, etag) VALUES (?, ?, ?, ?)",
+                [
+                    (o.key, o.size, None if o.last_modified is None else o.last_modified.timestamp(), o.etag)
+                    for o in objects
+                ],
             )
         self.count += len(objects)
 
-    def size_of(self, key: str) -> int | None:
-        row = self._conn.execute("SELECT size FROM objects WHERE key=?", (key,)).fetchone()
-        return None if row is None else int(row[0])
+    def get(self, key: str) -> Listed | None:
+        row = self._conn.execute("SELECT size, last_modified_s, etag FROM objects WHERE key=?", (key,)).fetchone()
+        return None if row is None else _listed(key, *row)
 
     def cover(self, keys: Sequence[str]) -> None:
         with self._conn:
@@ -243,12 +304,22 @@ class Listing:
     def uncovered(self, after: str, limit: int) -> list[Listed]:
         """The next `limit` keys after `after` that no snapshot row covers, in key order."""
         rows = self._conn.execute(
-            "SELECT key, size FROM objects WHERE covered=0 AND key>? ORDER BY key LIMIT ?", (after, limit)
+            "SELECT key, size, last_modified_s, etag FROM objects WHERE covered=0 AND key>? ORDER BY key LIMIT ?",
+            (after, limit),
         )
-        return [Listed(str(k), int(s)) for k, s in rows]
+        return [_listed(*row) for row in rows]
 
     def close(self) -> None:
         self._conn.close()
+
+
+def _listed(key: object, size: object, last_modified_s: object, etag: object) -> Listed:
+    return Listed(
+        str(key),
+        int(size),  # type: ignore[call-overload]
+        None if last_modified_s is None else float(last_modified_s),  # type: ignore[arg-type]
+        str(etag or ""),
+    )
 
 
 async def list_bucket(s3: S3, bucket: str, dest: Path) -> Listing | None:
@@ -272,10 +343,14 @@ async def list_bucket(s3: S3, bucket: str, dest: Path) -> Listing | None:
 # ----------------------------------------------------------------------------- the two sources
 
 
-def rows_from_snapshot(db: Path, bucket: str, root: bytes, listing: Listing, store: StateStore) -> int:
+def rows_from_snapshot(
+    db: Path, bucket: str, root: bytes, listing: Listing, store: StateStore, snapshot_time_s: float
+) -> int:
     """Copy the snapshot's rows for `bucket` into the cache where the listing holds the key with
-    the same size (rows adopted from the old script carry no size: the key must be listed). The
-    keys taken are marked covered in the listing. Runs in a worker thread; returns rows written."""
+    the same size (rows adopted from the old script carry no size: the key must be listed) and an
+    object not newer than the snapshot (`snapshot_row_holds`). The keys taken are marked covered
+    in the listing; the others are left to the HeadObject proof. Runs in a worker thread;
+    returns rows written."""
     conn = _open_readonly(db)
     written = 0
     try:
@@ -293,9 +368,11 @@ def rows_from_snapshot(db: Path, bucket: str, root: bytes, listing: Listing, sto
                 if not under_root(path, root):
                     continue
                 key = key_for_path(path)
-                listed = listing.size_of(key)
-                if listed is None or (size is not None and int(size) != listed):
+                listed = listing.get(key)
+                if listed is None or (size is not None and int(size) != listed.size):
                     continue
+                if not snapshot_row_holds(listed, snapshot_time_s):
+                    continue  # replaced after the snapshot: the row may describe other bytes
                 row = Stored(bucket, path, size, int(mtime_ns), checksum, legacy_mtime)
                 batch.append(replace(row, ino=ino, ctime_ns=ctime_ns, unsure=bool(unsure), part_bytes=part_bytes))
                 keys.append(key)
@@ -313,25 +390,39 @@ def rows_from_snapshot(db: Path, bucket: str, root: bytes, listing: Listing, sto
     return written
 
 
-def rows_from_old_cache(old: OldCache, bucket: str, root: bytes, listing: Listing, store: StateStore) -> int:
+@dataclass(frozen=True, slots=True)
+class Adopted:
+    """What adopting an old cache did: rows written, and rows held out for want of proof."""
+
+    rows: int = 0
+    unproven: int = 0
+
+
+def rows_from_old_cache(old: OldCache, bucket: str, root: bytes, listing: Listing, store: StateStore) -> Adopted:
     """Adopt the old script's cache: a listed key it holds becomes a row with the listed size and
-    the float st_mtime the old script saw (the planner compares at that precision). Keys taken are
-    marked covered. A key the old cache holds but S3 does not list stays out: its file is uploaded.
-    Runs in a worker thread; returns rows written."""
+    the float st_mtime the old script saw (the planner compares at that precision), where
+    `old_row_holds` says so. Keys taken are marked covered; a row held out stays uncovered, for
+    the listing's own proof (a HeadObject, a gone row) and else an upload. A key the old cache
+    holds but S3 does not list stays out: its file is uploaded. Runs in a worker thread."""
     written = 0
+    unproven = 0
     for chunk in iter_chunks(listing):
         # The old script's keys are str(path).lstrip("/"); keys in our escaped form are ours.
-        sizes = {"/" + e.key: e.size for e in chunk if not e.key.startswith(ESCAPED_KEY_MARK)}
-        stamps = old.lookup(list(sizes))
+        listed = {"/" + e.key: e for e in chunk if not e.key.startswith(ESCAPED_KEY_MARK)}
+        stamps = old.lookup(list(listed))
         rows = []
         for old_key, ts in stamps.items():
             path = path_for_key(old_key[1:])
-            if under_root(path, root):
-                rows.append((path, sizes[old_key], ts))
+            if not under_root(path, root):
+                continue
+            if old_row_holds(path, ts, listed[old_key]):
+                rows.append((path, listed[old_key].size, ts))
+            else:
+                unproven += 1
         if rows:
             written += store.insert_adopted(bucket, rows)
             listing.cover([key_for_path(p) for p, _size, _ts in rows])
-    return written
+    return Adopted(written, unproven)
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,14 +435,17 @@ class Candidate:
     disk: DiskStat
 
 
-def candidates(entries: Sequence[Listed], root: bytes) -> tuple[list[Candidate], list[tuple[bytes, int]]]:
+def candidates(
+    entries: Sequence[Listed], root: bytes, absent: AbsentShares | None = None
+) -> tuple[list[Candidate], list[tuple[bytes, int]]]:
     """The entries worth a HeadObject, and the (path, listed size) of those whose file is gone
     from disk (lstat of each local path; runs in a worker thread).
 
     A gone file's object gets a row, so the run deletes it like any vanished file (a delete marker,
     restorable for noncurrent_days; the deletion guard applies): otherwise a file deleted while the
     cache was lost would stay current in S3 for good. Only "no such file" counts as gone; a path
-    that cannot be read (EACCES, EIO) is no knowledge and gets no row."""
+    that cannot be read (EACCES, EIO) is no knowledge and gets no row, and so is a file under an
+    absent share (`absent`: an unmounted share leaves an empty folder, which proves nothing)."""
     found = []
     gone = []
     for entry in entries:
@@ -361,7 +455,8 @@ def candidates(entries: Sequence[Listed], root: bytes) -> tuple[list[Candidate],
         try:
             disk = DiskStat.of(os.lstat(path))
         except (FileNotFoundError, NotADirectoryError):
-            gone.append((path, entry.size))
+            if absent is None or not absent.holds(path):
+                gone.append((path, entry.size))
             continue
         except OSError:
             continue  # unreadable: left alone, as the walk leaves it

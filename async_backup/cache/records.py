@@ -21,6 +21,11 @@ LEGACY_MTIME_TOLERANCE_NS = 2_000
 # keeps; FAT steps 2 s), so no cheap detection is trustworthy. 2 s covers all of them and a small
 # clock skew to an NFS server; the cost is one more read of files written just before their backup.
 RACY_MARGIN_NS = 2_000_000_000
+# The mtime of a "gone" row: one the rebuild wrote for a listed object whose file it did not find
+# (deleted, or on a share not mounted then). Its size is the listed one; nothing proves what its
+# file is, so a file of that size that turns up there goes through the HeadObject proof. A row of
+# a file whose mtime really is 0 reads as gone too: it only costs that file a HeadObject.
+GONE_MTIME_NS = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,3 +84,8 @@ def is_racy(mtime_ns: int, ctime_ns: int, read_started_ns: int) -> bool:
     left the mtime as it was: a write after that moment gets an mtime (and ctime) in a later tick,
     unless the file's last change is within one tick (RACY_MARGIN_NS at most) of it."""
     return max(mtime_ns, ctime_ns) > read_started_ns - RACY_MARGIN_NS
+
+
+def is_gone(row: Recorded) -> bool:
+    """A row the rebuild wrote for an object whose file was not on disk (see GONE_MTIME_NS)."""
+    return row.mtime_ns == GONE_MTIME_NS and row.size is not None and row.legacy_mtime is None

@@ -6,6 +6,8 @@ table, and `apply`, which the single writer task (`writer`) calls with batched c
 written only after S3 confirmed the upload or delete it describes, so a crash at any moment loses
 nothing: at most the files in flight are sent again. Reads for the planner open their own
 connection (WAL lets them run beside the writer). Imports nothing of S3.
+Opened writable only under the cache's lock (`disk.lock`): `status`, `verify` and `restore` read
+it read-only, which never moves a damaged database aside (restore's own requests: `restores`).
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ import sqlite3
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Concatenate, ParamSpec, TypeVar
 
+from ..disk.cachedir import mount_point, why_unwritable
 from ..errors import FatalError
 from .records import Recorded
 
@@ -67,19 +70,17 @@ CREATE TABLE IF NOT EXISTS multipart_uploads (
     PRIMARY KEY (bucket, upload_id)
 );
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
-"""
-
-
-# Restore requests: written by `restore` only, so that a rerun sends no RestoreObject twice.
-_RESTORES_SCHEMA = """
-CREATE TABLE IF NOT EXISTS restores (
-    bucket     TEXT    NOT NULL,
-    key        TEXT    NOT NULL,
-    version_id TEXT    NOT NULL,   -- "" when the bucket lists no version ids
-    tier       TEXT    NOT NULL,
-    days       INTEGER NOT NULL,
-    requested  REAL    NOT NULL,   -- Unix time S3 accepted the RestoreObject request
-    PRIMARY KEY (bucket, key, version_id)
+CREATE TABLE IF NOT EXISTS mounts (
+    target TEXT    NOT NULL,   -- the target's path, as in `targets`
+    path   BLOB    NOT NULL,   -- a directory inside it that is (or was) a file system of its own
+    device INTEGER,            -- its st_dev when last seen mounted; NULL: suspected, never seen mounted
+    PRIMARY KEY (target, path)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS unsettled (
+    bucket TEXT    NOT NULL,
+    path   BLOB    NOT NULL,
+    runs   INTEGER NOT NULL,     -- runs in a row that found the file changed while reading it
+    PRIMARY KEY (bucket, path)
 ) WITHOUT ROWID;
 """
 
@@ -145,16 +146,6 @@ _LOCKED = ("SQLITE_BUSY", "SQLITE_LOCKED")
 _IOERR = ("SQLITE_IOERR", "SQLITE_CANTOPEN", "SQLITE_READONLY", "SQLITE_PERM")
 
 
-def mount_point(path: Path) -> Path:
-    """The mount point of the filesystem that holds `path` (for "free space on ...")."""
-    current = path.absolute()
-    while not current.exists():
-        current = current.parent
-    while not os.path.ismount(current) and current != current.parent:
-        current = current.parent
-    return current
-
-
 def is_storage_error(exc: sqlite3.Error) -> bool:
     """The disk, a lock held by another program or the filesystem failed, not the database."""
     name = getattr(exc, "sqlite_errorname", "") or ""
@@ -185,6 +176,12 @@ def storage_error(path: Path, exc: sqlite3.Error) -> FatalError:
             f"cache {path} is locked by another program (an sqlite3 shell, a file-level backup?); "
             f"stop the program holding {path}, {after}"
         )
+    opening = name.startswith(("SQLITE_CANTOPEN", "SQLITE_PERM")) or "unable to open database" in text
+    if opening or name.startswith("SQLITE_READONLY") or "readonly database" in text:
+        # A read-only mount, or a directory this user may not write (SQLite cannot make its WAL there).
+        why = why_unwritable(path)
+        if why is not None:
+            return FatalError(f"cache {path} cannot be written: {why}, {after}")
     if name.startswith("SQLITE_READONLY") or "readonly database" in text:
         return FatalError(
             f"cache {path} cannot be written (read-only); check its permissions and that "
@@ -225,6 +222,10 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
                 conn.execute(f"ALTER TABLE files ADD COLUMN {column} {kind}")
     conn.execute("PRAGMA busy_timeout=30000")
     return conn
+
+
+def _has_table(conn: sqlite3.Connection, name: str) -> bool:
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)).fetchone() is not None
 
 
 def file_columns(conn: sqlite3.Connection) -> set[str]:
@@ -363,6 +364,7 @@ class StateStore:
             n = self._conn.execute("DELETE FROM files WHERE bucket=?", (row[0],)).rowcount
             self._conn.execute("DELETE FROM targets WHERE path=?", (path,))
             self._conn.execute("DELETE FROM meta WHERE name=?", (DEVICE_META + path,))
+            self._conn.execute("DELETE FROM mounts WHERE target=?", (path,))
             return int(n)
 
     @_mapped
@@ -497,6 +499,40 @@ class StateStore:
                 )
             if ended:
                 self._conn.executemany("DELETE FROM multipart_uploads WHERE bucket=? AND upload_id=?", ended)
+            self._settle(stored, removed)
+
+    def _settle(self, stored: Sequence[tuple[object, ...]], removed: Sequence[tuple[object, ...]]) -> None:
+        """A file recorded or deleted holds still again: its count of unsettled runs ends. Looked up
+        only while the table holds rows (rarely), so a batch of millions of rows pays nothing."""
+        assert self._conn is not None
+        if not (stored or removed) or self._conn.execute("SELECT 1 FROM unsettled LIMIT 1").fetchone() is None:
+            return
+        self._conn.executemany(
+            "DELETE FROM unsettled WHERE bucket=? AND path=?", [row[:2] for row in (*stored, *removed)]
+        )
+
+    @_mapped
+    def keep_unsettled(self, bucket: str, paths: set[bytes]) -> None:
+        """End the count of every file of `bucket` but `paths` (those a run found changing again)."""
+        assert self._conn is not None
+        rows = self._conn.execute("SELECT path FROM unsettled WHERE bucket=?", (bucket,)).fetchall()
+        stale = [(bucket, bytes(p)) for (p,) in rows if bytes(p) not in paths]
+        if stale:
+            with self._write_lock, self._conn:
+                self._conn.executemany("DELETE FROM unsettled WHERE bucket=? AND path=?", stale)
+
+    @_mapped
+    def note_unsettled(self, bucket: str, path: bytes) -> int:
+        """Count one more run in a row that found this file changed while reading it; returns the
+        count (committed at once: it must survive the run's end however it ends)."""
+        assert self._conn is not None
+        with self._write_lock, self._conn:
+            row = self._conn.execute(
+                "INSERT INTO unsettled(bucket, path, runs) VALUES (?, ?, 1) "
+                "ON CONFLICT(bucket, path) DO UPDATE SET runs = runs + 1 RETURNING runs",
+                (bucket, path),
+            ).fetchone()
+        return int(row[0])
 
     @_mapped
     def reset(self) -> None:
@@ -516,6 +552,30 @@ class StateStore:
 
     def set_target_device(self, path: str, device: int) -> None:
         self.set_meta(DEVICE_META + path, str(device))
+
+    @_mapped
+    def mounts(self, target: str) -> dict[bytes, int | None]:
+        """The mount points remembered inside a target: path -> st_dev when last seen mounted."""
+        if self._conn is None or not _has_table(self._conn, "mounts"):
+            return {}  # no cache, or a read-only look at one from before mount points were remembered
+        rows = self._conn.execute("SELECT path, device FROM mounts WHERE target=?", (target,))
+        return {bytes(p): None if d is None else int(d) for p, d in rows}
+
+    @_mapped
+    def remember_mounts(self, target: str, mounts: Iterable[tuple[bytes, int | None]]) -> None:
+        """Remember (or refresh the device of) mount points inside a target."""
+        assert self._conn is not None
+        with self._write_lock, self._conn:
+            self._conn.executemany(
+                "INSERT OR REPLACE INTO mounts(target, path, device) VALUES (?, ?, ?)",
+                [(target, p, d) for p, d in mounts],
+            )
+
+    @_mapped
+    def forget_mounts(self, target: str, paths: Iterable[bytes]) -> None:
+        assert self._conn is not None
+        with self._write_lock, self._conn:
+            self._conn.executemany("DELETE FROM mounts WHERE target=? AND path=?", [(target, p) for p in paths])
 
     def get_meta(self, name: str) -> str | None:
         rows = self._query("SELECT value FROM meta WHERE name=?", (name,))
@@ -549,8 +609,10 @@ class StateStore:
         return int(cursor.rowcount)
 
     def restore_requested(self, bucket: str, key: str, version_id: str) -> bool:
-        """Whether a retrieval of this version was requested before (one lookup: no dict of them all)."""
-        assert self._conn is not None
+        """Whether a retrieval of this version was recorded here by a version of restore that kept
+        its requests in the cache (they now go to `restores.RestoreLog`); one lookup."""
+        if self._conn is None:
+            return False  # no cache, or a damaged one restore only reads
         try:
             row = self._conn.execute(
                 "SELECT 1 FROM restores WHERE bucket=? AND key=? AND version_id=?", (bucket, key, version_id)
@@ -560,18 +622,6 @@ class StateStore:
                 return False  # no restore was ever requested from this cache
             raise storage_error(self.path, exc) from None
         return row is not None
-
-    @_mapped
-    def record_restore_request(self, bucket: str, key: str, version_id: str, tier: str, days: int) -> None:
-        """Remember one accepted RestoreObject request (a transaction of its own: it survives a crash)."""
-        assert self._conn is not None
-        with self._conn:
-            self._conn.executescript(_RESTORES_SCHEMA)
-            self._conn.execute(
-                "INSERT OR REPLACE INTO restores(bucket, key, version_id, tier, days, requested) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (bucket, key, version_id, tier, days, time.time()),
-            )
 
     @_mapped
     def snapshot(self, dest: Path) -> None:

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import LockHeldError
+from .cachedir import unwritable
 
 LOCK_NAME = "async-backup.lock"
 
@@ -20,14 +21,20 @@ LOCK_NAME = "async-backup.lock"
 @contextmanager
 def cache_lock(cache_dir: Path) -> Iterator[None]:
     path = cache_dir / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:  # the first write of a run: a read-only or unwritable cache directory shows here
+        raise unwritable(path, exc) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise LockHeldError(str(path), _read_pid(fd)) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError as exc:  # a full disk
+            raise unwritable(path, exc) from None
         yield
     finally:
         os.close(fd)

@@ -1,8 +1,10 @@
 """Reading files for upload: consistent whole reads of small files, checksummed ranges of large ones.
 
-Owns the local side of a request body: opening a file without following a symlink that replaced
-it, noticing a file that changes or shrinks while it is read, and the two reads of a streamed
-range (the checksum pass in a worker thread, then the chunks the socket sends). A streamed body
+Owns the local side of a request body: opening a file without blocking and without following a
+symlink, and only while it is a regular file (a FIFO or a device that replaced it since the walk
+counts as vanished); reads bounded by the size its fstat gave; noticing a file that changes or
+shrinks while it is read; and the two reads of a streamed range (the checksum pass in a worker
+thread, then the chunks the socket sends). A streamed body
 never holds the file in memory: both passes go through the two chunk buffers its stream took from
 the pool (backup/budget.BufferPool). The chunks are read on the event loop only when the page cache
 already holds them (RWF_NOWAIT: the checksum pass just read them), else in a worker thread, so a
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from collections.abc import Callable
 
 import anyio
@@ -37,9 +40,35 @@ class FileUnreadable(Exception):
 _NOWAIT_UNSUPPORTED = frozenset({errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS})
 
 
-def open_nofollow(path: bytes) -> int:
-    # O_NOFOLLOW: a file replaced by a symlink since the walk is not followed.
-    return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+# Flags of every open of a file for upload. O_NOFOLLOW: a file replaced by a symlink since the walk
+# is not followed. O_NONBLOCK: a FIFO put in its place must not block the open until a writer comes
+# (it is cleared again once fstat shows a regular file).
+OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+
+
+def open_regular(path: bytes) -> tuple[int, os.stat_result]:
+    """Open a file for reading and fstat it; raises FileVanished unless it is (still) a regular
+    file: a FIFO or a device put in its place since the walk is skipped like a deleted file, before
+    a byte of it is read. The size to read is the returned stat's, never the walk's."""
+    try:
+        fd = os.open(path, OPEN_FLAGS)
+    except BlockingIOError:
+        # Only a write lease of another program (Samba's kernel oplocks) refuses a non-blocking open
+        # of a regular file: it is being written, as a change while reading is.
+        raise FileChanged("held open for writing by another program (a lease)") from None
+    except OSError as exc:
+        raise os_error(exc) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise FileVanished("no longer a regular file (replaced by a FIFO, a device or a socket)")
+        os.set_blocking(fd, True)
+    except BaseException as exc:
+        os.close(fd)
+        if isinstance(exc, OSError):
+            raise os_error(exc) from None
+        raise
+    return fd, st
 
 
 def os_error(exc: OSError) -> Exception:
@@ -49,32 +78,25 @@ def os_error(exc: OSError) -> Exception:
     return FileUnreadable(exc)
 
 
-def read_whole(path: bytes) -> tuple[bytes, int, int, os.stat_result]:
-    """Read a small file in one go; returns (data, size, mtime_ns) of a consistent read, and the
-    fstat taken before the read (its inode and ctime are the row's evidence)."""
+def read_exact(fd: int, size: int, mtime_ns: int) -> bytes:
+    """The first `size` bytes of an open file whose fstat gave (size, mtime_ns); never reads past
+    `size` (what the caller reserved), and raises FileChanged unless the file still has that size
+    and mtime afterwards."""
+    chunks = []
+    remaining = size
     try:
-        fd = open_nofollow(path)
-    except OSError as exc:
-        raise os_error(exc) from None
-    try:
-        before = os.fstat(fd)
-        chunks = []
-        remaining = before.st_size
-        while True:
-            chunk = os.read(fd, max(remaining, 65536))
+        while remaining > 0:
+            chunk = os.pread(fd, remaining, size - remaining)
             if not chunk:
                 break
             chunks.append(chunk)
             remaining -= len(chunk)
-        after = os.fstat(fd)
     except OSError as exc:
         raise os_error(exc) from None
-    finally:
-        os.close(fd)
-    data = b"".join(chunks)
-    if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns) or len(data) != after.st_size:
-        raise FileChanged("size or modification time changed while the file was read")
-    return data, after.st_size, after.st_mtime_ns, before
+    if remaining:
+        raise FileChanged("the file became shorter while it was read")
+    check_unchanged(fd, size, mtime_ns)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def size_and_mtime(fd: int) -> tuple[int, int]:

@@ -15,6 +15,8 @@ import os
 import re
 import stat
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import cast
 
 from ..errors import Failure, FailureKind
 from .entries import DiskFile, Hole, Skipped, WalkEntry
@@ -57,12 +59,98 @@ class Excluder:
         return False
 
 
+# Why a remembered mount point counts as absent (MountWatch.absent's second argument).
+NOT_MOUNTED = "not mounted"  # the folder is on its parent's file system again
+EMPTY = "empty"
+MISSING = "missing"
+MOUNT_ABSENT = "mount point absent"  # the code of the failure for an absent mount point
+
+
+_WHY = {
+    NOT_MOUNTED: "no longer a mount point (an empty folder of the parent file system: the share is not mounted?)",
+    EMPTY: "empty (the share is not mounted, or was emptied?)",
+    MISSING: "missing (the share is not mounted, or its folder was removed?)",
+}
+
+
+def mount_absent(target_name: str, path: bytes, why: str) -> Failure:
+    """The failure for a remembered mount point that is absent: what was kept, and the way out."""
+    shown = display_path(path)
+    message = (
+        f"{shown} is a file system mounted inside this target and is now {_WHY.get(why, why)}; nothing under "
+        "it was uploaded or deleted, its cached files were kept (not deleted from S3). Mount it; if it was "
+        f"removed on purpose, run async-backup --only '{target_name}' --allow-mass-delete (its files are then "
+        "deleted from S3 and the mount point is forgotten)"
+    )
+    return Failure(FailureKind.DELETION_GUARD, target_name, shown, message, MOUNT_ABSENT, folder=True)
+
+
+def _no_mount(_path: bytes, _device: int) -> None:
+    pass
+
+
+def _no_absence(_path: bytes, _why: str) -> None:
+    pass
+
+
+def _no_absence_of(_path: bytes) -> None:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class MountWatch:
+    """What the walk knows and tells about file systems mounted inside a target, as plain data
+    (the walk does not read the cache: the caller passes the remembered mount points in).
+
+    `remembered`: mount points (paths without a trailing slash) earlier runs found inside the
+    target. `found(path, st_dev)`: a non-empty directory on another device than its parent.
+    `suspected`: those of them never seen mounted (empty folders a lost cache's rebuild found
+    objects under): only empty or missing counts as absent for these; found with files on the
+    parent's device, such a folder is reported to `unmounted` (it was no share after all).
+    `absent(path, why)`: a remembered mount point that is not mounted, empty or missing; the
+    walk yields it as a Hole, so nothing cached under it is deleted.
+    """
+
+    remembered: frozenset[bytes] = frozenset()
+    found: Callable[[bytes, int], None] = _no_mount
+    absent: Callable[[bytes, str], None] = _no_absence
+    suspected: frozenset[bytes] = frozenset()
+    unmounted: Callable[[bytes], None] = _no_absence_of
+    # every folder above a remembered mount point: only these are checked for a missing one
+    _above: frozenset[bytes] = field(init=False, default=frozenset())
+
+    def __post_init__(self) -> None:
+        above = set()
+        for path in self.remembered:
+            while (path := os.path.dirname(path)) and path not in above and path != b"/":
+                above.add(path)
+        object.__setattr__(self, "_above", frozenset(above))
+
+    def above(self, folder: bytes) -> bool:
+        """Whether a remembered mount point lies below `folder`."""
+        return folder in self._above
+
+    def missing_below(self, folder: bytes, listed_dirs: set[bytes]) -> list[bytes]:
+        """Remembered mount points under `folder` cut off because the folder's child on the way
+        to them is not among `listed_dirs` (names): the outermost of each, sorted."""
+        prefix = folder.rstrip(b"/") + b"/"
+        cut = sorted(
+            m for m in self.remembered if m.startswith(prefix) and m[len(prefix) :].split(b"/")[0] not in listed_dirs
+        )
+        outermost: list[bytes] = []
+        for m in cut:
+            if not outermost or not m.startswith(outermost[-1] + b"/"):
+                outermost.append(m)
+        return outermost
+
+
 def walk_target(
     target_path: bytes,
     excluder: Excluder,
     report: Callable[[Failure], None],
     target_name: str,
     warn: Callable[[Failure], None] | None = None,
+    mounts: MountWatch | None = None,
 ) -> Iterator[WalkEntry]:
     """Yield every entry under `target_path` in path-byte order, without following symlinks.
 
@@ -77,19 +165,34 @@ def walk_target(
 
     A directory that cannot be listed is reported (a failure, marked as a folder); one that
     vanished between its parent's listing and its own goes to `warn`, if given.
+
+    Mount points (see MountWatch) cost one lstat per directory, none per file: a directory's
+    st_dev is compared with its parent's.
     """
-    stack: list[Iterator[_Listed]] = []
+    watch = mounts or MountWatch()
+    try:
+        root_device = os.stat(target_path).st_dev
+    except OSError:
+        root_device = -1  # _list_dir reports the folder
+    # (the directory's entries, its st_dev)
+    stack: list[tuple[Iterator[_Listed], int]] = []
     listing = _list_dir(target_path, target_path, excluder, report, target_name, warn)
     if isinstance(listing, Hole):
         yield listing
         return
-    stack.append(iter(listing))
+    stack.append((iter(_with_missing_mounts(target_path, listing, watch)), root_device))
     while stack:
-        item = next(stack[-1], None)
+        item = next(stack[-1][0], None)
         if item is None:
             stack.pop()
             continue
-        kind, entry = item[1], item[2]
+        kind = item[1]
+        if kind is _Kind.ABSENT_MOUNT:
+            absent = cast(bytes, item[2])
+            watch.absent(absent, MISSING)
+            yield Hole(absent + b"/", "mount point missing")
+            continue
+        entry: os.DirEntry[bytes] = item[2]  # type: ignore[assignment]  # no cast() call per file
         path = entry.path
         if kind is _Kind.UNKNOWN:
             yield Skipped(path, "unreadable")
@@ -100,11 +203,31 @@ def walk_target(
         elif kind is _Kind.EXCLUDED:
             yield Skipped(path, "excluded")
         elif kind is _Kind.DIR:
+            parent_device = stack[-1][1]
+            device: int | None
+            try:
+                device = entry.stat(follow_symlinks=False).st_dev  # the one lstat per directory
+            except OSError:
+                device = None  # vanished or unreadable: _list_dir says which
+            remembered = path in watch.remembered
+            if remembered and device == parent_device and path not in watch.suspected:
+                watch.absent(path, NOT_MOUNTED)
+                yield Hole(path + b"/", "not mounted")
+                continue
             sub = _list_dir(path, target_path, excluder, report, target_name, warn)
             if isinstance(sub, Hole):
                 yield sub
+            elif not sub and remembered:
+                watch.absent(path, EMPTY)  # an empty share is no evidence that its files were deleted
+                yield Hole(path + b"/", "mount point empty")
             else:
-                stack.append(iter(sub))
+                if device is None:
+                    device = parent_device
+                elif device != parent_device and sub:
+                    watch.found(path, device)
+                elif remembered:
+                    watch.unmounted(path)  # a suspected one, with files on its parent's device
+                stack.append((iter(_with_missing_mounts(path, sub, watch)), device))
         else:
             mode = item[3]
             if stat.S_ISREG(mode):
@@ -131,10 +254,27 @@ class _Kind(enum.Enum):
     EXCLUDED_DIR = "excluded dir"
     UNKNOWN = "unknown"  # type or status unreadable: placed where a file of that name sorts...
     UNKNOWN_BELOW = "unknown below"  # ...and again where a directory of that name sorts
+    ABSENT_MOUNT = "absent mount"  # a remembered mount point (or a folder above it) is missing
 
 
-# (sort key, kind, entry, st_mode for OTHER else 0)
-_Listed = tuple[bytes, _Kind, os.DirEntry[bytes], int]
+# (sort key, kind, entry (for ABSENT_MOUNT: the mount point's path), st_mode for OTHER else 0)
+_Listed = tuple[bytes, _Kind, "os.DirEntry[bytes] | bytes", int]
+
+
+def _with_missing_mounts(folder: bytes, listing: list[_Listed], watch: MountWatch) -> list[_Listed]:
+    """The listing, with a place for each remembered mount point below `folder` that the listing
+    has no way down to (the mount point, or a folder above it, is missing)."""
+    if not watch.above(folder):
+        return listing  # the common case: one set lookup, nothing built per entry
+    # a folder the walk enters, or holds as a Hole (excluded, unreadable): a way down either way
+    dirs = {item[0][:-1] for item in listing if item[0].endswith(b"/")}
+    missing = watch.missing_below(folder, dirs)
+    if not missing:
+        return listing
+    prefix = len(folder.rstrip(b"/")) + 1
+    listing = listing + [(m[prefix:] + b"/", _Kind.ABSENT_MOUNT, m, 0) for m in missing]
+    listing.sort(key=lambda item: item[0])
+    return listing
 
 
 def _list_dir(

@@ -148,11 +148,14 @@ ADVICE: dict[FailureKind, str] = {
     FailureKind.UNREADABLE: "Check the permissions (as the user the backup runs as) and the file system; "
     "the next run retries them.",
     FailureKind.CHANGED_WHILE_READING: "Written to during the backup: the next run uploads them. "
-    "If it repeats, run the backup when nothing writes.",
+    "If it repeats, run the backup when nothing writes; at the third run in a row it is a failure.",
+    FailureKind.NEVER_STILL: "Written to at every run, so never backed up: exclude them with backup.exclude, "
+    "or back up a copy made while nothing writes to them.",
     FailureKind.S3: "S3 refused or failed after retries; the next run retries. If the code repeats, "
     "check the bucket, the credentials' permissions and the endpoint.",
     FailureKind.DELETION_GUARD: "Deletes were held back. If the files really are gone, rerun with --allow-mass-delete.",
-    FailureKind.TARGET_MISSING: "Mount the folder, or remove it from config.json and run --forget-target.",
+    FailureKind.TARGET_MISSING: "Mount the folder, or fix its path in config.json; if it is gone for good, "
+    "remove it from config.json and run --forget-target.",
     FailureKind.KEY_TOO_LONG: "S3 keys take at most 1,024 bytes: shorten these paths, or they are never backed up.",
     FailureKind.BUCKET: "Check the bucket's name and the credentials' permissions (the README's IAM policy).",
     FailureKind.ADOPTION: "The old script's cache could not be checked against its bucket; the next run retries.",
@@ -325,7 +328,7 @@ class _CardBuilder:
 
     def target_line(self, target: TargetStats) -> dict[str, Any]:
         name = self.md(target.name, MAX_NAME_CHARS)
-        bucket = self.md(target.bucket, MAX_NAME_CHARS)
+        bucket = f"s3://{self.md(target.bucket, MAX_NAME_CHARS)}" if target.bucket else target.destination
         bits = []
         failed = self._failed(target)
         if failed:
@@ -342,7 +345,7 @@ class _CardBuilder:
             if target.bytes_uploaded:
                 bits.append(f"{format_bytes(target.bytes_uploaded)} uploaded")
         bits.append(f"in {format_duration(_span_s(target.started_at, target.finished_at))}")
-        text = f"**{name}** → s3://{bucket}: " + ", ".join(bits)
+        text = f"**{name}** → {bucket}: " + ", ".join(bits)
         if target.rebuilt_from:
             rebuilt = f"{target.rebuilt_rows:,} rows from {target.rebuilt_from}"
             text += f". Cache rebuilt: {self.md(rebuilt, MAX_MESSAGE_CHARS)}"

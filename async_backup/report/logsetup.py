@@ -49,6 +49,25 @@ class _NoTracebacks(logging.Filter):
         return record.name != TRACEBACK_LOGGER
 
 
+class _OneLineForeign(logging.Formatter):
+    """botocore, aiohttp and friends log some warnings with a traceback (botocore's "Refreshing
+    temporary credentials failed", whose error then ends the run with our own line). On stderr
+    they get one line, the exception's name and text appended; backup.log keeps the traceback."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if not record.exc_info or record.name.startswith("async_backup"):
+            return super().format(record)
+        exc = record.exc_info[1]
+        saved = record.exc_info, record.exc_text, record.stack_info, record.msg, record.args
+        if exc is not None:
+            record.msg, record.args = f"{record.getMessage()} ({type(exc).__name__}: {exc})", None
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        try:
+            return " ".join(super().format(record).split("\n"))
+        finally:
+            record.exc_info, record.exc_text, record.stack_info, record.msg, record.args = saved
+
+
 class _CurrentStderr(logging.StreamHandler[TextIO]):
     """Writes to whatever sys.stderr is now, so a live progress display can redirect it."""
 
@@ -68,7 +87,7 @@ def setup_logging(cache_dir: Path | None, redactor: Redactor, *, verbosity: int 
         handler.close()
     stderr = _CurrentStderr()
     stderr.setLevel(level)
-    stderr.setFormatter(logging.Formatter(_FORMAT))
+    stderr.setFormatter(logging.Formatter(_FORMAT) if verbosity > 1 else _OneLineForeign(_FORMAT))
     stderr.addFilter(scrubber)
     root.addHandler(stderr)
     if cache_dir is not None:

@@ -93,7 +93,7 @@ def tell_outcome(summary: RunSummary, dry_run: bool) -> None:
                 else ""
             )
             print(
-                f"{t.name} -> s3://{t.bucket}: {adopt}would upload {t.planned_uploads} files "
+                f"{t.name} -> {t.destination}: {adopt}would upload {t.planned_uploads} files "
                 f"({format_bytes(t.planned_upload_bytes)}), delete {t.planned_deletes}, "
                 f"{t.unchanged} unchanged, {t.skipped} skipped"
             )

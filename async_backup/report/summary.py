@@ -46,12 +46,17 @@ class TargetStats:
         end = self.finished_at if self.finished_at is not None else time.time()
         return max(0.0, end - self.started_at)
 
+    @property
+    def destination(self) -> str:
+        """The target's bucket as a URL; a root that could not be listed has none."""
+        return f"s3://{self.bucket}" if self.bucket else "no bucket (a root that cannot be listed)"
+
     def line(self) -> str:
         """The one summary line per target that the log carries."""
         adopted = f"{self.adopted} adopted from the old cache, " if self.adopted else ""
         unsure = f", {self.unsure} compared by content" if self.unsure else ""
         return (
-            f"{self.name} -> s3://{self.bucket}: {adopted}{self.new} new, {self.updated} updated, "
+            f"{self.name} -> {self.destination}: {adopted}{self.new} new, {self.updated} updated, "
             f"{self.deleted} deleted, {self.unchanged} unchanged{unsure}, {self.skipped} skipped, "
             f"{self.failed} failed, {format_bytes(self.bytes_uploaded)} uploaded "
             f"in {self.duration_s:.1f} s{self.rebuilt_note()}"

@@ -2,11 +2,13 @@
 
 Owns the run: listing versions into the spill (`spill`), choosing per key (`choose`: a path
 prefix, the version current at --as-of), the estimate shown before anything is sent,
-RestoreObject requests and their record in the cache (so a rerun sends none twice and reports
+RestoreObject requests and their record (`RestoreLog`: a rerun sends none twice and reports
 pending, ready and failed counts), and downloads: streamed in chunks to a temporary file beside
 the destination (`place`), checked against the stored checksum (`checksum`), given the original
-mtime, then renamed into place. The only module of restore/ that opens task groups. Talks to S3
-only through `s3.S3`; writes to the cache only its own restores table.
+mtime, then moved into place (never through a link below the root, never over a file without
+--overwrite). The only module of restore/ that opens task groups. Talks to S3 only through
+`s3.S3`. Reads the cache read-only (no lock: the nightly backup may run meanwhile, and a damaged
+cache is left for the backup to move aside) and writes only its own log of requests (`RestoreLog`).
 """
 
 from __future__ import annotations
@@ -25,20 +27,21 @@ from pathlib import Path
 
 import anyio
 
+from ..cache.restores import RestoreLog
 from ..cache.store import StateStore
 from ..disk.keys import display_path, path_for_key
 from ..errors import EXIT_FAILURES, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, ConfigError, S3Error, unwrapped_group
 from ..report.progress import Ticker
 from ..report.summary import format_bytes, format_requests
 from ..s3.client import S3, open_s3
-from ..s3.objects import parse_mtime_metadata
+from ..s3.objects import ObjectVersion, parse_mtime_metadata
 from ..s3.pricing import format_usd, prices_for, restore_cost
 from ..settings.config import Config
 from ..settings.naming import bucket_name_problem, stable_bucket_name
 from ..settings.targets import Target, discover_targets, select_targets
 from .checksum import StreamSum, expected_checksum
 from .choose import Action, Item, is_safe, list_prefixes, under_prefix
-from .place import TempFile
+from .place import Folders, Refused, TempFile, lookup
 from .spill import VersionSpill
 
 log = logging.getLogger(__name__)
@@ -76,6 +79,7 @@ class Restore:
         self,
         config: Config,
         store: StateStore,
+        requests: RestoreLog,
         target: Target,
         prefix: bytes | None,
         dest_root: bytes | None,
@@ -84,6 +88,7 @@ class Restore:
     ) -> None:
         self.config = config
         self.store = store
+        self.requests = requests
         self.target = target
         self.bucket = target.bucket
         self.prefix = prefix
@@ -135,11 +140,13 @@ class Restore:
                 print(f"requests sent: {format_requests(self.counts)}")
                 return EXIT_FAILURES
             if self.dry_run:
+                for failure in self.stats.failures[:SHOWN_FAILURES]:
+                    print(f"  refused: {failure}")
                 print("restore: dry run: nothing was requested or written")
                 return EXIT_OK
             if not self.item_count:
                 self._print_summary()
-                return EXIT_OK
+                return EXIT_FAILURES if self.stats.failures else EXIT_OK
             if not self.yes:
                 if not (sys.stdin.isatty() and sys.stdout.isatty()):
                     print(
@@ -180,43 +187,73 @@ class Restore:
         self.stats.selected = chosen_count
         self.stats.selected_bytes = chosen_bytes
 
+    def _root_of(self, path: bytes) -> tuple[bytes, bytes]:
+        """The root a file is placed under and its path below it. With --to, DIR; in place, the
+        target's folder as configured (it may be a link, as the backup read it), else "/". Below
+        the root no link is followed (`place.Folders`)."""
+        if self.dest_root is not None:
+            return self.dest_root, path
+        base = os.fsencode(self.target.path).rstrip(b"/") if self.target.path else b""
+        if base and path.startswith(base + b"/"):
+            return base, path[len(base) :]
+        return b"/", path
+
     def _plan(self) -> None:
         """Decide per chosen version (worker thread): left alone, download, request or check."""
         assert self.spill is not None
-        for seq, v in self.spill.chosen():
-            path = path_for_key(v.key)
-            if not is_safe(path):
-                self.stats.failures.append(f'{v.key!r}: the key is not a safe path ("." or ".."); skipped')
-                continue
-            dest = (self.dest_root.rstrip(b"/") + path) if self.dest_root else path
-            try:
-                st = os.lstat(dest)
-            except FileNotFoundError:
-                st = None
-            except OSError as exc:
-                self.stats.failures.append(f"{display_path(dest)}: {exc.strerror}; check the destination")
-                continue
-            if st is not None and not self.overwrite:
-                if st.st_size == v.size:
-                    self.stats.present_same += 1
-                else:
-                    self.stats.present_other += 1
-                continue
-            if v.storage_class not in ARCHIVE_CLASSES:
-                action = Action.DOWNLOAD
-            elif self.store.restore_requested(self.bucket, v.key, v.version_id):
-                action = Action.CHECK
-            else:
-                action = Action.REQUEST
-            self.spill.add_item(seq, Item(v, path, dest, action))
-            self.item_count += 1
-            self.planned[action] += 1
-            self.item_bytes += v.size
-            if action is not Action.DOWNLOAD:
-                self.archived_bytes += v.size
-            if action is Action.REQUEST:
-                self.request_bytes += v.size
+        folders: dict[bytes, Folders] = {}
+        refused: Counter[tuple[str, str]] = Counter()  # a link below the root: one line for all files under it
+        try:
+            for seq, v in self.spill.chosen():
+                self._plan_one(seq, v, folders, refused)
+        finally:
+            for walker in folders.values():
+                walker.forget()
+        for (where, why), files in refused.items():
+            self.stats.failures.append(f"{where}: {files} files below it not restored: {why}")
         self.spill.items_done()
+
+    def _plan_one(
+        self, seq: int, v: ObjectVersion, folders: dict[bytes, Folders], refused: Counter[tuple[str, str]]
+    ) -> None:
+        assert self.spill is not None
+        path = path_for_key(v.key)
+        if not is_safe(path):
+            self.stats.failures.append(f'{v.key!r}: the key is not a safe path ("." or ".."); skipped')
+            return
+        root, rel = self._root_of(path)
+        walker = folders.setdefault(root, Folders(root))
+        dest = os.path.join(walker.root, rel.lstrip(b"/"))
+        try:
+            st = lookup(walker, rel)
+        except Refused as exc:
+            refused[exc.where, exc.why] += 1
+            return
+        except OSError as exc:
+            self.stats.failures.append(f"{display_path(dest)}: {exc.strerror}; check the destination")
+            return
+        if st is not None and not self.overwrite:
+            if st.st_size == v.size:
+                self.stats.present_same += 1
+            else:
+                self.stats.present_other += 1
+            return
+        if v.storage_class not in ARCHIVE_CLASSES:
+            action = Action.DOWNLOAD
+        elif self.requests.requested(self.bucket, v.key, v.version_id) or self.store.restore_requested(
+            self.bucket, v.key, v.version_id
+        ):
+            action = Action.CHECK
+        else:
+            action = Action.REQUEST
+        self.spill.add_item(seq, Item(v, path, dest, action))
+        self.item_count += 1
+        self.planned[action] += 1
+        self.item_bytes += v.size
+        if action is not Action.DOWNLOAD:
+            self.archived_bytes += v.size
+        if action is Action.REQUEST:
+            self.request_bytes += v.size
 
     def _estimate(self) -> Iterator[str]:
         s = self.stats
@@ -329,6 +366,8 @@ class Restore:
                     await self._request(s3, item)
         except S3Error as exc:
             self._fail(item, f"{exc}")
+        except Refused as exc:
+            self._fail(item, f"{exc}")
         except OSError as exc:
             self._fail(item, f"{exc.strerror or exc}; check the destination")
 
@@ -336,9 +375,7 @@ class Restore:
         v = item.version
         state = await s3.restore_object(self.bucket, v.key, version_id=v.version_id, days=self.days, tier=self.tier)
         async with self._record_lock:
-            await anyio.to_thread.run_sync(
-                self.store.record_restore_request, self.bucket, v.key, v.version_id, self.tier, self.days
-            )
+            await anyio.to_thread.run_sync(self.requests.record, self.bucket, v.key, v.version_id, self.tier, self.days)
         if state == "ready":
             await self._download(s3, item)
             return
@@ -365,7 +402,8 @@ class Restore:
                     if part_bytes is None:
                         expected = None
             summer = StreamSum(expected.algorithm if expected else "crc32", part_bytes)
-            temp = await anyio.to_thread.run_sync(TempFile.create, item.dest)
+            root, rel = self._root_of(item.path)
+            temp = await anyio.to_thread.run_sync(TempFile.create, Folders(root), rel)
             try:
                 received = 0
                 while chunk := await obj.read(CHUNK_BYTES):
@@ -385,9 +423,7 @@ class Restore:
                 mtime_ns = parse_mtime_metadata(head.metadata)
                 if mtime_ns is None:
                     mtime_ns = int(v.last_modified.timestamp() * 1_000_000_000)
-                placed = await anyio.to_thread.run_sync(
-                    temp.place, item.dest, mtime_ns, self._file_mode, self.overwrite
-                )
+                placed = await anyio.to_thread.run_sync(temp.place, mtime_ns, self._file_mode, self.overwrite)
             finally:
                 with anyio.CancelScope(shield=True):
                     await anyio.to_thread.run_sync(temp.discard)
@@ -460,7 +496,7 @@ def find_target(config: Config, store: StateStore, name: str) -> tuple[Target, s
             log.info("%s is no configured target; restoring from the bucket of that name", name)
             return Target(path="", bucket=name), None
         inside = os.path.normpath(os.path.abspath(name))
-        holders = [t for t in targets if t.path and inside.startswith(t.path.rstrip("/") + "/")]
+        holders = [t for t in targets if t.path and t.bucket and inside.startswith(t.path.rstrip("/") + "/")]
         if holders:  # a file or folder inside a target: the deepest target holds it
             return max(holders, key=lambda t: len(t.path)), inside
         raise
@@ -487,7 +523,9 @@ def run_restore(config: Config, cache_dir: Path, args: argparse.Namespace) -> in
         raise ConfigError(f"--as-of {args.as_of} lies in the future; leave it out to restore the current versions")
     if args.days < 1:
         raise ConfigError(f"--days is {args.days}; a restored copy must stay readable at least 1 day")
-    store = StateStore(cache_dir)
+    # Read-only, without the lock: a backup may hold both (see RestoreLog for the requests).
+    store = StateStore(cache_dir, readonly=True)
+    requests: RestoreLog | None = None
     try:
         target, inside = find_target(config, store, args.target)
         if inside is not None and args.path:
@@ -497,7 +535,10 @@ def run_restore(config: Config, cache_dir: Path, args: argparse.Namespace) -> in
             base = target.path if target.path else "/"
             prefix = os.fsencode(os.path.normpath(os.path.join(base, args.path)))
         dest_root = os.fsencode(os.path.abspath(args.to)) if args.to else None
-        job = Restore(config, store, target, prefix, dest_root, as_of, args)
+        requests = RestoreLog(cache_dir, readonly=bool(getattr(args, "dry_run", False)))
+        job = Restore(config, store, requests, target, prefix, dest_root, as_of, args)
         return anyio.run(job.run)
     finally:
+        if requests is not None:
+            requests.close()
         store.close()

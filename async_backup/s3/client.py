@@ -9,6 +9,7 @@ Nothing in here knows about targets, the cache or the plan.
 from __future__ import annotations
 
 import contextlib
+import math
 import ssl
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -30,7 +31,6 @@ from botocore.exceptions import (
     ClientError,
     ConnectionClosedError,
     EndpointConnectionError,
-    NoCredentialsError,
     ReadTimeoutError,
     SSLError,
 )
@@ -39,6 +39,7 @@ from botocore.httpsession import get_cert_path
 from ..errors import FatalError, S3Error
 from ..settings.config import AwsSettings, Tuning
 from .checksums import PartChecksum
+from .credentials import credentials_failure
 from .fastput import (
     REGION_CODES,
     SKEW_CODE,
@@ -68,6 +69,10 @@ FATAL_CODES = frozenset(
         "AllAccessDisabled",
     }
 )
+
+
+# Errors of a request that never reached the server (the probe reports them as "cannot reach").
+_CONNECT_ERRORS = frozenset({"EndpointConnectionError", "ConnectTimeoutError"})
 
 
 def client_config(aws: AwsSettings, tuning: Tuning) -> AioConfig:
@@ -170,11 +175,6 @@ class S3:
             if code == SKEW_CODE:
                 raise FatalError(skew_message(err.get("RequestTime"), err.get("ServerTime"))) from None
             raise S3Error(code, f"{what}: {message or 'request failed'}") from None
-        except NoCredentialsError:
-            raise FatalError(
-                "no AWS credentials found: set aws.access_key and aws.secret_access_key in config.json "
-                "or configure the standard AWS credential chain"
-            ) from None
         except SSLError as exc:
             raise FatalError(tls_failure_message(endpoint_name(self.aws), exc.kwargs.get("error", exc))) from None
         except EndpointConnectionError:
@@ -182,6 +182,10 @@ class S3:
         except (ConnectionClosedError, ReadTimeoutError) as exc:
             raise S3Error(type(exc).__name__, f"{what}: connection lost or timed out after retries") from None
         except BotoCoreError as exc:
+            # No credentials to sign with (fetched as a request is signed: SSO, refreshed ones) fails every request.
+            fatal = credentials_failure(exc)
+            if fatal is not None:
+                raise fatal from None
             raise S3Error(type(exc).__name__, f"{what}: {exc}") from None
         except (OSError, TimeoutError) as exc:
             raise S3Error(type(exc).__name__, f"{what}: {exc}") from None
@@ -299,18 +303,6 @@ class S3:
             finally:
                 self._upload_class.pop(upload_id, None)
 
-    async def list_multipart_uploads(self, bucket: str) -> list[tuple[str, str, float]]:
-        """(key, upload id, initiated as Unix time) of every open multipart upload."""
-        found: list[tuple[str, str, float]] = []
-        async with self._mapped(f"ListMultipartUploads {bucket}"):
-            paginator = self._client.get_paginator("list_multipart_uploads")
-            async for page in paginator.paginate(Bucket=bucket):
-                for u in page.get("Uploads", []):
-                    initiated = u.get("Initiated")
-                    stamp = initiated.timestamp() if hasattr(initiated, "timestamp") else 0.0
-                    found.append((str(u["Key"]), str(u["UploadId"]), stamp))
-        return found
-
     async def delete_objects(self, bucket: str, keys: Sequence[str]) -> tuple[list[str], list[tuple[str, str, str]]]:
         """Delete up to 1,000 keys; returns the keys deleted and (key, code, message) per failed key."""
         async with self._mapped(f"DeleteObjects in {bucket}"):
@@ -322,6 +314,11 @@ class S3:
             (str(e.get("Key", "")), str(e.get("Code", "")), str(e.get("Message", ""))) for e in reply.get("Errors", [])
         ]
         return deleted, errors
+
+    async def delete_object(self, bucket: str, key: str) -> None:
+        """DeleteObject: the key travels in the URL, so this deletes keys no XML body can name."""
+        async with self._mapped(f"DeleteObject {key}"):
+            await self._client.delete_object(Bucket=bucket, Key=key)
 
     # Buckets
 
@@ -341,6 +338,44 @@ class S3:
                 raise
         self._missing.discard(bucket)
         return str(reply.get("Status", ""))
+
+    async def probe_versioning(self, bucket: str, answer_within_s: float) -> str | None:
+        """bucket_versioning as the run's first request, which must be answered within seconds.
+
+        Its normal retries and read timeout (`tuning.read_timeout_s` per attempt, 5 attempts: over
+        five minutes) would leave a server that accepts the connection and never answers in
+        silence. So once the request is first sent, some HTTP answer (any status: a 503 proves the
+        server talks, and is then retried as usual) must come within `answer_within_s`; the
+        credentials are looked up before that clock starts (a `credential_process` may take its
+        time). Without an answer, S3Error with the last connection error's name (it could not
+        connect), else "NoAnswer"."""
+        events = self._client.meta.events
+        waiting = anyio.CancelScope()
+        last_error: list[str] = []
+        armed: list[bool] = []
+
+        def sent(**_kwargs: Any) -> None:  # returns None: a value here would stand in for the reply
+            if not armed:  # the first send starts the clock; retries do not restart it
+                armed.append(True)
+                waiting.deadline = anyio.current_time() + answer_within_s
+
+        def received(response_dict: Any = None, exception: Any = None, **_kwargs: Any) -> None:
+            if response_dict is not None:
+                waiting.deadline = math.inf  # it answers: the usual timeouts and retries apply
+            elif exception is not None:
+                last_error.append(type(exception).__name__)
+
+        send_event, receive_event = "before-send.s3.GetBucketVersioning", "response-received.s3.GetBucketVersioning"
+        events.register(send_event, sent, unique_id="async-backup-probe-sent")
+        events.register(receive_event, received, unique_id="async-backup-probe-received")
+        try:
+            with waiting:
+                return await self.bucket_versioning(bucket)
+        finally:
+            events.unregister(send_event, unique_id="async-backup-probe-sent")
+            events.unregister(receive_event, unique_id="async-backup-probe-received")
+        code = last_error[-1] if last_error and last_error[-1] in _CONNECT_ERRORS else "NoAnswer"
+        raise S3Error(code, f"GetBucketVersioning {bucket}: no answer within {answer_within_s:g} s")
 
     async def create_bucket(self, bucket: str) -> None:
         args: dict[str, Any] = {"Bucket": bucket}
@@ -692,16 +727,21 @@ async def open_s3(aws: AwsSettings, tuning: Tuning) -> AsyncIterator[S3]:
     if aws.access_key and aws.secret_access_key:
         kwargs["aws_access_key_id"] = aws.access_key
         kwargs["aws_secret_access_key"] = aws.secret_access_key
-    ca_bundle = ca_bundle_of(aws, session) if aws.verify_tls else None
-    if not aws.verify_tls:
-        kwargs["verify"] = False
-    elif ca_bundle:
-        kwargs["verify"] = ca_bundle
     async with AsyncExitStack() as stack:
         try:
+            ca_bundle = ca_bundle_of(aws, session) if aws.verify_tls else None
+            if not aws.verify_tls:
+                kwargs["verify"] = False
+            elif ca_bundle:
+                kwargs["verify"] = ca_bundle
             client = await stack.enter_async_context(session.create_client("s3", **kwargs))
         except ValueError as exc:  # botocore rejects a malformed endpoint URL this way
             raise FatalError(f"aws.endpoint_url cannot be used ({exc}); fix it in config.json") from None
+        except BotoCoreError as exc:  # the profile is read and the credential chain asked here
+            fatal = credentials_failure(exc)
+            if fatal is None:
+                raise
+            raise fatal from None
         skip_expect_continue(client)
         cache_user_agent(client)
         client.meta.events.register_first("needs-retry.s3", _no_retry_on_tls_failure)

@@ -4,6 +4,11 @@ Owns targets: which folders and roots' subfolders are backed up, the bucket each
 the rules in `naming`), and the checks across targets (collisions, nesting). `discover_targets`
 lists each root's direct subfolders and checks which folders exist, as does `legacy_target_list`
 for the old script's list; everything else here is pure. Imports nothing of S3 or the cache.
+
+A folder or root that is not there is never a configuration error: it may be a share that is not
+mounted tonight, or a typo in a line just added. Either way that target fails alone ("target
+missing", naming the config key) and the others run; only a file that cannot be read as a config
+stops everything (exit 2).
 """
 
 from __future__ import annotations
@@ -31,9 +36,13 @@ class Target:
     path: str  # absolute, normalised
     bucket: str
     root: str | None = None  # the root it was found under, if any
-    missing: bool = False  # known from earlier runs but not on disk now
+    missing: bool = False  # not on disk now (known from earlier runs, or see `missing_key`)
     legacy_name: str | None = None  # the old script's name for it (legacy naming): finds its old cache
     problem: str | None = None  # why it cannot be backed up (an invalid generated bucket name); fails alone
+    # A missing folder or root no run ever backed up: its config key ("backup.folders[2]") and why it
+    # is missing. A root that cannot be listed is one such target of its own, without a bucket.
+    missing_key: str | None = None
+    missing_reason: str = ""
 
     @property
     def path_bytes(self) -> bytes:
@@ -44,22 +53,24 @@ def discover_targets(config: Config, known: Mapping[str, tuple[str, str | None]]
     """List roots and check folders on disk, then name every target.
 
     `known` maps target paths seen by earlier runs to (bucket, root). A configured folder that is
-    missing now is a ConfigError unless an earlier run backed it up: then it is returned with
-    missing=True, so the run reports it and holds back its deletes (likewise a root's subfolder
-    that is gone). A root's subfolders include symlinks to folders, as the old script had them.
+    missing now is returned with missing=True, so the run reports it and holds back its deletes
+    (likewise a root's subfolder that is gone); one no earlier run backed up also carries its config
+    key (`missing_key`). A root that cannot be listed, none of whose subfolders an earlier run
+    backed up, becomes one missing target of its own, without a bucket: what lies under it is
+    unknown, so it fails as a whole. A root's subfolders include symlinks to folders, as the old
+    script had them.
     A root's subfolder that is also configured in backup.folders is that folder (with its pinned
     bucket, if any). A generated name that is no valid bucket fails that target alone.
     """
     where = str(config.source)
     candidates: list[tuple[str, str | None, str | None, bool]] = []  # path, pinned bucket, root, missing
+    never_seen: dict[str, str] = {}  # path of a missing folder no run backed up -> its config key
+    missing_roots: list[Target] = []
     folder_paths = {f.path for f in config.folders}
     for i, folder in enumerate(config.folders):
         exists = os.path.isdir(folder.path)
         if not exists and folder.path not in known:
-            raise ConfigError(
-                f"{where}: backup.folders[{i}] {folder.path} is not a directory and was never backed up; "
-                "fix the path or mount the share"
-            )
+            never_seen[folder.path] = f"backup.folders[{i}]"
         candidates.append((folder.path, folder.bucket, None, not exists))
     for i, root in enumerate(config.roots):
         known_under_root = sorted(p for p, (_, r) in known.items() if r == root and p not in folder_paths)
@@ -69,10 +80,10 @@ def discover_targets(config: Config, known: Mapping[str, tuple[str, str | None]]
         except OSError as exc:
             if not known_under_root:
                 reason = exc.strerror or type(exc).__name__
-                raise ConfigError(
-                    f"{where}: backup.roots[{i}] {root} cannot be listed ({reason}) and was never backed up; "
-                    "fix the path or mount the share"
-                ) from None
+                missing_roots.append(
+                    Target(path=root, bucket="", missing=True, missing_key=f"backup.roots[{i}]", missing_reason=reason)
+                )
+                continue
             children = []
         children = [c for c in children if c not in folder_paths]
         present = set(children)
@@ -110,10 +121,19 @@ def discover_targets(config: Config, known: Mapping[str, tuple[str, str | None]]
                 f'add {{"path": "{path}", "bucket": "<a valid name>"}} to backup.folders, or rename the folder'
             )
         targets.append(
-            Target(path=path, bucket=bucket, root=found_under, missing=missing, legacy_name=old_name, problem=unusable)
+            Target(
+                path=path,
+                bucket=bucket,
+                root=found_under,
+                missing=missing,
+                legacy_name=old_name,
+                problem=unusable,
+                missing_key=never_seen.get(path) if missing else None,
+                missing_reason="not a directory" if missing and path in never_seen else "",
+            )
         )
     check_collisions([t for t in targets if t.problem is None], where, config.cache_bucket)
-    return targets
+    return targets + missing_roots
 
 
 def legacy_target_list(folders: Sequence[str], roots: Sequence[str]) -> list[str]:
@@ -168,7 +188,7 @@ def check_collisions(targets: list[Target], where: str, cache_bucket: str | None
 
 def nested_target_warnings(targets: list[Target]) -> list[str]:
     """Targets inside other targets are backed up twice; legal, but worth a warning."""
-    paths = {t.path for t in targets}
+    paths = {t.path for t in targets if t.bucket}  # a root that cannot be listed holds no files of its own
     warnings = []
     for inner in sorted(paths):
         parent = os.path.dirname(inner)
@@ -190,7 +210,8 @@ def select_targets(targets: Sequence[Target], names: Sequence[str], option: str)
     chosen: list[Target] = []
     for name in names:
         as_path = os.path.normpath(os.path.abspath(name))
-        found = [t for t in targets if t.bucket == name or t.path == as_path]
+        # A root that cannot be listed stands for its unknown subfolders: never one a name can select.
+        found = [t for t in targets if t.bucket and (t.bucket == name or t.path == as_path)]
         if not found:
             raise ConfigError(
                 f"{option} {name} names no configured target; give a target's folder path or its bucket name"

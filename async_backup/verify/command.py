@@ -24,7 +24,7 @@ import anyio
 from ..cache.store import Change, StateStore, iter_rows
 from ..disk.keys import display_path
 from ..disk.lock import cache_lock
-from ..disk.walk import Excluder, walk_target
+from ..disk.walk import MOUNT_ABSENT, Excluder, MountWatch, mount_absent, walk_target
 from ..errors import EXIT_FAILURES, EXIT_OK, Failure, S3Error, unwrapped_group
 from ..report.progress import Ticker
 from ..report.summary import format_bytes, format_requests
@@ -91,8 +91,18 @@ class Verify:
                 excluder = Excluder(self.config.exclude)
                 failures: list[Failure] = []
                 rows = iter_rows(self.store, target.bucket)
+                # Remembered mount points that are absent are holes: their rows are neither reported
+                # as gone nor repaired away, and objects under them get no "gone" row.
+                remembered = frozenset(await anyio.to_thread.run_sync(self.store.mounts, target.path))
+
+                def absent(path: bytes, why: str) -> None:
+                    failures.append(mount_absent(target.path, path, why))
+
+                watch = MountWatch(remembered, absent=absent)
                 disk = (
-                    None if target.missing else walk_target(target.path_bytes, excluder, failures.append, target.path)
+                    None
+                    if target.missing
+                    else walk_target(target.path_bytes, excluder, failures.append, target.path, mounts=watch)
                 )
 
                 def on_check(check: TargetCheck, item: ChecksumCheck) -> None:
@@ -212,7 +222,8 @@ def _report(check: TargetCheck) -> Iterator[str]:
     if pending:
         yield f"  not a problem, the next backup settles it: {'; '.join(pending)}"
     for failure in check.walk_failures[:SHOWN_PER_KIND]:
-        yield f"  unreadable on disk: {failure.path}: {failure.message}"
+        label = "not mounted" if failure.code == MOUNT_ABSENT else "unreadable on disk"
+        yield f"  {label}: {failure.path}: {failure.message}"
 
 
 def run_verify(config: Config, cache_dir: Path, args: argparse.Namespace) -> int:
@@ -225,7 +236,9 @@ def run_verify(config: Config, cache_dir: Path, args: argparse.Namespace) -> int
             targets = select_targets(discover_targets(config, store.known_targets()), args.target, "--target")
             for unusable in (t for t in targets if t.problem):
                 print(f"{unusable.path}: not checked: {unusable.problem}")
-            targets = [t for t in targets if not t.problem]
+            for new in (t for t in targets if t.missing_key):  # nothing of it was ever backed up
+                print(f"{new.path}: not checked: {new.missing_key} is missing and was never backed up")
+            targets = [t for t in targets if not t.problem and not t.missing_key]
             job = Verify(config, store, targets, checksums)
             started = time.monotonic()
             anyio.run(job.run)
