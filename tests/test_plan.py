@@ -87,7 +87,7 @@ def test_no_delete_for_a_path_on_disk_and_every_change_uploaded(case: tuple[list
     deleted = {a.path for a in actions if isinstance(a, Delete)}
     assert not deleted & on_disk
     assert deleted == {r.path for r in cache} - on_disk
-    uploads = {a.file.path for a in actions if isinstance(a, Upload) and a.proof is None}
+    uploads = {a.file.path for a in actions if isinstance(a, Upload) and a.proof is not Proof.CONTENT}
     rows = {r.path: r for r in cache}
     assert uploads == {
         d.path for d in disk if d.path not in rows or (rows[d.path].size, rows[d.path].mtime_ns) != (d.size, d.mtime_ns)
