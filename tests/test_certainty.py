@@ -75,7 +75,7 @@ def _recorded(root: Path) -> list[Recorded]:
     rows = []
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         st = path.lstat()
-        rows.append(Recorded(os.fsencode(path), st.st_size, st.st_mtime_ns))
+        rows.append(Recorded(os.fsencode(path), st.st_size, st.st_mtime_ns, None, st.st_ino, st.st_ctime_ns))
     return sorted(rows, key=lambda r: r.path)
 
 

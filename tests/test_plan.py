@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -12,7 +14,9 @@ from async_backup.backup.plan import (
     MAX_PARTS,
     MIN_PART_BYTES,
     Delete,
+    Observed,
     PlanCounts,
+    Proof,
     Upload,
     batches,
     deletion_guard,
@@ -21,7 +25,7 @@ from async_backup.backup.plan import (
     part_ranges,
     part_size_for,
 )
-from async_backup.cache.records import Recorded
+from async_backup.cache.records import Recorded, is_racy
 from async_backup.disk.entries import DiskFile, Hole, Skipped, WalkEntry
 
 names = st.sampled_from([b"a", b"b", b"a-c", b"a.b", b"z", b"\xc3\xa9", b"A", b"0"])
@@ -33,22 +37,32 @@ def disk_and_cache(draw: st.DrawFn) -> tuple[list[DiskFile], list[Recorded]]:
     """A set of files (no path both a file and a directory) and a cache that overlaps it."""
     paths = sorted(set(draw(st.lists(rel_paths, max_size=25))))
     files = [p for p in paths if not any(q.startswith(p + b"/") for q in paths)]
-    disk = [DiskFile(p, draw(st.integers(0, 3)), draw(st.integers(0, 3))) for p in files]
+    small = st.integers(0, 3)
+    disk = [DiskFile(p, draw(small), draw(small), draw(st.integers(0, 2)), draw(st.integers(0, 2))) for p in files]
     cached_paths = sorted(
         set(draw(st.lists(rel_paths, max_size=25)))
         | {d.path for d in draw(st.lists(st.sampled_from(disk), max_size=10))}
         if disk
         else set(draw(st.lists(rel_paths, max_size=25)))
     )
-    cache = [Recorded(p, draw(st.integers(0, 3)), draw(st.integers(0, 3))) for p in cached_paths]
+    evidence = st.none() | st.integers(0, 2)  # None: a row from before inodes and ctimes were kept
+    cache = [
+        Recorded(p, draw(small), draw(small), None, draw(evidence), draw(evidence), draw(st.booleans()))
+        for p in cached_paths
+    ]
     return disk, cache
 
 
-def apply(cache: list[Recorded], actions: list[Upload | Delete]) -> list[Recorded]:
+def apply(cache: list[Recorded], actions: list[Upload | Delete | Observed]) -> list[Recorded]:
+    """The rows after the plan was carried out: an upload (or a content check that matched) records
+    the file with its inode and ctime, read long after its last change (so sure)."""
     rows = {r.path: r for r in cache}
     for a in actions:
         if isinstance(a, Upload):
-            rows[a.file.path] = Recorded(a.file.path, a.file.size, a.file.mtime_ns)
+            f = a.file
+            rows[f.path] = Recorded(f.path, f.size, f.mtime_ns, None, f.ino, f.ctime_ns, unsure=False)
+        elif isinstance(a, Observed):
+            rows[a.file.path] = replace(rows[a.file.path], ino=a.file.ino, ctime_ns=a.file.ctime_ns)
         else:
             del rows[a.path]
     return sorted(rows.values(), key=lambda r: r.path)
@@ -73,10 +87,28 @@ def test_no_delete_for_a_path_on_disk_and_every_change_uploaded(case: tuple[list
     deleted = {a.path for a in actions if isinstance(a, Delete)}
     assert not deleted & on_disk
     assert deleted == {r.path for r in cache} - on_disk
-    uploads = {a.file.path for a in actions if isinstance(a, Upload)}
+    uploads = {a.file.path for a in actions if isinstance(a, Upload) and a.proof is not Proof.CONTENT}
     rows = {r.path: r for r in cache}
     assert uploads == {
         d.path for d in disk if d.path not in rows or (rows[d.path].size, rows[d.path].mtime_ns) != (d.size, d.mtime_ns)
+    }
+    # A match by size and mtime is compared by content exactly when its row is unsure or the file's
+    # inode or ctime moved; a row without them is no evidence (after an upgrade nothing is read).
+    proved = {a.file.path for a in actions if isinstance(a, Upload) and a.proof is Proof.CONTENT}
+    assert all(not a.is_new for a in actions if isinstance(a, Upload) and a.proof is Proof.CONTENT)
+    matched = [d for d in disk if d.path in rows and (rows[d.path].size, rows[d.path].mtime_ns) == (d.size, d.mtime_ns)]
+    assert proved == {
+        d.path
+        for d in matched
+        if rows[d.path].unsure
+        or rows[d.path].ino not in (None, d.ino)
+        or rows[d.path].ctime_ns not in (None, d.ctime_ns)
+    }
+    observed = {a.file.path for a in actions if isinstance(a, Observed)}
+    assert observed == {
+        d.path
+        for d in matched
+        if d.path not in proved and (rows[d.path].ino is None or rows[d.path].ctime_ns is None)
     }
 
 
@@ -129,6 +161,30 @@ def test_skipped_entries_keep_their_cached_copy():
     counts = PlanCounts()
     actions = list(merge([Skipped(b"/t/link", "symlink")], [Recorded(b"/t/link", 1, 1)], counts))
     assert actions == [] and counts.kept == 1
+
+
+def test_rows_without_evidence_are_filled_in_and_never_compared_by_content():
+    file = DiskFile(b"/t/a", 5, 10, ino=7, ctime_ns=11)
+    old = Recorded(b"/t/a", 5, 10)  # written before inodes and ctimes were kept
+    counts = PlanCounts()
+    assert list(merge([file], [old], counts)) == [Observed(file)]
+    assert counts.unchanged == 1 and counts.unsure == 0
+    sure = Recorded(b"/t/a", 5, 10, None, 7, 11)
+    assert list(merge([file], [sure], PlanCounts())) == []
+    for moved in (replace(sure, ino=8), replace(sure, ctime_ns=12), replace(sure, unsure=True)):
+        counts = PlanCounts()
+        assert list(merge([file], [moved], counts)) == [Upload(file, is_new=False, proof=Proof.CONTENT)]
+        assert counts.unsure == 1 and counts.unchanged == 0
+
+
+def test_racy_rule():
+    second = 1_000_000_000
+    read_at = 1_700_000_000 * second
+    assert is_racy(read_at - second, read_at - 5 * second, read_at)  # mtime within the margin
+    assert is_racy(read_at - 5 * second, read_at - second, read_at)  # ctime within the margin
+    assert is_racy(read_at + 60 * second, read_at + 60 * second, read_at)  # a future mtime stays unsure
+    assert not is_racy(read_at - 2 * second, read_at - 3 * second, read_at)  # 2 s older: sure
+    assert is_racy(read_at - 2 * second + 1, 0, read_at)
 
 
 def test_legacy_rows_compare_by_mtime_only_with_float_tolerance():

@@ -25,7 +25,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream as ObjectReceiveStrea
 from anyio.streams.memory import MemoryObjectSendStream as ObjectSendStream
 
 from ..cache.rebuild import needs_rebuild
-from ..cache.store import Change, Removed, StateStore
+from ..cache.store import Change, Evidence, Removed, StateStore
 from ..cache.writer import run_writer
 from ..disk.entries import WalkEntry
 from ..disk.keys import display_path
@@ -43,7 +43,7 @@ from .budget import ByteBudget
 from .cleanup import CrashCleanup
 from .delete import KeyFailure, delete_paths
 from .mounts import TargetMounts
-from .plan import MAX_DELETE_BATCH, Proof, Upload, merge, part_size_for
+from .plan import MAX_DELETE_BATCH, Observed, Proof, Upload, merge, part_size_for
 from .policy import Guards, UploadPolicy, target_missing, target_unusable
 from .recovery import Rebuild
 from .runs import RunOptions, TargetRun, UploadJob
@@ -191,7 +191,7 @@ class Backup:
                     if run.held_back:
                         return
                     async with walk_slots:
-                        await self._walk_in_thread(run, upload_send)
+                        await self._walk_in_thread(run, upload_send, change_send)
                 run.walk_done()
                 await run.uploads_done.wait()
                 await self._delete_vanished(run, change_send)
@@ -203,17 +203,28 @@ class Backup:
             run.stats.failed = self.collector.count_for(target.path)
             log.info("%s", run.stats.line())
 
-    async def _walk_in_thread(self, run: TargetRun, upload_send: ObjectSendStream[UploadJob] | None) -> None:
+    async def _walk_in_thread(
+        self,
+        run: TargetRun,
+        upload_send: ObjectSendStream[UploadJob] | None,
+        change_send: ObjectSendStream[Change] | None = None,
+    ) -> None:
         """The walk runs in a worker thread. On cancellation (SIGTERM, a fatal error) the thread is
         told to stop and left to notice it, so a walk of millions of files cannot hold up a stop."""
         try:
-            await anyio.to_thread.run_sync(self._produce, run, upload_send, abandon_on_cancel=True)
+            await anyio.to_thread.run_sync(self._produce, run, upload_send, change_send, abandon_on_cancel=True)
         except anyio.get_cancelled_exc_class():
             self._stopping.set()
             raise
 
-    def _produce(self, run: TargetRun, upload_send: ObjectSendStream[UploadJob] | None) -> None:
-        """Runs in a worker thread: the sorted walk merged with the cache's rows."""
+    def _produce(
+        self,
+        run: TargetRun,
+        upload_send: ObjectSendStream[UploadJob] | None,
+        change_send: ObjectSendStream[Change] | None = None,
+    ) -> None:
+        """Runs in a worker thread: the sorted walk merged with the cache's rows. Inodes and ctimes
+        that old rows lack go to the cache writer in chunks (not in a dry run: no `change_send`)."""
         target = run.target
         root = target.path_bytes
         excluded: Callable[[bytes], bool] = (
@@ -228,15 +239,27 @@ class Backup:
             self._stopping,
         )
         chunk: list[UploadJob] = []
+        observed: list[Change] = []
+        bucket = target.bucket
         try:
             for action in merge(walk, self.old_caches.recorded(run), run.counts, excluded):
+                if isinstance(action, Observed):
+                    if change_send is not None:
+                        file = action.file
+                        assert file.ino is not None and file.ctime_ns is not None
+                        observed.append(Evidence(bucket, file.path, file.ino, file.ctime_ns))
+                        if len(observed) >= CHUNK_FILES:
+                            anyio.from_thread.run(self._record, observed, change_send)
+                            observed = []
+                    continue
                 if isinstance(action, Upload):
                     if unproven and action.is_new and action.file.path.startswith(unproven):
                         # Its row was not rebuilt while the share was away: prove before sending.
                         action = Upload(action.file, is_new=True, proof=Proof.HEAD)
-                    run.stats.planned_uploads += 1
-                    run.stats.planned_upload_bytes += action.file.size
-                    self._plan_requests(run, action.file.size)
+                    if action.proof is not Proof.CONTENT:  # a content check sends nothing when it matches
+                        run.stats.planned_uploads += 1
+                        run.stats.planned_upload_bytes += action.file.size
+                        self._plan_requests(run, action.file.size)
                     if upload_send is not None:
                         chunk.append(UploadJob(run, action))
                         if len(chunk) >= CHUNK_FILES:
@@ -248,12 +271,15 @@ class Backup:
             return  # the run is being cancelled: its plan is dropped unused
         if chunk and upload_send is not None:
             anyio.from_thread.run(self._enqueue, chunk, upload_send)
+        if observed and change_send is not None:
+            anyio.from_thread.run(self._record, observed, change_send)
         counts = run.counts
         run.stats.planned_deletes = len(run.deletes)
         if run.deletes:
             batches = -(-len(run.deletes) // MAX_DELETE_BATCH)
             run.stats.planned_requests["DeleteObjects"] = run.stats.planned_requests.get("DeleteObjects", 0) + batches
         run.stats.unchanged += counts.unchanged  # += : files a proof settled count there too
+        run.stats.unsure = counts.unsure
         run.stats.skipped += counts.skipped
         if run.old_cache is not None:
             run.stats.adopted = counts.unchanged  # what a real run would adopt, if S3 lists it
@@ -271,6 +297,10 @@ class Backup:
         for job in chunk:
             job.run.pending += 1
             await upload_send.send(job)
+
+    async def _record(self, changes: list[Change], change_send: ObjectSendStream[Change]) -> None:
+        for change in changes:
+            await change_send.send(change)
 
     async def _delete_vanished(self, run: TargetRun, change_send: ObjectSendStream[Change]) -> None:
         if not run.deletes:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from ..cache.records import Recorded, is_gone, is_unchanged
+from ..cache.records import Recorded, is_gone, is_unchanged, lacks_evidence, needs_proof
 from ..disk.entries import DiskFile, Hole, Skipped, WalkEntry
 
 MiB = 1024 * 1024
@@ -45,7 +45,15 @@ class Delete:
     path: bytes
 
 
-Action = Upload | Delete
+@dataclass(frozen=True, slots=True)
+class Observed:
+    """An unchanged file whose row has no inode or ctime yet (written before they were kept):
+    record the walk's, without a read or a request."""
+
+    file: DiskFile
+
+
+Action = Upload | Delete | Observed
 
 
 @dataclass(slots=True)
@@ -55,6 +63,7 @@ class PlanCounts:
     on_disk: int = 0
     recorded: int = 0
     unchanged: int = 0
+    unsure: int = 0  # size and mtime match, but the contents are to be compared (Proof.CONTENT)
     skipped: int = 0
     kept: int = 0  # cached files under a hole or excluded: neither uploaded nor deleted
     holes: int = 0
@@ -71,7 +80,9 @@ def merge(
 
     A file on disk and not in the cache, or with another size or mtime, is uploaded; one that
     meets a rebuilt "gone" row with the row's size is uploaded only if HeadObject does not prove
-    that S3 holds it (Proof.HEAD). A cached
+    that S3 holds it (Proof.HEAD). A file whose size and mtime match but whose row is unsure (read
+    racily) or whose inode or ctime moved is an upload with Proof.CONTENT: its contents are
+    compared first. A cached
     path that is no longer on disk is deleted, unless it lies under a Hole (the walk could not
     see there) or is excluded. Everything else is left alone. An entry whose type the walk could
     not read comes as Skipped(path) and Hole(path + "/"), each in its place in the order: the
@@ -104,13 +115,21 @@ def merge(
             if isinstance(d, DiskFile):
                 counts.on_disk += 1
                 counts.disk_bytes += d.size
-                if is_unchanged(d, r):
-                    counts.unchanged += 1
-                elif is_gone(r) and r.size == d.size:
-                    # The file is back with the size S3 listed: S3 may hold it already.
-                    yield Upload(d, is_new=False, proof=Proof.HEAD)
+                if not is_unchanged(d, r):
+                    if is_gone(r) and r.size == d.size:
+                        # The file is back with the size S3 listed: S3 may hold it already.
+                        yield Upload(d, is_new=False, proof=Proof.HEAD)
+                    else:
+                        yield Upload(d, is_new=False)
+                elif r.ino == d.ino and r.ctime_ns == d.ctime_ns and not r.unsure:
+                    counts.unchanged += 1  # the common case, settled without a call (millions of files)
+                elif needs_proof(d, r):
+                    counts.unsure += 1
+                    yield Upload(d, is_new=False, proof=Proof.CONTENT)
                 else:
-                    yield Upload(d, is_new=False)
+                    counts.unchanged += 1
+                    if lacks_evidence(d, r):
+                        yield Observed(d)
             else:
                 # Now a symlink or special file (or excluded): keep the last backed-up copy.
                 counts.skipped += 1

@@ -1,7 +1,9 @@
 """Backup's policy: what one planned upload becomes, and when deletes are held back.
 
 Owns the rules around each upload (a key too long or a file too large fails alone, a file that
-meets a rebuilt "gone" row is first proven by HeadObject (Proof.HEAD), a file that
+meets a rebuilt "gone" row is first proven by HeadObject (Proof.HEAD), one whose row is unsure
+(read racily, or its inode or ctime moved) is first compared by content (Proof.CONTENT) and sent
+only when it differs, a file that
 changes while read gets one more read and is then left for the next run, and fails from the
 third run in a row that finds it changing, a vanished file (or one that is no longer a regular
 file) is skipped, an unreadable one fails, a run of transport failures ends the run as fatal), the
@@ -17,6 +19,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectSendStream as ObjectSendStream
 
 from ..cache.rebuild import checksum_of
+from ..cache.records import is_racy
 from ..cache.store import Change, StateStore, Stored, UploadEnded, UploadStarted
 from ..disk.digest import file_md5, single_part_md5
 from ..disk.keys import KeyTooLongError, check_key_length, display_path, key_for_path
@@ -26,6 +29,7 @@ from ..report.summary import format_bytes
 from ..s3.client import S3, endpoint_name
 from ..s3.objects import parse_mtime_metadata
 from ..settings.config import Config
+from .content import comparable, read_content
 from .delete import delete_superseded
 from .plan import MAX_OBJECT_BYTES, Proof, deletion_guard, device_guard
 from .runs import RunOptions, TargetRun, UploadJob
@@ -68,6 +72,8 @@ class UploadPolicy:
         self._unsettled_paths: dict[str, set[bytes]] = {}
 
     async def upload(self, job: UploadJob, change_send: ObjectSendStream[Change]) -> None:
+        if job.upload.proof is Proof.CONTENT and await self._same_content(job, change_send):
+            return
         run, file = job.run, job.upload.file
         bucket = run.target.bucket
 
@@ -140,13 +146,64 @@ class UploadPolicy:
                 # no restore finds the old object beside the new one.
                 fail(FailureKind.S3, superseded.message, superseded.code)
                 return
-            await change_send.send(Stored(bucket, file.path, done.size, done.mtime_ns, done.checksum))
+            unsure = is_racy(done.mtime_ns, done.ctime_ns, done.read_started_ns)
+            await change_send.send(
+                Stored(
+                    bucket,
+                    file.path,
+                    done.size,
+                    done.mtime_ns,
+                    done.checksum,
+                    ino=done.ino,
+                    ctime_ns=done.ctime_ns,
+                    unsure=unsure,
+                    part_bytes=done.part_bytes,
+                )
+            )
             if job.upload.is_new:
                 run.stats.new += 1
             else:
                 run.stats.updated += 1
             run.stats.bytes_uploaded += done.size
             return
+
+    async def _same_content(self, job: UploadJob, change_send: ObjectSendStream[Change]) -> bool:
+        """Proof.CONTENT: the file matches its row by size and mtime, but the row was read racily
+        or the file's inode or ctime moved. Read it and compare its checksum with the one the row
+        recorded: the same, and the row is written again with this read's evidence (no request);
+        True also for a file gone meanwhile. False: it is uploaded (contents differ, the row's
+        checksum cannot be recomputed, or the read failed: the upload reads it again and reports)."""
+        run, file = job.run, job.upload.file
+        bucket = run.target.bucket
+        sent = await anyio.to_thread.run_sync(self.store.sent_checksum, bucket, file.path)
+        if sent is None:
+            return False
+        checksum, part_bytes = sent
+        if checksum is None or not comparable(checksum, part_bytes, file.size):
+            return False
+        try:
+            seen = await read_content(self._limits, file, checksum, part_bytes)
+        except FileVanished:
+            run.stats.skipped += 1  # deleted after the walk: the next run deletes it from S3
+            return True
+        except (FileChanged, FileUnreadable):
+            return False
+        if seen is None or seen.checksum != checksum:
+            return False
+        row = Stored(
+            bucket,
+            file.path,
+            file.size,
+            file.mtime_ns,
+            checksum,
+            ino=seen.ino,
+            ctime_ns=seen.ctime_ns,
+            unsure=is_racy(file.mtime_ns, seen.ctime_ns, seen.read_started_ns),
+            part_bytes=part_bytes,
+        )
+        await change_send.send(row)
+        run.stats.unchanged += 1
+        return True
 
     async def proven_by_head(self, job: UploadJob, key: str, change_send: ObjectSendStream[Change]) -> bool:
         """Proof.HEAD, for a file that came back to a rebuilt "gone" row with the listed size:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -57,6 +58,12 @@ class Uploaded:
     size: int
     mtime_ns: int
     checksum: str
+    # The evidence the row keeps (see Opened), and the part size of a multipart upload, which its
+    # composite checksum needs to be recomputed from the file.
+    ino: int = 0
+    ctime_ns: int = 0
+    read_started_ns: int = 0
+    part_bytes: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,11 +105,17 @@ def usable_cores() -> int:
 
 @dataclass(frozen=True, slots=True)
 class Opened:
-    """A file opened for upload and its fstat: the size every read of it goes by."""
+    """A file opened for upload and its fstat: the size every read of it goes by. Its inode and
+    ctime, and the wall clock just before the open (the moment the read began, for the racy-clean
+    rule: a write after it gets a later tick unless the file's last change lies within one), are
+    what the row keeps as evidence."""
 
     fd: int
     size: int
     mtime_ns: int
+    ino: int = 0
+    ctime_ns: int = 0
+    read_started_ns: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,17 +126,19 @@ class WholeBody:
     size: int
     mtime_ns: int
     checksum: PartChecksum
+    opened: Opened  # its evidence
 
 
 def open_for_upload(path: bytes) -> Opened:
+    started_ns = time.time_ns()
     fd, st = open_regular(path)
-    return Opened(fd, st.st_size, st.st_mtime_ns)
+    return Opened(fd, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, started_ns)
 
 
 def read_and_sum(opened: Opened, algorithm: str) -> WholeBody:
     """An open file read whole (never past its fstat size) and its checksum."""
     data = read_exact(opened.fd, opened.size, opened.mtime_ns)
-    return WholeBody(data, opened.size, opened.mtime_ns, PartChecksum.of(data, algorithm))
+    return WholeBody(data, opened.size, opened.mtime_ns, PartChecksum.of(data, algorithm), opened)
 
 
 def open_and_read_small(path: bytes, reserved_bytes: int, algorithm: str) -> WholeBody | Opened:
@@ -212,7 +227,9 @@ async def _put_whole(s3: S3, bucket: str, key: str, body: WholeBody, settings: U
         metadata=mtime_metadata(body.mtime_ns),
         checksum=body.checksum,
     )
-    return Uploaded(body.size, body.mtime_ns, body.checksum.recorded(etag))
+    opened = body.opened
+    recorded = body.checksum.recorded(etag)
+    return Uploaded(body.size, body.mtime_ns, recorded, opened.ino, opened.ctime_ns, opened.read_started_ns)
 
 
 async def _open(path: bytes) -> Opened:
@@ -291,7 +308,8 @@ async def _put_streamed(
 
     with _refusal_is_a_change(fd, size, mtime_ns):
         etag, checksum = await _send_streamed(limits, RangeReader(fd), opened, 0, size, algorithm, send)
-    return Uploaded(size, mtime_ns, checksum.recorded(etag))
+    recorded = checksum.recorded(etag)
+    return Uploaded(size, mtime_ns, recorded, opened.ino, opened.ctime_ns, opened.read_started_ns)
 
 
 async def _upload_multipart(
@@ -358,7 +376,8 @@ async def _upload_multipart(
         raise
     await on_ended(upload_id)
     checksums = [s for s in sums if s is not None]
-    return Uploaded(size, mtime_ns, composite_checksum(checksums, [str(p.get("ETag", "")) for p in parts]))
+    recorded = composite_checksum(checksums, [str(p.get("ETag", "")) for p in parts])
+    return Uploaded(size, mtime_ns, recorded, opened.ino, opened.ctime_ns, opened.read_started_ns, part_bytes)
 
 
 async def _create_recorded(

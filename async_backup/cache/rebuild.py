@@ -36,7 +36,7 @@ import sqlite3
 import stat
 import urllib.parse
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -51,7 +51,7 @@ from .legacy import OldCache
 from .mountpoints import AbsentShares
 from .records import stat_float_mtime
 from .spill import open_spill
-from .store import StateStore, Stored, file_columns
+from .store import StateStore, Stored, evidence_columns, file_columns
 
 log = logging.getLogger(__name__)
 
@@ -355,12 +355,15 @@ def rows_from_snapshot(
     written = 0
     try:
         legacy = "legacy_mtime" if "legacy_mtime" in file_columns(conn) else "NULL"  # snapshots from before adoption
-        cursor = conn.execute(f"SELECT path, size, mtime_ns, checksum, {legacy} FROM files WHERE bucket=?", (bucket,))
+        evidence = evidence_columns(conn)  # an unsure row stays unsure: its contents are still to be compared
+        cursor = conn.execute(
+            f"SELECT path, size, mtime_ns, checksum, {legacy}, {evidence} FROM files WHERE bucket=?", (bucket,)
+        )
         cursor.arraysize = 1000
         batch: list[Stored] = []
         keys: list[str] = []
         while rows := cursor.fetchmany():
-            for path, size, mtime_ns, checksum, legacy_mtime in rows:
+            for path, size, mtime_ns, checksum, legacy_mtime, ino, ctime_ns, unsure, part_bytes in rows:
                 path = bytes(path)
                 if not under_root(path, root):
                     continue
@@ -370,7 +373,8 @@ def rows_from_snapshot(
                     continue
                 if not snapshot_row_holds(listed, snapshot_time_s):
                     continue  # replaced after the snapshot: the row may describe other bytes
-                batch.append(Stored(bucket, path, size, int(mtime_ns), checksum, legacy_mtime))
+                row = Stored(bucket, path, size, int(mtime_ns), checksum, legacy_mtime)
+                batch.append(replace(row, ino=ino, ctime_ns=ctime_ns, unsure=bool(unsure), part_bytes=part_bytes))
                 keys.append(key)
             if len(batch) >= ROW_BATCH:
                 store.apply(batch)

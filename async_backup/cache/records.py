@@ -1,7 +1,9 @@
 """A cache row as the planner and verify read it, and whether a file on disk still matches it.
 
-Owns `Recorded` (what S3 confirmed for one path) and the comparison of a row with a disk file,
-including the old script's float mtimes. Pure: imports only `disk.entries`; no SQLite, no S3.
+Owns `Recorded` (what S3 confirmed for one path), the comparison of a row with a disk file
+(including the old script's float mtimes), and when a match of size and mtime is not proof
+enough: the racy-clean rule and the inode/ctime evidence. Pure: imports only `disk.entries`; no
+SQLite, no S3.
 """
 
 from __future__ import annotations
@@ -12,6 +14,13 @@ from ..disk.entries import DiskFile
 
 # Old caches stored st_mtime as a float; a double near 1.7e9 s is exact to about 0.24 us.
 LEGACY_MTIME_TOLERANCE_NS = 2_000
+# A file whose mtime or ctime is not this much older than the moment its read began may be written
+# again in the same timestamp tick without its mtime moving (git's "racily clean"). One margin for
+# every file system: what one shows is not what it keeps (ext2/ext3, and ext4 with 128-byte inodes,
+# show the clock's tick but keep whole seconds on disk; NFS keeps what the server's file system
+# keeps; FAT steps 2 s), so no cheap detection is trustworthy. 2 s covers all of them and a small
+# clock skew to an NFS server; the cost is one more read of files written just before their backup.
+RACY_MARGIN_NS = 2_000_000_000
 # The mtime of a "gone" row: one the rebuild wrote for a listed object whose file it did not find
 # (deleted, or on a share not mounted then). Its size is the listed one; nothing proves what its
 # file is, so a file of that size that turns up there goes through the HeadObject proof. A row of
@@ -31,6 +40,11 @@ class Recorded:
     size: int | None
     mtime_ns: int
     legacy_mtime: float | None = None
+    # The file's inode and ctime when it was read; None for rows written before they were kept
+    # (no evidence either way, filled in by the next run that sees the file match).
+    ino: int | None = None
+    ctime_ns: int | None = None
+    unsure: bool = False  # read racily (see RACY_MARGIN_NS): its contents are compared next run
 
 
 def stat_float_mtime(mtime_ns: int) -> float:
@@ -46,6 +60,30 @@ def is_unchanged(file: DiskFile, row: Recorded) -> bool:
     if row.size is None:
         return abs(file.mtime_ns - row.mtime_ns) <= LEGACY_MTIME_TOLERANCE_NS
     return file.size == row.size and file.mtime_ns == row.mtime_ns
+
+
+def needs_proof(file: DiskFile, row: Recorded) -> bool:
+    """For a file whose size and mtime match its row: whether its contents must be compared with
+    what was sent, because the row was read racily or the file's inode or ctime moved since (a
+    replacement by rename, an edit with the mtime put back, or only a chmod). Unknown values on
+    either side are no evidence."""
+    return (
+        row.unsure
+        or (row.ino is not None and file.ino is not None and row.ino != file.ino)
+        or (row.ctime_ns is not None and file.ctime_ns is not None and row.ctime_ns != file.ctime_ns)
+    )
+
+
+def lacks_evidence(file: DiskFile, row: Recorded) -> bool:
+    """A row written before inodes and ctimes were kept, for a file that has them: worth filling in."""
+    return (row.ino is None or row.ctime_ns is None) and file.ino is not None and file.ctime_ns is not None
+
+
+def is_racy(mtime_ns: int, ctime_ns: int, read_started_ns: int) -> bool:
+    """Whether a read that began at `read_started_ns` (wall clock) may have missed a write that
+    left the mtime as it was: a write after that moment gets an mtime (and ctime) in a later tick,
+    unless the file's last change is within one tick (RACY_MARGIN_NS at most) of it."""
+    return max(mtime_ns, ctime_ns) > read_started_ns - RACY_MARGIN_NS
 
 
 def is_gone(row: Recorded) -> bool:

@@ -33,6 +33,14 @@ log = logging.getLogger(__name__)
 STATE_NAME = "async-backup.db"
 # meta row "device:<target path>" -> st_dev of the target's folder (a meta row: no schema change)
 DEVICE_META = "device:"
+# Columns of `files` added after its first version, and how `connect` adds them to an older cache.
+_ADDED_COLUMNS = {
+    "legacy_mtime": "REAL",  # a cache made before adoption kept the old mtime
+    "ino": "INTEGER",  # the racy-clean rule and inode/ctime evidence
+    "ctime_ns": "INTEGER",
+    "unsure": "INTEGER NOT NULL DEFAULT 0",
+    "part_bytes": "INTEGER",
+}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -42,6 +50,10 @@ CREATE TABLE IF NOT EXISTS files (
     mtime_ns INTEGER NOT NULL,
     checksum TEXT,               -- "crc32:<b64>[-parts]" or "md5:<hex>[-parts]" as S3 stored it
     legacy_mtime REAL,           -- the old script's float st_mtime, for rows adopted from its cache
+    ino      INTEGER,            -- st_ino and st_ctime_ns when the file was read (NULL: not known,
+    ctime_ns INTEGER,            --   in rows written before they were kept)
+    unsure   INTEGER NOT NULL DEFAULT 0,  -- 1: read racily, the next run compares its contents
+    part_bytes INTEGER,          -- the part size of a multipart upload (its composite checksum's)
     PRIMARY KEY (bucket, path)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS targets (
@@ -83,6 +95,22 @@ class Stored:
     mtime_ns: int
     checksum: str | None
     legacy_mtime: float | None = None  # kept from a snapshot row adopted from the old script
+    ino: int | None = None  # st_ino and st_ctime_ns of the file as it was read (None: not known)
+    ctime_ns: int | None = None
+    unsure: bool = False  # read racily: the next run compares its contents (records.is_racy)
+    part_bytes: int | None = None  # a multipart upload's part size, to recompute its checksum locally
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """A file matched its row by size and mtime, and the row had no inode or ctime yet: record them
+    (nothing was read or sent), so that from now on a replacement or an edit with its mtime put
+    back is seen."""
+
+    bucket: str
+    path: bytes
+    ino: int
+    ctime_ns: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +136,7 @@ class UploadEnded:
     upload_id: str
 
 
-Change = Stored | Removed | UploadStarted | UploadEnded
+Change = Stored | Removed | UploadStarted | UploadEnded | Evidence
 
 
 # SQLite's answers that say the storage under the cache failed, not the database itself
@@ -188,8 +216,10 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable to the last checkpoint-safe commit
         conn.executescript(_SCHEMA)
-        if "legacy_mtime" not in file_columns(conn):  # a cache made before adoption kept the old mtime
-            conn.execute("ALTER TABLE files ADD COLUMN legacy_mtime REAL")
+        present = file_columns(conn)
+        for column, kind in _ADDED_COLUMNS.items():
+            if column not in present:
+                conn.execute(f"ALTER TABLE files ADD COLUMN {column} {kind}")
     conn.execute("PRAGMA busy_timeout=30000")
     return conn
 
@@ -201,6 +231,15 @@ def _has_table(conn: sqlite3.Connection, name: str) -> bool:
 def file_columns(conn: sqlite3.Connection) -> set[str]:
     """The columns of a cache's `files` table (snapshots from older versions lack some)."""
     return {str(row[1]) for row in conn.execute("PRAGMA table_info(files)")}
+
+
+def evidence_columns(
+    conn: sqlite3.Connection, columns: tuple[str, ...] = ("ino", "ctime_ns", "unsure", "part_bytes")
+) -> str:
+    """These columns for a SELECT, with NULL (0 for `unsure`) for those an older cache (a read-only
+    one not migrated, a snapshot) lacks."""
+    present = file_columns(conn)
+    return ", ".join(c if c in present else ("0" if c == "unsure" else "NULL") for c in columns)
 
 
 def quick_check(conn: sqlite3.Connection) -> str | None:
@@ -354,13 +393,15 @@ class StateStore:
         conn = connect(self.path, readonly=True)
         try:
             legacy = "legacy_mtime" if "legacy_mtime" in file_columns(conn) else "NULL"
+            evidence = evidence_columns(conn, ("ino", "ctime_ns", "unsure"))
             cursor = conn.execute(
-                f"SELECT path, size, mtime_ns, {legacy} FROM files WHERE bucket=? ORDER BY path", (bucket,)
+                f"SELECT path, size, mtime_ns, {legacy}, {evidence} FROM files WHERE bucket=? ORDER BY path",
+                (bucket,),
             )
             cursor.arraysize = 1000
             while rows := cursor.fetchmany():
-                for path, size, mtime_ns, legacy_mtime in rows:
-                    yield Recorded(bytes(path), size, mtime_ns, legacy_mtime)
+                for path, size, mtime_ns, legacy_mtime, ino, ctime_ns, unsure in rows:
+                    yield Recorded(bytes(path), size, mtime_ns, legacy_mtime, ino, ctime_ns, bool(unsure))
         finally:
             conn.close()
 
@@ -373,6 +414,20 @@ class StateStore:
             "SELECT path, size, mtime_ns, checksum FROM files WHERE bucket=? ORDER BY path", (bucket,)
         )
         return [(bytes(p), s, m, c) for p, s, m, c in cursor]
+
+    @_mapped
+    def sent_checksum(self, bucket: str, path: bytes) -> tuple[str | None, int | None] | None:
+        """What an unsure row's contents are compared with: (checksum, part_bytes), or None when
+        the row is gone. One lookup, for the few files whose contents are to be compared."""
+        assert self._conn is not None
+        with self._write_lock:  # the connection is shared with the writer's thread
+            found = self._conn.execute(
+                "SELECT checksum, part_bytes FROM files WHERE bucket=? AND path=?", (bucket, path)
+            ).fetchone()
+        if found is None:
+            return None
+        checksum, part_bytes = found
+        return (None if checksum is None else str(checksum), None if part_bytes is None else int(part_bytes))
 
     @_mapped
     def row(self, bucket: str, path: bytes) -> tuple[int | None, int, str | None] | None:
@@ -397,10 +452,25 @@ class StateStore:
     def apply(self, changes: Iterable[Change]) -> None:
         """Apply confirmed changes in one transaction."""
         assert self._conn is not None
-        stored, removed, started, ended = [], [], [], []
+        stored, removed, started, ended, evidence = [], [], [], [], []
         for c in changes:
             if isinstance(c, Stored):
-                stored.append((c.bucket, c.path, c.size, c.mtime_ns, c.checksum, c.legacy_mtime))
+                stored.append(
+                    (
+                        c.bucket,
+                        c.path,
+                        c.size,
+                        c.mtime_ns,
+                        c.checksum,
+                        c.legacy_mtime,
+                        c.ino,
+                        c.ctime_ns,
+                        int(c.unsure),
+                        c.part_bytes,
+                    )
+                )
+            elif isinstance(c, Evidence):
+                evidence.append((c.ino, c.ctime_ns, c.bucket, c.path))
             elif isinstance(c, Removed):
                 removed.append((c.bucket, c.path))
             elif isinstance(c, UploadStarted):
@@ -410,9 +480,15 @@ class StateStore:
         with self._write_lock, self._conn:
             if stored:
                 self._conn.executemany(
-                    "INSERT OR REPLACE INTO files(bucket, path, size, mtime_ns, checksum, legacy_mtime) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    "INSERT OR REPLACE INTO files(bucket, path, size, mtime_ns, checksum, legacy_mtime, "
+                    "ino, ctime_ns, unsure, part_bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     stored,
+                )
+            if evidence:
+                self._conn.executemany(
+                    "UPDATE files SET ino=?, ctime_ns=? "
+                    "WHERE bucket=? AND path=? AND (ino IS NULL OR ctime_ns IS NULL)",
+                    evidence,
                 )
             if removed:
                 self._conn.executemany("DELETE FROM files WHERE bucket=? AND path=?", removed)
@@ -558,19 +634,24 @@ class StateStore:
             target.close()
 
 
-def iter_rows(store: StateStore, bucket: str) -> Iterator[tuple[bytes, int | None, int, str | None]]:
-    """One bucket's rows in path order (path, size, mtime_ns, checksum), streamed over a connection
-    of its own, so verify can merge them with the walk in a worker thread without a list of all."""
+# A row as verify reads it: path, size, mtime_ns, checksum, ino, ctime_ns, unsure.
+VerifyRow = tuple[bytes, int | None, int, str | None, int | None, int | None, bool]
+
+
+def iter_rows(store: StateStore, bucket: str) -> Iterator[VerifyRow]:
+    """One bucket's rows in path order, streamed over a connection of its own, so verify can merge
+    them with the walk in a worker thread without a list of all."""
     if store.damaged is not None or not store.path.exists():
         return
     conn = connect(store.path, readonly=True)
     try:
+        evidence = evidence_columns(conn, ("ino", "ctime_ns", "unsure"))
         cursor = conn.execute(
-            "SELECT path, size, mtime_ns, checksum FROM files WHERE bucket=? ORDER BY path", (bucket,)
+            f"SELECT path, size, mtime_ns, checksum, {evidence} FROM files WHERE bucket=? ORDER BY path", (bucket,)
         )
         cursor.arraysize = 1000
         while rows := cursor.fetchmany():
-            for path, size, mtime_ns, checksum in rows:
-                yield bytes(path), size, mtime_ns, checksum
+            for path, size, mtime_ns, checksum, ino, ctime_ns, unsure in rows:
+                yield bytes(path), size, mtime_ns, checksum, ino, ctime_ns, bool(unsure)
     finally:
         conn.close()

@@ -11,11 +11,14 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
 class DiskFile:
-    """A regular file as the walk saw it."""
+    """A regular file as the walk saw it: its lstat's size, mtime, inode and ctime (None where a
+    caller did not take them: no evidence)."""
 
     path: bytes
     size: int
     mtime_ns: int
+    ino: int | None = None
+    ctime_ns: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -232,7 +232,7 @@ def walk_target(
             mode = item[3]
             if stat.S_ISREG(mode):
                 st = entry.stat(follow_symlinks=False)  # cached by _list_dir: no second lstat
-                yield DiskFile(path, st.st_size, st.st_mtime_ns)
+                yield DiskFile(path, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
             elif stat.S_ISLNK(mode):
                 yield Skipped(path, "symlink")
             else:

@@ -23,6 +23,7 @@ class TargetStats:
     updated: int = 0
     deleted: int = 0
     unchanged: int = 0
+    unsure: int = 0  # size and mtime matched, the contents were to be compared (racy row, inode or ctime moved)
     skipped: int = 0  # symlinks, sockets, FIFOs, devices, excluded, vanished before reading
     failed: int = 0
     bytes_uploaded: int = 0
@@ -53,9 +54,10 @@ class TargetStats:
     def line(self) -> str:
         """The one summary line per target that the log carries."""
         adopted = f"{self.adopted} adopted from the old cache, " if self.adopted else ""
+        unsure = f", {self.unsure} compared by content" if self.unsure else ""
         return (
             f"{self.name} -> {self.destination}: {adopted}{self.new} new, {self.updated} updated, "
-            f"{self.deleted} deleted, {self.unchanged} unchanged, {self.skipped} skipped, "
+            f"{self.deleted} deleted, {self.unchanged} unchanged{unsure}, {self.skipped} skipped, "
             f"{self.failed} failed, {format_bytes(self.bytes_uploaded)} uploaded "
             f"in {self.duration_s:.1f} s{self.rebuilt_note()}"
         )

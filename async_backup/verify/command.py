@@ -182,7 +182,12 @@ def _report(check: TargetCheck) -> Iterator[str]:
     if check.errors:
         head += f"; not fully verified: {len(check.errors)} requests failed"
     if not check.problems:
-        yield head + ("" if check.errors else ": whole")
+        if check.errors:
+            yield head
+        elif check.unsure:
+            yield head + f": no problems found, but {check.unsure} files unsure (not proven to be what S3 holds)"
+        else:
+            yield head + ": whole"
     else:
         kinds = Counter(p.kind for p in check.problems)
         yield head + f": {len(check.problems)} problems (" + ", ".join(f"{n} {k}" for k, n in kinds.items()) + ")"
@@ -205,6 +210,11 @@ def _report(check: TargetCheck) -> Iterator[str]:
     pending = []
     if check.not_backed_up:
         pending.append(f"{check.not_backed_up} files on disk are new or changed")
+    if check.unsure:
+        pending.append(
+            f"{check.unsure} files are unsure (written just before their backup read them, or their inode or "
+            "ctime moved since): it compares their contents and uploads those that differ"
+        )
     if check.gone_from_disk:
         pending.append(f"{check.gone_from_disk} cached files are gone from disk")
     if check.uncached_objects:
@@ -262,8 +272,14 @@ def _summary(
 ) -> str:
     unfinished = f"; {errors} requests failed, so not everything was verified: run it again" if errors else ""
     if not problems:
+        unsure = sum(c.unsure for c in results)
         if errors:
             return f"verify: no problems found{unfinished} ({took_s:.1f} s)"
+        if unsure:
+            return (
+                f"verify: no problems found; {unsure} files unsure, the next backup compares their contents "
+                f"({took_s:.1f} s)"
+            )
         return f"verify: all {len(results)} targets whole ({took_s:.1f} s)"
     broken = sum(1 for c in results if c.problems)
     manual = sum(c.no_repair for c in results)

@@ -15,8 +15,8 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from ..cache.records import Recorded, is_unchanged
-from ..cache.store import Change, Removed, Stored
+from ..cache.records import Recorded, is_unchanged, needs_proof
+from ..cache.store import Change, Removed, Stored, VerifyRow
 from ..disk.entries import DiskFile, Hole, Skipped, WalkEntry
 from ..disk.walk import Excluder
 from ..errors import Failure
@@ -70,6 +70,9 @@ class TargetCheck:
     checksums_skipped: int = 0  # not compared because of --no-checksums
     not_checkable: Counter[str] = field(default_factory=Counter)  # reason -> count
     not_backed_up: int = 0  # on disk, new or changed since the last backup
+    # Matching by size and mtime, but not proven to be what S3 holds: read racily, or the inode or
+    # ctime moved since. Never called whole; the next backup compares their contents.
+    unsure: int = 0
     gone_from_disk: int = 0  # cached, no longer on disk: the next backup deletes them
     uncached_objects: int = 0  # in S3 and on disk but not in the cache: the next backup uploads them
     walk_failures: list[Failure] = field(default_factory=list)
@@ -123,7 +126,7 @@ def compare(
     target: Target,
     storage_class: str,
     objects: Iterable[tuple[bytes, ListedObject]],
-    rows: Iterable[tuple[bytes, int | None, int, str | None]],
+    rows: Iterable[VerifyRow],
     disk: Iterable[WalkEntry] | None,
     excluder: Excluder,
     on_check: Callable[[TargetCheck, ChecksumCheck], None] | None = None,
@@ -148,10 +151,8 @@ def compare(
         if on_disk is not False:
             check.repairs[path] = Removed(target.bucket, path)
 
-    def on_row(
-        row: tuple[bytes, int | None, int, str | None], entry: WalkEntry | None, obj: ListedObject | None
-    ) -> None:
-        path, size, mtime_ns, checksum = row
+    def on_row(row: VerifyRow, entry: WalkEntry | None, obj: ListedObject | None) -> None:
+        path, size, mtime_ns, checksum, ino, ctime_ns, unsure = row
         check.cached += 1
         on_disk: bool | None
         if disk is None or isinstance(entry, Skipped) or (entry is None and _under(path, holes)):
@@ -160,8 +161,13 @@ def compare(
             on_disk = isinstance(entry, DiskFile)
         if isinstance(entry, DiskFile):
             check.on_disk = (check.on_disk or 0) + 1
-            if not is_unchanged(entry, Recorded(path, size, mtime_ns)):
+            recorded = Recorded(path, size, mtime_ns, None, ino, ctime_ns, unsure)
+            if not is_unchanged(entry, recorded):
                 check.not_backed_up += 1
+            elif needs_proof(entry, recorded):
+                check.unsure += 1
+        elif unsure and on_disk is None:
+            check.unsure += 1  # the disk cannot be seen: the row alone says it is not proven
         elif on_disk is False:
             check.gone_from_disk += 1
         if obj is None:
