@@ -164,3 +164,37 @@ def test_only_fitting_part_sizes_are_read():
     assert etag_part_sizes(etag, 11 * MIB, [8 * MIB, 5 * MIB]) == [5 * MIB]
     assert etag_part_sizes('"0123456789abcdef0123456789abcdef"', 17 * MIB, [8 * MIB]) == []
     assert old_part_bytes(80_000 * MIB) == 8 * MIB and old_part_bytes(80_000 * MIB + 1) == 16 * MIB
+
+
+def test_a_file_back_at_a_gone_row_is_proven_by_its_multipart_etag(
+    tmp_path: Path, moto_endpoint: str, s3_inspect: Any
+):
+    """proven_by_head: files away while the cache was rebuilt from a bare bucket get "gone" rows
+    (the deletion guard holds their deletes); back as they were, HeadObject shows no metadata,
+    and the ETag (multipart at 8 MiB, and single-part) proves them: nothing uploaded."""
+    tok = _token(tmp_path)
+    data = tmp_path / "data"
+    folder = data / f"a{tok}"
+    make_tree(folder, {"scans/big.tif": os.urandom(9 * MIB + 1), "scans/small.tif": b"small scan"})
+    make_tree(data / f"b{tok}", {"other.tif": b"other target"})
+    cache = tmp_path / "cache"
+    write_config(cache, moto_endpoint, folders=[str(folder), str(data / f"b{tok}")], backup_extra={"naming": "legacy"})
+    raw = json.loads((cache / "config.json").read_text())
+    raw["notification"] = {}
+    (cache / "config.json").write_text(json.dumps(raw))
+    buckets = run_old_script(cache, s3_inspect, copy_caches=False)
+    new_cache = tmp_path / "new-machine"
+    new_cache.mkdir()
+    (new_cache / "config.json").write_text((cache / "config.json").read_text())
+    (new_cache / "config.json").chmod(0o600)
+    away = tmp_path / "away"
+    os.rename(folder / "scans", away)
+    first = run_cli("--cache", str(new_cache), "--no-cache-backup")
+    assert "2 of them for files gone from disk" in first.stderr, first.stderr
+    os.rename(away, folder / "scans")
+    before = _current_versions(s3_inspect, sorted(buckets.values()))
+
+    result = run_cli("--cache", str(new_cache), "--no-cache-backup")
+    assert result.returncode == 0, result.stderr
+    assert "0 files uploaded" in result.stderr, result.stderr
+    assert _current_versions(s3_inspect, sorted(buckets.values())) == before
