@@ -18,7 +18,13 @@ from boto3.s3.transfer import TransferConfig
 from conftest import in_process, make_tree, run_cli, write_config
 from oldscript import OLD_CACHE_BUCKET, run_old_script
 
-from async_backup.disk.digest import OLD_PART_BYTES, content_proves_etag, etag_part_sizes, old_part_bytes
+from async_backup.disk.digest import (
+    OLD_PART_BYTES,
+    content_proves_etag,
+    etag_computable,
+    etag_part_sizes,
+    old_part_bytes,
+)
 
 MIB = 1024 * 1024
 
@@ -163,6 +169,8 @@ def test_only_fitting_part_sizes_are_read():
     assert etag_part_sizes(etag, 17 * MIB, [8 * MIB, None, 8 * MIB, 5 * MIB]) == [8 * MIB]
     assert etag_part_sizes(etag, 11 * MIB, [8 * MIB, 5 * MIB]) == [5 * MIB]
     assert etag_part_sizes('"0123456789abcdef0123456789abcdef"', 17 * MIB, [8 * MIB]) == []
+    assert not etag_computable(etag, 11 * MIB) and etag_computable(etag, 11 * MIB, [5 * MIB])
+    assert etag_computable('"0123456789abcdef0123456789abcdef"', 3)
     assert old_part_bytes(80_000 * MIB) == 8 * MIB and old_part_bytes(80_000 * MIB + 1) == 16 * MIB
 
 

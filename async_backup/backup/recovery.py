@@ -34,7 +34,7 @@ from ..cache.rebuild import (
 from ..cache.records import GONE_MTIME_NS
 from ..cache.snapshot import SNAPSHOT_DUE, SnapshotShelf, snapshot_buckets
 from ..cache.store import Change, StateStore, Stored
-from ..disk.digest import content_proves_etag
+from ..disk.digest import content_proves_etag, etag_computable
 from ..disk.keys import display_path
 from ..errors import Failure, FailureCollector, FailureKind, S3Error, unwrapped_group
 from ..report.summary import format_bytes
@@ -208,7 +208,11 @@ class Rebuild:
                         continue
                     if proves_row(c.listed_size, c.disk, head.metadata):
                         await rows.send(Stored(bucket, c.path, c.disk.size, c.disk.mtime_ns, checksum_of(head)))
-                    elif parse_mtime_metadata(head.metadata) is None and not head.encrypted_with_key:
+                    elif (
+                        parse_mtime_metadata(head.metadata) is None
+                        and not head.encrypted_with_key
+                        and etag_computable(head.etag, c.disk.size)
+                    ):
                         # no metadata (the old script's upload): the file's content against the ETag
                         proven, part_bytes = await anyio.to_thread.run_sync(
                             content_proves_etag, c.path, c.disk.size, c.disk.mtime_ns, head.etag

@@ -103,6 +103,12 @@ def etag_part_sizes(etag: str, size: int, part_sizes: Iterable[int | None]) -> l
     return [p for p in dict.fromkeys(part_sizes) if p is not None and p > 0 and -(-size // p) == parts]
 
 
+def etag_computable(etag: str, size: int, part_sizes: Iterable[int | None] = ()) -> bool:
+    """Whether `content_proves_etag` would read the file at all: a single-part MD5, or a multipart
+    ETag whose part count one of the part sizes gives."""
+    return single_part_md5(etag) is not None or bool(etag_part_sizes(etag, size, [old_part_bytes(size), *part_sizes]))
+
+
 def content_proves_etag(
     path: bytes, size: int, mtime_ns: int, etag: str, part_sizes: Iterable[int | None] = ()
 ) -> tuple[bool, int | None]:
