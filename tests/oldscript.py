@@ -41,8 +41,11 @@ def old_bucket(name: str) -> str:
     return re.sub(r"[^a-zA-Z0-9]", "-", "images--" + name).lower()
 
 
-def run_old_script(cache: Path, client: Any) -> dict[str, str]:
-    """Back up as the old script does; returns target path -> bucket for the targets it uploaded."""
+def run_old_script(cache: Path, client: Any, *, copy_caches: bool = True) -> dict[str, str]:
+    """Back up as the old script does; returns target path -> bucket for the targets it uploaded.
+    `copy_caches=False`: the run dies after its uploads, before it copies its cache directory to
+    image-backup-cache (it posts to Teams first, and pymsteams raises on a retired connector URL),
+    so the copies there stay one run old."""
     config = json.loads((cache / "config.json").read_text())
     targets = old_targets(config)
     (cache / "db").mkdir(exist_ok=True)
@@ -68,6 +71,8 @@ def run_old_script(cache: Path, client: Any) -> dict[str, str]:
         if uploaded:
             done[target] = bucket
     (cache / "backup.log").write_text("old script log\n")
+    if not copy_caches:
+        return done
     if OLD_CACHE_BUCKET not in {b["Name"] for b in client.list_buckets()["Buckets"]}:
         _create(client, OLD_CACHE_BUCKET)
     for folder, _dirs, files in os.walk(cache):

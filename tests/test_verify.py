@@ -249,11 +249,11 @@ def test_compare_merges_cache_and_walk_and_says_nothing_it_cannot_see() -> None:
         ]
     )
     rows: list[VerifyRow] = [
-        (b"/t/a", 1, 5, "crc32:AAAAAA==", None, None, False),
-        (b"/t/b", 1, 5, "crc32:AAAAAA==", None, None, False),
-        (b"/t/c", 1, 5, None, None, None, False),
-        (b"/t/gone", 1, 5, "crc32:AAAAAA==", None, None, False),  # no object, no file
-        (b"/t/hidden/y", 1, 5, "crc32:AAAAAA==", None, None, False),  # no object, disk unknown
+        (b"/t/a", 1, 5, "crc32:AAAAAA==", None, None, False, None),
+        (b"/t/b", 1, 5, "crc32:AAAAAA==", None, None, False, None),
+        (b"/t/c", 1, 5, None, None, None, False, None),
+        (b"/t/gone", 1, 5, "crc32:AAAAAA==", None, None, False, None),  # no object, no file
+        (b"/t/hidden/y", 1, 5, "crc32:AAAAAA==", None, None, False, None),  # no object, disk unknown
     ]
     disk = [
         DiskFile(b"/t/a", 1, 5),
@@ -289,10 +289,10 @@ def test_compare_never_calls_an_unsure_row_whole():
     paths = (b"/t/a", b"/t/b", b"/t/c", b"/t/d")
     objects = {p: ListedObject(os.fsdecode(p[1:]), 1, "DEEP_ARCHIVE", "e") for p in paths}
     rows: list[VerifyRow] = [
-        (b"/t/a", 1, 5, "crc32:AAAAAA==", 7, 9, False),  # sure, same inode and ctime
-        (b"/t/b", 1, 5, "crc32:AAAAAA==", 7, 9, True),  # read racily
-        (b"/t/c", 1, 5, "crc32:AAAAAA==", 7, 9, False),  # replaced by rename since
-        (b"/t/d", 1, 5, "crc32:AAAAAA==", None, None, False),  # an old row: no evidence either way
+        (b"/t/a", 1, 5, "crc32:AAAAAA==", 7, 9, False, None),  # sure, same inode and ctime
+        (b"/t/b", 1, 5, "crc32:AAAAAA==", 7, 9, True, None),  # read racily
+        (b"/t/c", 1, 5, "crc32:AAAAAA==", 7, 9, False, None),  # replaced by rename since
+        (b"/t/d", 1, 5, "crc32:AAAAAA==", None, None, False, None),  # an old row: no evidence either way
     ]
     disk = [DiskFile(b"/t/a", 1, 5, 7, 9), DiskFile(b"/t/b", 1, 5, 7, 9), DiskFile(b"/t/c", 1, 5, 8, 9)]
     disk.append(DiskFile(b"/t/d", 1, 5, 3, 4))

@@ -14,6 +14,7 @@ cannot run. The pipeline calls these; they open no task group and no stream.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import anyio
 from anyio.streams.memory import MemoryObjectSendStream as ObjectSendStream
@@ -21,7 +22,7 @@ from anyio.streams.memory import MemoryObjectSendStream as ObjectSendStream
 from ..cache.rebuild import checksum_of
 from ..cache.records import is_racy
 from ..cache.store import Change, StateStore, Stored, UploadEnded, UploadStarted
-from ..disk.digest import file_md5, single_part_md5
+from ..disk.digest import content_proves_etag
 from ..disk.keys import KeyTooLongError, check_key_length, display_path, key_for_path
 from ..disk.read import FileChanged, FileUnreadable, FileVanished
 from ..errors import Failure, FailureCollector, FailureKind, FatalError, S3Error
@@ -209,9 +210,10 @@ class UploadPolicy:
         """Proof.HEAD, for a file that came back to a rebuilt "gone" row with the listed size:
         whether S3 holds it as it is, so that it gets its row and no upload. HeadObject: an
         object with our `mtime` metadata is the file when that equals its mtime to the nanosecond
-        (as the rebuild proves rows); one without it (the old script set none) when its
-        single-part ETag equals the file's MD5 (the file is read; a multipart ETag proves nothing
-        and the file is uploaded). Raises S3Error when HeadObject fails."""
+        (as the rebuild proves rows); one without it (the old script set none) when its ETag is
+        the file's (`content_proves_etag`: the file is read once; single-part MD5, or multipart at
+        the old script's part size or the part size the row recorded). Raises S3Error when
+        HeadObject fails."""
         run, file = job.run, job.upload.file
         head = await self.s3.head_object(run.target.bucket, key)
         if head is None or head.size != file.size:
@@ -220,11 +222,18 @@ class UploadPolicy:
         if mtime_ns is not None:
             if mtime_ns != file.mtime_ns:
                 return False
+        elif head.encrypted_with_key:
+            return False  # its ETag is no MD5 of anything on disk
         else:
-            md5 = None if head.encrypted_with_key else single_part_md5(head.etag)
-            if md5 is None or md5 != await anyio.to_thread.run_sync(file_md5, file.path, file.size, file.mtime_ns):
+            sent = await anyio.to_thread.run_sync(self.store.sent_checksum, run.target.bucket, file.path)
+            recorded_part_bytes = None if sent is None else sent[1]
+            proven, part_bytes = await anyio.to_thread.run_sync(
+                content_proves_etag, file.path, file.size, file.mtime_ns, head.etag, (recorded_part_bytes,)
+            )
+            if not proven:
                 return False
-        await change_send.send(Stored(run.target.bucket, file.path, file.size, file.mtime_ns, checksum_of(head)))
+        row = Stored(run.target.bucket, file.path, file.size, file.mtime_ns, checksum_of(head))
+        await change_send.send(row if mtime_ns is not None else replace(row, part_bytes=part_bytes))
         run.stats.unchanged += 1
         return True
 

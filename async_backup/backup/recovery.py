@@ -12,6 +12,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import anyio
@@ -33,9 +34,12 @@ from ..cache.rebuild import (
 from ..cache.records import GONE_MTIME_NS
 from ..cache.snapshot import SNAPSHOT_DUE, SnapshotShelf, snapshot_buckets
 from ..cache.store import Change, StateStore, Stored
+from ..disk.digest import content_proves_etag, etag_computable
 from ..disk.keys import display_path
 from ..errors import Failure, FailureCollector, FailureKind, S3Error, unwrapped_group
+from ..report.summary import format_bytes
 from ..s3.client import S3
+from ..s3.objects import parse_mtime_metadata
 from ..settings.config import Config
 from .adopt import OldCaches
 from .runs import TargetRun
@@ -129,6 +133,12 @@ class Rebuild:
                     if run.stats.rebuilt_gone
                     else "",
                 )
+                if run.stats.content_read_bytes:
+                    log.info(
+                        "%s: %s read to compare objects without mtime metadata with their ETag",
+                        run.target.path,
+                        format_bytes(run.stats.content_read_bytes),
+                    )
             finally:
                 listing.close()
         except S3Error as exc:
@@ -194,8 +204,23 @@ class Rebuild:
                     except S3Error as exc:
                         errors.append(exc)
                         continue
-                    if head is not None and proves_row(c.listed_size, c.disk, head.metadata):
+                    if head is None or head.size != c.listed_size:
+                        continue
+                    if proves_row(c.listed_size, c.disk, head.metadata):
                         await rows.send(Stored(bucket, c.path, c.disk.size, c.disk.mtime_ns, checksum_of(head)))
+                    elif (
+                        parse_mtime_metadata(head.metadata) is None
+                        and not head.encrypted_with_key
+                        and etag_computable(head.etag, c.disk.size)
+                    ):
+                        # no metadata (the old script's upload): the file's content against the ETag
+                        proven, part_bytes = await anyio.to_thread.run_sync(
+                            content_proves_etag, c.path, c.disk.size, c.disk.mtime_ns, head.etag
+                        )
+                        run.stats.content_read_bytes += c.disk.size
+                        if proven:
+                            row = Stored(bucket, c.path, c.disk.size, c.disk.mtime_ns, checksum_of(head))
+                            await rows.send(replace(row, part_bytes=part_bytes))
 
         async def record() -> None:
             nonlocal written

@@ -8,15 +8,19 @@ before planning, from what S3 proves:
    where the bucket's current listing holds its key with the same size and an object not newer
    than the snapshot (`snapshot_row_holds`);
 2. else, for a legacy-named target, the old script's own cache of it (`db/<quote_plus(name)>.db`),
-   each row kept only where the listing holds its key and the row is proven (`old_row_holds`:
-   older than the upload by a margin, or the file's MD5 is the single-part ETag) (that is how an
+   each row kept only where the listing holds its key and the row is proven (`old_row_mtime`:
+   older than the upload by a margin, or the file's content has the listed ETag, single-part or
+   multipart at the old script's part size; a stale row whose file's content has the ETag takes
+   the file's mtime now) (that is how an
    installation of the old script is adopted: it is a cache that holds no rows yet);
 3. for listed objects neither covers: the listing's size against the file on disk, and where that
    matches a regular file, the object's `mtime` user metadata (HeadObject) against its
-   st_mtime_ns; a listed object whose file is gone gets a "gone" row (records.GONE_MTIME_NS),
-   which the planner never takes as proof of anything (a file back at it goes through HeadObject).
+   st_mtime_ns, and for an object without it (the old script's), the ETag against the file's
+   content (`content_proves_etag`, the file read once); a listed object whose file is gone gets a
+   "gone" row (records.GONE_MTIME_NS), which the planner never takes as proof of anything (a file
+   back at it goes through HeadObject).
 
-Owns: the pure decisions (`needs_head`, `proves_row`, `snapshot_row_holds`, `old_row_holds`), the
+Owns: the pure decisions (`needs_head`, `proves_row`, `snapshot_row_holds`, `old_row_mtime`), the
 listing of one bucket kept in a
 temporary SQLite file (a million keys never sit in memory), finding, downloading (streamed to a
 temporary file), unpacking and checking snapshots, and checking snapshot rows against the listing.
@@ -42,7 +46,7 @@ from pathlib import Path
 
 import anyio
 
-from ..disk.digest import file_md5, single_part_md5
+from ..disk.digest import content_proves_etag
 from ..disk.keys import ESCAPED_KEY_MARK, key_for_path, path_for_key
 from ..errors import S3Error
 from ..s3.client import S3
@@ -116,28 +120,35 @@ def old_row_predates_upload(timestamp: float, listed: Listed) -> bool:
     return listed.last_modified_s is not None and timestamp < listed.last_modified_s - OLD_UPLOAD_MARGIN_S
 
 
-def old_row_holds(path: bytes, timestamp: float, listed: Listed) -> bool:
-    """Whether a row of the old script's cache may become ours (blocking: a worker thread).
+def old_row_mtime(path: bytes, timestamp: float, listed: Listed) -> float | None:
+    """The float mtime a row of the old script's cache becomes ours with, or None: held out for
+    want of proof (blocking: a worker thread).
 
     The old script stat'ed each file *after* uploading it, so a file rewritten during its upload
-    left a row with the new mtime over the old bytes. A row is taken where its mtime predates the
-    upload by the margin; else only where the file, as the row would call it unchanged (listed
-    size, the same float mtime), has the MD5 that the single-part ETag states (the file is read).
-    A row that cannot call the file unchanged (the file is gone, or has another size or mtime) is
-    taken too: it only makes the run delete or upload that file, as no row would (and a gone
-    file's object is then deleted, not left current for good)."""
-    if old_row_predates_upload(timestamp, listed):
-        return True
+    left a row with the new mtime over the old bytes. A row the file still matches (listed size,
+    the same float mtime) is taken where its mtime predates the upload by the margin; else only
+    where the file's content has the listed ETag (`content_proves_etag`: the file is read).
+    A row the file no longer matches at the listed size is stale (the old script's last run
+    changed the file and died before it copied its cache): the content decides too, and where it
+    proves the object, the row takes the file's mtime now. Any other row that cannot call the
+    file unchanged (gone, another size, content not proven) is taken as it is: it only makes the
+    run delete or upload that file, as no row would (and a gone file's object is then deleted,
+    not left current for good)."""
+    predates = old_row_predates_upload(timestamp, listed)
     try:
         st = os.lstat(path)
     except (FileNotFoundError, NotADirectoryError):
-        return True
+        return timestamp
     except OSError:
-        return False  # unreadable: no knowledge
-    if not stat.S_ISREG(st.st_mode) or st.st_size != listed.size or stat_float_mtime(st.st_mtime_ns) != timestamp:
-        return True
-    md5 = single_part_md5(listed.etag)
-    return md5 is not None and file_md5(path, st.st_size, st.st_mtime_ns) == md5
+        return timestamp if predates else None  # unreadable: no knowledge beyond the row's own
+    if not stat.S_ISREG(st.st_mode) or st.st_size != listed.size:
+        return timestamp
+    now = stat_float_mtime(st.st_mtime_ns)
+    if now == timestamp and predates:
+        return timestamp
+    if content_proves_etag(path, st.st_size, st.st_mtime_ns, listed.etag)[0]:
+        return now
+    return timestamp if now != timestamp else None
 
 
 def checksum_of(head: ObjectHead) -> str | None:
@@ -401,7 +412,7 @@ class Adopted:
 def rows_from_old_cache(old: OldCache, bucket: str, root: bytes, listing: Listing, store: StateStore) -> Adopted:
     """Adopt the old script's cache: a listed key it holds becomes a row with the listed size and
     the float st_mtime the old script saw (the planner compares at that precision), where
-    `old_row_holds` says so. Keys taken are marked covered; a row held out stays uncovered, for
+    `old_row_mtime` says so. Keys taken are marked covered; a row held out stays uncovered, for
     the listing's own proof (a HeadObject, a gone row) and else an upload. A key the old cache
     holds but S3 does not list stays out: its file is uploaded. Runs in a worker thread."""
     written = 0
@@ -415,8 +426,9 @@ def rows_from_old_cache(old: OldCache, bucket: str, root: bytes, listing: Listin
             path = path_for_key(old_key[1:])
             if not under_root(path, root):
                 continue
-            if old_row_holds(path, ts, listed[old_key]):
-                rows.append((path, listed[old_key].size, ts))
+            mtime = old_row_mtime(path, ts, listed[old_key])
+            if mtime is not None:
+                rows.append((path, listed[old_key].size, mtime))
             else:
                 unproven += 1
         if rows:

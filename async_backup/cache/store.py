@@ -634,8 +634,8 @@ class StateStore:
             target.close()
 
 
-# A row as verify reads it: path, size, mtime_ns, checksum, ino, ctime_ns, unsure.
-VerifyRow = tuple[bytes, int | None, int, str | None, int | None, int | None, bool]
+# A row as verify reads it: path, size, mtime_ns, checksum, ino, ctime_ns, unsure, legacy_mtime.
+VerifyRow = tuple[bytes, int | None, int, str | None, int | None, int | None, bool, float | None]
 
 
 def iter_rows(store: StateStore, bucket: str) -> Iterator[VerifyRow]:
@@ -645,13 +645,14 @@ def iter_rows(store: StateStore, bucket: str) -> Iterator[VerifyRow]:
         return
     conn = connect(store.path, readonly=True)
     try:
-        evidence = evidence_columns(conn, ("ino", "ctime_ns", "unsure"))
+        # legacy_mtime: adopted rows compare at the old script's float precision, as the backup does
+        evidence = evidence_columns(conn, ("ino", "ctime_ns", "unsure", "legacy_mtime"))
         cursor = conn.execute(
             f"SELECT path, size, mtime_ns, checksum, {evidence} FROM files WHERE bucket=? ORDER BY path", (bucket,)
         )
         cursor.arraysize = 1000
         while rows := cursor.fetchmany():
-            for path, size, mtime_ns, checksum, ino, ctime_ns, unsure in rows:
-                yield bytes(path), size, mtime_ns, checksum, ino, ctime_ns, bool(unsure)
+            for path, size, mtime_ns, checksum, ino, ctime_ns, unsure, legacy_mtime in rows:
+                yield bytes(path), size, mtime_ns, checksum, ino, ctime_ns, bool(unsure), legacy_mtime
     finally:
         conn.close()

@@ -33,6 +33,7 @@ class TargetStats:
     adopted: int = 0  # rows taken from the old script's cache (a dry run: that would be)
     rebuilt_rows: int = 0  # cache rows rebuilt from S3 before planning
     rebuilt_gone: int = 0  # of those, objects whose file is gone from disk (so the run deletes them)
+    content_read_bytes: int = 0  # read by the rebuild to compare objects without mtime metadata by ETag
     rebuilt_from: str = ""  # e.g. "snapshot s3://b/k of 2026-12-01 03:12 UTC" or "bucket listing + N HeadObject"
     rebuild_due: bool = False  # dry run: the cache holds no rows, a real run rebuilds them first
     walk_finished: bool = False

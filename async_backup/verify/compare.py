@@ -152,7 +152,7 @@ def compare(
             check.repairs[path] = Removed(target.bucket, path)
 
     def on_row(row: VerifyRow, entry: WalkEntry | None, obj: ListedObject | None) -> None:
-        path, size, mtime_ns, checksum, ino, ctime_ns, unsure = row
+        path, size, mtime_ns, checksum, ino, ctime_ns, unsure, legacy_mtime = row
         check.cached += 1
         on_disk: bool | None
         if disk is None or isinstance(entry, Skipped) or (entry is None and _under(path, holes)):
@@ -161,7 +161,7 @@ def compare(
             on_disk = isinstance(entry, DiskFile)
         if isinstance(entry, DiskFile):
             check.on_disk = (check.on_disk or 0) + 1
-            recorded = Recorded(path, size, mtime_ns, None, ino, ctime_ns, unsure)
+            recorded = Recorded(path, size, mtime_ns, legacy_mtime, ino, ctime_ns, unsure)
             if not is_unchanged(entry, recorded):
                 check.not_backed_up += 1
             elif needs_proof(entry, recorded):
