@@ -121,6 +121,38 @@ def test_the_old_scripts_copies_on_a_new_machine_without_naming_stop_it(
     assert _buckets(s3_inspect) == before
 
 
+def test_the_old_scripts_buckets_alone_without_naming_stop_it(
+    old_site: dict[str, Any],  # noqa: F811
+    s3_inspect: Any,
+    moto_endpoint: str,
+):
+    """No db/ here and no copy in image-backup-cache (the old script never got to copy it): its
+    bucket of each target still holds the target's files."""
+    cache, buckets = old_site["cache"], old_site["buckets"]
+    for db in (cache / "db").iterdir():
+        db.unlink()
+    (cache / "db").rmdir()
+    own = str(cache).lstrip("/") + "/"
+    for obj in s3_inspect.list_objects_v2(Bucket=OLD_CACHE_BUCKET, Prefix=own).get("Contents", []):
+        s3_inspect.delete_object(Bucket=OLD_CACHE_BUCKET, Key=obj["Key"])
+    _set_naming(cache, None)
+    before = _buckets(s3_inspect)
+    raw = json.loads((cache / "config.json").read_text())
+    with ProxyServer(moto_endpoint) as proxy:
+        raw["aws"]["endpoint_url"] = proxy.url
+        (cache / "config.json").write_text(json.dumps(raw))
+        result = run_cli("--cache", str(cache))
+        records = proxy.wait_done()
+    _stopped(result)
+    line = next(x for x in result.stderr.splitlines() if SETTING in x)
+    assert f"the old script's buckets hold files of {len(buckets)} targets" in line, line
+    assert not [r for r in records if r.op in WRITES], [(r.op, r.bucket) for r in records]
+    old = [r for r in records if r.bucket in buckets.values()]
+    assert sorted(r.bucket or "" for r in old) == sorted(buckets.values())  # one listing each
+    assert {r.op for r in old} == {"ListObjectsV2"}
+    assert _buckets(s3_inspect) == before
+
+
 def test_naming_stable_written_out_starts_new_buckets_and_names_the_old_ones(
     old_site: dict[str, Any],  # noqa: F811
     s3_inspect: Any,

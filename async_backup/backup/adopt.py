@@ -47,6 +47,7 @@ class OldCaches:
         self.store = store
         self.collector = collector
         self._old_cache_bucket_keys: list[str] = []  # keys in the old script's cache bucket
+        self._old_buckets: list[str] = []  # the old script's buckets found holding a target's files
         self._copied_from: dict[Path, str] = {}  # a fetched copy's local path -> its URL in that bucket
 
     def of(self, run: TargetRun) -> Path | None:
@@ -125,6 +126,19 @@ class OldCaches:
         if self.config.naming == "legacy":
             self._warn_about_old_config_copy(self._config_copies())
 
+    async def find_old_buckets(self, s3: S3, buckets: dict[str, str]) -> None:
+        """Which of the old script's buckets for the targets (path -> bucket) hold that target's
+        files: one ListObjectsV2 (MaxKeys=1) each. A bucket that is not there, or not ours
+        (AccessDenied: names are global on AWS), holds nothing of ours."""
+        found: list[str] = []
+        for path, bucket in sorted(buckets.items()):
+            try:
+                if await s3.holds_any(bucket, path.lstrip("/") + "/"):
+                    found.append(bucket)
+            except S3Error as exc:
+                log.debug("bucket %s not read: %s", bucket, exc)
+        self._old_buckets = found
+
     def _config_copies(self) -> list[str]:
         return [k for k in self._old_cache_bucket_keys if k == "config.json" or k.endswith("/config.json")]
 
@@ -148,17 +162,18 @@ class OldCaches:
         if self.config.naming == "legacy":
             return
         local, copies = self.old_installation()
-        if not local and not copies:
+        if not local and not copies and not self._old_buckets:
             return
         names = sorted(set(local) | set(copies))
-        buckets = sorted({legacy_bucket_of(old_target_name(n)) for n in names})
+        buckets = sorted({legacy_bucket_of(old_target_name(n)) for n in names} | set(self._old_buckets))
         shown = ", ".join(buckets[:3]) + (f" and {len(buckets) - 3} more" if len(buckets) > 3 else "")
         cache_dir = self.config.source.parent
-        where = (
-            f"{cache_dir}/{LEGACY_DB_DIR} holds the old script's caches of {len(names)} targets"
-            if local
-            else f"s3://{LEGACY_CACHE_BUCKET} holds the old script's caches of {len(names)} targets of {cache_dir}"
-        )
+        if local:
+            where = f"{cache_dir}/{LEGACY_DB_DIR} holds the old script's caches of {len(names)} targets"
+        elif copies:
+            where = f"s3://{LEGACY_CACHE_BUCKET} holds the old script's caches of {len(names)} targets of {cache_dir}"
+        else:
+            where = f"the old script's buckets hold files of {len(self._old_buckets)} targets"
         if not self.config.naming_set:
             # The run stops before its report: the exposed keys are said here, not in the summary.
             for warning in self._config_copy_warnings(self._config_copies()):

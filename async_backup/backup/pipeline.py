@@ -37,7 +37,7 @@ from ..report.summary import TargetStats
 from ..s3.client import S3, open_s3
 from ..s3.pricing import RequestTally, upload_requests
 from ..settings.config import Config
-from ..settings.targets import Target
+from ..settings.targets import Target, old_script_buckets
 from .adopt import OldCaches
 from .budget import ByteBudget
 from .cleanup import CrashCleanup
@@ -130,8 +130,14 @@ class Backup:
             # and a cache that knows no target yet (a new machine, a lost cache), where its copies
             # of this directory's db/ stop a run that would start new buckets beside them by mistake.
             # A cache that has run before sends nothing more; the local db/ is looked at every run.
-            if self.config.naming == "legacy" or not await anyio.to_thread.run_sync(self.store.known_targets):
+            first_here = not await anyio.to_thread.run_sync(self.store.known_targets)
+            if self.config.naming == "legacy" or first_here:
                 await self.old_caches.read_bucket(s3)
+            if self.config.naming != "legacy" and first_here:
+                # ... and the old script's bucket of each target, for its files (MaxKeys=1 each).
+                paths = [r.target.path for r in self.runs if not r.target.missing]
+                old = await anyio.to_thread.run_sync(old_script_buckets, self.config, paths)
+                await self.old_caches.find_old_buckets(s3, old)
             self.old_caches.check_naming()
             # Only now: a stopped run must not remember names the operator is about to change.
             await anyio.to_thread.run_sync(self._remember_targets)
