@@ -381,8 +381,6 @@ def _run(config: Config, cache_dir: Path, args: argparse.Namespace, collector: F
         targets = select_targets(discover_targets(config, store.known_targets()), args.only, "--only")
         for warning in nested_target_warnings(targets):
             log.warning("%s", warning)
-        if not args.dry_run:
-            store.remember_targets((t.path, t.bucket, t.root) for t in targets if not t.missing and not t.problem)
         if args.dry_run and (args.reset or args.upload_everything_again):
             store.close()
             store = StateStore(cache_dir / "nonexistent-for-dry-reset", readonly=True)

@@ -133,7 +133,13 @@ def test_first_run_sends_one_put_per_file_and_sets_each_bucket_up_once(
     assert sum(ops[b]["GetBucketVersioning"] for b in buckets.values()) == len(buckets), shown
     assert sum(1 for r in records if r.op == "PutObject" and r.bucket in buckets.values()) == len(site["files"])
     assert not any(r.op in ("UploadPart", "CreateMultipartUpload", "DeleteObjects") for r in records), shown
-    assert set(ops) <= {*buckets.values(), site["cache_bucket"]}, shown
+    # A cache that knows no target yet asks once whether the old script left this directory's
+    # caches in its cache bucket, and whether its bucket of each target holds the target's files
+    # (a forgotten "naming": "legacy" on a new machine): one listing each.
+    assert ops["image-backup-cache"] == Counter({"ListObjectsV2": 1}), shown
+    old = {b for b in ops if b and b.startswith("images--")}
+    assert all(ops[b] == Counter({"ListObjectsV2": 1}) for b in old) and len(old) <= len(buckets), shown
+    assert set(ops) <= {*buckets.values(), site["cache_bucket"], "image-backup-cache", *old}, shown
 
 
 def test_second_run_without_changes_writes_nothing_to_any_target_bucket(

@@ -1,5 +1,9 @@
 """Adopting the old script's cache: its local db/ files, and its copies in its cache bucket.
 
+Also owns the stop before a run that would start new buckets beside an old script's
+installation by mistake (no "naming" in config.json while this cache directory holds the old
+script's db/ caches, here or as its copies in `image-backup-cache`).
+
 Owns finding a legacy-named target's old cache (on disk, else the copy the old script left in
 `image-backup-cache`), adopting its rows against the bucket listing, the warning about the
 config.json copy (AWS keys included) the old script left in that bucket, and, in a dry run,
@@ -15,13 +19,23 @@ from pathlib import Path
 
 import anyio
 
-from ..cache.legacy import LEGACY_CACHE_BUCKET, OldCache, OldCacheError, old_cache_name, old_cache_path
+from ..cache.legacy import (
+    LEGACY_CACHE_BUCKET,
+    LEGACY_DB_DIR,
+    OldCache,
+    OldCacheError,
+    old_cache_files,
+    old_cache_name,
+    old_cache_path,
+    old_target_name,
+)
 from ..cache.rebuild import OLD_UPLOAD_MARGIN_S, Listing, needs_rebuild, rows_from_old_cache
 from ..cache.records import Recorded
 from ..cache.store import StateStore
-from ..errors import Failure, FailureCollector, FailureKind, S3Error
+from ..errors import ConfigError, Failure, FailureCollector, FailureKind, S3Error
 from ..s3.client import S3
 from ..settings.config import Config
+from ..settings.naming import legacy_bucket_of
 from .runs import TargetRun
 
 log = logging.getLogger(__name__)
@@ -32,7 +46,9 @@ class OldCaches:
         self.config = config
         self.store = store
         self.collector = collector
-        self._old_cache_bucket_keys: list[str] = []  # keys in the old script's cache bucket (legacy naming)
+        self._old_cache_bucket_keys: list[str] = []  # keys in the old script's cache bucket
+        self._old_buckets: list[str] = []  # the old script's buckets found holding a target's files
+        self._copied_from: dict[Path, str] = {}  # a fetched copy's local path -> its URL in that bucket
 
     def of(self, run: TargetRun) -> Path | None:
         """The old script's cache of a legacy-named target, if it left one."""
@@ -107,7 +123,71 @@ class OldCaches:
             log.debug("bucket %s not read: %s", LEGACY_CACHE_BUCKET, exc)
             return
         self._old_cache_bucket_keys = found
-        self._warn_about_old_config_copy([k for k in found if k == "config.json" or k.endswith("/config.json")])
+        if self.config.naming == "legacy":
+            self._warn_about_old_config_copy(self._config_copies())
+
+    async def find_old_buckets(self, s3: S3, buckets: dict[str, str]) -> None:
+        """Which of the old script's buckets for the targets (path -> bucket) hold that target's
+        files: one ListObjectsV2 (MaxKeys=1) each. A bucket that is not there, or not ours
+        (AccessDenied: names are global on AWS), holds nothing of ours."""
+        found: list[str] = []
+        for path, bucket in sorted(buckets.items()):
+            try:
+                if await s3.holds_any(bucket, path.lstrip("/") + "/"):
+                    found.append(bucket)
+            except S3Error as exc:
+                log.debug("bucket %s not read: %s", bucket, exc)
+        self._old_buckets = found
+
+    def _config_copies(self) -> list[str]:
+        return [k for k in self._old_cache_bucket_keys if k == "config.json" or k.endswith("/config.json")]
+
+    def old_installation(self) -> tuple[list[str], list[str]]:
+        """The old script's caches of this cache directory: its local `db/*.db` files, and the
+        copies of them it left in its cache bucket (known once `read_bucket` ran; a dry run sends
+        no request and sees only the local ones). Two sorted lists of file names."""
+        cache_dir = self.config.source.parent
+        own = str(cache_dir).lstrip("/") + f"/{LEGACY_DB_DIR}/"
+        copies = sorted(
+            k[len(own) :]
+            for k in self._old_cache_bucket_keys
+            if k.startswith(own) and k.endswith(".db") and "/" not in k[len(own) :]
+        )
+        return old_cache_files(cache_dir), copies
+
+    def check_naming(self) -> None:
+        """Beside an old script's installation, a run without "naming" in config.json stops
+        before any bucket is made or any file uploaded: it would upload everything again into
+        new buckets and leave the old ones behind. A "naming" written out is the operator's choice."""
+        if self.config.naming == "legacy":
+            return
+        local, copies = self.old_installation()
+        if not local and not copies and not self._old_buckets:
+            return
+        names = sorted(set(local) | set(copies))
+        buckets = sorted({legacy_bucket_of(old_target_name(n)) for n in names} | set(self._old_buckets))
+        shown = ", ".join(buckets[:3]) + (f" and {len(buckets) - 3} more" if len(buckets) > 3 else "")
+        cache_dir = self.config.source.parent
+        if local:
+            where = f"{cache_dir}/{LEGACY_DB_DIR} holds the old script's caches of {len(names)} targets"
+        elif copies:
+            where = f"s3://{LEGACY_CACHE_BUCKET} holds the old script's caches of {len(names)} targets of {cache_dir}"
+        else:
+            where = f"the old script's buckets hold files of {len(self._old_buckets)} targets"
+        if not self.config.naming_set:
+            # The run stops before its report: the exposed keys are said here, not in the summary.
+            for warning in self._config_copy_warnings(self._config_copies()):
+                log.warning("%s", warning.message)
+            raise ConfigError(
+                f"{where} (buckets {shown}): set \"naming\": \"legacy\" in backup of config.json to adopt the "
+                "existing script's installation, or \"naming\": \"stable\" to start new buckets on purpose"
+            )
+        self._warn_about_old_config_copy(self._config_copies())
+        message = (
+            f'{where}; "naming": "{self.config.naming}" is set, so its buckets ({shown}) are left alone and '
+            "this run backs up into new buckets"
+        )
+        self.collector.warn(Failure(FailureKind.ADOPTION, "run", f"{cache_dir}/{LEGACY_DB_DIR}", message))
 
     async def fetch_copy(self, s3: S3, run: TargetRun, tmp: Path) -> Path | None:
         """The old script's cache of the target as it last copied it to its cache bucket, for when
@@ -143,13 +223,22 @@ class OldCaches:
             )
             return None
         log.info("%s: no local old cache; using its copy s3://%s/%s", run.target.path, LEGACY_CACHE_BUCKET, key)
+        self._copied_from[dest] = f"s3://{LEGACY_CACHE_BUCKET}/{key}"
         return dest
+
+    def describe(self, path: Path) -> str:
+        """Where an adopted old cache came from, for the log: the local file, or its copy's URL."""
+        return self._copied_from.get(path, str(path))
 
     def _warn_about_old_config_copy(self, keys: list[str]) -> None:
         """The old script copied config.json, AWS keys included, to its cache bucket after every run.
         Say so once per run (never delete it: it may be someone's only copy of that config)."""
+        for warning in self._config_copy_warnings(keys):
+            self.collector.warn(warning)
+
+    def _config_copy_warnings(self, keys: list[str]) -> list[Failure]:
         if not keys:
-            return
+            return []
         own = str(self.store.cache_dir).lstrip("/") + "/config.json"  # this cache directory's copy first
         keys.sort(key=lambda k: k != own)
         more = f" (and {len(keys) - 1} more config.json objects)" if len(keys) > 1 else ""
@@ -158,4 +247,4 @@ class OldCaches:
             f"s3://{LEGACY_CACHE_BUCKET}/{keys[0]}{more}: rotate those keys and delete that object "
             "(async-backup never deletes it)"
         )
-        self.collector.warn(Failure(FailureKind.SECRETS_EXPOSED, "cache", f"s3://{LEGACY_CACHE_BUCKET}", message))
+        return [Failure(FailureKind.SECRETS_EXPOSED, "cache", f"s3://{LEGACY_CACHE_BUCKET}", message)]

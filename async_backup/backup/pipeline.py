@@ -37,7 +37,7 @@ from ..report.summary import TargetStats
 from ..s3.client import S3, open_s3
 from ..s3.pricing import RequestTally, upload_requests
 from ..settings.config import Config
-from ..settings.targets import Target
+from ..settings.targets import Target, old_script_buckets
 from .adopt import OldCaches
 from .budget import ByteBudget
 from .cleanup import CrashCleanup
@@ -113,6 +113,7 @@ class Backup:
         anyio.to_thread.current_default_thread_limiter().total_tokens = self.config.tuning.file_threads
         await anyio.to_thread.run_sync(self.guards.read_recorded_devices, self.runs)
         if self.options.dry_run:
+            self.old_caches.check_naming()  # from the local db/ only: a dry run sends no request
             await self._plan_only()
             return
         tuning = self.config.tuning
@@ -125,8 +126,21 @@ class Backup:
                 s3, self.config, self.store, self.collector, self.settings, self._limits, self._buckets
             )
             await self.buckets.check_endpoint(self.runs)
-            if self.config.naming == "legacy":
+            # The old script's cache bucket is listed once where its copies matter: legacy naming,
+            # and a cache that knows no target yet (a new machine, a lost cache), where its copies
+            # of this directory's db/ stop a run that would start new buckets beside them by mistake.
+            # A cache that has run before sends nothing more; the local db/ is looked at every run.
+            first_here = not await anyio.to_thread.run_sync(self.store.known_targets)
+            if self.config.naming == "legacy" or first_here:
                 await self.old_caches.read_bucket(s3)
+            if self.config.naming != "legacy" and first_here:
+                # ... and the old script's bucket of each target, for its files (MaxKeys=1 each).
+                paths = [r.target.path for r in self.runs if not r.target.missing]
+                old = await anyio.to_thread.run_sync(old_script_buckets, self.config, paths)
+                await self.old_caches.find_old_buckets(s3, old)
+            self.old_caches.check_naming()
+            # Only now: a stopped run must not remember names the operator is about to change.
+            await anyio.to_thread.run_sync(self._remember_targets)
             await cleanup.abort_leftover_uploads(self.runs)
             if self.options.rebuild:
                 await Rebuild(s3, self.config, self.store, self.collector, self.old_caches).rebuild_caches(self.runs)
@@ -159,6 +173,10 @@ class Backup:
             if self.options.backup_cache and await snapshot_due(self.store, self._cache_changed()):
                 log_path = self.store.cache_dir / LOG_NAME
                 await upload_snapshot(s3, self.config, self.store, self.collector, log_path, LOG_MAX_BYTES)
+
+    def _remember_targets(self) -> None:
+        usable = [r.target for r in self.runs if not r.target.missing and not r.target.problem]
+        self.store.remember_targets((t.path, t.bucket, t.root) for t in usable)
 
     def _cache_changed(self) -> bool:
         return any(r.stats.new or r.stats.updated or r.stats.deleted or r.device_recorded for r in self.runs)

@@ -90,6 +90,7 @@ class Rebuild:
                     return
                 await anyio.to_thread.run_sync(self.store.set_meta, mark, str(time.time()))
                 sources = []
+                adopted_from = ""  # the log line's source; the summary counts adopted rows apart
                 found = await snapshots.newest_holding(bucket)
                 old_cache = self.old_caches.of(run)
                 if found is None and old_cache is None:
@@ -111,9 +112,12 @@ class Rebuild:
                     sources.append(snapshot.describe())
                 elif old_cache is not None:
                     run.stats.adopted = await anyio.to_thread.run_sync(self.old_caches.adopt, run, old_cache, listing)
+                    if run.stats.adopted:  # an unreadable old cache was one warning and yields nothing
+                        described = self.old_caches.describe(old_cache)
+                        adopted_from = f"the old script's cache {described} ({run.stats.adopted:,} rows adopted)"
                 heads, rows = await self.rebuild_from_listing(run, listing)
                 run.stats.rebuilt_rows += rows
-                if found is None and old_cache is None:
+                if found is None and not adopted_from:
                     sources.append(f"bucket listing ({listing.requests:,} ListObjectsV2) + {heads:,} HeadObject")
                 elif heads:
                     held = "the snapshot" if found is not None else "the old cache"
@@ -125,9 +129,9 @@ class Rebuild:
                     "%s -> s3://%s: the cache held no rows; %d of %d objects rebuilt from %s%s",
                     run.target.path,
                     bucket,
-                    run.stats.rebuilt_rows,
+                    run.stats.rebuilt_rows + (run.stats.adopted if adopted_from else 0),
                     listing.count,
-                    run.stats.rebuilt_from,
+                    " + ".join(x for x in (adopted_from, run.stats.rebuilt_from) if x),
                     f"; {run.stats.rebuilt_gone:,} of them for files gone from disk, deleted from S3 by this run "
                     "unless the deletion guard holds them back"
                     if run.stats.rebuilt_gone

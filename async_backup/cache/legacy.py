@@ -34,6 +34,19 @@ def old_cache_name(name: str) -> str:
     return f"{LEGACY_DB_DIR}/{urllib.parse.quote_plus(name)}.db"
 
 
+def old_cache_files(cache_dir: Path) -> list[str]:
+    """The old script's caches in a cache directory (`db/*.db` file names): the mark of its installation."""
+    try:
+        return sorted(p.name for p in (cache_dir / LEGACY_DB_DIR).glob("*.db") if p.is_file())
+    except OSError:
+        return []
+
+
+def old_target_name(cache_file: str) -> str:
+    """The target name an old cache file is named after (`archives%2FArchive+3.db` -> `archives/Archive 3`)."""
+    return urllib.parse.unquote_plus(cache_file.removesuffix(".db"))
+
+
 def old_cache_path(cache_dir: Path, name: str) -> Path:
     """Where the old script keeps a target's cache."""
     return cache_dir / old_cache_name(name)

@@ -478,6 +478,12 @@ class S3:
         self._client.meta.events.register("before-send.s3", on_send)
         return counts
 
+    async def holds_any(self, bucket: str, prefix: str) -> bool:
+        """Whether the bucket holds a current object under `prefix`: one ListObjectsV2, MaxKeys=1."""
+        async with self._mapped(f"ListObjectsV2 {bucket}"):
+            page = await self._client.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
+        return bool(page.get("Contents"))
+
     async def list_current(self, bucket: str, prefix: str = "") -> AsyncIterator[list[ListedObject]]:
         """The bucket's current objects under `prefix`, one list per ListObjectsV2 page (one request)."""
         args: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}

@@ -111,6 +111,9 @@ class Config:
     aws: AwsSettings = field(default_factory=AwsSettings)
     bucket_prefix: str = DEFAULT_BUCKET_PREFIX
     naming: Naming = "stable"
+    # Whether config.json names it: only a written-out "stable" may start new buckets beside an
+    # old script's installation (the old script's config.json has no such key).
+    naming_set: bool = False
     exclude: tuple[str, ...] = ()
     storage_class: str = DEFAULT_STORAGE_CLASS
     noncurrent_days: int = DEFAULT_NONCURRENT_DAYS
@@ -269,6 +272,7 @@ def parse_config(raw: Any, source: Path, warnings: list[str] | None = None) -> C
         aws=aws,
         bucket_prefix=prefix,
         naming=naming,  # type: ignore[arg-type]
+        naming_set=backup.get("naming") is not None,
         exclude=exclude,
         storage_class=storage_class,
         noncurrent_days=noncurrent_days,

@@ -87,7 +87,12 @@ def legacy_name(target: str, common: str) -> str:
 def legacy_bucket_name(path: str, common: str) -> str:
     """The old script's bucket: "images--" + the name, every character outside [a-zA-Z0-9]
     replaced by "-", lowercased (`archives/Archive 3` -> `images--archives-archive-3`)."""
-    return LEGACY_PREFIX + re.sub(r"[^a-zA-Z0-9]", "-", legacy_name(path, common)).lower()
+    return legacy_bucket_of(legacy_name(path, common))
+
+
+def legacy_bucket_of(name: str) -> str:
+    """The old script's bucket of a target's name (as its cache file `db/<quote_plus(name)>.db` keeps it)."""
+    return LEGACY_PREFIX + re.sub(r"[^a-zA-Z0-9]", "-", name).lower()
 
 
 def legacy_common(paths: Sequence[str]) -> str:

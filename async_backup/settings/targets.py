@@ -13,6 +13,7 @@ stops everything (exit 2).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -47,6 +48,14 @@ class Target:
     @property
     def path_bytes(self) -> bytes:
         return os.fsencode(self.path)
+
+
+def old_script_buckets(config: Config, paths: Sequence[str]) -> dict[str, str]:
+    """The old script's buckets for these targets (path -> bucket), whatever `config.naming` says:
+    where a forgotten "naming": "legacy" would have found them. Valid names only."""
+    wanted = set(paths)
+    legacy = discover_targets(dataclasses.replace(config, naming="legacy"), {})
+    return {t.path: t.bucket for t in legacy if t.path in wanted and t.bucket and not t.problem and not t.missing}
 
 
 def discover_targets(config: Config, known: Mapping[str, tuple[str, str | None]]) -> list[Target]:
