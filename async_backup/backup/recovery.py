@@ -38,7 +38,8 @@ from ..disk.digest import content_proves_etag, etag_computable
 from ..disk.keys import display_path
 from ..errors import Failure, FailureCollector, FailureKind, S3Error, unwrapped_group
 from ..report.summary import format_bytes
-from ..s3.client import S3
+from ..s3.buckets import FOREIGN_CODE, owned_elsewhere
+from ..s3.client import S3, foreign_bucket_message
 from ..s3.objects import parse_mtime_metadata
 from ..settings.config import Config
 from .adopt import OldCaches
@@ -147,6 +148,12 @@ class Rebuild:
                 listing.close()
         except S3Error as exc:
             run.held_back = True
+            if await owned_elsewhere(self.s3, bucket, exc):
+                message = foreign_bucket_message(bucket)
+                self.collector.add(
+                    Failure(FailureKind.BUCKET, run.target.path, f"s3://{bucket}", message, FOREIGN_CODE)
+                )
+                return
             self.collector.add(
                 Failure(
                     FailureKind.REBUILD,

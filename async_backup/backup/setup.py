@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..errors import Failure, FailureCollector, FailureKind, FatalError, S3Error
-from ..s3.buckets import ensure_bucket
+from ..s3.buckets import DENIED_CODES, ensure_bucket, owned_elsewhere
 from ..s3.client import S3, endpoint_name
 from ..settings.config import Config
 from .runs import TargetRun
@@ -45,7 +45,9 @@ class BucketSetup:
                     f"S3 at {where} took the connection but sent no answer within {answer_within_s:g} s; "
                     "check aws.endpoint_url (an S3 server, its port, http or https) and any proxy or firewall between"
                 ) from None
-            if exc.code in ("AccessDenied", "403", "Forbidden"):
+            if exc.code in DENIED_CODES:
+                if named and await owned_elsewhere(self.s3, probe, exc):
+                    return  # the credentials work; that target fails alone at its bucket setup
                 raise FatalError(
                     f"S3 at {where} denied access to bucket {probe} ({exc.code}); check the credentials' "
                     "permissions (see the README's IAM policy)"
@@ -62,7 +64,8 @@ class BucketSetup:
             try:
                 # Multipart uploads left in it by others (another installation) are the lifecycle
                 # rule's to abort, never ours: see cleanup.
-                await ensure_bucket(self.s3, run.target.bucket, self.config.noncurrent_days)
+                pinned = any(f.bucket == run.target.bucket for f in self.config.folders)
+                await ensure_bucket(self.s3, run.target.bucket, self.config.noncurrent_days, chosen=pinned)
             except S3Error as exc:
                 run.bucket_failed = True
                 self.collector.add(

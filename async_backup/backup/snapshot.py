@@ -43,7 +43,8 @@ async def upload_snapshot(
         with tempfile.TemporaryDirectory(prefix="async-backup-") as tmp:
             snapshot = Path(tmp) / "snapshot.db"
             packed = await anyio.to_thread.run_sync(pack_snapshot, store, snapshot)
-            await ensure_bucket(s3, bucket, config.noncurrent_days, versioned=False)
+            chosen = bool(config.cache_bucket)
+            await ensure_bucket(s3, bucket, config.noncurrent_days, versioned=False, chosen=chosen)
             key = snapshot_key(store.cache_dir)
             sent = await s3.put_plain_file(bucket, key, str(packed))
             if log_path.exists():  # noqa: ASYNC240 - one stat of a local file, as it always was

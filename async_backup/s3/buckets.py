@@ -9,13 +9,28 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from .client import S3
+from ..errors import S3Error
+from .client import S3, foreign_bucket_message
 
 log = logging.getLogger(__name__)
 
 RULE_PREFIX = "async-backup-"
 # Incomplete multipart uploads cost storage until aborted; a week covers any run.
 ABORT_INCOMPLETE_DAYS = 7
+DENIED_CODES = ("AccessDenied", "403", "Forbidden")
+FOREIGN_CODE = "BucketOwnedByAnotherAccount"
+
+
+async def owned_elsewhere(s3: S3, bucket: str, denied: S3Error) -> bool:
+    """Whether `denied`, S3's answer to a request on `bucket`, means the bucket is another
+    account's: AWS denies such a bucket (unless its policy shares it), and one of our own would be
+    in the credentials' bucket list. False when that list is denied too (unknown)."""
+    if denied.code not in DENIED_CODES:
+        return False
+    try:
+        return await s3.owns_bucket(bucket) is False
+    except S3Error:
+        return False
 
 
 def lifecycle_rules(noncurrent_days: int) -> list[dict[str, Any]]:
@@ -55,14 +70,28 @@ def _rule_core(rule: dict[str, Any]) -> dict[str, Any]:
     return core
 
 
-async def ensure_bucket(s3: S3, bucket: str, noncurrent_days: int, *, versioned: bool = True) -> bool:
-    """Make `bucket` exist with our settings; returns True when it was created now."""
-    status = None if s3.known_missing(bucket) else await s3.bucket_versioning(bucket)
+async def ensure_bucket(
+    s3: S3, bucket: str, noncurrent_days: int, *, versioned: bool = True, chosen: bool = False
+) -> bool:
+    """Make `bucket` exist with our settings; returns True when it was created now.
+
+    A generated name found on another account's bucket is a collision (names are global on AWS);
+    a name the operator `chosen` (pinned) may be another account's bucket shared on purpose, a
+    central backup account's, say."""
+    try:
+        status = None if s3.known_missing(bucket) else await s3.bucket_versioning(bucket)
+    except S3Error as exc:
+        if await owned_elsewhere(s3, bucket, exc):
+            raise S3Error(FOREIGN_CODE, foreign_bucket_message(bucket)) from None
+        raise
     created = status is None
     if created:
         await s3.create_bucket(bucket)
         await s3.block_public_access(bucket)
         log.info("created bucket %s", bucket)
+    elif not chosen and await s3.owns_bucket(bucket) is False:
+        # Another account's bucket under our generated name: never configure or upload into it.
+        raise S3Error(FOREIGN_CODE, foreign_bucket_message(bucket))
     if not versioned:
         return created
     if status != "Enabled":

@@ -92,6 +92,15 @@ def client_config(aws: AwsSettings, tuning: Tuning) -> AioConfig:
     )
 
 
+def foreign_bucket_message(bucket: str) -> str:
+    """The one line for a bucket name another AWS account holds (bucket names are global)."""
+    return (
+        f"bucket {bucket} belongs to another AWS account (bucket names are global across accounts): "
+        'pin a name of your own with {"path": ..., "bucket": ...} in backup.folders, or backup.cache_bucket '
+        "for the cache bucket (or, before the first backup, a backup.bucket_prefix of your own)"
+    )
+
+
 def endpoint_name(aws: AwsSettings) -> str:
     """The endpoint as operators know it, safe for logs (no credentials in it)."""
     return aws.endpoint_url or f"AWS S3 ({aws.region})"
@@ -107,6 +116,7 @@ class S3:
         self.checksum_algorithm = "crc32" if aws.checksum_calculation == "when_supported" else "md5"
         # Every request this client sends, by operation and the storage class it is billed in.
         self.sent = RequestTally()
+        self._list_denied = False  # ListBuckets was denied: bucket ownership is unknown this run
         self._upload_class: dict[str, str] = {}  # multipart upload id -> storage class of its object
         # Buckets S3 said this run do not exist, until the run creates them: on a first run the
         # endpoint probe's 404 spares the rebuild's listing and the setup's versioning check (on
@@ -385,9 +395,41 @@ class S3:
             try:
                 await self._client.create_bucket(**args)
             except ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") != "BucketAlreadyOwnedByYou":
+                code = exc.response.get("Error", {}).get("Code")
+                if code == "BucketAlreadyExists":  # S3's answer when another account holds the name
+                    raise S3Error(code, foreign_bucket_message(bucket)) from None
+                if code != "BucketAlreadyOwnedByYou":
                     raise
         self._missing.discard(bucket)
+
+    async def owns_bucket(self, bucket: str) -> bool | None:
+        """Whether the credentials' account owns the existing `bucket`: S3 lets another account's
+        bucket be read and written where its policy allows, and the name alone says nothing.
+        ListBuckets lists only the caller's own buckets; narrowed to the name as prefix it is one
+        short request. None when ListBuckets is denied (no s3:ListAllMyBuckets): unknown. None on
+        other endpoints too: their bucket names are not shared with strangers, and a bucket another
+        user there created (an administrator, say) is shared on purpose."""
+        if self.aws.endpoint_url is not None or self._list_denied:
+            return None
+        found: set[str] = set()
+        token = ""
+        async with self._mapped(f"ListBuckets {bucket}"):
+            try:
+                while True:
+                    args: dict[str, Any] = {"Prefix": bucket}
+                    if token:
+                        args["ContinuationToken"] = token
+                    reply = await self._client.list_buckets(**args)
+                    found.update(str(b.get("Name", "")) for b in reply.get("Buckets", []))
+                    token = str(reply.get("ContinuationToken") or "")
+                    if bucket in found or not token:
+                        break
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in ("AccessDenied", "403"):
+                    self._list_denied = True  # once a run: the policy will not change meanwhile
+                    return None
+                raise
+        return bucket in found
 
     async def block_public_access(self, bucket: str) -> None:
         """Keep the bucket private. On AWS all four switches are set. Ceph RGW 16 refuses every
