@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,10 @@ def _set_config(cache: Path, *, folders: list[str], roots: list[str]) -> None:
 
 @pytest.fixture
 def adopted(tmp_path: Path, moto_endpoint: str, s3_inspect: Any, bucket_prefix: str) -> dict[str, Any]:
+    return _adopt(tmp_path, moto_endpoint, s3_inspect, bucket_prefix)
+
+
+def _adopt(tmp_path: Path, moto_endpoint: str, s3_inspect: Any, bucket_prefix: str, *args: str) -> dict[str, Any]:
     """Two folders and a root, common path `data`, backed up by the old script, then adopted."""
     tok = _token(tmp_path)
     data = tmp_path / "data"
@@ -72,7 +77,7 @@ def adopted(tmp_path: Path, moto_endpoint: str, s3_inspect: Any, bucket_prefix: 
     raw["notification"] = {}  # the old script needs the section to exist
     (cache / "config.json").write_text(json.dumps(raw))
     buckets = run_old_script(cache, s3_inspect)
-    first = run_cli("--cache", str(cache))
+    first = run_cli("--cache", str(cache), *args)
     assert first.returncode == 0, first.stderr
     assert "0 files uploaded" in first.stderr
     return {
@@ -133,3 +138,24 @@ def test_a_subfolder_added_after_a_root_outside_the_common_path_is_named_like_it
     names = {b["Name"] for b in s3_inspect.list_buckets()["Buckets"]}
     assert f"images--archives-later-{tok}" in names
     assert f"images--data-archives-later-{tok}" not in names
+
+
+@pytest.mark.parametrize("old_caches", ["local", "copies"])
+def test_without_any_snapshot_the_old_caches_give_the_names_back(
+    tmp_path: Path, moto_endpoint: str, s3_inspect: Any, bucket_prefix: str, old_caches: str
+):
+    """Every run with --no-cache-backup: no snapshot names the targets. The old script's caches (its
+    db/ here, or its copies in image-backup-cache on a new machine) name them at its common path."""
+    site = _adopt(tmp_path, moto_endpoint, s3_inspect, bucket_prefix, "--no-cache-backup")
+    cache = site["cache"]
+    _set_config(cache, folders=site["folders"], roots=[])
+    removed = run_cli("--cache", str(cache), "--no-cache-backup")
+    assert removed.returncode == 0, removed.stderr
+    before = _state(s3_inspect)
+    _lose_cache(cache)
+    if old_caches == "copies":
+        shutil.rmtree(cache / "db")
+    lost = run_cli("--cache", str(cache), "--no-cache-backup")
+    assert lost.returncode == 0, lost.stderr
+    assert "0 files uploaded" in lost.stderr, lost.stderr
+    assert _state(s3_inspect) == before
