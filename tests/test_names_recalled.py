@@ -159,3 +159,21 @@ def test_without_any_snapshot_the_old_caches_give_the_names_back(
     assert lost.returncode == 0, lost.stderr
     assert "0 files uploaded" in lost.stderr, lost.stderr
     assert _state(s3_inspect) == before
+
+
+def test_a_dry_run_on_a_lost_cache_sends_no_request(adopted: dict[str, Any], moto_endpoint: str):
+    """The names in use are read from S3 only by a real run; a dry run takes the old caches here."""
+    from s3proxy import ProxyServer
+
+    cache = adopted["cache"]
+    _set_config(cache, folders=adopted["folders"], roots=[])
+    _lose_cache(cache)
+    raw = json.loads((cache / "config.json").read_text())
+    with ProxyServer(moto_endpoint) as proxy:
+        raw["aws"]["endpoint_url"] = proxy.url
+        (cache / "config.json").write_text(json.dumps(raw))
+        result = run_cli("--cache", str(cache), "--dry-run")
+        records = proxy.wait_done()
+    assert result.returncode == 0, result.stderr
+    assert records == []
+    assert "0 files uploaded" in result.stderr, result.stderr  # the old caches found at the names in use

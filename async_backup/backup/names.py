@@ -52,16 +52,30 @@ async def recall_target_names(config: Config, cache_dir: Path) -> Known:
     return known
 
 
-async def _old_cache_names(s3: S3, cache_dir: Path) -> tuple[str, set[str]]:
-    """The old script's target names, from its db/ folder here, else from this cache directory's
-    copies in its cache bucket (one ListObjectsV2)."""
+def recall_target_names_offline(config: Config, cache_dir: Path) -> Known:
+    """A dry run sends no request: the names the old script's db/ folder here gives, if any."""
+    source, names = _local_old_cache_names(cache_dir)
+    known = names_from_old_caches(config, names)
+    if known:
+        log.info("bucket names of %d targets recalled from %s", len(known), source)
+    return known
+
+
+def _local_old_cache_names(cache_dir: Path) -> tuple[str, set[str]]:
     local = cache_dir / LEGACY_DB_DIR
     try:
         files = [f for f in os.listdir(local) if f.endswith(".db")]
     except OSError:
-        files = []
-    if files:
-        return str(local), {urllib.parse.unquote_plus(f[: -len(".db")]) for f in files}
+        return "", set()
+    return str(local), {urllib.parse.unquote_plus(f[: -len(".db")]) for f in files}
+
+
+async def _old_cache_names(s3: S3, cache_dir: Path) -> tuple[str, set[str]]:
+    """The old script's target names, from its db/ folder here, else from this cache directory's
+    copies in its cache bucket (one ListObjectsV2)."""
+    source, local = _local_old_cache_names(cache_dir)
+    if local:
+        return source, local
     prefix = str(cache_dir).lstrip("/") + f"/{LEGACY_DB_DIR}/"
     keys: list[str] = []
     try:
