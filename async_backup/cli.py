@@ -24,6 +24,7 @@ from typing import Any
 import anyio
 
 from . import __version__
+from .backup.names import recall_target_names, recall_target_names_offline
 from .backup.pipeline import Backup
 from .backup.runs import RunOptions
 from .cache.store import StateStore
@@ -378,7 +379,8 @@ def _run(config: Config, cache_dir: Path, args: argparse.Namespace, collector: F
         elif args.reset and not args.dry_run:
             store.reset()
             log.info("cache reset: its rows are rebuilt from S3 before planning")
-        targets = select_targets(discover_targets(config, store.known_targets()), args.only, "--only")
+        known = _known_targets(config, store, cache_dir, dry_run=args.dry_run)
+        targets = select_targets(discover_targets(config, known), args.only, "--only")
         for warning in nested_target_warnings(targets):
             log.warning("%s", warning)
         if args.dry_run and (args.reset or args.upload_everything_again):
@@ -387,6 +389,19 @@ def _run(config: Config, cache_dir: Path, args: argparse.Namespace, collector: F
         return _execute(config, targets, store, collector, held, args)
     finally:
         store.close()
+
+
+def _known_targets(
+    config: Config, store: StateStore, cache_dir: Path, *, dry_run: bool
+) -> dict[str, tuple[str, str | None]]:
+    """The cache's targets; on a cache without any, legacy names in use are read back from the
+    newest snapshot first: they cannot be computed again once the config changed."""
+    known = store.known_targets()
+    if known or config.naming != "legacy":
+        return known
+    if dry_run:  # a dry run sends no request before planning
+        return recall_target_names_offline(config, cache_dir)
+    return anyio.run(recall_target_names, config, cache_dir)
 
 
 def event_loop_options() -> dict[str, Any]:

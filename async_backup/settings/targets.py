@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from ..errors import ConfigError
@@ -99,7 +99,7 @@ def discover_targets(config: Config, known: Mapping[str, tuple[str, str | None]]
         candidates.extend((child, None, root, False) for child in children)
         candidates.extend((p, None, root, True) for p in known_under_root if p not in present)
 
-    common = _legacy_common(config, known, [c[0] for c in candidates]) if config.naming == "legacy" else "/"
+    common_for = _legacy_commons(config, known, [c[0] for c in candidates])
     targets: list[Target] = []
     seen_paths: set[str] = set()
     for path, pinned, found_under, missing in candidates:
@@ -108,6 +108,7 @@ def discover_targets(config: Config, known: Mapping[str, tuple[str, str | None]]
         seen_paths.add(path)
         recorded = known.get(path)
         bucket: str
+        common = common_for(path, recorded[0] if recorded else None)
         old_name = legacy_name(path, common) if config.naming == "legacy" else None
         if pinned:
             bucket = pinned
@@ -164,20 +165,38 @@ def _is_folder(entry: os.DirEntry[str]) -> bool:
         return False
 
 
-def _legacy_common(config: Config, known: Mapping[str, tuple[str, str | None]], candidates: list[str]) -> str:
-    """The common path legacy names are relative to.
+def _legacy_commons(
+    config: Config, known: Mapping[str, tuple[str, str | None]], candidates: list[str]
+) -> Callable[[str, str | None], str]:
+    """For a target path (and its recorded bucket), the common path its legacy name is relative to.
 
-    Once the cache knows legacy-named targets, the common path their names were made with is kept,
-    so a subfolder added later is named like its siblings (the old script would have renamed every
-    bucket instead). Before that, the old script's own rule over its own list of targets."""
+    Once the cache knows legacy-named targets, the common paths their names were made with are
+    kept: a recorded target keeps its own, and a subfolder added later is named relative to the
+    deepest remembered common path holding it, like its nearest siblings (the old script would have
+    renamed every bucket instead), also after a root outside it was added. Only a path outside every
+    remembered common path is named relative to the common path of those and the new paths. Before
+    any is known, the old script's own rule over its own list of targets."""
+    if config.naming != "legacy":
+        return lambda _path, _bucket: "/"  # unused: stable names depend on no other target
     inferred = {infer_common(path, bucket) for path, (bucket, _root) in known.items()}
-    inferred.discard(None)
-    if len(inferred) == 1:
-        common = inferred.pop()
-        assert common is not None
-        outside = [c for c in candidates if c != common and not c.startswith(common.rstrip("/") + "/")]
-        return legacy_common([common, *outside]) if outside else common
-    return legacy_common(legacy_target_list([f.path for f in config.folders], config.roots) or candidates)
+    remembered = sorted((c for c in inferred if c is not None), key=len, reverse=True)  # deepest first
+    if not remembered:
+        fresh = legacy_common(legacy_target_list([f.path for f in config.folders], config.roots) or candidates)
+        return lambda _path, _bucket: fresh
+    outside = [c for c in candidates if not any(_inside(c, r) for r in remembered)]
+    wide = legacy_common([*remembered, *outside])
+
+    def common_for(path: str, bucket: str | None) -> str:
+        own = infer_common(path, bucket) if bucket else None
+        if own is not None:
+            return own
+        return next((r for r in remembered if _inside(path, r)), wide)
+
+    return common_for
+
+
+def _inside(path: str, common: str) -> bool:
+    return path != common and path.startswith(common.rstrip("/") + "/")
 
 
 def check_collisions(targets: list[Target], where: str, cache_bucket: str | None) -> None:
