@@ -7,12 +7,33 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
-from conftest import make_tree, run_cli, write_config
+from conftest import ACCESS_KEY, REGION, SECRET_KEY, make_tree, moto_server, run_cli, write_config
 from oldscript import run_old_script
+
+
+@pytest.fixture
+def moto_endpoint() -> Iterator[str]:
+    """A moto server of each test's own: `_state` lists every bucket and version the server holds,
+    which on the session's shared server (hundreds of buckets by then) took most of a minute."""
+    with moto_server(AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=SECRET_KEY) as url:
+        yield url
+
+
+@pytest.fixture
+def s3_inspect(moto_endpoint: str) -> Any:
+    return boto3.client(
+        "s3",
+        endpoint_url=moto_endpoint,
+        aws_access_key_id=ACCESS_KEY,
+        aws_secret_access_key=SECRET_KEY,
+        region_name=REGION,
+    )
 
 
 def _token(tmp_path: Path) -> str:
