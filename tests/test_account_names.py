@@ -197,3 +197,31 @@ def test_without_sts_a_target_that_needs_a_new_name_fails_alone_naming_the_prefi
     assert default_buckets(s3) == before, "no bucket of any name for the new target"
     known_bucket = stable_bucket_name(f"backup-{tag(DEFAULT_ACCOUNT)}-", str(known))
     assert len(all_keys(s3, known_bucket)) == 2, "the target with its recorded name went on"
+
+
+def test_bucket_already_exists_for_a_generated_name_is_one_line_naming_the_fix(tmp_path: Path, aws: str) -> None:
+    """Another account took the name between the run's look and its CreateBucket (S3 answers
+    BucketAlreadyExists): that target fails with one line, nothing goes into their bucket."""
+    from s3proxy import ErrorReply, ProxyServer
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.tif").write_bytes(b"image")
+    taken = stable_bucket_name(f"backup-{tag(DEFAULT_ACCOUNT)}-", str(data))
+    other_keys = other_account_keys(aws)
+    other = client(aws, other_keys)
+    other.create_bucket(Bucket=taken, CreateBucketConfiguration={"LocationConstraint": REGION})
+    cache = tmp_path / "cache"
+    configure(cache, aws, [str(data)])
+    with ProxyServer(aws) as proxy:
+        # The run's first look finds no such bucket (it did not exist yet, on AWS).
+        proxy.set_faults(ErrorReply(ops={"GetBucketVersioning"}, status=404, code="NoSuchBucket", max_hits=1))
+        result = run_as_aws(cache, proxy.url, sts=aws)
+        records = proxy.wait_done()
+
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert any(r.op == "CreateBucket" and r.bucket == taken and r.status == 409 for r in records), records
+    lines = [line for line in result.stderr.splitlines() if "another AWS account" in line]
+    assert len(lines) == 1 and taken in lines[0] and "backup.bucket_prefix" in lines[0], result.stderr
+    assert all_keys(other, taken) == []

@@ -891,7 +891,7 @@ async def caller_account(aws: AwsSettings, tuning: Tuning) -> str:
             ) from None
         raise S3Error(code, f"{what}: {err.get('Message') or 'request failed'}") from None
     except (EndpointConnectionError, ConnectionClosedError, ReadTimeoutError, SSLError) as exc:
-        raise S3Error(type(exc).__name__, f"{what}: cannot reach STS ({type(exc).__name__})") from None
+        raise S3Error(type(exc).__name__, f"{what}: cannot reach STS") from None
     except BotoCoreError as exc:
         fatal = credentials_failure(exc)
         if fatal is not None:

@@ -171,8 +171,8 @@ def default_bucket(config: Config, path: str, recorded: str | None) -> tuple[str
     if names.tag:
         return stable_bucket_name(account_prefix(config.bucket_prefix, names.tag), path), None
     return untagged, (
-        f"it needs a new bucket, and on AWS a default name must carry the account's tag, which could not be "
-        f"learnt ({names.problem}); set backup.bucket_prefix in config.json to a prefix unique to your "
+        "it has no bucket yet, and a new default bucket name on AWS carries the account's tag, which could not "
+        f"be settled ({names.problem}): set backup.bucket_prefix in config.json to a prefix unique to your "
         "organisation, or let this machine reach AWS STS (GetCallerIdentity, which needs no permission)"
     )
 
