@@ -225,3 +225,27 @@ def test_bucket_already_exists_for_a_generated_name_is_one_line_naming_the_fix(t
     lines = [line for line in result.stderr.splitlines() if "another AWS account" in line]
     assert len(lines) == 1 and taken in lines[0] and "backup.bucket_prefix" in lines[0], result.stderr
     assert all_keys(other, taken) == []
+
+
+def test_restore_on_a_new_machine_finds_the_tagged_bucket(tmp_path: Path, aws: str) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.tif").write_bytes(b"the only copy")
+    cache = tmp_path / "cache"
+    configure(cache, aws, [str(data)])
+    assert run_as_aws(cache, aws).returncode == 0
+    (data / "a.tif").unlink()
+    data.rmdir()
+    lose_cache(cache)  # a new machine: config.json and the credentials only
+    out = tmp_path / "out"
+    env = {"AWS_ENDPOINT_URL_S3": aws, "AWS_ENDPOINT_URL_STS": aws}
+
+    def restore() -> subprocess.CompletedProcess[str]:
+        return run_cli("restore", str(data), "--to", str(out), "--yes", "--cache", str(cache), env=env)
+
+    asked = restore()  # asks Deep Archive for the retrieval (moto completes it at once)
+    assert asked.returncode == 0, asked.stdout + asked.stderr
+    done = restore()
+    assert done.returncode == 0, done.stdout + done.stderr
+    restored = [p for p in out.rglob("a.tif")]
+    assert len(restored) == 1 and restored[0].read_bytes() == b"the only copy", done.stdout + done.stderr
