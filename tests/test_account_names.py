@@ -234,6 +234,8 @@ def test_restore_on_a_new_machine_finds_the_tagged_bucket(tmp_path: Path, aws: s
     cache = tmp_path / "cache"
     configure(cache, aws, [str(data)])
     assert run_as_aws(cache, aws).returncode == 0
+    tagged = stable_bucket_name(f"backup-{tag(DEFAULT_ACCOUNT)}-", str(data))
+    assert tagged in default_buckets(client(aws))
     (data / "a.tif").unlink()
     data.rmdir()
     lose_cache(cache)  # a new machine: config.json and the credentials only
