@@ -113,9 +113,15 @@ def test_two_accounts_with_the_same_defaults_and_paths_get_buckets_of_their_own(
     assert all_keys(mine, cache_bucket(our_prefix)) and all_keys(other, cache_bucket(their_prefix))  # snapshots
 
 
-def test_an_installation_with_untagged_buckets_keeps_them_after_a_lost_cache(tmp_path: Path, aws: str) -> None:
+@pytest.mark.parametrize("list_denied", [False, True], ids=["ListBuckets", "HeadBucket-when-ListBuckets-denied"])
+def test_an_installation_with_untagged_buckets_keeps_them_after_a_lost_cache(
+    tmp_path: Path, aws: str, list_denied: bool
+) -> None:
     """Buckets made before default names carried a tag (the same names a prefix of "backup-" gives)
-    keep their names; only a folder added now gets a tagged one."""
+    keep their names; only a folder added now gets a tagged one. Without s3:ListAllMyBuckets the
+    run asks HeadBucket with ExpectedBucketOwner instead (moto does not check the owner: ours)."""
+    from s3proxy import ErrorReply, ProxyServer
+
     old, added = tmp_path / "old", tmp_path / "added"
     for folder in (old, added):
         folder.mkdir()
@@ -134,7 +140,11 @@ def test_an_installation_with_untagged_buckets_keeps_them_after_a_lost_cache(tmp
     lose_cache(cache)
     configure(cache, aws, [str(old), str(added)])  # the default prefix again, and a new folder
 
-    result = run_as_aws(cache, aws)
+    with ProxyServer(aws) as proxy:
+        if list_denied:
+            proxy.set_faults(ErrorReply(ops={"ListBuckets"}, status=403, code="AccessDenied"))
+        result = run_as_aws(cache, proxy.url, sts=aws)
+        records = proxy.wait_done()
 
     assert result.returncode == 0, result.stderr
     assert "1 files uploaded" in uploaded(result) or "1 file uploaded" in uploaded(result), result.stderr
@@ -142,6 +152,11 @@ def test_an_installation_with_untagged_buckets_keeps_them_after_a_lost_cache(tmp
     assert default_buckets(s3) == sorted([untagged, new, cache_bucket("backup-")])
     assert len(all_keys(s3, untagged)) == 1 and len(all_keys(s3, new)) == 1
     assert all_keys(s3, cache_bucket("backup-")), "the snapshot goes on into the cache bucket in use"
+    heads = {r.bucket for r in records if r.op == "HeadBucket"}
+    if list_denied:  # one HeadBucket per name asked about: the two untagged data names and cache buckets
+        assert {untagged, stable_bucket_name("backup-", str(added)), cache_bucket("backup-")} <= heads, records
+    else:
+        assert heads == set(), records
 
 
 def test_the_tagged_names_are_found_again_from_the_credentials_alone(tmp_path: Path, aws: str) -> None:
