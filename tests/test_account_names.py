@@ -266,3 +266,15 @@ def test_restore_on_a_new_machine_finds_the_tagged_bucket(tmp_path: Path, aws: s
     assert done.returncode == 0, done.stdout + done.stderr
     restored = [p for p in out.rglob("a.tif")]
     assert len(restored) == 1 and restored[0].read_bytes() == b"the only copy", done.stdout + done.stderr
+
+
+def test_a_recorded_default_name_is_recognised_without_asking_aws() -> None:
+    from async_backup.settings.naming import account_prefix, account_tag, bucket_name_problem, is_default_name
+
+    path = "/srv/images/" + "a very long folder name/" * 5 + "Parish (A)"
+    tagged = stable_bucket_name(account_prefix("backup-", account_tag(DEFAULT_ACCOUNT)), path)
+    assert bucket_name_problem(tagged) is None and tagged.startswith(f"backup-{tag(DEFAULT_ACCOUNT)}-")
+    assert is_default_name(tagged, "backup-", path)
+    assert is_default_name(stable_bucket_name("backup-", path), "backup-", path)
+    assert not is_default_name(tagged, "backup-", "/srv/images/other")
+    assert not is_default_name(stable_bucket_name("acme-", path), "backup-", path)

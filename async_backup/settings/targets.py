@@ -126,7 +126,7 @@ def discover_targets(config: Config, known: Mapping[str, tuple[str, str | None]]
                 f'{where}: bucket name {bucket!r} for {path} {problem}; pin a valid one with "bucket" in backup.folders'
             )
         unusable: str | None = None
-        if not pinned and config.naming == "stable" and no_name:
+        if no_name:  # on AWS with the default prefix, a new name that could not be settled
             unusable = no_name
         elif problem:
             # Only a generated legacy name can be invalid (`neu ö` gives `images--neu--`): that
