@@ -27,6 +27,8 @@ from . import __version__
 from .backup.names import recall_target_names, recall_target_names_offline
 from .backup.pipeline import Backup
 from .backup.runs import RunOptions
+from .cache.accountnames import with_account_names
+from .cache.snapshot import CACHE_BUCKET
 from .cache.store import StateStore
 from .disk.lock import cache_lock
 from .errors import (
@@ -379,6 +381,9 @@ def _run(config: Config, cache_dir: Path, args: argparse.Namespace, collector: F
         elif args.reset and not args.dry_run:
             store.reset()
             log.info("cache reset: its rows are rebuilt from S3 before planning")
+        # On AWS with the default prefix, what the account owns and its tag, before naming (and
+        # before the legacy names are read back from the snapshots, whose bucket it settles).
+        config = with_account_names(config, store.known_targets(), store.get_meta(CACHE_BUCKET), offline=args.dry_run)
         known = _known_targets(config, store, cache_dir, dry_run=args.dry_run)
         targets = select_targets(discover_targets(config, known), args.only, "--only")
         for warning in nested_target_warnings(targets):

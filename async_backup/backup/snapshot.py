@@ -14,7 +14,7 @@ from pathlib import Path
 import anyio
 
 from ..cache.rebuild import log_key, snapshot_key
-from ..cache.snapshot import SNAPSHOT_DUE, cache_bucket_name, log_tail, pack_snapshot
+from ..cache.snapshot import CACHE_BUCKET, SNAPSHOT_DUE, cache_bucket_name, log_tail, pack_snapshot
 from ..cache.store import StateStore
 from ..errors import Failure, FailureCollector, FailureKind, S3Error
 from ..report.summary import format_bytes
@@ -39,6 +39,20 @@ async def upload_snapshot(
 ) -> None:
     """A consistent snapshot of the cache, and the log, to their own non-versioned bucket."""
     bucket = cache_bucket_name(config)
+    if bucket is None:
+        names = config.account_names
+        problem = names.problem if names is not None else "not looked up"
+        collector.add(
+            Failure(
+                FailureKind.CACHE_BACKUP,
+                "cache",
+                "cache bucket",
+                "the cache snapshot was not uploaded: on AWS the default cache bucket must carry the account's tag, "
+                f"which could not be learnt ({problem}); set backup.bucket_prefix (or backup.cache_bucket) in "
+                "config.json to a name unique to your organisation, or let this machine reach AWS STS",
+            )
+        )
+        return
     try:
         with tempfile.TemporaryDirectory(prefix="async-backup-") as tmp:
             snapshot = Path(tmp) / "snapshot.db"
@@ -61,4 +75,6 @@ async def upload_snapshot(
         )
     else:
         await anyio.to_thread.run_sync(store.set_meta, SNAPSHOT_DUE, "0")
+        if not config.cache_bucket:  # the default one in use: later runs need not ask AWS for it
+            await anyio.to_thread.run_sync(store.set_meta, CACHE_BUCKET, bucket)
         log.info("cache snapshot (%s) uploaded to s3://%s/%s", format_bytes(sent), bucket, key)

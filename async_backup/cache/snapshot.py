@@ -10,7 +10,6 @@ from. Key layout and the checks on a downloaded snapshot live in `rebuild`; back
 from __future__ import annotations
 
 import gzip
-import hashlib
 import logging
 import os
 import shutil
@@ -21,7 +20,7 @@ import anyio
 
 from ..s3.client import S3
 from ..settings.config import Config
-from ..settings.naming import stable_bucket_name
+from ..settings.naming import cache_bucket_of, stable_bucket_name
 from .rebuild import (
     Snapshot,
     SnapshotUnusable,
@@ -36,15 +35,22 @@ log = logging.getLogger(__name__)
 SNAPSHOT_DUE = "snapshot_due"  # meta flag: "0" once the cache as it is now has reached S3
 
 
-def cache_bucket_name(config: Config) -> str:
+CACHE_BUCKET = "cache_bucket"  # meta: the default cache bucket this installation writes its snapshots to
+
+
+def cache_bucket_name(config: Config) -> str | None:
     """backup.cache_bucket, or `<prefix>cache-` + 8 hex digits of the prefix's SHA-256.
 
     Derived from config.json alone, so a new machine given the same config.json finds the
-    snapshots of the old one (each installation writes under a key of its own)."""
+    snapshots of the old one (each installation writes under a key of its own). On AWS with the
+    default prefix the one in use, or else the one of the account's tagged prefix, as the run
+    learnt it (`Config.account_names`); None when that needs the account's tag and there is none."""
     if config.cache_bucket:
         return config.cache_bucket
-    digest = hashlib.sha256(config.bucket_prefix.encode("utf-8")).hexdigest()[:8]
-    return f"{config.bucket_prefix}cache-{digest}"
+    names = config.account_names
+    if config.account_scoped and names is not None and not names.offline:
+        return names.cache_bucket
+    return cache_bucket_of(config.bucket_prefix)
 
 
 def host_cache_bucket_name(config: Config) -> str:
@@ -55,10 +61,18 @@ def host_cache_bucket_name(config: Config) -> str:
 
 
 def snapshot_buckets(config: Config) -> list[str]:
-    """Where a rebuild looks for snapshots: the cache bucket, and the older host-derived one."""
+    """Where a rebuild looks for snapshots: the cache bucket, and the older host-derived one.
+
+    On AWS with the default prefix, the untagged default and host-derived buckets only where this
+    account owns them: under those shared names another organisation's snapshots may lie."""
     if config.cache_bucket:
         return [config.cache_bucket]
-    return [cache_bucket_name(config), host_cache_bucket_name(config)]
+    names = config.account_names
+    untagged = [cache_bucket_of(config.bucket_prefix), host_cache_bucket_name(config)]
+    if not config.account_scoped or names is None or names.offline:
+        return untagged
+    chosen = [names.cache_bucket] if names.cache_bucket else []
+    return chosen + [b for b in untagged if b in names.owned and b not in chosen]
 
 
 class SnapshotShelf:

@@ -27,7 +27,9 @@ from pathlib import Path
 
 import anyio
 
+from ..cache.accountnames import with_account_names
 from ..cache.restores import RestoreLog
+from ..cache.snapshot import CACHE_BUCKET
 from ..cache.store import StateStore
 from ..disk.keys import display_path, path_for_key
 from ..errors import EXIT_FAILURES, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, ConfigError, S3Error, unwrapped_group
@@ -37,8 +39,8 @@ from ..s3.client import S3, open_s3
 from ..s3.objects import ObjectVersion, parse_mtime_metadata
 from ..s3.pricing import format_usd, prices_for, restore_cost
 from ..settings.config import Config
-from ..settings.naming import bucket_name_problem, stable_bucket_name
-from ..settings.targets import Target, discover_targets, select_targets
+from ..settings.naming import bucket_name_problem
+from ..settings.targets import Target, default_bucket, discover_targets, paths_needing_names, select_targets
 from .checksum import StreamSum, expected_checksum
 from .choose import Action, Item, is_safe, list_prefixes, under_prefix
 from .place import Folders, Refused, TempFile, lookup
@@ -486,6 +488,11 @@ def find_target(config: Config, store: StateStore, name: str) -> tuple[Target, s
     target is used as it is."""
     known = store.known_targets()
     try:
+        needing = paths_needing_names(config, known)
+    except ConfigError:  # the disk is gone: the configured folders without a recorded name
+        needing = [f.path for f in config.folders if not f.bucket and f.path not in known]
+    config = with_account_names(config, known, store.get_meta(CACHE_BUCKET), needing=needing)
+    try:
         targets = discover_targets(config, known)
     except ConfigError:
         targets = _targets_without_disk(config, known)
@@ -510,9 +517,7 @@ def _targets_without_disk(config: Config, known: dict[str, tuple[str, str | None
         if folder.bucket:
             targets[folder.path] = Target(folder.path, folder.bucket, None, missing=True)
         elif config.naming == "stable":
-            targets[folder.path] = Target(
-                folder.path, stable_bucket_name(config.bucket_prefix, folder.path), None, missing=True
-            )
+            targets[folder.path] = Target(folder.path, default_bucket(config, folder.path, None)[0], None, missing=True)
     return list(targets.values())
 
 

@@ -431,6 +431,42 @@ class S3:
                 raise
         return bucket in found
 
+    async def own_buckets(self, prefix: str) -> set[str] | None:
+        """The names of this account's buckets that start with `prefix` (ListBuckets narrowed to
+        it: one request per 10,000 buckets); None when ListBuckets is denied."""
+        if self._list_denied:
+            return None
+        found: set[str] = set()
+        token = ""
+        async with self._mapped(f"ListBuckets {prefix}"):
+            try:
+                while True:
+                    args: dict[str, Any] = {"Prefix": prefix}
+                    if token:
+                        args["ContinuationToken"] = token
+                    reply = await self._client.list_buckets(**args)
+                    found.update(str(b.get("Name", "")) for b in reply.get("Buckets", []))
+                    token = str(reply.get("ContinuationToken") or "")
+                    if not token:
+                        return found
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in ("AccessDenied", "403"):
+                    self._list_denied = True
+                    return None
+                raise
+
+    async def bucket_of_account(self, bucket: str, account_id: str) -> bool:
+        """HeadBucket with ExpectedBucketOwner: whether `bucket` exists and belongs to the account
+        (S3 answers 403 for another account's bucket, 404 for none). Where ListBuckets is denied."""
+        async with self._mapped(f"HeadBucket {bucket}"):
+            try:
+                await self._client.head_bucket(Bucket=bucket, ExpectedBucketOwner=account_id)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchBucket", "403", "AccessDenied"):
+                    return False
+                raise
+        return True
+
     async def block_public_access(self, bucket: str) -> None:
         """Keep the bucket private. On AWS all four switches are set. Ceph RGW 16 refuses every
         PutObject once BlockPublicAcls is on (even without an ACL), so other endpoints get the
@@ -816,6 +852,57 @@ async def open_s3(aws: AwsSettings, tuning: Tuning) -> AsyncIterator[S3]:
                 send_stall_s=tuning.read_timeout_s,
             )
         yield S3(client, aws, direct)
+
+
+async def caller_account(aws: AwsSettings, tuning: Tuning) -> str:
+    """The AWS account id of the credentials: STS GetCallerIdentity, which needs no IAM permission.
+
+    Sent to the region's STS endpoint (or AWS_ENDPOINT_URL_STS). S3Error when it cannot be had: a
+    VPC that reaches S3 through a gateway endpoint only may have no route to STS; FatalError for
+    credentials that cannot be had at all, as for S3."""
+    session = get_session()
+    kwargs: dict[str, Any] = {
+        "config": AioConfig(
+            region_name=aws.region,
+            retries={"mode": "standard", "total_max_attempts": tuning.max_attempts},
+            connect_timeout=tuning.connect_timeout_s,
+            read_timeout=tuning.read_timeout_s,
+        )
+    }
+    if aws.access_key and aws.secret_access_key:
+        kwargs["aws_access_key_id"] = aws.access_key
+        kwargs["aws_secret_access_key"] = aws.secret_access_key
+    what = f"STS GetCallerIdentity ({aws.region})"
+    try:
+        ca_bundle = ca_bundle_of(aws, session) if aws.verify_tls else None
+        if not aws.verify_tls:
+            kwargs["verify"] = False
+        elif ca_bundle:
+            kwargs["verify"] = ca_bundle
+        async with session.create_client("sts", **kwargs) as sts:
+            reply = await sts.get_caller_identity()
+    except ClientError as exc:
+        err = exc.response.get("Error", {})
+        code = str(err.get("Code") or "Error")
+        if code in ("InvalidClientTokenId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken"):
+            raise FatalError(
+                f"AWS refused the credentials ({code}) during {what}; check aws.access_key and "
+                "aws.secret_access_key, or the AWS profile or role they come from"
+            ) from None
+        raise S3Error(code, f"{what}: {err.get('Message') or 'request failed'}") from None
+    except (EndpointConnectionError, ConnectionClosedError, ReadTimeoutError, SSLError) as exc:
+        raise S3Error(type(exc).__name__, f"{what}: cannot reach STS") from None
+    except BotoCoreError as exc:
+        fatal = credentials_failure(exc)
+        if fatal is not None:
+            raise fatal from None
+        raise S3Error(type(exc).__name__, f"{what}: {exc}") from None
+    except (OSError, TimeoutError) as exc:
+        raise S3Error(type(exc).__name__, f"{what}: {exc}") from None
+    account = str(reply.get("Account") or "")
+    if not account:
+        raise S3Error("NoAccount", f"{what}: the reply names no account")
+    return account
 
 
 # GetObject bodies, for restore.

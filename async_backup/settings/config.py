@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import ConfigError
-from .naming import check_bucket_prefix
+from .naming import AccountNames, check_bucket_prefix
 
 MiB = 1024 * 1024
 CONFIG_NAME = "config.json"
@@ -110,6 +110,9 @@ class Config:
     notify_on_success: bool = False
     aws: AwsSettings = field(default_factory=AwsSettings)
     bucket_prefix: str = DEFAULT_BUCKET_PREFIX
+    # Whether config.json names a prefix: the operator's own choice, used as it is. Without one, on
+    # AWS, new default names carry the account's tag (see `account_scoped`).
+    bucket_prefix_set: bool = False
     naming: Naming = "stable"
     # Whether config.json names it: only a written-out "stable" may start new buckets beside an
     # old script's installation (the old script's config.json has no such key).
@@ -123,6 +126,15 @@ class Config:
     warnings: tuple[str, ...] = ()
     # Overrides of pricing.py's table, validated: {"write_per_1000": {"DEEP_ARCHIVE": 0.06}, ...}
     pricing: dict[str, Any] = field(default_factory=dict)
+    # Learnt from AWS by the run before naming (never from config.json); None until then.
+    account_names: AccountNames | None = None
+
+    @property
+    def account_scoped(self) -> bool:
+        """Default names that must be unique to the AWS account: on AWS, where bucket names are
+        global, with the default prefix. Another endpoint's names are not shared with strangers,
+        and a prefix in config.json is the operator's own (the README asks for a unique one)."""
+        return self.aws.endpoint_url is None and not self.bucket_prefix_set
 
 
 _KNOWN_KEYS: dict[str, set[str]] = {
@@ -271,6 +283,7 @@ def parse_config(raw: Any, source: Path, warnings: list[str] | None = None) -> C
         notify_on_success=on_success,
         aws=aws,
         bucket_prefix=prefix,
+        bucket_prefix_set=_opt_str(backup, "bucket_prefix", "backup", where) is not None,
         naming=naming,  # type: ignore[arg-type]
         naming_set=backup.get("naming") is not None,
         exclude=exclude,

@@ -11,6 +11,7 @@ import hashlib
 import os
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from ..errors import ConfigError
 
@@ -74,6 +75,68 @@ def stable_bucket_name(prefix: str, path: str) -> str:
     if len(name) < BUCKET_MIN_LEN or not name[0].isalnum():
         name = f"b{name}"
     return name
+
+
+ACCOUNT_TAG_LEN = 8
+
+
+def account_tag(account_id: str) -> str:
+    """8 hex digits of the SHA-256 of the AWS account id: the same on every machine with the
+    account's credentials, and no account id spelled out in bucket names (they are public)."""
+    return hashlib.sha256(account_id.encode("ascii")).hexdigest()[:ACCOUNT_TAG_LEN]
+
+
+def account_prefix(prefix: str, tag: str) -> str:
+    """The default prefix made unique to an AWS account: `backup-` becomes `backup-<tag>-`."""
+    return f"{prefix}{tag}-"
+
+
+def cache_bucket_of(prefix: str) -> str:
+    """The default cache bucket of a prefix: `<prefix>cache-` + 8 hex digits of the prefix's SHA-256."""
+    return f"{prefix}cache-{hashlib.sha256(prefix.encode('utf-8')).hexdigest()[:HASH_LEN]}"
+
+
+def _tag_in(name: str, prefix: str) -> str | None:
+    """The account tag `name` carries after `prefix`, if it has the shape of one."""
+    tag = name[len(prefix) : len(prefix) + ACCOUNT_TAG_LEN]
+    if not name.startswith(prefix) or name[len(prefix) + ACCOUNT_TAG_LEN : len(prefix) + ACCOUNT_TAG_LEN + 1] != "-":
+        return None
+    return tag if re.fullmatch(r"[0-9a-f]+", tag) and len(tag) == ACCOUNT_TAG_LEN else None
+
+
+def is_default_name(bucket: str, prefix: str, path: str) -> bool:
+    """Whether `bucket` is a default name of `path` under `prefix`: the stable name, or the stable
+    name under the prefix with some account's tag (which the name itself carries, so a recorded
+    name is recognised without asking AWS for the account)."""
+    if bucket == stable_bucket_name(prefix, path):
+        return True
+    tag = _tag_in(bucket, prefix)
+    return tag is not None and bucket == stable_bucket_name(account_prefix(prefix, tag), path)
+
+
+def is_default_cache_bucket(bucket: str, prefix: str) -> bool:
+    """Whether `bucket` is the default cache bucket of `prefix`, with or without an account's tag."""
+    if bucket == cache_bucket_of(prefix):
+        return True
+    tag = _tag_in(bucket, prefix)
+    return tag is not None and bucket == cache_bucket_of(account_prefix(prefix, tag))
+
+
+@dataclass(frozen=True, slots=True)
+class AccountNames:
+    """What one run learnt for naming on AWS with the default prefix.
+
+    `owned`: the buckets among the names asked about that exist and belong to this account (an
+    installation's buckets made before names carried a tag keep their names). `tag`: the account's
+    tag, None when it was not needed or could not be had (`problem` says why; a target that needs
+    a new name then fails alone). `cache_bucket`: the cache bucket in use or to be made, None when
+    it needs the tag and there is none. `offline`: a dry run, which asks nothing."""
+
+    tag: str | None = None
+    problem: str | None = None
+    owned: frozenset[str] = frozenset()
+    cache_bucket: str | None = None
+    offline: bool = False
 
 
 LEGACY_PREFIX = "images--"

@@ -21,8 +21,10 @@ from dataclasses import dataclass
 from ..errors import ConfigError
 from .config import Config
 from .naming import (
+    account_prefix,
     bucket_name_problem,
     infer_common,
+    is_default_name,
     legacy_bucket_name,
     legacy_common,
     legacy_name,
@@ -108,6 +110,7 @@ def discover_targets(config: Config, known: Mapping[str, tuple[str, str | None]]
         seen_paths.add(path)
         recorded = known.get(path)
         bucket: str
+        no_name: str | None = None
         common = common_for(path, recorded[0] if recorded else None)
         old_name = legacy_name(path, common) if config.naming == "legacy" else None
         if pinned:
@@ -116,14 +119,16 @@ def discover_targets(config: Config, known: Mapping[str, tuple[str, str | None]]
             # Legacy names depend on every target, so a name once used is kept (recorded in the cache).
             bucket = recorded[0] if recorded else legacy_bucket_name(path, common)
         else:
-            bucket = stable_bucket_name(config.bucket_prefix, path)
+            bucket, no_name = default_bucket(config, path, recorded[0] if recorded else None)
         problem = bucket_name_problem(bucket)
         if problem and pinned:
             raise ConfigError(
                 f'{where}: bucket name {bucket!r} for {path} {problem}; pin a valid one with "bucket" in backup.folders'
             )
         unusable: str | None = None
-        if problem:
+        if no_name:  # on AWS with the default prefix, a new name that could not be settled
+            unusable = no_name
+        elif problem:
             # Only a generated legacy name can be invalid (`neu ö` gives `images--neu--`): that
             # target fails alone, the others run.
             unusable = (
@@ -144,6 +149,49 @@ def discover_targets(config: Config, known: Mapping[str, tuple[str, str | None]]
         )
     check_collisions([t for t in targets if t.problem is None], where, config.cache_bucket)
     return targets + missing_roots
+
+
+def default_bucket(config: Config, path: str, recorded: str | None) -> tuple[str, str | None]:
+    """The stable bucket of an unpinned target, and why it cannot have one (None when it can).
+
+    `prefix` + slug + hash of the path, except on AWS with the default prefix (`account_scoped`):
+    there a name already in use is kept (the recorded one, or the untagged name when this account
+    owns that bucket, as every installation before names carried a tag has it), and a new name
+    carries the account's tag: `backup-<tag>-...`. Without the tag (STS could not be asked) a
+    target that needs a new name fails alone, and never gets another name."""
+    untagged = stable_bucket_name(config.bucket_prefix, path)
+    names = config.account_names
+    if not config.account_scoped:
+        return untagged, None
+    if recorded and is_default_name(recorded, config.bucket_prefix, path):
+        return recorded, None
+    if names is None or names.offline or untagged in names.owned:
+        # Not looked up: a dry run asks nothing, and a real run looks up first (`account_names`).
+        return untagged, None
+    if names.tag:
+        return stable_bucket_name(account_prefix(config.bucket_prefix, names.tag), path), None
+    return untagged, (
+        "it has no bucket yet, and a new default bucket name on AWS carries the account's tag, which could not "
+        f"be settled ({names.problem}): set backup.bucket_prefix in config.json to a prefix unique to your "
+        "organisation, or let this machine reach AWS STS (GetCallerIdentity, which needs no permission)"
+    )
+
+
+def paths_needing_names(config: Config, known: Mapping[str, tuple[str, str | None]]) -> list[str]:
+    """The targets whose default bucket depends on what AWS says: unpinned, stable-named, and
+    without a recorded default name. None where names do not depend on the account."""
+    if not config.account_scoped or config.naming != "stable":
+        return []
+    bare = dataclasses.replace(config, account_names=None)
+    pinned = {f.path for f in config.folders if f.bucket}
+    return [
+        t.path
+        for t in discover_targets(bare, known)
+        if t.bucket
+        and not t.missing_key
+        and t.path not in pinned
+        and not (t.path in known and is_default_name(known[t.path][0], config.bucket_prefix, t.path))
+    ]
 
 
 def legacy_target_list(folders: Sequence[str], roots: Sequence[str]) -> list[str]:

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import anyio
 
+from ..cache.accountnames import with_account_names
+from ..cache.snapshot import CACHE_BUCKET
 from ..cache.store import Change, StateStore, iter_rows
 from ..disk.keys import display_path
 from ..disk.lock import cache_lock
@@ -233,7 +235,9 @@ def run_verify(config: Config, cache_dir: Path, args: argparse.Namespace) -> int
     with lock:
         store = StateStore(cache_dir, readonly=not args.repair)
         try:
-            targets = select_targets(discover_targets(config, store.known_targets()), args.target, "--target")
+            known = store.known_targets()
+            config = with_account_names(config, known, store.get_meta(CACHE_BUCKET))
+            targets = select_targets(discover_targets(config, known), args.target, "--target")
             for unusable in (t for t in targets if t.problem):
                 print(f"{unusable.path}: not checked: {unusable.problem}")
             for new in (t for t in targets if t.missing_key):  # nothing of it was ever backed up
