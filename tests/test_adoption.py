@@ -359,3 +359,33 @@ def test_a_new_server_adopts_the_old_caches_from_the_old_scripts_cache_bucket(
     assert "0 files uploaded" in result.stderr
     assert sum("using its copy s3://image-backup-cache/" in x for x in result.stderr.splitlines()) == len(buckets)
     assert {b: _versions(s3_inspect, b) for b in buckets.values()} == before
+
+
+def test_a_chmod_over_adopted_files_costs_reads_never_uploads(old_site: dict[str, Any], s3_inspect: Any):
+    """Adopted rows keep no checksum of their own; once a run recorded the files' inode and ctime,
+    a `chmod -R` moves every ctime. The object's ETag (the old script's MD5) then decides, against
+    the file's content: nothing unchanged is sent again, a file rewritten with its mtime put back is."""
+    data, cache, buckets = old_site["data"], old_site["cache"], old_site["buckets"]
+    for _ in range(2):  # adopt, then a run that records inode and ctime
+        result = run_cli("--cache", str(cache))
+        assert result.returncode == 0, result.stderr
+    files = sorted(p for p in data.rglob("*.tif") if p.is_file())
+    for path in files:
+        path.chmod(0o640)
+    edited = files[0]
+    st = edited.stat()
+    edited.write_bytes(bytes(b ^ 0xFF for b in edited.read_bytes()))  # same size, other bytes
+    os.utime(edited, ns=(st.st_atime_ns, st.st_mtime_ns))  # `exiftool -P`: mtime put back
+
+    before = {b: _versions(s3_inspect, b)[0] for b in buckets.values()}
+    result = run_cli("--cache", str(cache))
+    assert result.returncode == 0, result.stderr
+    uploaded = set()
+    for bucket in buckets.values():
+        after = _versions(s3_inspect, bucket)[0]
+        uploaded |= {k for k, n in after.items() if n > before[bucket].get(k, 0)}
+    assert uploaded == {str(edited).lstrip("/")}
+
+    again = run_cli("--cache", str(cache))  # the proven rows now carry the ETag: no request, no upload
+    assert again.returncode == 0, again.stderr
+    assert "0 files uploaded" in again.stderr

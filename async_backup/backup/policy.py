@@ -73,8 +73,12 @@ class UploadPolicy:
         self._unsettled_paths: dict[str, set[bytes]] = {}
 
     async def upload(self, job: UploadJob, change_send: ObjectSendStream[Change]) -> None:
-        if job.upload.proof is Proof.CONTENT and await self._same_content(job, change_send):
-            return
+        by_etag = False  # a row with no checksum to compare with: S3's ETag is compared instead
+        if job.upload.proof is Proof.CONTENT:
+            same = await self._same_content(job, change_send)
+            if same:
+                return
+            by_etag = same is None
         run, file = job.run, job.upload.file
         bucket = run.target.bucket
 
@@ -97,9 +101,9 @@ class UploadPolicy:
             return
         if not await self.buckets.ready(run):
             return
-        if job.upload.proof is Proof.HEAD:
+        if job.upload.proof is Proof.HEAD or by_etag:
             try:
-                if await self.proven_by_head(job, key, change_send):
+                if await self.proven_by_head(job, key, change_send, by_content=by_etag):
                     return
             except S3Error as exc:
                 fail(
@@ -168,12 +172,15 @@ class UploadPolicy:
             run.stats.bytes_uploaded += done.size
             return
 
-    async def _same_content(self, job: UploadJob, change_send: ObjectSendStream[Change]) -> bool:
+    async def _same_content(self, job: UploadJob, change_send: ObjectSendStream[Change]) -> bool | None:
         """Proof.CONTENT: the file matches its row by size and mtime, but the row was read racily
         or the file's inode or ctime moved. Read it and compare its checksum with the one the row
         recorded: the same, and the row is written again with this read's evidence (no request);
-        True also for a file gone meanwhile. False: it is uploaded (contents differ, the row's
-        checksum cannot be recomputed, or the read failed: the upload reads it again and reports)."""
+        True also for a file gone meanwhile. False: it is uploaded (contents differ, or the read
+        failed: the upload reads it again and reports). None: the row keeps no checksum that can be
+        recomputed (a row adopted from the old script's cache, or one S3 answered no MD5 for), so
+        the object's ETag decides (`proven_by_head` with `by_content`): a `chmod -R` over an
+        adopted archive costs a HeadObject and a read per file, never an upload."""
         run, file = job.run, job.upload.file
         bucket = run.target.bucket
         sent = await anyio.to_thread.run_sync(self.store.sent_checksum, bucket, file.path)
@@ -181,7 +188,7 @@ class UploadPolicy:
             return False
         checksum, part_bytes = sent
         if checksum is None or not comparable(checksum, part_bytes, file.size):
-            return False
+            return None
         try:
             seen = await read_content(self._limits, file, checksum, part_bytes)
         except FileVanished:
@@ -206,19 +213,23 @@ class UploadPolicy:
         run.stats.unchanged += 1
         return True
 
-    async def proven_by_head(self, job: UploadJob, key: str, change_send: ObjectSendStream[Change]) -> bool:
+    async def proven_by_head(
+        self, job: UploadJob, key: str, change_send: ObjectSendStream[Change], *, by_content: bool = False
+    ) -> bool:
         """Proof.HEAD, for a file that came back to a rebuilt "gone" row with the listed size:
         whether S3 holds it as it is, so that it gets its row and no upload. HeadObject: an
         object with our `mtime` metadata is the file when that equals its mtime to the nanosecond
         (as the rebuild proves rows); one without it (the old script set none) when its ETag is
         the file's (`content_proves_etag`: the file is read once; single-part MD5, or multipart at
         the old script's part size or the part size the row recorded). Raises S3Error when
-        HeadObject fails."""
+        HeadObject fails. `by_content`: the row is in doubt about the bytes, not the mtime (read
+        racily, or the inode or ctime moved), so the `mtime` metadata proves nothing and only the
+        ETag against the file's content does."""
         run, file = job.run, job.upload.file
         head = await self.s3.head_object(run.target.bucket, key)
         if head is None or head.size != file.size:
             return False
-        mtime_ns = parse_mtime_metadata(head.metadata)
+        mtime_ns = None if by_content else parse_mtime_metadata(head.metadata)
         if mtime_ns is not None:
             if mtime_ns != file.mtime_ns:
                 return False
