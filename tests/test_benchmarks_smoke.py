@@ -182,3 +182,30 @@ def test_contenders_order_rotates_per_repetition() -> None:
     assert [o[0] for o in orders] == names  # each one first once in three repetitions
     assert all(sorted(o) == sorted(names) for o in orders)
     assert rotated(names, 3) == names and rotated([], 2) == []
+
+
+LOST_CACHE_TIMEOUT_S = 240
+
+
+def test_lost_cache_cost_runs_every_scenario_without_an_upload(tmp_path: Path) -> None:
+    """benchmarks.lost_cache_cost on a few files: every state is built, nothing is uploaded, and
+    the ETag proof's reads are found (every file in the stale-copy and bare-bucket cases)."""
+    out = tmp_path / "lost.json"
+    files = 12
+    res = subprocess.run(
+        [sys.executable, "-m", "benchmarks.lost_cache_cost", "--files", str(files), "--big", "1", "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=LOST_CACHE_TIMEOUT_S,
+    )
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    runs = json.loads(out.read_text())["runs"]
+    assert [r["scenario"][:3] for r in runs] == ["(a)", "(a)", "(b)", "(c)"]
+    assert all(r["exit"] == 0 and r["uploads"] == 0 for r in runs), runs
+    snapshot, no_snapshot, stale, bare = runs
+    assert snapshot["requests"].get("GetObject") and not snapshot["requests"].get("HeadObject")
+    assert no_snapshot["read_files"] == 0  # a year-old mtime is taken on time alone
+    assert stale["read_files"] == files and stale["read_bytes"] >= 8 * 1024 * 1024
+    assert bare["requests"]["HeadObject"] == files and bare["read_files"] == files
+    assert "| scenario | seconds |" in res.stdout
