@@ -1,8 +1,10 @@
 """The command line: parse arguments, load the config, run a command, map the outcome to an exit code.
 
 Exit codes (the table is in `errors`): 0 all done; 1 finished but something failed; 2 configuration
-or usage error; 3 another run holds this cache's lock; 130 interrupted. What the end of a backup
-run publishes is `report.publish`'s.
+or usage error; 3 another run holds this cache's lock; 130 interrupted. Each command is a package's
+`run(config, cache_dir, options) -> exit code` with an options dataclass; `COMMANDS` maps each
+command word to its arguments, the options built from them and its run. Help texts take their
+defaults from those dataclasses and from the config's own (`settings.config`).
 """
 
 from __future__ import annotations
@@ -13,24 +15,14 @@ import dataclasses
 import logging
 import os
 import signal
-import socket
 import sys
-import time
-from collections.abc import Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
-
-import anyio
+from typing import Any, Generic, TypeVar
 
 from . import __version__
-from .backup.names import recall_target_names, recall_target_names_offline
-from .backup.pipeline import Backup
-from .backup.runs import RunOptions
-from .cache.accountnames import with_account_names
-from .cache.snapshot import CACHE_BUCKET
-from .cache.store import StateStore
-from .disk.lock import cache_lock
+from .backup import command as backup
+from .backup.command import DEFAULT_PROGRESS_INTERVAL_S, BackupOptions
 from .errors import (
     EXIT_FAILURES,
     EXIT_INTERRUPTED,
@@ -39,27 +31,39 @@ from .errors import (
     EXIT_USAGE,
     BackupError,
     ConfigError,
-    Failure,
-    FailureCollector,
-    FailureKind,
     LockHeldError,
-    unwrapped_group,
 )
-from .report.logsetup import TRACEBACK_LOGGER, setup_logging
-from .report.progress import Progress
-from .report.publish import publish, redactor_for, tell_outcome
-from .report.summary import RunSummary
-from .s3.pricing import planned_counts, price_requests, prices_for
-from .settings.config import Config, load_config
-from .settings.targets import Target, discover_targets, nested_target_warnings, select_targets
+from .interrupts import stop_like_ctrl_c
+from .report import status
+from .report.logsetup import setup_logging
+from .report.publish import redactor_for
+from .report.status import StatusOptions
+from .restore.options import DEFAULT_DAYS, DEFAULT_TIER, TIERS, RestoreOptions
+from .settings.config import Config, Tuning, load_config
+from .verify.options import VerifyOptions
 
 log = logging.getLogger("async_backup")
 
 M_MMAP_THRESHOLD = -3  # from glibc's malloc.h
 DEFAULT_CACHE = "~/.local/async-backup/"
 
+Opts = TypeVar("Opts")
+Run = Callable[[Config, Path, Opts], int]
+# argparse's parser and its argument groups share `add_argument`; typeshed names the base class so.
+Arguments = argparse._ActionsContainer
 
-COMMANDS = ("backup", "verify", "restore", "status")
+
+@dataclasses.dataclass(frozen=True)
+class Command(Generic[Opts]):
+    """One command word: its help line, its arguments, the options built from them, its run."""
+
+    help: str
+    arguments: Callable[[Arguments], None]
+    options: Callable[[argparse.Namespace], Opts]
+    run: Callable[[], Run[Opts]]  # imported when used: a backup does not load verify or restore
+
+
+# Arguments
 
 
 def _common_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
@@ -78,7 +82,13 @@ def _common_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", default=default(False), help="warnings and errors only")
 
 
-def _backup_options(parser: argparse.ArgumentParser) -> None:
+def _concurrency(parser: Arguments, what: str) -> None:
+    parser.add_argument(
+        "--concurrency", type=int, metavar="N", help=f"{what} (default: tuning.workers, {Tuning().workers})"
+    )
+
+
+def _backup_arguments(parser: Arguments) -> None:
     parser.add_argument(
         "--reset",
         action="store_true",
@@ -101,7 +111,7 @@ def _backup_options(parser: argparse.ArgumentParser) -> None:
         metavar="TARGET",
         help="back up only this target (folder path or bucket); repeatable",
     )
-    parser.add_argument("--concurrency", type=int, metavar="N", help="upload workers (default: tuning.workers, 64)")
+    _concurrency(parser, "upload workers")
     parser.add_argument(
         "--allow-mass-delete",
         action="store_true",
@@ -119,16 +129,33 @@ def _backup_options(parser: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="write Prometheus textfile metrics here (atomically), e.g. /var/lib/node_exporter/async_backup.prom",
     )
+    interval_s = DEFAULT_PROGRESS_INTERVAL_S
     parser.add_argument(
         "--progress-interval",
         type=float,
-        default=60.0,
+        default=interval_s,
         metavar="S",
-        help="off a terminal, log one progress line every S seconds (default 60)",
+        help=f"off a terminal, log one progress line every S seconds (default {interval_s:g})",
     )
 
 
-def _verify_options(parser: argparse.ArgumentParser) -> None:
+def _backup_options(args: argparse.Namespace) -> BackupOptions:
+    return BackupOptions(
+        dry_run=args.dry_run,
+        allow_mass_delete=args.allow_mass_delete,
+        backup_cache=not args.no_cache_backup,
+        rebuild=not args.upload_everything_again,
+        reset=args.reset,
+        only=tuple(args.only),
+        forget_target=args.forget_target,
+        print_card=args.print_card,
+        metrics_file=args.metrics_file,
+        progress_interval_s=args.progress_interval,
+        quiet=args.quiet,
+    )
+
+
+def _verify_arguments(parser: Arguments) -> None:
     parser.add_argument(
         "--target", action="append", default=[], metavar="T", help="check only this target (folder path or bucket)"
     )
@@ -140,10 +167,20 @@ def _verify_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="skip the HeadObject per object that comparing CRC32 checksums needs (MD5 values are still compared)",
     )
-    parser.add_argument("--concurrency", type=int, metavar="N", help="requests in flight (default 16)")
+    _concurrency(parser, "requests in flight")
 
 
-def _restore_options(parser: argparse.ArgumentParser) -> None:
+def _verify_options(args: argparse.Namespace) -> VerifyOptions:
+    return VerifyOptions(targets=tuple(args.target), repair=args.repair, checksums=not args.no_checksums)
+
+
+def _verify_run() -> Run[VerifyOptions]:
+    from .verify.command import run
+
+    return run
+
+
+def _restore_arguments(parser: Arguments) -> None:
     parser.add_argument("target", metavar="TARGET", help="the target's folder path or its bucket name")
     parser.add_argument(
         "--path", metavar="PREFIX", help="restore only files under this path (default: the whole target)"
@@ -152,40 +189,102 @@ def _restore_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--as-of", metavar="TIME", help="restore the versions current at this time (ISO 8601, e.g. 2026-10-01T00:00)"
     )
-    parser.add_argument("--tier", choices=("Bulk", "Standard"), default="Bulk", help="retrieval tier (default Bulk)")
-    parser.add_argument("--days", type=int, default=7, help="days the restored copy stays readable (default 7)")
+    parser.add_argument("--tier", choices=TIERS, default=DEFAULT_TIER, help=f"retrieval tier (default {DEFAULT_TIER})")
+    parser.add_argument(
+        "--days", type=int, default=DEFAULT_DAYS, help=f"days the restored copy stays readable (default {DEFAULT_DAYS})"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace files that exist at the destination")
     parser.add_argument("--yes", action="store_true", help="start without asking (needed when not on a terminal)")
     parser.add_argument(
         "--dry-run", action="store_true", help="list and plan only: print the estimate; nothing is requested or written"
     )
-    parser.add_argument("--concurrency", type=int, metavar="N", help="requests in flight (default 16)")
+    _concurrency(parser, "requests in flight")
 
 
-def _status_options(parser: argparse.ArgumentParser) -> None:
+def _restore_options(args: argparse.Namespace) -> RestoreOptions:
+    return RestoreOptions(
+        target=args.target,
+        path=args.path,
+        to=args.to,
+        as_of=args.as_of,
+        tier=args.tier,
+        days=args.days,
+        overwrite=args.overwrite,
+        yes=args.yes,
+        dry_run=args.dry_run,
+    )
+
+
+def _restore_run() -> Run[RestoreOptions]:
+    from .restore.command import run
+
+    return run
+
+
+def _status_arguments(parser: Arguments) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON for scripts instead of the table")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _status_options(args: argparse.Namespace) -> StatusOptions:
+    return StatusOptions(json=args.json)
+
+
+# The dispatch table: command word -> arguments, options built from them, run.
+COMMANDS: dict[str, Command[Any]] = {
+    "backup": Command("back up every target (the default)", _backup_arguments, _backup_options, lambda: backup.run),
+    "verify": Command(
+        "compare S3, the cache and the disk without restoring anything", _verify_arguments, _verify_options, _verify_run
+    ),
+    "restore": Command(
+        "restore files from S3, requesting Deep Archive retrievals first",
+        _restore_arguments,
+        _restore_options,
+        _restore_run,
+    ),
+    "status": Command(
+        "what S3 holds per target and its monthly price, from the cache (no requests)",
+        _status_arguments,
+        _status_options,
+        lambda: status.run,
+    ),
+}
+DEFAULT_COMMAND = "backup"
+
+
+class _HelpWithBackupOptions(argparse.Action):
+    """`async-backup --help`: the top-level help, then the backup's options, which a command line
+    without a command word takes. Only shown there: before a command word they are not accepted."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_args: object, **_kwargs: object) -> None:
+        shown = build_parser(usage=parser.format_usage().removeprefix("usage: "))
+        COMMANDS[DEFAULT_COMMAND].arguments(
+            shown.add_argument_group(f"{DEFAULT_COMMAND} options (also without the command word)")
+        )
+        shown.print_help()
+        parser.exit()
+
+
+def build_parser(usage: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="async-backup",
+        usage=usage,
         description="Back up folders to versioned S3 Deep Archive buckets, one bucket per target. "
         "Without a command word it runs a backup.",
         epilog="Exit codes: 0 all done, 1 some files failed, 2 configuration or usage error, "
         "3 another run holds the lock, 130 interrupted.",
+        add_help=False,
     )
+    parser.add_argument("-h", "--help", action=_HelpWithBackupOptions, help="show this help message and exit")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     _common_options(parser, top=True)
-    commands = parser.add_subparsers(dest="command", metavar="{backup,verify,restore,status}")
-    for name, help_text, add in (
-        ("backup", "back up every target (the default)", _backup_options),
-        ("verify", "compare S3, the cache and the disk without restoring anything", _verify_options),
-        ("restore", "restore files from S3, requesting Deep Archive retrievals first", _restore_options),
-        ("status", "what S3 holds per target and its monthly price, from the cache (no requests)", _status_options),
-    ):
-        sub = commands.add_parser(name, help=help_text, description=help_text)
+    commands = parser.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}")
+    for name, command in COMMANDS.items():
+        sub = commands.add_parser(name, help=command.help, description=command.help)
         _common_options(sub, top=False)
-        add(sub)
+        command.arguments(sub)
     return parser
 
 
@@ -194,7 +293,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     words = list(sys.argv[1:] if argv is None else argv)
     asks_for_help = any(w in ("-h", "--help", "--version") for w in words)
     if not asks_for_help and not any(w in COMMANDS for w in words):
-        words.insert(0, "backup")  # every common option is accepted after the command word too
+        words.insert(0, DEFAULT_COMMAND)  # every common option is accepted after the command word too
     return build_parser().parse_args(words)
 
 
@@ -209,10 +308,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.debug("internal error", exc_info=True)
         print(f"async-backup: internal error: {type(exc).__name__}: {exc} (rerun with -v for details)", file=sys.stderr)
         return EXIT_FAILURES
-
-
-def _interrupt(signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def _keep_large_buffers_out_of_the_heap() -> None:
@@ -230,13 +325,15 @@ def _keep_large_buffers_out_of_the_heap() -> None:
 def _main(argv: Sequence[str] | None) -> int:
     _keep_large_buffers_out_of_the_heap()
     # Until the event loop watches for it, SIGTERM stops the tool like Ctrl-C: exit 130, no traceback.
-    signal.signal(signal.SIGTERM, _interrupt)
+    stop_like_ctrl_c(signal.SIGTERM)
     args = parse_args(argv)
     if args.command is None:  # only --help or --version get here, and they exit before
         return EXIT_USAGE
     if getattr(args, "concurrency", None) is not None and args.concurrency < 1:
         print("async-backup: error: --concurrency must be at least 1", file=sys.stderr)
         return EXIT_USAGE
+    command = COMMANDS[args.command]
+    options = command.options(args)
     cache_dir = Path(os.path.expanduser(args.cache)).resolve()
     try:
         config = load_config(cache_dir)
@@ -251,19 +348,8 @@ def _main(argv: Sequence[str] | None) -> int:
     for warning in config.warnings:
         log.warning("%s", warning)
     try:
-        if args.command == "verify":
-            from .verify.command import run_verify
-
-            return run_verify(config, cache_dir, args)
-        if args.command == "restore":
-            from .restore.command import run_restore
-
-            return run_restore(config, cache_dir, args)
-        if args.command == "status":
-            from .report.status import run_status
-
-            return run_status(config, cache_dir, args)
-        return _backup(config, cache_dir, args)
+        run: Run[Any] = command.run()
+        return run(config, cache_dir, options)
     except LockHeldError as exc:
         log.error("%s", exc)
         return EXIT_LOCKED
@@ -273,202 +359,3 @@ def _main(argv: Sequence[str] | None) -> int:
     except BackupError as exc:
         log.error("%s", exc)
         return EXIT_FAILURES
-
-
-@dataclasses.dataclass
-class _Held:
-    """What a run built before it ended, however it ended: the report is made from it."""
-
-    backup: Backup | None = None
-
-
-def _backup(config: Config, cache_dir: Path, args: argparse.Namespace) -> int:
-    """The backup command. Whatever ends the run (our errors, a foreign exception, MemoryError,
-    SIGINT or SIGTERM at any moment), the report, the metrics file and the card are published.
-
-    Only a run that never began publishes nothing: --forget-target, another run holding the lock
-    (exit 3; its cache is not ours to write), a usage error (exit 2)."""
-    if args.forget_target:
-        with cache_lock(cache_dir):
-            store = StateStore(cache_dir)
-            try:
-                dropped = store.forget_target(os.path.normpath(args.forget_target))
-            finally:
-                store.close()
-        log.info("forgot target %s (%d cached files); its bucket is unchanged", args.forget_target, dropped)
-        return EXIT_OK
-    collector = FailureCollector()
-    summary = RunSummary(host=socket.gethostname(), started_at=time.time(), dry_run=args.dry_run)
-    held = _Held()
-    interrupted = False
-    try:
-        with nullcontext() if args.dry_run else cache_lock(cache_dir):
-            interrupted = _run(config, cache_dir, args, collector, held)
-    except (LockHeldError, ConfigError):
-        raise
-    except KeyboardInterrupt:  # SIGINT or SIGTERM outside the event loop's watch
-        interrupted = True
-        log.warning("interrupted; finished uploads are recorded")
-    except BackupError as exc:  # logged once, with every failure, by _report
-        collector.add(Failure(FailureKind.FATAL, "run", "", str(exc)))
-    except Exception as exc:  # not one of ours: a bug, a foreign library's error, MemoryError
-        collector.add(internal_failure(exc, logged_to_file=not args.dry_run))
-    summary.finished_at = time.time()
-    summary.targets = [r.stats for r in held.backup.runs] if held.backup is not None else []
-    summary.failures = collector.failures
-    summary.warnings = collector.warnings
-    summary.interrupted = interrupted
-    summary.exit_code = EXIT_INTERRUPTED if interrupted else EXIT_FAILURES if summary.failures else EXIT_OK
-    prices = prices_for(config.aws.region, config.pricing)
-    if args.dry_run:
-        planned = planned_counts((t.planned_requests for t in summary.targets), config.storage_class)
-        summary.requests = price_requests(planned, prices, estimated=True)
-    elif held.backup is not None:
-        summary.requests = price_requests(held.backup.sent.counts, prices)
-    with _LateSignals() as late:
-        try:
-            tell_outcome(summary, args.dry_run)
-            publish(config, cache_dir, summary, metrics_file=args.metrics_file, print_card=args.print_card)
-        except Exception as exc:  # publishing failed itself (MemoryError, a bug): the exit code still tells
-            log.error("the run report could not be published: %s", one_line(exc))
-            logging.getLogger(TRACEBACK_LOGGER).error("publishing failed", exc_info=exc)
-    return EXIT_INTERRUPTED if late.received else summary.exit_code
-
-
-def one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def internal_failure(exc: BaseException, *, logged_to_file: bool) -> Failure:
-    """A foreign exception as the run's failure: one line for the card and stderr, the traceback
-    only in backup.log (a dry run writes no backup.log: there it goes to stderr)."""
-    where = "the traceback is in backup.log" if logged_to_file else "traceback above"
-    message = f"{one_line(exc)[:500]}; the run stopped ({where})"
-    logging.getLogger(TRACEBACK_LOGGER).error("internal error", exc_info=exc)
-    return Failure(FailureKind.INTERNAL, "run", "", message)
-
-
-class _LateSignals:
-    """While the report, metrics and card are written, SIGINT and SIGTERM are noted, not raised:
-    an interrupted publication would leave monitoring without a report. The exit code is then 130."""
-
-    def __init__(self) -> None:
-        self.received: int | None = None
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> _LateSignals:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            self._old[signum] = signal.signal(signum, self._note)
-        return self
-
-    def _note(self, signum: int, _frame: object) -> None:
-        self.received = signum
-        log.warning("%s received: the run report is finished first", signal.Signals(signum).name)
-
-    def __exit__(self, *exc: object) -> None:
-        for signum, handler in self._old.items():
-            signal.signal(signum, handler)
-
-
-def _run(config: Config, cache_dir: Path, args: argparse.Namespace, collector: FailureCollector, held: _Held) -> bool:
-    """Open the cache, choose the targets and run the backup; True when a signal stopped it."""
-    store = StateStore(cache_dir, readonly=args.dry_run)
-    try:
-        if args.upload_everything_again and not args.dry_run:
-            store.reset()
-            log.info("cache reset (--upload-everything-again): every file will be uploaded again")
-        elif args.reset and not args.dry_run:
-            store.reset()
-            log.info("cache reset: its rows are rebuilt from S3 before planning")
-        # On AWS with the default prefix, what the account owns and its tag, before naming (and
-        # before the legacy names are read back from the snapshots, whose bucket it settles).
-        config = with_account_names(config, store.known_targets(), store.get_meta(CACHE_BUCKET), offline=args.dry_run)
-        known = _known_targets(config, store, cache_dir, dry_run=args.dry_run)
-        targets = select_targets(discover_targets(config, known), args.only, "--only")
-        for warning in nested_target_warnings(targets):
-            log.warning("%s", warning)
-        if args.dry_run and (args.reset or args.upload_everything_again):
-            store.close()
-            store = StateStore(cache_dir / "nonexistent-for-dry-reset", readonly=True)
-        return _execute(config, targets, store, collector, held, args)
-    finally:
-        store.close()
-
-
-def _known_targets(
-    config: Config, store: StateStore, cache_dir: Path, *, dry_run: bool
-) -> dict[str, tuple[str, str | None]]:
-    """The cache's targets; on a cache without any, legacy names in use are read back from the
-    newest snapshot first: they cannot be computed again once the config changed."""
-    known = store.known_targets()
-    if known or config.naming != "legacy":
-        return known
-    if dry_run:  # a dry run sends no request before planning
-        return recall_target_names_offline(config, cache_dir)
-    return anyio.run(recall_target_names, config, cache_dir)
-
-
-def event_loop_options() -> dict[str, Any]:
-    """uvloop where it is installed: it trims the event loop's share of each request's CPU."""
-    try:
-        import uvloop  # noqa: F401
-    except ImportError:
-        return {}
-    return {"use_uvloop": True}
-
-
-def _execute(
-    config: Config,
-    targets: list[Target],
-    store: StateStore,
-    collector: FailureCollector,
-    held: _Held,
-    args: argparse.Namespace,
-) -> bool:
-    options = RunOptions(
-        dry_run=args.dry_run,
-        allow_mass_delete=args.allow_mass_delete,
-        backup_cache=not args.no_cache_backup,
-        rebuild=not args.upload_everything_again,
-    )
-    progress = Progress.for_stderr(max(1.0, args.progress_interval), quiet=args.quiet)
-    held.backup = Backup(config, targets, store, collector, options, progress)
-    log.info(
-        "%s %d targets%s",
-        "planning" if args.dry_run else "backing up",
-        len(targets),
-        " (dry run)" if args.dry_run else "",
-    )
-    return anyio.run(_run_until_signal, held.backup, backend_options=event_loop_options())
-
-
-async def _run_until_signal(backup: Backup) -> bool:
-    """Run the backup; SIGINT or SIGTERM cancels it gracefully. Returns True when interrupted.
-
-    The signals are watched until the backup has wound down, shielded aborts of multipart uploads
-    included: a second signal then only says so, it cannot kill the run before its report."""
-    interrupted = False
-    async with unwrapped_group() as tg:
-        work = anyio.CancelScope()
-
-        async def watch_signals() -> None:
-            nonlocal interrupted
-            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async for signum in signals:
-                    name = signal.Signals(signum).name
-                    if interrupted:
-                        log.warning("%s received again: still stopping (aborting uploads in flight)", name)
-                        continue
-                    interrupted = True
-                    log.warning("%s received: stopping; finished uploads are recorded", name)
-                    work.cancel()
-
-        tg.start_soon(watch_signals)
-        with work:
-            await backup.run()
-        tg.cancel_scope.cancel()
-    # Leaving the receiver gave the signals back to their defaults: stop like Ctrl-C again.
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGINT, _interrupt)
-    return interrupted

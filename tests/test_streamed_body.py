@@ -30,8 +30,8 @@ from s3proxy import CheckDigest, ProxyServer
 
 from async_backup.backup import upload
 from async_backup.backup.budget import BufferPool, ByteBudget
+from async_backup.backup.command import event_loop_options
 from async_backup.backup.upload import CHUNK_BYTES, MemoryLimits, UploadSettings, upload_file
-from async_backup.cli import event_loop_options
 from async_backup.disk.entries import DiskFile
 from async_backup.disk.keys import key_for_path
 from async_backup.disk.read import FileChanged, RangeReader

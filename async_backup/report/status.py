@@ -8,8 +8,8 @@ lock: it only reads the cache and the reports.
 
 from __future__ import annotations
 
-import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,11 @@ from ..s3.pricing import format_usd, prices_for, storage_month
 from ..settings.config import Config
 from .runreport import latest_report
 from .summary import format_bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StatusOptions:
+    json: bool = False  # JSON for scripts instead of the table
 
 
 def gather(config: Config, cache_dir: Path) -> dict[str, Any]:
@@ -150,10 +155,10 @@ def render(status: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run_status(config: Config, cache_dir: Path, args: argparse.Namespace) -> int:
+def run(config: Config, cache_dir: Path, options: StatusOptions) -> int:
     """`async-backup status [--json]`: 0 always once the config loads (no S3 request is sent)."""
     status = gather(config, cache_dir)
-    if args.json:
+    if options.json:
         print(json.dumps(status, indent=1, ensure_ascii=False))
     else:
         print(render(status))

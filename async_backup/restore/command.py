@@ -13,10 +13,8 @@ cache is left for the backup to move aside) and writes only its own log of reque
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
-import signal
 import sys
 import tempfile
 from collections import Counter
@@ -33,6 +31,7 @@ from ..cache.snapshot import CACHE_BUCKET
 from ..cache.store import StateStore
 from ..disk.keys import display_path, path_for_key
 from ..errors import EXIT_FAILURES, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, ConfigError, S3Error, unwrapped_group
+from ..interrupts import run_until_signal
 from ..report.progress import Ticker
 from ..report.summary import format_bytes, format_requests
 from ..s3.client import S3, open_s3
@@ -43,6 +42,7 @@ from ..settings.naming import bucket_name_problem
 from ..settings.targets import Target, default_bucket, discover_targets, paths_needing_names, select_targets
 from .checksum import StreamSum, expected_checksum
 from .choose import Action, Item, is_safe, list_prefixes, under_prefix
+from .options import RestoreOptions
 from .place import Folders, Refused, TempFile, lookup
 from .spill import VersionSpill
 
@@ -86,7 +86,7 @@ class Restore:
         prefix: bytes | None,
         dest_root: bytes | None,
         as_of: datetime | None,
-        args: argparse.Namespace,
+        options: RestoreOptions,
     ) -> None:
         self.config = config
         self.store = store
@@ -96,10 +96,10 @@ class Restore:
         self.prefix = prefix
         self.dest_root = dest_root
         self.as_of = as_of
-        self.tier: str = args.tier
-        self.days: int = args.days
-        self.overwrite: bool = args.overwrite
-        self.yes: bool = args.yes
+        self.tier: str = options.tier
+        self.days: int = options.days
+        self.overwrite: bool = options.overwrite
+        self.yes: bool = options.yes
         self.stats = Stats()
         self.counts: Counter[str] = Counter()
         self.spill: VersionSpill | None = None  # the listing, the choice and the plan, on disk
@@ -108,7 +108,7 @@ class Restore:
         self.archived_bytes = 0
         self.request_bytes = 0  # of those, the ones that need a new retrieval (priced per GB)
         self.item_bytes = 0  # everything to download
-        self.dry_run: bool = bool(getattr(args, "dry_run", False))
+        self.dry_run: bool = options.dry_run
         self.interrupted = False
         self._record_lock = anyio.Lock()
         mask = os.umask(0)
@@ -329,24 +329,19 @@ class Restore:
                 await self._handle(s3, item)
                 self.stats.handled += 1
 
-        async with unwrapped_group() as outer:
+        async def run_workers() -> None:
+            async with unwrapped_group() as outer:
+                Ticker(self.progress).start(outer)
+                async with unwrapped_group() as workers:
+                    for _ in range(min(self.config.tuning.workers, self.item_count)):
+                        workers.start_soon(worker)
+                outer.cancel_scope.cancel()
 
-            async def watch_signals() -> None:
-                with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                    async for signum in signals:
-                        self.interrupted = True
-                        log.warning(
-                            "%s received: stopping; rerun the same command to resume", signal.Signals(signum).name
-                        )
-                        outer.cancel_scope.cancel()
-                        return
-
-            outer.start_soon(watch_signals)
-            Ticker(self.progress).start(outer)
-            async with unwrapped_group() as workers:
-                for _ in range(min(self.config.tuning.workers, self.item_count)):
-                    workers.start_soon(worker)
-            outer.cancel_scope.cancel()
+        self.interrupted = await run_until_signal(
+            run_workers,
+            stopping="%s received: stopping; rerun the same command to resume",
+            again="%s received again: still stopping",
+        )
 
     async def _handle(self, s3: S3, item: Item) -> None:
         v = item.version
@@ -521,27 +516,27 @@ def _targets_without_disk(config: Config, known: dict[str, tuple[str, str | None
     return list(targets.values())
 
 
-def run_restore(config: Config, cache_dir: Path, args: argparse.Namespace) -> int:
+def run(config: Config, cache_dir: Path, options: RestoreOptions) -> int:
     """`async-backup restore TARGET ...`: 0 done (or waiting for retrievals), 1 failures, 2 usage, 130 interrupted."""
-    as_of = parse_time(args.as_of) if args.as_of else None
+    as_of = parse_time(options.as_of) if options.as_of else None
     if as_of is not None and as_of > datetime.now(UTC):
-        raise ConfigError(f"--as-of {args.as_of} lies in the future; leave it out to restore the current versions")
-    if args.days < 1:
-        raise ConfigError(f"--days is {args.days}; a restored copy must stay readable at least 1 day")
+        raise ConfigError(f"--as-of {options.as_of} lies in the future; leave it out to restore the current versions")
+    if options.days < 1:
+        raise ConfigError(f"--days is {options.days}; a restored copy must stay readable at least 1 day")
     # Read-only, without the lock: a backup may hold both (see RestoreLog for the requests).
     store = StateStore(cache_dir, readonly=True)
     requests: RestoreLog | None = None
     try:
-        target, inside = find_target(config, store, args.target)
-        if inside is not None and args.path:
-            raise ConfigError(f"TARGET {args.target} already names a path inside {target.path}; drop --path")
+        target, inside = find_target(config, store, options.target)
+        if inside is not None and options.path:
+            raise ConfigError(f"TARGET {options.target} already names a path inside {target.path}; drop --path")
         prefix: bytes | None = os.fsencode(inside) if inside is not None else None
-        if args.path:
+        if options.path:
             base = target.path if target.path else "/"
-            prefix = os.fsencode(os.path.normpath(os.path.join(base, args.path)))
-        dest_root = os.fsencode(os.path.abspath(args.to)) if args.to else None
-        requests = RestoreLog(cache_dir, readonly=bool(getattr(args, "dry_run", False)))
-        job = Restore(config, store, requests, target, prefix, dest_root, as_of, args)
+            prefix = os.fsencode(os.path.normpath(os.path.join(base, options.path)))
+        dest_root = os.fsencode(os.path.abspath(options.to)) if options.to else None
+        requests = RestoreLog(cache_dir, readonly=options.dry_run)
+        job = Restore(config, store, requests, target, prefix, dest_root, as_of, options)
         return anyio.run(job.run)
     finally:
         if requests is not None:

@@ -9,7 +9,6 @@ the disk only through `walk`, and writes the cache only with --repair, under the
 
 from __future__ import annotations
 
-import argparse
 import logging
 import tempfile
 import time
@@ -34,6 +33,7 @@ from ..s3.client import S3, open_s3
 from ..settings.config import Config
 from ..settings.targets import Target, discover_targets, select_targets
 from .compare import MD5_ETAG, ChecksumCheck, Kind, TargetCheck, compare, compare_checksum, settle_checksum
+from .options import VerifyOptions
 from .spill import Spill
 
 log = logging.getLogger(__name__)
@@ -228,16 +228,16 @@ def _report(check: TargetCheck) -> Iterator[str]:
         yield f"  {label}: {failure.path}: {failure.message}"
 
 
-def run_verify(config: Config, cache_dir: Path, args: argparse.Namespace) -> int:
+def run(config: Config, cache_dir: Path, options: VerifyOptions) -> int:
     """`async-backup verify`: 0 when every target is whole, 1 with a summary when not."""
-    checksums = not getattr(args, "no_checksums", False)
-    lock: AbstractContextManager[None] = cache_lock(cache_dir) if args.repair else nullcontext()
+    checksums = options.checksums
+    lock: AbstractContextManager[None] = cache_lock(cache_dir) if options.repair else nullcontext()
     with lock:
-        store = StateStore(cache_dir, readonly=not args.repair)
+        store = StateStore(cache_dir, readonly=not options.repair)
         try:
             known = store.known_targets()
             config = with_account_names(config, known, store.get_meta(CACHE_BUCKET))
-            targets = select_targets(discover_targets(config, known), args.target, "--target")
+            targets = select_targets(discover_targets(config, known), options.targets, "--target")
             for unusable in (t for t in targets if t.problem):
                 print(f"{unusable.path}: not checked: {unusable.problem}")
             for new in (t for t in targets if t.missing_key):  # nothing of it was ever backed up
@@ -256,10 +256,10 @@ def run_verify(config: Config, cache_dir: Path, args: argparse.Namespace) -> int
             else:
                 print("  CRC32 values not compared (--no-checksums); MD5 values compared with the listing's ETags")
             repairs = [change for c in job.results for change in c.repairs.values()]
-            if args.repair and repairs:
+            if options.repair and repairs:
                 store.apply(repairs)
             errors = sum(len(c.errors) for c in job.results)
-            summary = _summary(job.results, problems, errors, repairs, args.repair, time.monotonic() - started)
+            summary = _summary(job.results, problems, errors, repairs, options.repair, time.monotonic() - started)
             print(summary)
             return EXIT_FAILURES if problems or errors else EXIT_OK
         finally:

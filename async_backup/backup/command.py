@@ -1,0 +1,216 @@
+"""`async-backup backup` (also without a command word): the run from its options to its exit code.
+
+Owns `BackupOptions` (what the operator asked; the stages see its `RunOptions` part) and `run`:
+--forget-target; the cache lock; the store opened, reset on request, and its targets chosen;
+`pipeline.Backup` run until it finishes or a signal stops it; then, however it ended, the
+summary, its request prices and the exit code, published through `report.publish`. Holds no
+pipeline stage and no publishing rule of its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import socket
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from ..cache.accountnames import with_account_names
+from ..cache.snapshot import CACHE_BUCKET
+from ..cache.store import StateStore
+from ..disk.lock import cache_lock
+from ..errors import (
+    EXIT_FAILURES,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    BackupError,
+    ConfigError,
+    Failure,
+    FailureCollector,
+    FailureKind,
+    LockHeldError,
+)
+from ..interrupts import LateSignals, run_until_signal
+from ..report.logsetup import TRACEBACK_LOGGER
+from ..report.progress import Progress
+from ..report.publish import publish, tell_outcome
+from ..report.summary import RunSummary
+from ..s3.pricing import planned_counts, price_requests, prices_for
+from ..settings.config import Config
+from ..settings.targets import Target, discover_targets, nested_target_warnings, select_targets
+from .names import recall_target_names, recall_target_names_offline
+from .pipeline import Backup
+from .runs import RunOptions
+
+log = logging.getLogger("async_backup")
+
+DEFAULT_PROGRESS_INTERVAL_S = 60.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BackupOptions(RunOptions):
+    """The backup's options. The stages read only the `RunOptions` fields; `rebuild` is False
+    with --upload-everything-again."""
+
+    reset: bool = False  # --reset: forget the cache's rows and rebuild them from S3
+    only: tuple[str, ...] = ()  # targets by folder path or bucket; all when empty
+    forget_target: str | None = None  # drop this target from the cache and do nothing else
+    print_card: bool = False
+    metrics_file: str | None = None
+    progress_interval_s: float = DEFAULT_PROGRESS_INTERVAL_S
+    quiet: bool = False  # no progress display
+
+
+@dataclasses.dataclass
+class _Held:
+    """What a run built before it ended, however it ended: the report is made from it."""
+
+    backup: Backup | None = None
+
+
+def run(config: Config, cache_dir: Path, options: BackupOptions) -> int:
+    """The backup command. Whatever ends the run (our errors, a foreign exception, MemoryError,
+    SIGINT or SIGTERM at any moment), the report, the metrics file and the card are published.
+
+    Only a run that never began publishes nothing: --forget-target, another run holding the lock
+    (exit 3; its cache is not ours to write), a usage error (exit 2)."""
+    if options.forget_target:
+        with cache_lock(cache_dir):
+            store = StateStore(cache_dir)
+            try:
+                dropped = store.forget_target(os.path.normpath(options.forget_target))
+            finally:
+                store.close()
+        log.info("forgot target %s (%d cached files); its bucket is unchanged", options.forget_target, dropped)
+        return EXIT_OK
+    collector = FailureCollector()
+    summary = RunSummary(host=socket.gethostname(), started_at=time.time(), dry_run=options.dry_run)
+    held = _Held()
+    interrupted = False
+    try:
+        with nullcontext() if options.dry_run else cache_lock(cache_dir):
+            interrupted = _run(config, cache_dir, options, collector, held)
+    except (LockHeldError, ConfigError):
+        raise
+    except KeyboardInterrupt:  # SIGINT or SIGTERM outside the event loop's watch
+        interrupted = True
+        log.warning("interrupted; finished uploads are recorded")
+    except BackupError as exc:  # logged once, with every failure, by tell_outcome
+        collector.add(Failure(FailureKind.FATAL, "run", "", str(exc)))
+    except Exception as exc:  # not one of ours: a bug, a foreign library's error, MemoryError
+        collector.add(internal_failure(exc, logged_to_file=not options.dry_run))
+    summary.finished_at = time.time()
+    summary.targets = [r.stats for r in held.backup.runs] if held.backup is not None else []
+    summary.failures = collector.failures
+    summary.warnings = collector.warnings
+    summary.interrupted = interrupted
+    summary.exit_code = EXIT_INTERRUPTED if interrupted else EXIT_FAILURES if summary.failures else EXIT_OK
+    prices = prices_for(config.aws.region, config.pricing)
+    if options.dry_run:
+        planned = planned_counts((t.planned_requests for t in summary.targets), config.storage_class)
+        summary.requests = price_requests(planned, prices, estimated=True)
+    elif held.backup is not None:
+        summary.requests = price_requests(held.backup.sent.counts, prices)
+    with LateSignals() as late:
+        try:
+            tell_outcome(summary, options.dry_run)
+            publish(config, cache_dir, summary, metrics_file=options.metrics_file, print_card=options.print_card)
+        except Exception as exc:  # publishing failed itself (MemoryError, a bug): the exit code still tells
+            log.error("the run report could not be published: %s", one_line(exc))
+            logging.getLogger(TRACEBACK_LOGGER).error("publishing failed", exc_info=exc)
+    return EXIT_INTERRUPTED if late.received else summary.exit_code
+
+
+def one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def internal_failure(exc: BaseException, *, logged_to_file: bool) -> Failure:
+    """A foreign exception as the run's failure: one line for the card and stderr, the traceback
+    only in backup.log (a dry run writes no backup.log: there it goes to stderr)."""
+    where = "the traceback is in backup.log" if logged_to_file else "traceback above"
+    message = f"{one_line(exc)[:500]}; the run stopped ({where})"
+    logging.getLogger(TRACEBACK_LOGGER).error("internal error", exc_info=exc)
+    return Failure(FailureKind.INTERNAL, "run", "", message)
+
+
+def _run(config: Config, cache_dir: Path, options: BackupOptions, collector: FailureCollector, held: _Held) -> bool:
+    """Open the cache, choose the targets and run the backup; True when a signal stopped it."""
+    store = StateStore(cache_dir, readonly=options.dry_run)
+    try:
+        if not options.rebuild and not options.dry_run:
+            store.reset()
+            log.info("cache reset (--upload-everything-again): every file will be uploaded again")
+        elif options.reset and not options.dry_run:
+            store.reset()
+            log.info("cache reset: its rows are rebuilt from S3 before planning")
+        # On AWS with the default prefix, what the account owns and its tag, before naming (and
+        # before the legacy names are read back from the snapshots, whose bucket it settles).
+        config = with_account_names(
+            config, store.known_targets(), store.get_meta(CACHE_BUCKET), offline=options.dry_run
+        )
+        known = _known_targets(config, store, cache_dir, dry_run=options.dry_run)
+        targets = select_targets(discover_targets(config, known), options.only, "--only")
+        for warning in nested_target_warnings(targets):
+            log.warning("%s", warning)
+        if options.dry_run and (options.reset or not options.rebuild):
+            store.close()
+            store = StateStore(cache_dir / "nonexistent-for-dry-reset", readonly=True)
+        return _execute(config, targets, store, collector, held, options)
+    finally:
+        store.close()
+
+
+def _known_targets(
+    config: Config, store: StateStore, cache_dir: Path, *, dry_run: bool
+) -> dict[str, tuple[str, str | None]]:
+    """The cache's targets; on a cache without any, legacy names in use are read back from the
+    newest snapshot first: they cannot be computed again once the config changed."""
+    known = store.known_targets()
+    if known or config.naming != "legacy":
+        return known
+    if dry_run:  # a dry run sends no request before planning
+        return recall_target_names_offline(config, cache_dir)
+    return anyio.run(recall_target_names, config, cache_dir)
+
+
+def event_loop_options() -> dict[str, Any]:
+    """uvloop where it is installed: it trims the event loop's share of each request's CPU."""
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return {}
+    return {"use_uvloop": True}
+
+
+def _execute(
+    config: Config,
+    targets: list[Target],
+    store: StateStore,
+    collector: FailureCollector,
+    held: _Held,
+    options: BackupOptions,
+) -> bool:
+    progress = Progress.for_stderr(max(1.0, options.progress_interval_s), quiet=options.quiet)
+    held.backup = Backup(config, targets, store, collector, options, progress)
+    log.info(
+        "%s %d targets%s",
+        "planning" if options.dry_run else "backing up",
+        len(targets),
+        " (dry run)" if options.dry_run else "",
+    )
+    return anyio.run(_run_until_signal, held.backup, backend_options=event_loop_options())
+
+
+async def _run_until_signal(backup: Backup) -> bool:
+    return await run_until_signal(
+        backup.run,
+        stopping="%s received: stopping; finished uploads are recorded",
+        again="%s received again: still stopping (aborting uploads in flight)",
+    )
