@@ -200,7 +200,7 @@ def signing_costs(rounds: int = 20000) -> list[tuple[str, float]]:
     from botocore.credentials import ReadOnlyCredentials
 
     from async_backup.s3.client import botocore_signed_headers
-    from async_backup.s3.fastput import BucketEndpoint, DirectPut
+    from async_backup.s3.fastput.sending import BucketEndpoint, DirectPut
 
     endpoint = BucketEndpoint("https://bench.s3.us-east-1.amazonaws.com", "", "us-east-1")
     headers = {

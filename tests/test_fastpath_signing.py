@@ -15,7 +15,7 @@ from botocore.credentials import ReadOnlyCredentials
 
 from async_backup.s3.checksums import PartChecksum
 from async_backup.s3.client import botocore_signed_headers
-from async_backup.s3.fastput import BucketEndpoint, DirectPut
+from async_backup.s3.fastput.sending import BucketEndpoint, DirectPut
 
 NOW = datetime.datetime(2026, 12, 1, 23, 59, 58, tzinfo=datetime.UTC)
 STATIC = ReadOnlyCredentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", None)

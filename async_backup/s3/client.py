@@ -40,7 +40,7 @@ from ..errors import FatalError, S3Error
 from ..settings.config import AwsSettings, Tuning
 from .checksums import PartChecksum
 from .credentials import credentials_failure
-from .fastput import (
+from .fastput.sending import (
     REGION_CODES,
     SKEW_CODE,
     BodyStream,

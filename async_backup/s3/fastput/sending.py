@@ -43,8 +43,8 @@ import aiohttp.payload
 import anyio
 from yarl import URL
 
-from ..backoff import Backoff
-from ..errors import FatalError, S3Error
+from ...backoff import Backoff
+from ...errors import FatalError, S3Error
 
 UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"  # the body is covered by x-amz-checksum-crc32 (or Content-MD5) instead
 RETRY_CODES = frozenset({"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable"})
