@@ -34,7 +34,9 @@ from conftest import CAFiles, make_test_ca  # the tests' CA maker
 from pacedsink import PacedReader  # the tests' paced sink
 
 from async_backup.disk.read import RangeReader
-from async_backup.s3.fastput.sending import BodyStream, BucketEndpoint, DirectPut
+from async_backup.s3.fastput.bodies import BodyStream
+from async_backup.s3.fastput.sending import DirectPut
+from async_backup.s3.fastput.signing import BucketEndpoint
 
 MiB = 1024 * 1024
 BODY_BYTES = 64 * MiB

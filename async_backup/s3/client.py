@@ -40,17 +40,16 @@ from ..errors import FatalError, S3Error
 from ..settings.config import AwsSettings, Tuning
 from .checksums import PartChecksum
 from .credentials import credentials_failure
+from .fastput.bodies import BodyStream
 from .fastput.sending import (
     REGION_CODES,
     SKEW_CODE,
-    BodyStream,
-    BucketEndpoint,
     DirectPut,
-    FrozenCredentials,
     region_message,
     skew_message,
     tls_failure_message,
 )
+from .fastput.signing import BucketEndpoint, FrozenCredentials
 from .objects import ListedObject, ObjectHead, ObjectVersion
 from .pricing import RequestTally
 
