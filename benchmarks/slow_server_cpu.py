@@ -76,7 +76,6 @@ async def send(url: str, ca: CAFiles | None, path: str, bodies: int, streams: in
             credentials=Keys(),
             resolve_endpoint=resolve,
             max_attempts=1,
-            fatal_codes=frozenset(),
             ssl_context=context if context is not None else True,
             send_stall_s=60,
         )

@@ -79,7 +79,7 @@ def direct_put_at(session: aiohttp.ClientSession, base_url: str, **options: Any)
         async def get_frozen_credentials(self) -> Any:
             return ReadOnlyCredentials(ACCESS_KEY, SECRET_KEY, None)
 
-    return DirectPut(session=session, credentials=Keys(), resolve_endpoint=resolve, fatal_codes=frozenset(), **options)
+    return DirectPut(session=session, credentials=Keys(), resolve_endpoint=resolve, **options)
 
 
 @pytest.mark.parametrize("scheme", ["http", "https"])

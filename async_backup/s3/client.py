@@ -40,35 +40,15 @@ from ..errors import FatalError, S3Error
 from ..settings.config import AwsSettings, Tuning
 from .checksums import PartChecksum
 from .credentials import credentials_failure
+from .errormap import ErrorReply, cannot_connect, connection_dropped, reply_failure, timed_out, tls_failure
 from .fastput.bodies import BodyStream
-from .fastput.sending import (
-    REGION_CODES,
-    SKEW_CODE,
-    DirectPut,
-    region_message,
-    skew_message,
-    tls_failure_message,
-)
+from .fastput.sending import DirectPut
 from .fastput.signing import BucketEndpoint, FrozenCredentials
 from .objects import ListedObject, ObjectHead, ObjectVersion
 from .pricing import RequestTally
 
 # put_plain_file holds at most this much of a file in memory: one PutObject up to it, else parts of it.
 PLAIN_PART_BYTES = 16 * 1024 * 1024
-
-# Codes after which no other request of this run can succeed.
-FATAL_CODES = frozenset(
-    {
-        "InvalidAccessKeyId",
-        "SignatureDoesNotMatch",
-        "ExpiredToken",
-        "InvalidToken",
-        "TokenRefreshRequired",
-        "AccountProblem",
-        "AllAccessDisabled",
-    }
-)
-
 
 # Errors of a request that never reached the server (the probe reports them as "cannot reach").
 _CONNECT_ERRORS = frozenset({"EndpointConnectionError", "ConnectTimeoutError"})
@@ -168,28 +148,21 @@ class S3:
         try:
             yield
         except ClientError as exc:
-            err = exc.response.get("Error", {})
-            code = str(err.get("Code") or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", "Error"))
-            message = str(err.get("Message") or "")
-            if code in FATAL_CODES:
-                raise FatalError(
-                    f"S3 at {endpoint_name(self.aws)} refused the credentials ({code}) during {what}; "
-                    "check aws.access_key and aws.secret_access_key, or the AWS profile or role they come from"
-                ) from None
-            if code in REGION_CODES:
-                headers = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
-                region = err.get("Region") or headers.get("x-amz-bucket-region")
-                bucket = err.get("BucketName") or err.get("Bucket") or f"of {what}"
-                raise FatalError(region_message(str(bucket), region and str(region), self.aws.region)) from None
-            if code == SKEW_CODE:
-                raise FatalError(skew_message(err.get("RequestTime"), err.get("ServerTime"))) from None
-            raise S3Error(code, f"{what}: {message or 'request failed'}") from None
+            failure = reply_failure(
+                _error_reply(exc.response, what),
+                what,
+                endpoint=endpoint_name(self.aws),
+                configured_region=self.aws.region,
+            )
+            raise failure from None
         except SSLError as exc:
-            raise FatalError(tls_failure_message(endpoint_name(self.aws), exc.kwargs.get("error", exc))) from None
+            raise tls_failure(endpoint_name(self.aws), exc.kwargs.get("error", exc)) from None
         except EndpointConnectionError:
-            raise S3Error("EndpointConnectionError", f"{what}: cannot connect to {endpoint_name(self.aws)}") from None
-        except (ConnectionClosedError, ReadTimeoutError) as exc:
-            raise S3Error(type(exc).__name__, f"{what}: connection lost or timed out after retries") from None
+            raise cannot_connect(what, endpoint_name(self.aws)) from None
+        except ReadTimeoutError:
+            raise timed_out(what) from None
+        except ConnectionClosedError:
+            raise connection_dropped(what) from None
         except BotoCoreError as exc:
             # No credentials to sign with (fetched as a request is signed: SSO, refreshed ones) fails every request.
             fatal = credentials_failure(exc)
@@ -844,7 +817,6 @@ async def open_s3(aws: AwsSettings, tuning: Tuning) -> AsyncIterator[S3]:
                 credentials=credentials,
                 resolve_endpoint=endpoint_resolver(client),
                 max_attempts=tuning.max_attempts,
-                fatal_codes=FATAL_CODES,
                 ssl_context=ssl_context_for(aws, ca_bundle),
                 endpoint_label=endpoint_name(aws),
                 configured_region=aws.region,
@@ -921,6 +893,25 @@ class ObjectReader:
             return bytes(await self._body.read(size_bytes))
         except (BotoCoreError, aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise S3Error(type(exc).__name__, f"GetObject {self._key}: the download broke off ({exc})") from None
+
+
+def _error_reply(response: Mapping[str, Any], what: str) -> ErrorReply:
+    """What a ClientError's parsed reply says, for the error map."""
+    err = response.get("Error", {})
+    meta = response.get("ResponseMetadata", {})
+    region = err.get("Region") or meta.get("HTTPHeaders", {}).get("x-amz-bucket-region")
+    return ErrorReply(
+        code=str(err.get("Code") or meta.get("HTTPStatusCode", "Error")),
+        message=str(err.get("Message") or ""),
+        bucket=str(err.get("BucketName") or err.get("Bucket") or f"of {what}"),
+        bucket_region=str(region) if region else None,
+        request_time=_text(err.get("RequestTime")),
+        server_time=_text(err.get("ServerTime")),
+    )
+
+
+def _text(value: Any) -> str | None:
+    return str(value) if value is not None else None
 
 
 def _etag_of(headers: Mapping[str, str]) -> str:

@@ -16,7 +16,7 @@ stack.
 
 Retries follow botocore's standard mode: throttling, 5xx, timeouts and dropped connections are
 retried with capped, jittered exponential backoff, up to `tuning.max_attempts` attempts. Errors map
-onto ours exactly as client.py maps botocore's. Must not import botocore or aiobotocore.
+onto ours through `errormap`, as botocore's do in client.py. Must not import botocore or aiobotocore.
 """
 
 from __future__ import annotations
@@ -33,16 +33,11 @@ import anyio
 from yarl import URL
 
 from ...backoff import Backoff
-from ...errors import FatalError, S3Error
+from ...errors import S3Error
+from ..errormap import ErrorReply, cannot_connect, connection_dropped, reply_failure, retryable, timed_out, tls_failure
 from .bodies import Body, BodyStream, SlicedBody, StreamedBody
 from .signing import BucketEndpoint, CredentialSource, Signer
 
-RETRY_CODES = frozenset({"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable"})
-# The bucket lives in another region than the one requests are signed for. S3 answers
-# PermanentRedirect (301) to a request sent to the wrong regional endpoint and
-# AuthorizationHeaderMalformed (400) to one signed for the wrong region [S3 error responses].
-REGION_CODES = frozenset({"PermanentRedirect", "AuthorizationHeaderMalformed", "IllegalLocationConstraintException"})
-SKEW_CODE = "RequestTimeTooSkewed"  # more than 15 minutes between our clock and S3's
 MAX_BACKOFF_S = 20.0  # botocore's standard mode caps its backoff at 20 s
 BACKOFF = Backoff(first_s=1.0, cap_s=MAX_BACKOFF_S, jitter=True)  # botocore's standard mode
 _CODE = re.compile(rb"<Code>([^<]+)</Code>")
@@ -55,45 +50,6 @@ _SERVER_TIME = re.compile(rb"<ServerTime>([^<]+)</ServerTime>")
 EndpointResolver = Callable[[str], Awaitable[BucketEndpoint | None]]
 
 
-def tls_failure_message(endpoint: str, reason: object) -> str:
-    """One line for a TLS failure: what failed, where, and what to set."""
-    return (
-        f"the TLS certificate of S3 at {endpoint} cannot be verified ({reason}): set aws.ca_bundle in "
-        "config.json (or AWS_CA_BUNDLE) to the PEM file of the CA that issued it"
-    )
-
-
-def region_message(bucket: str, bucket_region: str | None, configured: str) -> str:
-    where = f"region {bucket_region}" if bucket_region else "another region"
-    fix = f"set aws.region to {bucket_region}" if bucket_region else "set aws.region to the bucket's region"
-    return f"bucket {bucket} is in {where}, not in aws.region {configured}: {fix} in config.json"
-
-
-def skew_message(request_time: str | None, server_time: str | None) -> str:
-    """RequestTimeTooSkewed as one line: by how much our clock is off."""
-    ours, theirs = _parse_amz_time(request_time), _parse_amz_time(server_time)
-    if ours is None or theirs is None:
-        return "S3 refused the request time (RequestTimeTooSkewed): this machine's clock is off; sync it (NTP)"
-    offset_s = (ours - theirs).total_seconds()
-    direction = "ahead of" if offset_s > 0 else "behind"
-    return (
-        f"the clock is off by {abs(offset_s):.0f} s ({direction} S3's, RequestTimeTooSkewed): "
-        "sync this machine's clock (NTP) and run again"
-    )
-
-
-def _parse_amz_time(value: str | None) -> datetime.datetime | None:
-    """S3 writes RequestTime as 20261201T120000Z and ServerTime as 2026-12-01T12:00:00Z."""
-    if not value:
-        return None
-    for fmt in ("%Y%m%dT%H%M%SZ", "%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%dT%H:%M:%S.%fZ"):
-        try:
-            return datetime.datetime.strptime(value.strip(), fmt).replace(tzinfo=datetime.UTC)
-        except ValueError:
-            continue
-    return None
-
-
 class DirectPut:
     """Signs and sends PutObject requests; one instance (and one connection pool) per run."""
 
@@ -104,7 +60,6 @@ class DirectPut:
         credentials: CredentialSource,
         resolve_endpoint: EndpointResolver,
         max_attempts: int,
-        fatal_codes: frozenset[str],
         ssl_context: ssl.SSLContext | bool = True,
         endpoint_label: str = "S3",
         configured_region: str = "",
@@ -116,7 +71,6 @@ class DirectPut:
         self._endpoints: dict[str, BucketEndpoint | None] = {}
         self._proxies: dict[str, tuple[URL | None, aiohttp.BasicAuth | None]] = {}
         self._max_attempts = max(1, max_attempts)
-        self._fatal_codes = fatal_codes
         self._ssl = ssl_context  # an SSLContext, or False to skip certificate checks (aws.verify_tls false)
         self._label = endpoint_label
         self._configured_region = configured_region
@@ -192,35 +146,26 @@ class DirectPut:
                     if reply.status < 300:
                         await reply.read()
                         return dict(reply.headers)
-                    payload = await reply.read()
-                    code, message = _error_of(reply.status, payload)
-                    bucket_region = reply.headers.get("x-amz-bucket-region")
+                    error = _error_reply(reply.status, await reply.read(), reply.headers, bucket)
             except TimeoutError:
-                last = S3Error("ReadTimeoutError", f"{what}: no progress or no answer within the read timeout")
+                last = timed_out(what)
                 continue
             except aiohttp.ClientSSLError as exc:  # a certificate no retry can fix
-                raise FatalError(tls_failure_message(self._label, _ssl_reason(exc))) from None
+                raise tls_failure(self._label, _ssl_reason(exc)) from None
             except aiohttp.ClientConnectorError:
-                last = S3Error("EndpointConnectionError", f"{what}: cannot connect to {endpoint.host}")
+                last = cannot_connect(what, self._label)
                 continue
             except (aiohttp.ClientError, ConnectionError) as exc:
                 if isinstance(body, BodyStream) and body.failure is not None:
                     raise body.failure from None  # the file, not the network: no retry sends it whole
-                last = S3Error("ConnectionClosedError", f"{what}: connection dropped ({type(exc).__name__})")
+                last = connection_dropped(what, type(exc).__name__)
                 continue
-            if code in self._fatal_codes:
-                raise FatalError(
-                    f"S3 refused the credentials ({code}) during {what}; check aws.access_key and "
-                    "aws.secret_access_key, or the AWS profile or role the credentials come from"
-                )
-            if code in REGION_CODES:
-                region = _group(_REGION, payload) or bucket_region
-                raise FatalError(region_message(bucket, region, self._configured_region or endpoint.region))
-            if code == SKEW_CODE:
-                raise FatalError(skew_message(_group(_REQUEST_TIME, payload), _group(_SERVER_TIME, payload)))
-            last = S3Error(code, f"{what}: {message or 'request failed'}")
-            if not (reply.status >= 500 or reply.status == 429 or code in RETRY_CODES):
-                raise last
+            failure = reply_failure(
+                error, what, endpoint=self._label, configured_region=self._configured_region or endpoint.region
+            )
+            if not isinstance(failure, S3Error) or not retryable(reply.status, error.code):
+                raise failure
+            last = failure
         assert last is not None
         raise last
 
@@ -235,10 +180,13 @@ def _group(pattern: re.Pattern[bytes], payload: bytes) -> str | None:
     return found.group(1).decode("utf-8", "replace") if found else None
 
 
-def _error_of(status: int, payload: bytes) -> tuple[str, str]:
-    code = _CODE.search(payload)
-    message = _MESSAGE.search(payload)
-    return (
-        code.group(1).decode("utf-8", "replace") if code else str(status),
-        message.group(1).decode("utf-8", "replace") if message else "",
+def _error_reply(status: int, payload: bytes, headers: Mapping[str, str], bucket: str) -> ErrorReply:
+    """What an error reply's XML (and headers) say, for the error map."""
+    return ErrorReply(
+        code=_group(_CODE, payload) or str(status),
+        message=_group(_MESSAGE, payload) or "",
+        bucket=bucket,
+        bucket_region=_group(_REGION, payload) or headers.get("x-amz-bucket-region"),
+        request_time=_group(_REQUEST_TIME, payload),
+        server_time=_group(_SERVER_TIME, payload),
     )
