@@ -185,30 +185,49 @@ class S3:
         checksum: PartChecksum,
     ) -> str:
         """PutObject; returns the ETag S3 answered."""
-        if self._direct is not None:
-            # Mapped too: resolving the endpoint or refreshing credentials can fail as botocore fails.
-            async with self._mapped(f"PutObject {key}"):
-                endpoint = await self._direct.endpoint(bucket)
-                if endpoint is not None:
-                    headers = {
-                        "x-amz-storage-class": storage_class,
-                        **{f"x-amz-meta-{k}": v for k, v in metadata.items()},
-                        **checksum.request_headers(),
-                    }
-                    # Sent past botocore, so counted here (once per call: DirectPut's own retries are not seen).
-                    self.sent.add("PutObject", storage_class)
-                    return _etag_of(await self._direct.put(endpoint, bucket, key, body, headers, f"PutObject {key}"))
-        if isinstance(body, BodyStream):
-            raise TypeError("a streamed body needs the fast path: check can_stream() first")
-        async with self._mapped(f"PutObject {key}"):
-            reply = await self._client.put_object(
-                Bucket=bucket,
-                Key=key,
-                Body=body,
-                StorageClass=storage_class,
-                Metadata=dict(metadata),
-                **checksum.request_args(),
-            )
+        return await self._put_contents(
+            "PutObject",
+            f"PutObject {key}",
+            bucket,
+            key,
+            body,
+            checksum,
+            billed_class=storage_class,
+            headers={"x-amz-storage-class": storage_class, **{f"x-amz-meta-{k}": v for k, v in metadata.items()}},
+            query=None,
+            botocore_args={"StorageClass": storage_class, "Metadata": dict(metadata)},
+        )
+
+    async def _put_contents(
+        self,
+        operation: str,
+        what: str,
+        bucket: str,
+        key: str,
+        body: bytes | BodyStream,
+        checksum: PartChecksum,
+        *,
+        billed_class: str,
+        headers: Mapping[str, str],
+        query: Mapping[str, str] | None,
+        botocore_args: Mapping[str, Any],
+    ) -> str:
+        """The one place a request carrying file contents (PutObject, UploadPart) chooses its path:
+        the fast path when it is on and the bucket's endpoint takes plain SigV4, else botocore, which
+        takes bytes only. `headers` and `query` are the fast path's form of the request,
+        `botocore_args` botocore's; the checksum is added to either. Returns the ETag S3 answered."""
+        # Mapped on either path: resolving the endpoint or refreshing credentials can fail as botocore fails.
+        async with self._mapped(what):
+            endpoint = None if self._direct is None else await self._direct.endpoint(bucket)
+            if self._direct is not None and endpoint is not None:
+                # Sent past botocore, so counted here (once per call: DirectPut's own retries are not seen).
+                self.sent.add(operation, billed_class)
+                signed = {**headers, **checksum.request_headers()}
+                return _etag_of(await self._direct.put(endpoint, bucket, key, body, signed, what, query))
+            if isinstance(body, BodyStream):
+                raise TypeError("a streamed body needs the fast path: check can_stream() first")
+            send = self._client.put_object if operation == "PutObject" else self._client.upload_part
+            reply = await send(Bucket=bucket, Key=key, Body=body, **botocore_args, **checksum.request_args())
         return str(reply.get("ETag", ""))
 
     async def create_multipart_upload(
@@ -226,38 +245,19 @@ class S3:
     async def upload_part(
         self, bucket: str, key: str, upload_id: str, part_number: int, body: bytes | BodyStream, checksum: PartChecksum
     ) -> dict[str, Any]:
-        endpoint = None
-        if self._direct is not None:
-            async with self._mapped(f"UploadPart {part_number} of {key}"):
-                endpoint = await self._direct.endpoint(bucket)
-        if self._direct is not None and endpoint is not None:
-            self.sent.add("UploadPart", self._upload_class.get(upload_id, ""))
-            async with self._mapped(f"UploadPart {part_number} of {key}"):
-                got = await self._direct.put(
-                    endpoint,
-                    bucket,
-                    key,
-                    body,
-                    checksum.request_headers(),
-                    f"UploadPart {part_number} of {key}",
-                    {"partNumber": str(part_number), "uploadId": upload_id},
-                )
-            direct_part: dict[str, Any] = {"PartNumber": part_number, "ETag": _etag_of(got)}
-            if checksum.algorithm == "crc32":
-                direct_part["ChecksumCRC32"] = checksum.b64
-            return direct_part
-        if isinstance(body, BodyStream):
-            raise TypeError("a streamed body needs the fast path: check can_stream() first")
-        async with self._mapped(f"UploadPart {part_number} of {key}"):
-            reply = await self._client.upload_part(
-                Bucket=bucket,
-                Key=key,
-                UploadId=upload_id,
-                PartNumber=part_number,
-                Body=body,
-                **checksum.request_args(),
-            )
-        part: dict[str, Any] = {"PartNumber": part_number, "ETag": reply.get("ETag", "")}
+        etag = await self._put_contents(
+            "UploadPart",
+            f"UploadPart {part_number} of {key}",
+            bucket,
+            key,
+            body,
+            checksum,
+            billed_class=self._upload_class.get(upload_id, ""),
+            headers={},
+            query={"partNumber": str(part_number), "uploadId": upload_id},
+            botocore_args={"UploadId": upload_id, "PartNumber": part_number},
+        )
+        part: dict[str, Any] = {"PartNumber": part_number, "ETag": etag}
         if checksum.algorithm == "crc32":
             part["ChecksumCRC32"] = checksum.b64
         return part
