@@ -18,7 +18,11 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
+
+# The yardstick signer (botocore's S3SigV4Auth) lives with the tests that hold the fast path's signer to it.
+TESTS = Path(__file__).resolve().parent.parent / "tests"
 
 SINK = r"""
 import asyncio, sys
@@ -108,7 +112,8 @@ def _botocore_signed(
     """Signer.signed_headers with botocore's S3SigV4Auth doing the signing, for comparison."""
     from urllib.parse import quote
 
-    from async_backup.s3.client import botocore_signed_headers
+    sys.path.insert(0, str(TESTS))
+    from botocore_signing import botocore_signed_headers
 
     path = f"{endpoint.path_prefix}/{quote(key, safe='/~')}"
     canonical_query = "&".join(
@@ -199,7 +204,9 @@ def signing_costs(rounds: int = 20000) -> list[tuple[str, float]]:
 
     from botocore.credentials import ReadOnlyCredentials
 
-    from async_backup.s3.client import botocore_signed_headers
+    sys.path.insert(0, str(TESTS))
+    from botocore_signing import botocore_signed_headers
+
     from async_backup.s3.fastput.signing import BucketEndpoint, Signer
 
     endpoint = BucketEndpoint("https://bench.s3.us-east-1.amazonaws.com", "", "us-east-1")

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 from botocore.credentials import ReadOnlyCredentials
+from botocore_signing import botocore_signed_headers
 
 from async_backup.s3.checksums import PartChecksum
-from async_backup.s3.client import botocore_signed_headers
 from async_backup.s3.fastput.signing import BucketEndpoint, Signer
 
 NOW = datetime.datetime(2026, 12, 1, 23, 59, 58, tzinfo=datetime.UTC)

@@ -14,7 +14,6 @@ import ssl
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
-from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -23,9 +22,6 @@ import anyio
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore import handlers as botocore_handlers
-from botocore.auth import SIGV4_TIMESTAMP, S3SigV4Auth
-from botocore.awsrequest import AWSRequest
-from botocore.credentials import ReadOnlyCredentials
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -43,7 +39,7 @@ from .credentials import credentials_failure
 from .errormap import ErrorReply, cannot_connect, connection_dropped, reply_failure, timed_out, tls_failure
 from .fastput.bodies import BodyStream
 from .fastput.sending import DirectPut
-from .fastput.signing import BucketEndpoint, FrozenCredentials
+from .fastput.signing import BucketEndpoint
 from .objects import ListedObject, ObjectHead, ObjectVersion
 from .pricing import RequestTally
 
@@ -742,34 +738,6 @@ def _no_retry_on_tls_failure(caught_exception: Exception | None = None, **_kwarg
     """A certificate that is not trusted stays untrusted: botocore would retry it with backoff."""
     if isinstance(caught_exception, SSLError):
         raise caught_exception
-
-
-_UNSIGNED_PAYLOAD = AioConfig(s3={"payload_signing_enabled": False})
-_SIGNED_PAYLOAD = AioConfig(s3={"payload_signing_enabled": True})
-
-
-def botocore_signed_headers(
-    url: str,
-    headers: Mapping[str, str],
-    credentials: FrozenCredentials,
-    region: str,
-    now: datetime,
-    body: bytes | None = None,
-) -> dict[str, str]:
-    """What botocore's own S3SigV4Auth puts on a PUT with UNSIGNED-PAYLOAD, or with the SHA-256 of
-    `body` as the signed payload hash: the yardstick the fast path's signer is tested
-    (tests/test_fastpath_signing.py) and measured against (benchmarks)."""
-    request = AWSRequest(method="PUT", url=url, headers=dict(headers), data=body)
-    request.context["client_config"] = _UNSIGNED_PAYLOAD if body is None else _SIGNED_PAYLOAD
-    request.context["timestamp"] = now.strftime(SIGV4_TIMESTAMP)
-    auth = S3SigV4Auth(
-        ReadOnlyCredentials(credentials.access_key, credentials.secret_key, credentials.token), "s3", region
-    )
-    # add_auth without its own clock reading, so tests compare at one instant.
-    auth._modify_request_before_signing(request)
-    canonical = auth.canonical_request(request)
-    auth._inject_signature_to_request(request, auth.signature(auth.string_to_sign(request, canonical), request))
-    return dict(request.headers.items())
 
 
 @asynccontextmanager
