@@ -4,6 +4,14 @@ Owns the client's settings (retries, timeouts, pool size, checksum behaviour) an
 botocore's exceptions onto ours: per-request failures become `S3Error` with S3's error code;
 failures that doom every request (bad credentials, unreachable endpoint) become `FatalError`.
 Nothing in here knows about targets, the cache or the plan.
+
+Reaches into botocore's internals in five places, hence aiobotocore pinned below its next major
+version in pyproject.toml:
+- skip_expect_continue unregisters `botocore.handlers.add_expect_header`;
+- cache_user_agent replaces the client's `_user_agent_creator` handler (skipped if it is gone);
+- ssl_context_for takes botocore's default CA bundle from `botocore.httpsession.get_cert_path`;
+- endpoint_resolver asks the client's `_resolve_endpoint_ruleset` for each bucket's endpoint;
+- open_s3 hands the client's `_request_signer._credentials` to the fast path.
 """
 
 from __future__ import annotations
