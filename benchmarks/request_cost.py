@@ -18,7 +18,11 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
+
+# The yardstick signer (botocore's S3SigV4Auth) lives with the tests that hold the fast path's signer to it.
+TESTS = Path(__file__).resolve().parent.parent / "tests"
 
 SINK = r"""
 import asyncio, sys
@@ -105,10 +109,11 @@ CREDENTIAL_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOK
 def _botocore_signed(
     self: Any, endpoint: Any, key: str, headers: Any, now: Any, credentials: Any, query: Any = None
 ) -> tuple[str, dict[str, str]]:
-    """DirectPut.signed_headers with botocore's S3SigV4Auth doing the signing, for comparison."""
+    """Signer.signed_headers with botocore's S3SigV4Auth doing the signing, for comparison."""
     from urllib.parse import quote
 
-    from async_backup.s3.client import botocore_signed_headers
+    sys.path.insert(0, str(TESTS))
+    from botocore_signing import botocore_signed_headers
 
     path = f"{endpoint.path_prefix}/{quote(key, safe='/~')}"
     canonical_query = "&".join(
@@ -152,7 +157,7 @@ async def _measure_tool(
         async with open_s3(aws, Tuning(workers=concurrency)) as s3:
             assert s3.fast_path is not None
             if signer == "botocore":
-                s3.fast_path.signed_headers = types.MethodType(_botocore_signed, s3.fast_path)  # type: ignore[method-assign]
+                s3.fast_path.signer.signed_headers = types.MethodType(_botocore_signed, s3.fast_path.signer)  # type: ignore[method-assign]
             queue: asyncio.Queue[int] = asyncio.Queue()
 
             async def worker() -> None:
@@ -199,8 +204,10 @@ def signing_costs(rounds: int = 20000) -> list[tuple[str, float]]:
 
     from botocore.credentials import ReadOnlyCredentials
 
-    from async_backup.s3.client import botocore_signed_headers
-    from async_backup.s3.fastput import BucketEndpoint, DirectPut
+    sys.path.insert(0, str(TESTS))
+    from botocore_signing import botocore_signed_headers
+
+    from async_backup.s3.fastput.signing import BucketEndpoint, Signer
 
     endpoint = BucketEndpoint("https://bench.s3.us-east-1.amazonaws.com", "", "us-east-1")
     headers = {
@@ -208,13 +215,7 @@ def signing_costs(rounds: int = 20000) -> list[tuple[str, float]]:
         "x-amz-meta-mtime": "1700000000.0",
         "x-amz-checksum-crc32": "AA==",
     }
-    signer = DirectPut(
-        session=None,  # type: ignore[arg-type]
-        credentials=None,  # type: ignore[arg-type]
-        resolve_endpoint=None,  # type: ignore[arg-type]
-        max_attempts=1,
-        fatal_codes=frozenset(),
-    )
+    signer = Signer()
     rows = []
     for label, creds in [
         ("static keys", ReadOnlyCredentials("AKIDEXAMPLE", "secret", None)),

@@ -34,7 +34,9 @@ from conftest import CAFiles, make_test_ca  # the tests' CA maker
 from pacedsink import PacedReader  # the tests' paced sink
 
 from async_backup.disk.read import RangeReader
-from async_backup.s3.fastput import BodyStream, BucketEndpoint, DirectPut
+from async_backup.s3.fastput.bodies import BodyStream
+from async_backup.s3.fastput.sending import DirectPut
+from async_backup.s3.fastput.signing import BucketEndpoint
 
 MiB = 1024 * 1024
 BODY_BYTES = 64 * MiB
@@ -74,7 +76,6 @@ async def send(url: str, ca: CAFiles | None, path: str, bodies: int, streams: in
             credentials=Keys(),
             resolve_endpoint=resolve,
             max_attempts=1,
-            fatal_codes=frozenset(),
             ssl_context=context if context is not None else True,
             send_stall_s=60,
         )

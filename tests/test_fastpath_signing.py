@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 from botocore.credentials import ReadOnlyCredentials
+from botocore_signing import botocore_signed_headers
 
 from async_backup.s3.checksums import PartChecksum
-from async_backup.s3.client import botocore_signed_headers
-from async_backup.s3.fastput import BucketEndpoint, DirectPut
+from async_backup.s3.fastput.signing import BucketEndpoint, Signer
 
 NOW = datetime.datetime(2026, 12, 1, 23, 59, 58, tzinfo=datetime.UTC)
 STATIC = ReadOnlyCredentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", None)
@@ -44,23 +44,6 @@ HEADERS = {
 }
 
 
-class _NoSession:
-    pass
-
-
-def _signer() -> DirectPut:
-    async def resolve(bucket: str) -> BucketEndpoint | None:
-        return None
-
-    return DirectPut(
-        session=_NoSession(),  # type: ignore[arg-type]  # signing sends nothing
-        credentials=None,  # type: ignore[arg-type]
-        resolve_endpoint=resolve,
-        max_attempts=1,
-        fatal_codes=frozenset(),
-    )
-
-
 def _lower(headers: dict[str, str]) -> dict[str, str]:
     return {k.lower(): v for k, v in headers.items()}
 
@@ -73,7 +56,7 @@ def _lower(headers: dict[str, str]) -> dict[str, str]:
     ids=["PutObject", "UploadPart"],
 )
 def test_signed_exactly_as_botocore_signs(endpoint: BucketEndpoint, credentials: Any, query: Any) -> None:
-    signer = _signer()
+    signer = Signer()
     for key in ODD_KEYS:
         url, ours = signer.signed_headers(endpoint, key, HEADERS, NOW, credentials, query)
         theirs = _lower(botocore_signed_headers(url, HEADERS, credentials, endpoint.region, NOW))
@@ -96,7 +79,7 @@ def test_a_body_signed_with_its_sha256_is_signed_as_botocore_signs_its_payload(
     checksum = PartChecksum.of(body, "sha256")
     headers = {k: v for k, v in HEADERS.items() if k != "x-amz-checksum-crc32"} | checksum.request_headers()
     for query in (None, {"partNumber": "3", "uploadId": "abc"}):
-        url, ours = _signer().signed_headers(endpoint, "srv/page 1.tif", headers, NOW, credentials, query)
+        url, ours = Signer().signed_headers(endpoint, "srv/page 1.tif", headers, NOW, credentials, query)
         botocore_headers = {k: v for k, v in headers.items() if k != "x-amz-content-sha256"}
         theirs = _lower(botocore_signed_headers(url, botocore_headers, credentials, endpoint.region, NOW, body=body))
         assert ours["x-amz-content-sha256"] == hashlib.sha256(body).hexdigest() == theirs["x-amz-content-sha256"]
@@ -105,7 +88,7 @@ def test_a_body_signed_with_its_sha256_is_signed_as_botocore_signs_its_payload(
 
 
 def test_new_credentials_get_a_new_signing_key() -> None:
-    signer = _signer()
+    signer = Signer()
     endpoint = ENDPOINTS[0]
     _, first = signer.signed_headers(endpoint, "k", HEADERS, NOW, STATIC, None)
     _, second = signer.signed_headers(endpoint, "k", HEADERS, NOW, TEMPORARY, None)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import anyio
 
-from async_backup.s3.fastput import BODY_SLICE_BYTES, SlicedBody
+from async_backup.s3.fastput.bodies import BODY_SLICE_BYTES, SlicedBody
 
 
 class RecordingWriter:

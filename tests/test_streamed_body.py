@@ -37,7 +37,9 @@ from async_backup.disk.keys import key_for_path
 from async_backup.disk.read import FileChanged, RangeReader
 from async_backup.errors import S3Error
 from async_backup.s3.client import S3, open_s3
-from async_backup.s3.fastput import TLS_WRITE_BUFFER_HIGH, BodyStream, BucketEndpoint, DirectPut, write_slice_bytes
+from async_backup.s3.fastput.bodies import TLS_WRITE_BUFFER_HIGH, BodyStream, write_slice_bytes
+from async_backup.s3.fastput.sending import DirectPut
+from async_backup.s3.fastput.signing import BucketEndpoint
 from async_backup.settings.config import AwsSettings, Tuning
 from async_backup.settings.naming import stable_bucket_name
 
@@ -77,7 +79,7 @@ def direct_put_at(session: aiohttp.ClientSession, base_url: str, **options: Any)
         async def get_frozen_credentials(self) -> Any:
             return ReadOnlyCredentials(ACCESS_KEY, SECRET_KEY, None)
 
-    return DirectPut(session=session, credentials=Keys(), resolve_endpoint=resolve, fatal_codes=frozenset(), **options)
+    return DirectPut(session=session, credentials=Keys(), resolve_endpoint=resolve, **options)
 
 
 @pytest.mark.parametrize("scheme", ["http", "https"])

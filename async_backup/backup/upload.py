@@ -36,7 +36,7 @@ from ..disk.read import (
 from ..errors import S3Error, unwrapped_group
 from ..s3.checksums import PartChecksum, RunningChecksum, composite_checksum
 from ..s3.client import S3
-from ..s3.fastput import BodyStream
+from ..s3.fastput.bodies import BodyStream
 from ..s3.objects import mtime_metadata
 from .budget import BufferPair, BufferPool, ByteBudget
 from .plan import part_ranges, part_size_for

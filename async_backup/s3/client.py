@@ -4,6 +4,14 @@ Owns the client's settings (retries, timeouts, pool size, checksum behaviour) an
 botocore's exceptions onto ours: per-request failures become `S3Error` with S3's error code;
 failures that doom every request (bad credentials, unreachable endpoint) become `FatalError`.
 Nothing in here knows about targets, the cache or the plan.
+
+Reaches into botocore's internals in five places, hence aiobotocore pinned below its next major
+version in pyproject.toml:
+- skip_expect_continue unregisters `botocore.handlers.add_expect_header`;
+- cache_user_agent replaces the client's `_user_agent_creator` handler (skipped if it is gone);
+- ssl_context_for takes botocore's default CA bundle from `botocore.httpsession.get_cert_path`;
+- endpoint_resolver asks the client's `_resolve_endpoint_ruleset` for each bucket's endpoint;
+- open_s3 hands the client's `_request_signer._credentials` to the fast path.
 """
 
 from __future__ import annotations
@@ -14,7 +22,6 @@ import ssl
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
-from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -23,9 +30,6 @@ import anyio
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore import handlers as botocore_handlers
-from botocore.auth import SIGV4_TIMESTAMP, S3SigV4Auth
-from botocore.awsrequest import AWSRequest
-from botocore.credentials import ReadOnlyCredentials
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -40,36 +44,15 @@ from ..errors import FatalError, S3Error
 from ..settings.config import AwsSettings, Tuning
 from .checksums import PartChecksum
 from .credentials import credentials_failure
-from .fastput import (
-    REGION_CODES,
-    SKEW_CODE,
-    BodyStream,
-    BucketEndpoint,
-    DirectPut,
-    FrozenCredentials,
-    region_message,
-    skew_message,
-    tls_failure_message,
-)
+from .errormap import ErrorReply, cannot_connect, connection_dropped, reply_failure, timed_out, tls_failure
+from .fastput.bodies import BodyStream
+from .fastput.sending import DirectPut
+from .fastput.signing import BucketEndpoint
 from .objects import ListedObject, ObjectHead, ObjectVersion
 from .pricing import RequestTally
 
 # put_plain_file holds at most this much of a file in memory: one PutObject up to it, else parts of it.
 PLAIN_PART_BYTES = 16 * 1024 * 1024
-
-# Codes after which no other request of this run can succeed.
-FATAL_CODES = frozenset(
-    {
-        "InvalidAccessKeyId",
-        "SignatureDoesNotMatch",
-        "ExpiredToken",
-        "InvalidToken",
-        "TokenRefreshRequired",
-        "AccountProblem",
-        "AllAccessDisabled",
-    }
-)
-
 
 # Errors of a request that never reached the server (the probe reports them as "cannot reach").
 _CONNECT_ERRORS = frozenset({"EndpointConnectionError", "ConnectTimeoutError"})
@@ -169,28 +152,21 @@ class S3:
         try:
             yield
         except ClientError as exc:
-            err = exc.response.get("Error", {})
-            code = str(err.get("Code") or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", "Error"))
-            message = str(err.get("Message") or "")
-            if code in FATAL_CODES:
-                raise FatalError(
-                    f"S3 at {endpoint_name(self.aws)} refused the credentials ({code}) during {what}; "
-                    "check aws.access_key and aws.secret_access_key, or the AWS profile or role they come from"
-                ) from None
-            if code in REGION_CODES:
-                headers = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
-                region = err.get("Region") or headers.get("x-amz-bucket-region")
-                bucket = err.get("BucketName") or err.get("Bucket") or f"of {what}"
-                raise FatalError(region_message(str(bucket), region and str(region), self.aws.region)) from None
-            if code == SKEW_CODE:
-                raise FatalError(skew_message(err.get("RequestTime"), err.get("ServerTime"))) from None
-            raise S3Error(code, f"{what}: {message or 'request failed'}") from None
+            failure = reply_failure(
+                _error_reply(exc.response, what),
+                what,
+                endpoint=endpoint_name(self.aws),
+                configured_region=self.aws.region,
+            )
+            raise failure from None
         except SSLError as exc:
-            raise FatalError(tls_failure_message(endpoint_name(self.aws), exc.kwargs.get("error", exc))) from None
+            raise tls_failure(endpoint_name(self.aws), exc.kwargs.get("error", exc)) from None
         except EndpointConnectionError:
-            raise S3Error("EndpointConnectionError", f"{what}: cannot connect to {endpoint_name(self.aws)}") from None
-        except (ConnectionClosedError, ReadTimeoutError) as exc:
-            raise S3Error(type(exc).__name__, f"{what}: connection lost or timed out after retries") from None
+            raise cannot_connect(what, endpoint_name(self.aws)) from None
+        except ReadTimeoutError:
+            raise timed_out(what) from None
+        except ConnectionClosedError:
+            raise connection_dropped(what) from None
         except BotoCoreError as exc:
             # No credentials to sign with (fetched as a request is signed: SSO, refreshed ones) fails every request.
             fatal = credentials_failure(exc)
@@ -213,30 +189,49 @@ class S3:
         checksum: PartChecksum,
     ) -> str:
         """PutObject; returns the ETag S3 answered."""
-        if self._direct is not None:
-            # Mapped too: resolving the endpoint or refreshing credentials can fail as botocore fails.
-            async with self._mapped(f"PutObject {key}"):
-                endpoint = await self._direct.endpoint(bucket)
-                if endpoint is not None:
-                    headers = {
-                        "x-amz-storage-class": storage_class,
-                        **{f"x-amz-meta-{k}": v for k, v in metadata.items()},
-                        **checksum.request_headers(),
-                    }
-                    # Sent past botocore, so counted here (once per call: DirectPut's own retries are not seen).
-                    self.sent.add("PutObject", storage_class)
-                    return _etag_of(await self._direct.put(endpoint, bucket, key, body, headers, f"PutObject {key}"))
-        if isinstance(body, BodyStream):
-            raise TypeError("a streamed body needs the fast path: check can_stream() first")
-        async with self._mapped(f"PutObject {key}"):
-            reply = await self._client.put_object(
-                Bucket=bucket,
-                Key=key,
-                Body=body,
-                StorageClass=storage_class,
-                Metadata=dict(metadata),
-                **checksum.request_args(),
-            )
+        return await self._put_contents(
+            "PutObject",
+            f"PutObject {key}",
+            bucket,
+            key,
+            body,
+            checksum,
+            billed_class=storage_class,
+            headers={"x-amz-storage-class": storage_class, **{f"x-amz-meta-{k}": v for k, v in metadata.items()}},
+            query=None,
+            botocore_args={"StorageClass": storage_class, "Metadata": dict(metadata)},
+        )
+
+    async def _put_contents(
+        self,
+        operation: str,
+        what: str,
+        bucket: str,
+        key: str,
+        body: bytes | BodyStream,
+        checksum: PartChecksum,
+        *,
+        billed_class: str,
+        headers: Mapping[str, str],
+        query: Mapping[str, str] | None,
+        botocore_args: Mapping[str, Any],
+    ) -> str:
+        """The one place a request carrying file contents (PutObject, UploadPart) chooses its path:
+        the fast path when it is on and the bucket's endpoint takes plain SigV4, else botocore, which
+        takes bytes only. `headers` and `query` are the fast path's form of the request,
+        `botocore_args` botocore's; the checksum is added to either. Returns the ETag S3 answered."""
+        # Mapped on either path: resolving the endpoint or refreshing credentials can fail as botocore fails.
+        async with self._mapped(what):
+            endpoint = None if self._direct is None else await self._direct.endpoint(bucket)
+            if self._direct is not None and endpoint is not None:
+                # Sent past botocore, so counted here (once per call: DirectPut's own retries are not seen).
+                self.sent.add(operation, billed_class)
+                signed = {**headers, **checksum.request_headers()}
+                return _etag_of(await self._direct.put(endpoint, bucket, key, body, signed, what, query))
+            if isinstance(body, BodyStream):
+                raise TypeError("a streamed body needs the fast path: check can_stream() first")
+            send = self._client.put_object if operation == "PutObject" else self._client.upload_part
+            reply = await send(Bucket=bucket, Key=key, Body=body, **botocore_args, **checksum.request_args())
         return str(reply.get("ETag", ""))
 
     async def create_multipart_upload(
@@ -254,38 +249,19 @@ class S3:
     async def upload_part(
         self, bucket: str, key: str, upload_id: str, part_number: int, body: bytes | BodyStream, checksum: PartChecksum
     ) -> dict[str, Any]:
-        endpoint = None
-        if self._direct is not None:
-            async with self._mapped(f"UploadPart {part_number} of {key}"):
-                endpoint = await self._direct.endpoint(bucket)
-        if self._direct is not None and endpoint is not None:
-            self.sent.add("UploadPart", self._upload_class.get(upload_id, ""))
-            async with self._mapped(f"UploadPart {part_number} of {key}"):
-                got = await self._direct.put(
-                    endpoint,
-                    bucket,
-                    key,
-                    body,
-                    checksum.request_headers(),
-                    f"UploadPart {part_number} of {key}",
-                    {"partNumber": str(part_number), "uploadId": upload_id},
-                )
-            direct_part: dict[str, Any] = {"PartNumber": part_number, "ETag": _etag_of(got)}
-            if checksum.algorithm == "crc32":
-                direct_part["ChecksumCRC32"] = checksum.b64
-            return direct_part
-        if isinstance(body, BodyStream):
-            raise TypeError("a streamed body needs the fast path: check can_stream() first")
-        async with self._mapped(f"UploadPart {part_number} of {key}"):
-            reply = await self._client.upload_part(
-                Bucket=bucket,
-                Key=key,
-                UploadId=upload_id,
-                PartNumber=part_number,
-                Body=body,
-                **checksum.request_args(),
-            )
-        part: dict[str, Any] = {"PartNumber": part_number, "ETag": reply.get("ETag", "")}
+        etag = await self._put_contents(
+            "UploadPart",
+            f"UploadPart {part_number} of {key}",
+            bucket,
+            key,
+            body,
+            checksum,
+            billed_class=self._upload_class.get(upload_id, ""),
+            headers={},
+            query={"partNumber": str(part_number), "uploadId": upload_id},
+            botocore_args={"UploadId": upload_id, "PartNumber": part_number},
+        )
+        part: dict[str, Any] = {"PartNumber": part_number, "ETag": etag}
         if checksum.algorithm == "crc32":
             part["ChecksumCRC32"] = checksum.b64
         return part
@@ -772,34 +748,6 @@ def _no_retry_on_tls_failure(caught_exception: Exception | None = None, **_kwarg
         raise caught_exception
 
 
-_UNSIGNED_PAYLOAD = AioConfig(s3={"payload_signing_enabled": False})
-_SIGNED_PAYLOAD = AioConfig(s3={"payload_signing_enabled": True})
-
-
-def botocore_signed_headers(
-    url: str,
-    headers: Mapping[str, str],
-    credentials: FrozenCredentials,
-    region: str,
-    now: datetime,
-    body: bytes | None = None,
-) -> dict[str, str]:
-    """What botocore's own S3SigV4Auth puts on a PUT with UNSIGNED-PAYLOAD, or with the SHA-256 of
-    `body` as the signed payload hash: the yardstick the fast path's signer is tested
-    (tests/test_fastpath_signing.py) and measured against (benchmarks)."""
-    request = AWSRequest(method="PUT", url=url, headers=dict(headers), data=body)
-    request.context["client_config"] = _UNSIGNED_PAYLOAD if body is None else _SIGNED_PAYLOAD
-    request.context["timestamp"] = now.strftime(SIGV4_TIMESTAMP)
-    auth = S3SigV4Auth(
-        ReadOnlyCredentials(credentials.access_key, credentials.secret_key, credentials.token), "s3", region
-    )
-    # add_auth without its own clock reading, so tests compare at one instant.
-    auth._modify_request_before_signing(request)
-    canonical = auth.canonical_request(request)
-    auth._inject_signature_to_request(request, auth.signature(auth.string_to_sign(request, canonical), request))
-    return dict(request.headers.items())
-
-
 @asynccontextmanager
 async def open_s3(aws: AwsSettings, tuning: Tuning) -> AsyncIterator[S3]:
     """One long-lived client for the whole run; the fast path shares its credentials, endpoint
@@ -845,7 +793,6 @@ async def open_s3(aws: AwsSettings, tuning: Tuning) -> AsyncIterator[S3]:
                 credentials=credentials,
                 resolve_endpoint=endpoint_resolver(client),
                 max_attempts=tuning.max_attempts,
-                fatal_codes=FATAL_CODES,
                 ssl_context=ssl_context_for(aws, ca_bundle),
                 endpoint_label=endpoint_name(aws),
                 configured_region=aws.region,
@@ -922,6 +869,25 @@ class ObjectReader:
             return bytes(await self._body.read(size_bytes))
         except (BotoCoreError, aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise S3Error(type(exc).__name__, f"GetObject {self._key}: the download broke off ({exc})") from None
+
+
+def _error_reply(response: Mapping[str, Any], what: str) -> ErrorReply:
+    """What a ClientError's parsed reply says, for the error map."""
+    err = response.get("Error", {})
+    meta = response.get("ResponseMetadata", {})
+    region = err.get("Region") or meta.get("HTTPHeaders", {}).get("x-amz-bucket-region")
+    return ErrorReply(
+        code=str(err.get("Code") or meta.get("HTTPStatusCode", "Error")),
+        message=str(err.get("Message") or ""),
+        bucket=str(err.get("BucketName") or err.get("Bucket") or f"of {what}"),
+        bucket_region=str(region) if region else None,
+        request_time=_text(err.get("RequestTime")),
+        server_time=_text(err.get("ServerTime")),
+    )
+
+
+def _text(value: Any) -> str | None:
+    return str(value) if value is not None else None
 
 
 def _etag_of(headers: Mapping[str, str]) -> str:
