@@ -24,11 +24,8 @@ from typing import Any
 import anyio
 
 from . import __version__
-from .backup.names import recall_target_names, recall_target_names_offline
 from .backup.pipeline import Backup
 from .backup.runs import RunOptions
-from .cache.accountnames import with_account_names
-from .cache.snapshot import CACHE_BUCKET
 from .cache.store import StateStore
 from .disk.lock import cache_lock
 from .errors import (
@@ -45,6 +42,9 @@ from .errors import (
     LockHeldError,
     unwrapped_group,
 )
+from .recovery.accountnames import with_account_names
+from .recovery.names import recall_target_names, recall_target_names_offline
+from .recovery.snapshots import CACHE_BUCKET
 from .report.logsetup import TRACEBACK_LOGGER, setup_logging
 from .report.progress import Progress
 from .report.publish import publish, redactor_for, tell_outcome

@@ -181,7 +181,7 @@ def test_a_snapshot_row_for_an_object_replaced_after_the_snapshot_is_not_taken(
 
 
 def test_snapshot_and_old_row_rules():
-    from async_backup.cache.rebuild import (
+    from async_backup.recovery.rebuild import (
         OLD_UPLOAD_MARGIN_S,
         Listed,
         old_row_predates_upload,

@@ -24,13 +24,16 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream as ObjectReceiveStream
 from anyio.streams.memory import MemoryObjectSendStream as ObjectSendStream
 
-from ..cache.rebuild import needs_rebuild
 from ..cache.store import Change, Evidence, Removed, StateStore
 from ..cache.writer import run_writer
 from ..disk.entries import WalkEntry
 from ..disk.keys import display_path
 from ..disk.walk import Excluder, device_of, walk_target
 from ..errors import Failure, FailureCollector, FailureKind, unwrapped_group
+from ..recovery.oldscript import OldCaches
+from ..recovery.rebuild import needs_rebuild
+from ..recovery.run import Rebuild
+from ..recovery.save import snapshot_due, upload_snapshot
 from ..report.logsetup import LOG_MAX_BYTES, LOG_NAME
 from ..report.progress import Progress
 from ..report.summary import TargetStats
@@ -38,17 +41,14 @@ from ..s3.client import S3, open_s3
 from ..s3.pricing import RequestTally, upload_requests
 from ..settings.config import Config
 from ..settings.targets import Target, old_script_buckets
-from .adopt import OldCaches
 from .budget import ByteBudget
 from .cleanup import CrashCleanup
 from .delete import KeyFailure, delete_paths
 from .mounts import TargetMounts
 from .plan import MAX_DELETE_BATCH, Observed, Proof, Upload, merge, part_size_for
 from .policy import Guards, UploadPolicy, target_missing, target_unusable
-from .recovery import Rebuild
 from .runs import RunOptions, TargetRun, UploadJob
 from .setup import BucketSetup
-from .snapshot import snapshot_due, upload_snapshot
 from .upload import MemoryLimits, UploadSettings
 
 log = logging.getLogger(__name__)

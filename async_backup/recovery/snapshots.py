@@ -18,6 +18,7 @@ from pathlib import Path
 
 import anyio
 
+from ..cache.store import StateStore
 from ..s3.client import S3
 from ..settings.config import Config
 from ..settings.naming import cache_bucket_of, stable_bucket_name
@@ -28,7 +29,6 @@ from .rebuild import (
     find_snapshots,
     snapshot_holds,
 )
-from .store import StateStore
 
 log = logging.getLogger(__name__)
 

@@ -19,13 +19,13 @@ from collections import Counter
 from pathlib import Path
 
 from ..cache.legacy import LEGACY_CACHE_BUCKET, LEGACY_DB_DIR
-from ..cache.rebuild import snapshot_key
-from ..cache.recall import Known, recall_targets
-from ..cache.snapshot import snapshot_buckets
 from ..errors import S3Error
 from ..s3.client import S3, open_s3
 from ..settings.config import Config
 from ..settings.naming import legacy_bucket_name
+from .rebuild import snapshot_key
+from .recall import Known, recall_targets
+from .snapshots import snapshot_buckets
 
 log = logging.getLogger(__name__)
 

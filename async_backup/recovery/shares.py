@@ -21,7 +21,7 @@ import sqlite3
 import urllib.parse
 from pathlib import Path
 
-from .store import StateStore
+from ..cache.store import StateStore
 
 
 class AbsentShares:

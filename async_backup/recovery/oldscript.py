@@ -19,6 +19,7 @@ from pathlib import Path
 
 import anyio
 
+from ..backup.runs import TargetRun
 from ..cache.legacy import (
     LEGACY_CACHE_BUCKET,
     LEGACY_DB_DIR,
@@ -29,14 +30,13 @@ from ..cache.legacy import (
     old_cache_path,
     old_target_name,
 )
-from ..cache.rebuild import OLD_UPLOAD_MARGIN_S, Listing, needs_rebuild, rows_from_old_cache
 from ..cache.records import Recorded
 from ..cache.store import StateStore
 from ..errors import ConfigError, Failure, FailureCollector, FailureKind, S3Error
 from ..s3.client import S3
 from ..settings.config import Config
 from ..settings.naming import legacy_bucket_of
-from .runs import TargetRun
+from .rebuild import OLD_UPLOAD_MARGIN_S, Listing, needs_rebuild, rows_from_old_cache
 
 log = logging.getLogger(__name__)
 

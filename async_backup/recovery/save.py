@@ -13,14 +13,14 @@ from pathlib import Path
 
 import anyio
 
-from ..cache.rebuild import log_key, snapshot_key
-from ..cache.snapshot import CACHE_BUCKET, SNAPSHOT_DUE, cache_bucket_name, log_tail, pack_snapshot
 from ..cache.store import StateStore
 from ..errors import Failure, FailureCollector, FailureKind, S3Error
 from ..report.summary import format_bytes
 from ..s3.buckets import ensure_bucket
 from ..s3.client import S3
 from ..settings.config import Config
+from .rebuild import log_key, snapshot_key
+from .snapshots import CACHE_BUCKET, SNAPSHOT_DUE, cache_bucket_name, log_tail, pack_snapshot
 
 log = logging.getLogger(__name__)
 

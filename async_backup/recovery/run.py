@@ -19,8 +19,19 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream as ObjectReceiveStream
 from anyio.streams.memory import MemoryObjectSendStream as ObjectSendStream
 
-from ..cache.mountpoints import AbsentShares, mounts_from_snapshot
-from ..cache.rebuild import (
+from ..backup.runs import TargetRun
+from ..cache.records import GONE_MTIME_NS
+from ..cache.store import Change, StateStore, Stored
+from ..disk.digest import content_proves_etag, etag_computable
+from ..disk.keys import display_path
+from ..errors import Failure, FailureCollector, FailureKind, S3Error, unwrapped_group
+from ..report.summary import format_bytes
+from ..s3.buckets import FOREIGN_CODE, owned_elsewhere
+from ..s3.client import S3, foreign_bucket_message
+from ..s3.objects import parse_mtime_metadata
+from ..settings.config import Config
+from .oldscript import OldCaches
+from .rebuild import (
     REBUILDING_MARK,
     Candidate,
     Listing,
@@ -31,19 +42,8 @@ from ..cache.rebuild import (
     proves_row,
     rows_from_snapshot,
 )
-from ..cache.records import GONE_MTIME_NS
-from ..cache.snapshot import SNAPSHOT_DUE, SnapshotShelf, snapshot_buckets
-from ..cache.store import Change, StateStore, Stored
-from ..disk.digest import content_proves_etag, etag_computable
-from ..disk.keys import display_path
-from ..errors import Failure, FailureCollector, FailureKind, S3Error, unwrapped_group
-from ..report.summary import format_bytes
-from ..s3.buckets import FOREIGN_CODE, owned_elsewhere
-from ..s3.client import S3, foreign_bucket_message
-from ..s3.objects import parse_mtime_metadata
-from ..settings.config import Config
-from .adopt import OldCaches
-from .runs import TargetRun
+from .shares import AbsentShares, mounts_from_snapshot
+from .snapshots import SNAPSHOT_DUE, SnapshotShelf, snapshot_buckets
 
 log = logging.getLogger(__name__)
 

@@ -46,16 +46,16 @@ from pathlib import Path
 
 import anyio
 
+from ..cache.legacy import OldCache
+from ..cache.records import stat_float_mtime
+from ..cache.spill import open_spill
+from ..cache.store import StateStore, Stored, evidence_columns, file_columns
 from ..disk.digest import content_proves_etag
 from ..disk.keys import ESCAPED_KEY_MARK, key_for_path, path_for_key
 from ..errors import S3Error
 from ..s3.client import S3
 from ..s3.objects import ListedObject, ObjectHead, parse_mtime_metadata
-from .legacy import OldCache
-from .mountpoints import AbsentShares
-from .records import stat_float_mtime
-from .spill import open_spill
-from .store import StateStore, Stored, evidence_columns, file_columns
+from .shares import AbsentShares
 
 log = logging.getLogger(__name__)
 
