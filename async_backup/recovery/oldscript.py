@@ -19,7 +19,6 @@ from pathlib import Path
 
 import anyio
 
-from ..backup.runs import TargetRun
 from ..cache.legacy import (
     LEGACY_CACHE_BUCKET,
     LEGACY_DB_DIR,
@@ -37,6 +36,7 @@ from ..s3.client import S3
 from ..settings.config import Config
 from ..settings.naming import legacy_bucket_of
 from .rebuild import OLD_UPLOAD_MARGIN_S, Listing, needs_rebuild, rows_from_old_cache
+from .target import RecoveringRun
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class OldCaches:
         self._old_buckets: list[str] = []  # the old script's buckets found holding a target's files
         self._copied_from: dict[Path, str] = {}  # a fetched copy's local path -> its URL in that bucket
 
-    def of(self, run: TargetRun) -> Path | None:
+    def of(self, run: RecoveringRun) -> Path | None:
         """The old script's cache of a legacy-named target, if it left one."""
         if run.target.legacy_name is None:
             return None
@@ -58,12 +58,12 @@ class OldCaches:
         path = old_cache_path(self.config.source.parent, run.target.legacy_name)
         return path if path.is_file() else None
 
-    def to_adopt(self, run: TargetRun) -> Path | None:
+    def to_adopt(self, run: RecoveringRun) -> Path | None:
         """For a dry run: the old cache a real run would adopt (the cache holds no rows for it yet)."""
         path = self.of(run)
         return path if path is not None and needs_rebuild(self.store, run.target.bucket) else None
 
-    def recorded(self, run: TargetRun) -> Iterator[Recorded]:
+    def recorded(self, run: RecoveringRun) -> Iterator[Recorded]:
         """The cache's rows for the target, or in a dry run the old script's cache it would adopt."""
         if run.old_cache is None:
             yield from self.store.recorded(run.target.bucket)
@@ -75,7 +75,7 @@ class OldCaches:
         finally:
             old.close()
 
-    def adopt(self, run: TargetRun, path: Path, listing: Listing) -> int:
+    def adopt(self, run: RecoveringRun, path: Path, listing: Listing) -> int:
         """Adopt the old script's cache of the target, checked against the listing (worker thread).
         An old cache that cannot be read is one warning: its files are then treated as new."""
         target = run.target
@@ -189,7 +189,7 @@ class OldCaches:
         )
         self.collector.warn(Failure(FailureKind.ADOPTION, "run", f"{cache_dir}/{LEGACY_DB_DIR}", message))
 
-    async def fetch_copy(self, s3: S3, run: TargetRun, tmp: Path) -> Path | None:
+    async def fetch_copy(self, s3: S3, run: RecoveringRun, tmp: Path) -> Path | None:
         """The old script's cache of the target as it last copied it to its cache bucket, for when
         the local db/ file is gone (a new server): this cache directory's copy first, else the one
         other installation's copy of that name (several: none is chosen, the choice would be a guess)."""

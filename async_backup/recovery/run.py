@@ -19,7 +19,6 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream as ObjectReceiveStream
 from anyio.streams.memory import MemoryObjectSendStream as ObjectSendStream
 
-from ..backup.runs import TargetRun
 from ..cache.records import GONE_MTIME_NS
 from ..cache.store import Change, StateStore, Stored
 from ..disk.digest import content_proves_etag, etag_computable
@@ -44,6 +43,7 @@ from .rebuild import (
 )
 from .shares import AbsentShares, mounts_from_snapshot
 from .snapshots import SNAPSHOT_DUE, SnapshotShelf, snapshot_buckets
+from .target import RecoveringRun
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class Rebuild:
         self.collector = collector
         self.old_caches = old_caches
 
-    async def rebuild_caches(self, runs: Sequence[TargetRun]) -> None:
+    async def rebuild_caches(self, runs: Sequence[RecoveringRun]) -> None:
         runs = [
             r
             for r in runs
@@ -76,7 +76,7 @@ class Rebuild:
             for run in runs:
                 await self.rebuild_target(run, snapshots, Path(tmp))
 
-    async def rebuild_target(self, run: TargetRun, snapshots: SnapshotShelf, tmp: Path) -> None:
+    async def rebuild_target(self, run: RecoveringRun, snapshots: SnapshotShelf, tmp: Path) -> None:
         """Snapshot rows the listing confirms, then HeadObject for listed objects still unproven.
         A rebuild that fails holds the target back: planning from a half-rebuilt cache would
         upload again what S3 already holds."""
@@ -165,7 +165,7 @@ class Rebuild:
                 )
             )
 
-    def _remember_suspected(self, run: TargetRun, absent: AbsentShares) -> None:
+    def _remember_suspected(self, run: RecoveringRun, absent: AbsentShares) -> None:
         """Empty folders that S3 holds files under: remembered as mount points not yet seen mounted,
         so the walk holds them (a failure names each) until the share is back or the operator lets
         the deletes through. Runs in a worker thread."""
@@ -178,7 +178,7 @@ class Rebuild:
                 display_path(folder),
             )
 
-    async def rebuild_from_listing(self, run: TargetRun, listing: Listing) -> tuple[int, int]:
+    async def rebuild_from_listing(self, run: RecoveringRun, listing: Listing) -> tuple[int, int]:
         """Listed objects no snapshot row covers: lstat in worker threads, HeadObject only where
         the size matches a regular file, a row only where the mtime metadata matches too.
         Returns (HeadObject requests, rows written). A failed HeadObject fails the rebuild."""
