@@ -7,38 +7,62 @@ script's db/ caches, here or as its copies in `image-backup-cache`).
 Owns finding a legacy-named target's old cache (on disk, else the copy the old script left in
 `image-backup-cache`), adopting its rows against the bucket listing, the warning about the
 config.json copy (AWS keys included) the old script left in that bucket, and, in a dry run,
-planning against the old cache a real run would adopt. Reads the old SQLite files only through
-`cache.legacy`.
+planning against the old cache a real run would adopt; and where the old script keeps its
+caches (`db/<quote_plus(name)>.db` in its cache directory) and the bucket it copies its cache
+directory to (`image-backup-cache`, config.json with the AWS keys included). Reads the old SQLite
+files only through `cache.legacy`.
 """
 
 from __future__ import annotations
 
 import logging
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
 
-from ..cache.legacy import (
-    LEGACY_CACHE_BUCKET,
-    LEGACY_DB_DIR,
-    OldCache,
-    OldCacheError,
-    old_cache_files,
-    old_cache_name,
-    old_cache_path,
-    old_target_name,
-)
+from ..cache.legacy import OldCache, OldCacheError
+from ..cache.listing import Listing
 from ..cache.records import Recorded
 from ..cache.store import StateStore
 from ..errors import ConfigError, Failure, FailureCollector, FailureKind, S3Error
 from ..s3.client import S3
 from ..settings.config import Config
 from ..settings.naming import legacy_bucket_of
-from .rebuild import OLD_UPLOAD_MARGIN_S, Listing, needs_rebuild, rows_from_old_cache
+from .rebuild import OLD_UPLOAD_MARGIN_S, needs_rebuild, rows_from_old_cache
 from .target import RecoveringRun
 
 log = logging.getLogger(__name__)
+
+# Where the old script keeps a target's cache, relative to its cache directory.
+LEGACY_DB_DIR = "db"
+# The old script copies its whole cache directory here after every run, config.json included.
+LEGACY_CACHE_BUCKET = "image-backup-cache"
+
+
+def old_cache_name(name: str) -> str:
+    """A target's cache relative to the old script's cache directory: the name before cleaning,
+    quote_plus-ed (`db/archives%2FArchive+3.db`)."""
+    return f"{LEGACY_DB_DIR}/{urllib.parse.quote_plus(name)}.db"
+
+
+def old_cache_files(cache_dir: Path) -> list[str]:
+    """The old script's caches in a cache directory (`db/*.db` file names): the mark of its installation."""
+    try:
+        return sorted(p.name for p in (cache_dir / LEGACY_DB_DIR).glob("*.db") if p.is_file())
+    except OSError:
+        return []
+
+
+def old_target_name(cache_file: str) -> str:
+    """The target name an old cache file is named after (`archives%2FArchive+3.db` -> `archives/Archive 3`)."""
+    return urllib.parse.unquote_plus(cache_file.removesuffix(".db"))
+
+
+def old_cache_path(cache_dir: Path, name: str) -> Path:
+    """Where the old script keeps a target's cache."""
+    return cache_dir / old_cache_name(name)
 
 
 class OldCaches:

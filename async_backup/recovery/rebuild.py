@@ -36,20 +36,19 @@ import logging
 import os
 import shutil
 import socket
-import sqlite3
 import stat
-import urllib.parse
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import anyio
 
+from ..cache import snapshotdb
 from ..cache.legacy import OldCache
+from ..cache.listing import Listed, Listing
 from ..cache.records import stat_float_mtime
-from ..cache.spill import open_spill
-from ..cache.store import StateStore, Stored, evidence_columns, file_columns
+from ..cache.store import StateStore, Stored
 from ..disk.digest import content_proves_etag
 from ..disk.keys import ESCAPED_KEY_MARK, key_for_path, path_for_key
 from ..errors import S3Error
@@ -237,29 +236,9 @@ def _unpack_and_check(packed: Path, unpacked: Path) -> None:
         raise SnapshotUnusable(f"not a gzip file ({exc})") from None
     finally:
         packed.unlink(missing_ok=True)
-    try:
-        conn = _open_readonly(unpacked)
-        try:
-            verdict = conn.execute("PRAGMA integrity_check(1)").fetchone()
-            if not verdict or verdict[0] != "ok":
-                raise SnapshotUnusable(f"integrity_check: {verdict[0] if verdict else 'no answer'}")
-            conn.execute("SELECT bucket, path, size, mtime_ns, checksum FROM files LIMIT 1").fetchall()
-        finally:
-            conn.close()
-    except sqlite3.Error as exc:
-        raise SnapshotUnusable(f"not a readable cache ({exc})") from None
-
-
-def _open_readonly(path: Path) -> sqlite3.Connection:
-    return sqlite3.connect(f"file:{urllib.parse.quote(str(path))}?mode=ro", uri=True, check_same_thread=False)
-
-
-def snapshot_holds(db: Path, bucket: str) -> bool:
-    conn = _open_readonly(db)
-    try:
-        return conn.execute("SELECT 1 FROM files WHERE bucket=? LIMIT 1", (bucket,)).fetchone() is not None
-    finally:
-        conn.close()
+    trouble = snapshotdb.problem(unpacked)
+    if trouble is not None:
+        raise SnapshotUnusable(trouble)
 
 
 def needs_rebuild(store: StateStore, bucket: str) -> bool:
@@ -270,67 +249,8 @@ def needs_rebuild(store: StateStore, bucket: str) -> bool:
 # ----------------------------------------------------------------------------- the listing
 
 
-@dataclass(frozen=True, slots=True)
-class Listed:
-    key: str
-    size: int
-    # LastModified as Unix seconds (whole seconds in a listing); None where the server gave none
-    last_modified_s: float | None = None
-    etag: str = ""
-
-
-class Listing:
-    """One bucket's current objects (key, size, LastModified, ETag), kept in a temporary SQLite
-    file. `covered` marks keys a snapshot or old-cache row already accounts for; the rest are
-    for HeadObject to prove."""
-
-    def __init__(self, path: Path) -> None:
-        self._conn = open_spill(path, page_cache_kib=None)
-        self._conn.execute(
-            "CREATE TABLE objects (key TEXT PRIMARY KEY, size INTEGER NOT NULL, last_modified_s REAL, "
-            "etag TEXT NOT NULL DEFAULT '', covered INTEGER NOT NULL DEFAULT 0)"
-        )
-        self.count = 0
-        self.requests = 0  # ListObjectsV2 pages
-
-    def add(self, objects: Sequence[ListedObject]) -> None:
-        with self._conn:
-            self._conn.executemany(
-                "INSERT OR REPLACE INTO objects(key, size, last_modified_s, etag) VALUES (?, ?, ?, ?)",
-                [
-                    (o.key, o.size, None if o.last_modified is None else o.last_modified.timestamp(), o.etag)
-                    for o in objects
-                ],
-            )
-        self.count += len(objects)
-
-    def get(self, key: str) -> Listed | None:
-        row = self._conn.execute("SELECT size, last_modified_s, etag FROM objects WHERE key=?", (key,)).fetchone()
-        return None if row is None else _listed(key, *row)
-
-    def cover(self, keys: Sequence[str]) -> None:
-        with self._conn:
-            self._conn.executemany("UPDATE objects SET covered=1 WHERE key=?", [(k,) for k in keys])
-
-    def uncovered(self, after: str, limit: int) -> list[Listed]:
-        """The next `limit` keys after `after` that no snapshot row covers, in key order."""
-        rows = self._conn.execute(
-            "SELECT key, size, last_modified_s, etag FROM objects WHERE covered=0 AND key>? ORDER BY key LIMIT ?",
-            (after, limit),
-        )
-        return [_listed(*row) for row in rows]
-
-    def close(self) -> None:
-        self._conn.close()
-
-
-def _listed(key: object, size: object, last_modified_s: object, etag: object) -> Listed:
-    return Listed(
-        str(key),
-        int(size),  # type: ignore[call-overload]
-        None if last_modified_s is None else float(last_modified_s),  # type: ignore[arg-type]
-        str(etag or ""),
-    )
+def _listed(o: ListedObject) -> Listed:
+    return Listed(o.key, o.size, None if o.last_modified is None else o.last_modified.timestamp(), o.etag)
 
 
 async def list_bucket(s3: S3, bucket: str, dest: Path) -> Listing | None:
@@ -342,7 +262,7 @@ async def list_bucket(s3: S3, bucket: str, dest: Path) -> Listing | None:
         async for page in s3.list_current(bucket):
             listing.requests += 1
             if page:
-                await anyio.to_thread.run_sync(listing.add, page)
+                await anyio.to_thread.run_sync(listing.add, [_listed(o) for o in page])
     except S3Error as exc:
         listing.close()
         if exc.code == "NoSuchBucket":
@@ -362,31 +282,22 @@ def rows_from_snapshot(
     object not newer than the snapshot (`snapshot_row_holds`). The keys taken are marked covered
     in the listing; the others are left to the HeadObject proof. Runs in a worker thread;
     returns rows written."""
-    conn = _open_readonly(db)
     written = 0
+    batch: list[Stored] = []
+    keys: list[str] = []
+    rows = snapshotdb.rows_of(db, bucket)
     try:
-        legacy = "legacy_mtime" if "legacy_mtime" in file_columns(conn) else "NULL"  # snapshots from before adoption
-        evidence = evidence_columns(conn)  # an unsure row stays unsure: its contents are still to be compared
-        cursor = conn.execute(
-            f"SELECT path, size, mtime_ns, checksum, {legacy}, {evidence} FROM files WHERE bucket=?", (bucket,)
-        )
-        cursor.arraysize = 1000
-        batch: list[Stored] = []
-        keys: list[str] = []
-        while rows := cursor.fetchmany():
-            for path, size, mtime_ns, checksum, legacy_mtime, ino, ctime_ns, unsure, part_bytes in rows:
-                path = bytes(path)
-                if not under_root(path, root):
-                    continue
-                key = key_for_path(path)
-                listed = listing.get(key)
-                if listed is None or (size is not None and int(size) != listed.size):
-                    continue
-                if not snapshot_row_holds(listed, snapshot_time_s):
-                    continue  # replaced after the snapshot: the row may describe other bytes
-                row = Stored(bucket, path, size, int(mtime_ns), checksum, legacy_mtime)
-                batch.append(replace(row, ino=ino, ctime_ns=ctime_ns, unsure=bool(unsure), part_bytes=part_bytes))
-                keys.append(key)
+        for row in rows:
+            if not under_root(row.path, root):
+                continue
+            key = key_for_path(row.path)
+            listed = listing.get(key)
+            if listed is None or (row.size is not None and int(row.size) != listed.size):
+                continue
+            if not snapshot_row_holds(listed, snapshot_time_s):
+                continue  # replaced after the snapshot: the row may describe other bytes
+            batch.append(row)
+            keys.append(key)
             if len(batch) >= ROW_BATCH:
                 store.apply(batch)
                 listing.cover(keys)
@@ -397,7 +308,7 @@ def rows_from_snapshot(
             listing.cover(keys)
             written += len(batch)
     finally:
-        conn.close()
+        rows.close()
     return written
 
 

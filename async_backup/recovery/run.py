@@ -19,6 +19,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream as ObjectReceiveStream
 from anyio.streams.memory import MemoryObjectSendStream as ObjectSendStream
 
+from ..cache.listing import Listing
 from ..cache.records import GONE_MTIME_NS
 from ..cache.store import Change, StateStore, Stored
 from ..disk.digest import content_proves_etag, etag_computable
@@ -33,7 +34,6 @@ from .oldscript import OldCaches
 from .rebuild import (
     REBUILDING_MARK,
     Candidate,
-    Listing,
     candidates,
     checksum_of,
     list_bucket,

@@ -17,10 +17,9 @@ and only for objects whose file is missing. Imports nothing of S3 or the planner
 from __future__ import annotations
 
 import os
-import sqlite3
-import urllib.parse
 from pathlib import Path
 
+from ..cache import snapshotdb
 from ..cache.store import StateStore
 
 
@@ -79,13 +78,7 @@ class AbsentShares:
 def mounts_from_snapshot(db: Path, target: str, store: StateStore) -> int:
     """Remember the mount points a snapshot remembered inside `target` (none in a snapshot from
     before they were remembered). Runs in a worker thread; returns how many."""
-    conn = sqlite3.connect(f"file:{urllib.parse.quote(str(db))}?mode=ro", uri=True)
-    try:
-        if conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='mounts'").fetchone() is None:
-            return 0
-        rows = [(bytes(p), d) for p, d in conn.execute("SELECT path, device FROM mounts WHERE target=?", (target,))]
-    finally:
-        conn.close()
+    rows = snapshotdb.mounts_of(db, target)
     if rows:
         store.remember_mounts(target, rows)
     return len(rows)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import anyio
 
+from ..cache import snapshotdb
 from ..cache.store import StateStore
 from ..s3.client import S3
 from ..settings.config import Config
@@ -27,7 +28,6 @@ from .rebuild import (
     SnapshotUnusable,
     download_snapshot,
     find_snapshots,
-    snapshot_holds,
 )
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ class SnapshotShelf:
                     path = None
                 self._opened[snapshot] = path
             db = self._opened[snapshot]
-            if db is not None and await anyio.to_thread.run_sync(snapshot_holds, db, bucket):
+            if db is not None and await anyio.to_thread.run_sync(snapshotdb.holds, db, bucket):
                 return snapshot, db
         return None
 
