@@ -297,7 +297,7 @@ def test_a_failed_head_holds_the_target_back_and_the_next_run_finishes_the_rebui
 
 
 def test_the_decision_is_size_from_the_listing_and_mtime_from_the_metadata():
-    from async_backup.recovery.rebuild import DiskStat, needs_head, proves_row
+    from async_backup.recovery.rules import DiskStat, needs_head, proves_row
 
     disk = DiskStat(is_regular=True, size=10, mtime_ns=1_700_000_000_123_456_789)
     meta = {"mtime": "1700000000.123456789"}

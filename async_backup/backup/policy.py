@@ -25,7 +25,7 @@ from ..disk.digest import content_proves_etag
 from ..disk.keys import KeyTooLongError, check_key_length, display_path, key_for_path
 from ..disk.read import FileChanged, FileUnreadable, FileVanished
 from ..errors import Failure, FailureCollector, FailureKind, FatalError, S3Error
-from ..recovery.rebuild import checksum_of
+from ..recovery.rules import checksum_of
 from ..report.summary import format_bytes
 from ..s3.client import S3, endpoint_name
 from ..s3.objects import parse_mtime_metadata

@@ -8,19 +8,10 @@ from ListObjectsV2 pages; imports nothing of S3.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
+from .records import Listed
 from .spill import open_spill
-
-
-@dataclass(frozen=True, slots=True)
-class Listed:
-    key: str
-    size: int
-    # LastModified as Unix seconds (whole seconds in a listing); None where the server gave none
-    last_modified_s: float | None = None
-    etag: str = ""
 
 
 class Listing:

@@ -23,9 +23,8 @@ from ..s3.client import S3, open_s3
 from ..settings.config import Config
 from ..settings.naming import legacy_bucket_name
 from .oldscript import LEGACY_CACHE_BUCKET, LEGACY_DB_DIR
-from .rebuild import snapshot_key
 from .recall import Known, recall_targets
-from .snapshots import snapshot_buckets
+from .snapshots import snapshot_buckets, snapshot_key
 
 log = logging.getLogger(__name__)
 

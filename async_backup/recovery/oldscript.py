@@ -16,21 +16,27 @@ files only through `cache.legacy`.
 from __future__ import annotations
 
 import logging
+import os
+import stat
 import urllib.parse
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
 
 from ..cache.legacy import OldCache, OldCacheError
 from ..cache.listing import Listing
-from ..cache.records import Recorded
+from ..cache.records import Listed, Recorded, stat_float_mtime
 from ..cache.store import StateStore
+from ..disk.digest import content_proves_etag
+from ..disk.keys import ESCAPED_KEY_MARK, key_for_path, path_for_key
 from ..errors import ConfigError, Failure, FailureCollector, FailureKind, S3Error
 from ..s3.client import S3
 from ..settings.config import Config
 from ..settings.naming import legacy_bucket_of
-from .rebuild import OLD_UPLOAD_MARGIN_S, needs_rebuild, rows_from_old_cache
+from .rebuild import needs_rebuild
+from .rules import OLD_UPLOAD_MARGIN_S, old_row_predates_upload, under_root
 from .target import RecoveringRun
 
 log = logging.getLogger(__name__)
@@ -63,6 +69,80 @@ def old_target_name(cache_file: str) -> str:
 def old_cache_path(cache_dir: Path, name: str) -> Path:
     """Where the old script keeps a target's cache."""
     return cache_dir / old_cache_name(name)
+
+
+def old_row_mtime(path: bytes, timestamp: float, listed: Listed) -> float | None:
+    """The float mtime a row of the old script's cache becomes ours with, or None: held out for
+    want of proof (blocking: a worker thread).
+
+    The old script stat'ed each file *after* uploading it, so a file rewritten during its upload
+    left a row with the new mtime over the old bytes. A row the file still matches (listed size,
+    the same float mtime) is taken where its mtime predates the upload by the margin; else only
+    where the file's content has the listed ETag (`content_proves_etag`: the file is read).
+    A row the file no longer matches at the listed size is stale (the old script's last run
+    changed the file and died before it copied its cache): the content decides too, and where it
+    proves the object, the row takes the file's mtime now. Any other row that cannot call the
+    file unchanged (gone, another size, content not proven) is taken as it is: it only makes the
+    run delete or upload that file, as no row would (and a gone file's object is then deleted,
+    not left current for good)."""
+    predates = old_row_predates_upload(timestamp, listed)
+    try:
+        st = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return timestamp
+    except OSError:
+        return timestamp if predates else None  # unreadable: no knowledge beyond the row's own
+    if not stat.S_ISREG(st.st_mode) or st.st_size != listed.size:
+        return timestamp
+    now = stat_float_mtime(st.st_mtime_ns)
+    if now == timestamp and predates:
+        return timestamp
+    if content_proves_etag(path, st.st_size, st.st_mtime_ns, listed.etag)[0]:
+        return now
+    return timestamp if now != timestamp else None
+
+
+@dataclass(frozen=True, slots=True)
+class Adopted:
+    """What adopting an old cache did: rows written, and rows held out for want of proof."""
+
+    rows: int = 0
+    unproven: int = 0
+
+
+def rows_from_old_cache(old: OldCache, bucket: str, root: bytes, listing: Listing, store: StateStore) -> Adopted:
+    """Adopt the old script's cache: a listed key it holds becomes a row with the listed size and
+    the float st_mtime the old script saw (the planner compares at that precision), where
+    `old_row_mtime` says so. Keys taken are marked covered; a row held out stays uncovered, for
+    the listing's own proof (a HeadObject, a gone row) and else an upload. A key the old cache
+    holds but S3 does not list stays out: its file is uploaded. Runs in a worker thread."""
+    written = 0
+    unproven = 0
+    for chunk in iter_chunks(listing):
+        # The old script's keys are str(path).lstrip("/"); keys in our escaped form are ours.
+        listed = {"/" + e.key: e for e in chunk if not e.key.startswith(ESCAPED_KEY_MARK)}
+        stamps = old.lookup(list(listed))
+        rows = []
+        for old_key, ts in stamps.items():
+            path = path_for_key(old_key[1:])
+            if not under_root(path, root):
+                continue
+            mtime = old_row_mtime(path, ts, listed[old_key])
+            if mtime is not None:
+                rows.append((path, listed[old_key].size, mtime))
+            else:
+                unproven += 1
+        if rows:
+            written += store.insert_adopted(bucket, rows)
+            listing.cover([key_for_path(p) for p, _size, _ts in rows])
+    return Adopted(written, unproven)
+
+
+def iter_chunks(listing: Listing, limit: int = 1000) -> Iterator[list[Listed]]:
+    after = ""
+    while chunk := listing.uncovered(after, limit):
+        yield chunk
+        after = chunk[-1].key
 
 
 class OldCaches:

@@ -17,7 +17,7 @@ import anyio
 
 from ..cache import snapshotdb
 from ..s3.client import S3
-from .rebuild import SnapshotUnusable, download_snapshot, find_snapshots
+from .snapshots import SnapshotUnusable, download_snapshot, find_snapshots
 
 log = logging.getLogger(__name__)
 

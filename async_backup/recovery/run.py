@@ -35,12 +35,11 @@ from .rebuild import (
     REBUILDING_MARK,
     Candidate,
     candidates,
-    checksum_of,
     list_bucket,
     needs_rebuild,
-    proves_row,
     rows_from_snapshot,
 )
+from .rules import checksum_of, proves_row
 from .shares import AbsentShares, mounts_from_snapshot
 from .snapshots import SNAPSHOT_DUE, SnapshotShelf, snapshot_buckets
 from .target import RecoveringRun

@@ -19,8 +19,7 @@ from ..report.summary import format_bytes
 from ..s3.buckets import ensure_bucket
 from ..s3.client import S3
 from ..settings.config import Config
-from .rebuild import log_key, snapshot_key
-from .snapshots import CACHE_BUCKET, SNAPSHOT_DUE, cache_bucket_name, log_tail, pack_snapshot
+from .snapshots import CACHE_BUCKET, SNAPSHOT_DUE, cache_bucket_name, log_key, log_tail, pack_snapshot, snapshot_key
 
 log = logging.getLogger(__name__)
 
