@@ -1,6 +1,9 @@
 """The backup run: walk -> plan -> upload/delete -> record, as concurrent stages.
 
-The only module of backup/ that wires stages together, and it holds no policy. `Backup.run`
+The only module of backup/ that wires stages together, and it holds no policy. Task groups
+and streams it does not wire: a multipart upload's parts (a task group in `upload`) and a lost
+cache's rebuild, which wires its own HeadObject fan-out (`recovery.run`: a task group and two
+bounded memory streams) and which this run awaits before any walk starts. `Backup.run`
 reads top to bottom like a script: check the endpoint, abort what a crash left, rebuild lost
 cache rows, start the cache writer and the upload workers, walk every target (each walk in a
 worker thread, merged with the cache into actions), let each target delete what vanished once
@@ -9,8 +12,9 @@ snapshot if it is due. Every arrow between stages is a bounded memory stream, so
 never run ahead of the uploads by more than the queue size.
 
 The rooms it calls: `setup` (endpoint check, buckets on first need), `cleanup` (crash
-leftovers), `recovery` and `adopt` (lost rows, the old script's cache), `policy` (each upload's
-rules, the deletion and device guards), `snapshot` (the cache snapshot), `plan` (pure merge).
+leftovers), `policy` (each upload's rules, the deletion and device guards), `plan` (pure merge);
+from recovery/: `run` and `oldscript` (lost rows, the old script's cache), `save` (the cache
+snapshot).
 """
 
 from __future__ import annotations

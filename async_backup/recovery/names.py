@@ -3,7 +3,7 @@
 Owns the one S3 session that runs ahead of naming. A legacy name depends on the common path of
 every target, so after the config changed (a root added outside the old common path, a root
 removed) the old rule gives every target a new name; a lost cache would then upload everything
-into new buckets. The newest snapshot's `targets` table (`cache.recall`) gives the names back;
+into new buckets. The newest snapshot's `targets` table (`recall`) gives the names back;
 where no snapshot names a configured target (none written yet, or every run with
 `--no-cache-backup`), the old script's own caches do for the targets it named: their file names are
 its names, so the common path it used is the one that gives them.

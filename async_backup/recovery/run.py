@@ -1,9 +1,15 @@
-"""Recovery of lost cache rows from S3, before any target is planned.
+"""Recovery of lost cache rows from S3, before any target is planned: the run.
 
 Owns the rebuild stage: for each target whose cache holds no rows (or whose rebuild never
 finished), the newest snapshot that holds it, else the old script's cache, then HeadObject for
 listed objects still unproven. A rebuild that fails holds its target back. The rules for what a
-listing, a snapshot or a head proves live in `cache.rebuild`; this module runs them.
+listing, a snapshot or a head proves live in `rules`, the sources in `rebuild`, `snapshots` and
+`oldscript`; this module runs them.
+
+It wires its own stage, apart from backup's pipeline, which calls it before any walk starts: the
+HeadObject fan-out (`rebuild_from_listing`) is one task group of a producer (lstat of the listed
+keys no row covers), `workers` provers and one recorder, joined by two memory streams of
+`queue_size` items each, closed the same way as the pipeline's.
 """
 
 from __future__ import annotations

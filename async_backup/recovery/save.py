@@ -2,7 +2,7 @@
 
 Owns the `snapshot_due` decision and the upload to the cache bucket; a failed upload is one
 failure of kind CACHE_BACKUP and leaves the snapshot due. What a snapshot is, where it goes and
-how it is packed live in `cache.snapshot`.
+how it is packed live in `snapshots`.
 """
 
 from __future__ import annotations

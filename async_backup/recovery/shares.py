@@ -10,8 +10,9 @@ them as holes, with a failure, until the share is back or the operator lets the 
 
 Owns this disk check, and carrying a snapshot's remembered mount points over into a rebuilt
 cache (`mounts_from_snapshot`: rows a snapshot restores under an unmounted share must be held by
-the walk, not deleted). The disk check costs one lstat and one listing per folder, each answered once per rebuild,
-and only for objects whose file is missing. Imports nothing of S3 or the planner.
+the walk, not deleted; `cache.snapshotdb` reads them). The disk check costs one lstat and one
+listing per folder, each answered once per rebuild, and only for objects whose file is missing.
+Imports nothing of S3 or the planner.
 """
 
 from __future__ import annotations
