@@ -150,7 +150,7 @@ def measure(tmp: Path, data: Path, server: Any, proxy_url: str, args: argparse.N
     record("rebuild from the snapshot", took, log)
 
     forget_cache(cache)
-    from async_backup.cache.snapshot import snapshot_buckets
+    from async_backup.recovery.snapshots import snapshot_buckets
     from async_backup.settings.config import load_config
 
     for bucket in snapshot_buckets(load_config(cache)):

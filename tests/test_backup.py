@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from conftest import ACCESS_KEY, SECRET_KEY, all_keys, key_of, make_tree, run_cli, write_config
 
-from async_backup.cache.snapshot import cache_bucket_name
+from async_backup.recovery.snapshots import cache_bucket_name
 from async_backup.settings.config import load_config
 from async_backup.settings.naming import stable_bucket_name
 

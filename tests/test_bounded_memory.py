@@ -18,8 +18,7 @@ import pytest
 from conftest import in_process, run_cli, write_config
 from s3proxy import Delay, ProxyServer
 
-from async_backup.cache.rebuild import log_key
-from async_backup.cache.snapshot import cache_bucket_name
+from async_backup.recovery.snapshots import cache_bucket_name, log_key
 from async_backup.report.logsetup import LOG_MAX_BYTES
 from async_backup.s3.client import open_s3
 from async_backup.settings.config import load_config

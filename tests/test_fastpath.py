@@ -24,7 +24,7 @@ from conftest import (
 from connectproxy import ConnectProxy
 from s3proxy import Delay, ErrorReply, ProxyServer
 
-from async_backup.cache.legacy import LEGACY_CACHE_BUCKET
+from async_backup.recovery.oldscript import LEGACY_CACHE_BUCKET
 from async_backup.s3.client import open_s3
 from async_backup.settings.config import AwsSettings, Tuning
 from async_backup.settings.naming import stable_bucket_name

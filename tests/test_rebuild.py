@@ -19,8 +19,8 @@ import pytest
 from conftest import key_of, make_tree, run_cli, write_config
 from s3proxy import ProxyServer
 
-from async_backup.cache.snapshot import cache_bucket_name
 from async_backup.cache.store import STATE_NAME
+from async_backup.recovery.snapshots import cache_bucket_name
 from async_backup.settings.config import load_config
 from async_backup.settings.naming import stable_bucket_name
 
@@ -244,7 +244,7 @@ def test_objects_uploaded_after_the_snapshot_are_proven_by_head(site: dict[str, 
 def test_a_snapshot_in_the_old_host_derived_bucket_is_still_read(site: dict[str, Any], s3_inspect: Any):
     import gzip
 
-    from async_backup.cache.snapshot import host_cache_bucket_name
+    from async_backup.recovery.snapshots import host_cache_bucket_name
 
     cache, bucket = site["cache"], site["bucket"]
     assert backup(cache, "--no-cache-backup").returncode == 0
@@ -297,7 +297,7 @@ def test_a_failed_head_holds_the_target_back_and_the_next_run_finishes_the_rebui
 
 
 def test_the_decision_is_size_from_the_listing_and_mtime_from_the_metadata():
-    from async_backup.cache.rebuild import DiskStat, needs_head, proves_row
+    from async_backup.recovery.rules import DiskStat, needs_head, proves_row
 
     disk = DiskStat(is_regular=True, size=10, mtime_ns=1_700_000_000_123_456_789)
     meta = {"mtime": "1700000000.123456789"}

@@ -20,7 +20,7 @@ import pytest
 from conftest import all_keys, key_of, make_tree, run_cli, write_config
 from s3proxy import ProxyServer, Record, internal_error
 
-from async_backup.cache.snapshot import cache_bucket_name
+from async_backup.recovery.snapshots import cache_bucket_name
 from async_backup.settings.config import load_config
 from async_backup.settings.naming import stable_bucket_name
 

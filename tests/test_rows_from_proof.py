@@ -181,12 +181,8 @@ def test_a_snapshot_row_for_an_object_replaced_after_the_snapshot_is_not_taken(
 
 
 def test_snapshot_and_old_row_rules():
-    from async_backup.cache.rebuild import (
-        OLD_UPLOAD_MARGIN_S,
-        Listed,
-        old_row_predates_upload,
-        snapshot_row_holds,
-    )
+    from async_backup.cache.records import Listed
+    from async_backup.recovery.rules import OLD_UPLOAD_MARGIN_S, old_row_predates_upload, snapshot_row_holds
 
     listed = Listed("k", 5, 1_700_000_000.0, hashlib.md5(b"hello").hexdigest())
     assert snapshot_row_holds(listed, 1_700_000_000.0) and snapshot_row_holds(listed, 1_700_000_100.0)

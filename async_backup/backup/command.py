@@ -20,8 +20,6 @@ from typing import Any
 
 import anyio
 
-from ..cache.accountnames import with_account_names
-from ..cache.snapshot import CACHE_BUCKET
 from ..cache.store import StateStore
 from ..disk.lock import cache_lock
 from ..errors import (
@@ -36,6 +34,9 @@ from ..errors import (
     LockHeldError,
 )
 from ..interrupts import LateSignals, run_until_signal
+from ..recovery.accountnames import with_account_names
+from ..recovery.names import recall_target_names, recall_target_names_offline
+from ..recovery.snapshots import CACHE_BUCKET
 from ..report.logsetup import TRACEBACK_LOGGER
 from ..report.progress import Progress
 from ..report.publish import publish, tell_outcome
@@ -43,7 +44,6 @@ from ..report.summary import RunSummary
 from ..s3.pricing import planned_counts, price_requests, prices_for
 from ..settings.config import Config
 from ..settings.targets import Target, discover_targets, nested_target_warnings, select_targets
-from .names import recall_target_names, recall_target_names_offline
 from .pipeline import Backup
 from .runs import RunOptions
 

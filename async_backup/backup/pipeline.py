@@ -1,6 +1,9 @@
 """The backup run: walk -> plan -> upload/delete -> record, as concurrent stages.
 
-The only module of backup/ that wires stages together, and it holds no policy. `Backup.run`
+The only module of backup/ that wires stages together, and it holds no policy. Task groups
+and streams it does not wire: a multipart upload's parts (a task group in `upload`) and a lost
+cache's rebuild, which wires its own HeadObject fan-out (`recovery.run`: a task group and two
+bounded memory streams) and which this run awaits before any walk starts. `Backup.run`
 reads top to bottom like a script: check the endpoint, abort what a crash left, rebuild lost
 cache rows, start the cache writer and the upload workers, walk every target (each walk in a
 worker thread, merged with the cache into actions), let each target delete what vanished once
@@ -9,8 +12,9 @@ snapshot if it is due. Every arrow between stages is a bounded memory stream, so
 never run ahead of the uploads by more than the queue size.
 
 The rooms it calls: `setup` (endpoint check, buckets on first need), `cleanup` (crash
-leftovers), `recovery` and `adopt` (lost rows, the old script's cache), `policy` (each upload's
-rules, the deletion and device guards), `snapshot` (the cache snapshot), `plan` (pure merge).
+leftovers), `policy` (each upload's rules, the deletion and device guards), `plan` (pure merge);
+from recovery/: `run` and `oldscript` (lost rows, the old script's cache), `save` (the cache
+snapshot).
 """
 
 from __future__ import annotations
@@ -24,13 +28,16 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream as ObjectReceiveStream
 from anyio.streams.memory import MemoryObjectSendStream as ObjectSendStream
 
-from ..cache.rebuild import needs_rebuild
 from ..cache.store import Change, Evidence, Removed, StateStore
 from ..cache.writer import run_writer
 from ..disk.entries import WalkEntry
 from ..disk.keys import display_path
 from ..disk.walk import Excluder, device_of, walk_target
 from ..errors import Failure, FailureCollector, FailureKind, unwrapped_group
+from ..recovery.oldscript import OldCaches
+from ..recovery.rebuild import needs_rebuild
+from ..recovery.run import Rebuild
+from ..recovery.save import snapshot_due, upload_snapshot
 from ..report.logsetup import LOG_MAX_BYTES, LOG_NAME
 from ..report.progress import Progress
 from ..report.summary import TargetStats
@@ -38,17 +45,14 @@ from ..s3.client import S3, open_s3
 from ..s3.pricing import RequestTally, upload_requests
 from ..settings.config import Config
 from ..settings.targets import Target, old_script_buckets
-from .adopt import OldCaches
 from .budget import ByteBudget
 from .cleanup import CrashCleanup
 from .delete import KeyFailure, delete_paths
 from .mounts import TargetMounts
 from .plan import MAX_DELETE_BATCH, Observed, Proof, Upload, merge, part_size_for
 from .policy import Guards, UploadPolicy, target_missing, target_unusable
-from .recovery import Rebuild
 from .runs import RunOptions, TargetRun, UploadJob
 from .setup import BucketSetup
-from .snapshot import snapshot_due, upload_snapshot
 from .upload import MemoryLimits, UploadSettings
 
 log = logging.getLogger(__name__)

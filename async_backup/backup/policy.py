@@ -19,13 +19,13 @@ from dataclasses import replace
 import anyio
 from anyio.streams.memory import MemoryObjectSendStream as ObjectSendStream
 
-from ..cache.rebuild import checksum_of
 from ..cache.records import is_racy
 from ..cache.store import Change, StateStore, Stored, UploadEnded, UploadStarted
 from ..disk.digest import content_proves_etag
 from ..disk.keys import KeyTooLongError, check_key_length, display_path, key_for_path
 from ..disk.read import FileChanged, FileUnreadable, FileVanished
 from ..errors import Failure, FailureCollector, FailureKind, FatalError, S3Error
+from ..recovery.rules import checksum_of
 from ..report.summary import format_bytes
 from ..s3.client import S3, endpoint_name
 from ..s3.objects import parse_mtime_metadata

@@ -1,12 +1,11 @@
-"""The state the existing script leaves behind, read exactly as it writes it.
+"""The old script's cache of one target, read exactly as it writes it.
 
-Owns everything of the old script's cache that must match it byte for byte: where it keeps a
-target's cache
-(`db/<quote_plus(name)>.db`, table `files(key TEXT PRIMARY KEY, timestamp REAL)`, key = the file's
-absolute path, timestamp = `os.stat().st_mtime`), and the bucket it copies its cache directory to
-(`image-backup-cache`, config.json with the AWS keys included). Reads the disk and the old SQLite
-files; imports nothing of S3 and writes nothing. Its naming rules (target names, `images--`
-buckets) and its list of targets live in `settings.naming` and `settings.targets`.
+Owns reading its SQLite file read-only: table `files(key TEXT PRIMARY KEY, timestamp REAL)`,
+key = the file's absolute path, timestamp = `os.stat().st_mtime` (float seconds), rows without
+a usable key or timestamp passed over. Imports nothing of S3 and writes nothing. Where the old
+script keeps these files (`db/<quote_plus(name)>.db`) and the bucket it copies them to live in
+`recovery.oldscript`; its naming rules and list of targets in `settings.naming` and
+`settings.targets`.
 """
 
 from __future__ import annotations
@@ -21,35 +20,8 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-LEGACY_DB_DIR = "db"
-# The old script copies its whole cache directory here after every run, config.json included.
-LEGACY_CACHE_BUCKET = "image-backup-cache"
 # SQLite's default limit on host parameters in one statement is 32,766 (999 before 3.32).
 LOOKUP_CHUNK = 900
-
-
-def old_cache_name(name: str) -> str:
-    """A target's cache relative to the old script's cache directory: the name before cleaning,
-    quote_plus-ed (`db/archives%2FArchive+3.db`)."""
-    return f"{LEGACY_DB_DIR}/{urllib.parse.quote_plus(name)}.db"
-
-
-def old_cache_files(cache_dir: Path) -> list[str]:
-    """The old script's caches in a cache directory (`db/*.db` file names): the mark of its installation."""
-    try:
-        return sorted(p.name for p in (cache_dir / LEGACY_DB_DIR).glob("*.db") if p.is_file())
-    except OSError:
-        return []
-
-
-def old_target_name(cache_file: str) -> str:
-    """The target name an old cache file is named after (`archives%2FArchive+3.db` -> `archives/Archive 3`)."""
-    return urllib.parse.unquote_plus(cache_file.removesuffix(".db"))
-
-
-def old_cache_path(cache_dir: Path, name: str) -> Path:
-    """Where the old script keeps a target's cache."""
-    return cache_dir / old_cache_name(name)
 
 
 @dataclass(frozen=True, slots=True)

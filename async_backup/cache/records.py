@@ -1,9 +1,9 @@
 """A cache row as the planner and verify read it, and whether a file on disk still matches it.
 
-Owns `Recorded` (what S3 confirmed for one path), the comparison of a row with a disk file
-(including the old script's float mtimes), and when a match of size and mtime is not proof
-enough: the racy-clean rule and the inode/ctime evidence. Pure: imports only `disk.entries`; no
-SQLite, no S3.
+Owns `Recorded` (what S3 confirmed for one path), `Listed` (one object of a bucket listing),
+the comparison of a row with a disk file (including the old script's float mtimes), and when a
+match of size and mtime is not proof enough: the racy-clean rule and the inode/ctime evidence.
+Pure: imports only `disk.entries`; no SQLite, no S3.
 """
 
 from __future__ import annotations
@@ -89,3 +89,14 @@ def is_racy(mtime_ns: int, ctime_ns: int, read_started_ns: int) -> bool:
 def is_gone(row: Recorded) -> bool:
     """A row the rebuild wrote for an object whose file was not on disk (see GONE_MTIME_NS)."""
     return row.mtime_ns == GONE_MTIME_NS and row.size is not None and row.legacy_mtime is None
+
+
+@dataclass(frozen=True, slots=True)
+class Listed:
+    """One current object as a bucket listing gives it (a rebuild's `cache.listing` keeps them)."""
+
+    key: str
+    size: int
+    # LastModified as Unix seconds (whole seconds in a listing); None where the server gave none
+    last_modified_s: float | None = None
+    etag: str = ""

@@ -25,13 +25,13 @@ from pathlib import Path
 
 import anyio
 
-from ..cache.accountnames import with_account_names
 from ..cache.restores import RestoreLog
-from ..cache.snapshot import CACHE_BUCKET
 from ..cache.store import StateStore
 from ..disk.keys import display_path, path_for_key
 from ..errors import EXIT_FAILURES, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, ConfigError, S3Error, unwrapped_group
 from ..interrupts import run_until_signal
+from ..recovery.accountnames import with_account_names
+from ..recovery.snapshots import CACHE_BUCKET
 from ..report.progress import Ticker
 from ..report.summary import format_bytes, format_requests
 from ..s3.client import S3, open_s3

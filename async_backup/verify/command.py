@@ -20,13 +20,13 @@ from pathlib import Path
 
 import anyio
 
-from ..cache.accountnames import with_account_names
-from ..cache.snapshot import CACHE_BUCKET
 from ..cache.store import Change, StateStore, iter_rows
 from ..disk.keys import display_path
 from ..disk.lock import cache_lock
 from ..disk.walk import MOUNT_ABSENT, Excluder, MountWatch, mount_absent, walk_target
 from ..errors import EXIT_FAILURES, EXIT_OK, Failure, S3Error, unwrapped_group
+from ..recovery.accountnames import with_account_names
+from ..recovery.snapshots import CACHE_BUCKET
 from ..report.progress import Ticker
 from ..report.summary import format_bytes, format_requests
 from ..s3.client import S3, open_s3

@@ -1,9 +1,15 @@
-"""Recovery of lost cache rows from S3, before any target is planned.
+"""Recovery of lost cache rows from S3, before any target is planned: the run.
 
 Owns the rebuild stage: for each target whose cache holds no rows (or whose rebuild never
 finished), the newest snapshot that holds it, else the old script's cache, then HeadObject for
 listed objects still unproven. A rebuild that fails holds its target back. The rules for what a
-listing, a snapshot or a head proves live in `cache.rebuild`; this module runs them.
+listing, a snapshot or a head proves live in `rules`, the sources in `rebuild`, `snapshots` and
+`oldscript`; this module runs them.
+
+It wires its own stage, apart from backup's pipeline, which calls it before any walk starts: the
+HeadObject fan-out (`rebuild_from_listing`) is one task group of a producer (lstat of the listed
+keys no row covers), `workers` provers and one recorder, joined by two memory streams of
+`queue_size` items each, closed the same way as the pipeline's.
 """
 
 from __future__ import annotations
@@ -19,20 +25,8 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream as ObjectReceiveStream
 from anyio.streams.memory import MemoryObjectSendStream as ObjectSendStream
 
-from ..cache.mountpoints import AbsentShares, mounts_from_snapshot
-from ..cache.rebuild import (
-    REBUILDING_MARK,
-    Candidate,
-    Listing,
-    candidates,
-    checksum_of,
-    list_bucket,
-    needs_rebuild,
-    proves_row,
-    rows_from_snapshot,
-)
+from ..cache.listing import Listing
 from ..cache.records import GONE_MTIME_NS
-from ..cache.snapshot import SNAPSHOT_DUE, SnapshotShelf, snapshot_buckets
 from ..cache.store import Change, StateStore, Stored
 from ..disk.digest import content_proves_etag, etag_computable
 from ..disk.keys import display_path
@@ -42,8 +36,19 @@ from ..s3.buckets import FOREIGN_CODE, owned_elsewhere
 from ..s3.client import S3, foreign_bucket_message
 from ..s3.objects import parse_mtime_metadata
 from ..settings.config import Config
-from .adopt import OldCaches
-from .runs import TargetRun
+from .oldscript import OldCaches
+from .rebuild import (
+    REBUILDING_MARK,
+    Candidate,
+    candidates,
+    list_bucket,
+    needs_rebuild,
+    rows_from_snapshot,
+)
+from .rules import checksum_of, proves_row
+from .shares import AbsentShares, mounts_from_snapshot
+from .snapshots import SNAPSHOT_DUE, SnapshotShelf, snapshot_buckets
+from .target import RecoveringRun
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +66,7 @@ class Rebuild:
         self.collector = collector
         self.old_caches = old_caches
 
-    async def rebuild_caches(self, runs: Sequence[TargetRun]) -> None:
+    async def rebuild_caches(self, runs: Sequence[RecoveringRun]) -> None:
         runs = [
             r
             for r in runs
@@ -76,7 +81,7 @@ class Rebuild:
             for run in runs:
                 await self.rebuild_target(run, snapshots, Path(tmp))
 
-    async def rebuild_target(self, run: TargetRun, snapshots: SnapshotShelf, tmp: Path) -> None:
+    async def rebuild_target(self, run: RecoveringRun, snapshots: SnapshotShelf, tmp: Path) -> None:
         """Snapshot rows the listing confirms, then HeadObject for listed objects still unproven.
         A rebuild that fails holds the target back: planning from a half-rebuilt cache would
         upload again what S3 already holds."""
@@ -165,7 +170,7 @@ class Rebuild:
                 )
             )
 
-    def _remember_suspected(self, run: TargetRun, absent: AbsentShares) -> None:
+    def _remember_suspected(self, run: RecoveringRun, absent: AbsentShares) -> None:
         """Empty folders that S3 holds files under: remembered as mount points not yet seen mounted,
         so the walk holds them (a failure names each) until the share is back or the operator lets
         the deletes through. Runs in a worker thread."""
@@ -178,7 +183,7 @@ class Rebuild:
                 display_path(folder),
             )
 
-    async def rebuild_from_listing(self, run: TargetRun, listing: Listing) -> tuple[int, int]:
+    async def rebuild_from_listing(self, run: RecoveringRun, listing: Listing) -> tuple[int, int]:
         """Listed objects no snapshot row covers: lstat in worker threads, HeadObject only where
         the size matches a regular file, a row only where the mtime metadata matches too.
         Returns (HeadObject requests, rows written). A failed HeadObject fails the rebuild."""

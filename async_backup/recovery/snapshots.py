@@ -1,40 +1,43 @@
 """Snapshots of the cache in S3: which bucket they go to, how one is packed, finding the newest.
 
 Owns the cache bucket's name (from config.json alone, and the older host-derived one still
-read), the `snapshot_due` meta flag, the consistent gzipped copy of the cache and the bounded
-tail of the log that go up beside it, and the shelf a rebuild picks the newest sound snapshot
-from. Key layout and the checks on a downloaded snapshot live in `rebuild`; backup's
-`backup.snapshot` decides when one is due and uploads it.
+read), the key layout (one key per installation sharing a cache bucket), the `snapshot_due` and
+`cache_bucket` meta names, the consistent gzipped copy of the cache and the bounded tail of the
+log that go up beside it, finding snapshots, downloading one (streamed to a temporary file,
+gunzipped and checked: `cache.snapshotdb` reads it), and the shelf a rebuild picks the newest
+sound snapshot from. `save` decides when one is due and uploads it.
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import logging
 import os
 import shutil
 import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import anyio
 
+from ..cache import snapshotdb
+from ..cache.store import StateStore
+from ..errors import S3Error
 from ..s3.client import S3
 from ..settings.config import Config
 from ..settings.naming import cache_bucket_of, stable_bucket_name
-from .rebuild import (
-    Snapshot,
-    SnapshotUnusable,
-    download_snapshot,
-    find_snapshots,
-    snapshot_holds,
-)
-from .store import StateStore
 
 log = logging.getLogger(__name__)
 
+SNAPSHOT_NAME = "async-backup.db.gz"
+LOG_NAME = "backup.log"
+DOWNLOAD_CHUNK_BYTES = 1024 * 1024
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
 SNAPSHOT_DUE = "snapshot_due"  # meta flag: "0" once the cache as it is now has reached S3
-
-
 CACHE_BUCKET = "cache_bucket"  # meta: the default cache bucket this installation writes its snapshots to
 
 
@@ -75,6 +78,80 @@ def snapshot_buckets(config: Config) -> list[str]:
     return chosen + [b for b in untagged if b in names.owned and b not in chosen]
 
 
+def installation_id(cache_dir: Path) -> str:
+    """Snapshot keys are distinct per installation sharing a cache bucket: host + hash of the path."""
+    host = socket.gethostname().split(".")[0] or "host"
+    digest = hashlib.sha256(os.fsencode(str(cache_dir))).hexdigest()[:8]
+    return f"{host}-{digest}"
+
+
+def snapshot_key(cache_dir: Path) -> str:
+    return f"{installation_id(cache_dir)}/{SNAPSHOT_NAME}"
+
+
+def log_key(cache_dir: Path) -> str:
+    return f"{installation_id(cache_dir)}/{LOG_NAME}"
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    bucket: str
+    key: str
+    last_modified: datetime
+
+    def describe(self) -> str:
+        when = self.last_modified.strftime("%Y-%m-%d %H:%M UTC")
+        return f"snapshot s3://{self.bucket}/{self.key} of {when}"
+
+
+async def find_snapshots(s3: S3, buckets: Sequence[str]) -> list[Snapshot]:
+    """Every cache snapshot in these buckets, newest first. A bucket that does not exist or
+    cannot be listed is passed over: the bucket listing alone is still a safe source."""
+    found: list[Snapshot] = []
+    for bucket in buckets:
+        try:
+            async for page in s3.list_current(bucket):
+                found.extend(
+                    Snapshot(bucket, o.key, o.last_modified or EPOCH) for o in page if o.key.endswith(SNAPSHOT_NAME)
+                )
+        except S3Error as exc:
+            if exc.code != "NoSuchBucket":
+                log.warning("cache snapshots in s3://%s could not be listed (%s); passed over", bucket, exc.message)
+    found.sort(key=lambda s: s.last_modified, reverse=True)
+    return found
+
+
+class SnapshotUnusable(Exception):
+    """A snapshot that cannot be downloaded, unpacked or read as a sound SQLite database."""
+
+
+async def download_snapshot(s3: S3, snapshot: Snapshot, dest_dir: Path, name: str) -> Path:
+    """GetObject streamed to a temporary file, gunzipped to another, checked with integrity_check."""
+    packed = dest_dir / f"{name}.db.gz"
+    unpacked = dest_dir / f"{name}.db"
+    try:
+        async with s3.open_object(snapshot.bucket, snapshot.key) as reader, await anyio.open_file(packed, "wb") as out:
+            while chunk := await reader.read(DOWNLOAD_CHUNK_BYTES):
+                await out.write(chunk)
+    except S3Error as exc:
+        raise SnapshotUnusable(f"download failed: {exc.message}") from None
+    await anyio.to_thread.run_sync(_unpack_and_check, packed, unpacked)
+    return unpacked
+
+
+def _unpack_and_check(packed: Path, unpacked: Path) -> None:
+    try:
+        with gzip.open(packed, "rb") as src, open(unpacked, "wb") as dst:
+            shutil.copyfileobj(src, dst, DOWNLOAD_CHUNK_BYTES)
+    except (OSError, EOFError) as exc:
+        raise SnapshotUnusable(f"not a gzip file ({exc})") from None
+    finally:
+        packed.unlink(missing_ok=True)
+    trouble = snapshotdb.problem(unpacked)
+    if trouble is not None:
+        raise SnapshotUnusable(trouble)
+
+
 class SnapshotShelf:
     """Every snapshot in the cache buckets, listed once per run and each downloaded at most once."""
 
@@ -100,7 +177,7 @@ class SnapshotShelf:
                     path = None
                 self._opened[snapshot] = path
             db = self._opened[snapshot]
-            if db is not None and await anyio.to_thread.run_sync(snapshot_holds, db, bucket):
+            if db is not None and await anyio.to_thread.run_sync(snapshotdb.holds, db, bucket):
                 return snapshot, db
         return None
 

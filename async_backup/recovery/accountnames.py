@@ -35,7 +35,7 @@ from ..settings.naming import (
     stable_bucket_name,
 )
 from ..settings.targets import paths_needing_names
-from .snapshot import host_cache_bucket_name
+from .snapshots import host_cache_bucket_name
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 Owns the one S3 session that runs ahead of naming. A legacy name depends on the common path of
 every target, so after the config changed (a root added outside the old common path, a root
 removed) the old rule gives every target a new name; a lost cache would then upload everything
-into new buckets. The newest snapshot's `targets` table (`cache.recall`) gives the names back;
+into new buckets. The newest snapshot's `targets` table (`recall`) gives the names back;
 where no snapshot names a configured target (none written yet, or every run with
 `--no-cache-backup`), the old script's own caches do for the targets it named: their file names are
 its names, so the common path it used is the one that gives them.
@@ -18,14 +18,13 @@ import urllib.parse
 from collections import Counter
 from pathlib import Path
 
-from ..cache.legacy import LEGACY_CACHE_BUCKET, LEGACY_DB_DIR
-from ..cache.rebuild import snapshot_key
-from ..cache.recall import Known, recall_targets
-from ..cache.snapshot import snapshot_buckets
 from ..errors import S3Error
 from ..s3.client import S3, open_s3
 from ..settings.config import Config
 from ..settings.naming import legacy_bucket_name
+from .oldscript import LEGACY_CACHE_BUCKET, LEGACY_DB_DIR
+from .recall import Known, recall_targets
+from .snapshots import snapshot_buckets, snapshot_key
 
 log = logging.getLogger(__name__)
 

@@ -7,38 +7,142 @@ script's db/ caches, here or as its copies in `image-backup-cache`).
 Owns finding a legacy-named target's old cache (on disk, else the copy the old script left in
 `image-backup-cache`), adopting its rows against the bucket listing, the warning about the
 config.json copy (AWS keys included) the old script left in that bucket, and, in a dry run,
-planning against the old cache a real run would adopt. Reads the old SQLite files only through
-`cache.legacy`.
+planning against the old cache a real run would adopt; and where the old script keeps its
+caches (`db/<quote_plus(name)>.db` in its cache directory) and the bucket it copies its cache
+directory to (`image-backup-cache`, config.json with the AWS keys included). Reads the old SQLite
+files only through `cache.legacy`.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import stat
+import urllib.parse
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
 
-from ..cache.legacy import (
-    LEGACY_CACHE_BUCKET,
-    LEGACY_DB_DIR,
-    OldCache,
-    OldCacheError,
-    old_cache_files,
-    old_cache_name,
-    old_cache_path,
-    old_target_name,
-)
-from ..cache.rebuild import OLD_UPLOAD_MARGIN_S, Listing, needs_rebuild, rows_from_old_cache
-from ..cache.records import Recorded
+from ..cache.legacy import OldCache, OldCacheError
+from ..cache.listing import Listing
+from ..cache.records import Listed, Recorded, stat_float_mtime
 from ..cache.store import StateStore
+from ..disk.digest import content_proves_etag
+from ..disk.keys import ESCAPED_KEY_MARK, key_for_path, path_for_key
 from ..errors import ConfigError, Failure, FailureCollector, FailureKind, S3Error
 from ..s3.client import S3
 from ..settings.config import Config
 from ..settings.naming import legacy_bucket_of
-from .runs import TargetRun
+from .rebuild import needs_rebuild
+from .rules import OLD_UPLOAD_MARGIN_S, old_row_predates_upload, under_root
+from .target import RecoveringRun
 
 log = logging.getLogger(__name__)
+
+# Where the old script keeps a target's cache, relative to its cache directory.
+LEGACY_DB_DIR = "db"
+# The old script copies its whole cache directory here after every run, config.json included.
+LEGACY_CACHE_BUCKET = "image-backup-cache"
+
+
+def old_cache_name(name: str) -> str:
+    """A target's cache relative to the old script's cache directory: the name before cleaning,
+    quote_plus-ed (`db/archives%2FArchive+3.db`)."""
+    return f"{LEGACY_DB_DIR}/{urllib.parse.quote_plus(name)}.db"
+
+
+def old_cache_files(cache_dir: Path) -> list[str]:
+    """The old script's caches in a cache directory (`db/*.db` file names): the mark of its installation."""
+    try:
+        return sorted(p.name for p in (cache_dir / LEGACY_DB_DIR).glob("*.db") if p.is_file())
+    except OSError:
+        return []
+
+
+def old_target_name(cache_file: str) -> str:
+    """The target name an old cache file is named after (`archives%2FArchive+3.db` -> `archives/Archive 3`)."""
+    return urllib.parse.unquote_plus(cache_file.removesuffix(".db"))
+
+
+def old_cache_path(cache_dir: Path, name: str) -> Path:
+    """Where the old script keeps a target's cache."""
+    return cache_dir / old_cache_name(name)
+
+
+def old_row_mtime(path: bytes, timestamp: float, listed: Listed) -> float | None:
+    """The float mtime a row of the old script's cache becomes ours with, or None: held out for
+    want of proof (blocking: a worker thread).
+
+    The old script stat'ed each file *after* uploading it, so a file rewritten during its upload
+    left a row with the new mtime over the old bytes. A row the file still matches (listed size,
+    the same float mtime) is taken where its mtime predates the upload by the margin; else only
+    where the file's content has the listed ETag (`content_proves_etag`: the file is read).
+    A row the file no longer matches at the listed size is stale (the old script's last run
+    changed the file and died before it copied its cache): the content decides too, and where it
+    proves the object, the row takes the file's mtime now. Any other row that cannot call the
+    file unchanged (gone, another size, content not proven) is taken as it is: it only makes the
+    run delete or upload that file, as no row would (and a gone file's object is then deleted,
+    not left current for good)."""
+    predates = old_row_predates_upload(timestamp, listed)
+    try:
+        st = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return timestamp
+    except OSError:
+        return timestamp if predates else None  # unreadable: no knowledge beyond the row's own
+    if not stat.S_ISREG(st.st_mode) or st.st_size != listed.size:
+        return timestamp
+    now = stat_float_mtime(st.st_mtime_ns)
+    if now == timestamp and predates:
+        return timestamp
+    if content_proves_etag(path, st.st_size, st.st_mtime_ns, listed.etag)[0]:
+        return now
+    return timestamp if now != timestamp else None
+
+
+@dataclass(frozen=True, slots=True)
+class Adopted:
+    """What adopting an old cache did: rows written, and rows held out for want of proof."""
+
+    rows: int = 0
+    unproven: int = 0
+
+
+def rows_from_old_cache(old: OldCache, bucket: str, root: bytes, listing: Listing, store: StateStore) -> Adopted:
+    """Adopt the old script's cache: a listed key it holds becomes a row with the listed size and
+    the float st_mtime the old script saw (the planner compares at that precision), where
+    `old_row_mtime` says so. Keys taken are marked covered; a row held out stays uncovered, for
+    the listing's own proof (a HeadObject, a gone row) and else an upload. A key the old cache
+    holds but S3 does not list stays out: its file is uploaded. Runs in a worker thread."""
+    written = 0
+    unproven = 0
+    for chunk in iter_chunks(listing):
+        # The old script's keys are str(path).lstrip("/"); keys in our escaped form are ours.
+        listed = {"/" + e.key: e for e in chunk if not e.key.startswith(ESCAPED_KEY_MARK)}
+        stamps = old.lookup(list(listed))
+        rows = []
+        for old_key, ts in stamps.items():
+            path = path_for_key(old_key[1:])
+            if not under_root(path, root):
+                continue
+            mtime = old_row_mtime(path, ts, listed[old_key])
+            if mtime is not None:
+                rows.append((path, listed[old_key].size, mtime))
+            else:
+                unproven += 1
+        if rows:
+            written += store.insert_adopted(bucket, rows)
+            listing.cover([key_for_path(p) for p, _size, _ts in rows])
+    return Adopted(written, unproven)
+
+
+def iter_chunks(listing: Listing, limit: int = 1000) -> Iterator[list[Listed]]:
+    after = ""
+    while chunk := listing.uncovered(after, limit):
+        yield chunk
+        after = chunk[-1].key
 
 
 class OldCaches:
@@ -50,7 +154,7 @@ class OldCaches:
         self._old_buckets: list[str] = []  # the old script's buckets found holding a target's files
         self._copied_from: dict[Path, str] = {}  # a fetched copy's local path -> its URL in that bucket
 
-    def of(self, run: TargetRun) -> Path | None:
+    def of(self, run: RecoveringRun) -> Path | None:
         """The old script's cache of a legacy-named target, if it left one."""
         if run.target.legacy_name is None:
             return None
@@ -58,12 +162,12 @@ class OldCaches:
         path = old_cache_path(self.config.source.parent, run.target.legacy_name)
         return path if path.is_file() else None
 
-    def to_adopt(self, run: TargetRun) -> Path | None:
+    def to_adopt(self, run: RecoveringRun) -> Path | None:
         """For a dry run: the old cache a real run would adopt (the cache holds no rows for it yet)."""
         path = self.of(run)
         return path if path is not None and needs_rebuild(self.store, run.target.bucket) else None
 
-    def recorded(self, run: TargetRun) -> Iterator[Recorded]:
+    def recorded(self, run: RecoveringRun) -> Iterator[Recorded]:
         """The cache's rows for the target, or in a dry run the old script's cache it would adopt."""
         if run.old_cache is None:
             yield from self.store.recorded(run.target.bucket)
@@ -75,7 +179,7 @@ class OldCaches:
         finally:
             old.close()
 
-    def adopt(self, run: TargetRun, path: Path, listing: Listing) -> int:
+    def adopt(self, run: RecoveringRun, path: Path, listing: Listing) -> int:
         """Adopt the old script's cache of the target, checked against the listing (worker thread).
         An old cache that cannot be read is one warning: its files are then treated as new."""
         target = run.target
@@ -189,7 +293,7 @@ class OldCaches:
         )
         self.collector.warn(Failure(FailureKind.ADOPTION, "run", f"{cache_dir}/{LEGACY_DB_DIR}", message))
 
-    async def fetch_copy(self, s3: S3, run: TargetRun, tmp: Path) -> Path | None:
+    async def fetch_copy(self, s3: S3, run: RecoveringRun, tmp: Path) -> Path | None:
         """The old script's cache of the target as it last copied it to its cache bucket, for when
         the local db/ file is gone (a new server): this cache directory's copy first, else the one
         other installation's copy of that name (several: none is chosen, the choice would be a guess)."""

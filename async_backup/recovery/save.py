@@ -2,7 +2,7 @@
 
 Owns the `snapshot_due` decision and the upload to the cache bucket; a failed upload is one
 failure of kind CACHE_BACKUP and leaves the snapshot due. What a snapshot is, where it goes and
-how it is packed live in `cache.snapshot`.
+how it is packed live in `snapshots`.
 """
 
 from __future__ import annotations
@@ -13,14 +13,13 @@ from pathlib import Path
 
 import anyio
 
-from ..cache.rebuild import log_key, snapshot_key
-from ..cache.snapshot import CACHE_BUCKET, SNAPSHOT_DUE, cache_bucket_name, log_tail, pack_snapshot
 from ..cache.store import StateStore
 from ..errors import Failure, FailureCollector, FailureKind, S3Error
 from ..report.summary import format_bytes
 from ..s3.buckets import ensure_bucket
 from ..s3.client import S3
 from ..settings.config import Config
+from .snapshots import CACHE_BUCKET, SNAPSHOT_DUE, cache_bucket_name, log_key, log_tail, pack_snapshot, snapshot_key
 
 log = logging.getLogger(__name__)
 

@@ -1,23 +1,23 @@
 """The bucket names in use, read back from the newest cache snapshot when the cache has none.
 
-Owns reading a snapshot's `targets` table. Legacy names depend on every target (the common path),
-so a name once used cannot be computed again after the config changed; a lost cache must find it
-in S3 before targets are named, or a target that has a bucket would get a new one. Imports the
-snapshot shelf's pieces, nothing of the backup.
+Owns picking the snapshot whose `targets` table (read in `cache.snapshotdb`) names configured
+targets. Legacy names depend on every target (the common path), so a name once used cannot be
+computed again after the config changed; a lost cache must find it in S3 before targets are
+named, or a target that has a bucket would get a new one. Imports the snapshot shelf's pieces,
+nothing of the backup.
 """
 
 from __future__ import annotations
 
 import logging
-import sqlite3
-import urllib.parse
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import anyio
 
+from ..cache import snapshotdb
 from ..s3.client import S3
-from .rebuild import SnapshotUnusable, download_snapshot, find_snapshots
+from .snapshots import SnapshotUnusable, download_snapshot, find_snapshots
 
 log = logging.getLogger(__name__)
 
@@ -25,19 +25,7 @@ log = logging.getLogger(__name__)
 # are downloaded to find one that names configured targets; each costs one GetObject.
 MAX_SNAPSHOTS_READ = 3
 
-Known = dict[str, tuple[str, str | None]]  # target path -> (bucket, root), as StateStore.known_targets
-
-
-def targets_in_snapshot(db: Path) -> Known:
-    """The snapshot's `targets` rows; none from a snapshot written before the table existed."""
-    conn = sqlite3.connect(f"file:{urllib.parse.quote(str(db))}?mode=ro", uri=True)
-    try:
-        rows = conn.execute("SELECT path, bucket, root FROM targets").fetchall()
-    except sqlite3.Error:
-        return {}
-    finally:
-        conn.close()
-    return {str(p): (str(b), None if r is None else str(r)) for p, b, r in rows}
+Known = snapshotdb.Known  # target path -> (bucket, root), as StateStore.known_targets
 
 
 async def recall_targets(
@@ -54,7 +42,7 @@ async def recall_targets(
         except SnapshotUnusable as exc:
             log.warning("%s cannot be used (%s); passed over", snapshot.describe(), exc)
             continue
-        known = await anyio.to_thread.run_sync(targets_in_snapshot, db)
+        known = await anyio.to_thread.run_sync(snapshotdb.targets_of, db)
         chosen = {p: v for p, v in known.items() if wanted(p, v[1])}
         if chosen:
             return snapshot.describe(), chosen

@@ -10,18 +10,18 @@ them as holes, with a failure, until the share is back or the operator lets the 
 
 Owns this disk check, and carrying a snapshot's remembered mount points over into a rebuilt
 cache (`mounts_from_snapshot`: rows a snapshot restores under an unmounted share must be held by
-the walk, not deleted). The disk check costs one lstat and one listing per folder, each answered once per rebuild,
-and only for objects whose file is missing. Imports nothing of S3 or the planner.
+the walk, not deleted; `cache.snapshotdb` reads them). The disk check costs one lstat and one
+listing per folder, each answered once per rebuild, and only for objects whose file is missing.
+Imports nothing of S3 or the planner.
 """
 
 from __future__ import annotations
 
 import os
-import sqlite3
-import urllib.parse
 from pathlib import Path
 
-from .store import StateStore
+from ..cache import snapshotdb
+from ..cache.store import StateStore
 
 
 class AbsentShares:
@@ -79,13 +79,7 @@ class AbsentShares:
 def mounts_from_snapshot(db: Path, target: str, store: StateStore) -> int:
     """Remember the mount points a snapshot remembered inside `target` (none in a snapshot from
     before they were remembered). Runs in a worker thread; returns how many."""
-    conn = sqlite3.connect(f"file:{urllib.parse.quote(str(db))}?mode=ro", uri=True)
-    try:
-        if conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='mounts'").fetchone() is None:
-            return 0
-        rows = [(bytes(p), d) for p, d in conn.execute("SELECT path, device FROM mounts WHERE target=?", (target,))]
-    finally:
-        conn.close()
+    rows = snapshotdb.mounts_of(db, target)
     if rows:
         store.remember_mounts(target, rows)
     return len(rows)
