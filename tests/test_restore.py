@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import zlib
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,9 +25,11 @@ import pytest
 from conftest import Ran, in_process, run_cli, write_config
 from s3proxy import ErrorReply, ProxyServer, Stall
 
+from async_backup.cache.records import Recorded
 from async_backup.disk.keys import key_for_path
-from async_backup.restore.checksum import StreamSum, expected_checksum
+from async_backup.restore.checksum import expected_checksum
 from async_backup.restore.choose import choose_versions, is_safe, list_prefixes, under_prefix
+from async_backup.s3.checksums import StreamSum
 from async_backup.s3.objects import ObjectHead, ObjectVersion
 from async_backup.settings.naming import stable_bucket_name
 
@@ -349,9 +352,10 @@ def test_expected_checksum_uses_the_cache_only_for_the_same_upload() -> None:
         encrypted_with_key=False,
     )
     current = _version("k", 1, latest=True)
-    assert expected_checksum(head, current, (5, 1_000_000_002, "crc32:NhCmhg==")) is not None
-    assert expected_checksum(head, current, (5, 1_000_000_003, "crc32:NhCmhg==")) is None  # another upload
-    assert expected_checksum(head, _version("k", 1), (5, 1_000_000_002, "crc32:NhCmhg==")) is None  # old version
+    row = Recorded(b"/k", 5, 1_000_000_002, checksum="crc32:NhCmhg==")
+    assert expected_checksum(head, current, row) is not None
+    assert expected_checksum(head, current, replace(row, mtime_ns=1_000_000_003)) is None  # another upload
+    assert expected_checksum(head, _version("k", 1), row) is None  # old version
     assert expected_checksum(head, current, None) is None
 
 

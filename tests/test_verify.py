@@ -18,7 +18,7 @@ import pytest
 from conftest import Ran, in_process, key_of, make_tree, run_cli, write_config
 from s3proxy import ErrorReply, ProxyServer
 
-from async_backup.cache.store import VerifyRow
+from async_backup.cache.records import Recorded
 from async_backup.disk.entries import DiskFile, Hole, Skipped
 from async_backup.disk.walk import Excluder
 from async_backup.s3.checksums import split_checksum
@@ -248,12 +248,12 @@ def test_compare_merges_cache_and_walk_and_says_nothing_it_cannot_see() -> None:
             obj(b"/elsewhere/z"),  # outside the target: by hand
         ]
     )
-    rows: list[VerifyRow] = [
-        (b"/t/a", 1, 5, "crc32:AAAAAA==", None, None, False, None),
-        (b"/t/b", 1, 5, "crc32:AAAAAA==", None, None, False, None),
-        (b"/t/c", 1, 5, None, None, None, False, None),
-        (b"/t/gone", 1, 5, "crc32:AAAAAA==", None, None, False, None),  # no object, no file
-        (b"/t/hidden/y", 1, 5, "crc32:AAAAAA==", None, None, False, None),  # no object, disk unknown
+    rows: list[Recorded] = [
+        Recorded(b"/t/a", 1, 5, None, None, None, False, "crc32:AAAAAA=="),
+        Recorded(b"/t/b", 1, 5, None, None, None, False, "crc32:AAAAAA=="),
+        Recorded(b"/t/c", 1, 5, None, None, None, False, None),
+        Recorded(b"/t/gone", 1, 5, None, None, None, False, "crc32:AAAAAA=="),  # no object, no file
+        Recorded(b"/t/hidden/y", 1, 5, None, None, None, False, "crc32:AAAAAA=="),  # no object, disk unknown
     ]
     disk = [
         DiskFile(b"/t/a", 1, 5),
@@ -288,11 +288,11 @@ def test_compare_never_calls_an_unsure_row_whole():
     is not proven to be what S3 holds: counted unsure, whatever the checksums say."""
     paths = (b"/t/a", b"/t/b", b"/t/c", b"/t/d")
     objects = {p: ListedObject(os.fsdecode(p[1:]), 1, "DEEP_ARCHIVE", "e") for p in paths}
-    rows: list[VerifyRow] = [
-        (b"/t/a", 1, 5, "crc32:AAAAAA==", 7, 9, False, None),  # sure, same inode and ctime
-        (b"/t/b", 1, 5, "crc32:AAAAAA==", 7, 9, True, None),  # read racily
-        (b"/t/c", 1, 5, "crc32:AAAAAA==", 7, 9, False, None),  # replaced by rename since
-        (b"/t/d", 1, 5, "crc32:AAAAAA==", None, None, False, None),  # an old row: no evidence either way
+    rows: list[Recorded] = [
+        Recorded(b"/t/a", 1, 5, None, 7, 9, False, "crc32:AAAAAA=="),  # sure, same inode and ctime
+        Recorded(b"/t/b", 1, 5, None, 7, 9, True, "crc32:AAAAAA=="),  # read racily
+        Recorded(b"/t/c", 1, 5, None, 7, 9, False, "crc32:AAAAAA=="),  # replaced by rename since
+        Recorded(b"/t/d", 1, 5, None, None, None, False, "crc32:AAAAAA=="),  # an old row: no evidence either way
     ]
     disk = [DiskFile(b"/t/a", 1, 5, 7, 9), DiskFile(b"/t/b", 1, 5, 7, 9), DiskFile(b"/t/c", 1, 5, 8, 9)]
     disk.append(DiskFile(b"/t/d", 1, 5, 3, 4))

@@ -183,10 +183,10 @@ class UploadPolicy:
         adopted archive costs a HeadObject and a read per file, never an upload."""
         run, file = job.run, job.upload.file
         bucket = run.target.bucket
-        sent = await anyio.to_thread.run_sync(self.store.sent_checksum, bucket, file.path)
+        sent = await anyio.to_thread.run_sync(self.store.row, bucket, file.path)
         if sent is None:
             return False
-        checksum, part_bytes = sent
+        checksum, part_bytes = sent.checksum, sent.part_bytes
         if checksum is None or not comparable(checksum, part_bytes, file.size):
             return None
         try:
@@ -236,8 +236,8 @@ class UploadPolicy:
         elif head.encrypted_with_key:
             return False  # its ETag is no MD5 of anything on disk
         else:
-            sent = await anyio.to_thread.run_sync(self.store.sent_checksum, run.target.bucket, file.path)
-            recorded_part_bytes = None if sent is None else sent[1]
+            sent = await anyio.to_thread.run_sync(self.store.row, run.target.bucket, file.path)
+            recorded_part_bytes = None if sent is None else sent.part_bytes
             proven, part_bytes = await anyio.to_thread.run_sync(
                 content_proves_etag, file.path, file.size, file.mtime_ns, head.etag, (recorded_part_bytes,)
             )

@@ -13,10 +13,11 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
-import urllib.parse
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from .store import open_readonly
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +43,7 @@ class OldCache:
     def __init__(self, path: Path) -> None:
         self.path = path
         try:
-            # Quoted: the old names hold "%" (quote_plus), which a SQLite URI would decode.
-            uri = f"file:{urllib.parse.quote(str(path))}?mode=ro"
-            self._conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
+            self._conn = open_readonly(path)  # the old names hold "%" (quote_plus): quoted there
             columns = {str(r[1]) for r in self._conn.execute("PRAGMA table_info(files)")}
         except sqlite3.Error as exc:
             raise OldCacheError(f"{path} cannot be read as SQLite ({exc})") from None

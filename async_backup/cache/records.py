@@ -30,7 +30,7 @@ GONE_MTIME_NS = 0
 
 @dataclass(frozen=True, slots=True)
 class Recorded:
-    """A cache row: what S3 confirmed for one path.
+    """A cache row: what S3 confirmed for one path, as every read of the cache returns it.
 
     Rows adopted from the old script carry its float st_mtime in `legacy_mtime` (and the size the
     bucket listing showed, or None in a dry run, which sends no listing); rows adopted by earlier
@@ -45,6 +45,9 @@ class Recorded:
     ino: int | None = None
     ctime_ns: int | None = None
     unsure: bool = False  # read racily (see RACY_MARGIN_NS): its contents are compared next run
+    # "crc32:<b64>[-parts]" or "md5:<hex>[-parts]" as S3 stored it (`s3.checksums`); None: not known
+    checksum: str | None = None
+    part_bytes: int | None = None  # a multipart upload's part size, to recompute its checksum locally
 
 
 def stat_float_mtime(mtime_ns: int) -> float:

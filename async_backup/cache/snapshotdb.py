@@ -3,26 +3,20 @@
 Owns every SQLite read of such a copy: whether it is sound (`problem`), whether it holds rows
 for a bucket, its rows for a bucket (in the cache's own row type), its `targets` table (the
 bucket names in use) and its remembered mount points. A snapshot from an older version lacks
-some columns and tables: they read as absent. Writes nothing; which of these rows recovery may
-take is decided in recovery/. Imports nothing of S3.
+some columns and tables: they read as absent. Opened and its rows streamed as `store` reads the
+cache. Writes nothing; which of these rows recovery may take is decided in recovery/. Imports
+nothing of S3.
 """
 
 from __future__ import annotations
 
 import sqlite3
-import urllib.parse
 from collections.abc import Generator
-from dataclasses import replace
 from pathlib import Path
 
-from .store import Stored, evidence_columns, file_columns
+from .store import Stored, open_readonly, stream_rows
 
 Known = dict[str, tuple[str, str | None]]  # target path -> (bucket, root), as StateStore.known_targets
-
-
-def open_readonly(path: Path) -> sqlite3.Connection:
-    # Quoted: a path may hold "%" or "?", which a SQLite URI would decode.
-    return sqlite3.connect(f"file:{urllib.parse.quote(str(path))}?mode=ro", uri=True, check_same_thread=False)
 
 
 def problem(db: Path) -> str | None:
@@ -52,21 +46,12 @@ def holds(db: Path, bucket: str) -> bool:
 
 
 def rows_of(db: Path, bucket: str) -> Generator[Stored, None, None]:
-    """The copy's rows for `bucket`, streamed (a thousand at a time from SQLite), with the evidence
-    columns an older copy lacks as NULL (an unsure row stays unsure: its contents are still to be
-    compared) and `legacy_mtime` NULL in a copy from before adoption existed."""
+    """The copy's rows for `bucket`, streamed (`store.stream_rows`), with the columns an older copy
+    lacks as NULL (an unsure row stays unsure: its contents are still to be compared)."""
     conn = open_readonly(db)
     try:
-        legacy = "legacy_mtime" if "legacy_mtime" in file_columns(conn) else "NULL"
-        evidence = evidence_columns(conn)
-        cursor = conn.execute(
-            f"SELECT path, size, mtime_ns, checksum, {legacy}, {evidence} FROM files WHERE bucket=?", (bucket,)
-        )
-        cursor.arraysize = 1000
-        while rows := cursor.fetchmany():
-            for path, size, mtime_ns, checksum, legacy_mtime, ino, ctime_ns, unsure, part_bytes in rows:
-                row = Stored(bucket, bytes(path), size, int(mtime_ns), checksum, legacy_mtime)
-                yield replace(row, ino=ino, ctime_ns=ctime_ns, unsure=bool(unsure), part_bytes=part_bytes)
+        for row in stream_rows(conn, bucket):
+            yield Stored.of(bucket, row)
     finally:
         conn.close()
 

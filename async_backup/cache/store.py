@@ -1,7 +1,9 @@
 """The local cache: what S3 has confirmed, per bucket and path, in SQLite.
 
 Owns the schema, the mapping of sqlite3 errors to our FatalError (`_mapped`, the one SQLite
-boundary of the cache), the insertion of rows adopted from the old script's caches, the restores
+boundary of the cache), the one read-only opener (`open_readonly`, for the cache, a downloaded
+copy of it and the old script's caches), the one read of rows (`stream_rows` and `row`, both as
+`records.Recorded`), the insertion of rows adopted from the old script's caches, the restores
 table, and `apply`, which the single writer task (`writer`) calls with batched changes. A row is
 written only after S3 confirmed the upload or delete it describes, so a crash at any moment loses
 nothing: at most the files in flight are sent again. Reads for the planner open their own
@@ -99,6 +101,22 @@ class Stored:
     ctime_ns: int | None = None
     unsure: bool = False  # read racily: the next run compares its contents (records.is_racy)
     part_bytes: int | None = None  # a multipart upload's part size, to recompute its checksum locally
+
+    @classmethod
+    def of(cls, bucket: str, row: Recorded) -> Stored:
+        """A row read back (a snapshot's), written again as it was."""
+        return cls(
+            bucket,
+            row.path,
+            row.size,
+            row.mtime_ns,
+            row.checksum,
+            row.legacy_mtime,
+            row.ino,
+            row.ctime_ns,
+            row.unsure,
+            row.part_bytes,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,10 +225,16 @@ def _mapped(method: Callable[Concatenate[StateStore, _P], _R]) -> Callable[Conca
     return wrapper
 
 
+def open_readonly(path: Path) -> sqlite3.Connection:
+    """A read-only connection to a SQLite file: the cache, a downloaded copy of it, or one of the
+    old script's caches. Never creates, migrates or moves anything."""
+    # Quoted: a "%" or "?" in the path (the old script's quote_plus names) would change a URI's meaning.
+    return sqlite3.connect(f"file:{urllib.parse.quote(str(path))}?mode=ro", uri=True, check_same_thread=False)
+
+
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     if readonly:
-        # Quoted: a "%" or "?" in the cache directory's path would change a SQLite URI's meaning.
-        conn = sqlite3.connect(f"file:{urllib.parse.quote(str(path))}?mode=ro", uri=True, check_same_thread=False)
+        conn = open_readonly(path)
     else:
         conn = sqlite3.connect(path, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
@@ -233,13 +257,40 @@ def file_columns(conn: sqlite3.Connection) -> set[str]:
     return {str(row[1]) for row in conn.execute("PRAGMA table_info(files)")}
 
 
-def evidence_columns(
-    conn: sqlite3.Connection, columns: tuple[str, ...] = ("ino", "ctime_ns", "unsure", "part_bytes")
-) -> str:
-    """These columns for a SELECT, with NULL (0 for `unsure`) for those an older cache (a read-only
-    one not migrated, a snapshot) lacks."""
+def row_columns(conn: sqlite3.Connection) -> str:
+    """The columns of a `Recorded` for a SELECT, with NULL (0 for `unsure`) for those an older
+    cache (a read-only one not migrated, a snapshot) lacks."""
     present = file_columns(conn)
-    return ", ".join(c if c in present else ("0" if c == "unsure" else "NULL") for c in columns)
+    return ", ".join(c if c in present else ("0" if c == "unsure" else "NULL") for c in _ROW_COLUMNS)
+
+
+# The columns of `files` a `Recorded` is made of, in its fields' order.
+_ROW_COLUMNS = ("path", "size", "mtime_ns", "legacy_mtime", "ino", "ctime_ns", "unsure", "checksum", "part_bytes")
+
+
+def _recorded(row: tuple[object, ...]) -> Recorded:
+    path, size, mtime_ns, legacy_mtime, ino, ctime_ns, unsure, checksum, part_bytes = row
+    return Recorded(
+        bytes(path),  # type: ignore[call-overload]
+        None if size is None else int(size),  # type: ignore[call-overload]
+        int(mtime_ns),  # type: ignore[call-overload]
+        None if legacy_mtime is None else float(legacy_mtime),  # type: ignore[arg-type]
+        None if ino is None else int(ino),  # type: ignore[call-overload]
+        None if ctime_ns is None else int(ctime_ns),  # type: ignore[call-overload]
+        bool(unsure),
+        None if checksum is None else str(checksum),
+        None if part_bytes is None else int(part_bytes),  # type: ignore[call-overload]
+    )
+
+
+def stream_rows(conn: sqlite3.Connection, bucket: str) -> Iterator[Recorded]:
+    """One bucket's rows in path order, a thousand at a time from SQLite (never a list of all):
+    the one streamed read of `files`, for the cache and a downloaded copy of it alike."""
+    cursor = conn.execute(f"SELECT {row_columns(conn)} FROM files WHERE bucket=? ORDER BY path", (bucket,))
+    cursor.arraysize = 1000
+    while rows := cursor.fetchmany():
+        for row in rows:
+            yield _recorded(row)
 
 
 def quick_check(conn: sqlite3.Connection) -> str | None:
@@ -282,6 +333,7 @@ class StateStore:
         # on it end in "cannot commit - no transaction is active".
         self._write_lock = threading.Lock()
         self.damaged: str | None = None  # why the database could not be used, when it could not
+        self._row_columns: str | None = None  # `row`'s SELECT list, read once from the schema
         if readonly and not self.path.exists():
             return  # a dry run on a fresh cache: everything is new
         problem = self._open(readonly)
@@ -381,66 +433,32 @@ class StateStore:
         return int(rows[0][0]) if rows else 0  # type: ignore[call-overload]
 
     def recorded(self, bucket: str) -> Iterator[Recorded]:
-        """Stream one bucket's rows in path order over a connection of its own (for the walk thread)."""
+        """Stream one bucket's rows in path order over a connection of its own (for the walk
+        thread, and verify's merge in a worker thread), so no list of all is ever held."""
+        if self._conn is None or not self.path.exists():
+            return  # no cache, or a damaged one (a read-only look leaves it as it is)
         try:
-            yield from self._recorded(bucket)
+            conn = open_readonly(self.path)
+            try:
+                yield from stream_rows(conn, bucket)
+            finally:
+                conn.close()
         except sqlite3.Error as exc:
             raise storage_error(self.path, exc) from None
 
-    def _recorded(self, bucket: str) -> Iterator[Recorded]:
-        if self._conn is None or not self.path.exists():
-            return
-        conn = connect(self.path, readonly=True)
-        try:
-            legacy = "legacy_mtime" if "legacy_mtime" in file_columns(conn) else "NULL"
-            evidence = evidence_columns(conn, ("ino", "ctime_ns", "unsure"))
-            cursor = conn.execute(
-                f"SELECT path, size, mtime_ns, {legacy}, {evidence} FROM files WHERE bucket=? ORDER BY path",
-                (bucket,),
-            )
-            cursor.arraysize = 1000
-            while rows := cursor.fetchmany():
-                for path, size, mtime_ns, legacy_mtime, ino, ctime_ns, unsure in rows:
-                    yield Recorded(bytes(path), size, mtime_ns, legacy_mtime, ino, ctime_ns, bool(unsure))
-        finally:
-            conn.close()
-
     @_mapped
-    def rows(self, bucket: str) -> list[tuple[bytes, int | None, int, str | None]]:
-        """Every row of a bucket (for verify and tests): path, size, mtime_ns, checksum."""
+    def row(self, bucket: str, path: bytes) -> Recorded | None:
+        """One file's row, or None: for restore one file at a time, and for the few files whose
+        contents are compared with what was sent."""
         if self._conn is None:
-            return []
-        cursor = self._conn.execute(
-            "SELECT path, size, mtime_ns, checksum FROM files WHERE bucket=? ORDER BY path", (bucket,)
-        )
-        return [(bytes(p), s, m, c) for p, s, m, c in cursor]
-
-    @_mapped
-    def sent_checksum(self, bucket: str, path: bytes) -> tuple[str | None, int | None] | None:
-        """What an unsure row's contents are compared with: (checksum, part_bytes), or None when
-        the row is gone. One lookup, for the few files whose contents are to be compared."""
-        assert self._conn is not None
+            return None
         with self._write_lock:  # the connection is shared with the writer's thread
+            if self._row_columns is None:
+                self._row_columns = row_columns(self._conn)
             found = self._conn.execute(
-                "SELECT checksum, part_bytes FROM files WHERE bucket=? AND path=?", (bucket, path)
+                f"SELECT {self._row_columns} FROM files WHERE bucket=? AND path=?", (bucket, path)
             ).fetchone()
-        if found is None:
-            return None
-        checksum, part_bytes = found
-        return (None if checksum is None else str(checksum), None if part_bytes is None else int(part_bytes))
-
-    @_mapped
-    def row(self, bucket: str, path: bytes) -> tuple[int | None, int, str | None] | None:
-        """One file's row (size, mtime_ns, checksum), or None (for restore, one file at a time)."""
-        rows = self._query("SELECT size, mtime_ns, checksum FROM files WHERE bucket=? AND path=?", (bucket, path))
-        if not rows:
-            return None
-        size, mtime_ns, checksum = rows[0]
-        return (
-            None if size is None else int(size),  # type: ignore[call-overload]
-            int(mtime_ns),  # type: ignore[call-overload]
-            None if checksum is None else str(checksum),
-        )
+        return None if found is None else _recorded(found)
 
     def open_uploads(self, bucket: str) -> list[tuple[str, str]]:
         return [
@@ -632,27 +650,3 @@ class StateStore:
             self._conn.backup(target)
         finally:
             target.close()
-
-
-# A row as verify reads it: path, size, mtime_ns, checksum, ino, ctime_ns, unsure, legacy_mtime.
-VerifyRow = tuple[bytes, int | None, int, str | None, int | None, int | None, bool, float | None]
-
-
-def iter_rows(store: StateStore, bucket: str) -> Iterator[VerifyRow]:
-    """One bucket's rows in path order, streamed over a connection of its own, so verify can merge
-    them with the walk in a worker thread without a list of all."""
-    if store.damaged is not None or not store.path.exists():
-        return
-    conn = connect(store.path, readonly=True)
-    try:
-        # legacy_mtime: adopted rows compare at the old script's float precision, as the backup does
-        evidence = evidence_columns(conn, ("ino", "ctime_ns", "unsure", "legacy_mtime"))
-        cursor = conn.execute(
-            f"SELECT path, size, mtime_ns, checksum, {evidence} FROM files WHERE bucket=? ORDER BY path", (bucket,)
-        )
-        cursor.arraysize = 1000
-        while rows := cursor.fetchmany():
-            for path, size, mtime_ns, checksum, ino, ctime_ns, unsure, legacy_mtime in rows:
-                yield bytes(path), size, mtime_ns, checksum, ino, ctime_ns, bool(unsure), legacy_mtime
-    finally:
-        conn.close()

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import anyio
 
+from ..cache.records import Recorded
 from ..cache.restores import RestoreLog
 from ..cache.store import StateStore
 from ..disk.keys import display_path, path_for_key
@@ -34,13 +35,14 @@ from ..recovery.accountnames import with_account_names
 from ..recovery.snapshots import CACHE_BUCKET
 from ..report.progress import Ticker
 from ..report.summary import format_bytes, format_requests
+from ..s3.checksums import StreamSum
 from ..s3.client import S3, open_s3
 from ..s3.objects import ObjectVersion, parse_mtime_metadata
 from ..s3.pricing import format_usd, prices_for, restore_cost
 from ..settings.config import Config
 from ..settings.naming import bucket_name_problem
 from ..settings.targets import Target, default_bucket, discover_targets, paths_needing_names, select_targets
-from .checksum import StreamSum, expected_checksum
+from .checksum import expected_checksum
 from .choose import Action, Item, is_safe, list_prefixes, under_prefix
 from .options import RestoreOptions
 from .place import Folders, Refused, TempFile, lookup
@@ -380,7 +382,7 @@ class Restore:
         if state == "accepted":
             self.stats.requested += 1
 
-    async def _cached_row(self, path: bytes) -> tuple[int | None, int, str | None] | None:
+    async def _cached_row(self, path: bytes) -> Recorded | None:
         return await anyio.to_thread.run_sync(self.store.row, self.bucket, path)
 
     async def _download(self, s3: S3, item: Item) -> None:

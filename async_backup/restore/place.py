@@ -22,7 +22,7 @@ import secrets
 import stat
 from collections.abc import Callable
 
-from .checksum import StreamSum
+from ..s3.checksums import StreamSum
 
 TEMP_MARK = b".async-backup-restore-"
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC

@@ -1,8 +1,9 @@
 """Checksum arithmetic: the value sent with a body, the composite value of a multipart object,
-and the cache's `algorithm:digest[-parts]` form taken apart.
+the running sum of a download, and the forms S3 and the cache write them in taken apart.
 
-Owns the checksum forms S3 and the cache use; backup computes them, verify and restore compare
-them. Pure: imports nothing of the package, no I/O.
+Owns the checksum forms S3 and the cache use (`algorithm:digest[-parts]` in the cache, S3's
+`<base64>[-parts]` CRC32 values, MD5 ETags) and every computation of them; backup computes them,
+verify and restore decide what to compare. Pure: imports nothing of the package, no I/O.
 """
 
 from __future__ import annotations
@@ -13,9 +14,12 @@ import re
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 # The ETag of a single PUT or of one part: the MD5 of its bytes (unless encrypted with KMS or SSE-C).
 _MD5_HEX = re.compile(r"^[0-9a-f]{32}$")
+# An ETag that is an MD5: of the body (single part), or of the parts' MD5s followed by -N.
+MD5_ETAG = re.compile(r"^[0-9a-f]{32}(-[0-9]+)?$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,3 +119,79 @@ def split_checksum(value: str) -> tuple[str, str, int | None]:
     digest, dash, parts = rest.rpartition("-") if "-" in rest else (rest, "", "")
     count = int(parts) if dash and parts.isdigit() else None
     return algorithm, digest if count is not None else rest, count
+
+
+def split_stored(value: str) -> tuple[str, int | None]:
+    """S3's stored checksum value "AbCd==-3" -> ("AbCd==", 3); the part count is None for a
+    full-object value (base64 holds no "-")."""
+    if "-" not in value:
+        return value, None
+    digest, _, tail = value.rpartition("-")
+    return digest, int(tail) if tail.isdigit() else None
+
+
+def etag_parts(etag: str) -> int | None:
+    """The part count a multipart ETag ends in ("<hex>-3" -> 3), else None."""
+    tail = etag.rpartition("-")[2] if "-" in etag else ""
+    return int(tail) if tail.isdigit() else None
+
+
+class StreamSum:
+    """CRC32 (or MD5) of a download as it streams; per part as well, for composite values."""
+
+    def __init__(self, algorithm: str, part_bytes: int | None) -> None:
+        self.algorithm = algorithm
+        self.part_bytes = part_bytes
+        self._whole = self._new()
+        self._part = self._new()
+        self._part_filled = 0
+        self._digests: list[bytes] = []
+        self.crc32 = 0
+
+    def _new(self) -> Any:
+        return hashlib.md5(usedforsecurity=False) if self.algorithm == "md5" else _Crc32()
+
+    def update(self, data: bytes) -> None:
+        self.crc32 = zlib.crc32(data, self.crc32)
+        if self.part_bytes is None:
+            self._whole.update(data)
+            return
+        view = memoryview(data)
+        while view:
+            room = self.part_bytes - self._part_filled
+            self._part.update(view[:room])
+            self._part_filled += min(room, len(view))
+            view = view[room:]
+            if self._part_filled == self.part_bytes:
+                self._end_part()
+
+    def _end_part(self) -> None:
+        self._digests.append(self._part.digest())
+        self._part, self._part_filled = self._new(), 0
+
+    def result(self) -> str:
+        """The value in the form S3 stores it: base64 CRC32 or hex MD5, composite ones without "-N"."""
+        if self.part_bytes is None:
+            digest = self._whole.digest()
+        else:
+            if self._part_filled or not self._digests:
+                self._end_part()
+            combined = self._new()
+            combined.update(b"".join(self._digests))
+            digest = combined.digest()
+        return digest.hex() if self.algorithm == "md5" else base64.b64encode(digest).decode("ascii")
+
+    @property
+    def part_count(self) -> int:
+        return len(self._digests)
+
+
+class _Crc32:
+    def __init__(self) -> None:
+        self._value = 0
+
+    def update(self, data: bytes | memoryview) -> None:
+        self._value = zlib.crc32(data, self._value)
+
+    def digest(self) -> bytes:
+        return self._value.to_bytes(4, "big")

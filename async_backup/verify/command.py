@@ -20,7 +20,7 @@ from pathlib import Path
 
 import anyio
 
-from ..cache.store import Change, StateStore, iter_rows
+from ..cache.store import Change, StateStore
 from ..disk.keys import display_path
 from ..disk.lock import cache_lock
 from ..disk.walk import MOUNT_ABSENT, Excluder, MountWatch, mount_absent, walk_target
@@ -29,10 +29,11 @@ from ..recovery.accountnames import with_account_names
 from ..recovery.snapshots import CACHE_BUCKET
 from ..report.progress import Ticker
 from ..report.summary import format_bytes, format_requests
+from ..s3.checksums import MD5_ETAG
 from ..s3.client import S3, open_s3
 from ..settings.config import Config
 from ..settings.targets import Target, discover_targets, select_targets
-from .compare import MD5_ETAG, ChecksumCheck, Kind, TargetCheck, compare, compare_checksum, settle_checksum
+from .compare import ChecksumCheck, Kind, TargetCheck, compare, compare_checksum, settle_checksum
 from .options import VerifyOptions
 from .spill import Spill
 
@@ -92,7 +93,7 @@ class Verify:
                 self.phase = f"reading {target.path} and the cache"
                 excluder = Excluder(self.config.exclude)
                 failures: list[Failure] = []
-                rows = iter_rows(self.store, target.bucket)
+                rows = self.store.recorded(target.bucket)
                 # Remembered mount points that are absent are holes: their rows are neither reported
                 # as gone nor repaired away, and objects under them get no "gone" row.
                 remembered = frozenset(await anyio.to_thread.run_sync(self.store.mounts, target.path))

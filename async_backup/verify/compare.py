@@ -10,22 +10,19 @@ runs in a worker thread and in tests alike. `command` wires it to S3, the cache 
 from __future__ import annotations
 
 import enum
-import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from ..cache.records import Recorded, is_unchanged, needs_proof
-from ..cache.store import Change, Removed, Stored, VerifyRow
+from ..cache.store import Change, Removed, Stored
 from ..disk.entries import DiskFile, Hole, Skipped, WalkEntry
 from ..disk.walk import Excluder
 from ..errors import Failure
 from ..report.summary import format_bytes
-from ..s3.checksums import split_checksum
+from ..s3.checksums import MD5_ETAG, split_checksum, split_stored
 from ..s3.objects import ListedObject, ObjectHead
 from ..settings.targets import Target
-
-MD5_ETAG = re.compile(r"^[0-9a-f]{32}(-[0-9]+)?$")
 
 
 class Kind(enum.StrEnum):
@@ -109,10 +106,7 @@ def compare_checksum(cached: str, etag: str, head: ObjectHead | None) -> tuple[b
         return None, "not compared"
     if head.checksum_crc32 is None:
         return None, "S3 reports another checksum" if head.other_checksum else "S3 stores no checksum"
-    stored, stored_parts = head.checksum_crc32, None
-    if "-" in stored:
-        stored, _, tail = stored.rpartition("-")
-        stored_parts = int(tail) if tail.isdigit() else None
+    stored, stored_parts = split_stored(head.checksum_crc32)
     if stored == digest and (stored_parts is None or parts is None or stored_parts == parts):
         return True, ""
     return False, f"S3 stored CRC32 {head.checksum_crc32}, the cache {digest}" + (f"-{parts}" if parts else "")
@@ -126,7 +120,7 @@ def compare(
     target: Target,
     storage_class: str,
     objects: Iterable[tuple[bytes, ListedObject]],
-    rows: Iterable[VerifyRow],
+    rows: Iterable[Recorded],
     disk: Iterable[WalkEntry] | None,
     excluder: Excluder,
     on_check: Callable[[TargetCheck, ChecksumCheck], None] | None = None,
@@ -151,8 +145,8 @@ def compare(
         if on_disk is not False:
             check.repairs[path] = Removed(target.bucket, path)
 
-    def on_row(row: VerifyRow, entry: WalkEntry | None, obj: ListedObject | None) -> None:
-        path, size, mtime_ns, checksum, ino, ctime_ns, unsure, legacy_mtime = row
+    def on_row(row: Recorded, entry: WalkEntry | None, obj: ListedObject | None) -> None:
+        path, size, checksum = row.path, row.size, row.checksum
         check.cached += 1
         on_disk: bool | None
         if disk is None or isinstance(entry, Skipped) or (entry is None and _under(path, holes)):
@@ -161,12 +155,11 @@ def compare(
             on_disk = isinstance(entry, DiskFile)
         if isinstance(entry, DiskFile):
             check.on_disk = (check.on_disk or 0) + 1
-            recorded = Recorded(path, size, mtime_ns, legacy_mtime, ino, ctime_ns, unsure)
-            if not is_unchanged(entry, recorded):
+            if not is_unchanged(entry, row):
                 check.not_backed_up += 1
-            elif needs_proof(entry, recorded):
+            elif needs_proof(entry, row):
                 check.unsure += 1
-        elif unsure and on_disk is None:
+        elif row.unsure and on_disk is None:
             check.unsure += 1  # the disk cannot be seen: the row alone says it is not proven
         elif on_disk is False:
             check.gone_from_disk += 1
@@ -225,9 +218,9 @@ def compare(
     r = next(rows_it, None)
     o = next(objects_it, None)
     while d is not None or r is not None or o is not None:
-        path = min(x for x in (d.path if d else None, r[0] if r else None, o[0] if o else None) if x is not None)
+        path = min(x for x in (d.path if d else None, r.path if r else None, o[0] if o else None) if x is not None)
         entry = d if d is not None and d.path == path else None
-        row = r if r is not None and r[0] == path else None
+        row = r if r is not None and r.path == path else None
         obj = o[1] if o is not None and o[0] == path else None
         if obj is not None:
             check.objects += 1
