@@ -1,4 +1,5 @@
-"""Who writes the cache: the run's writer task and the `cache.writes` facade, nothing else."""
+"""Who writes the cache: the run's writer task and the `cache.writes` facade, nothing else, and
+only under the cache directory's lock."""
 
 from __future__ import annotations
 
@@ -6,7 +7,10 @@ import ast
 import inspect
 from pathlib import Path
 
+import pytest
+
 from async_backup.cache.store import StateStore
+from async_backup.disk.lock import cache_lock
 
 PACKAGE = Path(__file__).resolve().parent.parent / "async_backup"
 # The store itself, its one writer task, and the facade for every other write.
@@ -38,3 +42,11 @@ def test_only_the_writer_and_the_facade_call_the_stores_write_methods() -> None:
                 callers.append(f"{source.relative_to(PACKAGE)}:{node.lineno} store.{node.attr}")
     assert callers == [], "write through cache.writer (a Change) or cache.writes.CacheWrites"
 
+
+def test_the_cache_is_opened_writable_only_under_its_lock(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="only under its lock"):
+        StateStore(tmp_path)
+    assert not (tmp_path / "async-backup.db").exists()
+    with cache_lock(tmp_path):
+        StateStore(tmp_path).close()
+    StateStore(tmp_path, readonly=True).close()  # a reader needs no lock

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Concatenate, ParamSpec, TypeVar
 
 from ..disk.cachedir import mount_point, why_unwritable
+from ..disk.lock import holds
 from ..errors import FatalError
 from .records import Recorded
 
@@ -303,6 +304,10 @@ class StateStore:
     """Synchronous access to the cache; call its methods from worker threads, not the event loop."""
 
     def __init__(self, cache_dir: Path, *, readonly: bool = False) -> None:
+        if not readonly and not holds(cache_dir):
+            # Two writers on one cache (a second run, verify --repair beside a backup) would
+            # interleave their rows; the lock's own error tells the operator which run holds it.
+            raise RuntimeError(f"the cache {cache_dir} is opened writable only under its lock (disk.lock.cache_lock)")
         self.cache_dir = cache_dir
         self.path = cache_dir / STATE_NAME
         self.readonly = readonly
