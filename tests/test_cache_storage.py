@@ -21,6 +21,7 @@ from faultcheck import assert_whole, cache_rows, stored_versions, tree_files
 from s3proxy import Delay, ProxyServer
 
 from async_backup.cache.store import StateStore, storage_error
+from async_backup.disk.lock import cache_lock
 from async_backup.errors import FatalError
 from async_backup.settings.naming import stable_bucket_name
 
@@ -95,16 +96,17 @@ def test_a_full_cache_disk_stops_the_run_with_one_line_and_the_next_run_uploads_
 
 def test_a_cache_locked_by_another_program_is_one_line_not_a_damaged_cache(tmp_path: Path) -> None:
     """A lock held elsewhere is not damage: the cache is not moved aside, the line says what to do."""
-    StateStore(tmp_path).close()
-    other = sqlite3.connect(tmp_path / "async-backup.db", isolation_level=None)
-    try:
-        other.execute("PRAGMA locking_mode=EXCLUSIVE")
-        other.execute("BEGIN EXCLUSIVE")
-        with pytest.raises(FatalError) as caught:
-            store = StateStore(tmp_path)
-            store.close()
-    finally:
-        other.close()
+    with cache_lock(tmp_path):  # ours: the other program holds SQLite's own lock
+        StateStore(tmp_path).close()
+        other = sqlite3.connect(tmp_path / "async-backup.db", isolation_level=None)
+        try:
+            other.execute("PRAGMA locking_mode=EXCLUSIVE")
+            other.execute("BEGIN EXCLUSIVE")
+            with pytest.raises(FatalError) as caught:
+                store = StateStore(tmp_path)
+                store.close()
+        finally:
+            other.close()
     assert "is locked by another program" in str(caught.value)
     assert f"stop the program holding {tmp_path / 'async-backup.db'}" in str(caught.value)
     assert not list(tmp_path.glob("*.damaged-*"))

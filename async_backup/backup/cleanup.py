@@ -17,7 +17,8 @@ from collections.abc import Sequence
 
 import anyio
 
-from ..cache.store import StateStore, UploadEnded
+from ..cache.store import StateStore
+from ..cache.writes import CacheWrites
 from ..errors import S3Error
 from ..s3.client import S3
 from .runs import TargetRun
@@ -29,6 +30,7 @@ class CrashCleanup:
     def __init__(self, s3: S3, store: StateStore) -> None:
         self.s3 = s3
         self.store = store
+        self.writes = CacheWrites(store)
 
     async def abort_leftover_uploads(self, runs: Sequence[TargetRun]) -> None:
         """Multipart uploads an earlier run started but could not finish or abort (a crash)."""
@@ -41,5 +43,5 @@ class CrashCleanup:
                     if exc.code != "NoSuchBucket":
                         log.warning("could not abort an earlier multipart upload of %s: %s", key, exc)
                         continue
-                await anyio.to_thread.run_sync(self.store.apply, [UploadEnded(run.target.bucket, upload_id)])
+                await self.writes.upload_ended(run.target.bucket, upload_id)
                 log.info("aborted a multipart upload of %s left by an earlier run", key)

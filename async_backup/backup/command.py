@@ -21,6 +21,7 @@ from typing import Any
 import anyio
 
 from ..cache.store import StateStore
+from ..cache.writes import CacheWrites
 from ..disk.lock import cache_lock
 from ..errors import (
     EXIT_FAILURES,
@@ -83,7 +84,7 @@ def run(config: Config, cache_dir: Path, options: BackupOptions) -> int:
         with cache_lock(cache_dir):
             store = StateStore(cache_dir)
             try:
-                dropped = store.forget_target(os.path.normpath(options.forget_target))
+                dropped = anyio.run(CacheWrites(store).forget_target, os.path.normpath(options.forget_target))
             finally:
                 store.close()
         log.info("forgot target %s (%d cached files); its bucket is unchanged", options.forget_target, dropped)
@@ -145,10 +146,10 @@ def _run(config: Config, cache_dir: Path, options: BackupOptions, collector: Fai
     store = StateStore(cache_dir, readonly=options.dry_run)
     try:
         if not options.rebuild and not options.dry_run:
-            store.reset()
+            anyio.run(CacheWrites(store).reset)
             log.info("cache reset (--upload-everything-again): every file will be uploaded again")
         elif options.reset and not options.dry_run:
-            store.reset()
+            anyio.run(CacheWrites(store).reset)
             log.info("cache reset: its rows are rebuilt from S3 before planning")
         # On AWS with the default prefix, what the account owns and its tag, before naming (and
         # before the legacy names are read back from the snapshots, whose bucket it settles).

@@ -6,14 +6,14 @@ is later not mounted, empty or missing is held as a hole (everything cached unde
 deleted from S3) with a failure naming it. An empty folder or another device is no evidence that
 files were deleted; only the operator's --allow-mass-delete lets those deletes through, after which
 the mount point is forgotten. The target's own folder is the device guard's (policy.Guards).
-Opens no task group and no stream; the store is called from worker threads.
+Opens no task group and no stream; what it learns goes to the cache writer as `MountsSeen`.
 """
 
 from __future__ import annotations
 
 import threading
 
-from ..cache.store import StateStore
+from ..cache.store import MountsSeen
 from ..disk.walk import MountWatch, mount_absent
 from ..errors import FailureCollector
 
@@ -61,15 +61,15 @@ class TargetMounts:
             self.absent.add(path)
         self.collector.add(mount_absent(self.target, path, why))
 
-    def record(self, store: StateStore, *, allow_mass_delete: bool) -> None:
-        """After a walk that went to the end (never in a dry run): remember the mount points found
-        (a new one, or a new st_dev after a remount), and forget the suspected ones that are back
-        with their files on the parent's device, and, with --allow-mass-delete, the remembered ones
-        that are no longer mounted. Runs in a worker thread."""
-        changed = [(p, d) for p, d in self.found.items() if self.remembered.get(p, -1) != d]
-        if changed:
-            store.remember_mounts(self.target, changed)
+    def seen(self, *, allow_mass_delete: bool) -> MountsSeen | None:
+        """After a walk that went to the end (never in a dry run), what the cache writer is to
+        record: the mount points found (a new one, or a new st_dev after a remount) are
+        remembered; the suspected ones that are back with their files on the parent's device,
+        and, with --allow-mass-delete, the remembered ones no longer mounted, are forgotten.
+        None when nothing changed."""
+        changed = tuple((p, d) for p, d in self.found.items() if self.remembered.get(p, -1) != d)
         gone = [p for p in self.remembered if p not in self.found] if allow_mass_delete else []
         gone.extend(p for p in self.unmounted if p not in gone)  # back with its files: no share after all
-        if gone:
-            store.forget_mounts(self.target, gone)
+        if not changed and not gone:
+            return None
+        return MountsSeen(self.target, changed, tuple(gone))

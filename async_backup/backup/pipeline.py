@@ -30,6 +30,7 @@ from anyio.streams.memory import MemoryObjectSendStream as ObjectSendStream
 
 from ..cache.store import Change, Evidence, Removed, StateStore
 from ..cache.writer import run_writer
+from ..cache.writes import CacheWrites
 from ..disk.entries import WalkEntry
 from ..disk.keys import display_path
 from ..disk.walk import Excluder, device_of, walk_target
@@ -75,6 +76,7 @@ class Backup:
         self.config = config
         self.progress = progress
         self.store = store
+        self.writes = CacheWrites(store)  # what the run writes beside its writer task
         self.collector = collector
         self.options = options
         self.runs = [TargetRun(t, TargetStats(name=t.path, bucket=t.bucket)) for t in targets]
@@ -144,7 +146,7 @@ class Backup:
                 await self.old_caches.find_old_buckets(s3, old)
             self.old_caches.check_naming()
             # Only now: a stopped run must not remember names the operator is about to change.
-            await anyio.to_thread.run_sync(self._remember_targets)
+            await self._remember_targets()
             await cleanup.abort_leftover_uploads(self.runs)
             if self.options.rebuild:
                 await Rebuild(s3, self.config, self.store, self.collector, self.old_caches).rebuild_caches(self.runs)
@@ -178,9 +180,9 @@ class Backup:
                 log_path = self.store.cache_dir / LOG_NAME
                 await upload_snapshot(s3, self.config, self.store, self.collector, log_path, LOG_MAX_BYTES)
 
-    def _remember_targets(self) -> None:
+    async def _remember_targets(self) -> None:
         usable = [r.target for r in self.runs if not r.target.missing and not r.target.problem]
-        self.store.remember_targets((t.path, t.bucket, t.root) for t in usable)
+        await self.writes.remember_targets((t.path, t.bucket, t.root) for t in usable)
 
     def _cache_changed(self) -> bool:
         return any(r.stats.new or r.stats.updated or r.stats.deleted or r.device_recorded for r in self.runs)
@@ -217,9 +219,9 @@ class Backup:
                 run.walk_done()
                 await run.uploads_done.wait()
                 await self._delete_vanished(run, change_send)
-                await self.guards.record_device(run)
-                await self._record_mounts(run)
-                await self.uploads.end_target(run)
+                await self.guards.record_device(run, change_send)
+                await self._record_mounts(run, change_send)
+                await self.uploads.end_target(run, change_send)
         finally:
             run.stats.finished_at = time.time()
             run.stats.failed = self.collector.count_for(target.path)
@@ -342,13 +344,13 @@ class Backup:
 
         await delete_paths(self.s3, bucket, run.deletes, deleted, failed)
 
-    async def _record_mounts(self, run: TargetRun) -> None:
+    async def _record_mounts(self, run: TargetRun, change_send: ObjectSendStream[Change]) -> None:
         mounts = self._mounts.get(run.target.path)
         if mounts is None or not run.stats.walk_finished:
             return  # a walk cut short may not have reached every mount point
-        await anyio.to_thread.run_sync(
-            lambda: mounts.record(self.store, allow_mass_delete=self.options.allow_mass_delete)
-        )
+        seen = mounts.seen(allow_mass_delete=self.options.allow_mass_delete)
+        if seen is not None:
+            await change_send.send(seen)
 
     # Stage: upload workers
 

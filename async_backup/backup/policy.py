@@ -20,7 +20,8 @@ import anyio
 from anyio.streams.memory import MemoryObjectSendStream as ObjectSendStream
 
 from ..cache.records import is_racy
-from ..cache.store import Change, StateStore, Stored, UploadEnded, UploadStarted
+from ..cache.store import Change, DeviceSeen, StateStore, Stored, UnsettledKept
+from ..cache.writes import CacheWrites
 from ..disk.digest import content_proves_etag
 from ..disk.keys import KeyTooLongError, check_key_length, display_path, key_for_path
 from ..disk.read import FileChanged, FileUnreadable, FileVanished
@@ -64,6 +65,7 @@ class UploadPolicy:
         self.s3 = s3
         self.config = config
         self.store = store
+        self.writes = CacheWrites(store)
         self.collector = collector
         self.settings = settings
         self._limits = limits
@@ -118,12 +120,12 @@ class UploadPolicy:
         async def started(upload_id: str) -> None:
             # Committed at once, not batched: a crash right after must still leave the id behind
             # for the next run to abort.
-            await anyio.to_thread.run_sync(self.store.apply, [UploadStarted(bucket, key, upload_id)])
+            await self.writes.upload_started(bucket, key, upload_id)
 
         async def ended(upload_id: str) -> None:
             # Committed directly too, not through the writer's stream: an abort that finishes
             # after a signal may find the writer gone.
-            await anyio.to_thread.run_sync(self.store.apply, [UploadEnded(bucket, upload_id)])
+            await self.writes.upload_ended(bucket, upload_id)
 
         for attempt in (1, 2):
             try:
@@ -252,7 +254,7 @@ class UploadPolicy:
         """A file left unrecorded because it changed while read: a warning, and from the
         UNSETTLED_RUNS_FAIL-th run in a row a failure, since such a file is never backed up."""
         self._unsettled_paths.setdefault(run.target.bucket, set()).add(path)
-        runs = await anyio.to_thread.run_sync(self.store.note_unsettled, run.target.bucket, path)
+        runs = await self.writes.note_unsettled(run.target.bucket, path)
         if runs < UNSETTLED_RUNS_FAIL:
             self.collector.warn(
                 Failure(
@@ -273,14 +275,14 @@ class UploadPolicy:
             )
         )
 
-    async def end_target(self, run: TargetRun) -> None:
+    async def end_target(self, run: TargetRun, change_send: ObjectSendStream[Change]) -> None:
         """After a target's walk and uploads: a file this run did not find changing (it was not
         tried, it vanished, it failed otherwise) no longer counts runs in a row; a file that was
         deleted or excluded before it was ever recorded would else keep its count for good. Not
         after a walk cut short, which did not look at every file."""
         if run.stats.walk_finished:
             noted = self._unsettled_paths.pop(run.target.bucket, set())
-            await anyio.to_thread.run_sync(self.store.keep_unsettled, run.target.bucket, noted)
+            await change_send.send(UnsettledKept(run.target.bucket, frozenset(noted)))
 
     def _note_transport(self, exc: S3Error) -> None:
         if exc.code not in TRANSPORT_CODES:
@@ -332,14 +334,14 @@ class Guards:
             self.collector.add(Failure(FailureKind.DELETION_GUARD, run.target.path, run.target.path, reason))
         return reason is not None
 
-    async def record_device(self, run: TargetRun) -> None:
+    async def record_device(self, run: TargetRun, change_send: ObjectSendStream[Change]) -> None:
         """Remember the folder's device once a run walked it to the end and the device guard did
         not hold it back (with --allow-mass-delete it never does): a share that is not mounted must
         not make its empty mount point the device the next runs compare with."""
         if run.device is None or run.device_held_back or not run.stats.walk_finished:
             return
         if run.device != run.recorded_device:
-            await anyio.to_thread.run_sync(self.store.set_target_device, run.target.path, run.device)
+            await change_send.send(DeviceSeen(run.target.path, run.device))
             run.device_recorded = True
 
 

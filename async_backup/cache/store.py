@@ -4,7 +4,9 @@ Owns the schema, the mapping of sqlite3 errors to our FatalError (`_mapped`, the
 boundary of the cache), the one read-only opener (`open_readonly`, for the cache, a downloaded
 copy of it and the old script's caches), the one read of rows (`stream_rows` and `row`, both as
 `records.Recorded`), the insertion of rows adopted from the old script's caches, the restores
-table, and `apply`, which the single writer task (`writer`) calls with batched changes. A row is
+table, and `apply`, which the single writer task (`writer`) calls with batched changes. Its write
+methods are called by two modules only: `writer` (a run's rows) and `writes` (everything else,
+each committed at once); every one holds the store's write lock. A row is
 written only after S3 confirmed the upload or delete it describes, so a crash at any moment loses
 nothing: at most the files in flight are sent again. Reads for the planner open their own
 connection (WAL lets them run beside the writer). Imports nothing of S3.
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import Concatenate, ParamSpec, TypeVar
 
 from ..disk.cachedir import mount_point, why_unwritable
+from ..disk.lock import holds
 from ..errors import FatalError
 from .records import Recorded
 
@@ -154,7 +157,34 @@ class UploadEnded:
     upload_id: str
 
 
-Change = Stored | Removed | UploadStarted | UploadEnded | Evidence
+@dataclass(frozen=True, slots=True)
+class DeviceSeen:
+    """A run walked a target's folder to the end on this st_dev, and the device guard let it be."""
+
+    target: str
+    device: int
+
+
+@dataclass(frozen=True, slots=True)
+class MountsSeen:
+    """A walk to the end found these mount points inside a target (path, st_dev: new ones, or a
+    new st_dev after a remount), and these remembered ones are to be forgotten."""
+
+    target: str
+    found: tuple[tuple[bytes, int | None], ...]
+    gone: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class UnsettledKept:
+    """After a target's walk and uploads: the files of `bucket` a run found changing (`paths`)
+    keep their count of runs in a row; every other file's count ends."""
+
+    bucket: str
+    paths: frozenset[bytes]
+
+
+Change = Stored | Removed | UploadStarted | UploadEnded | Evidence | DeviceSeen | MountsSeen | UnsettledKept
 
 
 # SQLite's answers that say the storage under the cache failed, not the database itself
@@ -325,6 +355,10 @@ class StateStore:
     """Synchronous access to the cache; call its methods from worker threads, not the event loop."""
 
     def __init__(self, cache_dir: Path, *, readonly: bool = False) -> None:
+        if not readonly and not holds(cache_dir):
+            # Two writers on one cache (a second run, verify --repair beside a backup) would
+            # interleave their rows; the lock's own error tells the operator which run holds it.
+            raise RuntimeError(f"the cache {cache_dir} is opened writable only under its lock (disk.lock.cache_lock)")
         self.cache_dir = cache_dir
         self.path = cache_dir / STATE_NAME
         self.readonly = readonly
@@ -471,6 +505,7 @@ class StateStore:
         """Apply confirmed changes in one transaction."""
         assert self._conn is not None
         stored, removed, started, ended, evidence = [], [], [], [], []
+        rare: list[DeviceSeen | MountsSeen | UnsettledKept] = []  # a few per target and run
         for c in changes:
             if isinstance(c, Stored):
                 stored.append(
@@ -493,8 +528,10 @@ class StateStore:
                 removed.append((c.bucket, c.path))
             elif isinstance(c, UploadStarted):
                 started.append((c.bucket, c.key, c.upload_id, time.time()))
-            else:
+            elif isinstance(c, UploadEnded):
                 ended.append((c.bucket, c.upload_id))
+            else:
+                rare.append(c)
         with self._write_lock, self._conn:
             if stored:
                 self._conn.executemany(
@@ -518,6 +555,30 @@ class StateStore:
             if ended:
                 self._conn.executemany("DELETE FROM multipart_uploads WHERE bucket=? AND upload_id=?", ended)
             self._settle(stored, removed)
+            for change in rare:
+                self._apply_rare(change)
+
+    def _apply_rare(self, change: DeviceSeen | MountsSeen | UnsettledKept) -> None:
+        """A target's device, its mount points, the end of its unsettled counts (in `apply`'s
+        transaction, under the write lock)."""
+        assert self._conn is not None
+        if isinstance(change, DeviceSeen):
+            self._conn.execute(
+                "INSERT OR REPLACE INTO meta(name, value) VALUES (?, ?)",
+                (DEVICE_META + change.target, str(change.device)),
+            )
+        elif isinstance(change, MountsSeen):
+            self._conn.executemany(
+                "INSERT OR REPLACE INTO mounts(target, path, device) VALUES (?, ?, ?)",
+                [(change.target, p, d) for p, d in change.found],
+            )
+            self._conn.executemany(
+                "DELETE FROM mounts WHERE target=? AND path=?", [(change.target, p) for p in change.gone]
+            )
+        else:
+            rows = self._conn.execute("SELECT path FROM unsettled WHERE bucket=?", (change.bucket,)).fetchall()
+            stale = [(change.bucket, bytes(p)) for (p,) in rows if bytes(p) not in change.paths]
+            self._conn.executemany("DELETE FROM unsettled WHERE bucket=? AND path=?", stale)
 
     def _settle(self, stored: Sequence[tuple[object, ...]], removed: Sequence[tuple[object, ...]]) -> None:
         """A file recorded or deleted holds still again: its count of unsettled runs ends. Looked up
@@ -528,16 +589,6 @@ class StateStore:
         self._conn.executemany(
             "DELETE FROM unsettled WHERE bucket=? AND path=?", [row[:2] for row in (*stored, *removed)]
         )
-
-    @_mapped
-    def keep_unsettled(self, bucket: str, paths: set[bytes]) -> None:
-        """End the count of every file of `bucket` but `paths` (those a run found changing again)."""
-        assert self._conn is not None
-        rows = self._conn.execute("SELECT path FROM unsettled WHERE bucket=?", (bucket,)).fetchall()
-        stale = [(bucket, bytes(p)) for (p,) in rows if bytes(p) not in paths]
-        if stale:
-            with self._write_lock, self._conn:
-                self._conn.executemany("DELETE FROM unsettled WHERE bucket=? AND path=?", stale)
 
     @_mapped
     def note_unsettled(self, bucket: str, path: bytes) -> int:
@@ -568,9 +619,6 @@ class StateStore:
         except ValueError:
             return None
 
-    def set_target_device(self, path: str, device: int) -> None:
-        self.set_meta(DEVICE_META + path, str(device))
-
     @_mapped
     def mounts(self, target: str) -> dict[bytes, int | None]:
         """The mount points remembered inside a target: path -> st_dev when last seen mounted."""
@@ -588,12 +636,6 @@ class StateStore:
                 "INSERT OR REPLACE INTO mounts(target, path, device) VALUES (?, ?, ?)",
                 [(target, p, d) for p, d in mounts],
             )
-
-    @_mapped
-    def forget_mounts(self, target: str, paths: Iterable[bytes]) -> None:
-        assert self._conn is not None
-        with self._write_lock, self._conn:
-            self._conn.executemany("DELETE FROM mounts WHERE target=? AND path=?", [(target, p) for p in paths])
 
     def get_meta(self, name: str) -> str | None:
         rows = self._query("SELECT value FROM meta WHERE name=?", (name,))

@@ -1,5 +1,9 @@
 """The cache's one writer: confirmed changes batched into short transactions, shielded from cancellation.
 
+A backup run's rows (`Stored`, `Removed`, `Evidence`) and what it learnt about a target
+(`DeviceSeen`, `MountsSeen`, `UnsettledKept`) come here as `Change`s over one stream; the few
+writes that must commit at once or happen outside that stream go through `writes.CacheWrites`.
+
 Owns the batching (rows and seconds per transaction) and the rule that a cancelled run still
 records what S3 confirmed. Reads nothing; writes only through `StateStore.apply`, whose storage
 failures are already our FatalError.

@@ -1,7 +1,9 @@
 """The cache directory's lock: one run per cache at a time.
 
 Owns the lock file. flock is released by the kernel when the process dies, so a crashed run never
-leaves a stale lock; the holder's pid is written into the file for the error message.
+leaves a stale lock; the holder's pid is written into the file for the error message. Which cache
+directories this process holds is kept (`holds`), so that the cache is opened writable only under
+its lock.
 """
 
 from __future__ import annotations
@@ -16,6 +18,13 @@ from ..errors import LockHeldError
 from .cachedir import unwritable
 
 LOCK_NAME = "async-backup.lock"
+
+_held: set[Path] = set()  # the cache directories whose lock this process holds
+
+
+def holds(cache_dir: Path) -> bool:
+    """Whether this process holds `cache_dir`'s lock (taken with `cache_lock` and not released)."""
+    return cache_dir.absolute() in _held
 
 
 @contextmanager
@@ -35,7 +44,11 @@ def cache_lock(cache_dir: Path) -> Iterator[None]:
             os.write(fd, f"{os.getpid()}\n".encode())
         except OSError as exc:  # a full disk
             raise unwritable(path, exc) from None
-        yield
+        _held.add(cache_dir.absolute())
+        try:
+            yield
+        finally:
+            _held.discard(cache_dir.absolute())
     finally:
         os.close(fd)
 

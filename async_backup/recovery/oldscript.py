@@ -29,6 +29,7 @@ from ..cache.legacy import OldCache, OldCacheError
 from ..cache.listing import Listing
 from ..cache.records import Listed, Recorded, stat_float_mtime
 from ..cache.store import StateStore
+from ..cache.writes import CacheWrites
 from ..disk.digest import content_proves_etag
 from ..disk.keys import ESCAPED_KEY_MARK, key_for_path, path_for_key
 from ..errors import ConfigError, Failure, FailureCollector, FailureKind, S3Error
@@ -110,12 +111,13 @@ class Adopted:
     unproven: int = 0
 
 
-def rows_from_old_cache(old: OldCache, bucket: str, root: bytes, listing: Listing, store: StateStore) -> Adopted:
+def rows_from_old_cache(old: OldCache, bucket: str, root: bytes, listing: Listing, writes: CacheWrites) -> Adopted:
     """Adopt the old script's cache: a listed key it holds becomes a row with the listed size and
     the float st_mtime the old script saw (the planner compares at that precision), where
     `old_row_mtime` says so. Keys taken are marked covered; a row held out stays uncovered, for
     the listing's own proof (a HeadObject, a gone row) and else an upload. A key the old cache
-    holds but S3 does not list stays out: its file is uploaded. Runs in a worker thread."""
+    holds but S3 does not list stays out: its file is uploaded. Runs in a worker thread of the
+    event loop, which writes the rows (`writes`)."""
     written = 0
     unproven = 0
     for chunk in iter_chunks(listing):
@@ -133,7 +135,7 @@ def rows_from_old_cache(old: OldCache, bucket: str, root: bytes, listing: Listin
             else:
                 unproven += 1
         if rows:
-            written += store.insert_adopted(bucket, rows)
+            written += anyio.from_thread.run(writes.adopted, bucket, rows)
             listing.cover([key_for_path(p) for p, _size, _ts in rows])
     return Adopted(written, unproven)
 
@@ -179,7 +181,7 @@ class OldCaches:
         finally:
             old.close()
 
-    def adopt(self, run: RecoveringRun, path: Path, listing: Listing) -> int:
+    def adopt(self, run: RecoveringRun, path: Path, listing: Listing, writes: CacheWrites) -> int:
         """Adopt the old script's cache of the target, checked against the listing (worker thread).
         An old cache that cannot be read is one warning: its files are then treated as new."""
         target = run.target
@@ -190,7 +192,7 @@ class OldCaches:
             return 0
         try:
             old_rows = old.count()
-            adopted = rows_from_old_cache(old, target.bucket, target.path_bytes, listing, self.store)
+            adopted = rows_from_old_cache(old, target.bucket, target.path_bytes, listing, writes)
         except OldCacheError as exc:
             log.warning("old cache of %s: %s; what it did not yield is treated as new", target.path, exc)
             return 0

@@ -42,6 +42,7 @@ from ..cache import snapshotdb
 from ..cache.listing import Listing
 from ..cache.records import Listed
 from ..cache.store import StateStore, Stored
+from ..cache.writes import CacheWrites
 from ..disk.keys import key_for_path, path_for_key
 from ..errors import S3Error
 from ..s3.client import S3
@@ -89,13 +90,13 @@ async def list_bucket(s3: S3, bucket: str, dest: Path) -> Listing | None:
 
 
 def rows_from_snapshot(
-    db: Path, bucket: str, root: bytes, listing: Listing, store: StateStore, snapshot_time_s: float
+    db: Path, bucket: str, root: bytes, listing: Listing, writes: CacheWrites, snapshot_time_s: float
 ) -> int:
     """Copy the snapshot's rows for `bucket` into the cache where the listing holds the key with
     the same size (rows adopted from the old script carry no size: the key must be listed) and an
     object not newer than the snapshot (`snapshot_row_holds`). The keys taken are marked covered
-    in the listing; the others are left to the HeadObject proof. Runs in a worker thread;
-    returns rows written."""
+    in the listing; the others are left to the HeadObject proof. Runs in a worker thread of the
+    event loop (the rows go back to it for `writes`); returns rows written."""
     written = 0
     batch: list[Stored] = []
     keys: list[str] = []
@@ -113,12 +114,12 @@ def rows_from_snapshot(
             batch.append(row)
             keys.append(key)
             if len(batch) >= ROW_BATCH:
-                store.apply(batch)
+                anyio.from_thread.run(writes.rebuilt, batch)
                 listing.cover(keys)
                 written += len(batch)
                 batch, keys = [], []
         if batch:
-            store.apply(batch)
+            anyio.from_thread.run(writes.rebuilt, batch)
             listing.cover(keys)
             written += len(batch)
     finally:

@@ -27,7 +27,8 @@ from anyio.streams.memory import MemoryObjectSendStream as ObjectSendStream
 
 from ..cache.listing import Listing
 from ..cache.records import GONE_MTIME_NS
-from ..cache.store import Change, StateStore, Stored
+from ..cache.store import StateStore, Stored
+from ..cache.writes import CacheWrites
 from ..disk.digest import content_proves_etag, etag_computable
 from ..disk.keys import display_path
 from ..errors import Failure, FailureCollector, FailureKind, S3Error, unwrapped_group
@@ -63,6 +64,7 @@ class Rebuild:
         self.s3 = s3
         self.config = config
         self.store = store
+        self.writes = CacheWrites(store)
         self.collector = collector
         self.old_caches = old_caches
 
@@ -94,7 +96,7 @@ class Rebuild:
             try:
                 if listing.count == 0:
                     return
-                await anyio.to_thread.run_sync(self.store.set_meta, mark, str(time.time()))
+                await self.writes.set_meta(mark, str(time.time()))
                 sources = []
                 adopted_from = ""  # the log line's source; the summary counts adopted rows apart
                 found = await snapshots.newest_holding(bucket)
@@ -109,15 +111,17 @@ class Rebuild:
                         bucket,
                         run.target.path_bytes,
                         listing,
-                        self.store,
+                        self.writes,
                         snapshot.last_modified.timestamp(),
                     )
                     # before any "gone" row is decided: its rows under an unmounted share stay held
-                    await anyio.to_thread.run_sync(mounts_from_snapshot, db, run.target.path, self.store)
+                    await mounts_from_snapshot(db, run.target.path, self.writes)
                     run.stats.rebuilt_rows += rows
                     sources.append(snapshot.describe())
                 elif old_cache is not None:
-                    run.stats.adopted = await anyio.to_thread.run_sync(self.old_caches.adopt, run, old_cache, listing)
+                    run.stats.adopted = await anyio.to_thread.run_sync(
+                        self.old_caches.adopt, run, old_cache, listing, self.writes
+                    )
                     if run.stats.adopted:  # an unreadable old cache was one warning and yields nothing
                         described = self.old_caches.describe(old_cache)
                         adopted_from = f"the old script's cache {described} ({run.stats.adopted:,} rows adopted)"
@@ -129,8 +133,8 @@ class Rebuild:
                     held = "the snapshot" if found is not None else "the old cache"
                     sources.append(f"{heads:,} HeadObject for objects {held} does not hold")
                 run.stats.rebuilt_from = " + ".join(sources)
-                await anyio.to_thread.run_sync(self.store.clear_meta, mark)
-                await anyio.to_thread.run_sync(self.store.set_meta, SNAPSHOT_DUE, "1")
+                await self.writes.clear_meta(mark)
+                await self.writes.set_meta(SNAPSHOT_DUE, "1")
                 log.info(
                     "%s -> s3://%s: the cache held no rows; %d of %d objects rebuilt from %s%s",
                     run.target.path,
@@ -170,11 +174,11 @@ class Rebuild:
                 )
             )
 
-    def _remember_suspected(self, run: RecoveringRun, absent: AbsentShares) -> None:
+    async def _remember_suspected(self, run: RecoveringRun, absent: AbsentShares) -> None:
         """Empty folders that S3 holds files under: remembered as mount points not yet seen mounted,
         so the walk holds them (a failure names each) until the share is back or the operator lets
-        the deletes through. Runs in a worker thread."""
-        self.store.remember_mounts(run.target.path, [(folder, None) for folder in sorted(absent.suspected)])
+        the deletes through."""
+        await self.writes.remember_mounts(run.target.path, [(folder, None) for folder in sorted(absent.suspected)])
         for folder in sorted(absent.suspected):
             log.warning(
                 "%s: the cache was rebuilt while %s is empty, though S3 holds files under it (a share not "
@@ -240,16 +244,16 @@ class Rebuild:
 
         async def record() -> None:
             nonlocal written
-            batch: list[Change] = []
+            batch: list[Stored] = []
             with row_receive:
                 async for row in row_receive:
                     batch.append(row)
                     if len(batch) >= REBUILD_WRITE_ROWS:
-                        await anyio.to_thread.run_sync(self.store.apply, batch)
+                        await self.writes.rebuilt(batch)
                         written += len(batch)
                         batch = []
             if batch:
-                await anyio.to_thread.run_sync(self.store.apply, batch)
+                await self.writes.rebuilt(batch)
                 written += len(batch)
 
         async with unwrapped_group() as tg:
@@ -259,7 +263,7 @@ class Rebuild:
                     tg.start_soon(prove, cand_receive.clone(), row_send.clone())
                 tg.start_soon(produce, row_send.clone())
         if absent.suspected:
-            await anyio.to_thread.run_sync(self._remember_suspected, run, absent)
+            await self._remember_suspected(run, absent)
         if errors:
             first = errors[0]
             raise S3Error(first.code, f"{len(errors):,} HeadObject requests failed, the first: {first.message}")

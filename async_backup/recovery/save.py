@@ -14,6 +14,7 @@ from pathlib import Path
 import anyio
 
 from ..cache.store import StateStore
+from ..cache.writes import CacheWrites
 from ..errors import Failure, FailureCollector, FailureKind, S3Error
 from ..report.summary import format_bytes
 from ..s3.buckets import ensure_bucket
@@ -28,7 +29,7 @@ async def snapshot_due(store: StateStore, changed: bool) -> bool:
     """A snapshot is due when the cache changed since the last one that reached S3. A no-op
     night then costs no request beyond the first bucket check."""
     if changed:
-        await anyio.to_thread.run_sync(store.set_meta, SNAPSHOT_DUE, "1")
+        await CacheWrites(store).set_meta(SNAPSHOT_DUE, "1")
         return True
     return await anyio.to_thread.run_sync(store.get_meta, SNAPSHOT_DUE) != "0"
 
@@ -73,7 +74,8 @@ async def upload_snapshot(
             )
         )
     else:
-        await anyio.to_thread.run_sync(store.set_meta, SNAPSHOT_DUE, "0")
+        writes = CacheWrites(store)
+        await writes.set_meta(SNAPSHOT_DUE, "0")
         if not config.cache_bucket:  # the default one in use: later runs need not ask AWS for it
-            await anyio.to_thread.run_sync(store.set_meta, CACHE_BUCKET, bucket)
+            await writes.set_meta(CACHE_BUCKET, bucket)
         log.info("cache snapshot (%s) uploaded to s3://%s/%s", format_bytes(sent), bucket, key)

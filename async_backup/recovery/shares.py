@@ -20,8 +20,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import anyio
+
 from ..cache import snapshotdb
-from ..cache.store import StateStore
+from ..cache.writes import CacheWrites
 
 
 class AbsentShares:
@@ -76,10 +78,9 @@ class AbsentShares:
         return self._empty[folder]
 
 
-def mounts_from_snapshot(db: Path, target: str, store: StateStore) -> int:
+async def mounts_from_snapshot(db: Path, target: str, writes: CacheWrites) -> int:
     """Remember the mount points a snapshot remembered inside `target` (none in a snapshot from
-    before they were remembered). Runs in a worker thread; returns how many."""
-    rows = snapshotdb.mounts_of(db, target)
-    if rows:
-        store.remember_mounts(target, rows)
+    before they were remembered); returns how many."""
+    rows = await anyio.to_thread.run_sync(snapshotdb.mounts_of, db, target)
+    await writes.remember_mounts(target, rows)
     return len(rows)

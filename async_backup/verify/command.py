@@ -21,6 +21,7 @@ from pathlib import Path
 import anyio
 
 from ..cache.store import Change, StateStore
+from ..cache.writes import CacheWrites
 from ..disk.keys import display_path
 from ..disk.lock import cache_lock
 from ..disk.walk import MOUNT_ABSENT, Excluder, MountWatch, mount_absent, walk_target
@@ -258,7 +259,7 @@ def run(config: Config, cache_dir: Path, options: VerifyOptions) -> int:
                 print("  CRC32 values not compared (--no-checksums); MD5 values compared with the listing's ETags")
             repairs = [change for c in job.results for change in c.repairs.values()]
             if options.repair and repairs:
-                store.apply(repairs)
+                anyio.run(CacheWrites(store).repair, repairs)
             errors = sum(len(c.errors) for c in job.results)
             summary = _summary(job.results, problems, errors, repairs, options.repair, time.monotonic() - started)
             print(summary)
