@@ -29,7 +29,7 @@ from pacedsink import ThreadedSink
 from s3proxy import CheckDigest, ProxyServer
 
 from async_backup.backup import upload
-from async_backup.backup.budget import BufferPool, ByteBudget
+from async_backup.backup.budget import BufferPool, ByteBudget, Lease
 from async_backup.backup.command import event_loop_options
 from async_backup.backup.upload import CHUNK_BYTES, MemoryLimits, UploadSettings, upload_file
 from async_backup.disk.entries import DiskFile
@@ -345,7 +345,9 @@ def test_a_server_that_stops_reading_mid_body_fails_the_request_instead_of_holdi
             put = direct_put_at(session, f"http://127.0.0.1:{port}", max_attempts=2, send_stall_s=0.5)
             fd = os.open(path, os.O_RDONLY)
             try:
-                stream = BodyStream(RangeReader(fd), 0, 48 * MiB, [bytearray(CHUNK_BYTES), bytearray(CHUNK_BYTES)])
+                stream = BodyStream(
+                    RangeReader(fd), 0, 48 * MiB, Lease([bytearray(CHUNK_BYTES), bytearray(CHUNK_BYTES)])
+                )
                 endpoint = await put.endpoint("b")
                 assert endpoint is not None
                 with anyio.fail_after(20), pytest.raises(S3Error) as failed:
@@ -353,7 +355,7 @@ def test_a_server_that_stops_reading_mid_body_fails_the_request_instead_of_holdi
             finally:
                 os.close(fd)
             assert failed.value.code == "ReadTimeoutError"
-            assert stream.failure is None and stream.tainted  # cut off mid-body: never reused
+            assert stream.failure is None and stream.lease.spoiled  # cut off mid-body: never reused
             tg.cancel_scope.cancel()
 
     anyio.run(main)
@@ -413,7 +415,7 @@ def test_a_slow_but_steady_server_and_a_slow_disk_read_never_trip_the_stall_time
             fd = os.open(path, os.O_RDONLY)
             try:
                 reader = SlowOnce(RangeReader(fd))
-                stream = BodyStream(reader, 0, size, [bytearray(CHUNK_BYTES), bytearray(CHUNK_BYTES)])
+                stream = BodyStream(reader, 0, size, Lease([bytearray(CHUNK_BYTES), bytearray(CHUNK_BYTES)]))
                 endpoint = await put.endpoint("b")
                 assert endpoint is not None
                 started = anyio.current_time()
@@ -456,7 +458,7 @@ def test_waiting_for_a_slow_server_costs_the_event_loop_no_cpu(tmp_path: Path, t
             fd = os.open(path, os.O_RDONLY)
 
             async def one(i: int) -> None:
-                stream = BodyStream(RangeReader(fd), 0, size, [bytearray(CHUNK_BYTES), bytearray(CHUNK_BYTES)])
+                stream = BodyStream(RangeReader(fd), 0, size, Lease([bytearray(CHUNK_BYTES), bytearray(CHUNK_BYTES)]))
                 await put.put(endpoint, "b", f"k{i}", stream, {}, f"PutObject k{i}")
 
             try:
