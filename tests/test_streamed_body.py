@@ -226,6 +226,34 @@ def test_streamed_bodies_take_their_checksum_passes_in_turn_and_the_first_is_sen
     assert_contents(s3_inspect, bucket, [os.fsencode(p) for p in paths])
 
 
+def test_a_lease_gives_its_buffers_back_and_drops_them_once_spoiled_or_failed() -> None:
+    """The pool alone frees buffers: a lease's end gives them back to it, or drops them when the
+    body spoiled them (cut off mid-send) or the block failed; renewed ones take over the charge."""
+
+    async def main() -> None:
+        budget = ByteBudget(4 * CHUNK_BYTES)
+        pool = BufferPool(budget, CHUNK_BYTES)
+        async with pool.lease() as lease:
+            first = list(lease.buffers)
+        assert pool.idle_count == 2 and budget.free_bytes == 2 * CHUNK_BYTES  # idle, still charged
+        async with pool.lease() as lease:
+            assert {id(b) for b in lease.buffers} == {id(b) for b in first}  # reused
+            lease.spoil()
+            lease.renew()  # another attempt: fresh buffers, never the spoiled ones
+            assert not {id(b) for b in lease.buffers} & {id(b) for b in first}
+        assert pool.idle_count == 2 and budget.free_bytes == 2 * CHUNK_BYTES
+        async with pool.lease() as lease:
+            lease.spoil()  # the last attempt was cut off: dropped, not kept
+        assert pool.idle_count == 0 and budget.free_bytes == budget.total_bytes
+        with pytest.raises(OSError):
+            async with pool.lease() as lease:
+                raise OSError("a read failed")
+        assert pool.idle_count == 0 and budget.free_bytes == budget.total_bytes
+        assert pool.allocated == 4
+
+    anyio.run(main)
+
+
 def test_idle_buffers_are_given_up_before_anyone_waits_for_memory() -> None:
     async def main() -> None:
         budget = ByteBudget(4 * CHUNK_BYTES)
