@@ -33,6 +33,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "tests")
 from conftest import CAFiles, make_test_ca  # the tests' CA maker
 from pacedsink import PacedReader  # the tests' paced sink
 
+from async_backup.backup.budget import Lease
 from async_backup.disk.read import RangeReader
 from async_backup.s3.fastput.bodies import BodyStream
 from async_backup.s3.fastput.sending import DirectPut
@@ -86,7 +87,9 @@ async def send(url: str, ca: CAFiles | None, path: str, bodies: int, streams: in
 
         async def one(i: int) -> None:
             async with slots:
-                stream = BodyStream(RangeReader(fd), 0, BODY_BYTES, [bytearray(CHUNK_BYTES), bytearray(CHUNK_BYTES)])
+                stream = BodyStream(
+                    RangeReader(fd), 0, BODY_BYTES, Lease([bytearray(CHUNK_BYTES), bytearray(CHUNK_BYTES)])
+                )
                 await put.put(endpoint, "bench", f"body-{i}", stream, {}, f"PutObject body-{i}")
 
         try:

@@ -29,7 +29,7 @@ from pacedsink import ThreadedSink
 from s3proxy import CheckDigest, ProxyServer
 
 from async_backup.backup import upload
-from async_backup.backup.budget import BufferPool, ByteBudget
+from async_backup.backup.budget import BufferPool, ByteBudget, Lease
 from async_backup.backup.command import event_loop_options
 from async_backup.backup.upload import CHUNK_BYTES, MemoryLimits, UploadSettings, upload_file
 from async_backup.disk.entries import DiskFile
@@ -226,6 +226,34 @@ def test_streamed_bodies_take_their_checksum_passes_in_turn_and_the_first_is_sen
     assert_contents(s3_inspect, bucket, [os.fsencode(p) for p in paths])
 
 
+def test_a_lease_gives_its_buffers_back_and_drops_them_once_spoiled_or_failed() -> None:
+    """The pool alone frees buffers: a lease's end gives them back to it, or drops them when the
+    body spoiled them (cut off mid-send) or the block failed; renewed ones take over the charge."""
+
+    async def main() -> None:
+        budget = ByteBudget(4 * CHUNK_BYTES)
+        pool = BufferPool(budget, CHUNK_BYTES)
+        async with pool.lease() as lease:
+            first = list(lease.buffers)
+        assert pool.idle_count == 2 and budget.free_bytes == 2 * CHUNK_BYTES  # idle, still charged
+        async with pool.lease() as lease:
+            assert {id(b) for b in lease.buffers} == {id(b) for b in first}  # reused
+            lease.spoil()
+            lease.renew()  # another attempt: fresh buffers, never the spoiled ones
+            assert not {id(b) for b in lease.buffers} & {id(b) for b in first}
+        assert pool.idle_count == 2 and budget.free_bytes == 2 * CHUNK_BYTES
+        async with pool.lease() as lease:
+            lease.spoil()  # the last attempt was cut off: dropped, not kept
+        assert pool.idle_count == 0 and budget.free_bytes == budget.total_bytes
+        with pytest.raises(OSError):
+            async with pool.lease() as lease:
+                raise OSError("a read failed")
+        assert pool.idle_count == 0 and budget.free_bytes == budget.total_bytes
+        assert pool.allocated == 4
+
+    anyio.run(main)
+
+
 def test_idle_buffers_are_given_up_before_anyone_waits_for_memory() -> None:
     async def main() -> None:
         budget = ByteBudget(4 * CHUNK_BYTES)
@@ -345,7 +373,9 @@ def test_a_server_that_stops_reading_mid_body_fails_the_request_instead_of_holdi
             put = direct_put_at(session, f"http://127.0.0.1:{port}", max_attempts=2, send_stall_s=0.5)
             fd = os.open(path, os.O_RDONLY)
             try:
-                stream = BodyStream(RangeReader(fd), 0, 48 * MiB, [bytearray(CHUNK_BYTES), bytearray(CHUNK_BYTES)])
+                stream = BodyStream(
+                    RangeReader(fd), 0, 48 * MiB, Lease([bytearray(CHUNK_BYTES), bytearray(CHUNK_BYTES)])
+                )
                 endpoint = await put.endpoint("b")
                 assert endpoint is not None
                 with anyio.fail_after(20), pytest.raises(S3Error) as failed:
@@ -353,7 +383,7 @@ def test_a_server_that_stops_reading_mid_body_fails_the_request_instead_of_holdi
             finally:
                 os.close(fd)
             assert failed.value.code == "ReadTimeoutError"
-            assert stream.failure is None and stream.tainted  # cut off mid-body: never reused
+            assert stream.failure is None and stream.lease.spoiled  # cut off mid-body: never reused
             tg.cancel_scope.cancel()
 
     anyio.run(main)
@@ -413,7 +443,7 @@ def test_a_slow_but_steady_server_and_a_slow_disk_read_never_trip_the_stall_time
             fd = os.open(path, os.O_RDONLY)
             try:
                 reader = SlowOnce(RangeReader(fd))
-                stream = BodyStream(reader, 0, size, [bytearray(CHUNK_BYTES), bytearray(CHUNK_BYTES)])
+                stream = BodyStream(reader, 0, size, Lease([bytearray(CHUNK_BYTES), bytearray(CHUNK_BYTES)]))
                 endpoint = await put.endpoint("b")
                 assert endpoint is not None
                 started = anyio.current_time()
@@ -456,7 +486,7 @@ def test_waiting_for_a_slow_server_costs_the_event_loop_no_cpu(tmp_path: Path, t
             fd = os.open(path, os.O_RDONLY)
 
             async def one(i: int) -> None:
-                stream = BodyStream(RangeReader(fd), 0, size, [bytearray(CHUNK_BYTES), bytearray(CHUNK_BYTES)])
+                stream = BodyStream(RangeReader(fd), 0, size, Lease([bytearray(CHUNK_BYTES), bytearray(CHUNK_BYTES)]))
                 await put.put(endpoint, "b", f"k{i}", stream, {}, f"PutObject k{i}")
 
             try:

@@ -70,13 +70,47 @@ class ByteBudget:
             self.release(taken)
 
 
-class BufferPair:
-    """The two chunk buffers of one streamed body: one is sent while the next chunk is read."""
+class Lease:
+    """The two chunk buffers of one streamed body (one is sent while the next chunk is read), lent
+    by the pool, which alone makes, reuses and frees them.
 
-    __slots__ = ("buffers",)
+    `async with pool.lease() as lease:` takes them (waiting for the budget) and, at the end, gives
+    them back to the pool, or drops them (their charge given back) when the block failed or the
+    lease was spoiled. Whoever uses the buffers (the body, the sender, a checksum pass) frees
+    nothing: it says `spoil()` when a read or a send was cut off and may still write into or send
+    from them, and `renew()` to go on with fresh ones. A lease made with buffers and no pool is a
+    one-off: its maker keeps the buffers."""
 
-    def __init__(self, buffers: list[bytearray]) -> None:
+    __slots__ = ("_pool", "buffers", "spoiled")
+
+    def __init__(self, buffers: list[bytearray], pool: BufferPool | None = None) -> None:
         self.buffers = buffers
+        self.spoiled = False
+        self._pool = pool
+
+    def spoil(self) -> None:
+        """The buffers may still be written into or referenced: never hand them out again."""
+        self.spoiled = True
+
+    def renew(self) -> None:
+        """After `spoil()`, fresh buffers of the same size for another attempt; they take over the
+        spoiled ones' charge (the spoiled ones are dropped, never reused). Else nothing."""
+        if self.spoiled:
+            self.buffers = [bytearray(len(b)) for b in self.buffers]
+            self.spoiled = False
+
+    async def __aenter__(self) -> Lease:
+        if self._pool is not None:
+            self.buffers = await self._pool.take_buffers()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if self._pool is None:
+            return
+        if exc_type is not None or self.spoiled:
+            self._pool.discard(self)  # a read or a send may have been cut off mid-way
+        else:
+            self._pool.give(self)
 
 
 class BufferPool:
@@ -97,7 +131,15 @@ class BufferPool:
     def idle_count(self) -> int:
         return len(self._idle)
 
-    async def take_pair(self) -> BufferPair:
+    def lease(self) -> Lease:
+        """Two buffers for one body, taken on `async with` and given back or dropped at its end."""
+        return Lease([], self)
+
+    async def take_pair(self) -> Lease:
+        """A lease holding its buffers already, to be ended with give() or discard()."""
+        return Lease(await self.take_buffers(), self)
+
+    async def take_buffers(self) -> list[bytearray]:
         reused = [self._idle.pop() for _ in range(min(2, len(self._idle)))]
         missing = 2 - len(reused)
         if missing:
@@ -107,18 +149,18 @@ class BufferPool:
                 self._keep(reused)
                 raise
         self.allocated += missing
-        return BufferPair(reused + [bytearray(self.chunk_bytes) for _ in range(missing)])
+        return reused + [bytearray(self.chunk_bytes) for _ in range(missing)]
 
-    def give(self, pair: BufferPair) -> None:
+    def give(self, lease: Lease) -> None:
         """Back to the pool: kept idle for the next body, or dropped when someone waits for memory."""
-        self._keep(pair.buffers)
-        pair.buffers = []
+        self._keep(lease.buffers)
+        lease.buffers = []
 
-    def discard(self, pair: BufferPair) -> None:
-        """Drop a pair that something may still write into or send from (a read or a send that was
-        cancelled or failed mid-way): it is never handed out again, and its charge is given back."""
-        self.budget.release(len(pair.buffers) * self.chunk_bytes)
-        pair.buffers = []
+    def discard(self, lease: Lease) -> None:
+        """Drop a lease's buffers that something may still write into or send from (a read or a send
+        that was cancelled or failed mid-way): never handed out again, their charge given back."""
+        self.budget.release(len(lease.buffers) * self.chunk_bytes)
+        lease.buffers = []
 
     def _keep(self, buffers: list[bytearray]) -> None:
         if self.budget.has_waiters:

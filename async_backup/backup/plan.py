@@ -16,11 +16,8 @@ from typing import TypeVar
 
 from ..cache.records import Recorded, is_gone, is_unchanged, lacks_evidence, needs_proof
 from ..disk.entries import DiskFile, Hole, Skipped, WalkEntry
+from ..settings.config import MAX_PART_BYTES, MAX_PARTS, MIN_PART_BYTES, MiB
 
-MiB = 1024 * 1024
-MAX_PARTS = 10_000  # [S3 user guide, "Multipart upload limits"]
-MIN_PART_BYTES = 5 * MiB
-MAX_PART_BYTES = 5 * 1024 * MiB
 MAX_OBJECT_BYTES = 5 * 1024**4  # the largest object S3 stores, 5 TiB
 MAX_DELETE_BATCH = 1_000  # DeleteObjects takes at most 1,000 keys [S3 API reference]
 

@@ -20,7 +20,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TypeVar
 
 import anyio
 
@@ -35,13 +35,14 @@ from ..disk.read import (
 )
 from ..errors import S3Error, unwrapped_group
 from ..s3.checksums import PartChecksum, RunningChecksum, composite_checksum
-from ..s3.client import S3
+from ..s3.client import S3, CompletedPart
 from ..s3.fastput.bodies import BodyStream
 from ..s3.objects import mtime_metadata
-from .budget import BufferPair, BufferPool, ByteBudget
+from .budget import BufferPool, ByteBudget
 from .plan import part_ranges, part_size_for
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # An abort of a failed or cancelled multipart upload runs shielded from cancellation, but no longer
 # than this (botocore's own timeouts and retries apply inside it).
@@ -170,6 +171,31 @@ def checksum_range(
 UploadHook = Callable[[str], Awaitable[None]]
 
 
+@dataclass(frozen=True, slots=True)
+class UploadContext:
+    """Everything one file's upload goes by but the file itself: where it goes, how its bodies go
+    (streamed from the file on the fast path, else read whole, and their checksum), what it shares
+    with every other upload, and who records its multipart upload id. One per file; every step of
+    the upload takes it and the open file."""
+
+    s3: S3
+    bucket: str
+    key: str
+    settings: UploadSettings
+    limits: MemoryLimits
+    streaming: bool  # S3.can_stream(bucket)
+    algorithm: str  # S3.body_checksum(streaming)
+    on_multipart_started: UploadHook
+    on_multipart_ended: UploadHook
+
+    def read_whole(self, size: int) -> bool:
+        """Whether a body of `size` is read whole into memory (a single PutObject of at most one
+        chunk, or any single PutObject through botocore) rather than streamed or sent in parts."""
+        if size >= self.settings.multipart_threshold_bytes:
+            return False
+        return size <= self.limits.buffers.chunk_bytes or not self.streaming
+
+
 async def upload_file(
     s3: S3,
     bucket: str,
@@ -185,45 +211,45 @@ async def upload_file(
     The file goes by the size its fstat gives when it is opened, not by the walk's: a file that grew
     since the walk is streamed or sent in parts, never read whole past what was reserved for it."""
     streaming = await s3.can_stream(bucket)
-    algorithm = s3.body_checksum(streaming)
-    if _read_whole(file.size, settings, limits, streaming):
+    ctx = UploadContext(
+        s3,
+        bucket,
+        key,
+        settings,
+        limits,
+        streaming,
+        s3.body_checksum(streaming),
+        on_multipart_started,
+        on_multipart_ended,
+    )
+    if ctx.read_whole(file.size):
         async with limits.budget.hold(file.size):
             # Open, read and checksum in one worker-thread call: hashing never holds up the event loop.
-            read = await anyio.to_thread.run_sync(open_and_read_small, file.path, file.size, algorithm)
+            read = await anyio.to_thread.run_sync(open_and_read_small, file.path, file.size, ctx.algorithm)
             if isinstance(read, WholeBody):
-                return await _put_whole(s3, bucket, key, read, settings)
+                return await _put_whole(ctx, read)
         opened = read  # grown past its reservation since the walk
     else:
         opened = await _open(file.path)
     try:
-        if _read_whole(opened.size, settings, limits, streaming):
+        if ctx.read_whole(opened.size):
             async with limits.budget.hold(opened.size):
-                body = await anyio.to_thread.run_sync(read_and_sum, opened, algorithm)
-                return await _put_whole(s3, bucket, key, body, settings)
+                body = await anyio.to_thread.run_sync(read_and_sum, opened, ctx.algorithm)
+                return await _put_whole(ctx, body)
         if opened.size < settings.multipart_threshold_bytes:
-            return await _put_streamed(s3, bucket, key, opened, settings, limits, algorithm)
-        return await _upload_multipart(
-            s3, bucket, key, opened, settings, limits, algorithm, streaming, on_multipart_started, on_multipart_ended
-        )
+            return await _put_streamed(ctx, opened)
+        return await _upload_multipart(ctx, opened)
     finally:
         await _close(opened.fd)
 
 
-def _read_whole(size: int, settings: UploadSettings, limits: MemoryLimits, streaming: bool) -> bool:
-    """Whether a body of `size` is read whole into memory (a single PutObject of at most one chunk,
-    or any single PutObject through botocore) rather than streamed or sent in parts."""
-    if size >= settings.multipart_threshold_bytes:
-        return False
-    return size <= limits.buffers.chunk_bytes or not streaming
-
-
-async def _put_whole(s3: S3, bucket: str, key: str, body: WholeBody, settings: UploadSettings) -> Uploaded:
+async def _put_whole(ctx: UploadContext, body: WholeBody) -> Uploaded:
     """PutObject of a file read whole: it was found consistent before a byte was sent."""
-    etag = await s3.put_object(
-        bucket,
-        key,
+    etag = await ctx.s3.put_object(
+        ctx.bucket,
+        ctx.key,
         body.data,
-        storage_class=settings.storage_class,
+        storage_class=ctx.settings.storage_class,
         metadata=mtime_metadata(body.mtime_ns),
         checksum=body.checksum,
     )
@@ -237,13 +263,13 @@ async def _open(path: bytes) -> Opened:
 
 
 @contextmanager
-def _refusal_is_a_change(fd: int, size: int, mtime_ns: int) -> Iterator[None]:
+def _refusal_is_a_change(opened: Opened) -> Iterator[None]:
     """S3 refuses a body that does not match its checksum: after a refusal, a file that was written
     to since its checksum was taken is a change (read it again), not an S3 failure."""
     try:
         yield
     except S3Error:
-        check_unchanged(fd, size, mtime_ns)
+        check_unchanged(opened.fd, opened.size, opened.mtime_ns)
         raise
 
 
@@ -252,40 +278,32 @@ async def _close(fd: int) -> None:
         await anyio.to_thread.run_sync(os.close, fd)
 
 
+SendBody = Callable[[BodyStream, PartChecksum], Awaitable[T]]
+
+
 async def _send_streamed(
-    limits: MemoryLimits,
-    reader: RangeReader,
-    opened: Opened,
-    offset: int,
-    length: int,
-    algorithm: str,
-    send: Callable[[BodyStream, PartChecksum], Awaitable[Any]],
-) -> tuple[Any, PartChecksum]:
+    ctx: UploadContext, reader: RangeReader, opened: Opened, offset: int, length: int, send: SendBody[T]
+) -> tuple[T, PartChecksum]:
     """Checksum a range of the file, check that the file did not change meanwhile, then send the
-    range streamed from the file through a pair of pooled buffers; returns what `send` returned
-    and the checksum."""
-    pool = limits.buffers
-    pair: BufferPair = await pool.take_pair()
-    try:
-        async with limits.checksum_slots:  # a turn first, then one of the file threads
+    range streamed from the file through two leased buffers; returns what `send` returned and the
+    checksum. The lease gives the buffers back at its end, or drops them when the send failed or
+    was cut off mid-body (the body spoils the lease then)."""
+    async with ctx.limits.buffers.lease() as lease:
+        async with ctx.limits.checksum_slots:  # a turn first, then one of the file threads
             checksum = await anyio.to_thread.run_sync(
-                checksum_range, reader.fd, offset, length, algorithm, pair.buffers[0], (opened.size, opened.mtime_ns)
+                checksum_range,
+                reader.fd,
+                offset,
+                length,
+                ctx.algorithm,
+                lease.buffers[0],
+                (opened.size, opened.mtime_ns),
             )
-        stream = BodyStream(reader, offset, length, pair.buffers)
-        result = await send(stream, checksum)
-    except BaseException:
-        pool.discard(pair)  # a read or a send may have been cut off: never hand these out again
-        raise
-    if stream.tainted:
-        pool.discard(pair)
-    else:
-        pool.give(pair)
+        result = await send(BodyStream(reader, offset, length, lease), checksum)
     return result, checksum
 
 
-async def _put_streamed(
-    s3: S3, bucket: str, key: str, opened: Opened, settings: UploadSettings, limits: MemoryLimits, algorithm: str
-) -> Uploaded:
+async def _put_streamed(ctx: UploadContext, opened: Opened) -> Uploaded:
     """PutObject streamed from the open file.
 
     A change during the checksum pass is caught before the send; one during the send makes S3
@@ -294,55 +312,40 @@ async def _put_streamed(
     checksummed bytes, which were the file as of (size, mtime) (the fstat after the checksum pass
     said so), so the row is true of it; the next run sees the newer mtime and uploads again.
     Not recording it would leave the unrecorded version this check exists to avoid."""
-    fd, size, mtime_ns = opened.fd, opened.size, opened.mtime_ns
 
     async def send(stream: BodyStream, checksum: PartChecksum) -> str:
-        return await s3.put_object(
-            bucket,
-            key,
+        return await ctx.s3.put_object(
+            ctx.bucket,
+            ctx.key,
             stream,
-            storage_class=settings.storage_class,
-            metadata=mtime_metadata(mtime_ns),
+            storage_class=ctx.settings.storage_class,
+            metadata=mtime_metadata(opened.mtime_ns),
             checksum=checksum,
         )
 
-    with _refusal_is_a_change(fd, size, mtime_ns):
-        etag, checksum = await _send_streamed(limits, RangeReader(fd), opened, 0, size, algorithm, send)
+    with _refusal_is_a_change(opened):
+        etag, checksum = await _send_streamed(ctx, RangeReader(opened.fd), opened, 0, opened.size, send)
     recorded = checksum.recorded(etag)
-    return Uploaded(size, mtime_ns, recorded, opened.ino, opened.ctime_ns, opened.read_started_ns)
+    return Uploaded(opened.size, opened.mtime_ns, recorded, opened.ino, opened.ctime_ns, opened.read_started_ns)
 
 
-async def _upload_multipart(
-    s3: S3,
-    bucket: str,
-    key: str,
-    opened: Opened,
-    settings: UploadSettings,
-    limits: MemoryLimits,
-    algorithm: str,
-    streaming: bool,
-    on_started: UploadHook,
-    on_ended: UploadHook,
-) -> Uploaded:
+async def _upload_multipart(ctx: UploadContext, opened: Opened) -> Uploaded:
     """A multipart upload of the open file by its fstat size; checked unchanged before Complete and
     aborted otherwise, so a body found inconsistent never becomes an object."""
-    fd, size, mtime_ns = opened.fd, opened.size, opened.mtime_ns
-    part_bytes = part_size_for(size, settings.part_size_bytes)
-    ranges = part_ranges(size, part_bytes)
-    reader = RangeReader(fd)
-    upload_id = await _create_recorded(s3, bucket, key, settings, mtime_ns, on_started, on_ended)
-    parts: list[dict[str, Any]] = [{} for _ in ranges]
-    sums: list[PartChecksum | None] = [None] * len(ranges)
+    s3, limits = ctx.s3, ctx.limits
+    part_bytes = part_size_for(opened.size, ctx.settings.part_size_bytes)
+    ranges = part_ranges(opened.size, part_bytes)
+    reader = RangeReader(opened.fd)
+    upload_id = await _create_recorded(ctx, opened.mtime_ns)
+    parts: list[CompletedPart | None] = [None] * len(ranges)
 
     async def send_streamed(number: int, offset: int, length: int) -> None:
         try:
 
-            async def send(stream: BodyStream, checksum: PartChecksum) -> dict[str, Any]:
-                return await s3.upload_part(bucket, key, upload_id, number, stream, checksum)
+            async def send(stream: BodyStream, checksum: PartChecksum) -> CompletedPart:
+                return await s3.upload_part(ctx.bucket, ctx.key, upload_id, number, stream, checksum)
 
-            parts[number - 1], sums[number - 1] = await _send_streamed(
-                limits, reader, opened, offset, length, algorithm, send
-            )
+            parts[number - 1], _ = await _send_streamed(ctx, reader, opened, offset, length, send)
         finally:
             limits.part_slots.release()
 
@@ -351,66 +354,60 @@ async def _upload_multipart(
         try:
             taken = await limits.budget.acquire(length)
             try:
-                data = await anyio.to_thread.run_sync(read_range, fd, offset, length)
+                data = await anyio.to_thread.run_sync(read_range, opened.fd, offset, length)
                 # Hashing a part takes tens of ms: in a thread (hashlib releases the GIL).
-                checksum = await anyio.to_thread.run_sync(PartChecksum.of, data, algorithm)
-                sums[number - 1] = checksum
-                parts[number - 1] = await s3.upload_part(bucket, key, upload_id, number, data, checksum)
+                checksum = await anyio.to_thread.run_sync(PartChecksum.of, data, ctx.algorithm)
+                parts[number - 1] = await s3.upload_part(ctx.bucket, ctx.key, upload_id, number, data, checksum)
             finally:
                 limits.budget.release(taken)
         finally:
             limits.part_slots.release()
 
     try:
-        with _refusal_is_a_change(fd, size, mtime_ns):
+        with _refusal_is_a_change(opened):
             async with unwrapped_group() as tg:
                 for number, (offset, length) in enumerate(ranges, start=1):
                     # A slot first: parts in flight are bounded across all files; the memory each
                     # one holds is taken from the budget inside its task, in the order they started.
                     await limits.part_slots.acquire()
-                    tg.start_soon(send_streamed if streaming else send_whole, number, offset, length)
-        check_unchanged(fd, size, mtime_ns)
-        await s3.complete_multipart_upload(bucket, key, upload_id, parts)
+                    tg.start_soon(send_streamed if ctx.streaming else send_whole, number, offset, length)
+        check_unchanged(opened.fd, opened.size, opened.mtime_ns)
+        completed = [p for p in parts if p is not None]
+        await s3.complete_multipart_upload(ctx.bucket, ctx.key, upload_id, completed)
     except BaseException:
-        await _abort(s3, bucket, key, upload_id, on_ended)
+        await _abort(ctx, upload_id)
         raise
-    await on_ended(upload_id)
-    checksums = [s for s in sums if s is not None]
-    recorded = composite_checksum(checksums, [str(p.get("ETag", "")) for p in parts])
-    return Uploaded(size, mtime_ns, recorded, opened.ino, opened.ctime_ns, opened.read_started_ns, part_bytes)
+    await ctx.on_multipart_ended(upload_id)
+    recorded = composite_checksum([p.checksum for p in completed], [p.etag for p in completed])
+    return Uploaded(
+        opened.size, opened.mtime_ns, recorded, opened.ino, opened.ctime_ns, opened.read_started_ns, part_bytes
+    )
 
 
-async def _create_recorded(
-    s3: S3,
-    bucket: str,
-    key: str,
-    settings: UploadSettings,
-    mtime_ns: int,
-    on_started: UploadHook,
-    on_ended: UploadHook,
-) -> str:
+async def _create_recorded(ctx: UploadContext, mtime_ns: int) -> str:
     """CreateMultipartUpload and the record of its id, as one region a cancellation cannot split:
     once S3 has created the upload, it is either recorded (so the next run can abort it) or
     aborted here. Only SIGKILL leaves one open, and then S3 lists it for the next run's sweep.
     botocore's timeouts and retries bound the wait for the reply."""
     with anyio.CancelScope(shield=True):
-        upload_id = await s3.create_multipart_upload(
-            bucket, key, storage_class=settings.storage_class, metadata=mtime_metadata(mtime_ns)
+        upload_id = await ctx.s3.create_multipart_upload(
+            ctx.bucket, ctx.key, storage_class=ctx.settings.storage_class, metadata=mtime_metadata(mtime_ns)
         )
         try:
-            await on_started(upload_id)
+            await ctx.on_multipart_started(upload_id)
         except BaseException:  # the cache could not record it (a full disk): abort it now
-            await _abort(s3, bucket, key, upload_id, on_ended, record=False)
+            await _abort(ctx, upload_id, record=False)
             raise
     return upload_id
 
 
-async def _abort(s3: S3, bucket: str, key: str, upload_id: str, on_ended: UploadHook, *, record: bool = True) -> None:
+async def _abort(ctx: UploadContext, upload_id: str, *, record: bool = True) -> None:
     """Abort a multipart upload, shielded from cancellation and bounded by ABORT_TIMEOUT_S. An
     upload that cannot be aborted keeps its id in the cache, and the next run aborts it."""
+    key = ctx.key
     with anyio.CancelScope(shield=True), anyio.move_on_after(ABORT_TIMEOUT_S) as deadline:
         try:
-            await s3.abort_multipart_upload(bucket, key, upload_id)
+            await ctx.s3.abort_multipart_upload(ctx.bucket, key, upload_id)
         except Exception as exc:
             log.warning("could not abort multipart upload of %s: %s; the next run aborts it", key, exc)
             return
@@ -420,6 +417,6 @@ async def _abort(s3: S3, bucket: str, key: str, upload_id: str, on_ended: Upload
     if record:
         try:
             with anyio.CancelScope(shield=True):
-                await on_ended(upload_id)
+                await ctx.on_multipart_ended(upload_id)
         except Exception as exc:  # its id stays in the cache; the next run finds the upload gone
             log.warning("the abort of %s's multipart upload was not recorded: %s", key, exc)

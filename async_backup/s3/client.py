@@ -22,6 +22,7 @@ import ssl
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -87,6 +88,24 @@ def foreign_bucket_message(bucket: str) -> str:
 def endpoint_name(aws: AwsSettings) -> str:
     """The endpoint as operators know it, safe for logs (no credentials in it)."""
     return aws.endpoint_url or f"AWS S3 ({aws.region})"
+
+
+@dataclass(frozen=True, slots=True)
+class CompletedPart:
+    """One part S3 stored: its number, the ETag S3 answered, and the checksum it was sent with
+    (CompleteMultipartUpload repeats a CRC32; a composite checksum is built from them all)."""
+
+    number: int
+    etag: str
+    checksum: PartChecksum
+
+
+def _part_args(part: CompletedPart) -> dict[str, Any]:
+    """A part as botocore's CompleteMultipartUpload takes it."""
+    args: dict[str, Any] = {"PartNumber": part.number, "ETag": part.etag}
+    if part.checksum.algorithm == "crc32":
+        args["ChecksumCRC32"] = part.checksum.b64
+    return args
 
 
 class S3:
@@ -248,7 +267,7 @@ class S3:
 
     async def upload_part(
         self, bucket: str, key: str, upload_id: str, part_number: int, body: bytes | BodyStream, checksum: PartChecksum
-    ) -> dict[str, Any]:
+    ) -> CompletedPart:
         etag = await self._put_contents(
             "UploadPart",
             f"UploadPart {part_number} of {key}",
@@ -261,20 +280,17 @@ class S3:
             query={"partNumber": str(part_number), "uploadId": upload_id},
             botocore_args={"UploadId": upload_id, "PartNumber": part_number},
         )
-        part: dict[str, Any] = {"PartNumber": part_number, "ETag": etag}
-        if checksum.algorithm == "crc32":
-            part["ChecksumCRC32"] = checksum.b64
-        return part
+        return CompletedPart(part_number, etag, checksum)
 
     async def complete_multipart_upload(
-        self, bucket: str, key: str, upload_id: str, parts: Sequence[Mapping[str, Any]]
+        self, bucket: str, key: str, upload_id: str, parts: Sequence[CompletedPart]
     ) -> None:
         async with self._mapped(f"CompleteMultipartUpload {key}"):
             await self._client.complete_multipart_upload(
                 Bucket=bucket,
                 Key=key,
                 UploadId=upload_id,
-                MultipartUpload={"Parts": [dict(p) for p in parts]},
+                MultipartUpload={"Parts": [_part_args(p) for p in parts]},
             )
         self._upload_class.pop(upload_id, None)
 
@@ -501,7 +517,7 @@ class S3:
         upload_id = str(reply["UploadId"])
         sent = 0
         try:
-            parts: list[dict[str, Any]] = []
+            parts: list[CompletedPart] = []
             async with await anyio.open_file(path, "rb") as f:
                 number = 0
                 while data := await f.read(part_bytes):

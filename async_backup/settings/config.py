@@ -24,10 +24,12 @@ DEFAULT_STORAGE_CLASS = "DEEP_ARCHIVE"
 DEFAULT_NONCURRENT_DAYS = 180  # DEEP_ARCHIVE bills at least 180 days anyway [S3 pricing]
 DEFAULT_BUCKET_PREFIX = "backup-"
 
-# S3 multipart limits [S3 user guide, "Multipart upload limits"].
-MIN_PART_BYTES = 5 * MiB
+# S3's upload limits [S3 user guide, "Multipart upload limits"]: the tuning is validated against
+# them here, and the planner sizes parts within them.
+MIN_PART_BYTES = 5 * MiB  # every part but the last
 MAX_PART_BYTES = 5 * 1024 * MiB
-MAX_SINGLE_PUT_BYTES = 5 * 1000 * 1000 * 1000
+MAX_PARTS = 10_000
+MAX_SINGLE_PUT_BYTES = 5 * 1000 * 1000 * 1000  # one PutObject: 5 GB, not GiB
 
 STORAGE_CLASSES = (
     "STANDARD",
@@ -334,15 +336,25 @@ def _price(value: Any, key: str, where: str) -> float:
 
 def _tuning(raw: dict[str, Any], where: str) -> Tuning:
     d = Tuning()
-    part = _opt_int(raw, "part_size_mib", "tuning", where, d.part_size_bytes // MiB, minimum=5, maximum=5 * 1024)
+    part = _opt_int(
+        raw,
+        "part_size_mib",
+        "tuning",
+        where,
+        d.part_size_bytes // MiB,
+        minimum=MIN_PART_BYTES // MiB,
+        maximum=MAX_PART_BYTES // MiB,
+    )
+    # Files below the threshold are one PutObject, so it is at most S3's largest PutObject (4768 MiB);
+    # at or above it they go in parts of at least MIN_PART_BYTES.
     threshold = _opt_int(
         raw,
         "multipart_threshold_mib",
         "tuning",
         where,
         d.multipart_threshold_bytes // MiB,
-        minimum=5,
-        maximum=4768,
+        minimum=MIN_PART_BYTES // MiB,
+        maximum=MAX_SINGLE_PUT_BYTES // MiB,
     )
     return Tuning(
         workers=_opt_int(raw, "workers", "tuning", where, d.workers, minimum=1, maximum=1024),

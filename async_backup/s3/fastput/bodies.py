@@ -2,7 +2,7 @@
 
 Owns how a body reaches the socket: in slices that are views of the caller's buffers (no copy in
 Python), a stall clock that fails a send the server stopped reading, and the streamed file range
-(`BodyStream`) read chunk by chunk through two reused buffers. Knows nothing of signing, S3's
+(`BodyStream`) read chunk by chunk through two buffers lent by their owner. Knows nothing of signing, S3's
 replies or retries. Must not import botocore or aiobotocore.
 """
 
@@ -58,21 +58,49 @@ class ChunkReader(Protocol):
         ...
 
 
+class BufferLease(Protocol):
+    """The two chunk buffers a streamed body goes through, lent by their owner (backup's buffer
+    pool), which alone reuses or frees them. The body and its sender only say when they must not be
+    reused, and ask for fresh ones to go on with."""
+
+    @property
+    def buffers(self) -> list[bytearray]: ...
+
+    @property
+    def spoiled(self) -> bool: ...
+
+    def spoil(self) -> None:
+        """A read in a thread or a send was cut off: the buffers may still be written into or
+        referenced, so their owner must never hand them out again."""
+        ...
+
+    def renew(self) -> None:
+        """When spoiled, fresh buffers in their place (else nothing)."""
+        ...
+
+
 class BodyStream:
-    """A body that is a range of an open file, sent chunk by chunk through two reused buffers.
+    """A body that is a range of an open file, sent chunk by chunk through two lent buffers.
 
-    What it needs from the caller: a reader for the file, the range, and the two buffers. After a
-    failed attempt, `failure` holds why the body could not be read (the file changed, vanished or
-    is unreadable), and `tainted` says the buffers may still be written into or referenced (a read
-    in a thread or a send that was cut off): the caller must not reuse them then."""
+    What it needs from the caller: a reader for the file, the range, and the lease of the two
+    buffers. After a failed attempt, `failure` holds why the body could not be read (the file
+    changed, vanished or is unreadable), and the lease is spoiled when its buffers may still be
+    written into or referenced (a read in a thread or a send that was cut off)."""
 
-    def __init__(self, reader: ChunkReader, offset: int, length: int, buffers: list[bytearray]) -> None:
+    __slots__ = ("failure", "lease", "length", "offset", "reader")
+
+    def __init__(self, reader: ChunkReader, offset: int, length: int, lease: BufferLease) -> None:
         self.reader = reader
         self.offset = offset
         self.length = length
-        self.buffers = buffers
+        self.lease = lease
         self.failure: Exception | None = None
-        self.tainted = False
+
+    def new_attempt(self) -> None:
+        """Ready for another attempt at sending: the last one's failure forgotten, and buffers it
+        left spoiled (it was cut off mid-body, so they may still be referenced) replaced by fresh ones."""
+        self.failure = None
+        self.lease.renew()
 
 
 class StreamedBody(aiohttp.payload.Payload):
@@ -99,7 +127,7 @@ class StreamedBody(aiohttp.payload.Payload):
         stream = self._stream
         remaining = stream.length if content_length is None else min(content_length, stream.length)
         position = stream.offset
-        views = [memoryview(b) for b in stream.buffers]
+        views = [memoryview(b) for b in stream.lease.buffers]
         slice_bytes = write_slice_bytes(writer)
         sent_last = 0
         finished = False
@@ -131,7 +159,7 @@ class StreamedBody(aiohttp.payload.Payload):
             raise
         finally:
             if not finished:
-                stream.tainted = True
+                stream.lease.spoil()
             for v in views:
                 v.release()
 

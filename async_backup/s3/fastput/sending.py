@@ -118,12 +118,9 @@ class DirectPut:
             if attempt:
                 await anyio.sleep(BACKOFF.delay_s(attempt))
             if isinstance(body, BodyStream):
-                body.failure = None
-                if body.tainted:
-                    # The last attempt was cut off mid-body: its buffers may still be referenced, so
-                    # this one reads into new ones (the caller drops the old ones, never reusing them).
-                    body.buffers[:] = [bytearray(len(b)) for b in body.buffers]
-                    body.tainted = False
+                # An attempt cut off mid-body may leave its buffers referenced: this one reads into
+                # fresh ones (their owner drops the old ones, never reusing them).
+                body.new_attempt()
             # Asked every attempt, as botocore's signer does: a refresh happens here, never a failure.
             credentials = await self._credentials.get_frozen_credentials()
             now = datetime.datetime.now(datetime.UTC)
