@@ -1,4 +1,5 @@
-"""Shared fixtures: a real moto S3 server over HTTP on a free loopback port, and clients to inspect it."""
+"""Shared fixtures: a real moto S3 server over HTTP on a free loopback port, clients to inspect it,
+and the recording proxy in front of it."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Any
 
 import boto3
 import pytest
+from s3proxy import ProxyServer
 
 ACCESS_KEY = "AKIATESTACCESSKEY000"
 # A planted secret: tests assert it never shows up in logs, reports or cards.
@@ -79,6 +81,14 @@ def s3_inspect(moto_endpoint: str) -> Any:
         aws_secret_access_key=SECRET_KEY,
         region_name=REGION,
     )
+
+
+@pytest.fixture
+def proxy(moto_endpoint: str) -> Iterator[ProxyServer]:
+    """The recording, fault-injecting proxy (tests/s3proxy.py) in front of the session's moto server,
+    a fresh one per test, so records and faults never leak between tests."""
+    with ProxyServer(moto_endpoint) as p:
+        yield p
 
 
 @pytest.fixture

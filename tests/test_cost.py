@@ -7,7 +7,6 @@ import json
 import os
 import re
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -150,12 +149,6 @@ def test_bad_pricing_is_a_one_line_config_error(pricing: Any, expected: str) -> 
 
 
 # ----------------------------------------------------------------------------- a real run
-
-
-@pytest.fixture
-def proxy(moto_endpoint: str) -> Iterator[ProxyServer]:
-    with ProxyServer(moto_endpoint) as p:
-        yield p
 
 
 def last_report(cache: Path) -> dict[str, Any]:

@@ -160,12 +160,6 @@ def metric_samples(text: str) -> dict[str, float]:
 
 
 @pytest.fixture
-def proxy(moto_endpoint: str) -> Iterator[ProxyServer]:
-    with ProxyServer(moto_endpoint) as p:
-        yield p
-
-
-@pytest.fixture
 def webhook() -> Iterator[WebhookServer]:
     with WebhookServer() as server:
         yield server

@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -187,12 +186,6 @@ def test_reset_rebuilds_and_upload_everything_again_uploads_everything(site: dic
     assert f"{len(FILES)} files uploaded" in again.stderr
     assert last_report(cache)["targets"][0]["rebuilt_rows"] == 0
     assert version_count(s3_inspect, bucket) == 2 * len(FILES)
-
-
-@pytest.fixture
-def proxy(moto_endpoint: str) -> Iterator[ProxyServer]:
-    with ProxyServer(moto_endpoint) as p:
-        yield p
 
 
 def test_a_rebuild_from_the_bucket_sends_one_list_per_1000_and_a_head_only_per_size_match(

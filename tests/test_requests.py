@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -53,12 +52,6 @@ def by_bucket(records: list[Record]) -> dict[str | None, Counter[str]]:
     for r in records:
         out.setdefault(r.bucket, Counter())[r.op] += 1
     return out
-
-
-@pytest.fixture
-def proxy(moto_endpoint: str) -> Iterator[ProxyServer]:
-    with ProxyServer(moto_endpoint) as p:
-        yield p
 
 
 @pytest.fixture

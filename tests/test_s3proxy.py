@@ -48,7 +48,8 @@ CLIENT_KW: dict[str, Any] = {
 
 @pytest.fixture
 def proxy(moto_endpoint: str) -> Iterator[ProxyServer]:
-    """A fresh proxy per test, so records and faults never leak between tests."""
+    """conftest's `proxy`, seeded: the probabilistic faults here (slow_down(0.2), internal_error(0.125))
+    draw from the proxy's RNG, and their expectations were written against seed 1234."""
     with ProxyServer(moto_endpoint, seed=1234) as p:
         yield p
 
