@@ -171,6 +171,39 @@ def make_tree(base: Any, files: dict[str, bytes]) -> None:
         path.write_bytes(data)
 
 
+def four_target_site(tmp_path: Any, endpoint: str, bucket_prefix: str) -> dict[str, Any]:
+    """Two folders and one root with two subfolders (four targets) under tmp_path/data, and
+    config.json in tmp_path/cache for `endpoint`. Returns data, cache, files (relative path ->
+    contents) and buckets (target folder relative to data -> bucket name)."""
+    from pathlib import Path
+
+    from async_backup.settings.naming import stable_bucket_name
+
+    data = Path(tmp_path) / "data"
+    files = {
+        "scans/1901/page-001.tif": b"a" * 100,
+        "scans/1901/page-002.tif": b"b" * 200,
+        "scans/1902/page-001.tif": b"c" * 300,
+        "letters/x.jpg": b"x" * 10,
+        "letters/deep/er/y.jpg": b"y" * 20,
+        "registers/parish-a/r1.tif": b"r1",
+        "registers/parish-a/r2.tif": b"r2",
+        "registers/parish-b/s1.tif": b"s1",
+    }
+    make_tree(data, files)
+    cache = Path(tmp_path) / "cache"
+    write_config(
+        cache,
+        endpoint,
+        folders=[str(data / "scans"), str(data / "letters")],
+        roots=[str(data / "registers")],
+        bucket_prefix=bucket_prefix,
+    )
+    targets = ("scans", "letters", "registers/parish-a", "registers/parish-b")
+    buckets = {name: stable_bucket_name(bucket_prefix, str(data / name)) for name in targets}
+    return {"data": data, "cache": cache, "files": files, "buckets": buckets}
+
+
 def key_of(path: Any) -> str:
     """The object key async-backup gives a local path."""
     from async_backup.disk.keys import key_for_path

@@ -28,6 +28,7 @@ FILES = {f"box-{i // 4}/img-{i:02d}.tif": bytes([65 + i]) * (100 + i) for i in r
 
 @pytest.fixture
 def site(tmp_path: Path, moto_endpoint: str, bucket_prefix: str) -> dict[str, Any]:
+    """One target of twelve files (FILES), nothing backed up yet."""
     data = tmp_path / "data" / "scans"
     make_tree(data, FILES)
     cache = tmp_path / "cache"
