@@ -234,6 +234,92 @@ def in_process(*args: str) -> Ran:
     return result
 
 
+@pytest.fixture(scope="module")
+def moto_checking_signatures() -> Iterator[tuple[str, dict[str, str]]]:
+    """A second moto server that verifies SigV4 (the session one accepts any signature); yields URL, keys.
+
+    INITIAL_NO_AUTH_ACTION_COUNT lets the first three calls (create user, key, policy) through unsigned.
+    """
+    import json
+
+    with moto_server(INITIAL_NO_AUTH_ACTION_COUNT="3") as url:
+        iam = boto3.client(
+            "iam",
+            endpoint_url=url,
+            aws_access_key_id=ACCESS_KEY,
+            aws_secret_access_key=SECRET_KEY,
+            region_name=REGION,
+        )
+        iam.create_user(UserName="backup")
+        key = iam.create_access_key(UserName="backup")["AccessKey"]
+        policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
+        iam.put_user_policy(UserName="backup", PolicyName="all", PolicyDocument=json.dumps(policy))
+        yield (
+            url,
+            {
+                "aws_access_key_id": key["AccessKeyId"],
+                "aws_secret_access_key": key["SecretAccessKey"],
+                "region_name": REGION,
+            },
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# The old script's installation, made by its re-enactment (tests/oldscript.py)
+
+
+def legacy_token(tmp_path: Any) -> str:
+    """Legacy bucket names are global in the shared moto server: a token keeps tests apart."""
+    import hashlib
+
+    return hashlib.sha256(str(tmp_path).encode()).hexdigest()[:6]
+
+
+def key_versions(client: Any, bucket: str) -> tuple[dict[str, int], set[str]]:
+    """Versions per key, and the keys whose latest entry is a delete marker."""
+    counts: dict[str, int] = {}
+    deleted: set[str] = set()
+    for page in client.get_paginator("list_object_versions").paginate(Bucket=bucket):
+        for v in page.get("Versions", []):
+            counts[v["Key"]] = counts.get(v["Key"], 0) + 1
+        deleted.update(m["Key"] for m in page.get("DeleteMarkers", []) if m["IsLatest"])
+    return counts, deleted
+
+
+@pytest.fixture
+def old_site(tmp_path: Any, moto_endpoint: str, s3_inspect: Any) -> dict[str, Any]:
+    """A root whose subfolders have spaces, "+", umlauts and parentheses, plus a folder elsewhere,
+    backed up by the old script; its cache directory as that script leaves it."""
+    import json
+
+    from oldscript import run_old_script
+
+    tok = legacy_token(tmp_path)
+    data = tmp_path / "data"
+    subfolders = [f"Archive 3 {tok}", f"a+b {tok}", f"Grüße {tok}", f"(alt) Pfarrei {tok}"]
+    files: dict[str, bytes] = {}
+    for i, sub in enumerate(subfolders):
+        files[f"archives/{sub}/page-{i}-1.tif"] = b"x" * (100 + i)
+        files[f"archives/{sub}/vol 1/page-{i}-2.tif"] = b"y" * (200 + i)
+    files[f"letters {tok}/1901/letter.tif"] = b"letter"
+    files[f"letters {tok}/1902/other.tif"] = b"other letter"
+    files["archives/notes.txt"] = b"a file lying in the root: no target, but part of the old script's list"
+    make_tree(data, files)
+    cache = tmp_path / "cache"
+    write_config(
+        cache,
+        moto_endpoint,
+        folders=[str(data / f"letters {tok}")],
+        roots=[str(data / "archives")],
+        backup_extra={"naming": "legacy"},
+    )
+    raw = json.loads((cache / "config.json").read_text())
+    raw["notification"] = {}  # the old script needs the section to exist
+    (cache / "config.json").write_text(json.dumps(raw))
+    buckets = run_old_script(cache, s3_inspect)
+    return {"data": data, "cache": cache, "buckets": buckets, "tok": tok, "subfolders": subfolders}
+
+
 # --------------------------------------------------------------------------------------------------
 # HTTPS: a test CA (tests/privateca.py), moto's server with a certificate from it
 
