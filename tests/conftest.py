@@ -172,6 +172,37 @@ def make_tree(base: Any, files: dict[str, bytes]) -> None:
         path.write_bytes(data)
 
 
+def reports(cache: Any) -> list[dict[str, Any]]:
+    """The run reports in cache/reports, oldest first (by write time: names of runs in the same second sort oddly)."""
+    import json
+    from pathlib import Path
+
+    paths = sorted((Path(cache) / "reports").glob("*.json"), key=lambda p: p.stat().st_mtime_ns)
+    return [json.loads(p.read_text()) for p in paths]
+
+
+def last_report(cache: Any) -> dict[str, Any]:
+    """The newest run report in cache/reports."""
+    found = reports(cache)
+    assert found, "no run report was written"
+    return dict(found[-1])
+
+
+def error_lines(stderr: str) -> list[str]:
+    """The ERROR lines of a run's log on stderr."""
+    return [line for line in stderr.splitlines() if " ERROR " in line]
+
+
+def delete_cache_db(cache: Any) -> None:
+    """Remove the cache's SQLite file with its WAL and shared-memory files: the cache is lost."""
+    from pathlib import Path
+
+    from async_backup.cache.store import STATE_NAME
+
+    for name in (STATE_NAME, STATE_NAME + "-wal", STATE_NAME + "-shm"):
+        (Path(cache) / name).unlink(missing_ok=True)
+
+
 def four_target_site(tmp_path: Any, endpoint: str, bucket_prefix: str) -> dict[str, Any]:
     """Two folders and one root with two subfolders (four targets) under tmp_path/data, and
     config.json in tmp_path/cache for `endpoint`. Returns data, cache, files (relative path ->

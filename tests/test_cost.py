@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import make_tree, run_cli, write_config
+from conftest import last_report, make_tree, run_cli, write_config
 from s3proxy import ProxyServer
 
 from async_backup.errors import ConfigError
@@ -149,10 +149,6 @@ def test_bad_pricing_is_a_one_line_config_error(pricing: Any, expected: str) -> 
 
 
 # ----------------------------------------------------------------------------- a real run
-
-
-def last_report(cache: Path) -> dict[str, Any]:
-    return dict(json.loads(sorted((cache / "reports").glob("*.json"))[-1].read_text()))
 
 
 def test_the_report_and_summary_line_give_the_requests_s3_received_and_their_price(

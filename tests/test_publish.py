@@ -26,7 +26,7 @@ from typing import Any, Self
 
 import pytest
 from aiohttp import web
-from conftest import SECRET_KEY, free_port, key_of, make_tree, run_cli, write_config
+from conftest import SECRET_KEY, free_port, key_of, make_tree, reports, run_cli, write_config
 from s3proxy import ErrorReply, ProxyServer
 from test_card import shown, texts, validate_payload
 
@@ -138,12 +138,6 @@ def card_lines(payload: dict[str, Any]) -> list[str]:
 
 def notification_warnings(stderr: str) -> list[str]:
     return [ln for ln in stderr.splitlines() if " WARNING " in ln and ("notification" in ln or "Teams" in ln)]
-
-
-def reports(cache: Path) -> list[dict[str, Any]]:
-    """The run reports, oldest first (by write time: names of runs in the same second sort oddly)."""
-    paths = sorted((cache / "reports").glob("*.json"), key=lambda p: p.stat().st_mtime_ns)
-    return [json.loads(p.read_text()) for p in paths]
 
 
 def metric_samples(text: str) -> dict[str, float]:

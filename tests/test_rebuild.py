@@ -7,7 +7,6 @@ read from its JSON report, and the requests are counted by the recording proxy.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sqlite3
@@ -15,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import key_of, make_tree, run_cli, write_config
+from conftest import delete_cache_db, key_of, last_report, make_tree, run_cli, write_config
 from s3proxy import ProxyServer
 
 from async_backup.cache.snapshot import cache_bucket_name
@@ -42,16 +41,6 @@ def backup(cache: Path, *extra: str) -> Any:
 
 def version_count(client: Any, bucket: str) -> int:
     return len(client.list_object_versions(Bucket=bucket).get("Versions", []))
-
-
-def delete_cache_db(cache: Path) -> None:
-    for name in (STATE_NAME, STATE_NAME + "-wal", STATE_NAME + "-shm"):
-        (cache / name).unlink(missing_ok=True)
-
-
-def last_report(cache: Path) -> dict[str, Any]:
-    reports = sorted((cache / "reports").glob("*.json"), key=lambda p: p.stat().st_mtime_ns)
-    return dict(json.loads(reports[-1].read_text()))
 
 
 def cached_paths(cache: Path, bucket: str) -> set[bytes]:
