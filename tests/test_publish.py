@@ -26,9 +26,9 @@ from typing import Any, Self
 
 import pytest
 from aiohttp import web
+from cardcheck import shown, texts, validate_payload
 from conftest import SECRET_KEY, free_port, key_of, make_tree, reports, run_cli, write_config
 from s3proxy import ErrorReply, ProxyServer
-from test_card import shown, texts, validate_payload
 
 import async_backup
 
