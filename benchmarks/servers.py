@@ -433,55 +433,14 @@ def _ceph(tmp: Path, store: str, mem_gib: float, tls: bool = False) -> Iterator[
 
 
 def make_test_certificate(d: Path) -> tuple[str, str, str]:
-    """A CA for this run and a certificate it issued for 127.0.0.1 and localhost: (ca, cert, key) paths."""
-    import datetime
-    import ipaddress
+    """The tests' private CA (tests/privateca.py), made for this run in `d`: (ca, cert, key) paths."""
+    tests = str(Path(__file__).resolve().parent.parent / "tests")
+    if tests not in sys.path:
+        sys.path.insert(0, tests)
+    from privateca import make_test_ca
 
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    d.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.UTC)
-    valid = (now - datetime.timedelta(hours=1), now + datetime.timedelta(days=7))
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "async-backup benchmark CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(valid[0])
-        .not_valid_after(valid[1])
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(valid[0])
-        .not_valid_after(valid[1])
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    pem = serialization.Encoding.PEM
-    paths = (d / "ca.pem", d / "server.pem", d / "server.key")
-    paths[0].write_bytes(ca.public_bytes(pem))
-    paths[1].write_bytes(cert.public_bytes(pem))
-    paths[2].write_bytes(key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    paths[2].chmod(0o600)
-    return str(paths[0]), str(paths[1]), str(paths[2])
+    ca = make_test_ca(d)
+    return ca.ca_pem, ca.cert_pem, ca.key_pem
 
 
 def _ceph_ok(mon: Managed, ceph: object, *args: str) -> bool:

@@ -30,8 +30,8 @@ import uvloop
 from botocore.credentials import ReadOnlyCredentials
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "tests"))
-from conftest import CAFiles, make_test_ca  # the tests' CA maker
 from pacedsink import PacedReader  # the tests' paced sink
+from privateca import CAFiles, make_test_ca  # the tests' CA maker
 
 from async_backup.backup.budget import Lease
 from async_backup.disk.read import RangeReader

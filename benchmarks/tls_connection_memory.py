@@ -21,7 +21,7 @@ import aiohttp
 from aiohttp import web
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "tests"))
-from conftest import CAFiles, make_test_ca  # the tests' CA maker
+from privateca import CAFiles, make_test_ca  # the tests' CA maker
 
 
 def rss_kib() -> int:

@@ -1,4 +1,5 @@
-"""Shared fixtures: a real moto S3 server over HTTP on a free loopback port, and clients to inspect it."""
+"""Shared fixtures: a real moto S3 server over HTTP on a free loopback port, clients to inspect it,
+and the recording proxy in front of it."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from typing import Any
 
 import boto3
 import pytest
+from privateca import CAFiles, make_test_ca
+from s3proxy import ProxyServer
 
 ACCESS_KEY = "AKIATESTACCESSKEY000"
 # A planted secret: tests assert it never shows up in logs, reports or cards.
@@ -79,6 +82,14 @@ def s3_inspect(moto_endpoint: str) -> Any:
         aws_secret_access_key=SECRET_KEY,
         region_name=REGION,
     )
+
+
+@pytest.fixture
+def proxy(moto_endpoint: str) -> Iterator[ProxyServer]:
+    """The recording, fault-injecting proxy (tests/s3proxy.py) in front of the session's moto server,
+    a fresh one per test, so records and faults never leak between tests."""
+    with ProxyServer(moto_endpoint) as p:
+        yield p
 
 
 @pytest.fixture
@@ -161,6 +172,70 @@ def make_tree(base: Any, files: dict[str, bytes]) -> None:
         path.write_bytes(data)
 
 
+def reports(cache: Any) -> list[dict[str, Any]]:
+    """The run reports in cache/reports, oldest first (by write time: names of runs in the same second sort oddly)."""
+    import json
+    from pathlib import Path
+
+    paths = sorted((Path(cache) / "reports").glob("*.json"), key=lambda p: p.stat().st_mtime_ns)
+    return [json.loads(p.read_text()) for p in paths]
+
+
+def last_report(cache: Any) -> dict[str, Any]:
+    """The newest run report in cache/reports."""
+    found = reports(cache)
+    assert found, "no run report was written"
+    return dict(found[-1])
+
+
+def error_lines(stderr: str) -> list[str]:
+    """The ERROR lines of a run's log on stderr."""
+    return [line for line in stderr.splitlines() if " ERROR " in line]
+
+
+def delete_cache_db(cache: Any) -> None:
+    """Remove the cache's SQLite file with its WAL and shared-memory files: the cache is lost."""
+    from pathlib import Path
+
+    from async_backup.cache.store import STATE_NAME
+
+    for name in (STATE_NAME, STATE_NAME + "-wal", STATE_NAME + "-shm"):
+        (Path(cache) / name).unlink(missing_ok=True)
+
+
+def four_target_site(tmp_path: Any, endpoint: str, bucket_prefix: str) -> dict[str, Any]:
+    """Two folders and one root with two subfolders (four targets) under tmp_path/data, and
+    config.json in tmp_path/cache for `endpoint`. Returns data, cache, files (relative path ->
+    contents) and buckets (target folder relative to data -> bucket name)."""
+    from pathlib import Path
+
+    from async_backup.settings.naming import stable_bucket_name
+
+    data = Path(tmp_path) / "data"
+    files = {
+        "scans/1901/page-001.tif": b"a" * 100,
+        "scans/1901/page-002.tif": b"b" * 200,
+        "scans/1902/page-001.tif": b"c" * 300,
+        "letters/x.jpg": b"x" * 10,
+        "letters/deep/er/y.jpg": b"y" * 20,
+        "registers/parish-a/r1.tif": b"r1",
+        "registers/parish-a/r2.tif": b"r2",
+        "registers/parish-b/s1.tif": b"s1",
+    }
+    make_tree(data, files)
+    cache = Path(tmp_path) / "cache"
+    write_config(
+        cache,
+        endpoint,
+        folders=[str(data / "scans"), str(data / "letters")],
+        roots=[str(data / "registers")],
+        bucket_prefix=bucket_prefix,
+    )
+    targets = ("scans", "letters", "registers/parish-a", "registers/parish-b")
+    buckets = {name: stable_bucket_name(bucket_prefix, str(data / name)) for name in targets}
+    return {"data": data, "cache": cache, "files": files, "buckets": buckets}
+
+
 def key_of(path: Any) -> str:
     """The object key async-backup gives a local path."""
     from async_backup.disk.keys import key_for_path
@@ -190,75 +265,94 @@ def in_process(*args: str) -> Ran:
     return result
 
 
+@pytest.fixture(scope="module")
+def moto_checking_signatures() -> Iterator[tuple[str, dict[str, str]]]:
+    """A second moto server that verifies SigV4 (the session one accepts any signature); yields URL, keys.
+
+    INITIAL_NO_AUTH_ACTION_COUNT lets the first three calls (create user, key, policy) through unsigned.
+    """
+    import json
+
+    with moto_server(INITIAL_NO_AUTH_ACTION_COUNT="3") as url:
+        iam = boto3.client(
+            "iam",
+            endpoint_url=url,
+            aws_access_key_id=ACCESS_KEY,
+            aws_secret_access_key=SECRET_KEY,
+            region_name=REGION,
+        )
+        iam.create_user(UserName="backup")
+        key = iam.create_access_key(UserName="backup")["AccessKey"]
+        policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
+        iam.put_user_policy(UserName="backup", PolicyName="all", PolicyDocument=json.dumps(policy))
+        yield (
+            url,
+            {
+                "aws_access_key_id": key["AccessKeyId"],
+                "aws_secret_access_key": key["SecretAccessKey"],
+                "region_name": REGION,
+            },
+        )
+
+
 # --------------------------------------------------------------------------------------------------
-# HTTPS: a test CA, moto's server with a certificate from it
+# The old script's installation, made by its re-enactment (tests/oldscript.py)
 
 
-@dataclasses.dataclass(frozen=True)
-class CAFiles:
-    """A CA made for the test session, and a server certificate it issued for 127.0.0.1, localhost,
-    s3.localhost and *.s3.localhost (virtual-hosted buckets). `ca_pem` is what clients trust."""
+def legacy_token(tmp_path: Any) -> str:
+    """Legacy bucket names are global in the shared moto server: a token keeps tests apart."""
+    import hashlib
 
-    ca_pem: str
-    cert_pem: str
-    key_pem: str
+    return hashlib.sha256(str(tmp_path).encode()).hexdigest()[:6]
 
 
-def make_test_ca(directory: Any) -> CAFiles:
-    import datetime
-    import ipaddress
-    from pathlib import Path
+def key_versions(client: Any, bucket: str) -> tuple[dict[str, int], set[str]]:
+    """Versions per key, and the keys whose latest entry is a delete marker."""
+    counts: dict[str, int] = {}
+    deleted: set[str] = set()
+    for page in client.get_paginator("list_object_versions").paginate(Bucket=bucket):
+        for v in page.get("Versions", []):
+            counts[v["Key"]] = counts.get(v["Key"], 0) + 1
+        deleted.update(m["Key"] for m in page.get("DeleteMarkers", []) if m["IsLatest"])
+    return counts, deleted
 
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-    base = Path(directory)
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "async-backup test CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
+@pytest.fixture
+def old_site(tmp_path: Any, moto_endpoint: str, s3_inspect: Any) -> dict[str, Any]:
+    """A root whose subfolders have spaces, "+", umlauts and parentheses, plus a folder elsewhere,
+    backed up by the old script; its cache directory as that script leaves it."""
+    import json
+
+    from oldscript import run_old_script
+
+    tok = legacy_token(tmp_path)
+    data = tmp_path / "data"
+    subfolders = [f"Archive 3 {tok}", f"a+b {tok}", f"Grüße {tok}", f"(alt) Pfarrei {tok}"]
+    files: dict[str, bytes] = {}
+    for i, sub in enumerate(subfolders):
+        files[f"archives/{sub}/page-{i}-1.tif"] = b"x" * (100 + i)
+        files[f"archives/{sub}/vol 1/page-{i}-2.tif"] = b"y" * (200 + i)
+    files[f"letters {tok}/1901/letter.tif"] = b"letter"
+    files[f"letters {tok}/1902/other.tif"] = b"other letter"
+    files["archives/notes.txt"] = b"a file lying in the root: no target, but part of the old script's list"
+    make_tree(data, files)
+    cache = tmp_path / "cache"
+    write_config(
+        cache,
+        moto_endpoint,
+        folders=[str(data / f"letters {tok}")],
+        roots=[str(data / "archives")],
+        backup_extra={"naming": "legacy"},
     )
-    key = ec.generate_private_key(ec.SECP256R1())
-    names: list[x509.GeneralName] = [
-        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-        x509.DNSName("localhost"),
-        x509.DNSName("s3.localhost"),
-        x509.DNSName("*.s3.localhost"),
-    ]
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    pem = serialization.Encoding.PEM
-    (base / "ca.pem").write_bytes(ca.public_bytes(pem))
-    (base / "server.pem").write_bytes(cert.public_bytes(pem))
-    (base / "server.key").write_bytes(
-        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return CAFiles(str(base / "ca.pem"), str(base / "server.pem"), str(base / "server.key"))
+    raw = json.loads((cache / "config.json").read_text())
+    raw["notification"] = {}  # the old script needs the section to exist
+    (cache / "config.json").write_text(json.dumps(raw))
+    buckets = run_old_script(cache, s3_inspect)
+    return {"data": data, "cache": cache, "buckets": buckets, "tok": tok, "subfolders": subfolders}
+
+
+# --------------------------------------------------------------------------------------------------
+# HTTPS: a test CA (tests/privateca.py), moto's server with a certificate from it
 
 
 @pytest.fixture(scope="session")

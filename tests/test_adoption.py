@@ -3,7 +3,6 @@ faithful re-enactment of that script (oldscript.py), against moto's server over 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -12,59 +11,12 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-import pytest
-from conftest import SECRET_KEY, make_tree, run_cli, write_config
-from oldscript import OLD_CACHE_BUCKET, run_old_script
+from conftest import SECRET_KEY, key_versions, legacy_token, make_tree, run_cli, write_config
+from oldscript import OLD_CACHE_BUCKET
 
 from async_backup.backup.plan import PlanCounts, merge
 from async_backup.cache.records import Recorded, is_unchanged, stat_float_mtime
 from async_backup.disk.entries import DiskFile
-
-
-def _token(tmp_path: Path) -> str:
-    """Legacy bucket names are global in the shared moto server: a token keeps tests apart."""
-    return hashlib.sha256(str(tmp_path).encode()).hexdigest()[:6]
-
-
-def _versions(client: Any, bucket: str) -> tuple[dict[str, int], set[str]]:
-    """Versions per key, and the keys whose latest entry is a delete marker."""
-    counts: dict[str, int] = {}
-    deleted: set[str] = set()
-    for page in client.get_paginator("list_object_versions").paginate(Bucket=bucket):
-        for v in page.get("Versions", []):
-            counts[v["Key"]] = counts.get(v["Key"], 0) + 1
-        deleted.update(m["Key"] for m in page.get("DeleteMarkers", []) if m["IsLatest"])
-    return counts, deleted
-
-
-@pytest.fixture
-def old_site(tmp_path: Path, moto_endpoint: str, s3_inspect: Any) -> dict[str, Any]:
-    """A root whose subfolders have spaces, "+", umlauts and parentheses, plus a folder elsewhere,
-    backed up by the old script; its cache directory as that script leaves it."""
-    tok = _token(tmp_path)
-    data = tmp_path / "data"
-    subfolders = [f"Archive 3 {tok}", f"a+b {tok}", f"Grüße {tok}", f"(alt) Pfarrei {tok}"]
-    files: dict[str, bytes] = {}
-    for i, sub in enumerate(subfolders):
-        files[f"archives/{sub}/page-{i}-1.tif"] = b"x" * (100 + i)
-        files[f"archives/{sub}/vol 1/page-{i}-2.tif"] = b"y" * (200 + i)
-    files[f"letters {tok}/1901/letter.tif"] = b"letter"
-    files[f"letters {tok}/1902/other.tif"] = b"other letter"
-    files["archives/notes.txt"] = b"a file lying in the root: no target, but part of the old script's list"
-    make_tree(data, files)
-    cache = tmp_path / "cache"
-    write_config(
-        cache,
-        moto_endpoint,
-        folders=[str(data / f"letters {tok}")],
-        roots=[str(data / "archives")],
-        backup_extra={"naming": "legacy"},
-    )
-    raw = json.loads((cache / "config.json").read_text())
-    raw["notification"] = {}  # the old script needs the section to exist
-    (cache / "config.json").write_text(json.dumps(raw))
-    buckets = run_old_script(cache, s3_inspect)
-    return {"data": data, "cache": cache, "buckets": buckets, "tok": tok, "subfolders": subfolders}
 
 
 def test_the_old_caches_are_found_at_the_old_scripts_names(old_site: dict[str, Any]):
@@ -90,14 +42,14 @@ def test_adoption_uploads_only_what_changed_and_says_so(old_site: dict[str, Any]
     (archive / "new.tif").write_bytes(b"new page")
     (data / f"letters {tok}" / "1902" / "other.tif").unlink()
 
-    before = {b: _versions(s3_inspect, b)[0] for b in buckets.values()}
+    before = {b: key_versions(s3_inspect, b)[0] for b in buckets.values()}
     result = run_cli("--cache", str(cache))
     assert result.returncode == 0, result.stderr
     assert SECRET_KEY not in result.stderr + result.stdout
 
     uploaded: set[str] = set()
     for target, bucket in buckets.items():
-        after, deleted = _versions(s3_inspect, bucket)
+        after, deleted = key_versions(s3_inspect, bucket)
         uploaded |= {k for k, n in after.items() if n > before[bucket].get(k, 0)}
         if "letters" in target:
             assert deleted == {str(data / f"letters {tok}" / "1902" / "other.tif").lstrip("/")}
@@ -118,7 +70,7 @@ def test_adoption_uploads_only_what_changed_and_says_so(old_site: dict[str, Any]
 def test_a_dry_run_shows_the_adoption_and_writes_nothing(old_site: dict[str, Any], s3_inspect: Any):
     data, cache, tok, buckets = old_site["data"], old_site["cache"], old_site["tok"], old_site["buckets"]
     (data / f"letters {tok}" / "1901" / "new.tif").write_bytes(b"new")
-    before = {b: _versions(s3_inspect, b) for b in buckets.values()}
+    before = {b: key_versions(s3_inspect, b) for b in buckets.values()}
     result = run_cli("--cache", str(cache), "--dry-run")
     assert result.returncode == 0, result.stderr
     letters = str(data / f"letters {tok}")
@@ -127,7 +79,7 @@ def test_a_dry_run_shows_the_adoption_and_writes_nothing(old_site: dict[str, Any
     archive_line = next(x for x in result.stdout.splitlines() if f"Archive 3 {tok}" in x)
     assert "would adopt 2 files" in archive_line and "would upload 0 files" in archive_line
     assert not (cache / "async-backup.db").exists()
-    assert {b: _versions(s3_inspect, b) for b in buckets.values()} == before
+    assert {b: key_versions(s3_inspect, b) for b in buckets.values()} == before
 
 
 def test_an_old_row_whose_object_s3_lost_is_uploaded(old_site: dict[str, Any], s3_inspect: Any):
@@ -141,7 +93,7 @@ def test_an_old_row_whose_object_s3_lost_is_uploaded(old_site: dict[str, Any], s
     assert result.returncode == 0, result.stderr
     assert f"{target}: adopted 1 of 2 files from the old cache" in result.stderr
     assert "1 are not in s3://" in result.stderr
-    counts, deleted = _versions(s3_inspect, buckets[target])
+    counts, deleted = key_versions(s3_inspect, buckets[target])
     assert lost not in deleted and counts[lost] == 2
 
 
@@ -158,7 +110,7 @@ def test_the_old_config_copy_with_keys_is_named_once_and_never_deleted(old_site:
 
 
 def test_a_legacy_name_that_is_no_bucket_fails_alone(tmp_path: Path, moto_endpoint: str, s3_inspect: Any):
-    tok = _token(tmp_path)
+    tok = legacy_token(tmp_path)
     data = tmp_path / "data"
     make_tree(data, {f"root/good {tok}/a.tif": b"a", f"root/neu {tok} ö/b.tif": b"b"})
     cache = tmp_path / "cache"
@@ -184,7 +136,7 @@ def test_a_legacy_name_that_is_no_bucket_fails_alone(tmp_path: Path, moto_endpoi
 def test_a_subfolder_added_later_is_named_like_its_siblings(tmp_path: Path, moto_endpoint: str, s3_inspect: Any):
     """Folders in two places: the common path is their parent. When one is gone, the old rule over
     what is left would move the common path; a new subfolder still gets its siblings' scheme."""
-    tok = _token(tmp_path)
+    tok = legacy_token(tmp_path)
     data = tmp_path / "data"
     make_tree(data, {f"x{tok}/r/one/a.tif": b"a", f"y{tok}/two/b.tif": b"b"})
     cache = tmp_path / "cache"
@@ -276,7 +228,7 @@ def test_an_old_row_matches_only_the_same_float_mtime():
 
 
 def test_a_damaged_old_cache_is_one_warning_and_its_files_are_new(tmp_path: Path, moto_endpoint: str, s3_inspect: Any):
-    tok = _token(tmp_path)
+    tok = legacy_token(tmp_path)
     data = tmp_path / "data"
     make_tree(data, {f"a{tok}/one.tif": b"1", f"b{tok}/two.tif": b"2"})
     cache = tmp_path / "cache"
@@ -298,7 +250,7 @@ def test_a_damaged_old_cache_is_one_warning_and_its_files_are_new(tmp_path: Path
     assert result.returncode == 0, result.stderr
     assert sum(1 for x in result.stderr.splitlines() if f"a{tok}.db" in x) == 1
     assert "Traceback" not in result.stderr
-    counts, _deleted = _versions(s3_inspect, f"images--a{tok}")
+    counts, _deleted = key_versions(s3_inspect, f"images--a{tok}")
     assert counts == {one: 1}  # no metadata, but the file's MD5 is its ETag: proven, not uploaded
 
 
@@ -331,7 +283,7 @@ def test_an_adopted_cache_that_is_lost_comes_back_without_uploads(old_site: dict
     afterwards (or --reset) uploads nothing, from the snapshot or else from the old caches again."""
     cache, buckets = old_site["cache"], old_site["buckets"]
     assert run_cli("--cache", str(cache)).returncode == 0
-    before = {b: _versions(s3_inspect, b) for b in buckets.values()}
+    before = {b: key_versions(s3_inspect, b) for b in buckets.values()}
     for name in ("async-backup.db", "async-backup.db-wal", "async-backup.db-shm"):
         (cache / name).unlink(missing_ok=True)
     lost = run_cli("--cache", str(cache), "--no-cache-backup")
@@ -340,7 +292,7 @@ def test_an_adopted_cache_that_is_lost_comes_back_without_uploads(old_site: dict
     reset = run_cli("--cache", str(cache), "--reset", "--no-cache-backup")
     assert reset.returncode == 0, reset.stderr
     assert "0 files uploaded" in reset.stderr
-    assert {b: _versions(s3_inspect, b) for b in buckets.values()} == before
+    assert {b: key_versions(s3_inspect, b) for b in buckets.values()} == before
 
 
 def test_a_new_server_adopts_the_old_caches_from_the_old_scripts_cache_bucket(
@@ -353,12 +305,12 @@ def test_a_new_server_adopts_the_old_caches_from_the_old_scripts_cache_bucket(
     (new_cache / "config.json").write_text((old_site["cache"] / "config.json").read_text())
     (new_cache / "config.json").chmod(0o600)
     buckets = old_site["buckets"]
-    before = {b: _versions(s3_inspect, b) for b in buckets.values()}
+    before = {b: key_versions(s3_inspect, b) for b in buckets.values()}
     result = run_cli("--cache", str(new_cache), "--no-cache-backup")
     assert result.returncode == 0, result.stderr
     assert "0 files uploaded" in result.stderr
     assert sum("using its copy s3://image-backup-cache/" in x for x in result.stderr.splitlines()) == len(buckets)
-    assert {b: _versions(s3_inspect, b) for b in buckets.values()} == before
+    assert {b: key_versions(s3_inspect, b) for b in buckets.values()} == before
 
 
 def test_a_chmod_over_adopted_files_costs_reads_never_uploads(old_site: dict[str, Any], s3_inspect: Any):
@@ -377,12 +329,12 @@ def test_a_chmod_over_adopted_files_costs_reads_never_uploads(old_site: dict[str
     edited.write_bytes(bytes(b ^ 0xFF for b in edited.read_bytes()))  # same size, other bytes
     os.utime(edited, ns=(st.st_atime_ns, st.st_mtime_ns))  # `exiftool -P`: mtime put back
 
-    before = {b: _versions(s3_inspect, b)[0] for b in buckets.values()}
+    before = {b: key_versions(s3_inspect, b)[0] for b in buckets.values()}
     result = run_cli("--cache", str(cache))
     assert result.returncode == 0, result.stderr
     uploaded = set()
     for bucket in buckets.values():
-        after = _versions(s3_inspect, bucket)[0]
+        after = key_versions(s3_inspect, bucket)[0]
         uploaded |= {k for k, n in after.items() if n > before[bucket].get(k, 0)}
     assert uploaded == {str(edited).lstrip("/")}
 

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from conftest import run_cli, write_config
+from conftest import last_report, run_cli, write_config
 from faultcheck import cache_rows, open_uploads
 from s3proxy import ErrorReply, FakeReply, ProxyServer, SlowReply, Stall
 
@@ -39,12 +39,6 @@ def make_site(tmp_path: Path, endpoint: str, prefix: str) -> tuple[Path, Path, s
     cache = tmp_path / "cache"
     write_config(cache, endpoint, folders=[str(root)], bucket_prefix=prefix, tuning=TUNING)
     return root, cache, stable_bucket_name(prefix, str(root))
-
-
-def last_report(cache: Path) -> dict[str, Any]:
-    reports = sorted((cache / "reports").glob("*.json"), key=lambda p: p.stat().st_mtime_ns)
-    assert reports, "no run report was written"
-    return dict(json.loads(reports[-1].read_text()))
 
 
 def test_a_foreign_exception_ends_the_run_with_report_metrics_and_card(

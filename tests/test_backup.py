@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ACCESS_KEY, SECRET_KEY, all_keys, key_of, make_tree, run_cli, write_config
+from conftest import ACCESS_KEY, SECRET_KEY, all_keys, four_target_site, key_of, make_tree, run_cli, write_config
 
 from async_backup.recovery.snapshots import cache_bucket_name
 from async_backup.settings.config import load_config
@@ -34,34 +34,8 @@ def versions(client: Any, bucket: str) -> tuple[list[dict[str, Any]], list[dict[
 
 @pytest.fixture
 def site(tmp_path: Path, moto_endpoint: str, bucket_prefix: str) -> dict[str, Any]:
-    """Two folders and one root with two subfolders: four targets."""
-    data = tmp_path / "data"
-    make_tree(
-        data,
-        {
-            "scans/1901/page-001.tif": b"a" * 100,
-            "scans/1901/page-002.tif": b"b" * 200,
-            "scans/1902/page-001.tif": b"c" * 300,
-            "letters/x.jpg": b"x" * 10,
-            "letters/deep/er/y.jpg": b"y" * 20,
-            "registers/parish-a/r1.tif": b"r1",
-            "registers/parish-a/r2.tif": b"r2",
-            "registers/parish-b/s1.tif": b"s1",
-        },
-    )
-    cache = tmp_path / "cache"
-    write_config(
-        cache,
-        moto_endpoint,
-        folders=[str(data / "scans"), str(data / "letters")],
-        roots=[str(data / "registers")],
-        bucket_prefix=bucket_prefix,
-    )
-    buckets = {
-        name: stable_bucket_name(bucket_prefix, str(data / name))
-        for name in ("scans", "letters", "registers/parish-a", "registers/parish-b")
-    }
-    return {"data": data, "cache": cache, "buckets": buckets}
+    """conftest's four targets, backed up straight to moto."""
+    return four_target_site(tmp_path, moto_endpoint, bucket_prefix)
 
 
 def backup(cache: Path, *extra: str) -> Any:

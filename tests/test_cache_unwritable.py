@@ -11,12 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import make_tree, run_cli, write_config
+from conftest import error_lines, make_tree, run_cli, write_config
 from loopfs import loop_mount
-
-
-def error_lines(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if " ERROR " in line]
 
 
 def test_a_cache_on_a_file_system_turned_read_only_is_one_line(

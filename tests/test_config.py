@@ -6,14 +6,15 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import run_cli, write_config
+from conftest import in_process, write_config
 
 from async_backup.report.progress import progress_line
 from async_backup.report.summary import TargetStats
 
 
 def run(cache: Path) -> tuple[int, str]:
-    result = run_cli("--cache", str(cache), "--dry-run")
+    """A dry run in this process (the CLI's own entry point): checking a config needs no interpreter of its own."""
+    result = in_process("--cache", str(cache), "--dry-run")
     return result.returncode, result.stderr
 
 

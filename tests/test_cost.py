@@ -7,12 +7,11 @@ import json
 import os
 import re
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import make_tree, run_cli, write_config
+from conftest import in_process, last_report, make_tree, run_cli, write_config
 from s3proxy import ProxyServer
 
 from async_backup.errors import ConfigError
@@ -152,16 +151,6 @@ def test_bad_pricing_is_a_one_line_config_error(pricing: Any, expected: str) -> 
 # ----------------------------------------------------------------------------- a real run
 
 
-@pytest.fixture
-def proxy(moto_endpoint: str) -> Iterator[ProxyServer]:
-    with ProxyServer(moto_endpoint) as p:
-        yield p
-
-
-def last_report(cache: Path) -> dict[str, Any]:
-    return dict(json.loads(sorted((cache / "reports").glob("*.json"))[-1].read_text()))
-
-
 def test_the_report_and_summary_line_give_the_requests_s3_received_and_their_price(
     tmp_path: Path, proxy: ProxyServer, bucket_prefix: str
 ) -> None:
@@ -229,7 +218,7 @@ def test_status_gives_objects_bytes_and_monthly_price_per_target_without_a_reque
         )
     conn.close()
 
-    result = run_cli("--cache", str(cache), "status", "--json")
+    result = in_process("--cache", str(cache), "status", "--json")  # local files only: no interpreter of its own
     assert result.returncode == 0, result.stderr
     assert proxy.wait_done() == []  # the cache and the report only
     status = json.loads(result.stdout)
@@ -242,7 +231,7 @@ def test_status_gives_objects_bytes_and_monthly_price_per_target_without_a_reque
     assert target["last_run"]["new"] == 8 and target["last_run"]["failed"] == 0
     assert status["last_run"]["succeeded"] is True and status["last_run"]["requests"]["total"] > 8
 
-    table = run_cli("--cache", str(cache), "status")
+    table = in_process("--cache", str(cache), "status")
     assert table.returncode == 0, table.stderr
     assert str(data) in table.stdout and "9 (1 of unknown size)" in table.stdout
     assert "1 objects adopted from the old script's cache have no size recorded" in table.stdout

@@ -12,7 +12,6 @@ import boto3
 import pytest
 from conftest import run_cli, write_config
 from faultcheck import bucket_objects, tree_files
-from test_s3proxy import moto_checking_signatures  # noqa: F401  (a fixture)
 
 from async_backup.settings.naming import stable_bucket_name
 

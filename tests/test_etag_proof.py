@@ -7,7 +7,6 @@ moto's server over HTTP."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any
 
 import pytest
 from boto3.s3.transfer import TransferConfig
-from conftest import in_process, make_tree, run_cli, write_config
+from conftest import in_process, legacy_token, make_tree, run_cli, write_config
 from oldscript import OLD_CACHE_BUCKET, run_old_script
 
 from async_backup.disk.digest import (
@@ -27,11 +26,6 @@ from async_backup.disk.digest import (
 )
 
 MIB = 1024 * 1024
-
-
-def _token(tmp_path: Path) -> str:
-    """Legacy bucket names are global in the shared moto server: a token keeps tests apart."""
-    return hashlib.sha256(str(tmp_path).encode()).hexdigest()[:6]
 
 
 def _current_versions(client: Any, buckets: list[str]) -> dict[str, int]:
@@ -55,7 +49,7 @@ def two_runs(tmp_path: Path, moto_endpoint: str, s3_inspect: Any) -> dict[str, A
     """11 files in a root of two subfolders (three above 8 MiB: multipart), backed up by the old
     script; then 8 of them rescanned and a second run of the old script that dies before copying
     its caches to image-backup-cache: the copies there are one run old."""
-    tok = _token(tmp_path)
+    tok = legacy_token(tmp_path)
     data = tmp_path / "data"
     a, b = f"Band A {tok}", f"Band+B {tok}"
     files = {f"archives/{a}/small-{i}.tif": os.urandom(1000 + i) for i in range(4)}
@@ -119,7 +113,7 @@ def test_a_bare_bucket_is_proven_by_content_without_any_old_cache(
 def test_verify_after_adoption_finds_nothing_new_or_changed(tmp_path: Path, moto_endpoint: str, s3_inspect: Any):
     """verify compares adopted rows at the old script's float precision, as the backup does: right
     after an adoption that uploaded nothing, no file on disk is new or changed."""
-    tok = _token(tmp_path)
+    tok = legacy_token(tmp_path)
     data = tmp_path / "data"
     make_tree(data, {f"archives/{sub} {tok}/page-{i}.tif": os.urandom(500 + i) for sub in "AB" for i in range(6)})
     cache = tmp_path / "cache"
@@ -180,7 +174,7 @@ def test_a_file_back_at_a_gone_row_is_proven_by_its_multipart_etag(
     """proven_by_head: files away while the cache was rebuilt from a bare bucket get "gone" rows
     (the deletion guard holds their deletes); back as they were, HeadObject shows no metadata,
     and the ETag (multipart at 8 MiB, and single-part) proves them: nothing uploaded."""
-    tok = _token(tmp_path)
+    tok = legacy_token(tmp_path)
     data = tmp_path / "data"
     folder = data / f"a{tok}"
     make_tree(folder, {"scans/big.tif": os.urandom(9 * MIB + 1), "scans/small.tif": b"small scan"})

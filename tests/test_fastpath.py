@@ -12,15 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import (
-    REGION,
-    CAFiles,
-    all_keys,
-    clean_aws_env,
-    key_of,
-    run_cli,
-    write_config,
-)
+from conftest import REGION, CAFiles, all_keys, clean_aws_env, error_lines, key_of, run_cli, write_config
 from connectproxy import ConnectProxy
 from s3proxy import Delay, ErrorReply, ProxyServer
 
@@ -44,10 +36,6 @@ def small_tree(root: Path, count: int = 30, big_bytes: int = 0) -> list[Path]:
         big.write_bytes(os.urandom(big_bytes))
         paths.append(big)
     return paths
-
-
-def error_lines(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if " ERROR " in line]
 
 
 def without_keys(config: Path) -> None:

@@ -9,10 +9,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from conftest import SECRET_KEY, run_cli
+from conftest import SECRET_KEY, key_versions, run_cli
 from oldscript import OLD_CACHE_BUCKET
 from s3proxy import ProxyServer
-from test_adoption import _versions, old_site  # noqa: F401  (old_site is a fixture)
 
 from async_backup.settings.config import parse_config
 
@@ -52,7 +51,7 @@ def test_naming_written_out_is_told_apart_from_the_default(tmp_path: Path):
 
 
 def test_the_old_scripts_db_without_naming_stops_before_any_bucket_or_upload(
-    old_site: dict[str, Any],  # noqa: F811
+    old_site: dict[str, Any],
     s3_inspect: Any,
     moto_endpoint: str,
 ):
@@ -83,16 +82,16 @@ def test_the_old_scripts_db_without_naming_stops_before_any_bucket_or_upload(
     raw["aws"]["endpoint_url"] = moto_endpoint
     (cache / "config.json").write_text(json.dumps(raw))
     _set_naming(cache, "legacy")
-    versions = {b: _versions(s3_inspect, b) for b in buckets.values()}
+    versions = {b: key_versions(s3_inspect, b) for b in buckets.values()}
     adopted = run_cli("--cache", str(cache), "--no-cache-backup")
     assert adopted.returncode == 0, adopted.stderr
     assert "0 files uploaded" in adopted.stderr
-    assert {b: _versions(s3_inspect, b) for b in buckets.values()} == versions
+    assert {b: key_versions(s3_inspect, b) for b in buckets.values()} == versions
     assert _buckets(s3_inspect) == before
 
 
 def test_the_old_scripts_copies_on_a_new_machine_without_naming_stop_it(
-    old_site: dict[str, Any],  # noqa: F811
+    old_site: dict[str, Any],
     s3_inspect: Any,
     moto_endpoint: str,
 ):
@@ -122,7 +121,7 @@ def test_the_old_scripts_copies_on_a_new_machine_without_naming_stop_it(
 
 
 def test_the_old_scripts_buckets_alone_without_naming_stop_it(
-    old_site: dict[str, Any],  # noqa: F811
+    old_site: dict[str, Any],
     s3_inspect: Any,
     moto_endpoint: str,
 ):
@@ -154,24 +153,24 @@ def test_the_old_scripts_buckets_alone_without_naming_stop_it(
 
 
 def test_naming_stable_written_out_starts_new_buckets_and_names_the_old_ones(
-    old_site: dict[str, Any],  # noqa: F811
+    old_site: dict[str, Any],
     s3_inspect: Any,
     bucket_prefix: str,
 ):
     cache, buckets = old_site["cache"], old_site["buckets"]
     _set_naming(cache, "stable", bucket_prefix=bucket_prefix)
-    versions = {b: _versions(s3_inspect, b) for b in buckets.values()}
+    versions = {b: key_versions(s3_inspect, b) for b in buckets.values()}
     result = run_cli("--cache", str(cache), "--no-cache-backup")
     assert result.returncode == 0, result.stderr
     (line,) = [x for x in result.stderr.splitlines() if "are left alone" in x]
     assert '"naming": "stable" is set' in line
     assert sorted(buckets.values())[0] in line
     assert any(OLD_CACHE_BUCKET in x and "config.json" in x for x in result.stderr.splitlines()), result.stderr
-    assert {b: _versions(s3_inspect, b) for b in buckets.values()} == versions  # the old ones untouched
+    assert {b: key_versions(s3_inspect, b) for b in buckets.values()} == versions  # the old ones untouched
     assert [b for b in _buckets(s3_inspect) if b.startswith(bucket_prefix)]  # the new ones made
 
 
-def test_the_adoption_log_line_names_its_source_and_count(old_site: dict[str, Any]):  # noqa: F811
+def test_the_adoption_log_line_names_its_source_and_count(old_site: dict[str, Any]):
     cache, buckets = old_site["cache"], old_site["buckets"]
     result = run_cli("--cache", str(cache), "--no-cache-backup")
     assert result.returncode == 0, result.stderr

@@ -7,13 +7,12 @@ file system (as root; skipped with the reason otherwise), against moto over HTTP
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 from pathlib import Path
 from typing import Any
 
-from conftest import key_of, make_tree, run_cli, write_config
+from conftest import key_of, last_report, make_tree, run_cli, write_config
 from faultcheck import bucket_objects, cache_rows
 from loopfs import loop_mount, remount, unmount
 
@@ -24,11 +23,6 @@ from async_backup.settings.naming import stable_bucket_name
 TOP = {f"letters/{i}.txt": b"letter %d" % i for i in range(8)}
 SCANS = {"scan-a.tif": b"a" * 100, "scan-b.tif": b"b" * 200, "2019-05/scan-c.tif": b"c" * 300}
 NESTED = {"deep-1.tif": b"1" * 50, "deep-2.tif": b"2" * 60}
-
-
-def last_report(cache: Path) -> dict[str, Any]:
-    paths = sorted((cache / "reports").glob("*.json"), key=lambda p: p.stat().st_mtime_ns)
-    return dict(json.loads(paths[-1].read_text()))
 
 
 def versions(client: Any, bucket: str) -> tuple[list[str], list[str]]:

@@ -4,7 +4,6 @@ oldscript.py, the real CLI."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from collections.abc import Iterator
@@ -13,7 +12,7 @@ from typing import Any
 
 import boto3
 import pytest
-from conftest import ACCESS_KEY, REGION, SECRET_KEY, make_tree, moto_server, run_cli, write_config
+from conftest import ACCESS_KEY, REGION, SECRET_KEY, legacy_token, make_tree, moto_server, run_cli, write_config
 from oldscript import run_old_script
 
 
@@ -34,11 +33,6 @@ def s3_inspect(moto_endpoint: str) -> Any:
         aws_secret_access_key=SECRET_KEY,
         region_name=REGION,
     )
-
-
-def _token(tmp_path: Path) -> str:
-    """Legacy bucket names are global in the shared moto server: a token keeps tests apart."""
-    return hashlib.sha256(str(tmp_path).encode()).hexdigest()[:6]
 
 
 def _state(client: Any) -> dict[str, dict[str, int]]:
@@ -72,7 +66,7 @@ def adopted(tmp_path: Path, moto_endpoint: str, s3_inspect: Any, bucket_prefix: 
 
 def _adopt(tmp_path: Path, moto_endpoint: str, s3_inspect: Any, bucket_prefix: str, *args: str) -> dict[str, Any]:
     """Two folders and a root, common path `data`, backed up by the old script, then adopted."""
-    tok = _token(tmp_path)
+    tok = legacy_token(tmp_path)
     data = tmp_path / "data"
     make_tree(
         data,

@@ -26,9 +26,9 @@ from typing import Any, Self
 
 import pytest
 from aiohttp import web
-from conftest import SECRET_KEY, free_port, key_of, make_tree, run_cli, write_config
+from cardcheck import shown, texts, validate_payload
+from conftest import SECRET_KEY, free_port, key_of, make_tree, reports, run_cli, write_config
 from s3proxy import ErrorReply, ProxyServer
-from test_card import shown, texts, validate_payload
 
 import async_backup
 
@@ -140,12 +140,6 @@ def notification_warnings(stderr: str) -> list[str]:
     return [ln for ln in stderr.splitlines() if " WARNING " in ln and ("notification" in ln or "Teams" in ln)]
 
 
-def reports(cache: Path) -> list[dict[str, Any]]:
-    """The run reports, oldest first (by write time: names of runs in the same second sort oddly)."""
-    paths = sorted((cache / "reports").glob("*.json"), key=lambda p: p.stat().st_mtime_ns)
-    return [json.loads(p.read_text()) for p in paths]
-
-
 def metric_samples(text: str) -> dict[str, float]:
     """`name{labels}` -> value for every sample line; asserts the text-format syntax of each line."""
     samples: dict[str, float] = {}
@@ -157,12 +151,6 @@ def metric_samples(text: str) -> dict[str, float]:
         assert match, f"not a Prometheus sample line: {line!r}"
         samples[match.group(1)] = float(match.group(2))
     return samples
-
-
-@pytest.fixture
-def proxy(moto_endpoint: str) -> Iterator[ProxyServer]:
-    with ProxyServer(moto_endpoint) as p:
-        yield p
 
 
 @pytest.fixture

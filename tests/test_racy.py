@@ -16,7 +16,6 @@ import sqlite3
 import struct
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -146,12 +145,6 @@ def settled(paths: list[Path]) -> None:
     for p in paths:
         os.utime(p, ns=(day_ago, day_ago))
     time.sleep(SETTLE_S)
-
-
-@pytest.fixture
-def proxy(moto_endpoint: str) -> Iterator[ProxyServer]:
-    with ProxyServer(moto_endpoint) as p:
-        yield p
 
 
 def test_a_write_in_the_tick_of_the_read_is_uploaded_by_the_next_run_on_ext2(

@@ -7,16 +7,14 @@ read from its JSON report, and the requests are counted by the recording proxy.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import key_of, make_tree, run_cli, write_config
+from conftest import delete_cache_db, key_of, last_report, make_tree, run_cli, write_config
 from s3proxy import ProxyServer
 
 from async_backup.cache.store import STATE_NAME
@@ -29,6 +27,7 @@ FILES = {f"box-{i // 4}/img-{i:02d}.tif": bytes([65 + i]) * (100 + i) for i in r
 
 @pytest.fixture
 def site(tmp_path: Path, moto_endpoint: str, bucket_prefix: str) -> dict[str, Any]:
+    """One target of twelve files (FILES), nothing backed up yet."""
     data = tmp_path / "data" / "scans"
     make_tree(data, FILES)
     cache = tmp_path / "cache"
@@ -42,16 +41,6 @@ def backup(cache: Path, *extra: str) -> Any:
 
 def version_count(client: Any, bucket: str) -> int:
     return len(client.list_object_versions(Bucket=bucket).get("Versions", []))
-
-
-def delete_cache_db(cache: Path) -> None:
-    for name in (STATE_NAME, STATE_NAME + "-wal", STATE_NAME + "-shm"):
-        (cache / name).unlink(missing_ok=True)
-
-
-def last_report(cache: Path) -> dict[str, Any]:
-    reports = sorted((cache / "reports").glob("*.json"), key=lambda p: p.stat().st_mtime_ns)
-    return dict(json.loads(reports[-1].read_text()))
 
 
 def cached_paths(cache: Path, bucket: str) -> set[bytes]:
@@ -187,12 +176,6 @@ def test_reset_rebuilds_and_upload_everything_again_uploads_everything(site: dic
     assert f"{len(FILES)} files uploaded" in again.stderr
     assert last_report(cache)["targets"][0]["rebuilt_rows"] == 0
     assert version_count(s3_inspect, bucket) == 2 * len(FILES)
-
-
-@pytest.fixture
-def proxy(moto_endpoint: str) -> Iterator[ProxyServer]:
-    with ProxyServer(moto_endpoint) as p:
-        yield p
 
 
 def test_a_rebuild_from_the_bucket_sends_one_list_per_1000_and_a_head_only_per_size_match(

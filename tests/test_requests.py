@@ -11,13 +11,12 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
 import pytest
-from conftest import all_keys, key_of, make_tree, run_cli, write_config
+from conftest import all_keys, four_target_site, key_of, make_tree, run_cli, write_config
 from s3proxy import ProxyServer, Record, internal_error
 
 from async_backup.recovery.snapshots import cache_bucket_name
@@ -56,43 +55,10 @@ def by_bucket(records: list[Record]) -> dict[str | None, Counter[str]]:
 
 
 @pytest.fixture
-def proxy(moto_endpoint: str) -> Iterator[ProxyServer]:
-    with ProxyServer(moto_endpoint) as p:
-        yield p
-
-
-@pytest.fixture
 def site(tmp_path: Path, proxy: ProxyServer, bucket_prefix: str) -> dict[str, Any]:
-    """Two folders and one root with two subfolders (four targets), backed up through the proxy."""
-    data = tmp_path / "data"
-    files = {
-        "scans/1901/page-001.tif": b"a" * 100,
-        "scans/1901/page-002.tif": b"b" * 200,
-        "scans/1902/page-001.tif": b"c" * 300,
-        "letters/x.jpg": b"x" * 10,
-        "letters/deep/er/y.jpg": b"y" * 20,
-        "registers/parish-a/r1.tif": b"r1",
-        "registers/parish-a/r2.tif": b"r2",
-        "registers/parish-b/s1.tif": b"s1",
-    }
-    make_tree(data, files)
-    cache = tmp_path / "cache"
-    write_config(
-        cache,
-        proxy.url,
-        folders=[str(data / "scans"), str(data / "letters")],
-        roots=[str(data / "registers")],
-        bucket_prefix=bucket_prefix,
-    )
-    targets = ("scans", "letters", "registers/parish-a", "registers/parish-b")
-    buckets = {name: stable_bucket_name(bucket_prefix, str(data / name)) for name in targets}
-    return {
-        "data": data,
-        "cache": cache,
-        "files": files,
-        "buckets": buckets,
-        "cache_bucket": cache_bucket_name(load_config(cache)),
-    }
+    """conftest's four targets, backed up through the proxy; plus the bucket of the cache's copy."""
+    site = four_target_site(tmp_path, proxy.url, bucket_prefix)
+    return {**site, "cache_bucket": cache_bucket_name(load_config(site["cache"]))}
 
 
 def backup(cache: Path, *extra: str) -> Any:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Ran, in_process, run_cli, write_config
+from conftest import Ran, in_process, make_tree, run_cli, write_config
 from s3proxy import ErrorReply, ProxyServer, Stall
 
 from async_backup.cache.records import Recorded
@@ -35,13 +35,6 @@ from async_backup.settings.naming import stable_bucket_name
 
 MIB = 1024 * 1024
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
-
-
-def make_tree(base: Path, files: dict[str, bytes]) -> None:
-    for rel, data in files.items():
-        path = base / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
 
 
 def restore(cache: Path, *args: str) -> Ran:

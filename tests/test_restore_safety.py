@@ -21,19 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Ran, in_process, key_of, run_cli, write_config
+from conftest import Ran, in_process, key_of, make_tree, run_cli, write_config
 from s3proxy import ProxyServer, SlowReply
 
 from async_backup.restore import place
 
 FILES = {"a.txt": b"hello", "sub/b.txt": b"bee", "sub/c.txt": b"sea"}
-
-
-def make_tree(base: Path, files: dict[str, bytes]) -> None:
-    for rel, data in files.items():
-        path = base / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
 
 
 def restore(cache: Path, *args: str) -> Ran:

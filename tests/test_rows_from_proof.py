@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from conftest import in_process, key_of, make_tree, run_cli, write_config
+from conftest import delete_cache_db, in_process, key_of, last_report, make_tree, run_cli, write_config
 from loopfs import loop_mount, remount, unmount
 from s3proxy import ProxyServer
 
@@ -30,11 +30,6 @@ from async_backup.settings.naming import stable_bucket_name
 UPLOADS = ("PutObject", "UploadPart", "CreateMultipartUpload")
 
 
-def delete_cache_db(cache: Path) -> None:
-    for name in (STATE_NAME, STATE_NAME + "-wal", STATE_NAME + "-shm"):
-        (cache / name).unlink(missing_ok=True)
-
-
 def rows(cache: Path, bucket: str) -> dict[bytes, tuple[int | None, int]]:
     conn = sqlite3.connect(cache / STATE_NAME)
     try:
@@ -42,11 +37,6 @@ def rows(cache: Path, bucket: str) -> dict[bytes, tuple[int | None, int]]:
         return {bytes(p): (s, m) for p, s, m in found}
     finally:
         conn.close()
-
-
-def last_report(cache: Path) -> dict[str, Any]:
-    reports = sorted((cache / "reports").glob("*.json"), key=lambda p: p.stat().st_mtime_ns)
-    return dict(json.loads(reports[-1].read_text()))
 
 
 def test_a_share_unmounted_while_the_cache_was_lost_comes_back_without_uploads(

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
-import json
 import os
 import subprocess
 import sys
@@ -25,7 +24,7 @@ from aiobotocore.session import get_session
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.retries.standard import ExponentialBackoff
-from conftest import ACCESS_KEY, REGION, SECRET_KEY, moto_server
+from conftest import ACCESS_KEY, REGION, SECRET_KEY
 from s3proxy import (
     DeleteKeyErrors,
     ErrorReply,
@@ -48,7 +47,8 @@ CLIENT_KW: dict[str, Any] = {
 
 @pytest.fixture
 def proxy(moto_endpoint: str) -> Iterator[ProxyServer]:
-    """A fresh proxy per test, so records and faults never leak between tests."""
+    """conftest's `proxy`, seeded: the probabilistic faults here (slow_down(0.2), internal_error(0.125))
+    draw from the proxy's RNG, and their expectations were written against seed 1234."""
     with ProxyServer(moto_endpoint, seed=1234) as p:
         yield p
 
@@ -173,28 +173,6 @@ def test_operation_names_of_less_common_requests(
     method: str, key: str | None, query: dict[str, str], copy: bool, expected: str
 ) -> None:
     assert s3_operation(method, "bucket", key, query, copy) == expected
-
-
-@pytest.fixture(scope="module")
-def moto_checking_signatures() -> Iterator[tuple[str, dict[str, str]]]:
-    """A second moto server that verifies SigV4 (the session one accepts any signature); yields URL, keys.
-
-    INITIAL_NO_AUTH_ACTION_COUNT lets the first three calls (create user, key, policy) through unsigned.
-    """
-    with moto_server(INITIAL_NO_AUTH_ACTION_COUNT="3") as url:
-        iam = boto3.client("iam", endpoint_url=url, **CLIENT_KW)
-        iam.create_user(UserName="backup")
-        key = iam.create_access_key(UserName="backup")["AccessKey"]
-        policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
-        iam.put_user_policy(UserName="backup", PolicyName="all", PolicyDocument=json.dumps(policy))
-        yield (
-            url,
-            {
-                "aws_access_key_id": key["AccessKeyId"],
-                "aws_secret_access_key": key["SecretAccessKey"],
-                "region_name": REGION,
-            },
-        )
 
 
 async def test_signatures_survive_the_proxy(moto_checking_signatures: tuple[str, dict[str, str]]) -> None:

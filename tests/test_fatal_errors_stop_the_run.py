@@ -6,7 +6,7 @@ import json
 import time
 from pathlib import Path
 
-from conftest import free_port, run_cli, write_config
+from conftest import error_lines, free_port, run_cli, write_config
 from s3proxy import ErrorReply, ProxyServer, access_denied
 
 
@@ -15,10 +15,6 @@ def small_tree(root: Path, count: int = 50) -> None:
         path = root / f"d{i % 5}" / f"f{i}.tif"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"x" * (i + 1))
-
-
-def error_lines(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if " ERROR " in line]
 
 
 def test_an_unreachable_endpoint_stops_the_run_at_once(tmp_path: Path, bucket_prefix: str):

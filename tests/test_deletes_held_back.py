@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 import shutil
 import sqlite3
@@ -16,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import key_of, make_tree, run_cli, write_config
+from conftest import key_of, make_tree, reports, run_cli, write_config
 from faultcheck import bucket_objects, cache_rows
 
 from async_backup.backup.plan import Delete, PlanCounts, merge
@@ -24,11 +23,6 @@ from async_backup.cache.records import Recorded
 from async_backup.disk.walk import Excluder, walk_target
 from async_backup.errors import Failure
 from async_backup.settings.naming import stable_bucket_name
-
-
-def reports(cache: Path) -> list[dict[str, Any]]:
-    paths = sorted((cache / "reports").glob("*.json"), key=lambda p: p.stat().st_mtime_ns)
-    return [json.loads(p.read_text()) for p in paths]
 
 
 def delete_markers(client: Any, bucket: str) -> list[str]:
