@@ -3,6 +3,7 @@ faithful re-enactment of that script (oldscript.py), against moto's server over 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -12,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from conftest import SECRET_KEY, key_versions, legacy_token, make_tree, run_cli, write_config
-from oldscript import OLD_CACHE_BUCKET
+from oldscript import OLD_CACHE_BUCKET, run_old_script
+from s3proxy import ProxyServer
 
 from async_backup.backup.plan import PlanCounts, merge
 from async_backup.cache.records import Recorded, is_unchanged, stat_float_mtime
@@ -341,3 +343,51 @@ def test_a_chmod_over_adopted_files_costs_reads_never_uploads(old_site: dict[str
     again = run_cli("--cache", str(cache))  # the proven rows now carry the ETag: no request, no upload
     assert again.returncode == 0, again.stderr
     assert "0 files uploaded" in again.stderr
+
+
+def test_adopted_rows_keep_the_etag_as_checksum_and_a_chmod_costs_no_head(
+    tmp_path: Path, moto_endpoint: str, s3_inspect: Any
+):
+    """An adopted row records the listed ETag as its checksum: the MD5 of a single-part upload, and
+    for a multipart one the MD5 of its parts' MD5s with the old script's part size (boto3's 8 MiB).
+    A `chmod -R` then costs a read of each file and no HeadObject."""
+    tok = legacy_token(tmp_path)
+    data = tmp_path / "data"
+    small = b"a scanned page"
+    big = bytes(random.Random(7).getrandbits(8) for _ in range(256)) * (8 * 4096 + 1)  # 8 MiB + 256 bytes
+    # Two folders: the old script names a lone target ".", which gives no valid bucket.
+    make_tree(data, {f"m{tok}/small.tif": small, f"m{tok}/big.tif": big, f"n{tok}/other.tif": b"other"})
+    cache = tmp_path / "cache"
+    folders = [str(data / f"m{tok}"), str(data / f"n{tok}")]
+    write_config(cache, moto_endpoint, folders=folders, backup_extra={"naming": "legacy"})
+    raw = json.loads((cache / "config.json").read_text())
+    raw["notification"] = {}
+    (cache / "config.json").write_text(json.dumps(raw))
+    bucket = run_old_script(cache, s3_inspect)[folders[0]]
+    etags = {o["Key"]: o["ETag"].strip('"') for o in s3_inspect.list_objects_v2(Bucket=bucket)["Contents"]}
+    assert etags[str(data / f"m{tok}" / "big.tif").lstrip("/")].endswith("-2")
+
+    for _ in range(2):  # adopt, then a run that records inode and ctime
+        result = run_cli("--cache", str(cache), "--no-cache-backup")
+        assert result.returncode == 0, result.stderr
+    db = sqlite3.connect(cache / "async-backup.db")
+    rows = {
+        os.fsdecode(p): (c, b)
+        for p, c, b in db.execute("SELECT path, checksum, part_bytes FROM files WHERE bucket=?", (bucket,))
+    }
+    db.close()
+    assert rows == {
+        str(data / f"m{tok}" / "small.tif"): (f"md5:{hashlib.md5(small).hexdigest()}", None),
+        str(data / f"m{tok}" / "big.tif"): (f"md5:{etags[str(data / f'm{tok}' / 'big.tif').lstrip('/')]}", 8 << 20),
+    }
+
+    for path in data.rglob("*.tif"):
+        path.chmod(0o640)
+    with ProxyServer(moto_endpoint) as proxy:
+        raw["aws"]["endpoint_url"] = proxy.url
+        (cache / "config.json").write_text(json.dumps(raw))
+        result = run_cli("--cache", str(cache), "--no-cache-backup")
+        records = proxy.wait_done()
+    assert result.returncode == 0, result.stderr
+    assert "0 files uploaded" in result.stderr
+    assert not [r for r in records if r.op in ("HeadObject", "PutObject", "UploadPart")]

@@ -654,16 +654,19 @@ class StateStore:
             self._conn.execute("DELETE FROM meta WHERE name=?", (name,))
 
     @_mapped
-    def insert_adopted(self, bucket: str, rows: Iterable[tuple[bytes, int, float]]) -> int:
-        """Rows adopted from the old script's cache: (path, size S3 listed, its float st_mtime).
+    def insert_adopted(
+        self, bucket: str, rows: Iterable[tuple[bytes, int, float, str | None, int | None]]
+    ) -> int:
+        """Rows adopted from the old script's cache: (path, size S3 listed, its float st_mtime,
+        the checksum its listed ETag states and that checksum's part size).
 
         INSERT OR IGNORE: a row this tool already wrote (an upload S3 confirmed) always wins."""
         assert self._conn is not None
-        batch = [(bucket, path, size, round(ts * 1e9), None, ts) for path, size, ts in rows]
+        batch = [(bucket, path, size, round(ts * 1e9), checksum, ts, part) for path, size, ts, checksum, part in rows]
         with self._write_lock, self._conn:
             cursor = self._conn.executemany(
-                "INSERT OR IGNORE INTO files(bucket, path, size, mtime_ns, checksum, legacy_mtime) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT OR IGNORE INTO files(bucket, path, size, mtime_ns, checksum, legacy_mtime, part_bytes) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 batch,
             )
         return int(cursor.rowcount)

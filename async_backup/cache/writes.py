@@ -74,8 +74,9 @@ class CacheWrites:
         batch: the rebuild finishes before the writer starts, and a crash keeps what it proved."""
         await anyio.to_thread.run_sync(self.store.apply, rows)
 
-    async def adopted(self, bucket: str, rows: Sequence[tuple[bytes, int, float]]) -> int:
-        """Rows adopted from the old script's cache; a row this tool wrote always wins. Returns
+    async def adopted(self, bucket: str, rows: Sequence[tuple[bytes, int, float, str | None, int | None]]) -> int:
+        """Rows adopted from the old script's cache (path, size, float mtime, the checksum its listed
+        ETag states and its part size); a row this tool wrote always wins. Returns
         rows written."""
         return await anyio.to_thread.run_sync(self.store.insert_adopted, bucket, rows)
 

@@ -30,7 +30,7 @@ from ..cache.listing import Listing
 from ..cache.records import Listed, Recorded, stat_float_mtime
 from ..cache.store import StateStore
 from ..cache.writes import CacheWrites
-from ..disk.digest import content_proves_etag
+from ..disk.digest import content_proves_etag, etag_part_sizes, multipart_etag, old_part_bytes, single_part_md5
 from ..disk.keys import ESCAPED_KEY_MARK, key_for_path, path_for_key
 from ..errors import ConfigError, Failure, FailureCollector, FailureKind, S3Error
 from ..s3.client import S3
@@ -103,6 +103,22 @@ def old_row_mtime(path: bytes, timestamp: float, listed: Listed) -> float | None
     return timestamp if now != timestamp else None
 
 
+def adopted_checksum(listed: Listed) -> tuple[str | None, int | None]:
+    """The checksum an adopted row records from its listed ETag, in the cache's form, and the part
+    size it was built with: a single-part ETag is the body's MD5; a multipart one the MD5 of its
+    parts' MD5s at the old script's part size for this size, where that gives the ETag's part
+    count. A later content check then compares the file locally, without a HeadObject. (None,
+    None): the ETag states nothing computable."""
+    md5 = single_part_md5(listed.etag)
+    if md5 is not None:
+        return f"md5:{md5}", None
+    parsed = multipart_etag(listed.etag)
+    part_bytes = old_part_bytes(listed.size)
+    if parsed is None or not etag_part_sizes(listed.etag, listed.size, [part_bytes]):
+        return None, None
+    return f"md5:{parsed[0]}-{parsed[1]}", part_bytes
+
+
 @dataclass(frozen=True, slots=True)
 class Adopted:
     """What adopting an old cache did: rows written, and rows held out for want of proof."""
@@ -131,12 +147,12 @@ def rows_from_old_cache(old: OldCache, bucket: str, root: bytes, listing: Listin
                 continue
             mtime = old_row_mtime(path, ts, listed[old_key])
             if mtime is not None:
-                rows.append((path, listed[old_key].size, mtime))
+                rows.append((path, listed[old_key].size, mtime, *adopted_checksum(listed[old_key])))
             else:
                 unproven += 1
         if rows:
             written += anyio.from_thread.run(writes.adopted, bucket, rows)
-            listing.cover([key_for_path(p) for p, _size, _ts in rows])
+            listing.cover([key_for_path(row[0]) for row in rows])
     return Adopted(written, unproven)
 
 
