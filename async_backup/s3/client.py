@@ -401,27 +401,10 @@ class S3:
         short request. None when ListBuckets is denied (no s3:ListAllMyBuckets): unknown. None on
         other endpoints too: their bucket names are not shared with strangers, and a bucket another
         user there created (an administrator, say) is shared on purpose."""
-        if self.aws.endpoint_url is not None or self._list_denied:
+        if self.aws.endpoint_url is not None:
             return None
-        found: set[str] = set()
-        token = ""
-        async with self._mapped(f"ListBuckets {bucket}"):
-            try:
-                while True:
-                    args: dict[str, Any] = {"Prefix": bucket}
-                    if token:
-                        args["ContinuationToken"] = token
-                    reply = await self._client.list_buckets(**args)
-                    found.update(str(b.get("Name", "")) for b in reply.get("Buckets", []))
-                    token = str(reply.get("ContinuationToken") or "")
-                    if bucket in found or not token:
-                        break
-            except ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") in ("AccessDenied", "403"):
-                    self._list_denied = True  # once a run: the policy will not change meanwhile
-                    return None
-                raise
-        return bucket in found
+        mine = await self.own_buckets(bucket)  # narrowed to the name: usually one short page
+        return None if mine is None else bucket in mine
 
     async def own_buckets(self, prefix: str) -> set[str] | None:
         """The names of this account's buckets that start with `prefix` (ListBuckets narrowed to
@@ -443,7 +426,7 @@ class S3:
                         return found
             except ClientError as exc:
                 if exc.response.get("Error", {}).get("Code") in ("AccessDenied", "403"):
-                    self._list_denied = True
+                    self._list_denied = True  # once a run: the policy will not change meanwhile
                     return None
                 raise
 
