@@ -113,6 +113,7 @@ def test_two_accounts_with_the_same_defaults_and_paths_get_buckets_of_their_own(
     assert all_keys(mine, cache_bucket(our_prefix)) and all_keys(other, cache_bucket(their_prefix))  # snapshots
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("list_denied", [False, True], ids=["ListBuckets", "HeadBucket-when-ListBuckets-denied"])
 def test_an_installation_with_untagged_buckets_keeps_them_after_a_lost_cache(
     tmp_path: Path, aws: str, list_denied: bool
@@ -159,6 +160,7 @@ def test_an_installation_with_untagged_buckets_keeps_them_after_a_lost_cache(
         assert heads == set(), records
 
 
+@pytest.mark.slow
 def test_the_tagged_names_are_found_again_from_the_credentials_alone(tmp_path: Path, aws: str) -> None:
     data = tmp_path / "data"
     data.mkdir()
@@ -189,6 +191,7 @@ def test_the_tagged_names_are_found_again_from_the_credentials_alone(tmp_path: P
     assert len(all_keys(s3, stable_bucket_name(prefix, str(data)))) == 2
 
 
+@pytest.mark.slow
 def test_without_sts_a_target_that_needs_a_new_name_fails_alone_naming_the_prefix(tmp_path: Path, aws: str) -> None:
     known, new = tmp_path / "known", tmp_path / "new"
     for folder in (known, new):

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import last_report, run_cli, write_config
 from faultcheck import cache_rows, open_uploads
 from s3proxy import ErrorReply, FakeReply, ProxyServer, SlowReply, Stall
@@ -63,6 +64,7 @@ def test_a_foreign_exception_ends_the_run_with_report_metrics_and_card(
     assert "Traceback (most recent call last)" in log and "KeyError: 'UploadId'" in log
 
 
+@pytest.mark.slow
 def test_sigterm_while_an_abort_is_in_flight_exits_130_with_a_report(
     tmp_path: Path, moto_endpoint: str, bucket_prefix: str, s3_inspect: Any
 ) -> None:

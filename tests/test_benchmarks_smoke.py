@@ -64,6 +64,7 @@ def _runs(doc: dict[str, Any], contender: str) -> list[dict[str, Any]]:
     return [r for r in doc["runs"] if r["contender"] == contender]
 
 
+@pytest.mark.slow
 def test_report_has_a_table_per_data_set(tiny_report: dict[str, Any]) -> None:
     md = tiny_report["_markdown"]
     assert "| contender | result | wall s |" in md
@@ -187,6 +188,7 @@ def test_contenders_order_rotates_per_repetition() -> None:
 LOST_CACHE_TIMEOUT_S = 240
 
 
+@pytest.mark.slow
 def test_lost_cache_cost_runs_every_scenario_without_an_upload(tmp_path: Path) -> None:
     """benchmarks.lost_cache_cost on a few files: every state is built, nothing is uploaded, and
     the ETag proof's reads are found (every file in the stale-copy and bare-bucket cases)."""

@@ -35,6 +35,7 @@ def make_tree(root: Path) -> None:
             f.write(name * 10)
 
 
+@pytest.mark.slow
 def test_verify_merges_the_listing_in_path_order_whatever_the_key_order(
     tmp_path: Path, moto_endpoint: str, bucket_prefix: str
 ) -> None:
@@ -136,6 +137,7 @@ def _peak_threads(cache: Path, seconds_limit: float = 120) -> tuple[int, subproc
     return peak, subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads through /proc")
 def test_file_threads_bounds_the_threads_a_run_starts(tmp_path: Path, moto_endpoint: str, bucket_prefix: str) -> None:
     """Each idle thread keeps its stack and its malloc arena: the threads that read and checksum

@@ -55,6 +55,7 @@ def fill(mnt: Path, leave_bytes: int) -> Path:
     return ballast
 
 
+@pytest.mark.slow
 def test_a_full_cache_disk_stops_the_run_with_one_line_and_the_next_run_uploads_only_what_was_missed(
     small_fs: Path, tmp_path: Path, moto_endpoint: str, bucket_prefix: str, s3_inspect: Any
 ) -> None:

@@ -240,6 +240,7 @@ def tmpfs_over(folder: Path) -> Iterator[None]:
         subprocess.run(["umount", str(folder)], check=False)
 
 
+@pytest.mark.slow
 def test_a_folder_now_on_another_device_holds_back_its_deletes_until_allowed(
     tmp_path: Path, moto_endpoint: str, bucket_prefix: str, s3_inspect: Any
 ) -> None:

@@ -6,7 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 
+
+@pytest.mark.slow
 def test_the_demo_runs_end_to_end_and_stops_its_server(tmp_path: Path):
     base = tmp_path / "demo"
     try:

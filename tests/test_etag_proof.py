@@ -91,6 +91,7 @@ def test_stale_copies_of_the_old_caches_upload_nothing_s3_holds(two_runs: dict[s
     assert again.returncode == 0 and "0 files uploaded" in again.stderr, again.stderr
 
 
+@pytest.mark.slow
 def test_a_bare_bucket_is_proven_by_content_without_any_old_cache(
     two_runs: dict[str, Any], s3_inspect: Any, tmp_path: Path
 ):

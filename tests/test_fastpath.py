@@ -144,6 +144,7 @@ print(json.dumps({
 """
 
 
+@pytest.mark.slow
 def test_credentials_that_change_during_the_run_sign_every_put(
     tmp_path: Path, moto_endpoint: str, s3_inspect: Any, bucket_prefix: str
 ) -> None:
@@ -300,6 +301,7 @@ async def test_the_pool_holds_workers_plus_parts_and_waiting_is_no_connect_timeo
         assert session.timeout.sock_connect == 2.5 and session.timeout.sock_read == 40
 
 
+@pytest.mark.slow
 def test_parts_in_flight_beyond_the_workers_never_wait_into_a_connect_timeout(
     tmp_path: Path, moto_endpoint: str, s3_inspect: Any, bucket_prefix: str
 ) -> None:

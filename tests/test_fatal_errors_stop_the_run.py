@@ -6,6 +6,7 @@ import json
 import time
 from pathlib import Path
 
+import pytest
 from conftest import error_lines, free_port, run_cli, write_config
 from s3proxy import ErrorReply, ProxyServer, access_denied
 
@@ -63,6 +64,7 @@ def test_a_missing_permission_stops_the_run_with_one_error(tmp_path: Path, moto_
     assert sent <= 2
 
 
+@pytest.mark.slow
 def test_a_server_that_dies_mid_run_stops_it_instead_of_failing_every_file(
     tmp_path: Path, moto_endpoint: str, bucket_prefix: str
 ):

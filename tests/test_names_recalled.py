@@ -106,6 +106,7 @@ def _adopt(tmp_path: Path, moto_endpoint: str, s3_inspect: Any, bucket_prefix: s
     }
 
 
+@pytest.mark.slow
 def test_a_lost_cache_after_a_root_outside_the_common_path_was_added_keeps_every_bucket(
     adopted: dict[str, Any], s3_inspect: Any
 ):
@@ -124,6 +125,7 @@ def test_a_lost_cache_after_a_root_outside_the_common_path_was_added_keeps_every
     assert _state(s3_inspect) == before  # no new bucket, no new object version anywhere
 
 
+@pytest.mark.slow
 def test_a_lost_cache_after_a_root_was_removed_keeps_every_bucket(adopted: dict[str, Any], s3_inspect: Any):
     """Without the root, the old rule's common path moves from `data` to `data/sub`."""
     cache = adopted["cache"]
@@ -138,6 +140,7 @@ def test_a_lost_cache_after_a_root_was_removed_keeps_every_bucket(adopted: dict[
     assert _state(s3_inspect) == before
 
 
+@pytest.mark.slow
 def test_a_subfolder_added_after_a_root_outside_the_common_path_is_named_like_its_siblings(
     adopted: dict[str, Any], s3_inspect: Any
 ):
@@ -155,6 +158,7 @@ def test_a_subfolder_added_after_a_root_outside_the_common_path_is_named_like_it
     assert f"images--data-archives-later-{tok}" not in names
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("old_caches", ["local", "copies"])
 def test_without_any_snapshot_the_old_caches_give_the_names_back(
     tmp_path: Path, moto_endpoint: str, s3_inspect: Any, bucket_prefix: str, old_caches: str
@@ -176,6 +180,7 @@ def test_without_any_snapshot_the_old_caches_give_the_names_back(
     assert _state(s3_inspect) == before
 
 
+@pytest.mark.slow
 def test_a_dry_run_on_a_lost_cache_sends_no_request(adopted: dict[str, Any], moto_endpoint: str):
     """The names in use are read from S3 only by a real run; a dry run takes the old caches here."""
     from s3proxy import ProxyServer

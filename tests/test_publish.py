@@ -330,6 +330,7 @@ def test_a_server_error_is_retried_and_the_card_then_delivered(failing_site: dic
     assert not any(w["kind"] == "notification" for w in report["warnings"])
 
 
+@pytest.mark.slow
 def test_a_dead_webhook_leaves_outcome_and_exit_code_alone_with_one_warning(
     failing_site: dict[str, Any], proxy: ProxyServer
 ) -> None:

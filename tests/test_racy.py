@@ -147,6 +147,7 @@ def settled(paths: list[Path]) -> None:
     time.sleep(SETTLE_S)
 
 
+@pytest.mark.slow
 def test_a_write_in_the_tick_of_the_read_is_uploaded_by_the_next_run_on_ext2(
     tmp_path: Path, moto_endpoint: str, s3_inspect: Any, bucket_prefix: str
 ) -> None:
@@ -177,6 +178,7 @@ def test_a_write_in_the_tick_of_the_read_is_uploaded_by_the_next_run_on_ext2(
         assert all(p.read_bytes().endswith(b"LAST") for p in paths)
 
 
+@pytest.mark.slow
 def test_a_file_replaced_by_rename_or_edited_with_its_mtime_put_back_is_uploaded(
     tmp_path: Path, moto_endpoint: str, s3_inspect: Any, bucket_prefix: str
 ) -> None:
@@ -211,6 +213,7 @@ def test_a_file_replaced_by_rename_or_edited_with_its_mtime_put_back_is_uploaded
     assert versions(s3_inspect, bucket) == {key_of(renamed): 2, key_of(edited): 2, key_of(kept): 1}
 
 
+@pytest.mark.slow
 def test_chmod_of_many_files_costs_reads_never_uploads_and_a_settled_tree_costs_nothing(
     tmp_path: Path, proxy: ProxyServer, s3_inspect: Any, bucket_prefix: str
 ) -> None:
@@ -254,6 +257,7 @@ def test_chmod_of_many_files_costs_reads_never_uploads_and_a_settled_tree_costs_
         watch.close()
 
 
+@pytest.mark.slow
 def test_rows_without_inode_and_ctime_are_not_read_after_an_upgrade_and_are_filled_in(
     tmp_path: Path, proxy: ProxyServer, s3_inspect: Any, bucket_prefix: str
 ) -> None:

@@ -51,6 +51,7 @@ def cached_paths(cache: Path, bucket: str) -> set[bytes]:
         conn.close()
 
 
+@pytest.mark.slow
 def test_deleted_cache_is_rebuilt_from_the_snapshot_and_nothing_is_uploaded(site: dict[str, Any], s3_inspect: Any):
     cache, bucket = site["cache"], site["bucket"]
     assert backup(cache).returncode == 0
@@ -73,6 +74,7 @@ def test_deleted_cache_is_rebuilt_from_the_snapshot_and_nothing_is_uploaded(site
     assert again.returncode == 0 and "cache rows rebuilt" not in again.stderr, again.stderr
 
 
+@pytest.mark.slow
 def test_without_a_snapshot_the_listing_and_head_prove_rows_and_changed_files_are_uploaded(
     site: dict[str, Any], s3_inspect: Any
 ):
@@ -97,6 +99,7 @@ def test_without_a_snapshot_the_listing_and_head_prove_rows_and_changed_files_ar
     assert len(vers) == len(FILES) + 2
 
 
+@pytest.mark.slow
 def test_a_new_machine_with_only_config_json_finds_the_snapshot(site: dict[str, Any], tmp_path: Path, s3_inspect: Any):
     cache, bucket = site["cache"], site["bucket"]
     assert backup(cache).returncode == 0
@@ -132,6 +135,7 @@ def _bad_page(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", [_garbage, _truncated, _bad_page], ids=["garbage", "truncated", "bad-page"])
 def test_a_damaged_cache_is_moved_aside_in_one_line_and_rebuilt(site: dict[str, Any], s3_inspect: Any, damage: Any):
     cache, bucket = site["cache"], site["bucket"]
@@ -158,6 +162,7 @@ def test_a_damaged_cache_is_moved_aside_in_one_line_and_rebuilt(site: dict[str, 
     assert last_report(cache)["targets"][0]["rebuilt_rows"] == len(FILES)
 
 
+@pytest.mark.slow
 def test_reset_rebuilds_and_upload_everything_again_uploads_everything(site: dict[str, Any], s3_inspect: Any):
     cache, bucket = site["cache"], site["bucket"]
     assert backup(cache).returncode == 0
@@ -178,6 +183,7 @@ def test_reset_rebuilds_and_upload_everything_again_uploads_everything(site: dic
     assert version_count(s3_inspect, bucket) == 2 * len(FILES)
 
 
+@pytest.mark.slow
 def test_a_rebuild_from_the_bucket_sends_one_list_per_1000_and_a_head_only_per_size_match(
     tmp_path: Path, proxy: ProxyServer, bucket_prefix: str, s3_inspect: Any
 ):
@@ -207,6 +213,7 @@ def test_a_rebuild_from_the_bucket_sends_one_list_per_1000_and_a_head_only_per_s
     assert target["deleted"] == 1 and ops.count("DeleteObjects") == 1
 
 
+@pytest.mark.slow
 def test_objects_uploaded_after_the_snapshot_are_proven_by_head(site: dict[str, Any], s3_inspect: Any):
     cache, bucket, data = site["cache"], site["bucket"], site["data"]
     assert backup(cache).returncode == 0  # the snapshot knows the first twelve files
@@ -224,6 +231,7 @@ def test_objects_uploaded_after_the_snapshot_are_proven_by_head(site: dict[str, 
     assert version_count(s3_inspect, bucket) == len(FILES) + 2
 
 
+@pytest.mark.slow
 def test_a_snapshot_in_the_old_host_derived_bucket_is_still_read(site: dict[str, Any], s3_inspect: Any):
     import gzip
 
@@ -250,6 +258,7 @@ def test_a_snapshot_in_the_old_host_derived_bucket_is_still_read(site: dict[str,
     assert version_count(s3_inspect, bucket) == len(FILES)
 
 
+@pytest.mark.slow
 def test_a_failed_head_holds_the_target_back_and_the_next_run_finishes_the_rebuild(
     tmp_path: Path, proxy: ProxyServer, bucket_prefix: str, s3_inspect: Any
 ):
@@ -314,6 +323,7 @@ def test_report_summary_line_and_card_say_how_many_rows_were_rebuilt_and_from_wh
     assert "Cache rebuilt" in card and "1,234 rows from bucket listing" in card
 
 
+@pytest.mark.slow
 def test_a_file_deleted_while_the_cache_was_lost_is_deleted_from_s3(site: dict[str, Any], s3_inspect: Any):
     """The listing proves the object exists and the disk that its file does not: a row, so the run
     deletes it like any vanished file (a delete marker; the version stays restorable)."""

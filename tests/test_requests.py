@@ -65,6 +65,7 @@ def backup(cache: Path, *extra: str) -> Any:
     return run_cli("--cache", str(cache), *extra)
 
 
+@pytest.mark.slow
 def test_first_run_sends_one_put_per_file_and_sets_each_bucket_up_once(
     site: dict[str, Any], proxy: ProxyServer, s3_inspect: Any
 ) -> None:
@@ -108,6 +109,7 @@ def test_first_run_sends_one_put_per_file_and_sets_each_bucket_up_once(
     assert set(ops) <= {*buckets.values(), site["cache_bucket"], "image-backup-cache", *old}, shown
 
 
+@pytest.mark.slow
 def test_second_run_without_changes_writes_nothing_to_any_target_bucket(
     site: dict[str, Any], proxy: ProxyServer
 ) -> None:
@@ -132,6 +134,7 @@ def test_second_run_without_changes_writes_nothing_to_any_target_bucket(
     assert not any(r.op in ("UploadPart", "CreateMultipartUpload", "DeleteObjects") for r in records), shown
 
 
+@pytest.mark.slow
 def test_incremental_run_sends_three_puts_and_one_delete_batch(
     tmp_path: Path, proxy: ProxyServer, bucket_prefix: str, s3_inspect: Any
 ) -> None:

@@ -87,6 +87,7 @@ def site(tmp_path: Path, moto_endpoint: str, bucket_prefix: str) -> dict[str, An
     return {"photos": photos, "cache": cache, "bucket": stable_bucket_name(bucket_prefix, str(photos))}
 
 
+@pytest.mark.slow
 def test_restore_one_file_then_whole_target_to_another_root(site: dict[str, Any], tmp_path: Path) -> None:
     photos, cache = site["photos"], site["cache"]
 
@@ -148,6 +149,7 @@ def test_restore_one_file_then_whole_target_to_another_root(site: dict[str, Any]
     assert (target_copy / "a.txt").stat().st_mtime_ns == 1_600_000_000_123_456_789
 
 
+@pytest.mark.slow
 def test_restore_in_place_after_the_disk_is_lost(site: dict[str, Any]) -> None:
     """The folder and the cache's rows gone: the target is found from the config, the files come back."""
     photos, cache = site["photos"], site["cache"]
@@ -162,6 +164,7 @@ def test_restore_in_place_after_the_disk_is_lost(site: dict[str, Any]) -> None:
         assert (photos / rel).stat().st_mtime_ns == mtime_ns
 
 
+@pytest.mark.slow
 def test_as_of_brings_back_a_deleted_file_and_older_content(
     tmp_path: Path, moto_endpoint: str, bucket_prefix: str
 ) -> None:
@@ -213,6 +216,7 @@ def test_as_of_brings_back_a_deleted_file_and_older_content(
     assert unknown.returncode == 2 and "bucket no-such-bucket-here does not exist" in unknown.stderr
 
 
+@pytest.mark.slow
 def test_rerun_after_interrupted_restore_sends_no_restore_twice(
     tmp_path: Path, moto_endpoint: str, bucket_prefix: str
 ) -> None:

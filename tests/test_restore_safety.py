@@ -210,6 +210,7 @@ def test_without_renameat2_or_hard_links_restore_refuses_to_place(
     assert "Traceback" not in result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_a_file_appearing_while_the_download_is_held_is_left_alone(
     tmp_path: Path, moto_endpoint: str, bucket_prefix: str
 ) -> None:

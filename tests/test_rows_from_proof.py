@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import delete_cache_db, in_process, key_of, last_report, make_tree, run_cli, write_config
 from loopfs import loop_mount, remount, unmount
 from s3proxy import ProxyServer
@@ -39,6 +40,7 @@ def rows(cache: Path, bucket: str) -> dict[bytes, tuple[int | None, int]]:
         conn.close()
 
 
+@pytest.mark.slow
 def test_a_share_unmounted_while_the_cache_was_lost_comes_back_without_uploads(
     tmp_path: Path, moto_endpoint: str, bucket_prefix: str
 ):
@@ -134,6 +136,7 @@ def test_the_merge_asks_for_the_head_proof_only_for_a_gone_row_met_by_the_listed
     assert list(merge([], [gone], PlanCounts())) != []  # still deleted when the file is gone
 
 
+@pytest.mark.slow
 def test_a_snapshot_row_for_an_object_replaced_after_the_snapshot_is_not_taken(
     tmp_path: Path, moto_endpoint: str, bucket_prefix: str, s3_inspect: Any
 ):
@@ -187,6 +190,7 @@ def _md5(data: bytes) -> str:
     return hashlib.md5(data).hexdigest()
 
 
+@pytest.mark.slow
 def test_an_old_scripts_row_stated_after_a_rewrite_during_its_upload_is_not_trusted(
     tmp_path: Path, moto_endpoint: str, s3_inspect: Any
 ):

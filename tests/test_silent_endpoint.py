@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 from conftest import make_tree, run_cli, write_config
 
 
@@ -45,6 +46,7 @@ def silent_server() -> Iterator[str]:
         listener.close()
 
 
+@pytest.mark.slow
 def test_a_silent_endpoint_fails_the_run_in_seconds_with_one_line(tmp_path: Path, bucket_prefix: str):
     make_tree(tmp_path / "tree", {"a.tif": b"a"})
     cache = tmp_path / "cache"

@@ -14,6 +14,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import all_keys, in_process, key_of, make_tree, run_cli, write_config
 from faultcheck import assert_whole, cache_rows, reported_failures
 from s3proxy import ErrorReply, ProxyServer, RefuseDeleteBatch
@@ -117,6 +118,7 @@ def test_an_object_an_earlier_release_stored_under_the_plain_key_is_deleted_and_
     assert_whole(s3_inspect, bucket, root, cache)
 
 
+@pytest.mark.slow
 def test_a_batch_refused_as_malformed_is_split_so_the_other_deletes_go_through(
     tmp_path: Path, moto_endpoint: str, bucket_prefix: str, s3_inspect: Any
 ) -> None:
@@ -142,6 +144,7 @@ def test_a_batch_refused_as_malformed_is_split_so_the_other_deletes_go_through(
     assert_whole(s3_inspect, bucket, root, cache)
 
 
+@pytest.mark.slow
 def test_a_key_refused_alone_too_is_that_files_failure_and_stays_cached(
     tmp_path: Path, moto_endpoint: str, bucket_prefix: str, s3_inspect: Any
 ) -> None:
