@@ -35,7 +35,7 @@ from .errors import (
 )
 from .interrupts import stop_like_ctrl_c
 from .report import status
-from .report.logsetup import setup_logging
+from .report.logsetup import LOG_FORMATS, setup_logging
 from .report.publish import redactor_for
 from .report.status import StatusOptions
 from .restore.options import DEFAULT_DAYS, DEFAULT_TIER, TIERS, RestoreOptions
@@ -80,6 +80,13 @@ def _common_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
     )
     parser.add_argument("-v", "--verbose", action="count", default=default(0), help="more detail (-vv adds botocore)")
     parser.add_argument("-q", "--quiet", action="store_true", default=default(False), help="warnings and errors only")
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=default(None),
+        help="stderr lines: 'text' (timestamp and level) or 'journal' (<N> syslog priority, no timestamp); "
+        "default: journal when stderr is systemd's journal stream (JOURNAL_STREAM), else text",
+    )
 
 
 def _concurrency(parser: Arguments, what: str) -> None:
@@ -129,6 +136,11 @@ def _backup_arguments(parser: Arguments) -> None:
         metavar="PATH",
         help="write Prometheus textfile metrics here (atomically), e.g. /var/lib/node_exporter/async_backup.prom",
     )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print progress and the run's summary on stdout as JSON, one object a line (no live display)",
+    )
     interval_s = DEFAULT_PROGRESS_INTERVAL_S
     parser.add_argument(
         "--progress-interval",
@@ -152,6 +164,7 @@ def _backup_options(args: argparse.Namespace) -> BackupOptions:
         metrics_file=args.metrics_file,
         progress_interval_s=args.progress_interval,
         quiet=args.quiet,
+        json_lines=args.json,
     )
 
 
@@ -344,7 +357,7 @@ def _main(argv: Sequence[str] | None) -> int:
         config = dataclasses.replace(config, tuning=dataclasses.replace(config.tuning, workers=args.concurrency))
     verbosity = -1 if args.quiet else args.verbose
     dry_run = bool(getattr(args, "dry_run", False))
-    setup_logging(None if dry_run else cache_dir, redactor_for(config), verbosity=verbosity)
+    setup_logging(None if dry_run else cache_dir, redactor_for(config), verbosity=verbosity, log_format=args.log_format)
     for warning in config.warnings:
         log.warning("%s", warning)
     try:

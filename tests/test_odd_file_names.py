@@ -82,3 +82,22 @@ def test_keys_over_1024_bytes_fail_alone_and_say_so(
     assert "key too long" in result.stderr and "1,024" in result.stderr and "page.tif" in result.stderr
     objects = bucket_objects(s3_inspect, stable_bucket_name(bucket_prefix, str(root)))
     assert list(objects) == [os.fsencode(root / "fine.tif")]
+
+
+def test_a_newline_in_a_file_name_leaves_each_error_one_line(tmp_path: Path, moto_endpoint: str, bucket_prefix: str):
+    root = tmp_path / "lines"
+    deep = root
+    for i in range(6):
+        deep = deep / (f"{i}" * 200)
+    deep.mkdir(parents=True)
+    raw = os.fsencode(deep) + b"/first line\nERROR second line.tif"  # its key is too long: an ERROR
+    with open(raw, "wb") as f:
+        f.write(b"x")
+    cache = tmp_path / "cache"
+    write_config(cache, moto_endpoint, folders=[str(root)], bucket_prefix=bucket_prefix)
+    result = run_cli("--cache", str(cache))
+    assert result.returncode == 1
+    for log in (result.stderr, (cache / "backup.log").read_text()):
+        errors = [line for line in log.splitlines() if "ERROR" in line]
+        assert errors and all("first line\\x0aERROR second line.tif" in line for line in errors), log
+        assert not any(line.startswith("ERROR second line") for line in log.splitlines())

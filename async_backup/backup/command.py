@@ -38,9 +38,10 @@ from ..interrupts import LateSignals, run_until_signal
 from ..recovery.accountnames import with_account_names
 from ..recovery.names import recall_target_names, recall_target_names_offline
 from ..recovery.snapshots import CACHE_BUCKET
+from ..report.jsonlines import emit, summary_line
 from ..report.logsetup import TRACEBACK_LOGGER
 from ..report.progress import Progress
-from ..report.publish import publish, tell_outcome
+from ..report.publish import publish, redactor_for, tell_outcome
 from ..report.summary import RunSummary
 from ..s3.pricing import planned_counts, price_requests, prices_for
 from ..settings.config import Config
@@ -65,6 +66,7 @@ class BackupOptions(RunOptions):
     metrics_file: str | None = None
     progress_interval_s: float = DEFAULT_PROGRESS_INTERVAL_S
     quiet: bool = False  # no progress display
+    json_lines: bool = False  # --json: status and summary lines on stdout, no live display
 
 
 @dataclasses.dataclass
@@ -119,12 +121,15 @@ def run(config: Config, cache_dir: Path, options: BackupOptions) -> int:
         summary.requests = price_requests(held.backup.sent.counts, prices)
     with LateSignals() as late:
         try:
-            tell_outcome(summary, options.dry_run)
+            tell_outcome(summary, options.dry_run, plan_on_stdout=not options.json_lines)
             publish(config, cache_dir, summary, metrics_file=options.metrics_file, print_card=options.print_card)
         except Exception as exc:  # publishing failed itself (MemoryError, a bug): the exit code still tells
             log.error("the run report could not be published: %s", one_line(exc))
             logging.getLogger(TRACEBACK_LOGGER).error("publishing failed", exc_info=exc)
-    return EXIT_INTERRUPTED if late.received else summary.exit_code
+    exit_code = EXIT_INTERRUPTED if late.received else summary.exit_code
+    if options.json_lines:
+        emit(summary_line(summary, exit_code, redactor_for(config)))
+    return exit_code
 
 
 def one_line(exc: BaseException) -> str:
@@ -198,7 +203,9 @@ def _execute(
     held: _Held,
     options: BackupOptions,
 ) -> bool:
-    progress = Progress.for_stderr(max(1.0, options.progress_interval_s), quiet=options.quiet)
+    progress = Progress.for_stderr(
+        max(1.0, options.progress_interval_s), quiet=options.quiet, json_lines=options.json_lines
+    )
     held.backup = Backup(config, targets, store, collector, options, progress)
     log.info(
         "%s %d targets%s",

@@ -76,15 +76,16 @@ async def _send(url: str, payload: dict[str, Any]) -> NotifyResult:
     return await send_card(url, payload)
 
 
-def tell_outcome(summary: RunSummary, dry_run: bool) -> None:
-    """The run's end in the log (failures, warnings, totals) and, for a dry run, its plan on stdout."""
+def tell_outcome(summary: RunSummary, dry_run: bool, *, plan_on_stdout: bool = True) -> None:
+    """The run's end in the log (failures, warnings, totals) and, for a dry run, its plan on stdout
+    (not with --json, whose stdout carries JSON lines only)."""
     for failure in summary.failures[:50]:
         log.error("failed: [%s] %s: %s", failure.group, failure.path or failure.target, failure.message)
     if len(summary.failures) > 50:
         log.error("... and %d more failures", len(summary.failures) - 50)
     for warning in summary.warnings[:20]:
         log.warning("%s: %s: %s", warning.group, warning.path, warning.message)
-    if dry_run:
+    if dry_run and plan_on_stdout:
         for t in summary.targets:
             adopt = (
                 f"would adopt {t.adopted} files from the old script's cache (each checked against the bucket "
