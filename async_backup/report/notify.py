@@ -1,13 +1,18 @@
-"""Delivering the Teams card: one small aiohttp sender with retries.
+"""Delivering the Teams card: one small aiohttp sender that never posts the card twice.
 
-Owns: the POST to the Workflows webhook, its retry policy (429 with Retry-After, 5xx, connection
-errors and timeouts), and turning every delivery problem into a `NotifyResult`, never an exception:
-a notification that fails is a warning, and must never fail the backup (FACTS.md, "Conventions").
+Owns: the POST to the Workflows webhook, its retry policy, and turning every delivery problem into
+a `NotifyResult`, never an exception: a notification that fails is a warning, and must never fail
+the backup (as a failed monitoring ping never fails a borgmatic run).
+
+A try is repeated only when the card surely did not arrive: the connection could not be made
+(refused, DNS, a proxy, the TLS handshake: nothing was sent), or the webhook answered 429 or 5xx.
+Once the body may have been sent, silence is not a refusal: a timeout or a dropped connection
+then ends the delivery as "may have been delivered", since asking again would post a second card.
 
 This is the only module of the package that talks to the network outside S3. It must not import
 S3, the filesystem, the state cache or the pipeline; it takes a ready payload (see `card.py`).
 
-The webhook URL carries a signature in its query (FACTS.md, "Microsoft Teams"): only
+The webhook URL of a Teams Workflow carries a signature in its query, so it is a secret: only
 `redact.webhook_host(url)` ever reaches a log line or an error text.
 """
 
@@ -31,25 +36,44 @@ from .redact import Redactor, webhook_host
 
 log = logging.getLogger("async_backup.notify")
 
-DEFAULT_TIMEOUT_S = 10.0
+# How long one try waits for the webhook's answer. Workflows answer 202 once the flow's run is
+# queued, usually within a second, but answers after 30 s have been seen; the platform itself holds
+# an inbound request for at most 120 s. 60 s is twice the slowest answer seen, and keeps the whole
+# delivery within MAX_DELIVERY_S, which a systemd stop must wait for (README, "Running it every night").
+DEFAULT_TIMEOUT_S = 60.0
+# Setting up the connection (DNS, TCP, proxy, TLS) has its own, shorter bound: a try that fails in
+# this phase sent nothing and is repeated. It must stay below the try's timeout, or a slow connect
+# would end as an ambiguous whole-try timeout.
+CONNECT_TIMEOUT_S = 15.0
 DEFAULT_TRIES = 3
 # First retry after this many seconds, doubling after each failed try.
 DEFAULT_BACKOFF_S = 2.0
 # A Retry-After longer than this is cut short: a nightly run should not wait minutes for a card.
 MAX_RETRY_AFTER_S = 30.0
+# The longest a delivery with the defaults can take: every try answered 5xx just before its timeout,
+# each wait the longest Retry-After allowed (the backoff's 2 and 4 s are shorter).
+MAX_DELIVERY_S = DEFAULT_TRIES * DEFAULT_TIMEOUT_S + (DEFAULT_TRIES - 1) * MAX_RETRY_AFTER_S
 # Only this much of an error reply's body goes into the error text.
 MAX_ERROR_BODY_CHARS = 200
+
+# Raised before a byte of the request was written: the connection, its proxy or its TLS handshake
+# failed, or the connect phase timed out. aiohttp maps every connect-phase problem to these.
+_NOT_SENT = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError, aiohttp.ClientHttpProxyError)
 
 
 @dataclass(frozen=True, slots=True)
 class NotifyResult:
-    """How sending went. `error` is one line, empty on success, and never holds the URL's secrets."""
+    """How sending went. `error` is one line, empty on success, and never holds the URL's secrets.
+
+    `maybe_delivered`: the card was sent but no answer came (a timeout or a dropped connection
+    after the request went out). It was not sent again; the channel may or may not show it."""
 
     ok: bool
     status: int | None  # the last HTTP status seen; None if no reply came at all
     attempts: int
     error: str = ""
     host: str = ""
+    maybe_delivered: bool = False
 
     def as_warning(self, target: str = "") -> Failure:
         """The failure to give `FailureCollector.warn` when delivery did not succeed."""
@@ -81,7 +105,9 @@ def parse_retry_after(value: str | None, *, now_s: float | None = None) -> float
 
 
 def _retryable(status: int) -> bool:
-    # 429: Teams throttles at about 4 requests per second (FACTS.md). 408 and 5xx are transient.
+    # Answers that say the card was not taken, so a second post is no duplicate. 429: Teams throttles
+    # at about 4 requests per second. 408: the server gave up waiting for our request before taking
+    # it. 5xx: the platform failed (a gateway's 504 is the rare case where the flow may still run).
     return status in (408, 429) or 500 <= status <= 599
 
 
@@ -100,11 +126,14 @@ async def send_card(
     max_retry_after_s: float = MAX_RETRY_AFTER_S,
     session: aiohttp.ClientSession | None = None,
 ) -> NotifyResult:
-    """POST `payload` as JSON to the webhook; retry throttling, server errors and connection errors.
+    """POST `payload` as JSON to the webhook, at most once unless it surely did not arrive.
 
-    Success is any 2xx (Workflows answer 202, legacy connectors 200). Other 4xx replies are not
-    retried: the URL or the card is wrong, and asking again will not help. Gives up after `tries`
-    attempts, logs one warning, and returns the outcome; it raises nothing but cancellation.
+    Success is any 2xx (Workflows answer 202, legacy connectors 200). Connect-phase failures, 429,
+    408 and 5xx are tried again, up to `tries` attempts, after the backoff or the Retry-After
+    (capped at `max_retry_after_s`). Other 4xx replies are not: the URL or the card is wrong. A
+    try gets `timeout_s` for its answer; no answer in time, or a connection that breaks once the
+    request may have gone out, ends the delivery as `maybe_delivered`. Logs one warning when the
+    card was not surely delivered and returns the outcome; it raises nothing but cancellation.
     `session` lets the caller share a session (tests, or a run that sends several messages).
     """
     host = webhook_host(url)
@@ -123,20 +152,23 @@ async def send_card(
         return NotifyResult(ok=False, status=None, attempts=0, error=error, host=host)
 
     own_session = session is None
+    connect_s = min(CONNECT_TIMEOUT_S, timeout_s / 2)
+    per_try = aiohttp.ClientTimeout(total=timeout_s, connect=connect_s)
     # trust_env: servers that reach the internet only through HTTPS_PROXY (and NO_PROXY) can notify too.
-    client = session or aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s), trust_env=True)
+    client = session or aiohttp.ClientSession(timeout=per_try, trust_env=True)
     status: int | None = None
     error = ""
     attempt = 0
     try:
         for attempt in range(1, tries + 1):
             delay_s = Backoff(backoff_s).delay_s(attempt)
+            status = None
             try:
                 async with client.post(
                     target,
                     data=body,
                     headers={"Content-Type": "application/json; charset=utf-8"},
-                    timeout=aiohttp.ClientTimeout(total=timeout_s),
+                    timeout=per_try,
                 ) as response:
                     status = response.status
                     if 200 <= status <= 299:
@@ -152,13 +184,16 @@ async def send_card(
                     retry_after = parse_retry_after(response.headers.get("Retry-After"))
                     if retry_after is not None:
                         delay_s = min(retry_after, max_retry_after_s)
-            except TimeoutError:
-                status = None
-                error = f"no reply from {host} within {timeout_s:g} s"
-            except (aiohttp.ClientError, OSError) as exc:
-                status = None
-                detail = str(exc) or "no reply"
+            except _NOT_SENT as exc:
+                detail = str(exc) or "no connection"
                 error = _one_line(f"cannot reach {host}: {type(exc).__name__}: {detail}", redactor)
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                if status is not None:  # the error reply was cut short: its status decides
+                    error = _one_line(f"{host} answered HTTP {status}, then the reply broke off", redactor)
+                    if not _retryable(status):
+                        break
+                else:
+                    return _maybe_delivered(host, attempt, timeout_s, exc, redactor)
             if attempt < tries:
                 log.info("Teams notification: %s; retrying in %.1f s (%d/%d)", error, delay_s, attempt, tries)
                 await asyncio.sleep(delay_s)
@@ -167,3 +202,14 @@ async def send_card(
             await client.close()
     log.warning("Teams notification not delivered after %d attempt(s): %s", attempt, error)
     return NotifyResult(ok=False, status=status, attempts=attempt, error=error, host=host)
+
+
+def _maybe_delivered(host: str, attempt: int, timeout_s: float, exc: BaseException, redactor: Redactor) -> NotifyResult:
+    """The card went out and no answer came: it may be in the channel, so it is not sent again."""
+    if isinstance(exc, TimeoutError):
+        what = f"no answer from {host} within {timeout_s:g} s after it was sent"
+    else:
+        what = f"the connection to {host} broke after it was sent ({type(exc).__name__}: {exc or 'no detail'})"
+    error = _one_line(f"the Teams card may have been delivered: {what}; not sent again, to avoid a duplicate", redactor)
+    log.warning("%s (attempt %d)", error, attempt)
+    return NotifyResult(ok=False, status=None, attempts=attempt, error=error, host=host, maybe_delivered=True)
