@@ -42,6 +42,7 @@ from ..s3.pricing import format_usd, prices_for, restore_cost
 from ..settings.config import Config
 from ..settings.naming import bucket_name_problem
 from ..settings.targets import Target, default_bucket, discover_targets, paths_needing_names, select_targets
+from ..workpool import work_through
 from .checksum import expected_checksum
 from .choose import Action, Item, is_safe, list_prefixes, under_prefix
 from .options import RestoreOptions
@@ -319,24 +320,16 @@ class Restore:
 
     async def _work(self, s3: S3) -> None:
         assert self.spill is not None
-        work = self.spill.items()
-        lock = anyio.Lock()
+        spill = self.spill
 
-        async def worker() -> None:
-            while True:
-                async with lock:  # one reader of the spill at a time
-                    item = await anyio.to_thread.run_sync(next, work, None)
-                if item is None:
-                    return
-                await self._handle(s3, item)
-                self.stats.handled += 1
+        async def handle(item: Item) -> None:
+            await self._handle(s3, item)
+            self.stats.handled += 1
 
         async def run_workers() -> None:
             async with unwrapped_group() as outer:
                 Ticker(self.progress).start(outer)
-                async with unwrapped_group() as workers:
-                    for _ in range(min(self.config.tuning.workers, self.item_count)):
-                        workers.start_soon(worker)
+                await work_through(spill.items(), handle, min(self.config.tuning.workers, self.item_count))
                 outer.cancel_scope.cancel()
 
         self.interrupted = await run_until_signal(
