@@ -43,7 +43,7 @@ from ..settings.config import Config
 from ..settings.naming import bucket_name_problem
 from ..settings.targets import Target, default_bucket, discover_targets, paths_needing_names, select_targets
 from ..workpool import work_through
-from .checksum import expected_checksum
+from .checksum import expected_checksum, recorded_part_bytes
 from .choose import Action, Item, is_safe, list_prefixes, under_prefix
 from .options import RestoreOptions
 from .place import Folders, Refused, TempFile, lookup
@@ -389,8 +389,10 @@ class Restore:
                 if expected.parts == 1:
                     part_bytes = max(head.size, 1)
                 else:
-                    first = await s3.head_object(self.bucket, v.key, version_id=v.version_id, part_number=1)
-                    part_bytes = first.size if first is not None and first.size > 0 else None
+                    part_bytes = recorded_part_bytes(head, v, row, expected.parts)
+                    if part_bytes is None:  # not recorded: S3 tells it by the first part's size
+                        first = await s3.head_object(self.bucket, v.key, version_id=v.version_id, part_number=1)
+                        part_bytes = first.size if first is not None and first.size > 0 else None
                     if part_bytes is None:
                         expected = None
             summer = StreamSum(expected.algorithm if expected else "crc32", part_bytes)
