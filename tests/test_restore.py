@@ -369,3 +369,40 @@ def test_a_download_that_fails_its_checksum_is_not_written(site: dict[str, Any],
     assert "ChecksumMismatch" in failed.stdout and "the cache says AAAAAA==; nothing was written" in failed.stdout
     assert "1 failed" in failed.stdout
     assert not [p for p in out.rglob("*") if p.is_file()]
+
+
+def test_a_multipart_download_takes_its_part_size_from_the_cache_row(
+    site: dict[str, Any], tmp_path: Path, proxy: ProxyServer, bucket_prefix: str
+) -> None:
+    """The row of a multipart upload records its part size: the download's composite checksum is
+    summed over it with no HeadObject PartNumber=1; only a row without it asks S3."""
+    photos, cache = site["photos"], site["cache"]
+    big = os.fsencode(photos / "sub" / "b.bin")
+    with sqlite3.connect(cache / "async-backup.db") as db:
+        assert db.execute("SELECT part_bytes FROM files WHERE path=?", (big,)).fetchone()[0] == 5 * MIB
+    write_config(
+        cache,
+        proxy.url,
+        folders=[str(photos)],
+        bucket_prefix=bucket_prefix,
+        tuning={"multipart_threshold_mib": 5, "part_size_mib": 5, "max_attempts": 2},
+    )
+    args = (str(photos / "sub" / "b.bin"), "--yes")
+    assert restore(cache, *args, "--to", str(tmp_path / "one")).returncode == 0  # asks for the retrieval
+
+    def part_heads() -> int:
+        return sum(1 for r in proxy.requests if r.op == "HeadObject" and "partNumber=" in r.query)
+
+    proxy.clear()
+    done = restore(cache, *args, "--to", str(tmp_path / "one"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 restored (6.0 MiB; 1 checksums verified)" in done.stdout
+    assert proxy.count("GetObject") == 1 and part_heads() == 0
+
+    with sqlite3.connect(cache / "async-backup.db") as db:
+        db.execute("UPDATE files SET part_bytes=NULL WHERE path=?", (big,))
+    proxy.clear()
+    asked = restore(cache, *args, "--to", str(tmp_path / "two"))
+    assert asked.returncode == 0, asked.stdout + asked.stderr
+    assert "1 restored (6.0 MiB; 1 checksums verified)" in asked.stdout
+    assert part_heads() == 1

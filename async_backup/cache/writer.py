@@ -1,7 +1,8 @@
 """The cache's one writer: confirmed changes batched into short transactions, shielded from cancellation.
 
 A backup run's rows (`Stored`, `Removed`, `Evidence`) and what it learnt about a target
-(`DeviceSeen`, `MountsSeen`, `UnsettledKept`) come here as `Change`s over one stream; the few
+(`DeviceSeen`, `MountsSeen`, `UnsettledKept`) come here as `Change`s over one stream, as do the
+rows a lost cache's rebuild proves by HeadObject (`recovery.run`, over a stream of its own); the few
 writes that must commit at once or happen outside that stream go through `writes.CacheWrites`.
 
 Owns the batching (rows and seconds per transaction) and the rule that a cancelled run still

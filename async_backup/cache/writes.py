@@ -70,8 +70,9 @@ class CacheWrites:
             await anyio.to_thread.run_sync(self.store.remember_mounts, target, mounts)
 
     async def rebuilt(self, rows: Sequence[Stored]) -> None:
-        """Rows a rebuild proved (a snapshot's, a listing's with HeadObject), one transaction per
-        batch: the rebuild finishes before the writer starts, and a crash keeps what it proved."""
+        """Rows a rebuild copied from a snapshot, one transaction per batch, written from the copy's
+        worker thread as it marks their keys covered (those proven by HeadObject go through the
+        writer). A crash keeps what it copied."""
         await anyio.to_thread.run_sync(self.store.apply, rows)
 
     async def adopted(self, bucket: str, rows: Sequence[tuple[bytes, int, float, str | None, int | None]]) -> int:

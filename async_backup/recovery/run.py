@@ -8,8 +8,9 @@ listing, a snapshot or a head proves live in `rules`, the sources in `rebuild`, 
 
 It wires its own stage, apart from backup's pipeline, which calls it before any walk starts: the
 HeadObject fan-out (`rebuild_from_listing`) is one task group of a producer (lstat of the listed
-keys no row covers), `workers` provers and one recorder, joined by two memory streams of
-`queue_size` items each, closed the same way as the pipeline's.
+keys no row covers), `workers` provers and the cache's one writer (`cache.writer`, as in the
+pipeline), joined by two memory streams of `queue_size` items each, closed the same way as the
+pipeline's.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from anyio.streams.memory import MemoryObjectSendStream as ObjectSendStream
 from ..cache.listing import Listing
 from ..cache.records import GONE_MTIME_NS
 from ..cache.store import StateStore, Stored
+from ..cache.writer import run_writer
 from ..cache.writes import CacheWrites
 from ..disk.digest import content_proves_etag, etag_computable
 from ..disk.keys import display_path
@@ -52,9 +54,6 @@ from .snapshots import SNAPSHOT_DUE, SnapshotShelf, snapshot_buckets
 from .target import RecoveringRun
 
 log = logging.getLogger(__name__)
-
-# Rows proven by HeadObject are written to the cache in transactions of this many.
-REBUILD_WRITE_ROWS = 500
 
 
 class Rebuild:
@@ -203,6 +202,7 @@ class Rebuild:
         absent = AbsentShares(root, frozenset(remembered))
 
         async def produce(rows: ObjectSendStream[Stored]) -> None:
+            nonlocal written
             with cand_send, rows:
                 after = ""
                 while chunk := await anyio.to_thread.run_sync(listing.uncovered, after, 1000):
@@ -211,11 +211,12 @@ class Rebuild:
                     for path, size in gone:  # no file: a row so the run deletes the object
                         run.stats.rebuilt_gone += 1
                         await rows.send(Stored(bucket, path, size, GONE_MTIME_NS, None))
+                        written += 1
                     for candidate in found:
                         await cand_send.send(candidate)
 
         async def prove(jobs: ObjectReceiveStream[Candidate], rows: ObjectSendStream[Stored]) -> None:
-            nonlocal heads
+            nonlocal heads, written
             with jobs, rows:
                 async for c in jobs:
                     heads += 1
@@ -228,6 +229,7 @@ class Rebuild:
                         continue
                     if proves_row(c.listed_size, c.disk, head.metadata):
                         await rows.send(Stored(bucket, c.path, c.disk.size, c.disk.mtime_ns, checksum_of(head)))
+                        written += 1
                     elif (
                         parse_mtime_metadata(head.metadata) is None
                         and not head.encrypted_with_key
@@ -241,23 +243,12 @@ class Rebuild:
                         if proven:
                             row = Stored(bucket, c.path, c.disk.size, c.disk.mtime_ns, checksum_of(head))
                             await rows.send(replace(row, part_bytes=part_bytes))
-
-        async def record() -> None:
-            nonlocal written
-            batch: list[Stored] = []
-            with row_receive:
-                async for row in row_receive:
-                    batch.append(row)
-                    if len(batch) >= REBUILD_WRITE_ROWS:
-                        await self.writes.rebuilt(batch)
-                        written += len(batch)
-                        batch = []
-            if batch:
-                await self.writes.rebuilt(batch)
-                written += len(batch)
+                            written += 1
 
         async with unwrapped_group() as tg:
-            tg.start_soon(record)
+            # The cache's one writer, as in the backup's pipeline: proven rows in short
+            # transactions, and those already proven still written when the rebuild is cancelled.
+            tg.start_soon(run_writer, self.store, row_receive)
             with row_send, cand_receive:
                 for _ in range(workers):
                     tg.start_soon(prove, cand_receive.clone(), row_send.clone())

@@ -42,7 +42,8 @@ from ..s3.pricing import format_usd, prices_for, restore_cost
 from ..settings.config import Config
 from ..settings.naming import bucket_name_problem
 from ..settings.targets import Target, default_bucket, discover_targets, paths_needing_names, select_targets
-from .checksum import expected_checksum
+from ..workpool import work_through
+from .checksum import expected_checksum, recorded_part_bytes
 from .choose import Action, Item, is_safe, list_prefixes, under_prefix
 from .options import RestoreOptions
 from .place import Folders, Refused, TempFile, lookup
@@ -319,24 +320,16 @@ class Restore:
 
     async def _work(self, s3: S3) -> None:
         assert self.spill is not None
-        work = self.spill.items()
-        lock = anyio.Lock()
+        spill = self.spill
 
-        async def worker() -> None:
-            while True:
-                async with lock:  # one reader of the spill at a time
-                    item = await anyio.to_thread.run_sync(next, work, None)
-                if item is None:
-                    return
-                await self._handle(s3, item)
-                self.stats.handled += 1
+        async def handle(item: Item) -> None:
+            await self._handle(s3, item)
+            self.stats.handled += 1
 
         async def run_workers() -> None:
             async with unwrapped_group() as outer:
                 Ticker(self.progress).start(outer)
-                async with unwrapped_group() as workers:
-                    for _ in range(min(self.config.tuning.workers, self.item_count)):
-                        workers.start_soon(worker)
+                await work_through(spill.items(), handle, min(self.config.tuning.workers, self.item_count))
                 outer.cancel_scope.cancel()
 
         self.interrupted = await run_until_signal(
@@ -396,8 +389,10 @@ class Restore:
                 if expected.parts == 1:
                     part_bytes = max(head.size, 1)
                 else:
-                    first = await s3.head_object(self.bucket, v.key, version_id=v.version_id, part_number=1)
-                    part_bytes = first.size if first is not None and first.size > 0 else None
+                    part_bytes = recorded_part_bytes(head, v, row, expected.parts)
+                    if part_bytes is None:  # not recorded: S3 tells it by the first part's size
+                        first = await s3.head_object(self.bucket, v.key, version_id=v.version_id, part_number=1)
+                        part_bytes = first.size if first is not None and first.size > 0 else None
                     if part_bytes is None:
                         expected = None
             summer = StreamSum(expected.algorithm if expected else "crc32", part_bytes)

@@ -21,7 +21,7 @@ import math
 import ssl
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -45,7 +45,7 @@ from ..errors import FatalError, S3Error
 from ..settings.config import AwsSettings, Tuning
 from .checksums import PartChecksum
 from .credentials import credentials_failure
-from .errormap import ErrorReply, cannot_connect, connection_dropped, reply_failure, timed_out, tls_failure
+from .errormap import ErrorReply, S3Failures, StsFailures
 from .fastput.bodies import BodyStream
 from .fastput.sending import DirectPut
 from .fastput.signing import BucketEndpoint
@@ -115,6 +115,7 @@ class S3:
         self._client = client
         self._direct = direct
         self.aws = aws
+        self._failures = S3Failures(endpoint_name(aws), aws.region)
         self.checksum_algorithm = "crc32" if aws.checksum_calculation == "when_supported" else "md5"
         # Every request this client sends, by operation and the storage class it is billed in.
         self.sent = RequestTally()
@@ -166,34 +167,8 @@ class S3:
             return "sha256"
         return self.checksum_algorithm
 
-    @asynccontextmanager
-    async def _mapped(self, what: str) -> AsyncIterator[None]:
-        try:
-            yield
-        except ClientError as exc:
-            failure = reply_failure(
-                _error_reply(exc.response, what),
-                what,
-                endpoint=endpoint_name(self.aws),
-                configured_region=self.aws.region,
-            )
-            raise failure from None
-        except SSLError as exc:
-            raise tls_failure(endpoint_name(self.aws), exc.kwargs.get("error", exc)) from None
-        except EndpointConnectionError:
-            raise cannot_connect(what, endpoint_name(self.aws)) from None
-        except ReadTimeoutError:
-            raise timed_out(what) from None
-        except ConnectionClosedError:
-            raise connection_dropped(what) from None
-        except BotoCoreError as exc:
-            # No credentials to sign with (fetched as a request is signed: SSO, refreshed ones) fails every request.
-            fatal = credentials_failure(exc)
-            if fatal is not None:
-                raise fatal from None
-            raise S3Error(type(exc).__name__, f"{what}: {exc}") from None
-        except (OSError, TimeoutError) as exc:
-            raise S3Error(type(exc).__name__, f"{what}: {exc}") from None
+    def _mapped(self, what: str) -> AbstractAsyncContextManager[None]:
+        return botocore_failures(self._failures, what)
 
     # Objects
 
@@ -819,7 +794,7 @@ async def caller_account(aws: AwsSettings, tuning: Tuning) -> str:
         kwargs["aws_access_key_id"] = aws.access_key
         kwargs["aws_secret_access_key"] = aws.secret_access_key
     what = f"STS GetCallerIdentity ({aws.region})"
-    try:
+    async with botocore_failures(StsFailures(), what):
         ca_bundle = ca_bundle_of(aws, session) if aws.verify_tls else None
         if not aws.verify_tls:
             kwargs["verify"] = False
@@ -827,28 +802,38 @@ async def caller_account(aws: AwsSettings, tuning: Tuning) -> str:
             kwargs["verify"] = ca_bundle
         async with session.create_client("sts", **kwargs) as sts:
             reply = await sts.get_caller_identity()
+    account = str(reply.get("Account") or "")
+    if not account:
+        raise S3Error("NoAccount", f"{what}: the reply names no account")
+    return account
+
+
+# botocore's failures, mapped by errormap: the one place that catches them.
+
+
+@asynccontextmanager
+async def botocore_failures(failures: S3Failures | StsFailures, what: str) -> AsyncIterator[None]:
+    """Around a request (`what`, say "PutObject key"): botocore's failures become ours, as `failures` maps them."""
+    try:
+        yield
     except ClientError as exc:
-        err = exc.response.get("Error", {})
-        code = str(err.get("Code") or "Error")
-        if code in ("InvalidClientTokenId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken"):
-            raise FatalError(
-                f"AWS refused the credentials ({code}) during {what}; check aws.access_key and "
-                "aws.secret_access_key, or the AWS profile or role they come from"
-            ) from None
-        raise S3Error(code, f"{what}: {err.get('Message') or 'request failed'}") from None
-    except (EndpointConnectionError, ConnectionClosedError, ReadTimeoutError, SSLError) as exc:
-        raise S3Error(type(exc).__name__, f"{what}: cannot reach STS") from None
+        raise failures.reply(_error_reply(exc.response, what), what) from None
+    except SSLError as exc:
+        raise failures.tls(what, exc.kwargs.get("error", exc)) from None
+    except EndpointConnectionError:
+        raise failures.cannot_connect(what) from None
+    except ReadTimeoutError:
+        raise failures.timed_out(what) from None
+    except ConnectionClosedError:
+        raise failures.dropped(what) from None
     except BotoCoreError as exc:
+        # No credentials to sign with (fetched as a request is signed: SSO, refreshed ones) fails every request.
         fatal = credentials_failure(exc)
         if fatal is not None:
             raise fatal from None
         raise S3Error(type(exc).__name__, f"{what}: {exc}") from None
     except (OSError, TimeoutError) as exc:
         raise S3Error(type(exc).__name__, f"{what}: {exc}") from None
-    account = str(reply.get("Account") or "")
-    if not account:
-        raise S3Error("NoAccount", f"{what}: the reply names no account")
-    return account
 
 
 # GetObject bodies, for restore.

@@ -51,15 +51,19 @@ class ErrorReply:
 def reply_failure(reply: ErrorReply, what: str, *, endpoint: str, configured_region: str) -> S3Error | FatalError:
     """Our error for an error reply to `what` (say "PutObject key") from S3 at `endpoint`."""
     if reply.code in FATAL_CODES:
-        return FatalError(
-            f"S3 at {endpoint} refused the credentials ({reply.code}) during {what}; check aws.access_key "
-            "and aws.secret_access_key, or the AWS profile or role they come from"
-        )
+        return credentials_refused(f"S3 at {endpoint}", reply.code, what)
     if reply.code in REGION_CODES:
         return FatalError(region_message(reply.bucket, reply.bucket_region, configured_region))
     if reply.code == SKEW_CODE:
         return FatalError(skew_message(reply.request_time, reply.server_time))
     return S3Error(reply.code, f"{what}: {reply.message or 'request failed'}")
+
+
+def credentials_refused(who: str, code: str, what: str) -> FatalError:
+    return FatalError(
+        f"{who} refused the credentials ({code}) during {what}; check aws.access_key "
+        "and aws.secret_access_key, or the AWS profile or role they come from"
+    )
 
 
 def retryable(status: int, code: str) -> bool:
@@ -116,3 +120,61 @@ def _parse_amz_time(value: str | None) -> datetime.datetime | None:
         except ValueError:
             continue
     return None
+
+
+# Where the requests go, as botocore's failures are mapped for them (client.py's one botocore branch).
+
+
+@dataclass(frozen=True, slots=True)
+class S3Failures:
+    """S3's: the map above, messages naming the endpoint."""
+
+    endpoint: str
+    configured_region: str
+
+    def reply(self, reply: ErrorReply, what: str) -> S3Error | FatalError:
+        return reply_failure(reply, what, endpoint=self.endpoint, configured_region=self.configured_region)
+
+    def cannot_connect(self, what: str) -> S3Error:
+        return cannot_connect(what, self.endpoint)
+
+    def timed_out(self, what: str) -> S3Error:
+        return timed_out(what)
+
+    def dropped(self, what: str) -> S3Error:
+        return connection_dropped(what)
+
+    def tls(self, what: str, reason: object) -> S3Error | FatalError:
+        return tls_failure(self.endpoint, reason)
+
+
+# STS names an unknown access key InvalidClientTokenId where S3 says InvalidAccessKeyId.
+STS_FATAL_CODES = FATAL_CODES | {"InvalidClientTokenId"}
+
+
+@dataclass(frozen=True, slots=True)
+class StsFailures:
+    """STS GetCallerIdentity's (the account id for default bucket names): refused credentials stop
+    the run as for S3; any other failure, an STS out of reach too (a VPC that reaches S3 through a
+    gateway endpoint only, a proxy that knows no STS), is an S3Error the caller lives with."""
+
+    def reply(self, reply: ErrorReply, what: str) -> S3Error | FatalError:
+        if reply.code in STS_FATAL_CODES:
+            return credentials_refused("AWS", reply.code, what)
+        return S3Error(reply.code, f"{what}: {reply.message or 'request failed'}")
+
+    def cannot_connect(self, what: str) -> S3Error:
+        return _unreachable("EndpointConnectionError", what)
+
+    def timed_out(self, what: str) -> S3Error:
+        return _unreachable("ReadTimeoutError", what)
+
+    def dropped(self, what: str) -> S3Error:
+        return _unreachable("ConnectionClosedError", what)
+
+    def tls(self, what: str, reason: object) -> S3Error | FatalError:
+        return _unreachable("SSLError", what)
+
+
+def _unreachable(code: str, what: str) -> S3Error:
+    return S3Error(code, f"{what}: cannot reach STS")

@@ -34,6 +34,7 @@ from ..s3.checksums import MD5_ETAG
 from ..s3.client import S3, open_s3
 from ..settings.config import Config
 from ..settings.targets import Target, discover_targets, select_targets
+from ..workpool import work_through
 from .compare import ChecksumCheck, Kind, TargetCheck, compare, compare_checksum, settle_checksum
 from .options import VerifyOptions
 from .spill import Spill
@@ -145,34 +146,21 @@ class Verify:
                 wanted,
             )
         self.phase, self.done, self.total = f"checksums of s3://{check.target.bucket}", 0, wanted
-        work = spill.checks()
 
-        async def next_item() -> ChecksumCheck | None:
-            return await anyio.to_thread.run_sync(next, work, None)
-
-        lock = anyio.Lock()
-
-        async def worker() -> None:
-            while True:
-                async with lock:  # one reader of the spill at a time
-                    item = await next_item()
-                if item is None:
-                    return
-                try:
-                    head = await s3.head_object(check.target.bucket, item.key)
-                except S3Error as exc:
-                    check.errors.append(f"{display_path(item.path)}: checksum not compared: {exc}")
-                    self.done += 1
-                    continue
-                if head is None:
-                    check.add(Kind.MISSING, item.path, "listed, then gone before its HeadObject")
-                else:
-                    settle_checksum(check, item, head)
+        async def compare_one(item: ChecksumCheck) -> None:
+            try:
+                head = await s3.head_object(check.target.bucket, item.key)
+            except S3Error as exc:
+                check.errors.append(f"{display_path(item.path)}: checksum not compared: {exc}")
                 self.done += 1
+                return
+            if head is None:
+                check.add(Kind.MISSING, item.path, "listed, then gone before its HeadObject")
+            else:
+                settle_checksum(check, item, head)
+            self.done += 1
 
-        async with unwrapped_group() as tg:
-            for _ in range(min(self.config.tuning.workers, wanted)):
-                tg.start_soon(worker)
+        await work_through(spill.checks(), compare_one, min(self.config.tuning.workers, wanted))
         check.checked = wanted
 
 
