@@ -89,6 +89,7 @@ def test_report_has_a_table_per_data_set(tiny_report: dict[str, Any]) -> None:
     assert pages["runs_ok"] == 1 and pages["mb_per_s"] and pages["cpu_s_per_gb"] and pages["minor_faults_per_gb"]
 
 
+@pytest.mark.slow
 def test_every_installed_peer_ran_and_verified(tiny_report: dict[str, Any]) -> None:
     peers = {r["contender"] for r in tiny_report["runs"]} - {"async-backup"}
     assert "baseline-script" in peers  # needs only boto3, so it is always installed
@@ -104,6 +105,7 @@ def test_every_installed_peer_ran_and_verified(tiny_report: dict[str, Any]) -> N
             assert r["verification"]["storage_classes"] == {"DEEP_ARCHIVE": r["verification"]["objects"]}
 
 
+@pytest.mark.slow
 def test_requests_are_counted_at_the_proxy(tiny_report: dict[str, Any]) -> None:
     by_ds = {r["dataset"]: r for r in _runs(tiny_report, "baseline-script")}
     small = by_ds["small"]
@@ -118,6 +120,7 @@ def test_requests_are_counted_at_the_proxy(tiny_report: dict[str, Any]) -> None:
     assert large["requests"].get("UploadPart", 0) > 0  # 12 MiB files go multipart in boto3
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     not (REPO / "async_backup" / "backup" / "pipeline.py").exists(), reason="async_backup not built yet"
 )
