@@ -17,7 +17,7 @@ from ..settings.config import Config
 from .card import build_card, card_json
 from .notify import NotifyResult, send_card
 from .redact import Redactor, webhook_host
-from .runreport import write_metrics, write_report
+from .runreport import last_success, write_metrics, write_report
 from .summary import RunSummary, format_bytes
 
 log = logging.getLogger("async_backup")
@@ -44,7 +44,7 @@ def publish(
         report = _write_report(cache_dir, summary, config, redactor)
         if metrics_file:
             try:
-                write_metrics(Path(metrics_file), summary, redactor=redactor)
+                write_metrics(Path(metrics_file), summary, last_success(cache_dir), redactor=redactor)
             except OSError as exc:
                 log.warning("metrics file %s could not be written (%s)", metrics_file, exc.strerror or exc)
     wants_card = bool(summary.failures) or summary.interrupted or config.notify_on_success
