@@ -106,7 +106,10 @@ def test_restore_one_file_then_whole_target_to_another_root(site: dict[str, Any]
         asked.stdout
     )
     assert f"price at tier Standard: ${standard:.6f} = $0.0001 for 1 retrievals + " in asked.stdout
-    assert "prices: us-east-1 (no figures for eu-central-1 here) prices read 2026-11" in asked.stdout
+    assert (
+        "prices: us-east-1 (no figures for eu-central-1 here) prices from async_backup/s3/pricing.py (read 2026-11"
+        in asked.stdout
+    )
 
     first = restore(cache, str(photos), "--path", "sub/b.bin", "--to", str(tmp_path / "one"), "--yes")
     assert first.returncode == 0, first.stdout + first.stderr

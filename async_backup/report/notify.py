@@ -2,12 +2,12 @@
 
 Owns: the POST to the Workflows webhook, its retry policy (429 with Retry-After, 5xx, connection
 errors and timeouts), and turning every delivery problem into a `NotifyResult`, never an exception:
-a notification that fails is a warning, and must never fail the backup (FACTS.md, "Conventions").
+a notification that fails is a warning, and must never fail the backup (as borgmatic treats its pings).
 
 This is the only module of the package that talks to the network outside S3. It must not import
 S3, the filesystem, the state cache or the pipeline; it takes a ready payload (see `card.py`).
 
-The webhook URL carries a signature in its query (FACTS.md, "Microsoft Teams"): only
+The webhook URL carries a signature in its query: only
 `redact.webhook_host(url)` ever reaches a log line or an error text.
 """
 
@@ -81,7 +81,7 @@ def parse_retry_after(value: str | None, *, now_s: float | None = None) -> float
 
 
 def _retryable(status: int) -> bool:
-    # 429: Teams throttles at about 4 requests per second (FACTS.md). 408 and 5xx are transient.
+    # 429: Teams throttles at about 4 requests per second. 408 and 5xx are transient.
     return status in (408, 429) or 500 <= status <= 599
 
 
