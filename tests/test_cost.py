@@ -17,7 +17,6 @@ from s3proxy import ProxyServer
 import async_backup
 from async_backup.errors import ConfigError
 from async_backup.s3.pricing import (
-    PRICE_TABLE_FILE,
     US_EAST_1,
     format_usd,
     part_size_cost_per_tib,
@@ -136,7 +135,7 @@ def test_prices_cite_the_table_in_the_package_and_when_it_was_read() -> None:
         "us-east-1 prices from async_backup/s3/pricing.py "
         "(read 2026-11 from the AWS S3 pricing page, https://aws.amazon.com/s3/pricing/); estimates"
     )
-    assert (Path(async_backup.__file__).parent.parent / PRICE_TABLE_FILE).is_file()
+    assert (Path(async_backup.__file__).parent.parent / "async_backup/s3/pricing.py").is_file()
 
 
 def test_the_package_cites_no_file_it_does_not_ship() -> None:
