@@ -45,6 +45,7 @@ from ..report.summary import RunSummary
 from ..s3.pricing import planned_counts, price_requests, prices_for
 from ..settings.config import Config
 from ..settings.targets import Target, discover_targets, nested_target_warnings, select_targets
+from ..wording import counted
 from .pipeline import Backup
 from .runs import RunOptions
 
@@ -87,7 +88,8 @@ def run(config: Config, cache_dir: Path, options: BackupOptions) -> int:
                 dropped = anyio.run(CacheWrites(store).forget_target, os.path.normpath(options.forget_target))
             finally:
                 store.close()
-        log.info("forgot target %s (%d cached files); its bucket is unchanged", options.forget_target, dropped)
+        dropped_files = counted(dropped, "cached file")
+        log.info("forgot target %s (%s); its bucket is unchanged", options.forget_target, dropped_files)
         return EXIT_OK
     collector = FailureCollector()
     summary = RunSummary(host=socket.gethostname(), started_at=time.time(), dry_run=options.dry_run)
@@ -201,9 +203,9 @@ def _execute(
     progress = Progress.for_stderr(max(1.0, options.progress_interval_s), quiet=options.quiet)
     held.backup = Backup(config, targets, store, collector, options, progress)
     log.info(
-        "%s %d targets%s",
+        "%s %s%s",
         "planning" if options.dry_run else "backing up",
-        len(targets),
+        counted(len(targets), "target"),
         " (dry run)" if options.dry_run else "",
     )
     return anyio.run(_run_until_signal, held.backup, backend_options=event_loop_options())

@@ -14,6 +14,7 @@ from typing import Any
 import anyio
 
 from ..settings.config import Config
+from ..wording import counted
 from .card import build_card, card_json
 from .notify import NotifyResult, send_card
 from .redact import Redactor, webhook_host
@@ -81,19 +82,19 @@ def tell_outcome(summary: RunSummary, dry_run: bool) -> None:
     for failure in summary.failures[:50]:
         log.error("failed: [%s] %s: %s", failure.group, failure.path or failure.target, failure.message)
     if len(summary.failures) > 50:
-        log.error("... and %d more failures", len(summary.failures) - 50)
+        log.error("... and %s", counted(len(summary.failures) - 50, "more failure"))
     for warning in summary.warnings[:20]:
         log.warning("%s: %s: %s", warning.group, warning.path, warning.message)
     if dry_run:
         for t in summary.targets:
             adopt = (
-                f"would adopt {t.adopted} files from the old script's cache (each checked against the bucket "
-                "listing first), "
+                f"would adopt {counted(t.adopted, 'file')} from the old script's cache "
+                "(each checked against the bucket listing first), "
                 if t.adopted
                 else ""
             )
             print(
-                f"{t.name} -> {t.destination}: {adopt}would upload {t.planned_uploads} files "
+                f"{t.name} -> {t.destination}: {adopt}would upload {counted(t.planned_uploads, 'file')} "
                 f"({format_bytes(t.planned_upload_bytes)}), delete {t.planned_deletes}, "
                 f"{t.unchanged} unchanged, {t.skipped} skipped"
             )
@@ -103,17 +104,17 @@ def tell_outcome(summary: RunSummary, dry_run: bool) -> None:
                     "(the newest snapshot, else the bucket listing + HeadObject) and uploads only what S3 "
                     "does not hold as it is on disk; this dry run sends no request, so it counts every file as new"
                 )
-    tail = f", {summary.rows_rebuilt:,} cache rows rebuilt from S3" if summary.rows_rebuilt else ""
+    tail = f", {counted(summary.rows_rebuilt, 'cache row')} rebuilt from S3" if summary.rows_rebuilt else ""
     if summary.requests is not None:
         tail += f"; {summary.requests.brief()} at {summary.requests.prices.describe()}"
     log.info(
-        "%s: %d targets, %d files uploaded (%s), %d deleted, %d failures in %.1f s%s",
+        "%s: %s, %s uploaded (%s), %d deleted, %s in %.1f s%s",
         "dry run done" if dry_run else "interrupted" if summary.interrupted else "done",
-        len(summary.targets),
-        summary.files_uploaded,
+        counted(len(summary.targets), "target"),
+        counted(summary.files_uploaded, "file"),
         format_bytes(summary.bytes_uploaded),
         summary.files_deleted,
-        len(summary.failures),
+        counted(len(summary.failures), "failure"),
         summary.duration_s,
         tail,
     )

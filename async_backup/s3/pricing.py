@@ -6,7 +6,8 @@ and the cost of requests, of a month of storage (Deep Archive's per-object overh
 of a restore per tier. Every figure is an estimate: AWS bills by its own meters, in its own
 rounding, and changes prices; taxes, free tiers and data transfer discounts are not modelled.
 
-Pure: no clock, no I/O, no logging, and no import from this package, so any module may use it.
+Pure: no clock, no I/O, no logging, and no import from this package but `wording`, so any module
+may use it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
+
+from ..wording import counted
 
 # AWS bills storage and retrieval per GB of 2^30 bytes ("GB-month"; S3 pricing page, footnotes).
 BILLING_GB = 1024**3
@@ -181,7 +184,7 @@ class RequestCost:
         shown = [f"{line.label} {line.count:,} {format_usd(line.usd)}" for line in self.lines[:max_kinds]]
         more = len(self.lines) - max_kinds
         if more > 0:
-            shown.append(f"{more} more kinds")
+            shown.append(counted(more, "more kind"))
         return f"{head} ({', '.join(shown)})"
 
     def as_json(self) -> dict[str, Any]:
