@@ -249,6 +249,6 @@ def test_status_gives_objects_bytes_and_monthly_price_per_target_without_a_reque
     table = in_process("--cache", str(cache), "status")
     assert table.returncode == 0, table.stderr
     assert str(data) in table.stdout and "9 (1 of unknown size)" in table.stdout
-    assert "1 objects adopted from the old script's cache have no size recorded" in table.stdout
+    assert "1 object adopted from the old script's cache has no size recorded" in table.stdout
     assert "last run: started " in table.stdout and ", succeeded; report " in table.stdout
     assert "estimates" in table.stdout
