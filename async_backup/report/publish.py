@@ -8,8 +8,9 @@ the run's secrets, and the closing log lines. Sends through `notify`, writes thr
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import anyio
 
@@ -77,8 +78,10 @@ async def _send(url: str, payload: dict[str, Any]) -> NotifyResult:
     return await send_card(url, payload)
 
 
-def tell_outcome(summary: RunSummary, dry_run: bool) -> None:
-    """The run's end in the log (failures, warnings, totals) and, for a dry run, its plan on stdout."""
+def tell_outcome(summary: RunSummary, dry_run: bool, *, plan_to: TextIO | None = None) -> None:
+    """The run's end in the log (failures, warnings, totals) and, for a dry run, its plan on
+    `plan_to` (stdout; stderr when stdout carries the card: --print-card)."""
+    plan_out = plan_to or sys.stdout
     for failure in summary.failures[:50]:
         log.error("failed: [%s] %s: %s", failure.group, failure.path or failure.target, failure.message)
     if len(summary.failures) > 50:
@@ -96,13 +99,15 @@ def tell_outcome(summary: RunSummary, dry_run: bool) -> None:
             print(
                 f"{t.name} -> {t.destination}: {adopt}would upload {counted(t.planned_uploads, 'file')} "
                 f"({format_bytes(t.planned_upload_bytes)}), delete {t.planned_deletes}, "
-                f"{t.unchanged} unchanged, {t.skipped} skipped"
+                f"{t.unchanged} unchanged, {t.skipped} skipped",
+                file=plan_out,
             )
             if t.rebuild_due:
                 print(
                     f"  the cache holds no rows for {t.name}: a real run first rebuilds them from S3 "
                     "(the newest snapshot, else the bucket listing + HeadObject) and uploads only what S3 "
-                    "does not hold as it is on disk; this dry run sends no request, so it counts every file as new"
+                    "does not hold as it is on disk; this dry run sends no request, so it counts every file as new",
+                    file=plan_out,
                 )
     tail = f", {counted(summary.rows_rebuilt, 'cache row')} rebuilt from S3" if summary.rows_rebuilt else ""
     if summary.requests is not None:
