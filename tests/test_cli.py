@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 from pathlib import Path
@@ -144,3 +145,20 @@ def test_status_of_a_cache_that_never_ran_lists_the_configured_targets(tmp_path:
     assert rows[str(folders[0])].endswith("never ran")
     assert rows[str(folders[1])].endswith("never ran; not on disk")
     assert "total: 0 objects" in table.stdout and "last run: no run report yet" in table.stdout
+
+
+def test_every_default_a_help_text_states_is_the_arguments_own() -> None:
+    """A help text that says "(default X)" must say the value argparse really uses."""
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    checked = 0
+    for sub in [parser, *subparsers.choices.values()]:
+        for action in sub._actions:
+            help_text = action.help or ""
+            default = action.default
+            if "(default" not in help_text or default in (None, argparse.SUPPRESS):
+                continue
+            shown = f"{default:g}" if isinstance(default, float) else str(default)
+            assert f"(default {shown})" in help_text, (sub.prog, action.option_strings, help_text)
+            checked += 1
+    assert checked >= 4  # --cache, --progress-interval, --tier, --days
