@@ -141,9 +141,9 @@ class Verify:
         wanted = spill.checks_count
         if wanted:
             log.info(
-                "s3://%s: comparing %d checksums, one HeadObject each (--no-checksums skips the CRC32 ones)",
+                "s3://%s: comparing %s, one HeadObject each (--no-checksums skips the CRC32 ones)",
                 check.target.bucket,
-                wanted,
+                counted(wanted, "checksum"),
             )
         self.phase, self.done, self.total = f"checksums of s3://{check.target.bucket}", 0, wanted
         work = spill.checks()
