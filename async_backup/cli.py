@@ -106,7 +106,7 @@ def _backup_arguments(parser: Arguments) -> None:
         "--upload-everything-again",
         action="store_true",
         help="forget the local file cache and do NOT rebuild it: every file is uploaded again "
-        "(Deep Archive bills each copy for 180 days)",
+        "(Deep Archive bills each copy for 180 days); not with --reset",
     )
     parser.add_argument(
         "--dry-run", action="store_true", help="walk and plan only: no upload, no delete, no notification"
@@ -127,7 +127,8 @@ def _backup_arguments(parser: Arguments) -> None:
     parser.add_argument(
         "--forget-target",
         metavar="PATH",
-        help="drop a removed target from the cache (its bucket is left as it is) and exit",
+        help="drop a removed target from the cache (its bucket is left as it is) and exit; "
+        "PATH must be a target the cache knows (async-backup status lists them)",
     )
     parser.add_argument("--no-cache-backup", action="store_true", help="do not upload the cache snapshot after the run")
     parser.add_argument("--print-card", action="store_true", help="print the Teams card as JSON instead of posting it")
@@ -242,6 +243,39 @@ def _status_options(args: argparse.Namespace) -> StatusOptions:
     return StatusOptions(json=args.json)
 
 
+# Options that contradict each other: (option, option, why), refused in one line before anything
+# runs, so neither silently wins. Options a command does not take are never set on its namespace.
+_RUN_OPTIONS = ("--dry-run", "--reset", "--upload-everything-again", "--only", "--allow-mass-delete")
+CONFLICTS: tuple[tuple[str, str, str], ...] = (
+    (
+        "--reset",
+        "--upload-everything-again",
+        "--reset rebuilds the cache from S3 and uploads only what S3 lacks, --upload-everything-again "
+        "uploads every file again; give one of them",
+    ),
+    ("-q", "-v", "-q shows warnings and errors only, -v adds detail; give one of them"),
+    ("--json", "--print-card", "both print on stdout (JSON lines, the card); give one of them"),
+    *(
+        (
+            "--forget-target",
+            option,
+            "--forget-target only drops a target from the cache and runs no backup; give it alone",
+        )
+        for option in (*_RUN_OPTIONS, "--print-card", "--metrics-file")
+    ),
+)
+_DESTS = {"-q": "quiet", "-v": "verbose"}
+
+
+def conflict(args: argparse.Namespace) -> str | None:
+    """The one-line error for the first pair of contradicting options given, or None."""
+    for first, second, why in CONFLICTS:
+        given = [getattr(args, _DESTS.get(o, o.lstrip("-").replace("-", "_")), None) for o in (first, second)]
+        if all(given):
+            return f"{first} and {second} exclude each other: {why}"
+    return None
+
+
 # The dispatch table: command word -> arguments, options built from them, run.
 COMMANDS: dict[str, Command[Any]] = {
     "backup": Command("back up every target (the default)", _backup_arguments, _backup_options, lambda: backup.run),
@@ -341,6 +375,10 @@ def _main(argv: Sequence[str] | None) -> int:
     stop_like_ctrl_c(signal.SIGTERM)
     args = parse_args(argv)
     if args.command is None:  # only --help or --version get here, and they exit before
+        return EXIT_USAGE
+    contradiction = conflict(args)
+    if contradiction:
+        print(f"async-backup: error: {contradiction}", file=sys.stderr)
         return EXIT_USAGE
     if getattr(args, "concurrency", None) is not None and args.concurrency < 1:
         print("async-backup: error: --concurrency must be at least 1", file=sys.stderr)

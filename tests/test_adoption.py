@@ -77,7 +77,7 @@ def test_a_dry_run_shows_the_adoption_and_writes_nothing(old_site: dict[str, Any
     assert result.returncode == 0, result.stderr
     letters = str(data / f"letters {tok}")
     line = next(x for x in result.stdout.splitlines() if x.startswith(letters + " "))
-    assert "would adopt 2 files" in line and "would upload 1 files" in line
+    assert "would adopt 2 files" in line and "would upload 1 file " in line
     archive_line = next(x for x in result.stdout.splitlines() if f"Archive 3 {tok}" in x)
     assert "would adopt 2 files" in archive_line and "would upload 0 files" in archive_line
     assert not (cache / "async-backup.db").exists()

@@ -124,7 +124,7 @@ def test_dry_run_touches_neither_s3_nor_the_cache(site: dict[str, Any], s3_inspe
     s3_before = {b: versions(s3_inspect, b) for b in site["buckets"].values()}
     result = backup(cache, "--dry-run")
     assert result.returncode == 0
-    assert "would upload 1 files" in result.stdout and "delete 1" in result.stdout
+    assert "would upload 1 file " in result.stdout and "delete 1" in result.stdout
     assert _cache_rows(cache) == db_before
     assert {b: versions(s3_inspect, b) for b in site["buckets"].values()} == s3_before
 

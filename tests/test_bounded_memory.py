@@ -55,7 +55,7 @@ def test_verify_merges_the_listing_in_path_order_whatever_the_key_order(
     conn.close()
     lost = in_process("--cache", str(cache), "verify")
     assert lost.returncode == 0, lost.stdout
-    assert "1 objects have a file but no cache row" in lost.stdout
+    assert "1 object has a file but no cache row" in lost.stdout
 
 
 def test_restore_dry_run_prints_the_estimate_and_sends_nothing_but_the_listing(

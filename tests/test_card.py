@@ -431,7 +431,7 @@ def test_the_card_states_the_requests_sent_and_their_price_by_hand() -> None:
     assert any(shown(t) == "· HeadObject: 1,000 for $0.0004" for t in totals), totals
     assert any(shown(t) == "· 2 more kinds: 5 for $0.00001" for t in totals), totals  # STANDARD PUT and the free DELETE
     assert any(
-        "us-east-1 prices read 2026-11 from FACTS.md / AWS S3 pricing page; estimates" in shown(t) for t in totals
+        "us-east-1 prices from async_backup/s3/pricing.py (read 2026-11 from" in shown(t) for t in totals
     )
 
     dry = make_summary(1, 0, dry_run=True)

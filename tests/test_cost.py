@@ -14,6 +14,7 @@ import pytest
 from conftest import in_process, last_report, make_tree, run_cli, write_config
 from s3proxy import ProxyServer
 
+import async_backup
 from async_backup.errors import ConfigError
 from async_backup.s3.pricing import (
     US_EAST_1,
@@ -127,7 +128,21 @@ def test_pricing_in_config_overrides_single_entries_and_says_so() -> None:
     assert "changed in config.json: transfer_out_per_gb, write_per_1000" in prices.describe()
     # A region without figures here is priced at us-east-1's, and says so.
     assert prices_for("eu-central-1").describe().startswith("us-east-1 (no figures for eu-central-1 here) prices")
-    assert "2026-11" in US_EAST_1.describe() and "FACTS.md / AWS S3 pricing page" in US_EAST_1.describe()
+
+
+def test_prices_cite_the_table_in_the_package_and_when_it_was_read() -> None:
+    assert US_EAST_1.describe() == (
+        "us-east-1 prices from async_backup/s3/pricing.py "
+        "(read 2026-11 from the AWS S3 pricing page, https://aws.amazon.com/s3/pricing/); estimates"
+    )
+    assert (Path(async_backup.__file__).parent.parent / "async_backup/s3/pricing.py").is_file()
+
+
+def test_the_package_cites_no_file_it_does_not_ship() -> None:
+    """FACTS.md is the developers' notes, not part of the product: no text of the package names it."""
+    package = Path(async_backup.__file__).parent
+    citing = [str(p.relative_to(package)) for p in package.rglob("*.py") if "FACTS" in p.read_text(encoding="utf-8")]
+    assert citing == []
 
 
 @pytest.mark.parametrize(
@@ -234,6 +249,6 @@ def test_status_gives_objects_bytes_and_monthly_price_per_target_without_a_reque
     table = in_process("--cache", str(cache), "status")
     assert table.returncode == 0, table.stderr
     assert str(data) in table.stdout and "9 (1 of unknown size)" in table.stdout
-    assert "1 objects adopted from the old script's cache have no size recorded" in table.stdout
+    assert "1 object adopted from the old script's cache has no size recorded" in table.stdout
     assert "last run: started " in table.stdout and ", succeeded; report " in table.stdout
     assert "estimates" in table.stdout

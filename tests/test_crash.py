@@ -185,7 +185,9 @@ def test_sigterm_and_sigint_stop_gracefully(
     assert b"Traceback" not in stderr
     rows = cache_rows(cache, bucket)
     objects = bucket_objects(s3_inspect, bucket)
-    uploaded = int(re.search(r"interrupted: 1 targets, (\d+) files uploaded", stderr.decode()).group(1))  # type: ignore[union-attr]
+    found = re.search(r"interrupted: 1 target, ([\d,]+) files? uploaded", stderr.decode())
+    assert found, stderr.decode()[-2000:]
+    uploaded = int(found.group(1).replace(",", ""))
     assert len(rows) == uploaded, "every upload S3 confirmed before the signal is recorded"
     assert all(objects.get(p) == size for p, size in rows.items()), "every cached file is in S3"
     assert open_uploads(s3_inspect, bucket) == [], "in-flight multipart uploads are aborted"

@@ -460,5 +460,5 @@ def test_report_and_metrics_of_a_failing_run(
     assert samples["async_backup_exit_code"] == 1
     assert samples["async_backup_last_success_timestamp_seconds"] == 0
     assert samples[f'async_backup_failures{{target="{data / "alpha"}",kind="S3 error"}}'] == 1
-    assert samples[f'async_backup_files_uploaded_total{{target="{data / "gamma"}"}}'] == 1
+    assert samples[f'async_backup_files_uploaded{{target="{data / "gamma"}"}}'] == 1
     assert not list(metrics.parent.glob("*.tmp"))

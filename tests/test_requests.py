@@ -238,6 +238,6 @@ def test_dry_run_after_changes_sends_no_request_at_all(site: dict[str, Any], pro
     proxy.clear()
     result = backup(cache, "--dry-run")
     assert result.returncode == 0, result.stderr
-    assert "would upload 1 files" in result.stdout and "delete 1" in result.stdout
+    assert "would upload 1 file " in result.stdout and "delete 1" in result.stdout
     records = proxy.wait_done()
     assert records == [], listing(records)

@@ -94,7 +94,7 @@ def test_restore_one_file_then_whole_target_to_another_root(site: dict[str, Any]
     # Without --yes and off a terminal: the estimate, then exit 2 with one line.
     asked = restore(cache, str(photos), "--path", "sub/b.bin", "--to", str(tmp_path / "one"))
     assert asked.returncode == 2
-    assert "1 objects, 6.0 MiB" in asked.stdout and "1 retrieval requests to send (tier Bulk" in asked.stdout
+    assert "1 object, 6.0 MiB" in asked.stdout and "1 retrieval request to send (tier Bulk" in asked.stdout
     assert asked.stderr.strip().splitlines()[-1].startswith("async-backup: error: restore asks before it starts")
     assert not (tmp_path / "one").exists()
     # Its price per tier, by hand: 6 MiB = 6/1024 GB; 1 retrieval; the copy at STANDARD ($0.023) for 7 days;
@@ -103,21 +103,24 @@ def test_restore_one_file_then_whole_target_to_another_root(site: dict[str, Any]
     copy_and_rest = gb * 0.023 * 7 / 30 + 0.0004 / 1000 + gb * 0.09
     bulk = 0.025 / 1000 + gb * 0.0025 + copy_and_rest
     standard = 0.10 / 1000 + gb * 0.02 + copy_and_rest
-    assert f"price at tier Bulk (this restore): ${bulk:.6f} = $0.000025 for 1 retrievals + " in asked.stdout, (
+    assert f"price at tier Bulk (this restore): ${bulk:.6f} = $0.000025 for 1 retrieval + " in asked.stdout, (
         asked.stdout
     )
-    assert f"price at tier Standard: ${standard:.6f} = $0.0001 for 1 retrievals + " in asked.stdout
-    assert "prices: us-east-1 (no figures for eu-central-1 here) prices read 2026-11" in asked.stdout
+    assert f"price at tier Standard: ${standard:.6f} = $0.0001 for 1 retrieval + " in asked.stdout
+    assert (
+        "prices: us-east-1 (no figures for eu-central-1 here) prices from async_backup/s3/pricing.py (read 2026-11"
+        in asked.stdout
+    )
 
     first = restore(cache, str(photos), "--path", "sub/b.bin", "--to", str(tmp_path / "one"), "--yes")
     assert first.returncode == 0, first.stdout + first.stderr
-    assert "1 pending (1 retrievals requested now)" in first.stdout
+    assert "1 pending (1 retrieval requested now)" in first.stdout
     assert request_counts(first.stdout).get("RestoreObject") == 1
     second = restore(
         cache, site["bucket"], "--path", str(photos / "sub" / "b.bin"), "--to", str(tmp_path / "one"), "--yes"
     )
     assert second.returncode == 0, second.stdout + second.stderr
-    assert "1 restored (6.0 MiB; 1 checksums verified)" in second.stdout
+    assert "1 restored (6.0 MiB; 1 checksum verified)" in second.stdout
     assert "RestoreObject" not in request_counts(second.stdout)
     one = tmp_path / "one" / photos.relative_to("/")
     assert [p.name for p in one.rglob("*") if p.is_file()] == ["b.bin"]
@@ -202,7 +205,7 @@ def test_as_of_brings_back_a_deleted_file_and_older_content(
     now = tmp_path / "now"
     latest = restore(cache, str(docs), "--to", str(now), "--yes")
     assert latest.returncode == 0, latest.stdout + latest.stderr
-    assert "3 objects" in latest.stdout and "1 more are deleted (older versions remain: see --as-of)" in latest.stdout
+    assert "3 objects" in latest.stdout and "1 more is deleted (older versions remain: see --as-of)" in latest.stdout
     current = now / docs.relative_to("/")
     assert (current / "report.txt").read_bytes() == b"version two, longer"
     assert not (current / "notes.txt").exists()
@@ -396,7 +399,7 @@ def test_a_multipart_download_takes_its_part_size_from_the_cache_row(
     proxy.clear()
     done = restore(cache, *args, "--to", str(tmp_path / "one"))
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "1 restored (6.0 MiB; 1 checksums verified)" in done.stdout
+    assert "1 restored (6.0 MiB; 1 checksum verified)" in done.stdout
     assert proxy.count("GetObject") == 1 and part_heads() == 0
 
     with sqlite3.connect(cache / "async-backup.db") as db:
@@ -404,5 +407,5 @@ def test_a_multipart_download_takes_its_part_size_from_the_cache_row(
     proxy.clear()
     asked = restore(cache, *args, "--to", str(tmp_path / "two"))
     assert asked.returncode == 0, asked.stdout + asked.stderr
-    assert "1 restored (6.0 MiB; 1 checksums verified)" in asked.stdout
+    assert "1 restored (6.0 MiB; 1 checksum verified)" in asked.stdout
     assert part_heads() == 1

@@ -344,7 +344,7 @@ def test_requests_recorded_in_the_cache_by_an_earlier_version_are_not_sent_again
     docs, cache = backed_up(tmp_path, moto_endpoint, bucket_prefix, storage_class="DEEP_ARCHIVE")
     out = tmp_path / "out"
     first = restore(cache, str(docs), "--path", "a.txt", "--to", str(out), "--yes")
-    assert first.returncode == 0 and "1 retrievals requested now" in first.stdout, first.stdout + first.stderr
+    assert first.returncode == 0 and "1 retrieval requested now" in first.stdout, first.stdout + first.stderr
     with sqlite3.connect(cache / "restores.db") as log:
         rows = log.execute("SELECT bucket, key, version_id, tier, days, requested FROM restores").fetchall()
     assert len(rows) == 1

@@ -115,7 +115,7 @@ def test_a_file_back_at_a_gone_row_that_s3_does_not_hold_is_uploaded(
 
     result = run_cli("--cache", str(cache), "--no-cache-backup")
     assert result.returncode == 0, result.stderr
-    assert "1 files uploaded" in result.stderr
+    assert "1 file uploaded" in result.stderr
     versions = s3_inspect.list_object_versions(Bucket=bucket)["Versions"]
     same, other = key_of(data / "a/same.tif"), key_of(data / "a/other.tif")
     assert sorted(v["Key"] for v in versions) == sorted([same, other, other])
@@ -166,7 +166,7 @@ def test_a_snapshot_row_for_an_object_replaced_after_the_snapshot_is_not_taken(
 
     result = run_cli("--cache", str(cache), "--no-cache-backup")
     assert result.returncode == 0, result.stderr
-    assert "1 files uploaded" in result.stderr
+    assert "1 file uploaded" in result.stderr
     key = key_of(docs / "report.tif")
     assert s3_inspect.get_object(Bucket=bucket, Key=key)["Body"].read() == b"version one."
     again = run_cli("--cache", str(cache), "--no-cache-backup")

@@ -5,13 +5,17 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import write_config
 from hypothesis import given
 from hypothesis import strategies as st
 
 from async_backup.errors import Failure, FailureKind
+from async_backup.report.publish import publish
 from async_backup.report.redact import printable
 from async_backup.report.runreport import (
     LAST_SUCCESS_METRIC,
@@ -24,6 +28,7 @@ from async_backup.report.runreport import (
     write_report,
 )
 from async_backup.report.summary import RunSummary, TargetStats
+from async_backup.settings.config import load_config
 
 T0 = 1_795_888_320.0  # 2026-11-28T17:52:00Z
 
@@ -184,19 +189,19 @@ def test_metrics_are_parseable_with_help_type_and_escaped_labels(tmp_path: Path)
         "async_backup_last_success_timestamp_seconds",
         "async_backup_last_run_timestamp_seconds",
         "async_backup_duration_seconds",
-        "async_backup_files_uploaded_total",
-        "async_backup_bytes_uploaded_total",
-        "async_backup_files_deleted_total",
+        "async_backup_files_uploaded",
+        "async_backup_bytes_uploaded",
+        "async_backup_files_deleted",
         "async_backup_failures",
         "async_backup_exit_code",
     }
     assert set(meta) == expected
     assert all(help_text and kind == "gauge" for help_text, kind in meta.values())
     odd = '/srv/odd "quoted"\\back\\x0aline'  # newline shown as \x0a first, then label-escaped
-    assert samples[("async_backup_files_uploaded_total", frozenset({("target", "/srv/images/a")}))] == 4
-    assert samples[("async_backup_files_uploaded_total", frozenset({("target", odd)}))] == 1
-    assert samples[("async_backup_bytes_uploaded_total", frozenset({("target", "/srv/images/a")}))] == 4_000_000
-    assert samples[("async_backup_files_deleted_total", frozenset({("target", "/srv/images/a")}))] == 2
+    assert samples[("async_backup_files_uploaded", frozenset({("target", "/srv/images/a")}))] == 4
+    assert samples[("async_backup_files_uploaded", frozenset({("target", odd)}))] == 1
+    assert samples[("async_backup_bytes_uploaded", frozenset({("target", "/srv/images/a")}))] == 4_000_000
+    assert samples[("async_backup_files_deleted", frozenset({("target", "/srv/images/a")}))] == 2
     assert samples[("async_backup_failures", frozenset({("target", odd), ("kind", "unreadable")}))] == 2
     assert samples[("async_backup_failures", frozenset({("target", "/srv/images/a"), ("kind", "S3 error")}))] == 1
     assert samples[("async_backup_exit_code", frozenset())] == 1
@@ -234,6 +239,52 @@ def test_last_success_survives_failed_runs(tmp_path: Path) -> None:
     # an explicit value wins over the file
     write_metrics(path, make_summary(failed=True), T0 + 5)
     assert read_last_success(path) == T0 + 5
+
+
+# On PATH, or the binary .ci/run takes out of Debian's prometheus package.
+_CI_PROMTOOL = Path(__file__).parent / "tools" / "promtool"
+PROMTOOL = shutil.which("promtool") or (str(_CI_PROMTOOL) if os.access(_CI_PROMTOOL, os.X_OK) else None)
+
+
+@pytest.mark.skipif(
+    PROMTOOL is None, reason="promtool is not installed (Debian's prometheus package has it; .ci/run fetches it)"
+)
+def test_metrics_pass_promtool_check() -> None:
+    """Prometheus' own linter: among others, no gauge may end in _total (the suffix of counters)."""
+    assert PROMTOOL is not None
+    for summary in (make_summary(), make_summary(failed=False)):
+        result = subprocess.run(
+            [PROMTOOL, "check", "metrics"],
+            input=render_metrics(summary, T0 - 1),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 0 and not result.stdout.strip(), result.stdout + result.stderr
+
+
+def test_the_readme_tables_every_metric_with_its_type() -> None:
+    meta, _ = parse_prom(render_metrics(make_summary(), None))
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    rows = re.findall(r"^\| `([a-z_]+)(?:\{[a-z,]+\})?` \| (\w+) \| \S", readme, re.MULTILINE)
+    assert {name: kind for name, kind in rows if name.startswith("async_backup_")} == {
+        name: kind for name, (_help, kind) in meta.items()
+    }
+
+
+def test_a_new_metrics_file_gets_the_last_success_from_the_run_reports(tmp_path: Path) -> None:
+    """The run reports are the record: a --metrics-file path no run wrote before still gets the
+    time the last successful run finished, not 0."""
+    write_config(tmp_path, "http://127.0.0.1:9", folders=[str(tmp_path)])  # nothing here sends a request
+    config = load_config(tmp_path)
+    publish(config, tmp_path, make_summary(failed=False), metrics_file=str(tmp_path / "old.prom"), print_card=False)
+    interrupted = make_summary(failed=True, started_at=T0 + 86_400)
+    interrupted.interrupted = True
+    moved = tmp_path / "textfile" / "async_backup.prom"
+    publish(config, tmp_path, interrupted, metrics_file=str(moved), print_card=False)
+    assert read_last_success(moved) == T0 + 10
+    assert parse_prom(moved.read_text())[1][(LAST_SUCCESS_METRIC, frozenset())] == T0 + 10
 
 
 def test_metrics_replace_the_file_atomically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

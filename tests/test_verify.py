@@ -127,7 +127,7 @@ def test_verify_finds_each_kind_of_damage_and_repair_plus_backup_makes_it_whole(
 
     whole = verify(cache)
     assert whole.returncode == 0, whole.stdout + whole.stderr
-    assert ": whole" in whole.stdout and "verify: all 1 targets whole" in whole.stdout
+    assert ": whole" in whole.stdout and "verify: 1 target whole" in whole.stdout
     assert "checksums: 1 match" in whole.stdout
 
 
@@ -225,9 +225,9 @@ def test_failed_requests_leave_verify_unfinished_not_whole(
         )
         result = verify(cache)
     assert result.returncode == 1, result.stdout + result.stderr
-    assert "not fully verified: 1 requests failed" in result.stdout
+    assert "not fully verified: 1 request failed" in result.stdout
     assert f"error: {data / 'big.bin'}: checksum not compared: " in result.stdout
-    assert "verify: no problems found; 1 requests failed" in result.stdout
+    assert "verify: no problems found; 1 request failed" in result.stdout
 
 
 def test_compare_merges_cache_and_walk_and_says_nothing_it_cannot_see() -> None:

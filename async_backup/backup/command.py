@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import os
 import socket
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -46,6 +47,7 @@ from ..report.summary import RunSummary
 from ..s3.pricing import planned_counts, price_requests, prices_for
 from ..settings.config import Config
 from ..settings.targets import Target, discover_targets, nested_target_warnings, select_targets
+from ..wording import counted
 from .pipeline import Backup
 from .runs import RunOptions
 
@@ -83,14 +85,7 @@ def run(config: Config, cache_dir: Path, options: BackupOptions) -> int:
     Only a run that never began publishes nothing: --forget-target, another run holding the lock
     (exit 3; its cache is not ours to write), a usage error (exit 2)."""
     if options.forget_target:
-        with cache_lock(cache_dir):
-            store = StateStore(cache_dir)
-            try:
-                dropped = anyio.run(CacheWrites(store).forget_target, os.path.normpath(options.forget_target))
-            finally:
-                store.close()
-        log.info("forgot target %s (%d cached files); its bucket is unchanged", options.forget_target, dropped)
-        return EXIT_OK
+        return _forget_target(cache_dir, options.forget_target)
     collector = FailureCollector()
     summary = RunSummary(host=socket.gethostname(), started_at=time.time(), dry_run=options.dry_run)
     held = _Held()
@@ -121,7 +116,14 @@ def run(config: Config, cache_dir: Path, options: BackupOptions) -> int:
         summary.requests = price_requests(held.backup.sent.counts, prices)
     with LateSignals() as late:
         try:
-            tell_outcome(summary, options.dry_run, plan_on_stdout=not options.json_lines)
+            # With --print-card, stdout carries the card alone, so it parses as JSON; with --json,
+            # JSON lines alone.
+            tell_outcome(
+                summary,
+                options.dry_run,
+                plan_to=sys.stderr if options.print_card else sys.stdout,
+                plan=not options.json_lines,
+            )
             publish(config, cache_dir, summary, metrics_file=options.metrics_file, print_card=options.print_card)
         except Exception as exc:  # publishing failed itself (MemoryError, a bug): the exit code still tells
             log.error("the run report could not be published: %s", one_line(exc))
@@ -130,6 +132,35 @@ def run(config: Config, cache_dir: Path, options: BackupOptions) -> int:
     if options.json_lines:
         emit(summary_line(summary, exit_code, redactor_for(config)))
     return exit_code
+
+
+MAX_TARGETS_NAMED = 10
+
+
+def _forget_target(cache_dir: Path, name: str) -> int:
+    """--forget-target: drop one target the cache knows. A path it does not know (a typo, a
+    target never backed up) is a usage error naming the known ones: nothing is changed."""
+    path = os.path.normpath(os.path.abspath(name))
+    with cache_lock(cache_dir):
+        store = StateStore(cache_dir)
+        try:
+            known = sorted(store.known_targets())
+            if path not in known:
+                raise ConfigError(f"--forget-target {name}: {unknown_target(known)}")
+            dropped = anyio.run(CacheWrites(store).forget_target, path)
+        finally:
+            store.close()
+    log.info("forgot target %s (%s); its bucket is unchanged", path, counted(dropped, "cached file"))
+    return EXIT_OK
+
+
+def unknown_target(known: list[str]) -> str:
+    if not known:
+        return "the cache knows no target yet, so there is nothing to forget"
+    named = ", ".join(known[:MAX_TARGETS_NAMED])
+    left = len(known) - MAX_TARGETS_NAMED
+    more = f" and {left:,} more (async-backup status lists them)" if left > 0 else ""
+    return f"the cache knows no target of that path; give one of its {counted(len(known), 'target')}: {named}{more}"
 
 
 def one_line(exc: BaseException) -> str:
@@ -208,9 +239,9 @@ def _execute(
     )
     held.backup = Backup(config, targets, store, collector, options, progress)
     log.info(
-        "%s %d targets%s",
+        "%s %s%s",
         "planning" if options.dry_run else "backing up",
-        len(targets),
+        counted(len(targets), "target"),
         " (dry run)" if options.dry_run else "",
     )
     return anyio.run(_run_until_signal, held.backup, backend_options=event_loop_options())

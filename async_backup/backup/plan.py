@@ -17,6 +17,7 @@ from typing import TypeVar
 from ..cache.records import Recorded, is_gone, is_unchanged, lacks_evidence, needs_proof
 from ..disk.entries import DiskFile, Hole, Skipped, WalkEntry
 from ..settings.config import MAX_PART_BYTES, MAX_PARTS, MIN_PART_BYTES, MiB
+from ..wording import counted
 
 MAX_OBJECT_BYTES = 5 * 1024**4  # the largest object S3 stores, 5 TiB
 MAX_DELETE_BATCH = 1_000  # DeleteObjects takes at most 1,000 keys [S3 API reference]
@@ -185,13 +186,13 @@ def deletion_guard(
         return None
     if on_disk == 0:
         return (
-            f"the folder is empty but the cache lists {recorded} files; is the share mounted? "
+            f"the folder is empty but the cache lists {counted(recorded, 'file')}; is the share mounted? "
             "run with --allow-mass-delete if the files were removed on purpose"
         )
     share = 100.0 * deletes / max(recorded, 1)
     if share > max_delete_percent:
         return (
-            f"{deletes} of {recorded} files ({share:.0f}%) would be deleted, more than the "
+            f"{deletes} of {counted(recorded, 'file')} ({share:.0f}%) would be deleted, more than the "
             f"{max_delete_percent:g}% allowed; run with --allow-mass-delete if that is intended"
         )
     return None

@@ -22,6 +22,7 @@ from ..errors import S3Error
 from ..s3.client import S3, open_s3
 from ..settings.config import Config
 from ..settings.naming import legacy_bucket_name
+from ..wording import counted
 from .oldscript import LEGACY_CACHE_BUCKET, LEGACY_DB_DIR
 from .recall import Known, recall_targets
 from .snapshots import snapshot_buckets, snapshot_key
@@ -47,7 +48,7 @@ async def recall_target_names(config: Config, cache_dir: Path) -> Known:
             source, names = await _old_cache_names(s3, cache_dir)
             known = names_from_old_caches(config, names)
     if known:
-        log.info("bucket names of %d targets recalled from %s", len(known), source)
+        log.info("bucket names of %s recalled from %s", counted(len(known), "target"), source)
     return known
 
 
@@ -56,7 +57,7 @@ def recall_target_names_offline(config: Config, cache_dir: Path) -> Known:
     source, names = _local_old_cache_names(cache_dir)
     known = names_from_old_caches(config, names)
     if known:
-        log.info("bucket names of %d targets recalled from %s", len(known), source)
+        log.info("bucket names of %s recalled from %s", counted(len(known), "target"), source)
     return known
 
 

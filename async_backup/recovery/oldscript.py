@@ -36,6 +36,7 @@ from ..errors import ConfigError, Failure, FailureCollector, FailureKind, S3Erro
 from ..s3.client import S3
 from ..settings.config import Config
 from ..settings.naming import legacy_bucket_of
+from ..wording import counted
 from .rebuild import needs_rebuild
 from .rules import OLD_UPLOAD_MARGIN_S, old_row_predates_upload, under_root
 from .target import RecoveringRun
@@ -223,10 +224,10 @@ class OldCaches:
             else ""
         )
         log.info(
-            "%s: adopted %d of %d files from the old cache %s (checked against %d ListObjectsV2 pages)%s%s",
+            "%s: adopted %d of %s from the old cache %s (checked against %d ListObjectsV2 pages)%s%s",
             target.path,
             adopted.rows,
-            old_rows,
+            counted(old_rows, "file"),
             path,
             listing.requests,
             f"; {missing} are not in s3://{target.bucket} and are uploaded if still on disk" if missing else "",
@@ -290,12 +291,13 @@ class OldCaches:
         buckets = sorted({legacy_bucket_of(old_target_name(n)) for n in names} | set(self._old_buckets))
         shown = ", ".join(buckets[:3]) + (f" and {len(buckets) - 3} more" if len(buckets) > 3 else "")
         cache_dir = self.config.source.parent
+        targets = counted(len(names), "target")
         if local:
-            where = f"{cache_dir}/{LEGACY_DB_DIR} holds the old script's caches of {len(names)} targets"
+            where = f"{cache_dir}/{LEGACY_DB_DIR} holds the old script's caches of {targets}"
         elif copies:
-            where = f"s3://{LEGACY_CACHE_BUCKET} holds the old script's caches of {len(names)} targets of {cache_dir}"
+            where = f"s3://{LEGACY_CACHE_BUCKET} holds the old script's caches of {targets} of {cache_dir}"
         else:
-            where = f"the old script's buckets hold files of {len(self._old_buckets)} targets"
+            where = f"the old script's buckets hold files of {counted(len(self._old_buckets), 'target')}"
         if not self.config.naming_set:
             # The run stops before its report: the exposed keys are said here, not in the summary.
             for warning in self._config_copy_warnings(self._config_copies()):

@@ -39,6 +39,7 @@ from ..s3.buckets import FOREIGN_CODE, owned_elsewhere
 from ..s3.client import S3, foreign_bucket_message
 from ..s3.objects import parse_mtime_metadata
 from ..settings.config import Config
+from ..wording import counted
 from .oldscript import OldCaches
 from .rebuild import (
     REBUILDING_MARK,
@@ -123,7 +124,8 @@ class Rebuild:
                     )
                     if run.stats.adopted:  # an unreadable old cache was one warning and yields nothing
                         described = self.old_caches.describe(old_cache)
-                        adopted_from = f"the old script's cache {described} ({run.stats.adopted:,} rows adopted)"
+                        rows_adopted = counted(run.stats.adopted, "row")
+                        adopted_from = f"the old script's cache {described} ({rows_adopted} adopted)"
                 heads, rows = await self.rebuild_from_listing(run, listing)
                 run.stats.rebuilt_rows += rows
                 if found is None and not adopted_from:
@@ -135,11 +137,11 @@ class Rebuild:
                 await self.writes.clear_meta(mark)
                 await self.writes.set_meta(SNAPSHOT_DUE, "1")
                 log.info(
-                    "%s -> s3://%s: the cache held no rows; %d of %d objects rebuilt from %s%s",
+                    "%s -> s3://%s: the cache held no rows; %d of %s rebuilt from %s%s",
                     run.target.path,
                     bucket,
                     run.stats.rebuilt_rows + (run.stats.adopted if adopted_from else 0),
-                    listing.count,
+                    counted(listing.count, "object"),
                     " + ".join(x for x in (adopted_from, run.stats.rebuilt_from) if x),
                     f"; {run.stats.rebuilt_gone:,} of them for files gone from disk, deleted from S3 by this run "
                     "unless the deletion guard holds them back"

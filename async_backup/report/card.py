@@ -25,11 +25,11 @@ from ..s3.pricing import format_usd
 from .redact import Redactor, printable
 from .summary import RunSummary, TargetStats, format_bytes
 
-# Teams rejects messages above 28 KB ("Message size limit 28 KB", FACTS.md, Microsoft Teams).
+# Teams rejects messages above 28 KB ("Message size limit 28 KB", Microsoft Teams' webhook limits).
 TEAMS_MESSAGE_LIMIT_BYTES = 28 * 1024
 # Our budget for the UTF-8 JSON we send: headroom below the limit for Teams' own wrapping.
 CARD_BUDGET_BYTES = 27_000
-# Workflows reject Adaptive Card versions above 1.4 (FACTS.md), so only 1.4 elements are used.
+# Workflows reject Adaptive Card versions above 1.4, so only 1.4 elements are used.
 CARD_VERSION = "1.4"
 CARD_SCHEMA = "http://adaptivecards.io/schemas/adaptive-card.json"
 CARD_CONTENT_TYPE = "application/vnd.microsoft.card.adaptive"

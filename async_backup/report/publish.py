@@ -8,16 +8,18 @@ the run's secrets, and the closing log lines. Sends through `notify`, writes thr
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import anyio
 
 from ..settings.config import Config
+from ..wording import counted
 from .card import build_card, card_json
 from .notify import NotifyResult, send_card
 from .redact import Redactor, webhook_host
-from .runreport import write_metrics, write_report
+from .runreport import last_success, write_metrics, write_report
 from .summary import RunSummary, format_bytes
 
 log = logging.getLogger("async_backup")
@@ -44,7 +46,7 @@ def publish(
         report = _write_report(cache_dir, summary, config, redactor)
         if metrics_file:
             try:
-                write_metrics(Path(metrics_file), summary, redactor=redactor)
+                write_metrics(Path(metrics_file), summary, last_success(cache_dir), redactor=redactor)
             except OSError as exc:
                 log.warning("metrics file %s could not be written (%s)", metrics_file, exc.strerror or exc)
     wants_card = bool(summary.failures) or summary.interrupted or config.notify_on_success
@@ -76,45 +78,49 @@ async def _send(url: str, payload: dict[str, Any]) -> NotifyResult:
     return await send_card(url, payload)
 
 
-def tell_outcome(summary: RunSummary, dry_run: bool, *, plan_on_stdout: bool = True) -> None:
-    """The run's end in the log (failures, warnings, totals) and, for a dry run, its plan on stdout
-    (not with --json, whose stdout carries JSON lines only)."""
+def tell_outcome(summary: RunSummary, dry_run: bool, *, plan_to: TextIO | None = None, plan: bool = True) -> None:
+    """The run's end in the log (failures, warnings, totals) and, for a dry run, its plan on
+    `plan_to` (stdout; stderr when stdout carries the card: --print-card). No plan with `plan`
+    False (--json, whose stdout carries JSON lines only)."""
+    plan_out = plan_to or sys.stdout
     for failure in summary.failures[:50]:
         log.error("failed: [%s] %s: %s", failure.group, failure.path or failure.target, failure.message)
     if len(summary.failures) > 50:
-        log.error("... and %d more failures", len(summary.failures) - 50)
+        log.error("... and %s", counted(len(summary.failures) - 50, "more failure"))
     for warning in summary.warnings[:20]:
         log.warning("%s: %s: %s", warning.group, warning.path, warning.message)
-    if dry_run and plan_on_stdout:
+    if dry_run and plan:
         for t in summary.targets:
             adopt = (
-                f"would adopt {t.adopted} files from the old script's cache (each checked against the bucket "
-                "listing first), "
+                f"would adopt {counted(t.adopted, 'file')} from the old script's cache "
+                "(each checked against the bucket listing first), "
                 if t.adopted
                 else ""
             )
             print(
-                f"{t.name} -> {t.destination}: {adopt}would upload {t.planned_uploads} files "
+                f"{t.name} -> {t.destination}: {adopt}would upload {counted(t.planned_uploads, 'file')} "
                 f"({format_bytes(t.planned_upload_bytes)}), delete {t.planned_deletes}, "
-                f"{t.unchanged} unchanged, {t.skipped} skipped"
+                f"{t.unchanged} unchanged, {t.skipped} skipped",
+                file=plan_out,
             )
             if t.rebuild_due:
                 print(
                     f"  the cache holds no rows for {t.name}: a real run first rebuilds them from S3 "
                     "(the newest snapshot, else the bucket listing + HeadObject) and uploads only what S3 "
-                    "does not hold as it is on disk; this dry run sends no request, so it counts every file as new"
+                    "does not hold as it is on disk; this dry run sends no request, so it counts every file as new",
+                    file=plan_out,
                 )
-    tail = f", {summary.rows_rebuilt:,} cache rows rebuilt from S3" if summary.rows_rebuilt else ""
+    tail = f", {counted(summary.rows_rebuilt, 'cache row')} rebuilt from S3" if summary.rows_rebuilt else ""
     if summary.requests is not None:
         tail += f"; {summary.requests.brief()} at {summary.requests.prices.describe()}"
     log.info(
-        "%s: %d targets, %d files uploaded (%s), %d deleted, %d failures in %.1f s%s",
+        "%s: %s, %s uploaded (%s), %d deleted, %s in %.1f s%s",
         "dry run done" if dry_run else "interrupted" if summary.interrupted else "done",
-        len(summary.targets),
-        summary.files_uploaded,
+        counted(len(summary.targets), "target"),
+        counted(summary.files_uploaded, "file"),
         format_bytes(summary.bytes_uploaded),
         summary.files_deleted,
-        len(summary.failures),
+        counted(len(summary.failures), "failure"),
         summary.duration_s,
         tail,
     )

@@ -4,7 +4,7 @@ Owns: the content of the run report (`build_report`, pure) and its file under
 ``<cache dir>/reports/`` with retention (`write_report`); the node_exporter textfile metrics
 (`render_metrics`, pure) and their atomic file (`write_metrics`). Both files are written to a
 temporary name and renamed, so a reader never sees half a file (node_exporter's textfile collector
-ignores the ``.prom.tmp`` name; FACTS.md, "Conventions").
+ignores names that do not end in ``.prom``).
 
 The builders are pure: no clock, no I/O. Must not import the network, S3 or the state cache; it
 reads only `errors`, `summary` and `redact`. Every text goes through `redact.printable` (and the
@@ -19,7 +19,7 @@ import math
 import os
 import re
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -181,20 +181,47 @@ def _report_sort_key(path: Path) -> tuple[str, int] | None:
     return match.group(1), int(match.group(2) or 1)
 
 
-def latest_report(cache_dir: Path) -> tuple[Path, dict[str, Any]] | None:
-    """The newest readable run report under ``<cache_dir>/reports/`` and its content, or None."""
+def _reports_newest_first(cache_dir: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """The readable run reports under ``<cache_dir>/reports/`` and their content, newest first."""
     reports_dir = Path(cache_dir) / REPORTS_DIR
     try:
         found = [(key, p) for p in reports_dir.iterdir() if (key := _report_sort_key(p)) is not None]
     except OSError:
-        return None
+        return
     for _key, path in sorted(found, reverse=True):
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue  # a damaged or unreadable report: the one before tells
         if isinstance(data, dict):
-            return path, data
+            yield path, data
+
+
+def latest_report(cache_dir: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The newest readable run report under ``<cache_dir>/reports/`` and its content, or None."""
+    return next(_reports_newest_first(cache_dir), None)
+
+
+def _timestamp(iso: object) -> float | None:
+    if not isinstance(iso, str):
+        return None
+    try:
+        ts = datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+    return ts if math.isfinite(ts) and ts > 0 else None
+
+
+def last_success(cache_dir: Path) -> float | None:
+    """When the newest successful run recorded under ``<cache_dir>/reports/`` finished, or None.
+
+    The reports, not the metrics file, are the record: a new --metrics-file path, or a file lost
+    with its directory, still gets the true time. None when no kept report holds a success."""
+    for _path, data in _reports_newest_first(cache_dir):
+        if data.get("succeeded") is True:
+            ts = _timestamp(data.get("finished_at"))
+            if ts is not None:
+                return ts
     return None
 
 
@@ -277,8 +304,9 @@ def render_metrics(summary: RunSummary, last_success_ts: float | None, *, redact
     `last_success_ts` is the last successful run before this one; this run replaces it only if it
     succeeded. 0 means no run has succeeded yet, so an alert on its age fires.
 
-    All metrics describe the last run and are gauges, although some names end in ``_total``
-    (the names were chosen for the dashboards; each run starts again from zero).
+    All metrics describe the last run and are gauges: each run starts again from zero, so none is
+    a counter, and no name ends in ``_total`` (Prometheus keeps that suffix for counters, and
+    ``promtool check metrics`` refuses it on a gauge).
     """
     clean = _text_cleaner(redactor)
     if run_succeeded(summary) and summary.finished_at is not None:
@@ -296,17 +324,17 @@ def render_metrics(summary: RunSummary, last_success_ts: float | None, *, redact
     m.family("duration_seconds", "Wall-clock duration of the last run.", [({}, duration_s)])
     per_target = [(t, {"target": clean(t.name)}) for t in summary.targets]
     m.family(
-        "files_uploaded_total",
+        "files_uploaded",
         "Files uploaded (new or updated) by the last run, per target.",
         [(labels, t.new + t.updated) for t, labels in per_target],
     )
     m.family(
-        "bytes_uploaded_total",
+        "bytes_uploaded",
         "Bytes S3 confirmed in the last run, per target.",
         [(labels, t.bytes_uploaded) for t, labels in per_target],
     )
     m.family(
-        "files_deleted_total",
+        "files_deleted",
         "Objects deleted by the last run, per target.",
         [(labels, t.deleted) for t, labels in per_target],
     )
@@ -346,8 +374,9 @@ def write_metrics(
 ) -> None:
     """Write the metrics atomically (``NAME.prom.tmp``, then rename).
 
-    The last success time survives failed runs: it is `previous_success_ts` if given, else read
-    back from the file this replaces.
+    The last success time survives failed runs: it is `previous_success_ts` if given (a run passes
+    `last_success` of its cache's reports), else read back from the file this replaces (when
+    retention dropped every report of a success).
     """
     path = Path(path)
     if previous_success_ts is None:

@@ -2,8 +2,9 @@
 
 Owns the status table and its JSON: per target the objects and bytes the cache records (current
 versions S3 confirmed), their monthly storage price with Deep Archive's per-object overhead, and
-the last run's time and outcome from the newest run report. Sends no request to S3 and takes no
-lock: it only reads the cache and the reports.
+the last run's time and outcome from the newest run report; configured targets no run has backed
+up yet are listed too, marked as such. Sends no request to S3 and takes no lock: it only reads the
+cache, the reports and the configured folders and roots.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from typing import Any
 
 from ..cache.store import StateStore
 from ..errors import EXIT_OK
-from ..s3.pricing import format_usd, prices_for, storage_month
+from ..s3.pricing import Prices, format_usd, prices_for, storage_month
 from ..settings.config import Config
+from ..settings.targets import discover_targets, paths_needing_names
+from ..wording import counted, noun_for
 from .runreport import latest_report
 from .summary import format_bytes
 
@@ -60,6 +63,7 @@ def gather(config: Config, cache_dir: Path) -> dict[str, Any]:
                 "storage_class": config.storage_class,
                 "usd_per_month": round(cost.usd, 9),
                 "overhead_usd_per_month": round(cost.overhead_usd, 9),
+                "never_ran": False,
                 "last_run": None
                 if ran is None
                 else {
@@ -71,6 +75,7 @@ def gather(config: Config, cache_dir: Path) -> dict[str, Any]:
                 },
             }
         )
+    targets.extend(_never_ran(config, known, set(held), prices))
     total = storage_month(
         sum(t["bytes"] for t in targets), sum(t["objects"] for t in targets), config.storage_class, prices
     )
@@ -101,12 +106,39 @@ def gather(config: Config, cache_dir: Path) -> dict[str, Any]:
     }
 
 
+def _never_ran(
+    config: Config, known: dict[str, tuple[str, str | None]], held: set[str], prices: Prices
+) -> list[dict[str, Any]]:
+    """The configured targets (folders, and the subfolders of roots on disk now) that no run has
+    backed up: the cache knows neither their path nor rows in their bucket. Their bucket is the one
+    a first run would create, or None where that name waits for the account's tag (AWS)."""
+    found = [t for t in discover_targets(config, known) if t.path not in known and t.bucket not in held]
+    waiting = set(paths_needing_names(config, known))
+    empty = storage_month(0, 0, config.storage_class, prices)
+    return [
+        {
+            "target": t.path,
+            "bucket": None if not t.bucket or t.path in waiting else t.bucket,
+            "objects": 0,
+            "bytes": 0,
+            "objects_of_unknown_size": 0,
+            "storage_class": config.storage_class,
+            "usd_per_month": round(empty.usd, 9),
+            "overhead_usd_per_month": round(empty.overhead_usd, 9),
+            "never_ran": True,
+            "on_disk": not t.missing,
+            "last_run": None,
+        }
+        for t in found
+    ]
+
+
 def outcome(run: dict[str, Any]) -> str:
     if run.get("interrupted"):
         return "interrupted"
     if run.get("succeeded"):
         return "succeeded"
-    return f"failed (exit code {run.get('exit_code')}, {run.get('failures') or 0} failures)"
+    return f"failed (exit code {run.get('exit_code')}, {counted(run.get('failures') or 0, 'failure')})"
 
 
 def render(status: dict[str, Any]) -> str:
@@ -114,7 +146,9 @@ def render(status: dict[str, Any]) -> str:
     rows = [("target", "bucket", "objects", "bytes", "per month", "last run")]
     for t in status["targets"]:
         ran = t["last_run"]
-        if ran is None:
+        if t["never_ran"]:
+            last = "never ran" if t["on_disk"] else "never ran; not on disk"
+        elif ran is None:
             last = "not in the last run"
         else:
             last = f"{ran['finished_at'] or 'unfinished'}: {ran['failed'] or 0} failed"
@@ -122,7 +156,7 @@ def render(status: dict[str, Any]) -> str:
         rows.append(
             (
                 t["target"] or "(not a target now)",
-                t["bucket"],
+                t["bucket"] or "(named at its first run)",
                 f"{t['objects']:,}{unknown}",
                 format_bytes(t["bytes"]),
                 format_usd(t["usd_per_month"]),
@@ -134,13 +168,13 @@ def render(status: dict[str, Any]) -> str:
         lines.append("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
     totals = status["totals"]
     lines.append(
-        f"total: {totals['objects']:,} objects, {format_bytes(totals['bytes'])}, "
+        f"total: {counted(totals['objects'], 'object')}, {format_bytes(totals['bytes'])}, "
         f"{format_usd(totals['usd_per_month'])} per month in storage (Deep Archive's 40 KB per object included)"
     )
     if totals["objects_of_unknown_size"]:
         lines.append(
-            f"  {totals['objects_of_unknown_size']:,} objects adopted from the old script's cache have no size "
-            "recorded: their bytes are not counted"
+            f"  {counted(totals['objects_of_unknown_size'], 'object')} adopted from the old script's cache "
+            f"{noun_for(totals['objects_of_unknown_size'], 'has')} no size recorded: their bytes are not counted"
         )
     lines.append(f"  {status['note']}")
     lines.append(f"  prices: {status['prices']}")

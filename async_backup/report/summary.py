@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from ..errors import Failure
 from ..s3.pricing import RequestCost
+from ..wording import counted
 
 
 @dataclass(slots=True)
@@ -66,7 +67,7 @@ class TargetStats:
     def rebuilt_note(self) -> str:
         if not self.rebuilt_from:
             return ""
-        return f"; {self.rebuilt_rows:,} cache rows rebuilt from {self.rebuilt_from}"
+        return f"; {counted(self.rebuilt_rows, 'cache row')} rebuilt from {self.rebuilt_from}"
 
 
 @dataclass(slots=True)

@@ -42,6 +42,7 @@ from ..s3.pricing import format_usd, prices_for, restore_cost
 from ..settings.config import Config
 from ..settings.naming import bucket_name_problem
 from ..settings.targets import Target, default_bucket, discover_targets, paths_needing_names, select_targets
+from ..wording import counted, noun_for
 from ..workpool import work_through
 from .checksum import expected_checksum, recorded_part_bytes
 from .choose import Action, Item, is_safe, list_prefixes, under_prefix
@@ -215,7 +216,7 @@ class Restore:
             for walker in folders.values():
                 walker.forget()
         for (where, why), files in refused.items():
-            self.stats.failures.append(f"{where}: {files} files below it not restored: {why}")
+            self.stats.failures.append(f"{where}: {counted(files, 'file')} below it not restored: {why}")
         self.spill.items_done()
 
     def _plan_one(
@@ -265,13 +266,14 @@ class Restore:
         when = "" if self.as_of is None else f" as of {self.as_of.isoformat(timespec='seconds')}"
         to = "its original place" if self.dest_root is None else os.fsdecode(self.dest_root)
         yield f"restore {self.target.path or self._where()} from s3://{self.bucket}{when} to {to}:"
-        line = f"  {s.selected} objects, {format_bytes(s.selected_bytes)}"
+        line = f"  {counted(s.selected, 'object')}, {format_bytes(s.selected_bytes)}"
         if self.prefix is not None:
             line += f" under {display_path(self.prefix)}"
         if s.deleted_then and self.as_of is not None:
-            line += f"; {s.deleted_then} more were deleted by then and are not restored"
+            line += f"; {s.deleted_then} more {noun_for(s.deleted_then, 'was')} deleted by then and not restored"
         elif s.deleted_then:
-            line += f"; {s.deleted_then} more are deleted (older versions remain: see --as-of)"
+            deleted = f"{s.deleted_then} more {noun_for(s.deleted_then, 'is')} deleted"
+            line += f"; {deleted} (older versions remain: see --as-of)"
         yield line
         if s.present_same or s.present_other:
             yield (
@@ -285,14 +287,14 @@ class Restore:
             parts = []
             if new:
                 parts.append(
-                    f"{new} retrieval requests to send (tier {self.tier}, {READY_WITHIN[self.tier]}, "
+                    f"{counted(new, 'retrieval request')} to send (tier {self.tier}, {READY_WITHIN[self.tier]}, "
                     f"copies readable for {self.days} days)"
                 )
             if asked:
                 parts.append(f"{asked} requested before (one HeadObject each tells pending or ready)")
-            yield f"  archived: {new + asked} objects ({format_bytes(archived_bytes)}): {'; '.join(parts)}"
+            yield f"  archived: {counted(new + asked, 'object')} ({format_bytes(archived_bytes)}): {'; '.join(parts)}"
         if now:
-            yield f"  readable now: {now} objects download at once"
+            yield f"  readable now: {counted(now, 'object')} {noun_for(now, 'downloads', 'download')} at once"
         yield (
             f"  requests: {new} RestoreObject, {asked} HeadObject, up to {now + asked + new} GetObject "
             f"(sent so far: {format_requests(self.counts)})"
@@ -312,7 +314,8 @@ class Restore:
             chosen = " (this restore)" if tier == self.tier else ""
             yield (
                 f"  price at tier {tier}{chosen}: {format_usd(cost.usd)} = {format_usd(cost.requests_usd)} for "
-                f"{new} retrievals + {format_usd(cost.retrieval_usd)} for {format_bytes(new_bytes)} retrieved + "
+                f"{counted(new, 'retrieval')} + {format_usd(cost.retrieval_usd)} for {format_bytes(new_bytes)} "
+                "retrieved + "
                 f"{format_usd(cost.copy_usd)} for the copies at STANDARD for {self.days} days + "
                 f"{format_usd(cost.gets_usd)} for HEAD/GET + {format_usd(cost.transfer_usd)} transfer out"
             )
@@ -439,13 +442,13 @@ class Restore:
         for failure in s.failures[:SHOWN_FAILURES]:
             print(f"  failed: {failure}")
         if len(s.failures) > SHOWN_FAILURES:
-            print(f"  ... and {len(s.failures) - SHOWN_FAILURES} more failures")
-        checked = f"{s.verified} checksums verified"
+            print(f"  ... and {counted(len(s.failures) - SHOWN_FAILURES, 'more failure')}")
+        checked = f"{counted(s.verified, 'checksum')} verified"
         if s.not_checkable:
             checked += f", {s.not_checkable} not checkable (no stored checksum for that version)"
         print(
             f"restore: {s.restored} restored ({format_bytes(s.restored_bytes)}; {checked}), "
-            f"{s.pending} pending ({s.requested} retrievals requested now), {len(s.failures)} failed, "
+            f"{s.pending} pending ({counted(s.requested, 'retrieval')} requested now), {len(s.failures)} failed, "
             f"{s.present_same + s.present_other} left alone"
         )
         print(f"requests sent: {format_requests(self.counts)}")
@@ -453,7 +456,8 @@ class Restore:
             print("restore: interrupted; run the same command again to resume")
         elif s.pending:
             print(
-                f"restore: {s.pending} retrievals are not ready yet (tier {self.tier}: {READY_WITHIN[self.tier]}); "
+                f"restore: {counted(s.pending, 'retrieval')} {noun_for(s.pending, 'is')} not ready yet "
+                f"(tier {self.tier}: {READY_WITHIN[self.tier]}); "
                 "run the same command again later: it sends no request twice"
             )
 

@@ -6,7 +6,8 @@ and the cost of requests, of a month of storage (Deep Archive's per-object overh
 of a restore per tier. Every figure is an estimate: AWS bills by its own meters, in its own
 rounding, and changes prices; taxes, free tiers and data transfer discounts are not modelled.
 
-Pure: no clock, no I/O, no logging, and no import from this package, so any module may use it.
+Pure: no clock, no I/O, no logging, and no import from this package but `wording`, so any module
+may use it.
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ from dataclasses import dataclass, field, replace
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
+from ..wording import counted
+
 # AWS bills storage and retrieval per GB of 2^30 bytes ("GB-month"; S3 pricing page, footnotes).
 BILLING_GB = 1024**3
 KiB = 1024
 # Deep Archive and Glacier Flexible Retrieval keep about 40 KB per object for their index: 32 KB
 # billed at the archive rate and 8 KB (the object's name and metadata) at Standard rates.
-# [FACTS.md, "Deep Archive prices"; S3 user guide, "Storage classes for archiving objects"]
+# [S3 pricing page, footnotes; S3 user guide, "Storage classes for archiving objects"]
 ARCHIVE_OVERHEAD_ARCHIVE_BYTES = 32 * KiB
 ARCHIVE_OVERHEAD_STANDARD_BYTES = 8 * KiB
 ARCHIVE_CLASSES = frozenset({"DEEP_ARCHIVE", "GLACIER"})
@@ -79,20 +82,26 @@ class Prices:
         return self.storage_per_gb_month.get(storage_class, self.storage_per_gb_month["STANDARD"])
 
     def describe(self) -> str:
-        """One line for reports and cards: whose prices, read when, from where."""
+        """One line for reports and cards: whose prices, from which table, read when and where."""
         changed = f"; changed in config.json: {', '.join(self.overridden)}" if self.overridden else ""
-        return f"{self.region} prices read {self.read_on} from {self.source}{changed}; estimates"
+        table = f"{PRICE_TABLE_FILE} (read {self.read_on} from {self.source})"
+        return f"{self.region} prices from {table}{changed}; estimates"
 
 
-# The one table. us-east-1 as published (FACTS.md, "Deep Archive prices", checked 2026-11, and the
-# AWS S3 pricing page for the STANDARD storage and transfer figures). Other regions differ (most
-# are dearer): until their figures are added here, they are priced at these, and say so. Storage
-# classes without figures here (STANDARD_IA, GLACIER, ...) are priced at STANDARD's: set them in
+# Where the table's figures were read, and when: reports and cards cite both (`Prices.describe`).
+PRICE_TABLE_FILE = "async_backup/s3/pricing.py"
+PRICES_SOURCE = "the AWS S3 pricing page, https://aws.amazon.com/s3/pricing/"
+PRICES_READ_ON = "2026-11"
+
+# The one table. us-east-1 as published on the S3 pricing page (storage, requests and retrievals
+# per storage class; data transfer out to the internet). Other regions differ (most are dearer):
+# until their figures are added here, they are priced at these, and say so. Storage classes
+# without figures here (STANDARD_IA, GLACIER, ...) are priced at STANDARD's: set them in
 # config.json's "pricing" when you use them.
 US_EAST_1 = Prices(
     region="us-east-1",
-    read_on="2026-11",
-    source="FACTS.md / AWS S3 pricing page",
+    read_on=PRICES_READ_ON,
+    source=PRICES_SOURCE,
     write_per_1000={"STANDARD": 0.005, "DEEP_ARCHIVE": 0.05},
     read_per_1000={"STANDARD": 0.0004, "DEEP_ARCHIVE": 0.0004},
     storage_per_gb_month={"STANDARD": 0.023, "DEEP_ARCHIVE": 0.00099},
@@ -175,7 +184,7 @@ class RequestCost:
         shown = [f"{line.label} {line.count:,} {format_usd(line.usd)}" for line in self.lines[:max_kinds]]
         more = len(self.lines) - max_kinds
         if more > 0:
-            shown.append(f"{more} more kinds")
+            shown.append(counted(more, "more kind"))
         return f"{head} ({', '.join(shown)})"
 
     def as_json(self) -> dict[str, Any]:

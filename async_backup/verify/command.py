@@ -34,6 +34,7 @@ from ..s3.checksums import MD5_ETAG
 from ..s3.client import S3, open_s3
 from ..settings.config import Config
 from ..settings.targets import Target, discover_targets, select_targets
+from ..wording import counted, noun_for
 from ..workpool import work_through
 from .compare import ChecksumCheck, Kind, TargetCheck, compare, compare_checksum, settle_checksum
 from .options import VerifyOptions
@@ -141,9 +142,9 @@ class Verify:
         wanted = spill.checks_count
         if wanted:
             log.info(
-                "s3://%s: comparing %d checksums, one HeadObject each (--no-checksums skips the CRC32 ones)",
+                "s3://%s: comparing %s, one HeadObject each (--no-checksums skips the CRC32 ones)",
                 check.target.bucket,
-                wanted,
+                counted(wanted, "checksum"),
             )
         self.phase, self.done, self.total = f"checksums of s3://{check.target.bucket}", 0, wanted
 
@@ -167,22 +168,24 @@ class Verify:
 def _report(check: TargetCheck) -> Iterator[str]:
     t = check.target
     disk = "folder not readable" if check.on_disk is None else f"{check.on_disk} on disk"
-    head = f"{t.path} -> s3://{t.bucket}: {check.objects} objects ({format_bytes(check.object_bytes)}), "
+    head = f"{t.path} -> s3://{t.bucket}: {counted(check.objects, 'object')} ({format_bytes(check.object_bytes)}), "
     head += f"{check.cached} cached, {disk}"
     if check.bucket_missing:
         head += "; the bucket does not exist"
     if check.errors:
-        head += f"; not fully verified: {len(check.errors)} requests failed"
+        head += f"; not fully verified: {counted(len(check.errors), 'request')} failed"
     if not check.problems:
         if check.errors:
             yield head
         elif check.unsure:
-            yield head + f": no problems found, but {check.unsure} files unsure (not proven to be what S3 holds)"
+            unsure = counted(check.unsure, "file")
+            yield head + f": no problems found, but {unsure} unsure (not proven to be what S3 holds)"
         else:
             yield head + ": whole"
     else:
         kinds = Counter(p.kind for p in check.problems)
-        yield head + f": {len(check.problems)} problems (" + ", ".join(f"{n} {k}" for k, n in kinds.items()) + ")"
+        each = ", ".join(f"{n} {k}" for k, n in kinds.items())
+        yield head + f": {counted(len(check.problems), 'problem')} ({each})"
     for error in check.errors[:SHOWN_PER_KIND]:
         yield f"  error: {error}"
     if len(check.errors) > SHOWN_PER_KIND:
@@ -201,16 +204,20 @@ def _report(check: TargetCheck) -> Iterator[str]:
     yield f"  checksums: {', '.join(parts)}"
     pending = []
     if check.not_backed_up:
-        pending.append(f"{check.not_backed_up} files on disk are new or changed")
+        n = check.not_backed_up
+        pending.append(f"{counted(n, 'file')} on disk {noun_for(n, 'is')} new or changed")
     if check.unsure:
         pending.append(
-            f"{check.unsure} files are unsure (written just before their backup read them, or their inode or "
-            "ctime moved since): it compares their contents and uploads those that differ"
+            f"{counted(check.unsure, 'file')} {noun_for(check.unsure, 'is')} unsure (written just before their "
+            "backup read them, or their inode or ctime moved since): it compares their contents and uploads "
+            "those that differ"
         )
     if check.gone_from_disk:
-        pending.append(f"{check.gone_from_disk} cached files are gone from disk")
+        n = check.gone_from_disk
+        pending.append(f"{counted(n, 'cached file')} {noun_for(n, 'is')} gone from disk")
     if check.uncached_objects:
-        pending.append(f"{check.uncached_objects} objects have a file but no cache row")
+        n = check.uncached_objects
+        pending.append(f"{counted(n, 'object')} {noun_for(n, 'has')} a file but no cache row")
     if pending:
         yield f"  not a problem, the next backup settles it: {'; '.join(pending)}"
     for failure in check.walk_failures[:SHOWN_PER_KIND]:
@@ -264,22 +271,24 @@ def _summary(
     repaired: bool,
     took_s: float,
 ) -> str:
-    unfinished = f"; {errors} requests failed, so not everything was verified: run it again" if errors else ""
+    unfinished = ""
+    if errors:
+        unfinished = f"; {counted(errors, 'request')} failed, so not everything was verified: run it again"
     if not problems:
         unsure = sum(c.unsure for c in results)
         if errors:
             return f"verify: no problems found{unfinished} ({took_s:.1f} s)"
         if unsure:
             return (
-                f"verify: no problems found; {unsure} files unsure, the next backup compares their contents "
+                f"verify: no problems found; {counted(unsure, 'file')} unsure, the next backup compares their contents "
                 f"({took_s:.1f} s)"
             )
-        return f"verify: all {len(results)} targets whole ({took_s:.1f} s)"
+        return f"verify: {'' if len(results) == 1 else 'all '}{counted(len(results), 'target')} whole ({took_s:.1f} s)"
     broken = sum(1 for c in results if c.problems)
     manual = sum(c.no_repair for c in results)
-    text = f"verify: {problems} problems in {broken} of {len(results)} targets{unfinished}"
+    text = f"verify: {counted(problems, 'problem')} in {broken} of {counted(len(results), 'target')}{unfinished}"
     if repaired:
-        text += f"; the cache was corrected for {len(repairs)} files: run a backup now to put them right"
+        text += f"; the cache was corrected for {counted(len(repairs), 'file')}: run a backup now to put them right"
     elif repairs:
         text += "; run `async-backup verify --repair`, then a backup, to put them right"
     if manual:
