@@ -80,13 +80,23 @@ class FailureKind(enum.StrEnum):
     VANISHED = "vanished"  # a folder removed while the walk read it (a warning only)
 
 
+class Fix(enum.StrEnum):
+    """The one command that settles a failure for good, where there is one: the Teams card spells
+    it out for each target, quoted for the shell."""
+
+    FORGET_SUBFOLDER = "forget subfolder"  # a root's subfolder is gone: async-backup --forget-target '<target>'
+    FORGET_TARGET = "forget target"  # a listed folder is gone: out of config.json, then --forget-target
+    ALLOW_MASS_DELETE = "allow mass delete"  # deletes held back: async-backup --allow-mass-delete --only '<target>'
+
+
 @dataclass(frozen=True, slots=True)
 class Failure:
     """One thing that did not get backed up (or deleted), and why.
 
     `path` is the local path or object key as text that is safe to print (undecodable bytes
     are already escaped); `code` refines the kind (an S3 error code, an errno name). `folder`
-    marks a directory: nothing under it was backed up, though it is one path.
+    marks a directory: nothing under it was backed up, though it is one path. `fix`: the command
+    that settles it for good, when the operator decides to (run it for `target`).
     """
 
     kind: FailureKind
@@ -95,6 +105,7 @@ class Failure:
     message: str
     code: str = ""
     folder: bool = False
+    fix: Fix | None = None
 
     @property
     def group(self) -> str:
