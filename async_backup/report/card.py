@@ -240,7 +240,7 @@ def _span_s(started_at: float, finished_at: float | None) -> float | None:
 # it instead of the advice the failures' own messages end with (see `_detail`), so it says
 # everything: what was kept and what the next run does.
 ADVICE: dict[FailureKind, str] = {
-    FailureKind.UNREADABLE: "Cached files were kept. Check the permissions as the backup's user; the next run retries.",
+    FailureKind.UNREADABLE: "Cached files were kept. Check the permissions as the backup's user; they are tried again.",
     FailureKind.CHANGED_WHILE_READING: "Written to during the backup: the next run uploads them. "
     "If it repeats, run the backup when nothing writes; at the third run in a row it is a failure.",
     FailureKind.NEVER_STILL: "Written to at every run, so never backed up: exclude them with backup.exclude, "
@@ -257,7 +257,7 @@ ADVICE: dict[FailureKind, str] = {
     FailureKind.FATAL: "The run stopped early: fix what the message says and run again.",
 }
 FOLDER_ADVICE = (
-    "Nothing under them was backed up; cached files were kept. Check the permissions as the backup's user; "
+    "Nothing under them was backed up, and what S3 holds of them stays. Fix their permissions: "
     "the next run backs them up."
 )
 # What comes before each target's command, by the kind of fix.
