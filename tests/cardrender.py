@@ -52,6 +52,7 @@ const blocks = Array.from(rendered.querySelectorAll(".ac-textBlock")).map((el) =
   text: el.textContent,
   height: el.getBoundingClientRect().height,
   lines: Math.round(el.getBoundingClientRect().height / lineHeight(el)),
+  cut: [el, ...el.querySelectorAll("*")].some((e) => e.scrollWidth > e.clientWidth + 1),
 }}));
 const titles = Array.from(rendered.querySelectorAll(".ac-factset tr")).map((row) => {{
   const cell = row.querySelector("td");
@@ -68,7 +69,7 @@ document.getElementById("out").textContent = JSON.stringify({{
 @dataclass(frozen=True, slots=True)
 class Rendered:
     height_px: int  # the whole card's height
-    blocks: list[dict[str, Any]]  # every TextBlock: text (as shown), height, lines
+    blocks: list[dict[str, Any]]  # every TextBlock: text (as shown), height, lines, cut (ends in an ellipsis)
     titles: list[dict[str, Any]]  # every FactSet title: text, lines
 
 

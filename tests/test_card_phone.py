@@ -9,7 +9,7 @@ from typing import Any
 
 import cardrender
 import pytest
-from cardcheck import shown, texts, validate_payload
+from cardcheck import shown, target_rows, texts, validate_payload
 
 from async_backup.errors import Failure, FailureKind, Fix
 from async_backup.report.card import build_card, shell_quote
@@ -31,6 +31,13 @@ def test_a_10_target_card_is_at_most_1500_px_tall_at_360_px_and_no_title_breaks(
     rendered = cardrender.render(card(cardrender.ten_targets()), 360)
     assert rendered.height_px <= MAX_HEIGHT_10_TARGETS_PX, rendered.height_px
     assert [t for t in rendered.titles if t["lines"] > 1] == []
+    # every target takes one line: its name and counts fit the row, no cell ends in an ellipsis
+    rows = target_rows(card(cardrender.ten_targets()))
+    assert len(rows) == 8, rows
+    names = {name.split("/", 1)[1] for name in rows}
+    row_cells = [b for b in rendered.blocks if b["text"].strip() in names]
+    assert len(row_cells) == len(names), (names, row_cells)
+    assert [b for b in rendered.blocks if b["cut"] or (b in row_cells and b["lines"] != 1)] == []
     # single-line cells of the requests table: nothing wraps there
     assert all(b["lines"] <= 1 for b in rendered.blocks if re.fullmatch(r"\$[\d.]+", b["text"].strip()))
 
@@ -40,15 +47,19 @@ def test_targets_with_the_same_outcome_share_one_line() -> None:
     grouped = [t for t in lines if t.startswith("**100 targets**")]
     assert grouped == ["**100 targets**: 3 failed each, unreadable: EACCES"], [t for t in lines if "targets**" in t]
     assert sum(1 for t in lines if "3 failed" in t) == 1
-    # one name per line, the path's last two components; the default bucket is not repeated
-    assert any(t.startswith("**archive/collection-001**: 2 failed") for t in lines), lines
-    assert not any("s3://" in t for t in lines if t.startswith("**archive/"))
+    # a row per target that changed, named by the path's last two components; the default bucket
+    # is not repeated
+    rows = target_rows(card(cardrender.three_hundred_targets()))
+    assert rows["archive/collection-001"] == {"failed": "2", "new": "3", "upd": "", "size": "715 MiB"}
+    assert len(rows) == 20
+    assert not any("s3://" in t for t in lines)
 
 
 def test_only_a_bucket_that_is_not_the_default_name_is_shown() -> None:
-    lines = [shown(t) for t in texts(card(cardrender.ten_targets()))]
-    targets = [t for t in lines if t.startswith("**images/")]
-    assert [t for t in targets if "s3://" in t] == ["**images/maps → s3://maps-archive**: 14 new, 2 deleted, 305.2 MiB"]
+    payload = card(cardrender.ten_targets())
+    lines = [shown(t) for t in texts(payload)]
+    assert [t for t in lines if "s3://" in t] == ["images/maps → s3://maps-archive"]
+    assert target_rows(payload)["images/maps"] == {"failed": "", "new": "14", "upd": "", "del": "2", "size": "305 MiB"}
 
 
 def test_each_target_gets_its_exact_command_quoted_for_the_shell() -> None:

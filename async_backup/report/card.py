@@ -39,14 +39,14 @@ ARCHIVE_CLASS = "DEEP_ARCHIVE"  # the storage class the tool writes in
 # Layout limits before any shrinking; shrinking only lowers them.
 MAX_EXAMPLES_PER_GROUP = 2  # a phone shows two paths in a glance; the report has them all
 MAX_GROUPS_SHOWN = 20
-MAX_WARNINGS_SHOWN = 3
+MAX_WARNING_EXAMPLES = 1  # example paths per warning group: warnings need no action
 MAX_COST_KINDS = 4  # request kinds listed with their price; the rest are summed in one line
 MAX_HOST_CHARS = 100
 MAX_NAME_CHARS = 160
 MAX_CODE_CHARS = 120
 MAX_MESSAGE_CHARS = 300
 MAX_COMMANDS_PER_GROUP = 10  # per-target commands (--forget-target, --allow-mass-delete --only) listed
-MAX_NAMES_IN_GROUP = 4  # target names spelled out for a line of targets with the same outcome
+MAX_NAMES_IN_GROUP = 3  # target names spelled out for a line of targets with the same outcome
 # A target line on a phone (360 px, about 45 characters of 14 px text): the folder's last two
 # components say which one it is; example paths are shortened to what fits a line of monospace.
 SHORT_NAME_COMPONENTS = 2
@@ -200,6 +200,27 @@ def _table(rows: Sequence[tuple[str, int, float, bool]]) -> dict[str, Any]:
     }
 
 
+def _cell(text: str, *, bold: bool = False, subtle: bool = False, color: str = "Default") -> dict[str, Any]:
+    """A cell of a table made of columns: one line, never wrapped (a long name ends in an ellipsis)."""
+    cell: dict[str, Any] = {"type": "TextBlock", "text": text, "spacing": "None", "size": "Small"}
+    if bold:
+        cell["weight"] = "Bolder"
+    if subtle:
+        cell["isSubtle"] = True
+    if color != "Default":
+        cell["color"] = color
+    return cell
+
+
+def _compact_bytes(n: int) -> str:
+    """A size in at most three digits for a table cell ("8.5 GiB", "34 GiB", "305 MiB"); empty for 0."""
+    if not n:
+        return ""
+    text = format_bytes(n)
+    number, unit = text.split(" ")
+    return f"{float(number):.0f} {unit}" if float(number) >= 10 else text
+
+
 def _request_label(operation: str, storage_class: str) -> str:
     """The operation alone where it writes to Deep Archive (what the tool writes), else with its class."""
     return operation if storage_class in ("", ARCHIVE_CLASS) else f"{operation} ({storage_class})"
@@ -257,8 +278,7 @@ ADVICE: dict[FailureKind, str] = {
     FailureKind.FATAL: "The run stopped early: fix what the message says and run again.",
 }
 FOLDER_ADVICE = (
-    "Nothing under them was backed up, and what S3 holds of them stays. Fix their permissions: "
-    "the next run backs them up."
+    "Nothing under them was backed up; S3 keeps what it had. Fix their permissions: the next run backs them up."
 )
 # What comes before each target's command, by the kind of fix.
 FIX_LEAD: dict[Fix, str] = {
@@ -480,7 +500,7 @@ class _CardBuilder:
             rows.append((_plural(len(rest), "more kind"), sum(r.count for r in rest), sum(r.usd for r in rest), False))
         items.append(_table(rows))
         archive = (
-            " Writes in DEEP_ARCHIVE unless a class is named."
+            ". Writes in DEEP_ARCHIVE unless a class is named."
             if any(line.storage_class == ARCHIVE_CLASS for line in cost.lines[:kinds])
             else ""
         )
@@ -510,19 +530,73 @@ class _CardBuilder:
             bits.append(f"cache rebuilt ({target.rebuilt_rows:,} rows)")
         return ", ".join(bits) or "nothing to do"
 
-    def target_line(self, indexes: Sequence[int]) -> list[dict[str, Any]]:
-        """One line for one target, or for several with the same outcome (names under it)."""
+    def target_row(self, target: TargetStats) -> list[tuple[str, str, str]]:
+        """One target's cells in the targets table, by column: (column, text, colour)."""
+        failed = self._failed(target)
+        cells = [("", self.md(self.short(target.name), MAX_NAME_CHARS), "Default")]
+        cells.append(("failed", f"{failed:,}" if failed else "", "Attention"))
+        if self.summary.dry_run:
+            counts = [("upload", target.planned_uploads), ("delete", target.planned_deletes)]
+            size = _compact_bytes(target.planned_upload_bytes)
+        else:
+            counts = [("new", target.new), ("upd", target.updated), ("del", target.deleted)]
+            size = _compact_bytes(target.bytes_uploaded)
+        cells += [(column, f"{n:,}" if n else "", "Default") for column, n in counts]
+        cells.append(("size", size, "Default"))
+        return cells
+
+    def target_extras(self, target: TargetStats) -> str:
+        """What a target's row in the table does not say: a bucket not named after it, adopted rows,
+        a rebuilt cache; empty when there is nothing more."""
+        bits = []
+        if not target.bucket:
+            bits.append("no bucket")
+        elif not is_default_bucket(target.bucket, target.name):
+            bits.append(f"→ s3://{self.md(target.bucket, MAX_NAME_CHARS)}")
+        if target.adopted:
+            bits.append(f"{target.adopted:,} adopted")
+        if target.rebuilt_from:
+            bits.append(f"cache rebuilt ({target.rebuilt_rows:,} rows)")
+        if not bits:
+            return ""
+        return f"{self.md(self.short(target.name), MAX_NAME_CHARS)} " + ", ".join(bits)
+
+    def target_table(self, targets: Sequence[TargetStats]) -> list[dict[str, Any]]:
+        """Targets shown alone, a row each: short name, then the counts in columns headed once, so
+        a busy target still takes one line on a phone. Columns empty in every row are left out."""
+        rows = [self.target_row(t) for t in targets]
+        header = [column for column, _, _ in rows[0]]
+        header[0] = "Targets"
+        # Subfolders of one root: the root's last component said once, in the header.
+        names = [self.short(t.name).split("/") for t in targets]
+        parent = names[0][0]
+        if len(names) > 1 and all(len(n) > 1 and n[0] == parent for n in names):
+            header[0] = self.md(parent + "/", MAX_NAME_CHARS)
+            for row, name in zip(rows, names, strict=True):
+                row[0] = ("", self.md("/".join(name[1:]), MAX_NAME_CHARS), "Default")
+        keep = [i for i, column in enumerate(header) if i == 0 or any(row[i][1] for row in rows)]
+        columns = []
+        for i in keep:
+            cells = [_cell(header[i], bold=True, subtle=i > 0)]
+            cells += [
+                _cell(row[i][1] or "·", color=row[i][2] if row[i][1] else "Default", subtle=not row[i][1])
+                for row in rows
+            ]
+            column: dict[str, Any] = {"type": "Column", "width": "auto" if i else "stretch", "items": cells}
+            if i:
+                column["spacing"] = "Small"
+                for cell in cells:
+                    cell["horizontalAlignment"] = "Right"
+            columns.append(column)
+        table: dict[str, Any] = {"type": "ColumnSet", "separator": True, "spacing": "Default", "columns": columns}
+        notes = [extra for extra in map(self.target_extras, targets) if extra]
+        return [table] + [_note(extra) for extra in notes]
+
+    def target_group(self, indexes: Sequence[int]) -> list[dict[str, Any]]:
+        """One line for several targets with the same outcome, a few of their names under it."""
         targets = [self.summary.targets[i] for i in indexes]
         first = targets[0]
         failed = self._failed(first)
-        color = "Attention" if failed else "Default"
-        if len(targets) == 1:
-            name = self.md(self.short(first.name), MAX_NAME_CHARS)
-            if first.bucket and not is_default_bucket(first.bucket, first.name):
-                name += f" → s3://{self.md(first.bucket, MAX_NAME_CHARS)}"
-            elif not first.bucket:
-                name += " (no bucket)"
-            return [_text(f"**{name}**: {self.outcome(first)}", spacing="Small", size="Small", color=color)]
         outcome = self.outcome(first)
         if failed:
             groups = sorted({f.group for f in self.summary.failures if f.target == first.name})
@@ -532,22 +606,29 @@ class _CardBuilder:
             outcome += " each"
         names = [self.md(self.short(t.name), MAX_NAME_CHARS) for t in targets[:MAX_NAMES_IN_GROUP]]
         if len(targets) > MAX_NAMES_IN_GROUP:
-            names.append(f"and {len(targets) - MAX_NAMES_IN_GROUP:,} more")
+            names.append(f"{len(targets) - MAX_NAMES_IN_GROUP:,} more")
         return [
-            _text(f"**{len(targets):,} targets**: {outcome}", spacing="Small", size="Small", color=color),
+            _text(
+                f"**{len(targets):,} targets**: {outcome}",
+                spacing="Small",
+                size="Small",
+                color="Attention" if failed else "Default",
+            ),
             _text(", ".join(names), isSubtle=True, spacing="None", size="Small"),
         ]
 
     def targets(self, limit: int) -> tuple[list[dict[str, Any]], int]:
-        """The targets section: a line per outcome of the targets that failed or changed; how many
-        of those targets it leaves out."""
+        """The targets section: a table row per target that failed or changed, a line per group of
+        targets with the same outcome; how many of those targets it leaves out."""
         targets = self.summary.targets
         if not targets:
             return [], 0
         shown = sorted(self.target_lines[:limit], key=lambda line: line[0])  # back in configuration order
-        items: list[dict[str, Any]] = [_heading("Targets")]
+        alone = [targets[line[0]] for line in shown if len(line) == 1]
+        items: list[dict[str, Any]] = self.target_table(alone) if alone else [_heading("Targets")]
         for line in shown:
-            items.extend(self.target_line(line))
+            if len(line) > 1:
+                items.extend(self.target_group(line))
         listed = sum(len(line) for line in self.target_lines)
         quiet = len(targets) - listed
         left_out = listed - sum(len(line) for line in shown)
@@ -617,7 +698,7 @@ class _CardBuilder:
             assert failure.fix is not None
             command = FIX_LEAD[failure.fix] + fix_command(failure.fix, failure.target)
             block.append(
-                _text(escape_markdown(self.scrub(command)), fontType="Monospace", size="Small", spacing="Small")
+                _text(escape_markdown(self.scrub(command)), fontType="Monospace", size="Small", spacing="None")
             )
         if len(fixes) > len(shown):
             block.append(_note(f"and {_plural(len(fixes) - len(shown), 'more target')}"))
@@ -668,7 +749,7 @@ class _CardBuilder:
             return body + self.totals(0)
         target_items, left_targets = self.targets(limits.targets)
         failure_items, left_groups, _hidden_paths = self.failures(limits)
-        body += failure_items + self.warnings(MAX_WARNINGS_SHOWN if limits.examples else 0) + target_items
+        body += failure_items + self.warnings(MAX_WARNING_EXAMPLES if limits.examples else 0) + target_items
         if left_targets and not left_groups:
             body.append(_note(f"The targets left out: {self.where_the_rest_is()}."))
         return body + self.totals(MAX_COST_KINDS if limits.examples else 0)
