@@ -302,9 +302,11 @@ _OWN_ADVICE = {
 _BOTOCORE_PREFIX = re.compile(r"^An error occurred \([^)]*\) when calling the (\w+) operation(?: \([^)]*\))?: ")
 
 
-def _detail(failure: Failure) -> str:
+def _detail(failure: Failure, *, advised: bool = True) -> str:
     """What a failure's message adds to its group's heading and advice: a foreign message (S3's,
-    an exception's) whole; of our own messages the first clause, without the path it repeats."""
+    an exception's) whole; of our own messages the first clause, without the path it repeats.
+    Where the card gives advice (`advised`), a clause naming the path says nothing the heading,
+    the advice and the path line do not; for a warning, which has no advice, it says what happened."""
     message = failure.message
     if failure.kind not in _OWN_ADVICE:
         # botocore's "An error occurred (SlowDown) when calling the UploadPart operation (...): text":
@@ -312,7 +314,9 @@ def _detail(failure: Failure) -> str:
         return _BOTOCORE_PREFIX.sub(r"\1: ", message)
     first = re.split(r"; |\. (?=[A-Z])", message, maxsplit=1)[0]
     if failure.fix is None and failure.path and failure.path in first:
-        return ""  # "folder /x unreadable (...)": the heading and the path line say it
+        if advised:
+            return ""  # "folder /x unreadable (...)": the heading, advice and path line say it
+        return first.replace(" " + failure.path, "")  # "folder vanished while it was read: ..."
     return first
 
 
@@ -713,7 +717,7 @@ class _CardBuilder:
         for group in _group(warnings)[:MAX_GROUPS_SHOWN]:
             block = [_text(f"**{self.md(group.name, MAX_CODE_CHARS)}**: {group.count:,}", color="Warning")]
             examples = group.examples(max(shown, 1))
-            detail = self.md(_detail(examples[0]), MAX_MESSAGE_CHARS)
+            detail = self.md(_detail(examples[0], advised=False), MAX_MESSAGE_CHARS)
             if detail:
                 block.append(_text(detail, isSubtle=True, spacing="None", size="Small"))
             for warning in examples[:shown]:
