@@ -560,7 +560,8 @@ class _CardBuilder:
         if target.adopted:
             bits.append(f"{target.adopted:,} adopted")
         if target.rebuilt_from:
-            bits.append(f"cache rebuilt ({target.rebuilt_rows:,} rows)")
+            rebuilt = f"{target.rebuilt_rows:,} rows from {target.rebuilt_from}"
+            bits.append(f"cache rebuilt: {self.md(rebuilt, MAX_MESSAGE_CHARS)}")
         if not bits:
             return ""
         return f"{self.md(self.short(target.name), MAX_NAME_CHARS)} " + ", ".join(bits)
