@@ -11,8 +11,9 @@ import cardrender
 import pytest
 from cardcheck import shown, target_rows, texts, validate_payload
 
-from async_backup.errors import Failure, FailureKind, Fix
-from async_backup.report.card import build_card, shell_quote
+from async_backup.disk.walk import mount_absent
+from async_backup.errors import Failure, FailureKind, Fix, shell_quote
+from async_backup.report.card import build_card
 
 MAX_HEIGHT_10_TARGETS_PX = 1_500
 
@@ -74,6 +75,9 @@ def test_each_target_gets_its_exact_command_quoted_for_the_shell() -> None:
     assert "async-backup --forget-target '/srv/images/negatives'" in lines
     assert "async-backup --forget-target '/srv/images/it'\\''s $HOME `x`'" in lines
     assert "async-backup --allow-mass-delete --only '/srv/images/o'\\''brien collection'" in lines
+    # the failure's own message (the log, the report) quotes the name the same way
+    held = mount_absent("/srv/it's", b"/srv/it's/scans", "empty")
+    assert "run async-backup --allow-mass-delete --only '/srv/it'\\''s' (its files" in held.message
     # the shell gives back the exact name
     for name in (odd.name, "/a/b\nc", "/a/\udcff\udcfe'x\\y"):
         out = subprocess.run(["bash", "-c", f"printf %s {shell_quote(name)}"], capture_output=True, check=True)

@@ -25,7 +25,7 @@ from ..cache.writes import CacheWrites
 from ..disk.digest import content_proves_etag
 from ..disk.keys import KeyTooLongError, check_key_length, display_path, key_for_path
 from ..disk.read import FileChanged, FileUnreadable, FileVanished
-from ..errors import Failure, FailureCollector, FailureKind, FatalError, Fix, S3Error
+from ..errors import Failure, FailureCollector, FailureKind, FatalError, Fix, S3Error, fix_command
 from ..recovery.rules import checksum_of
 from ..report.summary import format_bytes
 from ..s3.client import S3, endpoint_name
@@ -370,7 +370,7 @@ def target_missing(run: TargetRun, collector: FailureCollector) -> None:
         message = (
             f"this subfolder of root {target.root} is gone (renamed, removed, or the share unmounted?); "
             "nothing was uploaded or deleted. If it is gone for good, run "
-            f"async-backup --forget-target '{target.path}' (its bucket s3://{target.bucket} stays as it is)"
+            f"{fix_command(Fix.FORGET_SUBFOLDER, target.path)} (its bucket s3://{target.bucket} stays as it is)"
         )
         fix = Fix.FORGET_SUBFOLDER
     else:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
-from ..errors import Failure, FailureKind, Fix
+from ..errors import Failure, FailureKind, Fix, fix_command
 from ..s3.pricing import format_usd
 from ..settings.naming import is_default_bucket
 from .redact import Redactor, printable
@@ -87,37 +87,6 @@ def shorten(text: str, max_chars: int) -> str:
     head = (max_chars - 1) // 2
     tail = max_chars - 1 - head
     return text[:head] + "…" + (text[-tail:] if tail else "")
-
-
-def shell_quote(text: str) -> str:
-    """`text` as one shell word, always quoted so the card shows where it starts and ends.
-
-    Single quotes (a quote inside closed, escaped and reopened) for printable text; bash's
-    ANSI-C quoting (``$'...'``) where the name holds control characters or bytes that are not
-    UTF-8 (surrogate escapes), which no single-quoted word can carry.
-    """
-    plain = all(c.isprintable() and not 0xDC80 <= ord(c) <= 0xDCFF for c in text)
-    if plain:
-        return "'" + text.replace("'", "'\\''") + "'"
-    out = []
-    for c in text:
-        code = ord(c)
-        if 0xDC80 <= code <= 0xDCFF:  # os.fsdecode's escape of one undecodable byte
-            out.append(f"\\x{code - 0xDC00:02x}")
-        elif c in "\\'":
-            out.append("\\" + c)
-        elif c.isprintable():
-            out.append(c)
-        else:
-            out.extend(f"\\x{b:02x}" for b in c.encode("utf-8", "surrogatepass"))
-    return "$'" + "".join(out) + "'"
-
-
-def fix_command(fix: Fix, target: str) -> str:
-    """The exact command line that settles a failure of `target` for good."""
-    if fix is Fix.ALLOW_MASS_DELETE:
-        return f"async-backup --allow-mass-delete --only {shell_quote(target)}"
-    return f"async-backup --forget-target {shell_quote(target)}"
 
 
 def short_names(paths: Sequence[str]) -> dict[str, str]:
