@@ -25,7 +25,7 @@ from ..cache.writes import CacheWrites
 from ..disk.digest import content_proves_etag
 from ..disk.keys import KeyTooLongError, check_key_length, display_path, key_for_path
 from ..disk.read import FileChanged, FileUnreadable, FileVanished
-from ..errors import Failure, FailureCollector, FailureKind, FatalError, S3Error
+from ..errors import Failure, FailureCollector, FailureKind, FatalError, Fix, S3Error, fix_command
 from ..recovery.rules import checksum_of
 from ..report.summary import format_bytes
 from ..s3.client import S3, endpoint_name
@@ -321,7 +321,9 @@ class Guards:
         )
         if moved:
             run.device_held_back = True
-            self.collector.add(Failure(FailureKind.DELETION_GUARD, run.target.path, run.target.path, moved))
+            self.collector.add(
+                Failure(FailureKind.DELETION_GUARD, run.target.path, run.target.path, moved, fix=Fix.ALLOW_MASS_DELETE)
+            )
             return True
         reason = deletion_guard(
             recorded=run.counts.recorded,
@@ -331,7 +333,9 @@ class Guards:
             allow_mass_delete=self.options.allow_mass_delete,
         )
         if reason:
-            self.collector.add(Failure(FailureKind.DELETION_GUARD, run.target.path, run.target.path, reason))
+            self.collector.add(
+                Failure(FailureKind.DELETION_GUARD, run.target.path, run.target.path, reason, fix=Fix.ALLOW_MASS_DELETE)
+            )
         return reason is not None
 
     async def record_device(self, run: TargetRun, change_send: ObjectSendStream[Change]) -> None:
@@ -347,6 +351,7 @@ class Guards:
 
 def target_missing(run: TargetRun, collector: FailureCollector) -> None:
     target = run.target
+    fix: Fix | None = None
     if target.missing_key is not None:
         # Never backed up: a typo or a share not mounted yet, in a line just added to config.json.
         section = target.missing_key.split("[", 1)[0]
@@ -365,14 +370,16 @@ def target_missing(run: TargetRun, collector: FailureCollector) -> None:
         message = (
             f"this subfolder of root {target.root} is gone (renamed, removed, or the share unmounted?); "
             "nothing was uploaded or deleted. If it is gone for good, run "
-            f"async-backup --forget-target '{target.path}' (its bucket s3://{target.bucket} stays as it is)"
+            f"{fix_command(Fix.FORGET_SUBFOLDER, target.path)} (its bucket s3://{target.bucket} stays as it is)"
         )
+        fix = Fix.FORGET_SUBFOLDER
     else:
         message = (
             "the folder is missing (an unmounted share?); nothing was uploaded or deleted. "
             "Mount it, or remove it from config.json and run with --forget-target if it is gone for good"
         )
-    collector.add(Failure(FailureKind.TARGET_MISSING, target.path, target.path, message))
+        fix = Fix.FORGET_TARGET
+    collector.add(Failure(FailureKind.TARGET_MISSING, target.path, target.path, message, fix=fix))
 
 
 def target_unusable(run: TargetRun, collector: FailureCollector) -> None:
