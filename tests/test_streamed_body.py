@@ -390,6 +390,7 @@ def test_a_server_that_stops_reading_mid_body_fails_the_request_instead_of_holdi
     assert len(accepted) == 2  # both attempts reached the server, each was given up
 
 
+@pytest.mark.slow
 def test_a_slow_but_steady_server_and_a_slow_disk_read_never_trip_the_stall_timeout(tmp_path: Path) -> None:
     """The stall timeout counts time without progress, not the body's whole send: a body that takes
     several timeouts to drain at a steady pace, with one read of the file slower than the timeout,
@@ -399,7 +400,9 @@ def test_a_slow_but_steady_server_and_a_slow_disk_read_never_trip_the_stall_time
     data = random.Random(5).randbytes(size)
     path.write_bytes(data)
     received: list[bytes] = []
-    timeout_s = 0.3
+    # Long enough that a loaded machine (two busy loops beside the suite) never leaves the
+    # loop itself without progress that long; at 0.3 s it once did.
+    timeout_s = 1.0
 
     class SlowOnce:
         """A disk that takes longer than the stall timeout for its third read."""
@@ -427,7 +430,7 @@ def test_a_slow_but_steady_server_and_a_slow_disk_read_never_trip_the_stall_time
             parts = [body]
             got = len(body)
             while got < length:
-                await anyio.sleep(0.005)  # about 12 MiB/s: the send takes six or more timeouts
+                await anyio.sleep(0.01)  # about 6 MiB/s: the send takes about four timeouts
                 chunk = await stream.receive(65536)
                 parts.append(chunk)
                 got += len(chunk)
