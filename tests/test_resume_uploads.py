@@ -181,3 +181,34 @@ def test_an_upload_s3_forgot_is_started_over(
             assert conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone() == (0,), table
     finally:
         conn.close()
+
+
+def test_a_cache_from_before_resumable_uploads_opens_with_its_rows_and_open_uploads(tmp_path: Path) -> None:
+    """An existing cache gains the new tables; its rows and its recorded upload ids stay, and an
+    upload recorded without its file is one to abort (no run can tell whether its file changed)."""
+    from async_backup.cache.store import StateStore
+    from async_backup.disk.lock import cache_lock
+
+    db = tmp_path / "async-backup.db"
+    conn = sqlite3.connect(db)
+    conn.executescript(
+        """
+        CREATE TABLE files (bucket TEXT NOT NULL, path BLOB NOT NULL, size INTEGER, mtime_ns INTEGER NOT NULL,
+            checksum TEXT, PRIMARY KEY (bucket, path)) WITHOUT ROWID;
+        CREATE TABLE multipart_uploads (bucket TEXT NOT NULL, key TEXT NOT NULL, upload_id TEXT NOT NULL,
+            started REAL NOT NULL, PRIMARY KEY (bucket, upload_id));
+        INSERT INTO files VALUES ('b', X'2f612f78', 3, 7, 'crc32:AAAAAA==');
+        INSERT INTO multipart_uploads VALUES ('b', 'a/big', 'id-1', 1.0);
+        """
+    )
+    conn.commit()
+    conn.close()
+    with cache_lock(tmp_path):
+        store = StateStore(tmp_path)
+        try:
+            assert store.count("b") == 1
+            (upload,) = store.open_uploads("b")
+            assert (upload.key, upload.upload_id, upload.file) == ("a/big", "id-1", None)
+            assert store.sent_parts("b", "id-1") == {}
+        finally:
+            store.close()
