@@ -31,7 +31,7 @@ from s3proxy import CheckDigest, ProxyServer
 from async_backup.backup import upload
 from async_backup.backup.budget import BufferPool, ByteBudget, Lease
 from async_backup.backup.command import event_loop_options
-from async_backup.backup.upload import CHUNK_BYTES, MemoryLimits, UploadSettings, upload_file
+from async_backup.backup.upload import CHUNK_BYTES, MemoryLimits, MultipartLog, UploadSettings, upload_file
 from async_backup.disk.entries import DiskFile
 from async_backup.disk.keys import key_for_path
 from async_backup.disk.read import FileChanged, RangeReader
@@ -131,9 +131,6 @@ def run_uploads(
     results: list[Any] = []
     faults: list[int] = []
 
-    async def hook(_upload_id: str) -> None:
-        return None
-
     async def main() -> None:
         async with open_s3(aws, Tuning()) as s3:
             await s3.create_bucket(bucket)
@@ -145,7 +142,7 @@ def run_uploads(
                 start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
                 try:
                     results.append(
-                        await upload_file(s3, bucket, key_for_path(file.path), file, SETTINGS, limits, hook, hook)
+                        await upload_file(s3, bucket, key_for_path(file.path), file, SETTINGS, limits, MultipartLog())
                     )
                 except Exception as exc:
                     results.append(exc)
@@ -189,9 +186,6 @@ def test_streamed_bodies_take_their_checksum_passes_in_turn_and_the_first_is_sen
     most_hashing = 0
     waiting_at_first_send: list[int] = []
 
-    async def hook(_upload_id: str) -> None:
-        return None
-
     async def main() -> None:
         nonlocal most_hashing
         async with open_s3(aws, Tuning()) as s3:
@@ -210,7 +204,7 @@ def test_streamed_bodies_take_their_checksum_passes_in_turn_and_the_first_is_sen
             files = [DiskFile(os.fsencode(p), p.stat().st_size, p.stat().st_mtime_ns) for p in paths]
 
             async def one(file: DiskFile) -> None:
-                await upload_file(s3, bucket, key_for_path(file.path), file, SETTINGS, limits, hook, hook)
+                await upload_file(s3, bucket, key_for_path(file.path), file, SETTINGS, limits, MultipartLog())
 
             watcher = anyio.CancelScope()
             async with anyio.create_task_group() as tg:

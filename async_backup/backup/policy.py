@@ -31,6 +31,7 @@ from ..report.summary import format_bytes
 from ..s3.client import S3, endpoint_name
 from ..s3.objects import parse_mtime_metadata
 from ..settings.config import Config
+from .cleanup import CachedUploads
 from .content import comparable, read_content
 from .delete import delete_superseded
 from .plan import MAX_OBJECT_BYTES, Proof, deletion_guard, device_guard
@@ -117,19 +118,10 @@ class UploadPolicy:
                 self._note_transport(exc)
                 return
 
-        async def started(upload_id: str) -> None:
-            # Committed at once, not batched: a crash right after must still leave the id behind
-            # for the next run to abort.
-            await self.writes.upload_started(bucket, key, upload_id)
-
-        async def ended(upload_id: str) -> None:
-            # Committed directly too, not through the writer's stream: an abort that finishes
-            # after a signal may find the writer gone.
-            await self.writes.upload_ended(bucket, upload_id)
-
+        multipart_log = CachedUploads(self.store, self.writes, bucket, key)
         for attempt in (1, 2):
             try:
-                done = await upload_file(self.s3, bucket, key, file, self.settings, self._limits, started, ended)
+                done = await upload_file(self.s3, bucket, key, file, self.settings, self._limits, multipart_log)
             except FileChanged as exc:
                 if attempt == 1:
                     continue  # one more read: a file being written often settles quickly
