@@ -39,6 +39,7 @@ from ..s3.client import S3, CompletedPart
 from ..s3.fastput.bodies import BodyStream
 from ..s3.objects import mtime_metadata
 from .budget import BufferPool, ByteBudget
+from .cutoff import part_confirmed
 from .plan import part_ranges, part_size_for
 
 log = logging.getLogger(__name__)
@@ -346,6 +347,7 @@ async def _upload_multipart(ctx: UploadContext, opened: Opened) -> Uploaded:
                 return await s3.upload_part(ctx.bucket, ctx.key, upload_id, number, stream, checksum)
 
             parts[number - 1], _ = await _send_streamed(ctx, reader, opened, offset, length, send)
+            part_confirmed(length)  # the window's estimate measures this upload's rate by its parts
         finally:
             limits.part_slots.release()
 
@@ -358,6 +360,7 @@ async def _upload_multipart(ctx: UploadContext, opened: Opened) -> Uploaded:
                 # Hashing a part takes tens of ms: in a thread (hashlib releases the GIL).
                 checksum = await anyio.to_thread.run_sync(PartChecksum.of, data, ctx.algorithm)
                 parts[number - 1] = await s3.upload_part(ctx.bucket, ctx.key, upload_id, number, data, checksum)
+                part_confirmed(length)
             finally:
                 limits.budget.release(taken)
         finally:

@@ -110,12 +110,23 @@ def tell_outcome(summary: RunSummary, dry_run: bool, *, plan_to: TextIO | None =
                     "does not hold as it is on disk; this dry run sends no request, so it counts every file as new",
                     file=plan_out,
                 )
+    if dry_run and plan:
+        for line in summary.plan:  # the nights it takes and what it costs
+            print(line, file=plan_out)
     tail = f", {counted(summary.rows_rebuilt, 'cache row')} rebuilt from S3" if summary.rows_rebuilt else ""
     if summary.requests is not None:
         tail += f"; {summary.requests.brief()} at {summary.requests.prices.describe()}"
+    if summary.ended_by_window and not summary.interrupted:
+        tail += f"; the window ended: {summary.backlog_line()}"
     log.info(
         "%s: %s, %s uploaded (%s), %d deleted, %s in %.1f s%s",
-        "dry run done" if dry_run else "interrupted" if summary.interrupted else "done",
+        "dry run done"
+        if dry_run
+        else "interrupted"
+        if summary.interrupted
+        else "window ended"
+        if summary.ended_by_window
+        else "done",
         counted(len(summary.targets), "target"),
         counted(summary.files_uploaded, "file"),
         format_bytes(summary.bytes_uploaded),
