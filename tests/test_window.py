@@ -23,6 +23,7 @@ from async_backup.errors import EXIT_WINDOW, ConfigError
 from async_backup.report.backlog import SendRate, nights_needed, plan_lines
 from async_backup.report.card import card_json
 from async_backup.report.runreport import build_report, render_metrics
+from async_backup.report.status import outcome
 from async_backup.report.summary import RunSummary, TargetStats
 from async_backup.s3.pricing import prices_for
 from async_backup.settings.config import parse_config
@@ -274,3 +275,10 @@ def test_a_run_cut_by_its_window_records_what_s3_confirmed_and_the_next_run_fini
     assert sorted(key_for_path(p) for p in cache_rows(cache, bucket)) == keys
     assert last_report(cache)["window"]["ended_by_window"] is False
     assert data.exists()
+
+
+def test_status_tells_a_run_ended_by_its_window_from_a_failed_one() -> None:
+    window = {"ended_by_window": True, "left_files": 3, "left_bytes": 30, "nights_left": 2}
+    ended = {"succeeded": False, "exit_code": EXIT_WINDOW, "failures": 0, "window": window}
+    assert outcome(ended) == "window ended, 3 files left (about 2 more nights)"
+    assert outcome({**ended, "exit_code": 1, "failures": 1}).startswith("failed (exit code 1")
