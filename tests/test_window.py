@@ -282,3 +282,30 @@ def test_status_tells_a_run_ended_by_its_window_from_a_failed_one() -> None:
     ended = {"succeeded": False, "exit_code": EXIT_WINDOW, "failures": 0, "window": window}
     assert outcome(ended) == "window ended, 3 files left (about 2 more nights)"
     assert outcome({**ended, "exit_code": 1, "failures": 1}).startswith("failed (exit code 1")
+
+
+@pytest.mark.slow
+def test_an_upload_that_would_finish_within_the_grace_finishes(
+    tmp_path: Path, proxy: ProxyServer, s3_inspect: Any, bucket_prefix: str
+) -> None:
+    # A 12 MiB file in 5 MiB parts, one part at a time at 2 MiB/s: about 6 s. At the window's end
+    # (6 s) its first part is confirmed: 7 MiB left at its own rate is well within the grace. The
+    # other worker's 30 small files at 0.5 MiB/s would need a minute.
+    data = tmp_path / "data"
+    files = {"scans/a-big.tif": b"B" * (12 * MiB)} | {f"scans/page-{i:02d}.tif": bytes([i]) * MiB for i in range(30)}
+    make_tree(data, files)
+    cache = tmp_path / "cache"
+    tuning = {"workers": 2, "multipart_threshold_mib": 5, "part_size_mib": 5, "parts_in_flight": 1}
+    write_config(cache, proxy.url, folders=[str(data / "scans")], bucket_prefix=bucket_prefix, tuning=tuning,
+                 backup_extra={"window": {"max_duration": "6s"}})  # fmt: skip
+    bucket = stable_bucket_name(bucket_prefix, str(data / "scans"))
+    proxy.set_faults(PacedBody(bytes_per_s=2 * MiB, ops={"UploadPart"}), PacedBody(bytes_per_s=MiB / 2))
+    ran = run_cli("--cache", str(cache), "--no-cache-backup")
+    assert ran.returncode == EXIT_WINDOW, ran.stderr[-3000:]
+    keys = all_keys(s3_inspect, bucket)
+    assert key_for_path(bytes(data / "scans" / "a-big.tif")) in keys  # finished within the grace
+    assert sorted(key_for_path(p) for p in cache_rows(cache, bucket)) == keys
+    assert proxy.count("CompleteMultipartUpload") == 1 and proxy.count("AbortMultipartUpload") == 0
+    report = last_report(cache)
+    assert report["window"]["left_files"] == len(files) - len(keys) > 0
+    assert report["duration_s"] < 30, report["duration_s"]  # it ended by the window, not with the data
