@@ -2,8 +2,9 @@
 
 Owns: every error type the tool raises on purpose, the kinds of per-item failure, the one
 collector that gathers failures for the run's report and Teams card, and the one table of exit
-codes. Imports nothing of S3, the filesystem or the network: adapters map their foreign errors
-onto these types.
+codes; the exact command of each `Fix`, quoted for the shell, for messages and the card alike.
+Imports nothing of S3, the filesystem or the network: adapters map their foreign errors onto
+these types.
 """
 
 from __future__ import annotations
@@ -81,13 +82,54 @@ class FailureKind(enum.StrEnum):
     VANISHED = "vanished"  # a folder removed while the walk read it (a warning only)
 
 
+class Fix(enum.StrEnum):
+    """The one command that settles a failure for good, where there is one: the Teams card spells
+    it out for each target, quoted for the shell."""
+
+    FORGET_SUBFOLDER = "forget subfolder"  # a root's subfolder is gone: async-backup --forget-target '<target>'
+    FORGET_TARGET = "forget target"  # a listed folder is gone: out of config.json, then --forget-target
+    ALLOW_MASS_DELETE = "allow mass delete"  # deletes held back: async-backup --allow-mass-delete --only '<target>'
+
+
+def shell_quote(text: str) -> str:
+    """`text` as one shell word, always quoted so the card shows where it starts and ends.
+
+    Single quotes (a quote inside closed, escaped and reopened) for printable text; bash's
+    ANSI-C quoting (``$'...'``) where the name holds control characters or bytes that are not
+    UTF-8 (surrogate escapes), which no single-quoted word can carry.
+    """
+    plain = all(c.isprintable() and not 0xDC80 <= ord(c) <= 0xDCFF for c in text)
+    if plain:
+        return "'" + text.replace("'", "'\\''") + "'"
+    out = []
+    for c in text:
+        code = ord(c)
+        if 0xDC80 <= code <= 0xDCFF:  # os.fsdecode's escape of one undecodable byte
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif c in "\\'":
+            out.append("\\" + c)
+        elif c.isprintable():
+            out.append(c)
+        else:
+            out.extend(f"\\x{b:02x}" for b in c.encode("utf-8", "surrogatepass"))
+    return "$'" + "".join(out) + "'"
+
+
+def fix_command(fix: Fix, target: str) -> str:
+    """The exact command line that settles a failure of `target` for good."""
+    if fix is Fix.ALLOW_MASS_DELETE:
+        return f"async-backup --allow-mass-delete --only {shell_quote(target)}"
+    return f"async-backup --forget-target {shell_quote(target)}"
+
+
 @dataclass(frozen=True, slots=True)
 class Failure:
     """One thing that did not get backed up (or deleted), and why.
 
     `path` is the local path or object key as text that is safe to print (undecodable bytes
     are already escaped); `code` refines the kind (an S3 error code, an errno name). `folder`
-    marks a directory: nothing under it was backed up, though it is one path.
+    marks a directory: nothing under it was backed up, though it is one path. `fix`: the command
+    that settles it for good, when the operator decides to (run it for `target`).
     """
 
     kind: FailureKind
@@ -96,6 +138,7 @@ class Failure:
     message: str
     code: str = ""
     folder: bool = False
+    fix: Fix | None = None
 
     @property
     def group(self) -> str:

@@ -100,3 +100,36 @@ def texts(payload: dict[str, Any]) -> list[str]:
 def shown(markdown: str) -> str:
     """What CommonMark displays for escaped text: a backslash before punctuation disappears."""
     return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", markdown)
+
+
+def tables(payload: dict[str, Any]) -> list[list[list[str]]]:
+    """Every ColumnSet of the card read as a table: its rows, each the texts shown in its cells."""
+    found: list[list[list[str]]] = []
+
+    def walk(element: dict[str, Any]) -> None:
+        if element["type"] == "ColumnSet":
+            columns = [[shown(item["text"]) for item in column.get("items", [])] for column in element["columns"]]
+            assert len({len(c) for c in columns}) <= 1, f"columns of unequal length: {columns}"
+            found.append([list(row) for row in zip(*columns, strict=True)])
+        for item in element.get("items", []):
+            walk(item)
+
+    for element in payload["attachments"][0]["content"]["body"]:
+        walk(element)
+    return found
+
+
+def target_rows(payload: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """The targets table as {name: {column: cell}}; the name column's header (the root's last
+    component, or "Targets") is put back in front of each name; an empty cell ("·") reads as ""."""
+    for table in tables(payload):
+        header = table[0]
+        if "failed" in header or "new" in header or "upload" in header:
+            parent = "" if header[0] == "Targets" else header[0]
+            return {
+                parent + row[0]: {
+                    column: ("" if cell == "·" else cell) for column, cell in zip(header[1:], row[1:], strict=True)
+                }
+                for row in table[1:]
+            }
+    return {}

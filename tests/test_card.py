@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 
 import adaptivecards
 import pytest
-from cardcheck import shown, texts, validate_payload
+from cardcheck import shown, tables, target_rows, texts, validate_payload
 from conftest import ACCESS_KEY, SECRET_KEY
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from async_backup.disk.walk import Excluder, walk_target
 from async_backup.errors import Failure, FailureKind
 from async_backup.report import card as card_module
-from async_backup.report.card import CARD_BUDGET_BYTES, TEAMS_MESSAGE_LIMIT_BYTES, escape_markdown
+from async_backup.report.card import CARD_BUDGET_BYTES, TEAMS_MESSAGE_LIMIT_BYTES, escape_markdown, short_names
 from async_backup.report.redact import Redactor, printable
 from async_backup.report.summary import RunSummary, TargetStats
 from async_backup.s3.pricing import US_EAST_1, price_requests
@@ -124,16 +124,16 @@ def test_payload_has_workflows_shape_and_a_valid_1_4_card() -> None:
     assert lines[0] == "async-backup on nas01: 3 targets, 127 failures, 1 warning"
     assert payload["attachments"][0]["content"]["body"][0]["color"] == "Attention"
     assert "Started 2026-11-28 17:52 UTC, took 1 h 02 min, exit code 1" in card_module_texts_utc(summary)
-    # a line per target that failed or changed, with its counters
-    assert any(
-        shown(t) == "**/srv/images/project-001** → s3://nas01-project-001: 42 failed, 11 new, 1 updated, "
-        "1 deleted, 2.8 GiB uploaded, in 1 min 6 s"
-        for t in lines
-    ), lines
-    # failures grouped by kind refined by code, with examples and "and N more"
+    # a row per target that failed or changed, with its counters
+    rows = target_rows(payload)
+    assert rows["images/project-001"] == {"failed": "42", "new": "11", "upd": "1", "del": "1", "size": "2.8 GiB"}
+    assert len(rows) == 3
+    # failures grouped by kind refined by code, with examples, and where the rest are
     assert "**S3 error: Code0**: 43" in lines
     assert "**changed while reading**: 42" in lines
-    assert any(t.startswith("and ") and " more: " in t for t in lines)
+    assert [t for t in lines if "The full list" in t] == [
+        "The full list: the run report could not be written; the log on nas01 has the first 50."
+    ]
     assert any("IMG\\_000000.CR3" in t for t in lines)
 
 
@@ -164,7 +164,7 @@ def test_unfinished_summary_is_shown_without_reading_the_clock() -> None:
     summary.finished_at = None
     summary.targets[0].finished_at = None
     lines = [shown(t) for t in texts(build_card(summary))]
-    assert any(t.endswith(", in unfinished") for t in lines), lines
+    assert any(t.startswith("Started ") and ", took unfinished," in t for t in lines), lines
     assert build_card(summary) == build_card(summary)
 
 
@@ -180,9 +180,12 @@ def test_markdown_characters_in_names_are_escaped() -> None:
         assert escape_markdown(start) != start
 
     summary = make_summary(1, 0)
-    summary.failures.append(Failure(FailureKind.UNREADABLE, summary.targets[0].name, nasty, "boom", "EACCES"))
+    summary.failures.append(Failure(FailureKind.S3, summary.targets[0].name, nasty, nasty, nasty))
     lines = texts(build_card(summary))
-    assert escaped in lines
+    assert escaped in lines  # the message
+    assert f"**S3 error: {escaped}**: 1" in lines  # the code
+    example = [t for t in lines if "…" in t]  # the path, cut to fit a phone's line
+    assert len(example) == 1 and not set(re.sub(r"\\.", "", example[0])) & set("*_~[]()#<>`{}|&\\")
     assert nasty not in lines
 
 
@@ -198,7 +201,7 @@ def test_undecodable_names_are_shown_visibly_and_json_never_fails() -> None:
     validate_payload(payload)
     lines = [shown(t) for t in texts(payload)]
     assert "/srv/images/IMG_\\xff\\xfe_caf\\xe9.jpg" in lines
-    assert any(t.startswith("**/mnt/\\xc3(**") for t in lines)
+    assert "mnt/\\xc3(" in target_rows(payload)
     assert "bad\\x0aname\\x1b[31m" in lines  # one line, control characters visible
     assert printable("\ud800x") == "\\ud800x"
 
@@ -212,9 +215,9 @@ def test_100000_failures_across_40_targets_fit_and_say_what_was_left_out() -> No
     validate_payload(payload)
     lines = texts(payload)
     assert lines[0] == "async-backup on nas01: 40 targets, 100,000 failures"
-    assert "Failures: 100,000" in lines
-    assert any(re.fullmatch(r"and [\d,]+ more: the run report could not be written; .*", t) for t in lines)
-    assert any("left out" in t for t in lines)
+    assert "Failures (100,000)" in lines
+    assert any(re.fullmatch(r"The full list: the run report could not be written; .*", t) for t in lines)
+    assert any(re.fullmatch(r"[\d,]+ more failure groups \([\d,]+ failures\) left out .*", t) for t in lines)
 
 
 def test_500_targets_fit_and_failing_targets_are_kept() -> None:
@@ -229,13 +232,13 @@ def test_500_targets_fit_and_failing_targets_are_kept() -> None:
     validate_payload(payload)
     assert len(card_json(summary).encode()) <= CARD_BUDGET_BYTES
     lines = [shown(t) for t in texts(payload)]
-    assert any(t.startswith("**/srv/images/project-007** ") for t in lines)
-    assert any(t.startswith("**/srv/images/project-450** ") for t in lines)
+    rows = target_rows(payload)
+    assert rows["images/project-007"]["failed"] == rows["images/project-450"]["failed"] == "3"
     left = [t for t in lines if "more targets that failed or changed left out" in t]
     assert len(left) == 1
     n = int(left[0].split()[0].replace(",", ""))
-    shown_targets = sum(1 for t in lines if t.startswith("**/srv/images/project-") and "→ s3://" in t)
-    assert n + shown_targets == 500
+    assert n + len(rows) == 500
+    assert 10 <= len(rows) < 500
     assert "(0 failures among them)" in left[0]
 
 
@@ -268,7 +271,17 @@ def test_secrets_in_failure_texts_are_scrubbed_from_the_card() -> None:
 
 
 def headings(payload: dict[str, Any]) -> list[str]:
-    return [t for t in texts(payload) if t in ("Totals", "Targets") or t.startswith(("Failures (", "Warnings ("))]
+    """The card's sections in order; the targets table's header row heads its section."""
+    found = []
+    for element in payload["attachments"][0]["content"]["body"]:
+        text = element.get("text", "")
+        if element["type"] == "TextBlock" and (
+            text in ("Totals", "Targets") or text.startswith(("Failures (", "Warnings ("))
+        ):
+            found.append(text)
+        elif element["type"] == "ColumnSet" and target_rows({"attachments": [{"content": {"body": [element]}}]}):
+            found.append("Targets")
+    return found
 
 
 def test_the_card_reads_outcome_failures_targets_then_totals_and_quiet_targets_are_counted() -> None:
@@ -287,17 +300,14 @@ def test_the_card_reads_outcome_failures_targets_then_totals_and_quiet_targets_a
     assert lines[0] == "async-backup on nas01: 250 targets, 2 failures, 1 warning"
     assert headings(payload) == ["Failures (2)", "Warnings (1)", "Targets", "Totals"]
     assert lines.index("Failures (2)") == 2  # right under the title and the times
-    target_lines = [t for t in lines if "→ s3://" in t]
-    assert [t.split("**")[1] for t in target_lines] == [
-        "/srv/images/project-003",
-        "/srv/images/project-120",
-        "/srv/images/project-200",
-    ]
-    assert target_lines[1].startswith("**/srv/images/project-120** → s3://nas01-project-120: 2 failed")
-    assert "247 targets with nothing new, changed, deleted or failed." in lines
+    # the one that failed has a row; the two with the same outcome share a line, named under it
+    assert target_rows(payload) == {"images/project-120": {"failed": "2"}}
+    at = lines.index("**2 targets**: 5 new each")
+    assert lines[at + 1] == "images/project-003, images/project-200"
+    assert "247 targets with nothing new, changed or failed." in lines
     # the S3 failure says what to do
     at = lines.index("**S3 error: AccessDenied**: 2")
-    assert lines[at + 1].startswith("S3 refused or failed after retries; the next run retries.")
+    assert any(t.startswith("The next run retries. If the code repeats") for t in lines[at + 1 : at + 3])
 
 
 def test_examples_are_spread_over_the_targets_the_largest_first() -> None:
@@ -313,31 +323,27 @@ def test_examples_are_spread_over_the_targets_the_largest_first() -> None:
     lines = [shown(t) for t in texts(build_card(summary, report_path=REPORT))]
     assert "**unreadable: EACCES**: 5,000 in 3 targets" in lines
     examples = [t for t in lines if t.endswith(".jpg")]
-    assert examples == [
-        f"{large}/f00000.jpg",
-        f"{middle}/f00000.jpg",
-        f"{small}/f00000.jpg",
-        f"{large}/f00001.jpg",
-        f"{middle}/f00001.jpg",
-    ]
-    assert f"and 4,995 more: all of them are in {REPORT} on nas01" in lines
+    short = short_names([small, middle, large])
+    # one from each of the two largest, not two from the largest
+    assert examples == [f"{short[large]}/f00000.jpg", f"{short[middle]}/f00000.jpg"]
+    assert f"The full list: all of them are in {REPORT} on nas01." in lines
 
 
 def test_and_n_more_says_where_the_full_list_is() -> None:
     summary = make_summary(2, 40, n_codes=1)
+    # said once, under the failures, however many groups leave paths out
     with_report = [shown(t) for t in texts(build_card(summary, report_path=REPORT))]
-    more = [t for t in with_report if t.startswith("and ")]
-    assert more and all(t.endswith(f": all of them are in {REPORT} on nas01") for t in more), more
+    assert len([t for t in with_report if t.startswith("**")]) == 3  # three groups, each with paths left out
+    more = [t for t in with_report if "The full list" in t]
+    assert more == [f"The full list: all of them are in {REPORT} on nas01."], with_report
 
     without = [shown(t) for t in texts(build_card(summary))]
-    more = [t for t in without if t.startswith("and ")]
-    assert more and all(
-        t.endswith(": the run report could not be written; the log on nas01 has the first 50") for t in more
-    )
+    more = [t for t in without if "The full list" in t]
+    assert more == ["The full list: the run report could not be written; the log on nas01 has the first 50."]
 
     dry = make_summary(2, 40, n_codes=1, dry_run=True)
-    more = [shown(t) for t in texts(build_card(dry)) if t.startswith("and ")]
-    assert more and all("a dry run writes no report" in t for t in more)
+    more = [shown(t) for t in texts(build_card(dry)) if "The full list" in t]
+    assert len(more) == 1 and "a dry run writes no report" in more[0]
 
     # Even the smallest card, with every detail cut, says where the details are.
     tiny = [shown(t) for t in texts(build_card(make_summary(40, 1000), report_path=REPORT, budget_bytes=1500))]
@@ -389,12 +395,16 @@ def test_an_unreadable_or_vanished_folder_says_nothing_under_it_was_backed_up(
     )
     summary.exit_code = 1
     lines = [shown(t) for t in texts(build_card(summary, report_path=REPORT))]
+    short = short_names([str(root)])[str(root)]
     at = lines.index("**folder unreadable: EACCES**: 1")
-    assert lines[at + 1].startswith("Nothing under these folders was backed up; their cached files were kept.")
-    assert lines[at + 2] == failures[0].message
-    assert any(
-        t.startswith(f"**folder vanished: ENOENT**: {root / 'gone'} folder {root / 'gone'} vanished") for t in lines
-    )
+    assert lines[at + 1].startswith("Nothing under them was backed up; S3 keeps what it had.")
+    assert lines[at + 2] == f"{short}/scans"
+    assert not any("nothing under it was backed up" in t for t in lines[: at + 3])  # the advice, not said twice
+    at = lines.index("**folder vanished: ENOENT**: 1")
+    assert lines[at + 1 : at + 3] == [
+        "folder vanished while it was read: nothing under it was backed up",
+        f"{short}/gone",
+    ]
 
 
 def test_times_are_local_with_the_zone_beside_utc() -> None:
@@ -423,20 +433,26 @@ def test_the_card_states_the_requests_sent_and_their_price_by_hand() -> None:
         },
         US_EAST_1,
     )
-    lines = texts(build_card(summary))
+    payload = build_card(summary)
+    lines = texts(payload)
     totals = lines[lines.index("Totals") :]
-    assert "S3 requests sent: 73,509 for $3.63" in totals  # 0.50 + 3.125 + 0.00001 + 0.00002 + 0.0004
-    assert "· UploadPart (DEEP_ARCHIVE): 62,500 for $3.13" in totals, totals  # half a cent rounds up
-    assert any(shown(t) == "· PutObject (DEEP_ARCHIVE): 10,000 for $0.50" for t in totals), totals
-    assert any(shown(t) == "· HeadObject: 1,000 for $0.0004" for t in totals), totals
-    assert any(shown(t) == "· 2 more kinds: 5 for $0.00001" for t in totals), totals  # STANDARD PUT and the free DELETE
+    assert tables(payload)[-1] == [
+        ["S3 requests", "73,509", "$3.63"],  # 0.50 + 3.125 + 0.00001 + 0.00002 + 0.0004
+        ["UploadPart", "62,500", "$3.13"],  # half a cent rounds up; DEEP_ARCHIVE, said in the note
+        ["PutObject", "10,000", "$0.50"],
+        ["HeadObject", "1,000", "$0.0004"],
+        ["ListObjectsV2", "4", "$0.00002"],
+        ["2 more kinds", "5", "$0.00001"],  # STANDARD PUT and the free DELETE
+    ]
     assert any(
-        "us-east-1 prices from async_backup/s3/pricing.py (read 2026-11 from" in shown(t) for t in totals
+        "us-east-1 prices from async_backup/s3/pricing.py (read 2026-11 from" in shown(t)
+        and "Writes in DEEP_ARCHIVE unless a class is named." in t
+        for t in totals
     )
 
     dry = make_summary(1, 0, dry_run=True)
     dry.requests = price_requests({("PutObject", "DEEP_ARCHIVE"): 10_000}, US_EAST_1, estimated=True)
-    assert "S3 requests it would send: 10,000 for $0.50" in texts(build_card(dry))
+    assert tables(build_card(dry))[-1][0] == ["S3 requests, would send", "10,000", "$0.50"]
 
 
 def test_microsofts_adaptivecards_package_parses_the_cards_at_version_1_4() -> None:

@@ -14,7 +14,7 @@ from conftest import ACCESS_KEY, REGION, SECRET_KEY, run_cli, write_config
 from faultcheck import bucket_objects, cache_rows
 
 from async_backup.backup.budget import ByteBudget
-from async_backup.backup.upload import MemoryLimits, UploadSettings, upload_file
+from async_backup.backup.upload import MemoryLimits, MultipartLog, UploadSettings, upload_file
 from async_backup.disk.entries import DiskFile, Hole
 from async_backup.disk.read import FileChanged, FileVanished, open_regular, read_exact
 from async_backup.disk.walk import Excluder, walk_target
@@ -93,12 +93,8 @@ def test_a_file_that_vanished_after_the_walk_is_a_skip(tmp_path: Path, moto_endp
 
     async def attempt() -> None:
         async with open_s3(aws, Tuning()) as s3:
-
-            async def hook(_upload_id: str) -> None:
-                return None
-
             limits = MemoryLimits(ByteBudget(1 << 20), anyio.Semaphore(1))
-            await upload_file(s3, "no-bucket-needed", "k", gone, settings, limits, hook, hook)
+            await upload_file(s3, "no-bucket-needed", "k", gone, settings, limits, MultipartLog())
 
     with pytest.raises(FileVanished):
         anyio.run(attempt)

@@ -31,7 +31,7 @@ from s3proxy import CheckDigest, ProxyServer
 from async_backup.backup import upload
 from async_backup.backup.budget import BufferPool, ByteBudget, Lease
 from async_backup.backup.command import event_loop_options
-from async_backup.backup.upload import CHUNK_BYTES, MemoryLimits, UploadSettings, upload_file
+from async_backup.backup.upload import CHUNK_BYTES, MemoryLimits, MultipartLog, UploadSettings, upload_file
 from async_backup.disk.entries import DiskFile
 from async_backup.disk.keys import key_for_path
 from async_backup.disk.read import FileChanged, RangeReader
@@ -131,9 +131,6 @@ def run_uploads(
     results: list[Any] = []
     faults: list[int] = []
 
-    async def hook(_upload_id: str) -> None:
-        return None
-
     async def main() -> None:
         async with open_s3(aws, Tuning()) as s3:
             await s3.create_bucket(bucket)
@@ -145,7 +142,7 @@ def run_uploads(
                 start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
                 try:
                     results.append(
-                        await upload_file(s3, bucket, key_for_path(file.path), file, SETTINGS, limits, hook, hook)
+                        await upload_file(s3, bucket, key_for_path(file.path), file, SETTINGS, limits, MultipartLog())
                     )
                 except Exception as exc:
                     results.append(exc)
@@ -189,9 +186,6 @@ def test_streamed_bodies_take_their_checksum_passes_in_turn_and_the_first_is_sen
     most_hashing = 0
     waiting_at_first_send: list[int] = []
 
-    async def hook(_upload_id: str) -> None:
-        return None
-
     async def main() -> None:
         nonlocal most_hashing
         async with open_s3(aws, Tuning()) as s3:
@@ -210,7 +204,7 @@ def test_streamed_bodies_take_their_checksum_passes_in_turn_and_the_first_is_sen
             files = [DiskFile(os.fsencode(p), p.stat().st_size, p.stat().st_mtime_ns) for p in paths]
 
             async def one(file: DiskFile) -> None:
-                await upload_file(s3, bucket, key_for_path(file.path), file, SETTINGS, limits, hook, hook)
+                await upload_file(s3, bucket, key_for_path(file.path), file, SETTINGS, limits, MultipartLog())
 
             watcher = anyio.CancelScope()
             async with anyio.create_task_group() as tg:
@@ -390,6 +384,7 @@ def test_a_server_that_stops_reading_mid_body_fails_the_request_instead_of_holdi
     assert len(accepted) == 2  # both attempts reached the server, each was given up
 
 
+@pytest.mark.slow
 def test_a_slow_but_steady_server_and_a_slow_disk_read_never_trip_the_stall_timeout(tmp_path: Path) -> None:
     """The stall timeout counts time without progress, not the body's whole send: a body that takes
     several timeouts to drain at a steady pace, with one read of the file slower than the timeout,
@@ -399,7 +394,9 @@ def test_a_slow_but_steady_server_and_a_slow_disk_read_never_trip_the_stall_time
     data = random.Random(5).randbytes(size)
     path.write_bytes(data)
     received: list[bytes] = []
-    timeout_s = 0.3
+    # Long enough that a loaded machine (two busy loops beside the suite) never leaves the
+    # loop itself without progress that long; at 0.3 s it once did.
+    timeout_s = 1.0
 
     class SlowOnce:
         """A disk that takes longer than the stall timeout for its third read."""
@@ -427,7 +424,7 @@ def test_a_slow_but_steady_server_and_a_slow_disk_read_never_trip_the_stall_time
             parts = [body]
             got = len(body)
             while got < length:
-                await anyio.sleep(0.005)  # about 12 MiB/s: the send takes six or more timeouts
+                await anyio.sleep(0.01)  # about 6 MiB/s: the send takes about four timeouts
                 chunk = await stream.receive(65536)
                 parts.append(chunk)
                 got += len(chunk)

@@ -31,7 +31,7 @@ from s3proxy import Gate, ProxyServer
 
 from async_backup.backup import upload
 from async_backup.backup.budget import ByteBudget
-from async_backup.backup.upload import MemoryLimits, UploadSettings, upload_file
+from async_backup.backup.upload import MemoryLimits, MultipartLog, UploadSettings, upload_file
 from async_backup.disk.entries import DiskFile
 from async_backup.disk.read import FileChanged, FileVanished, open_regular
 from async_backup.s3.client import open_s3
@@ -279,13 +279,9 @@ def test_a_streamed_body_that_changes_during_its_checksum_pass_is_never_sent(
 
     async def attempt() -> None:
         async with open_s3(aws, Tuning()) as s3:
-
-            async def hook(_upload_id: str) -> None:
-                return None
-
             limits = MemoryLimits(ByteBudget(16 * MiB), anyio.Semaphore(1))
             await upload_file(
-                s3, bucket, key_of(path), file, UploadSettings("STANDARD", 5 * MiB, 5 * MiB), limits, hook, hook
+                s3, bucket, key_of(path), file, UploadSettings("STANDARD", 5 * MiB, 5 * MiB), limits, MultipartLog()
             )
 
     with pytest.raises(FileChanged):
@@ -432,13 +428,9 @@ def test_a_change_after_s3_stored_a_streamed_body_still_records_what_s3_holds(
 
         async def attempt() -> None:
             async with open_s3(aws, Tuning()) as s3:
-
-                async def hook(_upload_id: str) -> None:
-                    return None
-
                 limits = MemoryLimits(ByteBudget(16 * MiB), anyio.Semaphore(1))
                 settings = UploadSettings("STANDARD", 5 * MiB, 5 * MiB)
-                outcome.append(await upload_file(s3, bucket, key_of(path), file, settings, limits, hook, hook))
+                outcome.append(await upload_file(s3, bucket, key_of(path), file, settings, limits, MultipartLog()))
 
         def upload_in_thread() -> None:
             try:

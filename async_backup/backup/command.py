@@ -295,5 +295,5 @@ async def _run_until_signal(backup: Backup) -> bool:
     return await run_until_signal(
         backup.run,
         stopping="%s received: stopping; finished uploads are recorded",
-        again="%s received again: still stopping (aborting uploads in flight)",
+        again="%s received again: still stopping",
     )

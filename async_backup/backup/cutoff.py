@@ -7,8 +7,9 @@ run's rate shared by the uploads in flight), the one place where an upload is cu
 and the count of what is left for the next run. The pipeline opens a flight around each upload;
 the upload policy sends inside `sending()`, which a cut cancels; upload.py reports each confirmed
 part through `part_confirmed`. A cut shows to the policy's caller as `WindowCut`; a multipart
-upload cut so goes through upload.py's own cleanup (today: aborted), and `current_flight().cut`
-tells that cleanup the window, not a failure, stopped it.
+upload cut so goes through upload.py's handling of a cancellation (kept open for the next run once
+S3 holds a part of it, else aborted), and `current_flight().cut` tells that the window, not a
+signal, stopped it.
 
 Imports anyio and the clock only: nothing of S3, the cache or the disk.
 """

@@ -8,8 +8,10 @@ reads top to bottom like a script: check the endpoint, abort what a crash left, 
 cache rows, start the cache writer and the upload workers, walk every target (each walk in a
 worker thread, merged with the cache into actions), let each target delete what vanished once
 its uploads are done, then close each stage's input in order and wait, and upload the cache
-snapshot if it is due. Every arrow between stages is a bounded memory stream, so a fast walk can
-never run ahead of the uploads by more than the queue size.
+snapshot if it is due. Every arrow between stages is bounded, so a fast walk can never run ahead
+of the uploads by more than the queue size: a memory stream, except from the walks to the upload
+workers, where each target has a lane of its own (`lanes`), taken from by turns weighted by the
+target's `priority`, so that every target advances however large another one's upload is.
 
 The rooms it calls: `setup` (endpoint check, buckets on first need), `cleanup` (crash
 leftovers), `policy` (each upload's rules, the deletion and device guards), `plan` (pure merge);
@@ -25,7 +27,6 @@ import time
 from collections.abc import Callable, Iterator
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream as ObjectReceiveStream
 from anyio.streams.memory import MemoryObjectSendStream as ObjectSendStream
 
 from ..cache.store import Change, Evidence, Removed, StateStore
@@ -50,6 +51,7 @@ from .budget import ByteBudget
 from .cleanup import CrashCleanup
 from .cutoff import Cutoff, WindowCut
 from .delete import KeyFailure, delete_paths
+from .lanes import Lane, Lanes
 from .mounts import TargetMounts
 from .plan import MAX_DELETE_BATCH, Observed, Proof, Upload, merge, part_size_for
 from .policy import Guards, UploadPolicy, target_missing, target_unusable
@@ -155,7 +157,10 @@ class Backup:
             await cleanup.abort_leftover_uploads(self.runs)
             if self.options.rebuild:
                 await Rebuild(s3, self.config, self.store, self.collector, self.old_caches).rebuild_caches(self.runs)
-            upload_send, upload_receive = anyio.create_memory_object_stream[UploadJob](tuning.queue_size)
+            # One bounded lane per target, emptied by turns: a huge first upload cannot hold back
+            # the other targets' changes (lanes.py).
+            lanes: Lanes[UploadJob] = Lanes(_job_bytes)
+            runs = self.runs
             change_send, change_receive = anyio.create_memory_object_stream[Change](4 * tuning.queue_size)
             try:
                 async with unwrapped_group() as stages:
@@ -165,21 +170,15 @@ class Backup:
                     window_scope = anyio.CancelScope()
                     stages.start_soon(self._watch_window, window_scope)
                     with change_send:
+                        # Every lane is open before any worker looks: the workers end when all are closed.
+                        target_lanes = [lanes.open(priority=r.target.priority, limit=tuning.queue_size) for r in runs]
                         async with unwrapped_group() as workers:
-                            with upload_receive:
-                                for _ in range(tuning.workers):
-                                    workers.start_soon(self._upload_worker, upload_receive.clone(), change_send.clone())
+                            for _ in range(tuning.workers):
+                                workers.start_soon(self._upload_worker, lanes, change_send.clone())
                             walk_slots = anyio.CapacityLimiter(tuning.walk_threads)
-                            with upload_send:
-                                async with unwrapped_group() as producers:
-                                    for run in self.runs:
-                                        producers.start_soon(
-                                            self._run_target,
-                                            run,
-                                            upload_send.clone(),
-                                            change_send.clone(),
-                                            walk_slots,
-                                        )
+                            async with unwrapped_group() as producers:
+                                for run, lane in zip(runs, target_lanes, strict=True):
+                                    producers.start_soon(self._run_target, run, lane, change_send.clone(), walk_slots)
                     window_scope.cancel()  # every upload is done or left: the window has nothing more to stop
                     progress_scope.cancel()  # every stage is done: the last progress line is the summary
             finally:
@@ -213,14 +212,14 @@ class Backup:
     async def _run_target(
         self,
         run: TargetRun,
-        upload_send: ObjectSendStream[UploadJob],
+        lane: Lane[UploadJob],
         change_send: ObjectSendStream[Change],
         walk_slots: anyio.CapacityLimiter,
     ) -> None:
         target = run.target
         try:
             with change_send:
-                with upload_send:
+                with lane:
                     if target.missing:
                         target_missing(run, self.collector)
                         return
@@ -230,7 +229,7 @@ class Backup:
                     if run.held_back:
                         return
                     async with walk_slots:
-                        await self._walk_in_thread(run, upload_send, change_send)
+                        await self._walk_in_thread(run, lane, change_send)
                 run.walk_done()
                 await run.uploads_done.wait()
                 await self._delete_vanished(run, change_send)
@@ -245,13 +244,13 @@ class Backup:
     async def _walk_in_thread(
         self,
         run: TargetRun,
-        upload_send: ObjectSendStream[UploadJob] | None,
+        lane: Lane[UploadJob] | None,
         change_send: ObjectSendStream[Change] | None = None,
     ) -> None:
         """The walk runs in a worker thread. On cancellation (SIGTERM, a fatal error) the thread is
         told to stop and left to notice it, so a walk of millions of files cannot hold up a stop."""
         try:
-            await anyio.to_thread.run_sync(self._produce, run, upload_send, change_send, abandon_on_cancel=True)
+            await anyio.to_thread.run_sync(self._produce, run, lane, change_send, abandon_on_cancel=True)
         except anyio.get_cancelled_exc_class():
             self._stopping.set()
             raise
@@ -259,7 +258,7 @@ class Backup:
     def _produce(
         self,
         run: TargetRun,
-        upload_send: ObjectSendStream[UploadJob] | None,
+        lane: Lane[UploadJob] | None,
         change_send: ObjectSendStream[Change] | None = None,
     ) -> None:
         """Runs in a worker thread: the sorted walk merged with the cache's rows. Inodes and ctimes
@@ -299,17 +298,17 @@ class Backup:
                         run.stats.planned_uploads += 1
                         run.stats.planned_upload_bytes += action.file.size
                         self._plan_requests(run, action.file.size)
-                    if upload_send is not None:
+                    if lane is not None:
                         chunk.append(UploadJob(run, action))
                         if len(chunk) >= CHUNK_FILES:
-                            anyio.from_thread.run(self._enqueue, chunk, upload_send)
+                            anyio.from_thread.run(self._enqueue, chunk, lane)
                             chunk = []
                 else:
                     run.deletes.append(action.path)
         except _Stopped:
             return  # the run is being cancelled: its plan is dropped unused
-        if chunk and upload_send is not None:
-            anyio.from_thread.run(self._enqueue, chunk, upload_send)
+        if chunk and lane is not None:
+            anyio.from_thread.run(self._enqueue, chunk, lane)
         if observed and change_send is not None:
             anyio.from_thread.run(self._record, observed, change_send)
         counts = run.counts
@@ -332,10 +331,10 @@ class Backup:
         for operation, n in upload_requests(size_bytes, settings.multipart_threshold_bytes, part_bytes).items():
             planned[operation] = planned.get(operation, 0) + n
 
-    async def _enqueue(self, chunk: list[UploadJob], upload_send: ObjectSendStream[UploadJob]) -> None:
+    async def _enqueue(self, chunk: list[UploadJob], lane: Lane[UploadJob]) -> None:
         for job in chunk:
             job.run.pending += 1
-            await upload_send.send(job)
+            await lane.put(job)
 
     async def _record(self, changes: list[Change], change_send: ObjectSendStream[Change]) -> None:
         for change in changes:
@@ -369,24 +368,25 @@ class Backup:
 
     # Stage: upload workers
 
-    async def _upload_worker(self, jobs: ObjectReceiveStream[UploadJob], change_send: ObjectSendStream[Change]) -> None:
-        with jobs, change_send:
-            async for job in jobs:
+    async def _upload_worker(self, lanes: Lanes[UploadJob], change_send: ObjectSendStream[Change]) -> None:
+        with change_send:
+            while (job := await lanes.get()) is not None:
                 try:
                     if self.cutoff.closed:  # after the window's end no upload starts
                         self._left_by_window(job)
                         continue
-                    with self.cutoff.flight(job.upload.file.size):
+                    with self.cutoff.flight(job.upload.file.size) as flight:
                         try:
                             await self.uploads.upload(job, change_send)
                         except WindowCut:
-                            self._left_by_window(job)
+                            # Parts S3 confirmed of a cut multipart upload stay for the next run.
+                            self._left_by_window(job, flight.confirmed_bytes if flight else 0)
                 finally:
                     job.run.job_finished()
 
-    def _left_by_window(self, job: UploadJob) -> None:
+    def _left_by_window(self, job: UploadJob, sent_bytes: int = 0) -> None:
         if job.upload.proof is not Proof.CONTENT:  # a content check is no planned upload
-            self.cutoff.leave(job.upload.file.size)
+            self.cutoff.leave(max(0, job.upload.file.size - sent_bytes))
 
     # Dry run: the walk stage alone, against the cache (or the old cache a real run would adopt)
 
@@ -412,6 +412,10 @@ class Backup:
         async with unwrapped_group() as tg:
             for run in self.runs:
                 tg.start_soon(plan, run)
+
+
+def _job_bytes(job: UploadJob) -> int:
+    return job.upload.file.size
 
 
 class _Stopped(Exception):

@@ -25,12 +25,13 @@ from ..cache.writes import CacheWrites
 from ..disk.digest import content_proves_etag
 from ..disk.keys import KeyTooLongError, check_key_length, display_path, key_for_path
 from ..disk.read import FileChanged, FileUnreadable, FileVanished
-from ..errors import Failure, FailureCollector, FailureKind, FatalError, S3Error
+from ..errors import Failure, FailureCollector, FailureKind, FatalError, Fix, S3Error, fix_command
 from ..recovery.rules import checksum_of
 from ..report.summary import format_bytes
 from ..s3.client import S3, endpoint_name
 from ..s3.objects import parse_mtime_metadata
 from ..settings.config import Config
+from .cleanup import CachedUploads
 from .content import comparable, read_content
 from .cutoff import sending
 from .delete import delete_superseded
@@ -118,20 +119,11 @@ class UploadPolicy:
                 self._note_transport(exc)
                 return
 
-        async def started(upload_id: str) -> None:
-            # Committed at once, not batched: a crash right after must still leave the id behind
-            # for the next run to abort.
-            await self.writes.upload_started(bucket, key, upload_id)
-
-        async def ended(upload_id: str) -> None:
-            # Committed directly too, not through the writer's stream: an abort that finishes
-            # after a signal may find the writer gone.
-            await self.writes.upload_ended(bucket, upload_id)
-
+        multipart_log = CachedUploads(self.store, self.writes, bucket, key)
         for attempt in (1, 2):
             try:
                 with sending():  # the window's end may cut this, never the recording below
-                    done = await upload_file(self.s3, bucket, key, file, self.settings, self._limits, started, ended)
+                    done = await upload_file(self.s3, bucket, key, file, self.settings, self._limits, multipart_log)
             except FileChanged as exc:
                 if attempt == 1:
                     continue  # one more read: a file being written often settles quickly
@@ -323,7 +315,9 @@ class Guards:
         )
         if moved:
             run.device_held_back = True
-            self.collector.add(Failure(FailureKind.DELETION_GUARD, run.target.path, run.target.path, moved))
+            self.collector.add(
+                Failure(FailureKind.DELETION_GUARD, run.target.path, run.target.path, moved, fix=Fix.ALLOW_MASS_DELETE)
+            )
             return True
         reason = deletion_guard(
             recorded=run.counts.recorded,
@@ -333,7 +327,9 @@ class Guards:
             allow_mass_delete=self.options.allow_mass_delete,
         )
         if reason:
-            self.collector.add(Failure(FailureKind.DELETION_GUARD, run.target.path, run.target.path, reason))
+            self.collector.add(
+                Failure(FailureKind.DELETION_GUARD, run.target.path, run.target.path, reason, fix=Fix.ALLOW_MASS_DELETE)
+            )
         return reason is not None
 
     async def record_device(self, run: TargetRun, change_send: ObjectSendStream[Change]) -> None:
@@ -349,6 +345,7 @@ class Guards:
 
 def target_missing(run: TargetRun, collector: FailureCollector) -> None:
     target = run.target
+    fix: Fix | None = None
     if target.missing_key is not None:
         # Never backed up: a typo or a share not mounted yet, in a line just added to config.json.
         section = target.missing_key.split("[", 1)[0]
@@ -367,14 +364,16 @@ def target_missing(run: TargetRun, collector: FailureCollector) -> None:
         message = (
             f"this subfolder of root {target.root} is gone (renamed, removed, or the share unmounted?); "
             "nothing was uploaded or deleted. If it is gone for good, run "
-            f"async-backup --forget-target '{target.path}' (its bucket s3://{target.bucket} stays as it is)"
+            f"{fix_command(Fix.FORGET_SUBFOLDER, target.path)} (its bucket s3://{target.bucket} stays as it is)"
         )
+        fix = Fix.FORGET_SUBFOLDER
     else:
         message = (
             "the folder is missing (an unmounted share?); nothing was uploaded or deleted. "
             "Mount it, or remove it from config.json and run with --forget-target if it is gone for good"
         )
-    collector.add(Failure(FailureKind.TARGET_MISSING, target.path, target.path, message))
+        fix = Fix.FORGET_TARGET
+    collector.add(Failure(FailureKind.TARGET_MISSING, target.path, target.path, message, fix=fix))
 
 
 def target_unusable(run: TargetRun, collector: FailureCollector) -> None:

@@ -10,6 +10,14 @@ the file is checked unchanged, then the fast path sends it from the file through
 buffers it took from the pool, so a body's size never shows in memory. Through botocore (buckets
 the fast path cannot sign), bodies are read whole into memory instead. Either way, file contents
 in memory never exceed the byte budget of `config.Tuning`.
+
+A multipart upload cut off (a signal, the run's window, a fatal error elsewhere, or SIGKILL) with
+parts in S3 stays open: its id, its file's evidence and each part S3 confirmed are in the cache
+(`MultipartLog`), and the next upload of the same key continues it when the file is unchanged,
+sending only the parts S3 does not hold as recorded. It is aborted when the file changed, and
+started again when S3 no longer knows it (the bucket's lifecycle rule). The parts not sent again
+are still read and checksummed: the object's composite checksum is built from every part's, and
+a part whose bytes no longer match its record is sent again.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from typing import TypeVar
 
 import anyio
 
+from ..cache.records import OpenUpload, SentPart, UploadFile
 from ..disk.entries import DiskFile
 from ..disk.read import (
     RangeReader,
@@ -34,8 +43,9 @@ from ..disk.read import (
     read_range,
 )
 from ..errors import S3Error, unwrapped_group
+from ..s3.buckets import ABORT_INCOMPLETE_DAYS
 from ..s3.checksums import PartChecksum, RunningChecksum, composite_checksum
-from ..s3.client import S3, CompletedPart
+from ..s3.client import S3, CompletedPart, ListedPart
 from ..s3.fastput.bodies import BodyStream
 from ..s3.objects import mtime_metadata
 from .budget import BufferPool, ByteBudget
@@ -169,7 +179,25 @@ def checksum_range(
     return running.result()
 
 
-UploadHook = Callable[[str], Awaitable[None]]
+class MultipartLog:
+    """Where one key's multipart uploads are recorded. This base records nothing and knows no
+    earlier upload (an upload that is never continued); the backup's keeps them in the cache."""
+
+    async def open_upload(self) -> OpenUpload | None:
+        """The newest upload of this key an earlier run left open, if any."""
+        return None
+
+    async def sent_parts(self, upload_id: str) -> dict[int, SentPart]:
+        return {}
+
+    async def started(self, upload_id: str, file: UploadFile) -> None:
+        return None
+
+    async def part_sent(self, upload_id: str, part: SentPart) -> None:
+        return None
+
+    async def ended(self, upload_id: str) -> None:
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,12 +210,12 @@ class UploadContext:
     s3: S3
     bucket: str
     key: str
+    path: bytes
     settings: UploadSettings
     limits: MemoryLimits
     streaming: bool  # S3.can_stream(bucket)
     algorithm: str  # S3.body_checksum(streaming)
-    on_multipart_started: UploadHook
-    on_multipart_ended: UploadHook
+    multipart_log: MultipartLog
 
     def read_whole(self, size: int) -> bool:
         """Whether a body of `size` is read whole into memory (a single PutObject of at most one
@@ -204,8 +232,7 @@ async def upload_file(
     file: DiskFile,
     settings: UploadSettings,
     limits: MemoryLimits,
-    on_multipart_started: UploadHook,
-    on_multipart_ended: UploadHook,
+    multipart_log: MultipartLog,
 ) -> Uploaded:
     """Upload `file` to bucket/key; raises FileVanished, FileChanged, FileUnreadable or S3Error.
 
@@ -216,12 +243,12 @@ async def upload_file(
         s3,
         bucket,
         key,
+        file.path,
         settings,
         limits,
         streaming,
         s3.body_checksum(streaming),
-        on_multipart_started,
-        on_multipart_ended,
+        multipart_log,
     )
     if ctx.read_whole(file.size):
         async with limits.budget.hold(file.size):
@@ -330,39 +357,84 @@ async def _put_streamed(ctx: UploadContext, opened: Opened) -> Uploaded:
     return Uploaded(opened.size, opened.mtime_ns, recorded, opened.ino, opened.ctime_ns, opened.read_started_ns)
 
 
+@dataclass(frozen=True, slots=True)
+class Begun:
+    """A multipart upload to send the file's parts to: new, or an earlier run's continued, with the
+    parts S3 holds as the cache recorded them (which are not sent again)."""
+
+    upload_id: str
+    part_bytes: int
+    held: dict[int, SentPart]
+
+
 async def _upload_multipart(ctx: UploadContext, opened: Opened) -> Uploaded:
     """A multipart upload of the open file by its fstat size; checked unchanged before Complete and
-    aborted otherwise, so a body found inconsistent never becomes an object."""
+    aborted otherwise, so a body found inconsistent never becomes an object. Cut off by
+    cancellation once S3 holds a part of it, it stays open for the next run to continue."""
     s3, limits = ctx.s3, ctx.limits
-    part_bytes = part_size_for(opened.size, ctx.settings.part_size_bytes)
+    begun = await _continued_or_created(ctx, opened)
+    upload_id, part_bytes = begun.upload_id, begun.part_bytes
     ranges = part_ranges(opened.size, part_bytes)
     reader = RangeReader(opened.fd)
-    upload_id = await _create_recorded(ctx, opened.mtime_ns)
     parts: list[CompletedPart | None] = [None] * len(ranges)
+
+    async def held_in_s3(number: int, offset: int, length: int) -> bool:
+        """A part S3 holds as recorded: read and checksummed (for the composite checksum, and to
+        see that the file's bytes are still the ones sent), never sent again. A part whose bytes
+        differ from its record is sent again."""
+        sent = begun.held.get(number)
+        if sent is None or sent.size != length:
+            return False
+        async with limits.buffers.lease() as lease, limits.checksum_slots:
+            checksum = await anyio.to_thread.run_sync(
+                checksum_range,
+                opened.fd,
+                offset,
+                length,
+                ctx.algorithm,
+                lease.buffers[0],
+                (opened.size, opened.mtime_ns),
+            )
+        if checksum.digest.hex() != sent.digest_hex:
+            return False
+        parts[number - 1] = CompletedPart(number, sent.etag, checksum)
+        return True
+
+    async def confirmed(part: CompletedPart, length: int) -> None:
+        parts[part.number - 1] = part
+        part_confirmed(length)  # the window's estimate measures this upload's rate by its parts
+        with anyio.CancelScope(shield=True):  # S3 holds it: a signal now must not lose its record
+            await ctx.multipart_log.part_sent(
+                upload_id, SentPart(part.number, length, part.etag, part.checksum.digest.hex())
+            )
 
     async def send_streamed(number: int, offset: int, length: int) -> None:
         try:
+            if await held_in_s3(number, offset, length):
+                return
 
             async def send(stream: BodyStream, checksum: PartChecksum) -> CompletedPart:
                 return await s3.upload_part(ctx.bucket, ctx.key, upload_id, number, stream, checksum)
 
-            parts[number - 1], _ = await _send_streamed(ctx, reader, opened, offset, length, send)
-            part_confirmed(length)  # the window's estimate measures this upload's rate by its parts
+            part, _ = await _send_streamed(ctx, reader, opened, offset, length, send)
+            await confirmed(part, length)
         finally:
             limits.part_slots.release()
 
     async def send_whole(number: int, offset: int, length: int) -> None:
         # Through botocore: the part is read whole, holding its length of the budget.
         try:
+            if await held_in_s3(number, offset, length):
+                return
             taken = await limits.budget.acquire(length)
             try:
                 data = await anyio.to_thread.run_sync(read_range, opened.fd, offset, length)
                 # Hashing a part takes tens of ms: in a thread (hashlib releases the GIL).
                 checksum = await anyio.to_thread.run_sync(PartChecksum.of, data, ctx.algorithm)
-                parts[number - 1] = await s3.upload_part(ctx.bucket, ctx.key, upload_id, number, data, checksum)
-                part_confirmed(length)
+                part = await s3.upload_part(ctx.bucket, ctx.key, upload_id, number, data, checksum)
             finally:
                 limits.budget.release(taken)
+            await confirmed(part, length)
         finally:
             limits.part_slots.release()
 
@@ -377,27 +449,111 @@ async def _upload_multipart(ctx: UploadContext, opened: Opened) -> Uploaded:
         check_unchanged(opened.fd, opened.size, opened.mtime_ns)
         completed = [p for p in parts if p is not None]
         await s3.complete_multipart_upload(ctx.bucket, ctx.key, upload_id, completed)
-    except BaseException:
+    except BaseException as exc:
+        cut = isinstance(exc, anyio.get_cancelled_exc_class())
+        if cut and (begun.held or any(p is not None for p in parts)):
+            # Stopped, not failed: S3 holds parts of it and the cache records them, so the next
+            # run continues it. Should no run come back to it, the bucket's lifecycle rule aborts it.
+            log.info("the multipart upload of %s stays open; the next run continues it", ctx.key)
+            raise
         await _abort(ctx, upload_id)
         raise
-    await ctx.on_multipart_ended(upload_id)
+    await ctx.multipart_log.ended(upload_id)
     recorded = composite_checksum([p.checksum for p in completed], [p.etag for p in completed])
     return Uploaded(
         opened.size, opened.mtime_ns, recorded, opened.ino, opened.ctime_ns, opened.read_started_ns, part_bytes
     )
 
 
-async def _create_recorded(ctx: UploadContext, mtime_ns: int) -> str:
-    """CreateMultipartUpload and the record of its id, as one region a cancellation cannot split:
-    once S3 has created the upload, it is either recorded (so the next run can abort it) or
-    aborted here. Only SIGKILL leaves one open, and then S3 lists it for the next run's sweep.
-    botocore's timeouts and retries bound the wait for the reply."""
+async def _continued_or_created(ctx: UploadContext, opened: Opened) -> Begun:
+    """The upload an earlier run left open for this key, continued when its file is the same
+    (size, mtime, inode and ctime as recorded, and the same checksum and storage class), with the
+    parts ListParts shows as the cache recorded them (number, size, ETag, CRC32); else that upload
+    is aborted (the file changed) or forgotten (S3 no longer knows it) and a new one created."""
+    earlier = await ctx.multipart_log.open_upload()
+    if earlier is not None:
+        file = earlier.file
+        why = _why_not_continued(ctx, opened, file)
+        if why is None and file is not None:
+            listed = await ctx.s3.list_parts(ctx.bucket, ctx.key, earlier.upload_id)
+            if listed is None:
+                log.info(
+                    "the multipart upload of %s that an earlier run left open is gone from S3 (the bucket's "
+                    "lifecycle rule aborts uploads after %d days); sending the file again from its start",
+                    ctx.key,
+                    ABORT_INCOMPLETE_DAYS,
+                )
+                with anyio.CancelScope(shield=True):
+                    await ctx.multipart_log.ended(earlier.upload_id)
+            else:
+                recorded = await ctx.multipart_log.sent_parts(earlier.upload_id)
+                held = {n: p for n, p in recorded.items() if _same_part(p, listed.get(n), file.algorithm)}
+                ctx.s3.continue_upload(earlier.upload_id, file.storage_class)
+                log.info(
+                    "continuing the multipart upload of %s an earlier run left open: %d of its parts are in S3",
+                    ctx.key,
+                    len(held),
+                )
+                return Begun(earlier.upload_id, file.part_bytes, held)
+        else:
+            log.info("%s: %s since its multipart upload began; starting it again", ctx.key, why)
+            await _abort(ctx, earlier.upload_id)
+    part_bytes = part_size_for(opened.size, ctx.settings.part_size_bytes)
+    upload_id = await _create_recorded(ctx, opened, part_bytes)
+    return Begun(upload_id, part_bytes, {})
+
+
+def _why_not_continued(ctx: UploadContext, opened: Opened, file: UploadFile | None) -> str | None:
+    """Why an earlier run's open upload cannot go on with the file as it is now opened, or None."""
+    if file is None:
+        return "an older version recorded no file"
+    if file.size != opened.size or file.mtime_ns != opened.mtime_ns:
+        return "the file's size or mtime changed"
+    if file.ino is not None and opened.ino and file.ino != opened.ino:
+        return "the file was replaced"
+    if file.ctime_ns is not None and opened.ctime_ns and file.ctime_ns != opened.ctime_ns:
+        return "the file's ctime moved"
+    if file.algorithm != ctx.algorithm:
+        return "the body checksum changed"
+    if file.storage_class != ctx.settings.storage_class:
+        return "the storage class changed"
+    return None
+
+
+def _same_part(sent: SentPart, listed: ListedPart | None, algorithm: str) -> bool:
+    """Whether S3 holds a part as the cache recorded it: same size and ETag, and the same CRC32
+    where both have one."""
+    if listed is None or listed.size != sent.size or listed.etag.strip('"') != sent.etag.strip('"'):
+        return False
+    if algorithm == "crc32" and listed.checksum_crc32 is not None:
+        return listed.checksum_crc32 == PartChecksum("crc32", bytes.fromhex(sent.digest_hex)).b64
+    return True
+
+
+async def _create_recorded(ctx: UploadContext, opened: Opened, part_bytes: int) -> str:
+    """CreateMultipartUpload and the record of its id and file, as one region a cancellation
+    cannot split: once S3 has created the upload, it is either recorded (so the next run can
+    continue or abort it) or aborted here. Only SIGKILL leaves one unrecorded, and it holds no
+    part. botocore's timeouts and retries bound the wait for the reply."""
+    file = UploadFile(
+        ctx.path,
+        opened.size,
+        opened.mtime_ns,
+        opened.ino or None,
+        opened.ctime_ns or None,
+        part_bytes,
+        ctx.algorithm,
+        ctx.settings.storage_class,
+    )
     with anyio.CancelScope(shield=True):
         upload_id = await ctx.s3.create_multipart_upload(
-            ctx.bucket, ctx.key, storage_class=ctx.settings.storage_class, metadata=mtime_metadata(mtime_ns)
+            ctx.bucket,
+            ctx.key,
+            storage_class=ctx.settings.storage_class,
+            metadata=mtime_metadata(opened.mtime_ns),
         )
         try:
-            await ctx.on_multipart_started(upload_id)
+            await ctx.multipart_log.started(upload_id, file)
         except BaseException:  # the cache could not record it (a full disk): abort it now
             await _abort(ctx, upload_id, record=False)
             raise
@@ -420,6 +576,6 @@ async def _abort(ctx: UploadContext, upload_id: str, *, record: bool = True) -> 
     if record:
         try:
             with anyio.CancelScope(shield=True):
-                await ctx.on_multipart_ended(upload_id)
+                await ctx.multipart_log.ended(upload_id)
         except Exception as exc:  # its id stays in the cache; the next run finds the upload gone
             log.warning("the abort of %s's multipart upload was not recorded: %s", key, exc)

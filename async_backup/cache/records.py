@@ -103,3 +103,39 @@ class Listed:
     # LastModified as Unix seconds (whole seconds in a listing); None where the server gave none
     last_modified_s: float | None = None
     etag: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class UploadFile:
+    """The file a multipart upload was created for, as it was when opened, and how its parts go:
+    what a later run must find unchanged to continue the upload rather than start it again."""
+
+    path: bytes
+    size: int
+    mtime_ns: int
+    ino: int | None
+    ctime_ns: int | None
+    part_bytes: int  # the upload's part size, kept even if tuning.part_size_mib changes
+    algorithm: str  # the parts' body checksum ("crc32", "md5" or "sha256")
+    storage_class: str  # the object's, fixed by CreateMultipartUpload
+
+
+@dataclass(frozen=True, slots=True)
+class SentPart:
+    """One part S3 confirmed: its size, the ETag S3 answered and the hex digest it was sent with."""
+
+    number: int
+    size: int
+    etag: str
+    digest_hex: str
+
+
+@dataclass(frozen=True, slots=True)
+class OpenUpload:
+    """A multipart upload this cache recorded and no run completed or aborted yet. `file` is None
+    for uploads recorded before runs could continue them (they are aborted, as they always were)."""
+
+    key: str
+    upload_id: str
+    started: float  # Unix seconds
+    file: UploadFile | None = None

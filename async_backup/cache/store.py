@@ -31,7 +31,7 @@ from typing import Concatenate, ParamSpec, TypeVar
 from ..disk.cachedir import mount_point, why_unwritable
 from ..disk.lock import holds
 from ..errors import FatalError
-from .records import Recorded
+from .records import OpenUpload, Recorded, SentPart, UploadFile
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,28 @@ CREATE TABLE IF NOT EXISTS multipart_uploads (
     started   REAL NOT NULL,
     PRIMARY KEY (bucket, upload_id)
 );
+CREATE TABLE IF NOT EXISTS multipart_files (   -- the file of an open upload, so a later run can continue it
+    bucket    TEXT    NOT NULL,
+    upload_id TEXT    NOT NULL,
+    path      BLOB    NOT NULL,
+    size      INTEGER NOT NULL,
+    mtime_ns  INTEGER NOT NULL,
+    ino       INTEGER,
+    ctime_ns  INTEGER,
+    part_bytes INTEGER NOT NULL,   -- the upload's part size, whatever tuning says later
+    algorithm TEXT    NOT NULL,    -- the parts' body checksum
+    storage_class TEXT NOT NULL,
+    PRIMARY KEY (bucket, upload_id)
+);
+CREATE TABLE IF NOT EXISTS multipart_parts (   -- the parts S3 confirmed of an open upload
+    bucket    TEXT    NOT NULL,
+    upload_id TEXT    NOT NULL,
+    number    INTEGER NOT NULL,
+    size      INTEGER NOT NULL,
+    etag      TEXT    NOT NULL,
+    digest    TEXT    NOT NULL,    -- hex digest of the body checksum it was sent with
+    PRIMARY KEY (bucket, upload_id, number)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS mounts (
     target TEXT    NOT NULL,   -- the target's path, as in `targets`
@@ -144,15 +166,28 @@ class Removed:
 
 @dataclass(frozen=True, slots=True)
 class UploadStarted:
-    """A multipart upload was created; remembered so a crash cannot leave it open for good."""
+    """A multipart upload was created; remembered so a crash cannot leave it open for good, and
+    with its file (when given) so that a later run can continue it."""
 
     bucket: str
     key: str
     upload_id: str
+    file: UploadFile | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PartSent:
+    """S3 confirmed one part of an open multipart upload."""
+
+    bucket: str
+    upload_id: str
+    part: SentPart
 
 
 @dataclass(frozen=True, slots=True)
 class UploadEnded:
+    """A multipart upload was completed or aborted: it, its file and its parts are forgotten."""
+
     bucket: str
     upload_id: str
 
@@ -184,7 +219,7 @@ class UnsettledKept:
     paths: frozenset[bytes]
 
 
-Change = Stored | Removed | UploadStarted | UploadEnded | Evidence | DeviceSeen | MountsSeen | UnsettledKept
+Change = Stored | Removed | UploadStarted | PartSent | UploadEnded | Evidence | DeviceSeen | MountsSeen | UnsettledKept
 
 
 # SQLite's answers that say the storage under the cache failed, not the database itself
@@ -494,17 +529,53 @@ class StateStore:
             ).fetchone()
         return None if found is None else _recorded(found)
 
-    def open_uploads(self, bucket: str) -> list[tuple[str, str]]:
-        return [
-            (str(k), str(u))
-            for k, u in self._query("SELECT key, upload_id FROM multipart_uploads WHERE bucket=?", (bucket,))
-        ]
+    def open_uploads(self, bucket: str, key: str | None = None) -> list[OpenUpload]:
+        """The multipart uploads of `bucket` (of one `key`, when given) this cache recorded and no
+        run ended, oldest first, each with its file when one was recorded with it."""
+        with self._write_lock:  # the connection is shared with the writer's thread
+            rows = self._query(
+                "SELECT u.key, u.upload_id, u.started, f.path, f.size, f.mtime_ns, f.ino, f.ctime_ns, "
+                "f.part_bytes, f.algorithm, f.storage_class FROM multipart_uploads u LEFT JOIN multipart_files f "
+                "ON f.bucket = u.bucket AND f.upload_id = u.upload_id WHERE u.bucket=? AND (? IS NULL OR u.key=?) "
+                "ORDER BY u.started",
+                (bucket, key, key),
+            )
+        found = []
+        for k, upload_id, started, path, size, mtime_ns, ino, ctime_ns, part_bytes, algorithm, storage_class in rows:
+            file = None
+            if path is not None:
+                file = UploadFile(
+                    bytes(path),  # type: ignore[call-overload]
+                    int(size),  # type: ignore[call-overload]
+                    int(mtime_ns),  # type: ignore[call-overload]
+                    None if ino is None else int(ino),  # type: ignore[call-overload]
+                    None if ctime_ns is None else int(ctime_ns),  # type: ignore[call-overload]
+                    int(part_bytes),  # type: ignore[call-overload]
+                    str(algorithm),
+                    str(storage_class),
+                )
+            found.append(OpenUpload(str(k), str(upload_id), float(started), file))  # type: ignore[arg-type]
+        return found
+
+    def sent_parts(self, bucket: str, upload_id: str) -> dict[int, SentPart]:
+        """The parts S3 confirmed of an open upload, by number."""
+        with self._write_lock:
+            rows = self._query(
+                "SELECT number, size, etag, digest FROM multipart_parts WHERE bucket=? AND upload_id=?",
+                (bucket, upload_id),
+            )
+        return {
+            int(n): SentPart(int(n), int(size), str(etag), str(digest))  # type: ignore[call-overload]
+            for n, size, etag, digest in rows
+        }
 
     @_mapped
     def apply(self, changes: Iterable[Change]) -> None:
         """Apply confirmed changes in one transaction."""
         assert self._conn is not None
         stored, removed, started, ended, evidence = [], [], [], [], []
+        files: list[tuple[object, ...]] = []
+        parts: list[tuple[object, ...]] = []
         rare: list[DeviceSeen | MountsSeen | UnsettledKept] = []  # a few per target and run
         for c in changes:
             if isinstance(c, Stored):
@@ -528,6 +599,13 @@ class StateStore:
                 removed.append((c.bucket, c.path))
             elif isinstance(c, UploadStarted):
                 started.append((c.bucket, c.key, c.upload_id, time.time()))
+                if c.file is not None:
+                    f = c.file
+                    evidence_of_file = (f.path, f.size, f.mtime_ns, f.ino, f.ctime_ns)
+                    files.append((c.bucket, c.upload_id, *evidence_of_file, f.part_bytes, f.algorithm, f.storage_class))
+            elif isinstance(c, PartSent):
+                p = c.part
+                parts.append((c.bucket, c.upload_id, p.number, p.size, p.etag, p.digest_hex))
             elif isinstance(c, UploadEnded):
                 ended.append((c.bucket, c.upload_id))
             else:
@@ -552,8 +630,21 @@ class StateStore:
                     "INSERT OR REPLACE INTO multipart_uploads(bucket, key, upload_id, started) VALUES (?, ?, ?, ?)",
                     started,
                 )
+            if files:
+                self._conn.executemany(
+                    "INSERT OR REPLACE INTO multipart_files(bucket, upload_id, path, size, mtime_ns, ino, ctime_ns, "
+                    "part_bytes, algorithm, storage_class) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    files,
+                )
+            if parts:
+                self._conn.executemany(
+                    "INSERT OR REPLACE INTO multipart_parts(bucket, upload_id, number, size, etag, digest) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    parts,
+                )
             if ended:
-                self._conn.executemany("DELETE FROM multipart_uploads WHERE bucket=? AND upload_id=?", ended)
+                for table in ("multipart_uploads", "multipart_files", "multipart_parts"):
+                    self._conn.executemany(f"DELETE FROM {table} WHERE bucket=? AND upload_id=?", ended)
             self._settle(stored, removed)
             for change in rare:
                 self._apply_rare(change)
@@ -654,9 +745,7 @@ class StateStore:
             self._conn.execute("DELETE FROM meta WHERE name=?", (name,))
 
     @_mapped
-    def insert_adopted(
-        self, bucket: str, rows: Iterable[tuple[bytes, int, float, str | None, int | None]]
-    ) -> int:
+    def insert_adopted(self, bucket: str, rows: Iterable[tuple[bytes, int, float, str | None, int | None]]) -> int:
         """Rows adopted from the old script's cache: (path, size S3 listed, its float st_mtime,
         the checksum its listed ETag states and that checksum's part size).
 

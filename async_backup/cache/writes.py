@@ -20,7 +20,8 @@ from collections.abc import Iterable, Sequence
 
 import anyio
 
-from .store import Change, StateStore, Stored, UploadEnded, UploadStarted
+from .records import SentPart, UploadFile
+from .store import Change, PartSent, StateStore, Stored, UploadEnded, UploadStarted
 
 
 class CacheWrites:
@@ -31,10 +32,16 @@ class CacheWrites:
 
     # A backup run, beside the writer
 
-    async def upload_started(self, bucket: str, key: str, upload_id: str) -> None:
+    async def upload_started(self, bucket: str, key: str, upload_id: str, file: UploadFile | None = None) -> None:
         """A multipart upload was created. Committed at once, not batched through the writer: a
-        crash right after must still leave the id behind for the next run to abort."""
-        await anyio.to_thread.run_sync(self.store.apply, [UploadStarted(bucket, key, upload_id)])
+        crash right after must still leave the id behind for the next run to continue or abort."""
+        await anyio.to_thread.run_sync(self.store.apply, [UploadStarted(bucket, key, upload_id, file)])
+
+    async def part_sent(self, bucket: str, upload_id: str, part: SentPart) -> None:
+        """S3 confirmed a part. Committed at once: a SIGKILL right after must not cost the part
+        (a part that missed its record is only sent again). One small transaction per part of
+        several MiB; the connection's WAL with synchronous=NORMAL does not wait for the disk."""
+        await anyio.to_thread.run_sync(self.store.apply, [PartSent(bucket, upload_id, part)])
 
     async def upload_ended(self, bucket: str, upload_id: str) -> None:
         """A multipart upload was completed or aborted. Committed at once too, not through the

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import cast
 
-from ..errors import Failure, FailureKind
+from ..errors import Failure, FailureKind, Fix, fix_command
 from .entries import DiskFile, Hole, Skipped, WalkEntry
 from .keys import display_path
 
@@ -79,10 +79,12 @@ def mount_absent(target_name: str, path: bytes, why: str) -> Failure:
     message = (
         f"{shown} is a file system mounted inside this target and is now {_WHY.get(why, why)}; nothing under "
         "it was uploaded or deleted, its cached files were kept (not deleted from S3). Mount it; if it was "
-        f"removed on purpose, run async-backup --only '{target_name}' --allow-mass-delete (its files are then "
+        f"removed on purpose, run {fix_command(Fix.ALLOW_MASS_DELETE, target_name)} (its files are then "
         "deleted from S3 and the mount point is forgotten)"
     )
-    return Failure(FailureKind.DELETION_GUARD, target_name, shown, message, MOUNT_ABSENT, folder=True)
+    return Failure(
+        FailureKind.DELETION_GUARD, target_name, shown, message, MOUNT_ABSENT, folder=True, fix=Fix.ALLOW_MASS_DELETE
+    )
 
 
 def _no_mount(_path: bytes, _device: int) -> None:

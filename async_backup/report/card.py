@@ -20,8 +20,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
-from ..errors import Failure, FailureKind
+from ..errors import Failure, FailureKind, Fix, fix_command
 from ..s3.pricing import format_usd
+from ..settings.naming import is_default_bucket
+from ..wording import counted
 from .redact import Redactor, printable
 from .summary import RunSummary, TargetStats, format_bytes
 
@@ -33,16 +35,23 @@ CARD_BUDGET_BYTES = 27_000
 CARD_VERSION = "1.4"
 CARD_SCHEMA = "http://adaptivecards.io/schemas/adaptive-card.json"
 CARD_CONTENT_TYPE = "application/vnd.microsoft.card.adaptive"
+ARCHIVE_CLASS = "DEEP_ARCHIVE"  # the storage class the tool writes in
 
 # Layout limits before any shrinking; shrinking only lowers them.
-MAX_EXAMPLES_PER_GROUP = 5
+MAX_EXAMPLES_PER_GROUP = 2  # a phone shows two paths in a glance; the report has them all
 MAX_GROUPS_SHOWN = 20
-MAX_WARNINGS_SHOWN = 3
+MAX_WARNING_EXAMPLES = 1  # example paths per warning group: warnings need no action
 MAX_COST_KINDS = 4  # request kinds listed with their price; the rest are summed in one line
 MAX_HOST_CHARS = 100
 MAX_NAME_CHARS = 160
 MAX_CODE_CHARS = 120
 MAX_MESSAGE_CHARS = 300
+MAX_COMMANDS_PER_GROUP = 10  # per-target commands (--forget-target, --allow-mass-delete --only) listed
+MAX_NAMES_IN_GROUP = 3  # target names spelled out for a line of targets with the same outcome
+# A target line on a phone (360 px, about 45 characters of 14 px text): the folder's last two
+# components say which one it is; example paths are shortened to what fits a line of monospace.
+SHORT_NAME_COMPONENTS = 2
+SHORT_PATH_CHARS = 40
 
 # Characters the card's markdown (a CommonMark subset) may interpret anywhere in a line. A
 # backslash before ASCII punctuation is always a literal in CommonMark; `{` also starts Adaptive
@@ -81,6 +90,22 @@ def shorten(text: str, max_chars: int) -> str:
     return text[:head] + "…" + (text[-tail:] if tail else "")
 
 
+def short_names(paths: Sequence[str]) -> dict[str, str]:
+    """Each path's last two components, or as many more as tell it apart from the others."""
+    parts = {p: [c for c in p.rstrip("/").split("/") if c] or [p] for p in paths}
+    depth = dict.fromkeys(paths, SHORT_NAME_COMPONENTS)
+    for _ in range(64):
+        names: dict[str, list[str]] = {}
+        for p in paths:
+            names.setdefault("/".join(parts[p][-depth[p] :]), []).append(p)
+        clashes = [p for same in names.values() if len(same) > 1 for p in same if depth[p] < len(parts[p])]
+        if not clashes:
+            break
+        for p in clashes:
+            depth[p] += 1
+    return {p: "/".join(parts[p][-depth[p] :]) for p in paths}
+
+
 def payload_json(payload: dict[str, Any]) -> str:
     """The payload as compact JSON, exactly as it is measured against the budget and sent.
 
@@ -112,12 +137,71 @@ def _facts(pairs: Sequence[tuple[str, str]]) -> dict[str, Any]:
     return {"type": "FactSet", "facts": [{"title": t, "value": v} for t, v in pairs]}
 
 
+def _table(rows: Sequence[tuple[str, int, float, bool]]) -> dict[str, Any]:
+    """Requests as a table of three columns (kind, count, price): one line a row, never wrapped, so
+    a long operation name is cut with an ellipsis rather than broken mid-word on a phone."""
+
+    def column(cells: list[str], width: str, right: bool, bold: Sequence[bool]) -> dict[str, Any]:
+        items = []
+        for text, strong in zip(cells, bold, strict=True):
+            cell: dict[str, Any] = {
+                "type": "TextBlock",
+                "text": text,
+                "wrap": False,
+                "spacing": "None",
+                "size": "Small",
+            }
+            if right:
+                cell["horizontalAlignment"] = "Right"
+            if strong:
+                cell["weight"] = "Bolder"
+            items.append(cell)
+        return {"type": "Column", "width": width, "items": items}
+
+    bold = [strong for *_, strong in rows]
+    return {
+        "type": "ColumnSet",
+        "spacing": "Small",
+        "columns": [
+            column([label for label, *_ in rows], "stretch", False, bold),
+            column([f"{count:,}" for _, count, _, _ in rows], "auto", True, bold),
+            column([format_usd(usd) for _, _, usd, _ in rows], "auto", True, bold),
+        ],
+    }
+
+
+def _cell(text: str, *, bold: bool = False, subtle: bool = False, color: str = "Default") -> dict[str, Any]:
+    """A cell of a table made of columns: one line, never wrapped (a long name ends in an ellipsis)."""
+    cell: dict[str, Any] = {"type": "TextBlock", "text": text, "spacing": "None", "size": "Small"}
+    if bold:
+        cell["weight"] = "Bolder"
+    if subtle:
+        cell["isSubtle"] = True
+    if color != "Default":
+        cell["color"] = color
+    return cell
+
+
+def _compact_bytes(n: int) -> str:
+    """A size in at most three digits for a table cell ("8.5 GiB", "34 GiB", "305 MiB"); empty for 0."""
+    if not n:
+        return ""
+    text = format_bytes(n)
+    number, unit = text.split(" ")
+    return f"{float(number):.0f} {unit}" if float(number) >= 10 else text
+
+
+def _request_label(operation: str, storage_class: str) -> str:
+    """The operation alone where it writes to Deep Archive (what the tool writes), else with its class."""
+    return operation if storage_class in ("", ARCHIVE_CLASS) else f"{operation} ({storage_class})"
+
+
 def _heading(text: str) -> dict[str, Any]:
-    return _text(text, weight="Bolder", size="Medium", separator=True, spacing="Medium")
+    return _text(text, weight="Bolder", separator=True, spacing="Default")
 
 
 def _note(text: str) -> dict[str, Any]:
-    return _text(text, isSubtle=True, spacing="Small")
+    return _text(text, isSubtle=True, spacing="Small", size="Small")
 
 
 def format_duration(seconds: float | None) -> str:
@@ -143,19 +227,19 @@ def _span_s(started_at: float, finished_at: float | None) -> float | None:
 
 # ----------------------------------------------------------------------------- content
 
-# What the operator can do about each kind of failure: one line under its heading.
+# What the operator can do about each kind of failure: one line under its heading. The card shows
+# it instead of the advice the failures' own messages end with (see `_detail`), so it says
+# everything: what was kept and what the next run does.
 ADVICE: dict[FailureKind, str] = {
-    FailureKind.UNREADABLE: "Check the permissions (as the user the backup runs as) and the file system; "
-    "the next run retries them.",
+    FailureKind.UNREADABLE: "Cached files were kept. Check the permissions as the backup's user; they are tried again.",
     FailureKind.CHANGED_WHILE_READING: "Written to during the backup: the next run uploads them. "
     "If it repeats, run the backup when nothing writes; at the third run in a row it is a failure.",
     FailureKind.NEVER_STILL: "Written to at every run, so never backed up: exclude them with backup.exclude, "
     "or back up a copy made while nothing writes to them.",
-    FailureKind.S3: "S3 refused or failed after retries; the next run retries. If the code repeats, "
-    "check the bucket, the credentials' permissions and the endpoint.",
-    FailureKind.DELETION_GUARD: "Deletes were held back. If the files really are gone, rerun with --allow-mass-delete.",
-    FailureKind.TARGET_MISSING: "Mount the folder, or fix its path in config.json; if it is gone for good, "
-    "remove it from config.json and run --forget-target.",
+    FailureKind.S3: "The next run retries. If the code repeats, check the bucket, the credentials and the endpoint.",
+    FailureKind.DELETION_GUARD: "Deletes held back. Mount the share; if the files are gone on purpose:",
+    FailureKind.TARGET_MISSING: "Nothing uploaded or deleted. Mount it or fix config.json; if it is gone for good "
+    "(its bucket stays):",
     FailureKind.KEY_TOO_LONG: "S3 keys take at most 1,024 bytes: shorten these paths, or they are never backed up.",
     FailureKind.BUCKET: "Check the bucket's name and the credentials' permissions (the README's IAM policy).",
     FailureKind.ADOPTION: "The old script's cache could not be checked against its bucket; the next run retries.",
@@ -163,8 +247,47 @@ ADVICE: dict[FailureKind, str] = {
     FailureKind.REBUILD: "The target was held back, nothing uploaded or deleted; the next run retries the rebuild.",
     FailureKind.FATAL: "The run stopped early: fix what the message says and run again.",
 }
-FOLDER_ADVICE = "Nothing under these folders was backed up; their cached files were kept. Fix their permissions: "
-FOLDER_ADVICE += "the next run backs them up."
+FOLDER_ADVICE = (
+    "Nothing under them was backed up; S3 keeps what it had. Fix their permissions: the next run backs them up."
+)
+# What comes before each target's command, by the kind of fix.
+FIX_LEAD: dict[Fix, str] = {
+    Fix.FORGET_SUBFOLDER: "",
+    Fix.FORGET_TARGET: "remove it from config.json, then ",
+    Fix.ALLOW_MASS_DELETE: "",
+}
+# Kinds whose messages are ours and end with advice the card gives once in ADVICE: of these the
+# card shows only the first clause, what happened.
+_OWN_ADVICE = {
+    FailureKind.UNREADABLE,
+    FailureKind.NEVER_STILL,
+    FailureKind.TARGET_MISSING,
+    FailureKind.DELETION_GUARD,
+    FailureKind.KEY_TOO_LONG,
+    FailureKind.VANISHED,
+    FailureKind.CHANGED_WHILE_READING,
+}
+
+
+_BOTOCORE_PREFIX = re.compile(r"^An error occurred \([^)]*\) when calling the (\w+) operation(?: \([^)]*\))?: ")
+
+
+def _detail(failure: Failure, *, advised: bool = True) -> str:
+    """What a failure's message adds to its group's heading and advice: a foreign message (S3's,
+    an exception's) whole; of our own messages the first clause, without the path it repeats.
+    Where the card gives advice (`advised`), a clause naming the path says nothing the heading,
+    the advice and the path line do not; for a warning, which has no advice, it says what happened."""
+    message = failure.message
+    if failure.kind not in _OWN_ADVICE:
+        # botocore's "An error occurred (SlowDown) when calling the UploadPart operation (...): text":
+        # the code is in the group's heading already.
+        return _BOTOCORE_PREFIX.sub(r"\1: ", message)
+    first = re.split(r"; |\. (?=[A-Z])", message, maxsplit=1)[0]
+    if failure.fix is None and failure.path and failure.path in first:
+        if advised:
+            return ""  # "folder /x unreadable (...)": the heading, advice and path line say it
+        return first.replace(" " + failure.path, "")  # "folder vanished while it was read: ..."
+    return first
 
 
 @dataclass(slots=True)
@@ -182,6 +305,10 @@ class _Group:
         examples = self.by_target.setdefault(failure.target, [])
         if len(examples) < MAX_EXAMPLES_PER_GROUP:
             examples.append(failure)
+
+    def fixes(self) -> list[Failure]:
+        """The first failure of each target, in the order they came: where a command settles them."""
+        return [examples[0] for examples in self.by_target.values() if examples]
 
     def examples(self, n: int) -> list[Failure]:
         """Up to `n` examples spread over the targets, round robin, the most affected target first,
@@ -247,9 +374,24 @@ class _CardBuilder:
             self.failures_by_target[failure.target] = self.failures_by_target.get(failure.target, 0) + 1
         # Targets worth a line: those that failed or changed. Kept when not all fit: those with
         # failures (most first), then the busiest; the rest are counted.
-        indexed = [(i, t) for i, t in enumerate(summary.targets) if self._failed(t) or self._activity(t)]
-        indexed.sort(key=lambda it: (-self._failed(it[1]), -self._activity(it[1]), it[0]))
-        self.target_priority = [index for index, _ in indexed]
+        # Targets with the same outcome (the same failures, nothing changed) share one line.
+        self.short_names = short_names([t.name for t in summary.targets])
+        lines: dict[tuple[str, tuple[str, ...], str], list[int]] = {}
+        for i, t in enumerate(summary.targets):
+            if not (self._failed(t) or self._activity(t)):
+                continue
+            groups = tuple(sorted({f.group for f in summary.failures if f.target == t.name}))
+            alone = t.name if t.bytes_uploaded or t.rebuilt_from or not t.bucket else ""
+            lines.setdefault((self.outcome(t), groups, alone), []).append(i)
+        targets = summary.targets
+        self.target_lines = sorted(
+            lines.values(),
+            key=lambda line: (
+                -sum(self._failed(targets[i]) for i in line),
+                -sum(self._activity(targets[i]) for i in line),
+                line[0],
+            ),
+        )
 
     def md(self, text: str, max_chars: int) -> str:
         return escape_markdown(shorten(printable(self.scrub(text)), max_chars))
@@ -262,13 +404,24 @@ class _CardBuilder:
         return target.new + target.updated + target.deleted + target.adopted + target.rebuilt_rows
 
     def where_the_rest_is(self) -> str:
-        """Where the full list of failures is, for "and N more"."""
+        """Where the full list of failures is, said once on the card."""
         host = self.md(self.summary.host, MAX_HOST_CHARS)
         if self.summary.dry_run:
             return "a dry run writes no report: run async-backup --dry-run on " + host + " to see them all"
         if self.report_path is None:
             return f"the run report could not be written; the log on {host} has the first 50"
         return f"all of them are in {self.md(self.report_path, MAX_NAME_CHARS)} on {host}"
+
+    def short(self, target: str) -> str:
+        return self.short_names.get(target) or target
+
+    def shown_path(self, failure: Failure, max_chars: int) -> str:
+        """An example path as a phone shows it: the target's short name, then the path under it."""
+        path = failure.path
+        target = failure.target.rstrip("/")
+        if target and path.startswith(target + "/") and failure.target in self.short_names:
+            path = self.short(failure.target) + path[len(target) :]
+        return self.md(path, max_chars)
 
     # ---- pieces
 
@@ -289,7 +442,7 @@ class _CardBuilder:
         host = self.md(s.host, MAX_HOST_CHARS)
         bad = bool(s.failures) or (s.exit_code != 0 and not s.ended_by_window) or s.interrupted
         color = "Attention" if bad else ("Warning" if s.warnings else "Good")
-        return _text(f"{who} on {host}: " + ", ".join(parts), size="Large", weight="Bolder", color=color)
+        return _text(f"{who} on {host}: " + ", ".join(parts), size="Medium", weight="Bolder", color=color)
 
     def subtitle(self) -> dict[str, Any]:
         s = self.summary
@@ -298,74 +451,166 @@ class _CardBuilder:
         if s.dry_run:
             bits.append("dry run: nothing was uploaded or deleted")
         text = ", ".join(bits)
-        return _text(text[:1].upper() + text[1:], isSubtle=True, spacing="None")
+        return _text(text[:1].upper() + text[1:], isSubtle=True, spacing="None", size="Small")
 
     def totals(self, kinds: int) -> list[dict[str, Any]]:
+        """The totals in one sentence, then the requests as a table: short labels, no facts whose
+        titles a phone would break mid-word."""
         s = self.summary
-        pairs = [
-            ("Files uploaded", f"{s.files_uploaded:,}"),
-            ("Bytes uploaded", format_bytes(s.bytes_uploaded)),
-            ("Files deleted", f"{s.files_deleted:,}"),
-            ("Failures", f"{len(s.failures):,}"),
-            ("Warnings", f"{len(s.warnings):,}"),
-        ]
+        uploaded = "would upload" if s.dry_run else "uploaded"
+        sentence = (
+            f"{_plural(s.files_uploaded, 'file')} {uploaded} ({format_bytes(s.bytes_uploaded)}), "
+            f"{s.files_deleted:,} deleted."
+        )
+        items: list[dict[str, Any]] = [_heading("Totals"), _text(sentence, spacing="Small")]
         cost = s.requests
-        if cost is not None:
-            what = "S3 requests it would send" if cost.estimated else "S3 requests sent"
-            pairs.append((what, f"{cost.count:,} for {format_usd(cost.usd)}"))
-            for line in cost.lines[:kinds]:
-                pairs.append((f"· {line.label}", f"{line.count:,} for {format_usd(line.usd)}"))
-            if len(cost.lines) > kinds:
-                rest = cost.lines[kinds:]
-                pairs.append(
-                    (
-                        f"· {_plural(len(rest), 'more kind')}",
-                        f"{sum(r.count for r in rest):,} for {format_usd(sum(r.usd for r in rest))}",
-                    )
-                )
-        items: list[dict[str, Any]] = [_heading("Totals"), _facts(pairs)]
-        if cost is not None:
-            items.append(_note(self.md(cost.prices.describe(), MAX_MESSAGE_CHARS)))
+        if cost is None:
+            return items
+        rows = [("S3 requests, would send" if cost.estimated else "S3 requests", cost.count, cost.usd, True)]
+        rows += [
+            (_request_label(line.operation, line.storage_class), line.count, line.usd, False)
+            for line in cost.lines[:kinds]
+        ]
+        if len(cost.lines) > kinds:
+            rest = cost.lines[kinds:]
+            rows.append((_plural(len(rest), "more kind"), sum(r.count for r in rest), sum(r.usd for r in rest), False))
+        items.append(_table(rows))
+        archive = (
+            ". Writes in DEEP_ARCHIVE unless a class is named."
+            if any(line.storage_class == ARCHIVE_CLASS for line in cost.lines[:kinds])
+            else ""
+        )
+        items.append(_note(self.md(cost.prices.describe(), MAX_MESSAGE_CHARS) + archive))
         return items
 
-    def target_line(self, target: TargetStats) -> dict[str, Any]:
-        name = self.md(target.name, MAX_NAME_CHARS)
-        bucket = f"s3://{self.md(target.bucket, MAX_NAME_CHARS)}" if target.bucket else target.destination
+    def outcome(self, target: TargetStats) -> str:
+        """What happened to a target, without its name: the key targets are grouped by."""
         bits = []
         failed = self._failed(target)
         if failed:
             bits.append(f"{failed:,} failed")
         if target.adopted:
-            bits.append(f"{target.adopted:,} adopted from the old cache")
+            bits.append(f"{target.adopted:,} adopted")
         if self.summary.dry_run:
-            bits.append(f"would upload {target.planned_uploads:,} ({format_bytes(target.planned_upload_bytes)})")
-            bits.append(f"would delete {target.planned_deletes:,}")
+            if target.planned_uploads:
+                bits.append(f"would upload {target.planned_uploads:,} ({format_bytes(target.planned_upload_bytes)})")
+            if target.planned_deletes:
+                bits.append(f"would delete {target.planned_deletes:,}")
         else:
             for n, word in ((target.new, "new"), (target.updated, "updated"), (target.deleted, "deleted")):
                 if n:
                     bits.append(f"{n:,} {word}")
             if target.bytes_uploaded:
-                bits.append(f"{format_bytes(target.bytes_uploaded)} uploaded")
-        bits.append(f"in {format_duration(_span_s(target.started_at, target.finished_at))}")
-        text = f"**{name}** → {bucket}: " + ", ".join(bits)
+                bits.append(format_bytes(target.bytes_uploaded))
         if target.rebuilt_from:
-            rebuilt = f"{target.rebuilt_rows:,} rows from {target.rebuilt_from}"
-            text += f". Cache rebuilt: {self.md(rebuilt, MAX_MESSAGE_CHARS)}"
-        return _text(text, spacing="Small", color="Attention" if failed else "Default")
+            bits.append(f"cache rebuilt ({counted(target.rebuilt_rows, 'row')})")
+        return ", ".join(bits) or "nothing to do"
+
+    def target_row(self, target: TargetStats) -> list[tuple[str, str, str]]:
+        """One target's cells in the targets table, by column: (column, text, colour)."""
+        failed = self._failed(target)
+        cells = [("", self.md(self.short(target.name), MAX_NAME_CHARS), "Default")]
+        cells.append(("failed", f"{failed:,}" if failed else "", "Attention"))
+        if self.summary.dry_run:
+            counts = [("upload", target.planned_uploads), ("delete", target.planned_deletes)]
+            size = _compact_bytes(target.planned_upload_bytes)
+        else:
+            counts = [("new", target.new), ("upd", target.updated), ("del", target.deleted)]
+            size = _compact_bytes(target.bytes_uploaded)
+        cells += [(column, f"{n:,}" if n else "", "Default") for column, n in counts]
+        cells.append(("size", size, "Default"))
+        return cells
+
+    def target_extras(self, target: TargetStats) -> str:
+        """What a target's row in the table does not say: a bucket not named after it, adopted rows,
+        a rebuilt cache; empty when there is nothing more."""
+        bits = []
+        if not target.bucket:
+            bits.append("no bucket")
+        elif not is_default_bucket(target.bucket, target.name):
+            bits.append(f"→ s3://{self.md(target.bucket, MAX_NAME_CHARS)}")
+        if target.adopted:
+            bits.append(f"{target.adopted:,} adopted")
+        if target.rebuilt_from:
+            rebuilt = f"{counted(target.rebuilt_rows, 'row')} from {target.rebuilt_from}"
+            bits.append(f"cache rebuilt: {self.md(rebuilt, MAX_MESSAGE_CHARS)}")
+        if not bits:
+            return ""
+        return f"{self.md(self.short(target.name), MAX_NAME_CHARS)} " + ", ".join(bits)
+
+    def target_table(self, targets: Sequence[TargetStats]) -> list[dict[str, Any]]:
+        """Targets shown alone, a row each: short name, then the counts in columns headed once, so
+        a busy target still takes one line on a phone. Columns empty in every row are left out."""
+        rows = [self.target_row(t) for t in targets]
+        header = [column for column, _, _ in rows[0]]
+        header[0] = "Targets"
+        # Subfolders of one root: the root's last component said once, in the header.
+        names = [self.short(t.name).split("/") for t in targets]
+        parent = names[0][0]
+        if len(names) > 1 and all(len(n) > 1 and n[0] == parent for n in names):
+            header[0] = self.md(parent + "/", MAX_NAME_CHARS)
+            for row, name in zip(rows, names, strict=True):
+                row[0] = ("", self.md("/".join(name[1:]), MAX_NAME_CHARS), "Default")
+        keep = [i for i, column in enumerate(header) if i == 0 or any(row[i][1] for row in rows)]
+        columns = []
+        for i in keep:
+            cells = [_cell(header[i], bold=True, subtle=i > 0)]
+            cells += [
+                _cell(row[i][1] or "·", color=row[i][2] if row[i][1] else "Default", subtle=not row[i][1])
+                for row in rows
+            ]
+            column: dict[str, Any] = {"type": "Column", "width": "auto" if i else "stretch", "items": cells}
+            if i:
+                column["spacing"] = "Small"
+                for cell in cells:
+                    cell["horizontalAlignment"] = "Right"
+            columns.append(column)
+        table: dict[str, Any] = {"type": "ColumnSet", "separator": True, "spacing": "Default", "columns": columns}
+        notes = [extra for extra in map(self.target_extras, targets) if extra]
+        return [table] + [_note(extra) for extra in notes]
+
+    def target_group(self, indexes: Sequence[int]) -> list[dict[str, Any]]:
+        """One line for several targets with the same outcome, a few of their names under it."""
+        targets = [self.summary.targets[i] for i in indexes]
+        first = targets[0]
+        failed = self._failed(first)
+        outcome = self.outcome(first)
+        if failed:
+            groups = sorted({f.group for f in self.summary.failures if f.target == first.name})
+            outcome = outcome.replace(f"{failed:,} failed", f"{failed:,} failed each", 1)
+            outcome += ", " + ", ".join(self.md(g, MAX_CODE_CHARS) for g in groups)
+        else:
+            outcome += " each"
+        names = [self.md(self.short(t.name), MAX_NAME_CHARS) for t in targets[:MAX_NAMES_IN_GROUP]]
+        if len(targets) > MAX_NAMES_IN_GROUP:
+            names.append(f"{len(targets) - MAX_NAMES_IN_GROUP:,} more")
+        return [
+            _text(
+                f"**{counted(len(targets), 'target')}**: {outcome}",
+                spacing="Small",
+                size="Small",
+                color="Attention" if failed else "Default",
+            ),
+            _text(", ".join(names), isSubtle=True, spacing="None", size="Small"),
+        ]
 
     def targets(self, limit: int) -> tuple[list[dict[str, Any]], int]:
-        """The targets section: a line per target that failed or changed; how many lines it leaves out."""
+        """The targets section: a table row per target that failed or changed, a line per group of
+        targets with the same outcome; how many of those targets it leaves out."""
         targets = self.summary.targets
         if not targets:
             return [], 0
-        shown = sorted(self.target_priority[:limit])  # back in configuration order
-        items: list[dict[str, Any]] = [_heading("Targets")]
-        items.extend(self.target_line(targets[i]) for i in shown)
-        quiet = len(targets) - len(self.target_priority)
-        left_out = len(self.target_priority) - len(shown)
+        shown = sorted(self.target_lines[:limit], key=lambda line: line[0])  # back in configuration order
+        alone = [targets[line[0]] for line in shown if len(line) == 1]
+        items: list[dict[str, Any]] = self.target_table(alone) if alone else [_heading("Targets")]
+        for line in shown:
+            if len(line) > 1:
+                items.extend(self.target_group(line))
+        listed = sum(len(line) for line in self.target_lines)
+        quiet = len(targets) - listed
+        left_out = listed - sum(len(line) for line in shown)
         if left_out:
-            kept = set(shown)
-            failed = sum(self._failed(targets[i]) for i in self.target_priority if i not in kept)
+            failed = sum(self._failed(targets[i]) for line in self.target_lines[limit:] for i in line)
             items.append(
                 _note(
                     f"{_plural(left_out, 'more target')} that failed or changed left out to fit Teams' size limit "
@@ -373,7 +618,7 @@ class _CardBuilder:
                 )
             )
         if quiet:
-            nothing = "nothing to do" if self.summary.dry_run else "nothing new, changed, deleted or failed"
+            nothing = "nothing to do" if self.summary.dry_run else "nothing new, changed or failed"
             items.append(_note(f"{_plural(quiet, 'target')} with {nothing}."))
         return items, left_out
 
@@ -388,20 +633,26 @@ class _CardBuilder:
             block: list[dict[str, Any]] = [
                 _text(f"**{self.md(group.name, MAX_CODE_CHARS)}**: {group.count:,}{spread}", color="Attention")
             ]
-            advice = FOLDER_ADVICE if group.folder else ADVICE.get(group.kind, "")
-            if advice:
-                block.append(_text(advice, spacing="None"))
-            examples = group.examples(limits.examples)
-            if examples:
-                message = self.md(examples[0].message, MAX_MESSAGE_CHARS)
-                if message:
-                    block.append(_text(message, isSubtle=True, spacing="None"))
-            for failure in examples:
-                block.append(_text(self.md(failure.path, limits.path_chars), fontType="Monospace", spacing="None"))
-            more = group.count - len(examples)
-            if more:
-                hidden_paths += more
-                block.append(_note(f"and {more:,} more: {self.where_the_rest_is()}"))
+            examples = group.examples(max(limits.examples, 1))
+            detail = self.md(_detail(examples[0]), MAX_MESSAGE_CHARS) if examples else ""
+            if detail:
+                block.append(_text(detail, isSubtle=True, spacing="None", size="Small"))
+            advice = FOLDER_ADVICE if group.folder and group.kind is FailureKind.UNREADABLE else ADVICE.get(group.kind)
+            fixes = [f for f in group.fixes() if f.fix is not None]
+            if advice and (fixes or not advice.endswith(":")):
+                block.append(_text(advice, spacing="None", size="Small"))
+            if fixes:
+                block += self.commands(fixes, limits)
+                hidden_paths += group.count - min(len(fixes), MAX_COMMANDS_PER_GROUP)
+                items.append({"type": "Container", "spacing": "Small", "items": block})
+                continue
+            for failure in examples[: limits.examples]:
+                block.append(
+                    _text(
+                        self.shown_path(failure, limits.path_chars), fontType="Monospace", size="Small", spacing="None"
+                    )
+                )
+            hidden_paths += group.count - min(len(examples), limits.examples)  # the heading has the count
             items.append({"type": "Container", "spacing": "Small", "items": block})
         left_groups = self.groups[limits.groups :]
         if left_groups:
@@ -409,22 +660,50 @@ class _CardBuilder:
             items.append(
                 _note(
                     f"{_plural(len(left_groups), 'more failure group')} ({_plural(hidden, 'failure')}) "
-                    f"left out to fit Teams' size limit: {self.where_the_rest_is()}."
+                    "left out to fit Teams' size limit."
                 )
             )
+        if hidden_paths or left_groups:
+            items.append(_note(f"The full list: {self.where_the_rest_is()}."))
         return items, len(left_groups), hidden_paths
 
+    def commands(self, fixes: Sequence[Failure], limits: _Limits) -> list[dict[str, Any]]:
+        """Per target, the exact command that settles its failure; never shortened."""
+        shown = fixes[: min(MAX_COMMANDS_PER_GROUP, max(limits.examples, 1) * 3)]
+        block = []
+        for failure in shown:
+            assert failure.fix is not None
+            command = FIX_LEAD[failure.fix] + fix_command(failure.fix, failure.target)
+            block.append(
+                _text(escape_markdown(self.scrub(command)), fontType="Monospace", size="Small", spacing="None")
+            )
+        if len(fixes) > len(shown):
+            block.append(_note(f"and {_plural(len(fixes) - len(shown), 'more target')}"))
+        return block
+
     def warnings(self, shown: int) -> list[dict[str, Any]]:
+        """Warnings grouped as failures are, with a line of detail and up to `shown` example paths each."""
         warnings = self.summary.warnings
         if not warnings:
             return []
         items: list[dict[str, Any]] = [_heading(f"Warnings ({len(warnings):,})")]
-        for warning in warnings[:shown]:
-            where = f" {self.md(warning.path, MAX_NAME_CHARS)}" if warning.path else ""
-            text = f"**{self.md(warning.group, MAX_CODE_CHARS)}**:{where} {self.md(warning.message, 200)}"
-            items.append(_text(text, spacing="None"))
-        if len(warnings) > shown:
-            items.append(_note(f"and {len(warnings) - shown:,} more: {self.where_the_rest_is()}"))
+        for group in _group(warnings)[:MAX_GROUPS_SHOWN]:
+            block = [_text(f"**{self.md(group.name, MAX_CODE_CHARS)}**: {group.count:,}", color="Warning")]
+            examples = group.examples(max(shown, 1))
+            detail = self.md(_detail(examples[0], advised=False), MAX_MESSAGE_CHARS)
+            if detail:
+                block.append(_text(detail, isSubtle=True, spacing="None", size="Small"))
+            for warning in examples[:shown]:
+                if warning.path:
+                    block.append(
+                        _text(
+                            self.shown_path(warning, SHORT_PATH_CHARS),
+                            fontType="Monospace",
+                            size="Small",
+                            spacing="None",
+                        )
+                    )
+            items.append({"type": "Container", "spacing": "Small", "items": block})
         return items
 
     # ---- the whole card
@@ -449,25 +728,24 @@ class _CardBuilder:
             return body + self.totals(0)
         target_items, left_targets = self.targets(limits.targets)
         failure_items, left_groups, _hidden_paths = self.failures(limits)
-        body += failure_items + self.warnings(MAX_WARNINGS_SHOWN if limits.examples else 0) + target_items
-        if left_targets or left_groups:
-            body.append(_note(f"Some details were left out to fit Teams' size limit: {self.where_the_rest_is()}."))
+        body += failure_items + self.warnings(MAX_WARNING_EXAMPLES if limits.examples else 0) + target_items
+        if left_targets and not left_groups:
+            body.append(_note(f"The targets left out: {self.where_the_rest_is()}."))
         return body + self.totals(MAX_COST_KINDS if limits.examples else 0)
 
     def cascade(self) -> list[_Limits]:
         """Ever smaller limits, in the order we give things up: examples, then targets, then groups."""
-        n_targets = len(self.target_priority)
+        n_targets = len(self.target_lines)
         n_groups = min(len(self.groups), MAX_GROUPS_SHOWN)
         few_targets = min(n_targets, 10)
         steps = [
-            _Limits(5, n_targets, n_groups, 240),
-            _Limits(3, n_targets, n_groups, 240),
-            _Limits(2, n_targets, n_groups, 160),
+            _Limits(MAX_EXAMPLES_PER_GROUP, n_targets, n_groups, SHORT_PATH_CHARS),
+            _Limits(2, n_targets, n_groups, SHORT_PATH_CHARS),
         ]
-        steps += [_Limits(2, t, n_groups, 160) for t in (200, 100, 50, 25, 10) if t < n_targets]
-        steps.append(_Limits(1, few_targets, n_groups, 120))
-        steps += [_Limits(1, few_targets, g, 120) for g in (10, 5, 3, 1) if g < n_groups]
-        steps += [_Limits(1, 0, min(n_groups, 3), 80), _Limits(0, 0, min(n_groups, 3), 80)]
+        steps += [_Limits(2, t, n_groups, SHORT_PATH_CHARS) for t in (200, 100, 50, 25, 10) if t < n_targets]
+        steps.append(_Limits(1, few_targets, n_groups, SHORT_PATH_CHARS))
+        steps += [_Limits(1, few_targets, g, SHORT_PATH_CHARS) for g in (10, 5, 3, 1) if g < n_groups]
+        steps += [_Limits(1, 0, min(n_groups, 3), SHORT_PATH_CHARS), _Limits(0, 0, min(n_groups, 3), SHORT_PATH_CHARS)]
         return steps
 
 

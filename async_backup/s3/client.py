@@ -100,6 +100,17 @@ class CompletedPart:
     checksum: PartChecksum
 
 
+@dataclass(frozen=True, slots=True)
+class ListedPart:
+    """One part of an open multipart upload as ListParts gives it (ETag without quotes; the CRC32
+    S3 stored, base64, when the upload has one)."""
+
+    number: int
+    size: int
+    etag: str
+    checksum_crc32: str | None
+
+
 def _part_args(part: CompletedPart) -> dict[str, Any]:
     """A part as botocore's CompleteMultipartUpload takes it."""
     args: dict[str, Any] = {"PartNumber": part.number, "ETag": part.etag}
@@ -239,6 +250,33 @@ class S3:
         upload_id = str(reply["UploadId"])
         self._upload_class[upload_id] = storage_class
         return upload_id
+
+    def continue_upload(self, upload_id: str, storage_class: str) -> None:
+        """An earlier run's multipart upload goes on in this one: its parts bill at its object's class."""
+        self._upload_class[upload_id] = storage_class
+
+    async def list_parts(self, bucket: str, key: str, upload_id: str) -> dict[int, ListedPart] | None:
+        """The parts S3 holds of an open multipart upload, by number (ListParts, 1,000 per page);
+        None when S3 no longer knows the upload (NoSuchUpload: completed, aborted, or expired by
+        the bucket's lifecycle rule)."""
+        found: dict[int, ListedPart] = {}
+        args: dict[str, Any] = {"Bucket": bucket, "Key": key, "UploadId": upload_id}
+        while True:
+            async with self._mapped(f"ListParts {key}"):
+                try:
+                    page = await self._client.list_parts(**args)
+                except ClientError as exc:
+                    if exc.response.get("Error", {}).get("Code") in ("NoSuchUpload", "404"):
+                        return None
+                    raise
+            for p in page.get("Parts", []):
+                number = int(p["PartNumber"])
+                crc = p.get("ChecksumCRC32")
+                found[number] = ListedPart(number, int(p.get("Size", 0)), _unquote_etag(p.get("ETag")), crc or None)
+            marker = page.get("NextPartNumberMarker")
+            if not page.get("IsTruncated") or not marker:
+                return found
+            args["PartNumberMarker"] = marker
 
     async def upload_part(
         self, bucket: str, key: str, upload_id: str, part_number: int, body: bytes | BodyStream, checksum: PartChecksum

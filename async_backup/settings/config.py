@@ -46,12 +46,19 @@ ChecksumCalculation = Literal["when_supported", "when_required"]
 Naming = Literal["stable", "legacy"]
 
 
+# A folder's or root's share of the upload workers when several targets have files waiting: a
+# target of priority 3 gets three times the bytes per turn of one of priority 1 (backup/lanes.py).
+DEFAULT_PRIORITY = 1
+MAX_PRIORITY = 100
+
+
 @dataclass(frozen=True, slots=True)
 class FolderSpec:
-    """One configured folder; `bucket` pins its bucket name when given."""
+    """One configured folder (or root); `bucket` pins its bucket name when given (folders only)."""
 
     path: str
     bucket: str | None = None
+    priority: int = DEFAULT_PRIORITY
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +116,8 @@ class Config:
     source: Path
     folders: tuple[FolderSpec, ...]
     roots: tuple[str, ...]
+    # Priorities of roots other than the default, by root path: each subfolder target has its root's.
+    root_priorities: dict[str, int] = field(default_factory=dict)
     webhook: str | None = field(default=None, repr=False)
     notify_on_success: bool = False
     aws: AwsSettings = field(default_factory=AwsSettings)
@@ -216,7 +225,8 @@ def parse_config(raw: Any, source: Path, warnings: list[str] | None = None) -> C
 
     backup = _section(raw, "backup", where, required=True)
     folders = _folders(backup.get("folders", []), where)
-    roots = tuple(_abs_path(r, f"backup.roots[{i}]", where) for i, r in enumerate(_list(backup, "roots", where)))
+    root_specs = [_root(r, f"backup.roots[{i}]", where) for i, r in enumerate(_list(backup, "roots", where))]
+    roots = tuple(r.path for r in root_specs)
     if not folders and not roots:
         raise ConfigError(f"{where}: backup.folders and backup.roots are both empty; name at least one folder")
 
@@ -284,6 +294,7 @@ def parse_config(raw: Any, source: Path, warnings: list[str] | None = None) -> C
         source=source,
         folders=folders,
         roots=roots,
+        root_priorities={r.path: r.priority for r in root_specs if r.priority != DEFAULT_PRIORITY},
         webhook=webhook,
         notify_on_success=on_success,
         aws=aws,
@@ -388,18 +399,44 @@ def _folders(value: Any, where: str) -> tuple[FolderSpec, ...]:
         if isinstance(item, str):
             specs.append(FolderSpec(_abs_path(item, key, where)))
         elif isinstance(item, dict):
-            unknown = set(item) - {"path", "bucket"}
+            unknown = set(item) - {"path", "bucket", "priority"}
             if unknown:
-                raise ConfigError(f'{where}: {key} has unknown keys {sorted(unknown)}; use "path" and "bucket"')
+                raise ConfigError(
+                    f'{where}: {key} has unknown keys {sorted(unknown)}; use "path", "bucket" and "priority"'
+                )
             if "path" not in item:
                 raise ConfigError(f'{where}: {key} needs a "path"')
             bucket = item.get("bucket")
             if bucket is not None and not isinstance(bucket, str):
                 raise ConfigError(f"{where}: {key}.bucket must be a string")
-            specs.append(FolderSpec(_abs_path(item["path"], f"{key}.path", where), bucket))
+            path = _abs_path(item["path"], f"{key}.path", where)
+            specs.append(FolderSpec(path, bucket, _priority(item, key, where)))
         else:
-            raise ConfigError(f'{where}: {key} must be a path string or {{"path": ..., "bucket": ...}}')
+            raise ConfigError(
+                f'{where}: {key} must be a path string or {{"path": ..., "bucket": ..., "priority": ...}}'
+            )
     return tuple(specs)
+
+
+def _root(item: Any, key: str, where: str) -> FolderSpec:
+    """A root: a path string, or {"path": ..., "priority": ...} (its subfolders' names are generated)."""
+    if not isinstance(item, dict):
+        return FolderSpec(_abs_path(item, key, where))
+    unknown = set(item) - {"path", "priority"}
+    if unknown:
+        raise ConfigError(f'{where}: {key} has unknown keys {sorted(unknown)}; use "path" and "priority"')
+    if "path" not in item:
+        raise ConfigError(f'{where}: {key} needs a "path"')
+    return FolderSpec(_abs_path(item["path"], f"{key}.path", where), priority=_priority(item, key, where))
+
+
+def _priority(item: dict[str, Any], key: str, where: str) -> int:
+    value = item.get("priority", DEFAULT_PRIORITY)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_PRIORITY:
+        raise ConfigError(
+            f"{where}: {key}.priority is {value!r}; give a whole number from 1 (the default) to {MAX_PRIORITY}"
+        )
+    return value
 
 
 def _abs_path(value: Any, key: str, where: str) -> str:

@@ -114,6 +114,14 @@ def is_default_name(bucket: str, prefix: str, path: str) -> bool:
     return tag is not None and bucket == stable_bucket_name(account_prefix(prefix, tag), path)
 
 
+def is_default_bucket(bucket: str, path: str) -> bool:
+    """Whether `bucket` looks like the stable name of `path` under any prefix: it ends with the
+    path's hash, which no name an operator picks by hand carries. For showing a bucket only where
+    it is not the default (the Teams card), when the prefix is not at hand."""
+    digest = hashlib.sha256(os.fsencode(path)).hexdigest()[:HASH_LEN]
+    return bucket.endswith(digest) and (len(bucket) == HASH_LEN or bucket[-HASH_LEN - 1] == "-")
+
+
 def is_default_cache_bucket(bucket: str, prefix: str) -> bool:
     """Whether `bucket` is the default cache bucket of `prefix`, with or without an account's tag."""
     if bucket == cache_bucket_of(prefix):

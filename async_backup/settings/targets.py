@@ -46,6 +46,7 @@ class Target:
     # is missing. A root that cannot be listed is one such target of its own, without a bucket.
     missing_key: str | None = None
     missing_reason: str = ""
+    priority: int = 1  # its share of the upload workers against other targets with files waiting
 
     @property
     def path_bytes(self) -> bytes:
@@ -75,6 +76,7 @@ def discover_targets(config: Config, known: Mapping[str, tuple[str, str | None]]
     """
     where = str(config.source)
     candidates: list[tuple[str, str | None, str | None, bool]] = []  # path, pinned bucket, root, missing
+    priorities = {f.path: f.priority for f in config.folders}
     never_seen: dict[str, str] = {}  # path of a missing folder no run backed up -> its config key
     missing_roots: list[Target] = []
     folder_paths = {f.path for f in config.folders}
@@ -145,6 +147,7 @@ def discover_targets(config: Config, known: Mapping[str, tuple[str, str | None]]
                 problem=unusable,
                 missing_key=never_seen.get(path) if missing else None,
                 missing_reason="not a directory" if missing and path in never_seen else "",
+                priority=priorities.get(path, config.root_priorities.get(found_under or "", 1)),
             )
         )
     check_collisions([t for t in targets if t.problem is None], where, config.cache_bucket)
