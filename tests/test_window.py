@@ -16,6 +16,7 @@ import pytest
 from conftest import all_keys, in_process, last_report, make_tree, run_cli, write_config
 from faultcheck import cache_rows
 from s3proxy import PacedBody, ProxyServer
+from test_publish import WebhookServer
 
 from async_backup.backup.cutoff import Flight
 from async_backup.disk.keys import key_for_path
@@ -228,11 +229,11 @@ def test_a_dry_run_states_the_nights_at_the_measured_rate_and_the_cost(tmp_path:
 # ------------------------------------------------------------------------------- a real run
 
 
-def _site(tmp_path: Path, endpoint: str, bucket_prefix: str, n: int) -> tuple[Path, Path, str]:
+def _site(tmp_path: Path, endpoint: str, bucket_prefix: str, n: int, webhook: str) -> tuple[Path, Path, str]:
     data = tmp_path / "data"
     make_tree(data, {f"scans/page-{i:02d}.tif": bytes([i]) * (2 * MiB) for i in range(n)})
     cache = tmp_path / "cache"
-    write_config(cache, endpoint, folders=[str(data / "scans")], bucket_prefix=bucket_prefix,
+    write_config(cache, endpoint, folders=[str(data / "scans")], bucket_prefix=bucket_prefix, webhook=webhook,
                  tuning={"workers": 2}, backup_extra={"window": {"grace_s": 1}})  # fmt: skip
     return data, cache, stable_bucket_name(bucket_prefix, str(data / "scans"))
 
@@ -242,11 +243,13 @@ def test_a_run_cut_by_its_window_records_what_s3_confirmed_and_the_next_run_fini
     tmp_path: Path, proxy: ProxyServer, s3_inspect: Any, bucket_prefix: str
 ) -> None:
     n = 24  # 48 MiB read at 1 MiB/s per upload, 2 at once: about 24 s, far more than the window
-    data, cache, bucket = _site(tmp_path, proxy.url, bucket_prefix, n)
-    proxy.set_faults(PacedBody(bytes_per_s=MiB, ops={"PutObject"}))
-    started = time.monotonic()
-    ran = run_cli("--cache", str(cache), "--max-duration", "5s", "--no-cache-backup")
-    took_s = time.monotonic() - started
+    with WebhookServer() as webhook:
+        data, cache, bucket = _site(tmp_path, proxy.url, bucket_prefix, n, webhook.url)
+        proxy.set_faults(PacedBody(bytes_per_s=MiB, ops={"PutObject"}))
+        started = time.monotonic()
+        ran = run_cli("--cache", str(cache), "--max-duration", "5s", "--no-cache-backup")
+        took_s = time.monotonic() - started
+        posts = webhook.posts
     assert ran.returncode == EXIT_WINDOW, ran.stderr[-3000:]
 
     keys = all_keys(s3_inspect, bucket)
@@ -265,6 +268,10 @@ def test_a_run_cut_by_its_window_records_what_s3_confirmed_and_the_next_run_fini
     # far below the 24 s the data needs at this pace.
     assert report["duration_s"] < 5 + 1 + 6, report["duration_s"]
     assert took_s < 20
+    # The card is posted without notification.on_success: it says what is left.
+    assert len(posts) == 1
+    card = json.dumps(posts[0].json(), ensure_ascii=False)
+    assert "window ended" in card and f"left for the next runs: {left} files" in card
 
     proxy.clear()  # the next night: no window, no pace
     ran = run_cli("--cache", str(cache), "--no-cache-backup")

@@ -49,7 +49,8 @@ def publish(
                 write_metrics(Path(metrics_file), summary, last_success(cache_dir), redactor=redactor)
             except OSError as exc:
                 log.warning("metrics file %s could not be written (%s)", metrics_file, exc.strerror or exc)
-    wants_card = bool(summary.failures) or summary.interrupted or config.notify_on_success
+    # A window that left work posts too: its card says how much is left and for how many nights.
+    wants_card = bool(summary.failures) or summary.interrupted or summary.ended_by_window or config.notify_on_success
     report_path = str(report) if report is not None else None
     if print_card:
         print(card_json(summary, redactor=redactor, report_path=report_path))
