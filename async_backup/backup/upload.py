@@ -49,6 +49,7 @@ from ..s3.client import S3, CompletedPart, ListedPart
 from ..s3.fastput.bodies import BodyStream
 from ..s3.objects import mtime_metadata
 from .budget import BufferPool, ByteBudget
+from .cutoff import part_confirmed
 from .plan import part_ranges, part_size_for
 
 log = logging.getLogger(__name__)
@@ -401,6 +402,7 @@ async def _upload_multipart(ctx: UploadContext, opened: Opened) -> Uploaded:
 
     async def confirmed(part: CompletedPart, length: int) -> None:
         parts[part.number - 1] = part
+        part_confirmed(length)  # the window's estimate measures this upload's rate by its parts
         with anyio.CancelScope(shield=True):  # S3 holds it: a signal now must not lose its record
             await ctx.multipart_log.part_sent(
                 upload_id, SentPart(part.number, length, part.etag, part.checksum.digest.hex())

@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from ..errors import ConfigError
 from .naming import AccountNames, check_bucket_prefix
+from .window import Window, window_from_config
 
 MiB = 1024 * 1024
 CONFIG_NAME = "config.json"
@@ -133,6 +134,7 @@ class Config:
     noncurrent_days: int = DEFAULT_NONCURRENT_DAYS
     cache_bucket: str | None = None
     keep_reports: int = 30
+    window: Window = field(default_factory=Window)  # backup.window, or --stop-at / --max-duration
     tuning: Tuning = field(default_factory=Tuning)
     warnings: tuple[str, ...] = ()
     # Overrides of pricing.py's table, validated: {"write_per_1000": {"DEEP_ARCHIVE": 0.06}, ...}
@@ -160,6 +162,7 @@ _KNOWN_KEYS: dict[str, set[str]] = {
         "noncurrent_days",
         "cache_bucket",
         "keep_reports",
+        "window",
     },
     "notification": {"webhook", "on_success"},
     "aws": {
@@ -304,6 +307,7 @@ def parse_config(raw: Any, source: Path, warnings: list[str] | None = None) -> C
         noncurrent_days=noncurrent_days,
         cache_bucket=_opt_str(backup, "cache_bucket", "backup", where),
         keep_reports=_opt_int(backup, "keep_reports", "backup", where, 30, minimum=1),
+        window=window_from_config(backup.get("window"), where),
         tuning=_tuning(_section(raw, "tuning", where, required=False), where),
         warnings=tuple(warnings),
         pricing=_pricing(_section(raw, "pricing", where, required=False), where),
