@@ -83,8 +83,8 @@ def _parse_text(text: str, where: str, key: str) -> Timetable:
     words = text.split()
     if not words:
         raise ConfigError(f"{where}: {key} is empty; {FIX}")
-    if len(words) == 1 and "," not in words[0]:
-        return Timetable(((0, _rate(words[0], where, key)),), text)
+    if "," not in text:  # one rate all day ("20MB", "20 MB/s")
+        return Timetable(((0, _rate(text, where, key)),), text)
     entries: list[tuple[int, float | None]] = []
     for word in words:
         clock, sep, rate_text = word.partition(",")
