@@ -9,7 +9,8 @@ bytes it received and answers 200 once a body is in; in this process the fast pa
   start; prints the rate the sink received in that window against the limit.
 - Then the CPU cost: `--cpu-gb` of bodies sent flat out, with no limit (no limiter at all: the no-op
   path) and through a limiter whose rate is far above what the machine can send (every step asks
-  it, none waits); prints this process's user + system CPU time per GB for each. Run from a checkout
+  it, none waits), `--repeat` times each, interleaved; prints this process's user + system CPU time
+  per GB for each, the best and the median. Run from a checkout
   before the limiter existed, only the first of the two applies (the script sees no `limiter`).
 """
 
@@ -22,6 +23,7 @@ import multiprocessing
 import os
 import pathlib
 import resource
+import statistics
 import sys
 import tempfile
 import time
@@ -144,6 +146,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0, help="length of each rate measurement")
     parser.add_argument("--cpu-gb", type=float, default=2.0, help="data for each CPU run (0: skip them)")
     parser.add_argument("--streams", type=int, default=8)
+    parser.add_argument("--repeat", type=int, default=5, help="CPU runs of each kind, interleaved")
     args = parser.parse_args()
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="bandwidth-limit-"))
     path = workdir / "body.bin"
@@ -165,14 +168,21 @@ def main() -> None:
             bodies = max(1, round(args.cpu_gb * 1e9 / BODY_BYTES))
             gb = bodies * BODY_BYTES / 1e9
             uvloop.run(send(url, str(path), args.streams, None, bodies=args.streams, until=None))  # warm up
-            runs = [("no limit (no limiter)", None)]
+            runs: dict[str, float | None] = {"no limit (no limiter)": None}
             if HAS_LIMITER:
-                runs.append(("through the limiter at 100 GB/s (never waits)", 100e9))
-            for label, rate_bytes_s in runs:
-                cpu, took = uvloop.run(
-                    send(url, str(path), args.streams, limiter_for(rate_bytes_s), bodies=bodies, until=None)
+                runs["through the limiter at 100 GB/s (never waits)"] = 100e9
+            cpu_per_gb: dict[str, list[float]] = {label: [] for label in runs}
+            for _ in range(args.repeat):  # interleaved, so a busy moment does not fall on one kind only
+                for label, rate_bytes_s in runs.items():
+                    cpu, _took = uvloop.run(
+                        send(url, str(path), args.streams, limiter_for(rate_bytes_s), bodies=bodies, until=None)
+                    )
+                    cpu_per_gb[label].append(cpu / gb)
+            for label, values in cpu_per_gb.items():
+                print(
+                    f"{label}: {min(values):.3f} s of CPU per GB at best, median {statistics.median(values):.3f} "
+                    f"({len(values)} runs of {gb:.2f} GB)"
                 )
-                print(f"{label}: {cpu / gb:.3f} s of CPU per GB, {gb * 1000 / took:.0f} MB/s, {gb:.2f} GB")
     finally:
         sink.kill()
 

@@ -202,11 +202,12 @@ async def _write_paced(
     start = 0
     while start < len(view):
         piece = view[start : start + limiter.step_bytes()]
-        if clock is None:
-            await limiter.acquire(len(piece))
-        else:
-            with clock.reading():
+        if not limiter.take_now(len(piece)):
+            if clock is None:
                 await limiter.acquire(len(piece))
+            else:
+                with clock.reading():
+                    await limiter.acquire(len(piece))
         await _write_in_slices(writer, piece, slice_bytes)
         start += len(piece)
 
