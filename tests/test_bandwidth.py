@@ -10,13 +10,14 @@ proxy within 10 % of the limit, while a heartbeat task on the same event loop is
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
-from conftest import ACCESS_KEY, REGION, SECRET_KEY, in_process, write_config
+from conftest import ACCESS_KEY, REGION, SECRET_KEY, in_process, make_tree, write_config
 from s3proxy import ProxyServer
 
 from async_backup.backup.budget import ByteBudget
@@ -185,6 +186,39 @@ def test_a_bad_bandwidth_flag_is_one_line_and_a_usage_error(tmp_path: Path, moto
     lines = [line for line in ran.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, ran.stderr
     assert "--bandwidth" in lines[0] and '"06:00,20MB 19:00,off"' in lines[0]
+
+
+def test_a_backup_run_with_the_flag_sends_its_bodies_at_the_limit(
+    tmp_path: Path, proxy: ProxyServer, bucket_prefix: str
+) -> None:
+    """The whole pipeline, in this process: `--bandwidth 1MB` overrides config.json's "off", and
+    2 MB of files (small single PUTs and larger streamed ones) reach the proxy over about 2 s."""
+    root = tmp_path / "tree"
+    make_tree(root, {f"small/{i}.bin": os.urandom(100_000) for i in range(8)})
+    make_tree(root, {f"large/{i}.bin": os.urandom(600_000) for i in range(2)})
+    cache = tmp_path / "cache"
+    write_config(cache, proxy.url, folders=[str(root)], bucket_prefix=bucket_prefix, tuning={"bandwidth": "off"})
+    samples: list[tuple[float, int]] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.05):
+            samples.append((time.monotonic(), sum(r.request_bytes for r in proxy.requests if r.op == "PutObject")))
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        ran = in_process("--cache", str(cache), "--no-cache-backup", "--bandwidth", "1MB")
+    finally:
+        stop.set()
+        sampler.join()
+    assert ran.returncode == 0, ran.stderr
+    total = 2_000_000
+    first = next(t for t, got in samples if got > 0)
+    last = next(t for t, got in samples if got >= total)
+    # At 1 MB/s the first step goes at once and the rest takes its time: 2 MB over about 2 s
+    # (unlimited, loopback carries it in a few milliseconds).
+    assert last - first >= 1.5, last - first
 
 
 def test_without_a_limit_no_body_has_a_limiter(moto_endpoint: str) -> None:
