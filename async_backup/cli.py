@@ -40,6 +40,7 @@ from .report.logsetup import LOG_FORMATS, setup_logging
 from .report.publish import redactor_for
 from .report.status import StatusOptions
 from .restore.options import DEFAULT_DAYS, DEFAULT_TIER, TIERS, RestoreOptions
+from .settings.bandwidth import parse_bandwidth
 from .settings.config import Config, Tuning, load_config
 from .settings.window import with_flags
 from .verify.options import VerifyOptions
@@ -121,6 +122,12 @@ def _backup_arguments(parser: Arguments) -> None:
         help="back up only this target (folder path or bucket); repeatable",
     )
     _concurrency(parser, "upload workers")
+    parser.add_argument(
+        "--bandwidth",
+        metavar="LIMIT",
+        help='bytes per second for all uploads together, instead of tuning.bandwidth: "20MB", "150MiB", '
+        '"off", or a timetable such as "06:00,20MB 19:00,off" (times in the host\'s zone)',
+    )
     parser.add_argument(
         "--allow-mass-delete",
         action="store_true",
@@ -415,6 +422,13 @@ def _main(argv: Sequence[str] | None) -> int:
             return EXIT_USAGE
     if getattr(args, "concurrency", None):
         config = dataclasses.replace(config, tuning=dataclasses.replace(config.tuning, workers=args.concurrency))
+    if getattr(args, "bandwidth", None) is not None:
+        try:
+            bandwidth = parse_bandwidth(args.bandwidth, "command line", "--bandwidth")
+        except ConfigError as exc:
+            print(f"async-backup: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        config = dataclasses.replace(config, tuning=dataclasses.replace(config.tuning, bandwidth=bandwidth))
     verbosity = -1 if args.quiet else args.verbose
     dry_run = bool(getattr(args, "dry_run", False))
     setup_logging(None if dry_run else cache_dir, redactor_for(config), verbosity=verbosity, log_format=args.log_format)

@@ -11,12 +11,15 @@ version in pyproject.toml:
 - cache_user_agent replaces the client's `_user_agent_creator` handler (skipped if it is gone);
 - ssl_context_for takes botocore's default CA bundle from `botocore.httpsession.get_cert_path`;
 - endpoint_resolver asks the client's `_resolve_endpoint_ruleset` for each bucket's endpoint;
-- open_s3 hands the client's `_request_signer._credentials` to the fast path.
+- open_s3 hands the client's `_request_signer._credentials` to the fast path;
+- pace_botocore_bodies swaps a PutObject's or UploadPart's prepared body for a paced one in
+  `before-send` (only with a bandwidth limit).
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 import ssl
 from collections import Counter
@@ -43,10 +46,11 @@ from botocore.httpsession import get_cert_path
 
 from ..errors import FatalError, S3Error
 from ..settings.config import AwsSettings, Tuning
+from .bandwidth import Limiter
 from .checksums import PartChecksum
 from .credentials import credentials_failure
 from .errormap import ErrorReply, S3Failures, StsFailures
-from .fastput.bodies import BodyStream
+from .fastput.bodies import BodyStream, PacedFileBody
 from .fastput.sending import DirectPut
 from .fastput.signing import BucketEndpoint
 from .objects import ListedObject, ObjectHead, ObjectVersion
@@ -668,6 +672,28 @@ def skip_expect_continue(client: Any) -> None:
     client.meta.events.unregister("before-call.s3", botocore_handlers.add_expect_header)
 
 
+def pace_botocore_bodies(client: Any, limiter: Limiter) -> None:
+    """Bodies sent through botocore (buckets the fast path cannot sign, or aws.direct_put off)
+    draw from the same limiter as the fast path's. botocore hands aiohttp a PutObject's or
+    UploadPart's body as a file object (it turns a bytes Body into a BytesIO); just before it is
+    sent, it is wrapped so that it is written in the limiter's steps. A retry builds a new request
+    from the same file, rewound, and is wrapped again."""
+
+    def paced(request: Any = None, **_kwargs: Any) -> None:
+        body = getattr(request, "body", None)
+        if body is None or isinstance(body, PacedFileBody):
+            return
+        if isinstance(body, bytes | bytearray):
+            body = io.BytesIO(body)
+        elif not callable(getattr(body, "read", None)):
+            return
+        length = request.headers.get("Content-Length")
+        request.body = PacedFileBody(body, limiter, int(length) if length else None)
+
+    for operation in ("PutObject", "UploadPart"):
+        client.meta.events.register_last(f"before-send.s3.{operation}", paced)
+
+
 def cache_user_agent(client: Any) -> None:
     """botocore builds the User-Agent string twice per request (about a tenth of a PutObject's CPU).
     It only changes when features are registered, so build it once per client. Uses botocore
@@ -789,6 +815,10 @@ async def open_s3(aws: AwsSettings, tuning: Tuning) -> AsyncIterator[S3]:
         skip_expect_continue(client)
         cache_user_agent(client)
         client.meta.events.register_first("needs-retry.s3", _no_retry_on_tls_failure)
+        # No limit configured: no limiter at all, and every body writes as it did without one.
+        limiter = Limiter(tuning.bandwidth) if tuning.bandwidth is not None else None
+        if limiter is not None:
+            pace_botocore_bodies(client, limiter)
         direct = None
         credentials = client._request_signer._credentials  # None: no credentials anywhere, botocore says so
         if aws.direct_put and credentials is not None:
@@ -809,6 +839,7 @@ async def open_s3(aws: AwsSettings, tuning: Tuning) -> AsyncIterator[S3]:
                 endpoint_label=endpoint_name(aws),
                 configured_region=aws.region,
                 send_stall_s=tuning.read_timeout_s,
+                limiter=limiter,
             )
         yield S3(client, aws, direct)
 

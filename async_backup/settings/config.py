@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import ConfigError
+from .bandwidth import Timetable, parse_bandwidth
 from .naming import AccountNames, check_bucket_prefix
 from .window import Window, window_from_config
 
@@ -109,6 +110,8 @@ class Tuning:
     # cores a few keep the CPUs busy, and each idle one keeps its stack and malloc arena.
     file_threads: int = 16
     queue_size: int = 256
+    # Request bodies' bytes per second, by time of day (settings/bandwidth.py); None: no limit.
+    bandwidth: Timetable | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +192,7 @@ _KNOWN_KEYS: dict[str, set[str]] = {
         "walk_threads",
         "file_threads",
         "queue_size",
+        "bandwidth",
     },
 }
 
@@ -387,6 +391,7 @@ def _tuning(raw: dict[str, Any], where: str) -> Tuning:
         walk_threads=_opt_int(raw, "walk_threads", "tuning", where, d.walk_threads, minimum=1, maximum=64),
         file_threads=_opt_int(raw, "file_threads", "tuning", where, d.file_threads, minimum=1, maximum=256),
         queue_size=_opt_int(raw, "queue_size", "tuning", where, d.queue_size, minimum=1, maximum=100_000),
+        bandwidth=parse_bandwidth(raw.get("bandwidth"), where),
     )
 
 
