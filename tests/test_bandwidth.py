@@ -202,8 +202,11 @@ def test_a_backup_run_with_the_flag_sends_its_bodies_at_the_limit(
     stop = threading.Event()
 
     def sample() -> None:
-        while not stop.wait(0.05):
+        while True:  # one more sample after the run: its last bytes may have come after the last tick
+            stopped = stop.wait(0.05)
             samples.append((time.monotonic(), sum(r.request_bytes for r in proxy.requests if r.op == "PutObject")))
+            if stopped:
+                return
 
     sampler = threading.Thread(target=sample)
     sampler.start()
@@ -310,3 +313,13 @@ def test_uploads_go_at_the_limit_over_30_s_and_the_event_loop_never_stalls(
     print(f"measured {rate / 1e6:.2f} MB/s against {LIMIT_BYTES_S / 1e6:g} MB/s, heartbeat late by {worst_lag_s:.3f} s")
     assert abs(rate - LIMIT_BYTES_S) <= 0.10 * LIMIT_BYTES_S, f"{rate / 1e6:.2f} MB/s"
     assert worst_lag_s < 1.0, worst_lag_s
+
+
+def test_the_plan_takes_the_mean_limit_over_the_window_and_none_where_part_of_it_is_unlimited() -> None:
+    table = parse_bandwidth("01:00,10MB 03:00,30MB 07:00,off")
+    assert table is not None
+    # From 01:00 for 4 h: 2 h at 10 MB/s and 2 h at 30 MB/s.
+    assert table.mean_rate(60, 240) == pytest.approx(20e6)
+    assert table.mean_rate(60, 120) == pytest.approx(10e6)
+    assert table.mean_rate(60, 420) is None  # 07:00-08:00 has no limit
+    assert table.mean_rate(23 * 60, 60) is None  # before 01:00 the day's last entry, off, holds

@@ -224,6 +224,9 @@ def test_a_dry_run_states_the_nights_at_the_measured_rate_and_the_cost(tmp_path:
     assert ran.returncode == 0, ran.stderr
     assert "how long: 2 nights at 0 B/s (the measured rate of the last 1 run) in a window of 5 h 00 min" in ran.stdout
     assert "cost: first month of storage " in ran.stdout and "3 S3 requests $0.00015" in ran.stdout
+    # A limit in force all through the window is the rate planned with.
+    ran = in_process("--cache", str(cache), "--dry-run", "--max-duration", "5h", "--bandwidth", "100kB")
+    assert "how long: 1 night at 97.7 KiB/s (tuning.bandwidth (100kB)) in a window of 5 h" in ran.stdout, ran.stdout
 
 
 # ------------------------------------------------------------------------------- a real run

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import socket
 import sys
@@ -137,7 +138,7 @@ def run(config: Config, cache_dir: Path, options: BackupOptions) -> int:
         summary.plan = plan_lines(
             sum(t.planned_uploads for t in summary.targets),
             sum(t.planned_upload_bytes for t in summary.targets),
-            rate=send_rate(config, cache_dir),
+            rate=send_rate(config, cache_dir, summary.window_s, datetime.now()),
             window_s=summary.window_s,
             requests=summary.requests,
             storage_class=config.storage_class,
@@ -194,12 +195,16 @@ def unknown_target(known: list[str]) -> str:
     return f"the cache knows no target of that path; give one of its {counted(len(known), 'target')}: {named}{more}"
 
 
-def send_rate(config: Config, cache_dir: Path) -> SendRate | None:
-    """The rate a dry run plans with: the bandwidth limit when one is configured, else what the
-    last runs measured (their reports), else None."""
-    limit = getattr(config.tuning, "bandwidth", None)  # tuning.bandwidth, in bytes per second
-    if isinstance(limit, int | float) and not isinstance(limit, bool) and limit > 0:
-        return SendRate(float(limit), "tuning.bandwidth")
+def send_rate(config: Config, cache_dir: Path, window_s: float | None, now: datetime) -> SendRate | None:
+    """The rate a dry run plans with: the bandwidth limit's mean over the window from now (a day
+    without a window) when it limits all of that time, else what the last runs measured (their
+    reports), else None."""
+    table = config.tuning.bandwidth
+    if table is not None:
+        minutes = math.ceil((window_s if window_s is not None else 86_400) / 60)
+        limit = table.mean_rate(now.hour * 60 + now.minute, minutes)
+        if limit is not None:
+            return SendRate(limit, f"tuning.bandwidth ({table.text})")
     measured = measured_upload_rate(cache_dir)
     if measured is None:
         return None

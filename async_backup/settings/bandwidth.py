@@ -23,6 +23,7 @@ from ..errors import ConfigError
 
 MIN_RATE_BYTES_S = 64 * 1024
 KEY = "tuning.bandwidth"
+MINUTES_A_DAY = 24 * 60
 FIX = 'write bytes per second, a rate such as "20MB" or "150MiB", "off", or a timetable such as "06:00,20MB 19:00,off"'
 
 # Units are bytes; upper or lower case alike. K, M and G alone are binary, as in rclone's --bwlimit.
@@ -59,6 +60,14 @@ class Timetable:
                 break
             current = rate
         return current
+
+    def mean_rate(self, start_minute: int, minutes: int) -> float | None:
+        """The mean limit over `minutes` from `start_minute` of the day, for planning; None when
+        some of that time has no limit (the rate there is the uplink's, which the table cannot tell)."""
+        rates = [self.rate_at((start_minute + m) % MINUTES_A_DAY) for m in range(max(1, minutes))]
+        if any(rate is None for rate in rates):
+            return None
+        return sum(rate for rate in rates if rate is not None) / len(rates)
 
     @property
     def ever_limited(self) -> bool:
