@@ -178,7 +178,7 @@ def test_a_bucket_the_server_will_not_lock_is_backed_up_and_one_line_says_what_t
     ("value", "expected"),
     [
         ("GOVERNANCE", "backup.object_lock must be an object"),
-        ({"mode": "governance", "days": 30}, 'backup.object_lock.mode is \'governance\'; use "GOVERNANCE"'),
+        ({"mode": "governance", "days": 30}, "backup.object_lock.mode is 'governance'; use \"GOVERNANCE\""),
         ({"mode": "COMPLIANCE"}, "backup.object_lock.days is None; give a whole number of days"),
         ({"mode": "COMPLIANCE", "days": 0}, "backup.object_lock.days is 0"),
         ({"mode": "COMPLIANCE", "days": "30"}, "backup.object_lock.days is '30'"),
