@@ -129,6 +129,7 @@ async def _ensure_lock(s3: S3, bucket: str, lock: ObjectLock, created: bool) -> 
     """Object Lock on with our default retention: read first, so a run that finds it set sends
     nothing more. An existing versioned bucket gets it through PutObjectLockConfiguration where the
     server allows that (AWS does since 2023; some servers want the bucket created with it)."""
+    enabled = False
     try:
         if not created:
             enabled, mode, days = await s3.object_lock(bucket)
@@ -138,6 +139,13 @@ async def _ensure_lock(s3: S3, bucket: str, lock: ObjectLock, created: bool) -> 
                 return
         await s3.put_object_lock(bucket, lock.mode, lock.days)
     except S3Error as exc:
+        if enabled:
+            raise ObjectLockRefused(
+                exc.code,
+                f"bucket {bucket} has Object Lock, but its default retention could not be set to {lock.mode} "
+                f"{lock.days} days ({exc.code}: {exc.message}); new versions keep the bucket's own: change it "
+                "in the S3 console or make backup.object_lock match it",
+            ) from None
         raise ObjectLockRefused(
             exc.code,
             f"Object Lock could not be turned on in bucket {bucket} ({exc.code}: {exc.message}); the target was "
