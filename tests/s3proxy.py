@@ -204,6 +204,7 @@ class Record:
     access_key: str | None = None  # from the SigV4 Authorization header's Credential=
     security_token: str | None = None  # the X-Amz-Security-Token header, if sent
     user_agent: str = ""
+    header_names: frozenset[str] = frozenset()  # the request's header names, lowercased
 
 
 # --------------------------------------------------------------------------------------------------
@@ -716,6 +717,7 @@ class ProxyServer:
         record.access_key = credential.group(1) if credential else None
         record.security_token = request.headers.get("X-Amz-Security-Token")
         record.user_agent = request.headers.get("User-Agent", "")
+        record.header_names = frozenset(k.lower() for k in request.headers)
         fault = self._pick_fault(record)
         if fault is not None and not isinstance(fault, DeleteKeyErrors | RefuseDeleteBatch):
             record.fault = fault.kind

@@ -214,7 +214,7 @@ class UploadContext:
     settings: UploadSettings
     limits: MemoryLimits
     streaming: bool  # S3.can_stream(bucket)
-    algorithm: str  # S3.body_checksum(streaming)
+    algorithm: str  # S3.body_checksum(streaming, bucket)
     multipart_log: MultipartLog
 
     def read_whole(self, size: int) -> bool:
@@ -247,7 +247,7 @@ async def upload_file(
         settings,
         limits,
         streaming,
-        s3.body_checksum(streaming),
+        s3.body_checksum(streaming, bucket),
         multipart_log,
     )
     if ctx.read_whole(file.size):

@@ -59,6 +59,10 @@ from .pricing import RequestTally
 # put_plain_file holds at most this much of a file in memory: one PutObject up to it, else parts of it.
 PLAIN_PART_BYTES = 16 * 1024 * 1024
 
+# A bucket with Object Lock refuses a body without Content-MD5 or an SDK checksum: a CRC32 header goes
+# with this one naming its algorithm there, as the SDKs send it (moto, like S3 once, asks for this one).
+SDK_CHECKSUM_HEADER = "x-amz-sdk-checksum-algorithm"
+
 # Errors of a request that never reached the server (the probe reports them as "cannot reach").
 _CONNECT_ERRORS = frozenset({"EndpointConnectionError", "ConnectTimeoutError"})
 
@@ -141,6 +145,9 @@ class S3:
         # Ceph each such 404 takes 40-50 ms).
         self._missing: set[str] = set()
         self._streamable: dict[str, bool] = {}  # can_stream's answers, per bucket
+        # Buckets found or made with Object Lock this run: every body sent to them carries
+        # Content-MD5 or a CRC32 with its algorithm named, which S3 demands there.
+        self._locked: set[str] = set()
         client.meta.events.register("before-send.s3", self._count_sent)
 
     def _count_sent(self, event_name: str = "", request: Any = None, **_kwargs: Any) -> None:
@@ -174,13 +181,18 @@ class S3:
             answer = self._streamable[bucket] = await self._direct.endpoint(bucket) is not None
         return answer
 
-    def body_checksum(self, streaming: bool) -> str:
+    def body_checksum(self, streaming: bool, bucket: str = "") -> str:
         """The checksum that goes with a bucket's bodies, given can_stream(bucket): CRC32 where the
         server takes flexible checksums; else the body's SHA-256 as the signed payload hash on the
-        fast path, or Content-MD5 through botocore."""
-        if self.checksum_algorithm == "md5" and streaming:
+        fast path, or Content-MD5 through botocore. A bucket with Object Lock takes no SHA-256
+        payload hash in place of Content-MD5: its bodies get Content-MD5 on either path."""
+        if self.checksum_algorithm == "md5" and streaming and bucket not in self._locked:
             return "sha256"
         return self.checksum_algorithm
+
+    def mark_locked(self, bucket: str) -> None:
+        """`bucket` has Object Lock: what is sent to it from now on carries what S3 demands there."""
+        self._locked.add(bucket)
 
     def _mapped(self, what: str) -> AbstractAsyncContextManager[None]:
         return botocore_failures(self._failures, what)
@@ -236,11 +248,14 @@ class S3:
                 # Sent past botocore, so counted here (once per call: DirectPut's own retries are not seen).
                 self.sent.add(operation, billed_class)
                 signed = {**headers, **checksum.request_headers()}
+                if bucket in self._locked and checksum.algorithm == "crc32":
+                    signed[SDK_CHECKSUM_HEADER] = "CRC32"
                 return _etag_of(await self._direct.put(endpoint, bucket, key, body, signed, what, query))
             if isinstance(body, BodyStream):
                 raise TypeError("a streamed body needs the fast path: check can_stream() first")
             send = self._client.put_object if operation == "PutObject" else self._client.upload_part
-            reply = await send(Bucket=bucket, Key=key, Body=body, **botocore_args, **checksum.request_args())
+            named = {"ChecksumAlgorithm": "CRC32"} if bucket in self._locked and checksum.algorithm == "crc32" else {}
+            reply = await send(Bucket=bucket, Key=key, Body=body, **botocore_args, **checksum.request_args(), **named)
         return str(reply.get("ETag", ""))
 
     async def create_multipart_upload(
@@ -396,8 +411,12 @@ class S3:
         code = last_error[-1] if last_error and last_error[-1] in _CONNECT_ERRORS else "NoAnswer"
         raise S3Error(code, f"GetBucketVersioning {bucket}: no answer within {answer_within_s:g} s")
 
-    async def create_bucket(self, bucket: str) -> None:
+    async def create_bucket(self, bucket: str, *, object_lock: bool = False) -> None:
+        """CreateBucket; with `object_lock`, a bucket that can hold locked versions (S3 turns its
+        versioning on)."""
         args: dict[str, Any] = {"Bucket": bucket}
+        if object_lock:
+            args["ObjectLockEnabledForBucket"] = True
         if self.aws.region != "us-east-1":  # us-east-1 takes no LocationConstraint
             args["CreateBucketConfiguration"] = {"LocationConstraint": self.aws.region}
         async with self._mapped(f"CreateBucket {bucket}"):
@@ -471,6 +490,32 @@ class S3:
                     "IgnorePublicAcls": True,
                     "BlockPublicPolicy": True,
                     "RestrictPublicBuckets": True,
+                },
+            )
+
+    async def object_lock(self, bucket: str) -> tuple[bool, str, int | None]:
+        """GetObjectLockConfiguration: whether Object Lock is on, the default retention's mode ("" for
+        none) and its days (None for none, or a retention in years)."""
+        async with self._mapped(f"GetObjectLockConfiguration {bucket}"):
+            try:
+                reply = await self._client.get_object_lock_configuration(Bucket=bucket)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") == "ObjectLockConfigurationNotFoundError":
+                    return False, "", None
+                raise
+        found = reply.get("ObjectLockConfiguration", {})
+        retention = found.get("Rule", {}).get("DefaultRetention", {})
+        days = int(retention["Days"]) if retention.get("Days") else None
+        return found.get("ObjectLockEnabled") == "Enabled", str(retention.get("Mode") or ""), days
+
+    async def put_object_lock(self, bucket: str, mode: str, days: int) -> None:
+        """PutObjectLockConfiguration: Object Lock on, every new version retained `days` in `mode`."""
+        async with self._mapped(f"PutObjectLockConfiguration {bucket}"):
+            await self._client.put_object_lock_configuration(
+                Bucket=bucket,
+                ObjectLockConfiguration={
+                    "ObjectLockEnabled": "Enabled",
+                    "Rule": {"DefaultRetention": {"Mode": mode, "Days": days}},
                 },
             )
 
