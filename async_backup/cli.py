@@ -1,7 +1,8 @@
 """The command line: parse arguments, load the config, run a command, map the outcome to an exit code.
 
 Exit codes (the table is in `errors`): 0 all done; 1 finished but something failed; 2 configuration
-or usage error; 3 another run holds this cache's lock; 130 interrupted. Each command is a package's
+or usage error; 3 another run holds this cache's lock; 4 the backup's window ended with work left
+for the next run; 130 interrupted. Each command is a package's
 `run(config, cache_dir, options) -> exit code` with an options dataclass; `COMMANDS` maps each
 command word to its arguments, the options built from them and its run. Help texts take their
 defaults from those dataclasses and from the config's own (`settings.config`).
@@ -39,7 +40,9 @@ from .report.logsetup import LOG_FORMATS, setup_logging
 from .report.publish import redactor_for
 from .report.status import StatusOptions
 from .restore.options import DEFAULT_DAYS, DEFAULT_TIER, TIERS, RestoreOptions
+from .settings.bandwidth import parse_bandwidth
 from .settings.config import Config, Tuning, load_config
+from .settings.window import with_flags
 from .verify.options import VerifyOptions
 
 log = logging.getLogger("async_backup")
@@ -120,6 +123,12 @@ def _backup_arguments(parser: Arguments) -> None:
     )
     _concurrency(parser, "upload workers")
     parser.add_argument(
+        "--bandwidth",
+        metavar="LIMIT",
+        help='bytes per second for all uploads together, instead of tuning.bandwidth: "20MB", "150MiB", '
+        '"off", or a timetable such as "06:00,20MB 19:00,off" (times in the host\'s zone)',
+    )
+    parser.add_argument(
         "--allow-mass-delete",
         action="store_true",
         help="let deletes through the deletion guard (an emptied folder, or more than the allowed share)",
@@ -141,6 +150,19 @@ def _backup_arguments(parser: Arguments) -> None:
         "--json",
         action="store_true",
         help="print progress and the run's summary on stdout as JSON, one object a line (no live display)",
+    )
+    parser.add_argument(
+        "--stop-at",
+        metavar="HH:MM",
+        help="the window's end in the host's time zone (a time earlier than now is tomorrow's): from then on "
+        "no upload starts, uploads that finish within backup.window.grace_s finish, the rest are left for the "
+        "next run (exit 4); overrides backup.window.stop_at",
+    )
+    parser.add_argument(
+        "--max-duration",
+        metavar="DURATION",
+        help='the window\'s length from the start, e.g. "5h", "90m", "600s"; with --stop-at the earlier end '
+        "counts; overrides backup.window.max_duration",
     )
     interval_s = DEFAULT_PROGRESS_INTERVAL_S
     parser.add_argument(
@@ -321,7 +343,7 @@ def build_parser(usage: str | None = None) -> argparse.ArgumentParser:
         description="Back up folders to versioned S3 Deep Archive buckets, one bucket per target. "
         "Without a command word it runs a backup.",
         epilog="Exit codes: 0 all done, 1 some files failed, 2 configuration or usage error, "
-        "3 another run holds the lock, 130 interrupted.",
+        "3 another run holds the lock, 4 the window ended with files left for the next run, 130 interrupted.",
         add_help=False,
     )
     parser.add_argument("-h", "--help", action=_HelpWithBackupOptions, help="show this help message and exit")
@@ -391,8 +413,22 @@ def _main(argv: Sequence[str] | None) -> int:
     except ConfigError as exc:
         print(f"async-backup: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    stop_at, max_duration = getattr(args, "stop_at", None), getattr(args, "max_duration", None)
+    if stop_at is not None or max_duration is not None:
+        try:
+            config = dataclasses.replace(config, window=with_flags(config.window, stop_at, max_duration))
+        except ConfigError as exc:
+            print(f"async-backup: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     if getattr(args, "concurrency", None):
         config = dataclasses.replace(config, tuning=dataclasses.replace(config.tuning, workers=args.concurrency))
+    if getattr(args, "bandwidth", None) is not None:
+        try:
+            bandwidth = parse_bandwidth(args.bandwidth, "command line", "--bandwidth")
+        except ConfigError as exc:
+            print(f"async-backup: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        config = dataclasses.replace(config, tuning=dataclasses.replace(config.tuning, bandwidth=bandwidth))
     verbosity = -1 if args.quiet else args.verbose
     dry_run = bool(getattr(args, "dry_run", False))
     setup_logging(None if dry_run else cache_dir, redactor_for(config), verbosity=verbosity, log_format=args.log_format)

@@ -24,6 +24,7 @@ EXIT_OK = 0  # done; verify: nothing wrong found
 EXIT_FAILURES = 1  # some items failed (backup, restore), or verify found problems
 EXIT_USAGE = 2  # bad arguments or configuration; argparse exits with 2 as well
 EXIT_LOCKED = 3  # another run holds the cache directory's lock
+EXIT_WINDOW = 4  # backup: its window ended with uploads left for the next run (a normal outcome)
 EXIT_INTERRUPTED = 130  # stopped by SIGINT or SIGTERM: 128 + SIGINT, as shells report it
 
 

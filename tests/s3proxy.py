@@ -42,6 +42,7 @@ __all__ = [
     "FakeReply",
     "Fault",
     "Gate",
+    "PacedBody",
     "ProxyServer",
     "Record",
     "RefuseDeleteBatch",
@@ -203,6 +204,7 @@ class Record:
     access_key: str | None = None  # from the SigV4 Authorization header's Credential=
     security_token: str | None = None  # the X-Amz-Security-Token header, if sent
     user_agent: str = ""
+    header_names: frozenset[str] = frozenset()  # the request's header names, lowercased
 
 
 # --------------------------------------------------------------------------------------------------
@@ -286,6 +288,17 @@ class Delay(Fault):
     seconds: float = 1.0
 
     kind: ClassVar[str] = "delay"
+
+
+@dataclass(frozen=True)
+class PacedBody(Fault):
+    """Read the request body at `bytes_per_s` (each request at its own pace) while forwarding it as
+    it comes: a slow uplink. A client that gives up mid-body leaves moto a short body, which it
+    never stores, so a cut upload never becomes an object."""
+
+    bytes_per_s: float = 1024 * 1024
+
+    kind: ClassVar[str] = "paced"
 
 
 @dataclass(frozen=True)
@@ -704,6 +717,7 @@ class ProxyServer:
         record.access_key = credential.group(1) if credential else None
         record.security_token = request.headers.get("X-Amz-Security-Token")
         record.user_agent = request.headers.get("User-Agent", "")
+        record.header_names = frozenset(k.lower() for k in request.headers)
         fault = self._pick_fault(record)
         if fault is not None and not isinstance(fault, DeleteKeyErrors | RefuseDeleteBatch):
             record.fault = fault.kind
@@ -754,10 +768,13 @@ class ProxyServer:
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             request.writer.output_size = 0
 
-    async def _read_body(self, request: web.BaseRequest, record: Record) -> AsyncIterator[bytes]:
+    async def _read_body(self, request: web.BaseRequest, record: Record, pace: float = 0) -> AsyncIterator[bytes]:
         await self._send_continue(request)
-        async for chunk in request.content.iter_chunked(CHUNK_BYTES):
+        started = time.monotonic()
+        async for chunk in request.content.iter_chunked(min(CHUNK_BYTES, int(pace / 20)) if pace else CHUNK_BYTES):
             record.request_bytes += len(chunk)
+            if pace:  # no further than `pace` bytes per second ahead of the start
+                await asyncio.sleep(max(0.0, record.request_bytes / pace - (time.monotonic() - started)))
             yield chunk
 
     async def _drain(self, request: web.BaseRequest, record: Record) -> None:
@@ -833,7 +850,8 @@ class ProxyServer:
             return await self._forward_delete(request, record, fault)
         if isinstance(fault, RefuseDeleteBatch):
             return await self._refuse_delete(request, record, fault)
-        upstream = await self._upstream(request, self._read_body(request, record))
+        pace = fault.bytes_per_s if isinstance(fault, PacedBody) else 0
+        upstream = await self._upstream(request, self._read_body(request, record, pace))
         async with upstream:
             if isinstance(fault, Gate) and fault.after_forward:
                 await self._hold_at_gate(fault)

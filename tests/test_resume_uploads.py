@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 from conftest import key_of, run_cli, write_config
-from s3proxy import Delay, ProxyServer
+from s3proxy import Delay, PacedBody, ProxyServer
 
 from async_backup.settings.naming import stable_bucket_name
 
@@ -228,3 +228,52 @@ def test_a_cache_from_before_resumable_uploads_opens_with_its_rows_and_open_uplo
             assert store.sent_parts("b", "id-1") == {}
         finally:
             store.close()
+
+
+@pytest.mark.slow
+def test_an_upload_cut_by_the_window_goes_on_next_run_without_a_confirmed_part_again(
+    tmp_path: Path, moto_endpoint: str, bucket_prefix: str, s3_inspect: Any
+) -> None:
+    """The nightly window ends in the middle of a large file: the run exits 4 with the file left,
+    and the next night sends only the parts S3 had not confirmed (issue 24's check)."""
+    root = tmp_path / "tree"
+    root.mkdir()
+    path = root / "volume.tif"
+    path.write_bytes(random.Random(11).randbytes(PARTS * PART_BYTES))
+    cache = tmp_path / "cache"
+    bucket = stable_bucket_name(bucket_prefix, str(root))
+    with ProxyServer(moto_endpoint) as proxy:
+        write_config(cache, proxy.url, folders=[str(root)], bucket_prefix=bucket_prefix, tuning=TUNING,
+                     backup_extra={"window": {"grace_s": 1}})  # fmt: skip
+        proxy.set_faults(Delay(seconds=0.3, ops={"UploadPart"}))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "async_backup", "--cache", str(cache), "--no-cache-backup", "--max-duration", "8s"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None and proxy.count("UploadPart", status=200) < 2:
+            time.sleep(0.02)
+        # From now on a part crawls (5 MiB at 100 kB/s is 52 s): the window ends while it is sent.
+        proxy.set_faults(PacedBody(bytes_per_s=100_000, ops={"UploadPart"}))
+        _, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 4, stderr.decode()  # the window ended with work left
+        assert b"Traceback" not in stderr
+        # (The crawling parts' handlers are still reading a closed connection: no wait_done.)
+        answered = proxy.count("UploadPart", status=200)
+        assert 2 <= answered < PARTS
+        held = recorded_parts(cache)
+        assert held == answered, "every part S3 confirmed is recorded"
+        (upload_id,) = open_upload_ids(s3_inspect, bucket)
+        proxy.set_faults()
+        proxy.clear()
+        again = run_cli("--cache", str(cache), "--no-cache-backup")
+        assert again.returncode == 0, again.stderr
+        sent = proxy.wait_done()
+    ops = [r.op for r in sent]
+    assert ops.count("CreateMultipartUpload") == 0, "the upload is continued, not begun again"
+    assert ops.count("UploadPart") == PARTS - held, "no part S3 confirmed is sent again"
+    complete = [r for r in sent if r.op == "CompleteMultipartUpload"]
+    assert len(complete) == 1 and f"uploadId={upload_id}" in complete[0].query
+    cut = Cut(root, cache, bucket, key_of(path), path, upload_id, answered)
+    assert_object_is_the_file(s3_inspect, cut)

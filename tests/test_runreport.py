@@ -194,6 +194,8 @@ def test_metrics_are_parseable_with_help_type_and_escaped_labels(tmp_path: Path)
         "async_backup_files_deleted",
         "async_backup_failures",
         "async_backup_exit_code",
+        "async_backup_backlog_files",
+        "async_backup_backlog_bytes",
     }
     assert set(meta) == expected
     assert all(help_text and kind == "gauge" for help_text, kind in meta.values())

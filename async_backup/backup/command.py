@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import socket
 import sys
 import time
 from contextlib import nullcontext
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ from ..errors import (
     EXIT_FAILURES,
     EXIT_INTERRUPTED,
     EXIT_OK,
+    EXIT_WINDOW,
     BackupError,
     ConfigError,
     Failure,
@@ -39,14 +42,17 @@ from ..interrupts import LateSignals, run_until_signal
 from ..recovery.accountnames import with_account_names
 from ..recovery.names import recall_target_names, recall_target_names_offline
 from ..recovery.snapshots import CACHE_BUCKET
+from ..report.backlog import SendRate, plan_lines
 from ..report.jsonlines import emit, summary_line
 from ..report.logsetup import TRACEBACK_LOGGER
 from ..report.progress import Progress
 from ..report.publish import publish, redactor_for, tell_outcome
+from ..report.runreport import measured_upload_rate
 from ..report.summary import RunSummary
 from ..s3.pricing import planned_counts, price_requests, prices_for
 from ..settings.config import Config
 from ..settings.targets import Target, discover_targets, nested_target_warnings, select_targets
+from ..settings.window import window_seconds
 from ..wording import counted
 from .pipeline import Backup
 from .runs import RunOptions
@@ -76,6 +82,7 @@ class _Held:
     """What a run built before it ended, however it ended: the report is made from it."""
 
     backup: Backup | None = None
+    window_ends_at: float | None = None  # wall clock; None without a window
 
 
 def run(config: Config, cache_dir: Path, options: BackupOptions) -> int:
@@ -89,6 +96,11 @@ def run(config: Config, cache_dir: Path, options: BackupOptions) -> int:
     collector = FailureCollector()
     summary = RunSummary(host=socket.gethostname(), started_at=time.time(), dry_run=options.dry_run)
     held = _Held()
+    # The window counts from now; a --stop-at earlier than now is tomorrow's.
+    summary.window_s = window_seconds(config.window, datetime.now())
+    if summary.window_s is not None and not options.dry_run:
+        held.window_ends_at = summary.started_at + summary.window_s
+        log.info("window: %s, grace %g s", config.window.describe(), config.window.grace_s)
     interrupted = False
     try:
         with nullcontext() if options.dry_run else cache_lock(cache_dir):
@@ -107,11 +119,31 @@ def run(config: Config, cache_dir: Path, options: BackupOptions) -> int:
     summary.failures = collector.failures
     summary.warnings = collector.warnings
     summary.interrupted = interrupted
-    summary.exit_code = EXIT_INTERRUPTED if interrupted else EXIT_FAILURES if summary.failures else EXIT_OK
+    if held.backup is not None and not interrupted:
+        summary.left_files = held.backup.cutoff.left_files
+        summary.left_bytes = held.backup.cutoff.left_bytes
+    summary.exit_code = (
+        EXIT_INTERRUPTED
+        if interrupted
+        else EXIT_FAILURES
+        if summary.failures
+        else EXIT_WINDOW
+        if summary.ended_by_window
+        else EXIT_OK
+    )
     prices = prices_for(config.aws.region, config.pricing)
     if options.dry_run:
         planned = planned_counts((t.planned_requests for t in summary.targets), config.storage_class)
         summary.requests = price_requests(planned, prices, estimated=True)
+        summary.plan = plan_lines(
+            sum(t.planned_uploads for t in summary.targets),
+            sum(t.planned_upload_bytes for t in summary.targets),
+            rate=send_rate(config, cache_dir, summary.window_s, datetime.now()),
+            window_s=summary.window_s,
+            requests=summary.requests,
+            storage_class=config.storage_class,
+            prices=prices,
+        )
     elif held.backup is not None:
         summary.requests = price_requests(held.backup.sent.counts, prices)
     with LateSignals() as late:
@@ -161,6 +193,23 @@ def unknown_target(known: list[str]) -> str:
     left = len(known) - MAX_TARGETS_NAMED
     more = f" and {left:,} more (async-backup status lists them)" if left > 0 else ""
     return f"the cache knows no target of that path; give one of its {counted(len(known), 'target')}: {named}{more}"
+
+
+def send_rate(config: Config, cache_dir: Path, window_s: float | None, now: datetime) -> SendRate | None:
+    """The rate a dry run plans with: the bandwidth limit's mean over the window from now (a day
+    without a window) when it limits all of that time, else what the last runs measured (their
+    reports), else None."""
+    table = config.tuning.bandwidth
+    if table is not None:
+        minutes = math.ceil((window_s if window_s is not None else 86_400) / 60)
+        limit = table.mean_rate(now.hour * 60 + now.minute, minutes)
+        if limit is not None:
+            return SendRate(limit, f"tuning.bandwidth ({table.text})")
+    measured = measured_upload_rate(cache_dir)
+    if measured is None:
+        return None
+    rate, runs = measured
+    return SendRate(rate, f"the measured rate of the last {counted(runs, 'run')}")
 
 
 def one_line(exc: BaseException) -> str:
@@ -237,7 +286,7 @@ def _execute(
     progress = Progress.for_stderr(
         max(1.0, options.progress_interval_s), quiet=options.quiet, json_lines=options.json_lines
     )
-    held.backup = Backup(config, targets, store, collector, options, progress)
+    held.backup = Backup(config, targets, store, collector, options, progress, held.window_ends_at)
     log.info(
         "%s %s%s",
         "planning" if options.dry_run else "backing up",

@@ -49,6 +49,7 @@ from ..settings.config import Config
 from ..settings.targets import Target, old_script_buckets
 from .budget import ByteBudget
 from .cleanup import CrashCleanup
+from .cutoff import Cutoff, WindowCut
 from .delete import KeyFailure, delete_paths
 from .lanes import Lane, Lanes
 from .mounts import TargetMounts
@@ -74,6 +75,7 @@ class Backup:
         collector: FailureCollector,
         options: RunOptions,
         progress: Progress | None = None,
+        window_ends_at: float | None = None,
     ) -> None:
         self.config = config
         self.progress = progress
@@ -97,6 +99,9 @@ class Backup:
         self._buckets: BucketSetup | None = None
         self._uploads: UploadPolicy | None = None
         self.sent = RequestTally()  # every S3 request of the run, once the client is open
+        # The window: at `window_ends_at` (wall clock) no upload starts, those in flight finish
+        # within the grace or are cut; what is left is counted for the report.
+        self.cutoff = Cutoff(window_ends_at, config.window.grace_s, self._bytes_confirmed)
         self._limits = MemoryLimits(
             budget=ByteBudget(config.tuning.memory_budget_bytes),
             part_slots=anyio.Semaphore(config.tuning.parts_in_flight),
@@ -162,6 +167,8 @@ class Backup:
                     stages.start_soon(run_writer, self.store, change_receive)
                     progress_scope = anyio.CancelScope()
                     stages.start_soon(self._show_progress, progress_scope)
+                    window_scope = anyio.CancelScope()
+                    stages.start_soon(self._watch_window, window_scope)
                     with change_send:
                         # Every lane is open before any worker looks: the workers end when all are closed.
                         target_lanes = [lanes.open(priority=r.target.priority, limit=tuning.queue_size) for r in runs]
@@ -172,12 +179,20 @@ class Backup:
                             async with unwrapped_group() as producers:
                                 for run, lane in zip(runs, target_lanes, strict=True):
                                     producers.start_soon(self._run_target, run, lane, change_send.clone(), walk_slots)
+                    window_scope.cancel()  # every upload is done or left: the window has nothing more to stop
                     progress_scope.cancel()  # every stage is done: the last progress line is the summary
             finally:
                 self._stopping.set()
             if self.options.backup_cache and await snapshot_due(self.store, self._cache_changed()):
                 log_path = self.store.cache_dir / LOG_NAME
                 await upload_snapshot(s3, self.config, self.store, self.collector, log_path, LOG_MAX_BYTES)
+
+    def _bytes_confirmed(self) -> int:
+        return sum(r.stats.bytes_uploaded for r in self.runs)
+
+    async def _watch_window(self, scope: anyio.CancelScope) -> None:
+        with scope:
+            await self.cutoff.watch()
 
     async def _remember_targets(self) -> None:
         usable = [r.target for r in self.runs if not r.target.missing and not r.target.problem]
@@ -357,9 +372,21 @@ class Backup:
         with change_send:
             while (job := await lanes.get()) is not None:
                 try:
-                    await self.uploads.upload(job, change_send)
+                    if self.cutoff.closed:  # after the window's end no upload starts
+                        self._left_by_window(job)
+                        continue
+                    with self.cutoff.flight(job.upload.file.size) as flight:
+                        try:
+                            await self.uploads.upload(job, change_send)
+                        except WindowCut:
+                            # Parts S3 confirmed of a cut multipart upload stay for the next run.
+                            self._left_by_window(job, flight.confirmed_bytes if flight else 0)
                 finally:
                     job.run.job_finished()
+
+    def _left_by_window(self, job: UploadJob, sent_bytes: int = 0) -> None:
+        if job.upload.proof is not Proof.CONTENT:  # a content check is no planned upload
+            self.cutoff.leave(max(0, job.upload.file.size - sent_bytes))
 
     # Dry run: the walk stage alone, against the cache (or the old cache a real run would adopt)
 

@@ -34,6 +34,7 @@ from ..s3.objects import parse_mtime_metadata
 from ..settings.config import Config
 from .cleanup import CachedUploads
 from .content import comparable, read_content
+from .cutoff import sending
 from .delete import delete_superseded
 from .plan import MAX_OBJECT_BYTES, Proof, deletion_guard, device_guard
 from .runs import RunOptions, TargetRun, UploadJob
@@ -122,7 +123,8 @@ class UploadPolicy:
         multipart_log = CachedUploads(self.store, self.writes, bucket, key)
         for attempt in (1, 2):
             try:
-                done = await upload_file(self.s3, bucket, key, file, self.settings, self._limits, multipart_log)
+                with sending():  # the window's end may cut this, never the recording below
+                    done = await upload_file(self.s3, bucket, key, file, self.settings, self._limits, multipart_log)
             except FileChanged as exc:
                 if attempt == 1:
                     continue  # one more read: a file being written often settles quickly

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..errors import Failure, FailureCollector, FailureKind, FatalError, S3Error
-from ..s3.buckets import DENIED_CODES, ensure_bucket, owned_elsewhere
+from ..s3.buckets import DENIED_CODES, ObjectLockRefused, ensure_bucket, owned_elsewhere
 from ..s3.client import S3, endpoint_name
 from ..settings.config import Config
 from .runs import TargetRun
@@ -65,7 +65,18 @@ class BucketSetup:
                 # Multipart uploads left in it by others (another installation) are the lifecycle
                 # rule's to abort, never ours: see cleanup.
                 pinned = any(f.bucket == run.target.bucket for f in self.config.folders)
-                await ensure_bucket(self.s3, run.target.bucket, self.config.noncurrent_days, chosen=pinned)
+                await ensure_bucket(
+                    self.s3,
+                    run.target.bucket,
+                    self.config.noncurrent_days,
+                    chosen=pinned,
+                    object_lock=self.config.object_lock,
+                )
+            except ObjectLockRefused as exc:
+                # Backed up all the same: an unlocked copy beats none; the failure says what to do.
+                self.collector.add(
+                    Failure(FailureKind.BUCKET, run.target.path, f"s3://{run.target.bucket}", exc.message, exc.code)
+                )
             except S3Error as exc:
                 run.bucket_failed = True
                 self.collector.add(

@@ -56,6 +56,7 @@ from ..s3.client import S3, CompletedPart, ListedPart
 from ..s3.fastput.bodies import BodyStream
 from ..s3.objects import mtime_metadata
 from .budget import BufferPool, ByteBudget
+from .cutoff import part_confirmed
 from .plan import part_ranges, part_size_for
 
 log = logging.getLogger(__name__)
@@ -222,7 +223,7 @@ class UploadContext:
     settings: UploadSettings
     limits: MemoryLimits
     streaming: bool  # S3.can_stream(bucket)
-    algorithm: str  # S3.body_checksum(streaming)
+    algorithm: str  # S3.body_checksum(streaming, bucket)
     multipart_log: MultipartLog
 
     def read_whole(self, size: int) -> bool:
@@ -255,7 +256,7 @@ async def upload_file(
         settings,
         limits,
         streaming,
-        s3.body_checksum(streaming),
+        s3.body_checksum(streaming, bucket),
         multipart_log,
     )
     if ctx.read_whole(file.size):
@@ -411,6 +412,7 @@ async def _upload_multipart(ctx: UploadContext, opened: Opened) -> Uploaded:
 
     async def confirmed(part: CompletedPart, length: int) -> None:
         parts[part.number - 1] = part
+        part_confirmed(length)  # the window's estimate measures this upload's rate by its parts
         with anyio.CancelScope(shield=True):  # S3 holds it: a signal now must not lose its record
             await ctx.multipart_log.part_sent(
                 upload_id, SentPart(part.number, length, part.etag, part.checksum.digest.hex())

@@ -433,12 +433,14 @@ class _CardBuilder:
             parts.append(_plural(len(s.failures), "failure"))
         if s.interrupted:
             parts.append("interrupted")
+        elif s.ended_by_window and not s.failures:
+            parts.append("window ended")
         elif not s.failures:
             parts.append(f"failed (exit code {s.exit_code})" if s.exit_code else "all good")
         if s.warnings:
             parts.append(_plural(len(s.warnings), "warning"))
         host = self.md(s.host, MAX_HOST_CHARS)
-        bad = bool(s.failures) or s.exit_code != 0 or s.interrupted
+        bad = bool(s.failures) or (s.exit_code != 0 and not s.ended_by_window) or s.interrupted
         color = "Attention" if bad else ("Warning" if s.warnings else "Good")
         return _text(f"{who} on {host}: " + ", ".join(parts), size="Medium", weight="Bolder", color=color)
 
@@ -712,6 +714,8 @@ class _CardBuilder:
         The order is the operator's: the outcome, what failed and what to do, the targets that
         failed or changed, then the totals and what the run cost."""
         body = [self.title(), self.subtitle()]
+        if self.summary.ended_by_window:  # one short line: what the window left, and for how long
+            body.append(_text(self.md(self.summary.backlog_line(), MAX_MESSAGE_CHARS), spacing="None"))
         if limits is None:
             if self.summary.targets or self.groups or self.summary.warnings:
                 body.append(

@@ -49,7 +49,8 @@ def publish(
                 write_metrics(Path(metrics_file), summary, last_success(cache_dir), redactor=redactor)
             except OSError as exc:
                 log.warning("metrics file %s could not be written (%s)", metrics_file, exc.strerror or exc)
-    wants_card = bool(summary.failures) or summary.interrupted or config.notify_on_success
+    # A window that left work posts too: its card says how much is left and for how many nights.
+    wants_card = bool(summary.failures) or summary.interrupted or summary.ended_by_window or config.notify_on_success
     report_path = str(report) if report is not None else None
     if print_card:
         print(card_json(summary, redactor=redactor, report_path=report_path))
@@ -110,12 +111,23 @@ def tell_outcome(summary: RunSummary, dry_run: bool, *, plan_to: TextIO | None =
                     "does not hold as it is on disk; this dry run sends no request, so it counts every file as new",
                     file=plan_out,
                 )
+    if dry_run and plan:
+        for line in summary.plan:  # the nights it takes and what it costs
+            print(line, file=plan_out)
     tail = f", {counted(summary.rows_rebuilt, 'cache row')} rebuilt from S3" if summary.rows_rebuilt else ""
     if summary.requests is not None:
         tail += f"; {summary.requests.brief()} at {summary.requests.prices.describe()}"
+    if summary.ended_by_window and not summary.interrupted:
+        tail += f"; the window ended: {summary.backlog_line()}"
     log.info(
         "%s: %s, %s uploaded (%s), %d deleted, %s in %.1f s%s",
-        "dry run done" if dry_run else "interrupted" if summary.interrupted else "done",
+        "dry run done"
+        if dry_run
+        else "interrupted"
+        if summary.interrupted
+        else "window ended"
+        if summary.ended_by_window
+        else "done",
         counted(len(summary.targets), "target"),
         counted(summary.files_uploaded, "file"),
         format_bytes(summary.bytes_uploaded),

@@ -167,6 +167,14 @@ def build_report(summary: RunSummary, *, redactor: Redactor | None = None) -> di
         },
         # The S3 requests the run sent (a dry run: its uploads and deletes would send), priced.
         "requests": summary.requests.as_json() if summary.requests is not None else None,
+        # The window (--stop-at, --max-duration) and what its end left for the next runs.
+        "window": {
+            "seconds": summary.window_s,
+            "ended_by_window": summary.ended_by_window,
+            "left_files": summary.left_files,
+            "left_bytes": summary.left_bytes,
+            "nights_left": summary.nights_left,
+        },
         "failures_by_group": {clean(name): n for name, n in groups.most_common()},
         "targets": [_target_record(t, clean) for t in summary.targets],
         "failures": [_failure_record(f, clean) for f in summary.failures],
@@ -223,6 +231,26 @@ def last_success(cache_dir: Path) -> float | None:
             if ts is not None:
                 return ts
     return None
+
+
+def measured_upload_rate(cache_dir: Path, runs: int = 5) -> tuple[float, int] | None:
+    """Bytes per second the newest `runs` runs that uploaded something sent (their bytes over their
+    durations, walks included), and how many runs that is; None when no kept report has one."""
+    sent_bytes, seconds, counted_runs = 0, 0.0, 0
+    for _path, data in _reports_newest_first(cache_dir):
+        totals = data.get("totals")
+        uploaded = totals.get("bytes_uploaded") if isinstance(totals, dict) else None
+        duration = data.get("duration_s")
+        if data.get("dry_run") or not isinstance(uploaded, int) or uploaded <= 0:
+            continue
+        if not isinstance(duration, int | float) or not duration > 0:
+            continue
+        sent_bytes += uploaded
+        seconds += float(duration)
+        counted_runs += 1
+        if counted_runs >= runs:
+            break
+    return (sent_bytes / seconds, counted_runs) if counted_runs else None
 
 
 def prune_reports(reports_dir: Path, keep: int) -> list[Path]:
@@ -345,6 +373,12 @@ def render_metrics(summary: RunSummary, last_success_ts: float | None, *, redact
         [({"target": target, "kind": kind}, n) for (target, kind), n in sorted(failures.items())],
     )
     m.family("exit_code", "Exit code of the last run (0: success).", [({}, summary.exit_code)])
+    m.family(
+        "backlog_files",
+        "Planned uploads the last run's window left for the next runs (0: it finished).",
+        [({}, summary.left_files)],
+    )
+    m.family("backlog_bytes", "Bytes of those uploads.", [({}, summary.left_bytes)])
     return "\n".join(m.lines) + "\n"
 
 

@@ -99,6 +99,7 @@ def gather(config: Config, cache_dir: Path) -> dict[str, Any]:
             "interrupted": report.get("interrupted"),
             "failures": report.get("totals", {}).get("failures"),
             "requests": report.get("requests"),
+            "window": report.get("window"),
         },
         "prices": prices.describe(),
         "note": "current versions the cache records; noncurrent versions S3 keeps for up to "
@@ -138,6 +139,11 @@ def outcome(run: dict[str, Any]) -> str:
         return "interrupted"
     if run.get("succeeded"):
         return "succeeded"
+    window = run.get("window") or {}
+    if window.get("ended_by_window") and not run.get("failures"):
+        left = f"{counted(window.get('left_files') or 0, 'file')} left"
+        nights = window.get("nights_left")
+        return f"window ended, {left}" + (f" (about {counted(nights, 'more night')})" if nights else "")
     return f"failed (exit code {run.get('exit_code')}, {counted(run.get('failures') or 0, 'failure')})"
 
 

@@ -5,6 +5,7 @@ Owns the counters only. Stages increment them as work is confirmed; nothing here
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -84,6 +85,10 @@ class RunSummary:
     exit_code: int = 0
     interrupted: bool = False
     requests: RequestCost | None = None  # the S3 requests sent (a dry run: would send) and their price
+    window_s: float | None = None  # the window this run had (--stop-at, --max-duration), if any
+    left_files: int = 0  # planned uploads its end left for the next runs (not started, or cut)
+    left_bytes: int = 0
+    plan: list[str] = field(default_factory=list)  # a dry run's plan: nights to send it all, its cost
 
     @property
     def duration_s(self) -> float:
@@ -106,6 +111,32 @@ class RunSummary:
     def rows_rebuilt(self) -> int:
         return sum(t.rebuilt_rows for t in self.targets)
 
+    @property
+    def ended_by_window(self) -> bool:
+        return self.left_files > 0
+
+    @property
+    def nights_left(self) -> int | None:
+        """More runs like this one the backlog takes at tonight's rate (bytes sent / window length,
+        times the window length: tonight's bytes per night); None when nothing went out tonight."""
+        if not self.left_files:
+            return 0
+        if self.bytes_uploaded <= 0:
+            return None
+        return max(1, math.ceil(self.left_bytes / self.bytes_uploaded))
+
+    def backlog_line(self) -> str:
+        """What the window's end left, e.g. "left for the next runs: 1,204 files (3.1 TiB), about 6
+        more nights at tonight's rate (52.3 MiB/s over a 5 h 00 min window)"."""
+        head = f"left for the next runs: {counted(self.left_files, 'file')} ({format_bytes(self.left_bytes)})"
+        nights = self.nights_left
+        if nights is None or not self.window_s:
+            return f"{head}; nothing was sent tonight, so how many nights it takes is unknown"
+        rate = format_bytes(int(self.bytes_uploaded / self.window_s))
+        window = _hours_minutes(self.window_s)
+        more = "1 more night" if nights == 1 else f"{nights:,} more nights"
+        return f"{head}, about {more} at tonight's rate ({rate}/s over a {window} window)"
+
 
 def format_bytes(n: int) -> str:
     """Human-readable size with binary units, e.g. 1.5 GiB."""
@@ -115,6 +146,14 @@ def format_bytes(n: int) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     raise AssertionError("unreachable")
+
+
+def _hours_minutes(seconds: float) -> str:
+    seconds = round(seconds)
+    if seconds < 120:
+        return f"{seconds} s"
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours} h {rest // 60:02d} min" if hours else f"{rest // 60} min"
 
 
 def format_requests(counts: Mapping[str, int]) -> str:

@@ -30,6 +30,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+# The header naming a body's flexible checksum, as the SDKs send it: moto keeps a CRC32 only with it,
+# and a bucket with Object Lock (like S3 once) takes a CRC32 in place of Content-MD5 only with it.
+SDK_CHECKSUM_HEADER = "x-amz-sdk-checksum-algorithm"
+
 # The ETag of a single PUT or of one part: the MD5 of its bytes (unless encrypted with KMS or SSE-C).
 _MD5_HEX = re.compile(r"^[0-9a-f]{32}$")
 # An ETag that is an MD5: of the body (single part), or of the parts' MD5s followed by -N.
@@ -76,8 +80,9 @@ class PartChecksum:
         """The value as botocore parameters (never "sha256": botocore computes payload hashes itself)."""
         if self.algorithm == "crc32":
             # The algorithm named as well (x-amz-sdk-checksum-algorithm, as the SDKs send it): S3
-            # keeps the value either way, moto only with it; botocore computes nothing when the
-            # value is given.
+            # keeps the value either way, moto only with it, and a bucket with Object Lock takes a
+            # CRC32 in place of Content-MD5 only with it; botocore computes nothing when the value
+            # is given.
             return {"ChecksumAlgorithm": "CRC32", "ChecksumCRC32": self.b64}
         if self.algorithm == "md5":
             return {"ContentMD5": self.b64}
@@ -86,7 +91,7 @@ class PartChecksum:
     def request_headers(self) -> dict[str, str]:
         """The same value as a raw HTTP header, for requests the tool signs itself."""
         if self.algorithm == "crc32":
-            return {"x-amz-checksum-crc32": self.b64, "x-amz-sdk-checksum-algorithm": "CRC32"}
+            return {"x-amz-checksum-crc32": self.b64, SDK_CHECKSUM_HEADER: "CRC32"}
         if self.algorithm == "sha256":
             return {"x-amz-content-sha256": self.digest.hex()}
         return {"content-md5": self.b64}

@@ -11,12 +11,15 @@ version in pyproject.toml:
 - cache_user_agent replaces the client's `_user_agent_creator` handler (skipped if it is gone);
 - ssl_context_for takes botocore's default CA bundle from `botocore.httpsession.get_cert_path`;
 - endpoint_resolver asks the client's `_resolve_endpoint_ruleset` for each bucket's endpoint;
-- open_s3 hands the client's `_request_signer._credentials` to the fast path.
+- open_s3 hands the client's `_request_signer._credentials` to the fast path;
+- pace_botocore_bodies swaps a PutObject's or UploadPart's prepared body for a paced one in
+  `before-send` (only with a bandwidth limit).
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import math
 import ssl
@@ -44,10 +47,11 @@ from botocore.httpsession import get_cert_path
 
 from ..errors import FatalError, S3Error
 from ..settings.config import AwsSettings, Tuning
+from .bandwidth import Limiter
 from .checksums import PartChecksum, crc32_b64
 from .credentials import credentials_failure
 from .errormap import ErrorReply, S3Failures, StsFailures
-from .fastput.bodies import BodyStream
+from .fastput.bodies import BodyStream, PacedFileBody
 from .fastput.sending import DirectPut
 from .fastput.signing import BucketEndpoint
 from .objects import ListedObject, ObjectHead, ObjectVersion
@@ -145,6 +149,9 @@ class S3:
         self._missing: set[str] = set()
         self._streamable: dict[str, bool] = {}  # can_stream's answers, per bucket
         self._composite_only: set[str] = set()  # buckets whose server refused ChecksumType=FULL_OBJECT
+        # Buckets found or made with Object Lock this run: every body sent to them carries
+        # Content-MD5 or a CRC32 with its algorithm named, which S3 demands there.
+        self._locked: set[str] = set()
         client.meta.events.register("before-send.s3", self._count_sent)
 
     def _count_sent(self, event_name: str = "", request: Any = None, **_kwargs: Any) -> None:
@@ -178,13 +185,18 @@ class S3:
             answer = self._streamable[bucket] = await self._direct.endpoint(bucket) is not None
         return answer
 
-    def body_checksum(self, streaming: bool) -> str:
+    def body_checksum(self, streaming: bool, bucket: str = "") -> str:
         """The checksum that goes with a bucket's bodies, given can_stream(bucket): CRC32 where the
         server takes flexible checksums; else the body's SHA-256 as the signed payload hash on the
-        fast path, or Content-MD5 through botocore."""
-        if self.checksum_algorithm == "md5" and streaming:
+        fast path, or Content-MD5 through botocore. A bucket with Object Lock takes no SHA-256
+        payload hash in place of Content-MD5: its bodies get Content-MD5 on either path."""
+        if self.checksum_algorithm == "md5" and streaming and bucket not in self._locked:
             return "sha256"
         return self.checksum_algorithm
+
+    def mark_locked(self, bucket: str) -> None:
+        """`bucket` has Object Lock: what is sent to it from now on carries what S3 demands there."""
+        self._locked.add(bucket)
 
     def _mapped(self, what: str) -> AbstractAsyncContextManager[None]:
         return botocore_failures(self._failures, what)
@@ -239,6 +251,8 @@ class S3:
             if self._direct is not None and endpoint is not None:
                 # Sent past botocore, so counted here (once per call: DirectPut's own retries are not seen).
                 self.sent.add(operation, billed_class)
+                # A CRC32 names its algorithm in every body's headers (request_headers), which a
+                # bucket with Object Lock demands too: nothing to add for one here.
                 signed = {**headers, **checksum.request_headers()}
                 return _etag_of(await self._direct.put(endpoint, bucket, key, body, signed, what, query))
             if isinstance(body, BodyStream):
@@ -426,8 +440,12 @@ class S3:
         code = last_error[-1] if last_error and last_error[-1] in _CONNECT_ERRORS else "NoAnswer"
         raise S3Error(code, f"GetBucketVersioning {bucket}: no answer within {answer_within_s:g} s")
 
-    async def create_bucket(self, bucket: str) -> None:
+    async def create_bucket(self, bucket: str, *, object_lock: bool = False) -> None:
+        """CreateBucket; with `object_lock`, a bucket that can hold locked versions (S3 turns its
+        versioning on)."""
         args: dict[str, Any] = {"Bucket": bucket}
+        if object_lock:
+            args["ObjectLockEnabledForBucket"] = True
         if self.aws.region != "us-east-1":  # us-east-1 takes no LocationConstraint
             args["CreateBucketConfiguration"] = {"LocationConstraint": self.aws.region}
         async with self._mapped(f"CreateBucket {bucket}"):
@@ -501,6 +519,32 @@ class S3:
                     "IgnorePublicAcls": True,
                     "BlockPublicPolicy": True,
                     "RestrictPublicBuckets": True,
+                },
+            )
+
+    async def object_lock(self, bucket: str) -> tuple[bool, str, int | None]:
+        """GetObjectLockConfiguration: whether Object Lock is on, the default retention's mode ("" for
+        none) and its days (None for none, or a retention in years)."""
+        async with self._mapped(f"GetObjectLockConfiguration {bucket}"):
+            try:
+                reply = await self._client.get_object_lock_configuration(Bucket=bucket)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") == "ObjectLockConfigurationNotFoundError":
+                    return False, "", None
+                raise
+        found = reply.get("ObjectLockConfiguration", {})
+        retention = found.get("Rule", {}).get("DefaultRetention", {})
+        days = int(retention["Days"]) if retention.get("Days") else None
+        return found.get("ObjectLockEnabled") == "Enabled", str(retention.get("Mode") or ""), days
+
+    async def put_object_lock(self, bucket: str, mode: str, days: int) -> None:
+        """PutObjectLockConfiguration: Object Lock on, every new version retained `days` in `mode`."""
+        async with self._mapped(f"PutObjectLockConfiguration {bucket}"):
+            await self._client.put_object_lock_configuration(
+                Bucket=bucket,
+                ObjectLockConfiguration={
+                    "ObjectLockEnabled": "Enabled",
+                    "Rule": {"DefaultRetention": {"Mode": mode, "Days": days}},
                 },
             )
 
@@ -702,6 +746,28 @@ def skip_expect_continue(client: Any) -> None:
     client.meta.events.unregister("before-call.s3", botocore_handlers.add_expect_header)
 
 
+def pace_botocore_bodies(client: Any, limiter: Limiter) -> None:
+    """Bodies sent through botocore (buckets the fast path cannot sign, or aws.direct_put off)
+    draw from the same limiter as the fast path's. botocore hands aiohttp a PutObject's or
+    UploadPart's body as a file object (it turns a bytes Body into a BytesIO); just before it is
+    sent, it is wrapped so that it is written in the limiter's steps. A retry builds a new request
+    from the same file, rewound, and is wrapped again."""
+
+    def paced(request: Any = None, **_kwargs: Any) -> None:
+        body = getattr(request, "body", None)
+        if body is None or isinstance(body, PacedFileBody):
+            return
+        if isinstance(body, bytes | bytearray):
+            body = io.BytesIO(body)
+        elif not callable(getattr(body, "read", None)):
+            return
+        length = request.headers.get("Content-Length")
+        request.body = PacedFileBody(body, limiter, int(length) if length else None)
+
+    for operation in ("PutObject", "UploadPart"):
+        client.meta.events.register_last(f"before-send.s3.{operation}", paced)
+
+
 def cache_user_agent(client: Any) -> None:
     """botocore builds the User-Agent string twice per request (about a tenth of a PutObject's CPU).
     It only changes when features are registered, so build it once per client. Uses botocore
@@ -823,6 +889,10 @@ async def open_s3(aws: AwsSettings, tuning: Tuning) -> AsyncIterator[S3]:
         skip_expect_continue(client)
         cache_user_agent(client)
         client.meta.events.register_first("needs-retry.s3", _no_retry_on_tls_failure)
+        # No limit configured: no limiter at all, and every body writes as it did without one.
+        limiter = Limiter(tuning.bandwidth) if tuning.bandwidth is not None else None
+        if limiter is not None:
+            pace_botocore_bodies(client, limiter)
         direct = None
         credentials = client._request_signer._credentials  # None: no credentials anywhere, botocore says so
         if aws.direct_put and credentials is not None:
@@ -843,6 +913,7 @@ async def open_s3(aws: AwsSettings, tuning: Tuning) -> AsyncIterator[S3]:
                 endpoint_label=endpoint_name(aws),
                 configured_region=aws.region,
                 send_stall_s=tuning.read_timeout_s,
+                limiter=limiter,
             )
         yield S3(client, aws, direct)
 

@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import ConfigError
+from .bandwidth import Timetable, parse_bandwidth
 from .naming import AccountNames, check_bucket_prefix
+from .window import Window, window_from_config
 
 MiB = 1024 * 1024
 CONFIG_NAME = "config.json"
@@ -43,6 +45,10 @@ STORAGE_CLASSES = (
 )
 ChecksumCalculation = Literal["when_supported", "when_required"]
 Naming = Literal["stable", "legacy"]
+LockMode = Literal["GOVERNANCE", "COMPLIANCE"]
+LOCK_MODES = ("GOVERNANCE", "COMPLIANCE")
+# S3's limit on a default retention: 100 years [S3 API reference, DefaultRetention].
+MAX_LOCK_DAYS = 36_500
 
 
 # A folder's or root's share of the upload workers when several targets have files waiting: a
@@ -58,6 +64,15 @@ class FolderSpec:
     path: str
     bucket: str | None = None
     priority: int = DEFAULT_PRIORITY
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectLock:
+    """backup.object_lock: every new version in a target's bucket is kept `days` days at least
+    (S3's default retention in `mode`); the cache bucket is never locked."""
+
+    mode: LockMode
+    days: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +123,8 @@ class Tuning:
     # cores a few keep the CPUs busy, and each idle one keeps its stack and malloc arena.
     file_threads: int = 16
     queue_size: int = 256
+    # Request bodies' bytes per second, by time of day (settings/bandwidth.py); None: no limit.
+    bandwidth: Timetable | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,8 +148,10 @@ class Config:
     exclude: tuple[str, ...] = ()
     storage_class: str = DEFAULT_STORAGE_CLASS
     noncurrent_days: int = DEFAULT_NONCURRENT_DAYS
+    object_lock: ObjectLock | None = None
     cache_bucket: str | None = None
     keep_reports: int = 30
+    window: Window = field(default_factory=Window)  # backup.window, or --stop-at / --max-duration
     tuning: Tuning = field(default_factory=Tuning)
     warnings: tuple[str, ...] = ()
     # Overrides of pricing.py's table, validated: {"write_per_1000": {"DEEP_ARCHIVE": 0.06}, ...}
@@ -158,8 +177,10 @@ _KNOWN_KEYS: dict[str, set[str]] = {
         "exclude",
         "storage_class",
         "noncurrent_days",
+        "object_lock",
         "cache_bucket",
         "keep_reports",
+        "window",
     },
     "notification": {"webhook", "on_success"},
     "aws": {
@@ -186,6 +207,7 @@ _KNOWN_KEYS: dict[str, set[str]] = {
         "walk_threads",
         "file_threads",
         "queue_size",
+        "bandwidth",
     },
 }
 
@@ -302,12 +324,38 @@ def parse_config(raw: Any, source: Path, warnings: list[str] | None = None) -> C
         exclude=exclude,
         storage_class=storage_class,
         noncurrent_days=noncurrent_days,
+        object_lock=_object_lock(backup.get("object_lock"), where),
         cache_bucket=_opt_str(backup, "cache_bucket", "backup", where),
         keep_reports=_opt_int(backup, "keep_reports", "backup", where, 30, minimum=1),
+        window=window_from_config(backup.get("window"), where),
         tuning=_tuning(_section(raw, "tuning", where, required=False), where),
         warnings=tuple(warnings),
         pricing=_pricing(_section(raw, "pricing", where, required=False), where),
     )
+
+
+def _object_lock(value: Any, where: str) -> ObjectLock | None:
+    """backup.object_lock: {"mode": "GOVERNANCE" | "COMPLIANCE", "days": N}, or absent (off)."""
+    if value is None:
+        return None
+    example = '{"mode": "GOVERNANCE", "days": 30}'
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: backup.object_lock must be an object like {example}")
+    unknown = sorted(set(value) - {"mode", "days"})
+    if unknown:
+        raise ConfigError(f'{where}: backup.object_lock has unknown keys {unknown}; use "mode" and "days"')
+    mode = value.get("mode")
+    if mode not in LOCK_MODES:
+        raise ConfigError(
+            f'{where}: backup.object_lock.mode is {mode!r}; use "GOVERNANCE" or "COMPLIANCE" '
+            "(see the README's Object Lock)"
+        )
+    days = value.get("days")
+    if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= MAX_LOCK_DAYS:
+        raise ConfigError(
+            f"{where}: backup.object_lock.days is {days!r}; give a whole number of days from 1 to {MAX_LOCK_DAYS}"
+        )
+    return ObjectLock(mode, days)
 
 
 _PRICE_KEYS = {
@@ -383,6 +431,7 @@ def _tuning(raw: dict[str, Any], where: str) -> Tuning:
         walk_threads=_opt_int(raw, "walk_threads", "tuning", where, d.walk_threads, minimum=1, maximum=64),
         file_threads=_opt_int(raw, "file_threads", "tuning", where, d.file_threads, minimum=1, maximum=256),
         queue_size=_opt_int(raw, "queue_size", "tuning", where, d.queue_size, minimum=1, maximum=100_000),
+        bandwidth=parse_bandwidth(raw.get("bandwidth"), where),
     )
 
 

@@ -2,8 +2,9 @@
 
 Owns how a body reaches the socket: in slices that are views of the caller's buffers (no copy in
 Python), a stall clock that fails a send the server stopped reading, and the streamed file range
-(`BodyStream`) read chunk by chunk through two buffers lent by their owner. Knows nothing of signing, S3's
-replies or retries. Must not import botocore or aiobotocore.
+(`BodyStream`) read chunk by chunk through two buffers lent by their owner. With a bandwidth limit,
+every body (botocore's too: `PacedFileBody`) asks the run's limiter before each step it writes. Knows
+nothing of signing, S3's replies or retries. Must not import botocore or aiobotocore.
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ import itertools
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Protocol
+from typing import IO, Protocol
 
 import aiohttp
 import aiohttp.abc
 import aiohttp.payload
 import anyio
+
+from ..bandwidth import Limiter
 
 # A body goes to the socket in slices of this size, each a view of the caller's buffer. Handed over
 # whole, a 16 MiB part is copied two or three times on the event loop's thread (asyncio's
@@ -33,10 +36,16 @@ class SlicedBody(aiohttp.BytesPayload):
     """A request body written from the caller's memory in BODY_SLICE_BYTES views, waiting for the
     socket to drain between them; the Content-Length is the whole body's."""
 
-    def __init__(self, body: bytes | bytearray | memoryview, stall_timeout_s: float | None = None) -> None:
+    def __init__(
+        self,
+        body: bytes | bytearray | memoryview,
+        stall_timeout_s: float | None = None,
+        limiter: Limiter | None = None,
+    ) -> None:
         super().__init__(body, content_type="application/octet-stream")
         self._view = memoryview(body).cast("B")
         self._stall_timeout_s = stall_timeout_s  # as StreamedBody's
+        self._limiter = limiter
 
     async def write(self, writer: aiohttp.abc.AbstractStreamWriter) -> None:
         await self.write_with_length(writer, None)
@@ -48,7 +57,11 @@ class SlicedBody(aiohttp.BytesPayload):
             # Usually one chunk; a file that grew since the walk may be read whole up to the threshold.
             for start in range(0, len(view), BODY_SLICE_BYTES):
                 clock.restart()
-                await _write_in_slices(writer, view[start : start + BODY_SLICE_BYTES], slice_bytes)
+                chunk = view[start : start + BODY_SLICE_BYTES]
+                if self._limiter is None:
+                    await _write_in_slices(writer, chunk, slice_bytes)
+                else:
+                    await _write_paced(writer, chunk, slice_bytes, self._limiter, clock)
 
 
 class ChunkReader(Protocol):
@@ -111,11 +124,14 @@ class StreamedBody(aiohttp.payload.Payload):
     mid-body would hold the request forever: a chunk that cannot be handed to the kernel within the
     stall timeout of its read fails the attempt (TimeoutError, retried like a read timeout)."""
 
-    def __init__(self, stream: BodyStream, stall_timeout_s: float | None = None) -> None:
+    def __init__(
+        self, stream: BodyStream, stall_timeout_s: float | None = None, limiter: Limiter | None = None
+    ) -> None:
         super().__init__(stream, content_type="application/octet-stream")
         self._size = stream.length
         self._stream = stream
         self._stall_timeout_s = stall_timeout_s
+        self._limiter = limiter
 
     def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
         raise TypeError("a streamed file body has no text form")
@@ -144,7 +160,10 @@ class StreamedBody(aiohttp.payload.Payload):
                         n = await stream.reader.read_into(view[: min(len(view), remaining)], position)
                     if n <= 0:
                         raise ValueError("the body's reader returned no bytes before the end of its range")
-                    await _write_in_slices(writer, view[:n], slice_bytes)
+                    if self._limiter is None:
+                        await _write_in_slices(writer, view[:n], slice_bytes)
+                    else:
+                        await _write_paced(writer, view[:n], slice_bytes, self._limiter, clock)
                     position += n
                     remaining -= n
                     sent_last = n
@@ -168,6 +187,53 @@ async def _write_in_slices(writer: aiohttp.abc.AbstractStreamWriter, view: memor
     """Hand `view` to the writer in views of `slice_bytes`."""
     for start in range(0, len(view), slice_bytes):
         await writer.write(view[start : start + slice_bytes])
+
+
+async def _write_paced(
+    writer: aiohttp.abc.AbstractStreamWriter,
+    view: memoryview,
+    slice_bytes: int,
+    limiter: Limiter,
+    clock: StallClock | None = None,
+) -> None:
+    """Hand `view` to the writer in the limiter's steps, each once the limiter lets it go. The
+    wait for the limiter holds the stall clock off, as a read of the file does: a body paced by
+    the limit is not a server that stopped reading."""
+    start = 0
+    while start < len(view):
+        piece = view[start : start + limiter.step_bytes()]
+        if not limiter.take_now(len(piece)):
+            if clock is None:
+                await limiter.acquire(len(piece))
+            else:
+                with clock.reading():
+                    await limiter.acquire(len(piece))
+        await _write_in_slices(writer, piece, slice_bytes)
+        start += len(piece)
+
+
+class PacedFileBody(aiohttp.payload.Payload):
+    """A body botocore built (a file object in memory: the Body it turned into a BytesIO, or its
+    aws-chunked wrapper), read and written in the limiter's steps. It seeks as its file does, so
+    botocore can rewind it for a retry."""
+
+    def __init__(self, fileobj: IO[bytes], limiter: Limiter, size: int | None) -> None:
+        super().__init__(fileobj, content_type="application/octet-stream")
+        self._file = fileobj
+        self._limiter = limiter
+        self._size = size
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._file.seek(offset, whence)
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        raise TypeError("a paced body has no text form")
+
+    async def write(self, writer: aiohttp.abc.AbstractStreamWriter) -> None:
+        slice_bytes = write_slice_bytes(writer)
+        while data := self._file.read(self._limiter.step_bytes()):
+            await self._limiter.acquire(len(data))
+            await _write_in_slices(writer, memoryview(data), slice_bytes)
 
 
 class StallClock:

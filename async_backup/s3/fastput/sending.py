@@ -34,6 +34,7 @@ from yarl import URL
 
 from ...backoff import Backoff
 from ...errors import S3Error
+from ..bandwidth import Limiter
 from ..errormap import ErrorReply, cannot_connect, connection_dropped, reply_failure, retryable, timed_out, tls_failure
 from .bodies import Body, BodyStream, SlicedBody, StreamedBody
 from .signing import BucketEndpoint, CredentialSource, Signer
@@ -64,6 +65,7 @@ class DirectPut:
         endpoint_label: str = "S3",
         configured_region: str = "",
         send_stall_s: float | None = None,
+        limiter: Limiter | None = None,
     ) -> None:
         self.session = session
         self._credentials = credentials
@@ -76,6 +78,7 @@ class DirectPut:
         self._configured_region = configured_region
         self._send_stall_s = send_stall_s  # longest a body's chunk may take to reach the socket once read
         self.signer = Signer()
+        self.limiter = limiter  # the run's bandwidth limit, shared with botocore's bodies; None: none
 
     def _proxy_for(self, origin: str) -> tuple[URL | None, aiohttp.BasicAuth | None]:
         """The proxy for an origin from HTTP(S)_PROXY and NO_PROXY (as botocore honours them), read
@@ -127,9 +130,9 @@ class DirectPut:
             url, signed = self.signer.signed_headers(endpoint, key, headers, now, credentials, query)
             try:
                 data: aiohttp.payload.Payload = (
-                    StreamedBody(body, self._send_stall_s)
+                    StreamedBody(body, self._send_stall_s, self.limiter)
                     if isinstance(body, BodyStream)
-                    else SlicedBody(body, self._send_stall_s)
+                    else SlicedBody(body, self._send_stall_s, self.limiter)
                 )
                 proxy, proxy_auth = self._proxy_for(endpoint.origin)
                 async with self.session.put(
