@@ -40,6 +40,7 @@ from botocore.exceptions import (
     ClientError,
     ConnectionClosedError,
     EndpointConnectionError,
+    FlexibleChecksumError,
     ReadTimeoutError,
     SSLError,
 )
@@ -994,6 +995,12 @@ class ObjectReader:
         """Up to `size_bytes` of the body; b"" at the end."""
         try:
             return bytes(await self._body.read(size_bytes))
+        except FlexibleChecksumError as exc:
+            # botocore checks the body against the CRC32 S3 stores (ChecksumMode=ENABLED) as its
+            # last bytes arrive: the same finding as restore's own check, not a broken connection.
+            raise S3Error(
+                "ChecksumMismatch", f"GetObject {self._key}: the download does not match the checksum S3 stores ({exc})"
+            ) from None
         except (BotoCoreError, aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise S3Error(type(exc).__name__, f"GetObject {self._key}: the download broke off ({exc})") from None
 
