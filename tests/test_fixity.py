@@ -5,6 +5,7 @@ deleted behind the tool's back found by HeadObject; the slice within its byte bu
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import time
@@ -144,6 +145,10 @@ def test_the_slice_stays_within_its_budget_and_covers_every_file_in_fixity_days_
             "SELECT COUNT(*) FROM files f LEFT JOIN fixity x USING (bucket, path) WHERE x.local_at IS NULL"
         ).fetchone()[0]
     assert never == 0
+    status = json.loads(in_process("status", "--json", "--cache", str(cache)).stdout)
+    fixity = status["targets"][0]["fixity"]
+    assert fixity["never_checked_on_disk"] == 0
+    assert fixity["oldest_check_on_disk"] is not None and fixity["oldest_check_in_s3"] is not None
 
 
 def test_s3_copies_replaced_or_deleted_behind_the_tools_back_are_found_by_headobject(
