@@ -80,6 +80,7 @@ class FailureKind(enum.StrEnum):
     INTERNAL = "internal error"  # an exception that is not one of ours (a bug, MemoryError): the run stopped
     NOTIFICATION = "notification"  # the Teams card could not be delivered (a warning only)
     VANISHED = "vanished"  # a folder removed while the walk read it (a warning only)
+    FIXITY = "fixity"  # bit rot on disk (uploads held back), or an S3 copy that is not what was sent
 
 
 class Fix(enum.StrEnum):

@@ -36,6 +36,7 @@ from ..disk.entries import WalkEntry
 from ..disk.keys import display_path
 from ..disk.walk import Excluder, device_of, walk_target
 from ..errors import Failure, FailureCollector, FailureKind, unwrapped_group
+from ..fixity.rotation import Budget, Rotation, held_failure
 from ..recovery.oldscript import OldCaches
 from ..recovery.rebuild import needs_rebuild
 from ..recovery.run import Rebuild
@@ -183,6 +184,7 @@ class Backup:
                     progress_scope.cancel()  # every stage is done: the last progress line is the summary
             finally:
                 self._stopping.set()
+            await self._fixity_slices(s3)
             if self.options.backup_cache and await snapshot_due(self.store, self._cache_changed()):
                 log_path = self.store.cache_dir / LOG_NAME
                 await upload_snapshot(s3, self.config, self.store, self.collector, log_path, LOG_MAX_BYTES)
@@ -193,6 +195,22 @@ class Backup:
     async def _watch_window(self, scope: anyio.CancelScope) -> None:
         with scope:
             await self.cutoff.watch()
+
+    async def _fixity_slices(self, s3: S3) -> None:
+        """After the uploads: each target's nightly fixity slice, about 1/fixity_days of its bytes
+        read on disk (idle I/O priority) and of its objects HEADed in S3, the most due first."""
+        days = self.config.fixity_days
+        if not days:
+            return
+        for run in self.runs:
+            target = run.target
+            if target.missing or target.problem or run.held_back or not run.stats.walk_finished:
+                continue
+            budget = await anyio.to_thread.run_sync(Budget.slice_of, self.store, target.bucket, days)
+            rotation = Rotation(self.store, target, run.stats.fixity, self.writes.fixity_checked, self.collector.add)
+            await rotation.on_disk(budget.bytes)
+            await rotation.in_s3(s3, budget.objects, self.config.tuning.workers)
+            log.info("%s: %s", target.path, run.stats.fixity.line())
 
     async def _remember_targets(self) -> None:
         usable = [r.target for r in self.runs if not r.target.missing and not r.target.problem]
@@ -279,8 +297,15 @@ class Backup:
         chunk: list[UploadJob] = []
         observed: list[Change] = []
         bucket = target.bucket
+        # Files a fixity read found rotten: never uploaded over the good version, whatever their
+        # mtime says now, until restored or accepted (--accept-change). Reported every run.
+        holds = self.store.fixity_holds(bucket) if change_send is not None else {}
+        for path, hold in holds.items():
+            self.collector.add(held_failure(target, path, hold))
         try:
             for action in merge(walk, self.old_caches.recorded(run), run.counts, excluded):
+                if holds and isinstance(action, Upload) and action.file.path in holds:
+                    continue
                 if isinstance(action, Observed):
                     if change_send is not None:
                         file = action.file

@@ -246,6 +246,8 @@ ADVICE: dict[FailureKind, str] = {
     FailureKind.CACHE_BACKUP: "Only the cache snapshot is missing (the files are backed up); the next run retries.",
     FailureKind.REBUILD: "The target was held back, nothing uploaded or deleted; the next run retries the rebuild.",
     FailureKind.FATAL: "The run stopped early: fix what the message says and run again.",
+    FailureKind.FIXITY: "Bytes that are not what was backed up. A file on disk: its uploads are held back until "
+    "the good version is restored (the command shown) or the change accepted (--accept-change).",
 }
 FOLDER_ADVICE = (
     "Nothing under them was backed up; S3 keeps what it had. Fix their permissions: the next run backs them up."

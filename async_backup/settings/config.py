@@ -25,6 +25,8 @@ DEFAULT_REGION = "eu-central-1"
 DEFAULT_STORAGE_CLASS = "DEEP_ARCHIVE"
 DEFAULT_NONCURRENT_DAYS = 180  # DEEP_ARCHIVE bills at least 180 days anyway [S3 pricing]
 DEFAULT_BUCKET_PREFIX = "backup-"
+# Every file is re-read (and every object HEADed) once in this many runs: APTrust's 90 days.
+DEFAULT_FIXITY_DAYS = 90
 
 # S3's upload limits [S3 user guide, "Multipart upload limits"]: the tuning is validated against
 # them here, and the planner sizes parts within them.
@@ -152,6 +154,9 @@ class Config:
     cache_bucket: str | None = None
     keep_reports: int = 30
     window: Window = field(default_factory=Window)  # backup.window, or --stop-at / --max-duration
+    # Each run re-reads about 1/fixity_days of every target's bytes and HEADs as many of its objects
+    # (fixity/); 0 turns the nightly slice off (the `fixity` command still runs a whole pass).
+    fixity_days: int = DEFAULT_FIXITY_DAYS
     tuning: Tuning = field(default_factory=Tuning)
     warnings: tuple[str, ...] = ()
     # Overrides of pricing.py's table, validated: {"write_per_1000": {"DEEP_ARCHIVE": 0.06}, ...}
@@ -181,6 +186,7 @@ _KNOWN_KEYS: dict[str, set[str]] = {
         "cache_bucket",
         "keep_reports",
         "window",
+        "fixity_days",
     },
     "notification": {"webhook", "on_success"},
     "aws": {
@@ -328,6 +334,7 @@ def parse_config(raw: Any, source: Path, warnings: list[str] | None = None) -> C
         cache_bucket=_opt_str(backup, "cache_bucket", "backup", where),
         keep_reports=_opt_int(backup, "keep_reports", "backup", where, 30, minimum=1),
         window=window_from_config(backup.get("window"), where),
+        fixity_days=_opt_int(backup, "fixity_days", "backup", where, DEFAULT_FIXITY_DAYS, minimum=0),
         tuning=_tuning(_section(raw, "tuning", where, required=False), where),
         warnings=tuple(warnings),
         pricing=_pricing(_section(raw, "pricing", where, required=False), where),
