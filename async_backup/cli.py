@@ -143,6 +143,12 @@ def _backup_arguments(parser: Arguments) -> None:
         "and mtime (bit rot is held back until then); repeatable",
     )
     parser.add_argument(
+        "--allow-mass-change",
+        action="store_true",
+        help="let updates through the change guard (more than tuning.max_change_percent of a target's files "
+        "overwritten, or images that no longer begin like images); only with --only TARGET",
+    )
+    parser.add_argument(
         "--forget-target",
         metavar="PATH",
         help="drop a removed target from the cache (its bucket is left as it is) and exit; "
@@ -187,6 +193,7 @@ def _backup_options(args: argparse.Namespace) -> BackupOptions:
     return BackupOptions(
         dry_run=args.dry_run,
         allow_mass_delete=args.allow_mass_delete,
+        allow_mass_change=args.allow_mass_change,
         backup_cache=not args.no_cache_backup,
         rebuild=not args.upload_everything_again,
         reset=args.reset,
@@ -295,7 +302,14 @@ def _status_options(args: argparse.Namespace) -> StatusOptions:
 
 # Options that contradict each other: (option, option, why), refused in one line before anything
 # runs, so neither silently wins. Options a command does not take are never set on its namespace.
-_RUN_OPTIONS = ("--dry-run", "--reset", "--upload-everything-again", "--only", "--allow-mass-delete")
+_RUN_OPTIONS = (
+    "--dry-run",
+    "--reset",
+    "--upload-everything-again",
+    "--only",
+    "--allow-mass-delete",
+    "--allow-mass-change",
+)
 CONFLICTS: tuple[tuple[str, str, str], ...] = (
     (
         "--reset",
@@ -435,6 +449,13 @@ def _main(argv: Sequence[str] | None) -> int:
     contradiction = conflict(args)
     if contradiction:
         print(f"async-backup: error: {contradiction}", file=sys.stderr)
+        return EXIT_USAGE
+    if getattr(args, "allow_mass_change", False) and not args.only:
+        print(
+            "async-backup: error: --allow-mass-change needs --only TARGET: it lets one folder's intended "
+            "re-scan through the change guard, never every target's at once",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     if getattr(args, "concurrency", None) is not None and args.concurrency < 1:
         print("async-backup: error: --concurrency must be at least 1", file=sys.stderr)

@@ -246,10 +246,12 @@ class Backup:
                         return
                     if run.held_back:
                         return
+                    await anyio.to_thread.run_sync(self.guards.open_change_guard, run)
                     async with walk_slots:
                         await self._walk_in_thread(run, lane, change_send)
                 run.walk_done()
                 await run.uploads_done.wait()
+                await self._after_change_guard(run, change_send)
                 await self._delete_vanished(run, change_send)
                 await self.guards.record_device(run, change_send)
                 await self._record_mounts(run, change_send)
@@ -302,6 +304,16 @@ class Backup:
         holds = self.store.fixity_holds(bucket) if change_send is not None else {}
         for path, hold in holds.items():
             self.collector.add(held_failure(target, path, hold))
+        guard = run.change_guard
+
+        def queue(upload: Upload) -> None:
+            nonlocal chunk
+            if lane is not None:
+                chunk.append(UploadJob(run, upload))
+                if len(chunk) >= CHUNK_FILES:
+                    anyio.from_thread.run(self._enqueue, chunk, lane)
+                    chunk = []
+
         try:
             for action in merge(walk, self.old_caches.recorded(run), run.counts, excluded):
                 if holds and isinstance(action, Upload) and action.file.path in holds:
@@ -323,14 +335,17 @@ class Backup:
                         run.stats.planned_uploads += 1
                         run.stats.planned_upload_bytes += action.file.size
                         self._plan_requests(run, action.file.size)
-                    if lane is not None:
-                        chunk.append(UploadJob(run, action))
-                        if len(chunk) >= CHUNK_FILES:
-                            anyio.from_thread.run(self._enqueue, chunk, lane)
-                            chunk = []
+                    # The change guard holds updates until their share is known (changeguard.py).
+                    for upload in [action] if guard is None else guard.planned(action, run.counts.recorded):
+                        queue(upload)
                 else:
                     run.deletes.append(action.path)
+            if guard is not None:
+                for upload in guard.walk_ended():
+                    queue(upload)
         except _Stopped:
+            if guard is not None:
+                guard.walk_cut()
             return  # the run is being cancelled: its plan is dropped unused
         if chunk and lane is not None:
             anyio.from_thread.run(self._enqueue, chunk, lane)
@@ -364,6 +379,16 @@ class Backup:
     async def _record(self, changes: list[Change], change_send: ObjectSendStream[Change]) -> None:
         for change in changes:
             await change_send.send(change)
+
+    async def _after_change_guard(self, run: TargetRun, change_send: ObjectSendStream[Change]) -> None:
+        """After a target's uploads: the few images that lost their signature below the alarm go
+        after all; otherwise the guard's one failure says what it held back."""
+        guard = run.change_guard
+        if guard is None or not run.stats.walk_finished:
+            return
+        for upload in guard.kept_aside():
+            await self.uploads.upload(UploadJob(run, upload), change_send, guarded=False)
+        self.guards.changes_held_back(run)
 
     async def _delete_vanished(self, run: TargetRun, change_send: ObjectSendStream[Change]) -> None:
         if not run.deletes:
@@ -429,8 +454,10 @@ class Backup:
                 run.old_cache = await anyio.to_thread.run_sync(self.old_caches.to_adopt, run)
                 if run.old_cache is None:
                     run.stats.rebuild_due = await anyio.to_thread.run_sync(needs_rebuild, self.store, run.target.bucket)
+            await anyio.to_thread.run_sync(self.guards.open_change_guard, run)
             async with walk_slots:
                 await self._walk_in_thread(run, None)
+            self.guards.changes_held_back(run)
             self.guards.deletes_held_back(run)
             run.stats.finished_at = time.time()
 

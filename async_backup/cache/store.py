@@ -45,6 +45,7 @@ _ADDED_COLUMNS = {
     "ctime_ns": "INTEGER",
     "unsure": "INTEGER NOT NULL DEFAULT 0",
     "part_bytes": "INTEGER",
+    "kind": "TEXT",  # what the file's first bytes showed (disk.kinds); NULL: not known yet
 }
 
 _SCHEMA = """
@@ -59,6 +60,7 @@ CREATE TABLE IF NOT EXISTS files (
     ctime_ns INTEGER,            --   in rows written before they were kept)
     unsure   INTEGER NOT NULL DEFAULT 0,  -- 1: read racily, the next run compares its contents
     part_bytes INTEGER,          -- the part size of a multipart upload (its composite checksum's)
+    kind     TEXT,               -- what its first bytes showed: "tiff", "jpeg", ..., "other" (NULL: not known)
     PRIMARY KEY (bucket, path)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS targets (
@@ -138,6 +140,7 @@ class Stored:
     ctime_ns: int | None = None
     unsure: bool = False  # read racily: the next run compares its contents (records.is_racy)
     part_bytes: int | None = None  # a multipart upload's part size, to recompute its checksum locally
+    kind: str | None = None  # what its first bytes showed (disk.kinds); None: not known
 
     @classmethod
     def of(cls, bucket: str, row: Recorded) -> Stored:
@@ -153,6 +156,7 @@ class Stored:
             row.ctime_ns,
             row.unsure,
             row.part_bytes,
+            row.kind,
         )
 
 
@@ -399,11 +403,22 @@ def row_columns(conn: sqlite3.Connection) -> str:
 
 
 # The columns of `files` a `Recorded` is made of, in its fields' order.
-_ROW_COLUMNS = ("path", "size", "mtime_ns", "legacy_mtime", "ino", "ctime_ns", "unsure", "checksum", "part_bytes")
+_ROW_COLUMNS = (
+    "path",
+    "size",
+    "mtime_ns",
+    "legacy_mtime",
+    "ino",
+    "ctime_ns",
+    "unsure",
+    "checksum",
+    "part_bytes",
+    "kind",
+)
 
 
 def _recorded(row: tuple[object, ...]) -> Recorded:
-    path, size, mtime_ns, legacy_mtime, ino, ctime_ns, unsure, checksum, part_bytes = row
+    path, size, mtime_ns, legacy_mtime, ino, ctime_ns, unsure, checksum, part_bytes, kind = row
     return Recorded(
         bytes(path),  # type: ignore[call-overload]
         None if size is None else int(size),  # type: ignore[call-overload]
@@ -414,6 +429,7 @@ def _recorded(row: tuple[object, ...]) -> Recorded:
         bool(unsure),
         None if checksum is None else str(checksum),
         None if part_bytes is None else int(part_bytes),  # type: ignore[call-overload]
+        None if kind is None else str(kind),
     )
 
 
@@ -662,6 +678,7 @@ class StateStore:
                         c.ctime_ns,
                         int(c.unsure),
                         c.part_bytes,
+                        c.kind,
                     )
                 )
             elif isinstance(c, Evidence):
@@ -690,7 +707,7 @@ class StateStore:
             if stored:
                 self._conn.executemany(
                     "INSERT OR REPLACE INTO files(bucket, path, size, mtime_ns, checksum, legacy_mtime, "
-                    "ino, ctime_ns, unsure, part_bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "ino, ctime_ns, unsure, part_bytes, kind) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     stored,
                 )
             if evidence:

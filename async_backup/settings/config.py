@@ -117,6 +117,11 @@ class Tuning:
     parts_in_flight: int = 8
     memory_budget_bytes: int = 16 * MiB
     max_delete_percent: float = 50.0
+    # The change guard (backup/changeguard.py): a share of a target's cached files overwritten in
+    # one run, and images of one target whose new bytes begin like no known kind, that hold back
+    # the target's updates.
+    max_change_percent: float = 20.0
+    unrecognised_images_alarm: int = 2
     max_attempts: int = 5  # total attempts per request, the first included
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 60.0
@@ -207,6 +212,8 @@ _KNOWN_KEYS: dict[str, set[str]] = {
         "parts_in_flight",
         "memory_budget_mib",
         "max_delete_percent",
+        "max_change_percent",
+        "unrecognised_images_alarm",
         "max_attempts",
         "connect_timeout_s",
         "read_timeout_s",
@@ -432,6 +439,10 @@ def _tuning(raw: dict[str, Any], where: str) -> Tuning:
         )
         * MiB,
         max_delete_percent=_opt_float(raw, "max_delete_percent", where, d.max_delete_percent, 0.0, 100.0),
+        max_change_percent=_opt_float(raw, "max_change_percent", where, d.max_change_percent, 0.0, 100.0),
+        unrecognised_images_alarm=_opt_int(
+            raw, "unrecognised_images_alarm", "tuning", where, d.unrecognised_images_alarm, minimum=1, maximum=1_000_000
+        ),
         max_attempts=_opt_int(raw, "max_attempts", "tuning", where, d.max_attempts, minimum=1, maximum=20),
         connect_timeout_s=_opt_float(raw, "connect_timeout_s", where, d.connect_timeout_s, 0.1, 600.0),
         read_timeout_s=_opt_float(raw, "read_timeout_s", where, d.read_timeout_s, 0.1, 3600.0),
