@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from conftest import in_process, key_of, last_report, write_config
-from s3proxy import ProxyServer
+from s3proxy import PacedBody, ProxyServer
 
 from async_backup.settings.naming import stable_bucket_name
 
@@ -193,3 +193,22 @@ def test_the_fixity_command_reads_every_file_and_names_rot(
     rotten = in_process("fixity", "--cache", str(cache), "--only", str(root))
     assert rotten.returncode == 1
     assert f"async-backup restore '{paths[1]}' --as-of " in rotten.stdout
+
+
+@pytest.mark.slow
+def test_the_windows_end_ends_the_slice_too(tmp_path: Path, proxy: ProxyServer, bucket_prefix: str) -> None:
+    """A run cut by its window checks nothing more: the slice is due first next run."""
+    root = tmp_path / "archive"
+    tree(root)
+    cache = tmp_path / "cache"
+    write_config(cache, proxy.url, folders=[str(root)], bucket_prefix=bucket_prefix,
+                 backup_extra={"fixity_days": 1, "window": {"grace_s": 0}})  # fmt: skip
+    assert backup(cache)["targets"][0]["fixity"]["bytes_read"] == sum(SIZES)  # a whole pass, no window
+    (root / "new.tif").write_bytes(os.urandom(3 * 1024 * 1024))
+    proxy.set_faults(PacedBody(bytes_per_s=200_000, ops={"PutObject"}))  # 15 s: past the window's end
+    done = in_process("--cache", str(cache), "--max-duration", "2s")
+    proxy.set_faults()
+    assert done.returncode == 4, done.stderr  # the window ended with the new file left
+    report = last_report(cache)
+    assert report["targets"][0]["fixity"]["bytes_read"] == 0
+    assert "no fixity slice this run" in done.stderr

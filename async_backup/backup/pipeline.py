@@ -202,12 +202,22 @@ class Backup:
         days = self.config.fixity_days
         if not days:
             return
+        ends_at = self.cutoff.ends_at
+
+        def past_end() -> bool:  # the window bounds the slices too: what they leave is due next run
+            return ends_at is not None and time.time() >= ends_at
+
         for run in self.runs:
+            if past_end():
+                log.info("the window ended: no fixity slice this run; the files due are checked first next run")
+                return
             target = run.target
             if target.missing or target.problem or run.held_back or not run.stats.walk_finished:
                 continue
             budget = await anyio.to_thread.run_sync(Budget.slice_of, self.store, target.bucket, days)
-            rotation = Rotation(self.store, target, run.stats.fixity, self.writes.fixity_checked, self.collector.add)
+            rotation = Rotation(
+                self.store, target, run.stats.fixity, self.writes.fixity_checked, self.collector.add, past_end=past_end
+            )
             await rotation.on_disk(budget.bytes)
             await rotation.in_s3(s3, budget.objects, self.config.tuning.workers)
             log.info("%s: %s", target.path, run.stats.fixity.line())

@@ -93,6 +93,7 @@ class Rotation:
         record: Callable[[Sequence[Change]], Coroutine[Any, Any, None]],
         fail: Callable[[Failure], None],
         on_file: Callable[[int], None] | None = None,
+        past_end: Callable[[], bool] = lambda: False,
     ) -> None:
         self.store = store
         self.target = target
@@ -100,6 +101,7 @@ class Rotation:
         self.record = record
         self.fail = fail
         self.on_file = on_file  # bytes read, after each file (the command's progress)
+        self.past_end = past_end  # the run's window ended: no further file or object is checked
 
     async def on_disk(self, budget_bytes: int | None) -> None:
         """Read the most due files until `budget_bytes` are read (None: every row), in a worker
@@ -114,7 +116,7 @@ class Rotation:
         bucket = self.target.bucket
         with idle_io():
             for row, mark in due:
-                if budget_bytes is not None and self.counts.bytes_read >= budget_bytes:
+                if (budget_bytes is not None and self.counts.bytes_read >= budget_bytes) or self.past_end():
                     break
                 if is_gone(row):
                     continue  # a rebuilt row of an object whose file was not on disk
@@ -159,6 +161,8 @@ class Rotation:
 
         async def head(item: tuple[Recorded, FixityRow]) -> None:
             row, mark = item
+            if self.past_end():
+                return
             key = key_for_path(row.path)
             try:
                 found = await s3.head_object(bucket, key)
