@@ -34,6 +34,7 @@ from .errors import (
     ConfigError,
     LockHeldError,
 )
+from .fixity.options import FixityOptions
 from .interrupts import stop_like_ctrl_c
 from .report import status
 from .report.logsetup import LOG_FORMATS, setup_logging
@@ -134,6 +135,20 @@ def _backup_arguments(parser: Arguments) -> None:
         help="let deletes through the deletion guard (an emptied folder, or more than the allowed share)",
     )
     parser.add_argument(
+        "--accept-change",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="upload this file's new bytes although a fixity check found them changed under the same size "
+        "and mtime (bit rot is held back until then); repeatable",
+    )
+    parser.add_argument(
+        "--allow-mass-change",
+        action="store_true",
+        help="let updates through the change guard (more than tuning.max_change_percent of a target's files "
+        "overwritten, or images that no longer begin like images); only with --only TARGET",
+    )
+    parser.add_argument(
         "--forget-target",
         metavar="PATH",
         help="drop a removed target from the cache (its bucket is left as it is) and exit; "
@@ -178,6 +193,7 @@ def _backup_options(args: argparse.Namespace) -> BackupOptions:
     return BackupOptions(
         dry_run=args.dry_run,
         allow_mass_delete=args.allow_mass_delete,
+        allow_mass_change=args.allow_mass_change,
         backup_cache=not args.no_cache_backup,
         rebuild=not args.upload_everything_again,
         reset=args.reset,
@@ -188,6 +204,7 @@ def _backup_options(args: argparse.Namespace) -> BackupOptions:
         progress_interval_s=args.progress_interval,
         quiet=args.quiet,
         json_lines=args.json,
+        accept_change=tuple(args.accept_change),
     )
 
 
@@ -212,6 +229,24 @@ def _verify_options(args: argparse.Namespace) -> VerifyOptions:
 
 def _verify_run() -> Run[VerifyOptions]:
     from .verify.command import run
+
+    return run
+
+
+def _fixity_arguments(parser: Arguments) -> None:
+    parser.add_argument(
+        "--only", action="append", default=[], metavar="TARGET", help="check only this target (folder path or bucket)"
+    )
+    parser.add_argument("--no-s3", action="store_true", help="read the files on disk only: no HeadObject per object")
+    _concurrency(parser, "HeadObject requests in flight")
+
+
+def _fixity_options(args: argparse.Namespace) -> FixityOptions:
+    return FixityOptions(only=tuple(args.only), s3=not args.no_s3)
+
+
+def _fixity_run() -> Run[FixityOptions]:
+    from .fixity.command import run
 
     return run
 
@@ -267,7 +302,14 @@ def _status_options(args: argparse.Namespace) -> StatusOptions:
 
 # Options that contradict each other: (option, option, why), refused in one line before anything
 # runs, so neither silently wins. Options a command does not take are never set on its namespace.
-_RUN_OPTIONS = ("--dry-run", "--reset", "--upload-everything-again", "--only", "--allow-mass-delete")
+_RUN_OPTIONS = (
+    "--dry-run",
+    "--reset",
+    "--upload-everything-again",
+    "--only",
+    "--allow-mass-delete",
+    "--allow-mass-change",
+)
 CONFLICTS: tuple[tuple[str, str, str], ...] = (
     (
         "--reset",
@@ -309,6 +351,12 @@ COMMANDS: dict[str, Command[Any]] = {
         _restore_arguments,
         _restore_options,
         _restore_run,
+    ),
+    "fixity": Command(
+        "read every file and HEAD every object now, comparing both with the cache (progress and ETA)",
+        _fixity_arguments,
+        _fixity_options,
+        _fixity_run,
     ),
     "status": Command(
         "what S3 holds per target and its monthly price, from the cache (no requests)",
@@ -401,6 +449,13 @@ def _main(argv: Sequence[str] | None) -> int:
     contradiction = conflict(args)
     if contradiction:
         print(f"async-backup: error: {contradiction}", file=sys.stderr)
+        return EXIT_USAGE
+    if getattr(args, "allow_mass_change", False) and not args.only:
+        print(
+            "async-backup: error: --allow-mass-change needs --only TARGET: it lets one folder's intended "
+            "re-scan through the change guard, never every target's at once",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     if getattr(args, "concurrency", None) is not None and args.concurrency < 1:
         print("async-backup: error: --concurrency must be at least 1", file=sys.stderr)

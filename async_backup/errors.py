@@ -69,6 +69,7 @@ class FailureKind(enum.StrEnum):
     NEVER_STILL = "never holds still"  # changed while reading in several runs in a row: no backup
     S3 = "S3 error"  # an S3 request failed after retries; the code says which
     DELETION_GUARD = "deletion guard"  # deletes held back for a target
+    CHANGE_GUARD = "change guard"  # updates held back for a target (mass overwrite, images lost their signature)
     TARGET_MISSING = "target missing"  # a known target's folder is gone (unmounted share?)
     KEY_TOO_LONG = "key too long"  # S3 keys are limited to 1,024 bytes
     BUCKET = "bucket setup"  # a bucket could not be created or configured
@@ -80,6 +81,7 @@ class FailureKind(enum.StrEnum):
     INTERNAL = "internal error"  # an exception that is not one of ours (a bug, MemoryError): the run stopped
     NOTIFICATION = "notification"  # the Teams card could not be delivered (a warning only)
     VANISHED = "vanished"  # a folder removed while the walk read it (a warning only)
+    FIXITY = "fixity"  # bit rot on disk (uploads held back), or an S3 copy that is not what was sent
 
 
 class Fix(enum.StrEnum):
@@ -89,6 +91,7 @@ class Fix(enum.StrEnum):
     FORGET_SUBFOLDER = "forget subfolder"  # a root's subfolder is gone: async-backup --forget-target '<target>'
     FORGET_TARGET = "forget target"  # a listed folder is gone: out of config.json, then --forget-target
     ALLOW_MASS_DELETE = "allow mass delete"  # deletes held back: async-backup --allow-mass-delete --only '<target>'
+    ALLOW_MASS_CHANGE = "allow mass change"  # updates held back: async-backup --allow-mass-change --only '<target>'
 
 
 def shell_quote(text: str) -> str:
@@ -119,6 +122,8 @@ def fix_command(fix: Fix, target: str) -> str:
     """The exact command line that settles a failure of `target` for good."""
     if fix is Fix.ALLOW_MASS_DELETE:
         return f"async-backup --allow-mass-delete --only {shell_quote(target)}"
+    if fix is Fix.ALLOW_MASS_CHANGE:
+        return f"async-backup --allow-mass-change --only {shell_quote(target)}"
     return f"async-backup --forget-target {shell_quote(target)}"
 
 

@@ -122,6 +122,9 @@ def write_config(
     backup: dict[str, Any] = {"folders": folders or [], "roots": roots or []}
     if bucket_prefix:
         backup["bucket_prefix"] = bucket_prefix
+    # No nightly fixity slice unless a test asks for one: the slice reads files and sends HeadObject,
+    # which tests counting a run's reads and requests do not expect (tests/test_fixity.py sets it).
+    backup["fixity_days"] = 0
     backup.update(backup_extra or {})
     doc: dict[str, Any] = {
         "backup": backup,

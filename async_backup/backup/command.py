@@ -75,6 +75,7 @@ class BackupOptions(RunOptions):
     progress_interval_s: float = DEFAULT_PROGRESS_INTERVAL_S
     quiet: bool = False  # no progress display
     json_lines: bool = False  # --json: status and summary lines on stdout, no live display
+    accept_change: tuple[str, ...] = ()  # --accept-change: files whose bit-rot hold ends (their new bytes go)
 
 
 @dataclasses.dataclass
@@ -245,12 +246,27 @@ def _run(config: Config, cache_dir: Path, options: BackupOptions, collector: Fai
         targets = select_targets(discover_targets(config, known), options.only, "--only")
         for warning in nested_target_warnings(targets):
             log.warning("%s", warning)
+        if options.accept_change and not options.dry_run:
+            _accept_changes(store, options.accept_change)
         if options.dry_run and (options.reset or not options.rebuild):
             store.close()
             store = StateStore(cache_dir / "nonexistent-for-dry-reset", readonly=True)
         return _execute(config, targets, store, collector, held, options)
     finally:
         store.close()
+
+
+def _accept_changes(store: StateStore, paths: tuple[str, ...]) -> None:
+    """--accept-change: the operator keeps a rotten file's new bytes; its hold ends and this run
+    compares its contents and uploads them."""
+    writes = CacheWrites(store)
+    for name in paths:
+        path = os.path.normpath(os.path.abspath(name))
+        buckets = anyio.run(writes.accept_change, os.fsencode(path))
+        if buckets:
+            log.info("%s: change accepted; its new bytes are uploaded by this run", path)
+        else:
+            log.warning("--accept-change %s: no upload of this file is held back (nothing to accept)", path)
 
 
 def _known_targets(

@@ -36,6 +36,7 @@ from ..disk.entries import WalkEntry
 from ..disk.keys import display_path
 from ..disk.walk import Excluder, device_of, walk_target
 from ..errors import Failure, FailureCollector, FailureKind, unwrapped_group
+from ..fixity.rotation import Budget, Rotation, held_failure
 from ..recovery.oldscript import OldCaches
 from ..recovery.rebuild import needs_rebuild
 from ..recovery.run import Rebuild
@@ -183,6 +184,7 @@ class Backup:
                     progress_scope.cancel()  # every stage is done: the last progress line is the summary
             finally:
                 self._stopping.set()
+            await self._fixity_slices(s3)
             if self.options.backup_cache and await snapshot_due(self.store, self._cache_changed()):
                 log_path = self.store.cache_dir / LOG_NAME
                 await upload_snapshot(s3, self.config, self.store, self.collector, log_path, LOG_MAX_BYTES)
@@ -193,6 +195,32 @@ class Backup:
     async def _watch_window(self, scope: anyio.CancelScope) -> None:
         with scope:
             await self.cutoff.watch()
+
+    async def _fixity_slices(self, s3: S3) -> None:
+        """After the uploads: each target's nightly fixity slice, about 1/fixity_days of its bytes
+        read on disk (idle I/O priority) and of its objects HEADed in S3, the most due first."""
+        days = self.config.fixity_days
+        if not days:
+            return
+        ends_at = self.cutoff.ends_at
+
+        def past_end() -> bool:  # the window bounds the slices too: what they leave is due next run
+            return ends_at is not None and time.time() >= ends_at
+
+        for run in self.runs:
+            if past_end():
+                log.info("the window ended: no fixity slice this run; the files due are checked first next run")
+                return
+            target = run.target
+            if target.missing or target.problem or run.held_back or not run.stats.walk_finished:
+                continue
+            budget = await anyio.to_thread.run_sync(Budget.slice_of, self.store, target.bucket, days)
+            rotation = Rotation(
+                self.store, target, run.stats.fixity, self.writes.fixity_checked, self.collector.add, past_end=past_end
+            )
+            await rotation.on_disk(budget.bytes)
+            await rotation.in_s3(s3, budget.objects, self.config.tuning.workers)
+            log.info("%s: %s", target.path, run.stats.fixity.line())
 
     async def _remember_targets(self) -> None:
         usable = [r.target for r in self.runs if not r.target.missing and not r.target.problem]
@@ -228,10 +256,12 @@ class Backup:
                         return
                     if run.held_back:
                         return
+                    await anyio.to_thread.run_sync(self.guards.open_change_guard, run)
                     async with walk_slots:
                         await self._walk_in_thread(run, lane, change_send)
                 run.walk_done()
                 await run.uploads_done.wait()
+                await self._after_change_guard(run, change_send)
                 await self._delete_vanished(run, change_send)
                 await self.guards.record_device(run, change_send)
                 await self._record_mounts(run, change_send)
@@ -279,8 +309,25 @@ class Backup:
         chunk: list[UploadJob] = []
         observed: list[Change] = []
         bucket = target.bucket
+        # Files a fixity read found rotten: never uploaded over the good version, whatever their
+        # mtime says now, until restored or accepted (--accept-change). Reported every run.
+        holds = self.store.fixity_holds(bucket) if change_send is not None else {}
+        for path, hold in holds.items():
+            self.collector.add(held_failure(target, path, hold))
+        guard = run.change_guard
+
+        def queue(upload: Upload) -> None:
+            nonlocal chunk
+            if lane is not None:
+                chunk.append(UploadJob(run, upload))
+                if len(chunk) >= CHUNK_FILES:
+                    anyio.from_thread.run(self._enqueue, chunk, lane)
+                    chunk = []
+
         try:
             for action in merge(walk, self.old_caches.recorded(run), run.counts, excluded):
+                if holds and isinstance(action, Upload) and action.file.path in holds:
+                    continue
                 if isinstance(action, Observed):
                     if change_send is not None:
                         file = action.file
@@ -298,14 +345,17 @@ class Backup:
                         run.stats.planned_uploads += 1
                         run.stats.planned_upload_bytes += action.file.size
                         self._plan_requests(run, action.file.size)
-                    if lane is not None:
-                        chunk.append(UploadJob(run, action))
-                        if len(chunk) >= CHUNK_FILES:
-                            anyio.from_thread.run(self._enqueue, chunk, lane)
-                            chunk = []
+                    # The change guard holds updates until their share is known (changeguard.py).
+                    for upload in [action] if guard is None else guard.planned(action, run.counts.recorded):
+                        queue(upload)
                 else:
                     run.deletes.append(action.path)
+            if guard is not None:
+                for upload in guard.walk_ended():
+                    queue(upload)
         except _Stopped:
+            if guard is not None:
+                guard.walk_cut()
             return  # the run is being cancelled: its plan is dropped unused
         if chunk and lane is not None:
             anyio.from_thread.run(self._enqueue, chunk, lane)
@@ -339,6 +389,16 @@ class Backup:
     async def _record(self, changes: list[Change], change_send: ObjectSendStream[Change]) -> None:
         for change in changes:
             await change_send.send(change)
+
+    async def _after_change_guard(self, run: TargetRun, change_send: ObjectSendStream[Change]) -> None:
+        """After a target's uploads: the few images that lost their signature below the alarm go
+        after all; otherwise the guard's one failure says what it held back."""
+        guard = run.change_guard
+        if guard is None or not run.stats.walk_finished:
+            return
+        for upload in guard.kept_aside():
+            await self.uploads.upload(UploadJob(run, upload), change_send, guarded=False)
+        self.guards.changes_held_back(run)
 
     async def _delete_vanished(self, run: TargetRun, change_send: ObjectSendStream[Change]) -> None:
         if not run.deletes:
@@ -404,8 +464,10 @@ class Backup:
                 run.old_cache = await anyio.to_thread.run_sync(self.old_caches.to_adopt, run)
                 if run.old_cache is None:
                     run.stats.rebuild_due = await anyio.to_thread.run_sync(needs_rebuild, self.store, run.target.bucket)
+            await anyio.to_thread.run_sync(self.guards.open_change_guard, run)
             async with walk_slots:
                 await self._walk_in_thread(run, None)
+            self.guards.changes_held_back(run)
             self.guards.deletes_held_back(run)
             run.stats.finished_at = time.time()
 

@@ -36,6 +36,9 @@ class Upload:
     is_new: bool
     # None: upload. Otherwise prove first, and upload only what the proof does not settle.
     proof: Proof | None = None
+    # The kind its row recorded (disk.kinds; None: new, or not known): the change guard compares
+    # it with what the upload's first read shows.
+    was_kind: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,14 +119,14 @@ def merge(
                 if not is_unchanged(d, r):
                     if is_gone(r) and r.size == d.size:
                         # The file is back with the size S3 listed: S3 may hold it already.
-                        yield Upload(d, is_new=False, proof=Proof.HEAD)
+                        yield Upload(d, is_new=False, proof=Proof.HEAD, was_kind=r.kind)
                     else:
-                        yield Upload(d, is_new=False)
+                        yield Upload(d, is_new=False, was_kind=r.kind)
                 elif r.ino == d.ino and r.ctime_ns == d.ctime_ns and not r.unsure:
                     counts.unchanged += 1  # the common case, settled without a call (millions of files)
                 elif needs_proof(d, r):
                     counts.unsure += 1
-                    yield Upload(d, is_new=False, proof=Proof.CONTENT)
+                    yield Upload(d, is_new=False, proof=Proof.CONTENT, was_kind=r.kind)
                 else:
                     counts.unchanged += 1
                     if lacks_evidence(d, r):

@@ -32,6 +32,7 @@ from ..s3.checksums import file_value
 from ..s3.client import S3, endpoint_name
 from ..s3.objects import parse_mtime_metadata
 from ..settings.config import Config
+from .changeguard import ChangeGuard
 from .cleanup import CachedUploads
 from .content import comparable, read_content
 from .cutoff import sending
@@ -39,7 +40,7 @@ from .delete import delete_superseded
 from .plan import MAX_OBJECT_BYTES, Proof, deletion_guard, device_guard
 from .runs import RunOptions, TargetRun, UploadJob
 from .setup import BucketSetup
-from .upload import MemoryLimits, UploadSettings, upload_file
+from .upload import HeldBack, MemoryLimits, UploadSettings, upload_file
 
 # So many requests in a row failing at the transport level (after botocore's retries) means the
 # endpoint is gone: stop with one error rather than thousands.
@@ -77,7 +78,9 @@ class UploadPolicy:
         # Per bucket, the files this run found changed while reading (their counts go on).
         self._unsettled_paths: dict[str, set[bytes]] = {}
 
-    async def upload(self, job: UploadJob, change_send: ObjectSendStream[Change]) -> None:
+    async def upload(self, job: UploadJob, change_send: ObjectSendStream[Change], *, guarded: bool = True) -> None:
+        """`guarded`: the change guard is told each file's kind before it is sent and may hold it
+        back (not for the few files it let through after all at the target's end)."""
         by_etag = False  # a row with no checksum to compare with: S3's ETag is compared instead
         if job.upload.proof is Proof.CONTENT:
             same = await self._same_content(job, change_send)
@@ -121,10 +124,20 @@ class UploadPolicy:
                 return
 
         multipart_log = CachedUploads(self.store, self.writes, bucket, key)
+        guard = run.change_guard if guarded else None
+
+        def admit(kind: str) -> None:
+            if guard is not None and not guard.admit(job.upload, kind):
+                raise HeldBack
+
         for attempt in (1, 2):
             try:
                 with sending():  # the window's end may cut this, never the recording below
-                    done = await upload_file(self.s3, bucket, key, file, self.settings, self._limits, multipart_log)
+                    done = await upload_file(
+                        self.s3, bucket, key, file, self.settings, self._limits, multipart_log, admit
+                    )
+            except HeldBack:
+                return  # not sent, not recorded: the change guard names it at the target's end
             except FileChanged as exc:
                 if attempt == 1:
                     continue  # one more read: a file being written often settles quickly
@@ -160,6 +173,7 @@ class UploadPolicy:
                     ctime_ns=done.ctime_ns,
                     unsure=unsure,
                     part_bytes=done.part_bytes,
+                    kind=done.kind,
                 )
             )
             if job.upload.is_new:
@@ -205,6 +219,7 @@ class UploadPolicy:
             ctime_ns=seen.ctime_ns,
             unsure=is_racy(file.mtime_ns, seen.ctime_ns, seen.read_started_ns),
             part_bytes=part_bytes,
+            kind=sent.kind,
         )
         await change_send.send(row)
         run.stats.unchanged += 1
@@ -303,6 +318,28 @@ class Guards:
     def read_recorded_devices(self, runs: Sequence[TargetRun]) -> None:
         for run in runs:
             run.recorded_device = self.store.target_device(run.target.path)
+
+    def open_change_guard(self, run: TargetRun) -> None:
+        """The target's change guard, from the count of its cached files (before its walk)."""
+        tuning = self.config.tuning
+        cached = self.store.count(run.target.bucket) if run.target.bucket else 0
+        run.change_guard = ChangeGuard(
+            cached=cached,
+            max_change_percent=tuning.max_change_percent,
+            alarm=tuning.unrecognised_images_alarm,
+            off=self.options.allow_mass_change,
+        )
+
+    def changes_held_back(self, run: TargetRun) -> bool:
+        """The change guard's one failure for a target whose updates it held back."""
+        guard = run.change_guard
+        reason = None if guard is None else guard.verdict()
+        if reason:
+            target = run.target.path
+            self.collector.add(
+                Failure(FailureKind.CHANGE_GUARD, target, target, reason, fix=Fix.ALLOW_MASS_CHANGE)
+            )
+        return reason is not None
 
     def deletes_held_back(self, run: TargetRun) -> bool:
         """Apply the device and deletion guards to a target's planned deletes; a held-back target

@@ -13,6 +13,7 @@ import anyio
 
 from ..report.summary import TargetStats
 from ..settings.targets import Target
+from .changeguard import ChangeGuard
 from .plan import PlanCounts, Upload
 
 
@@ -20,6 +21,7 @@ from .plan import PlanCounts, Upload
 class RunOptions:
     dry_run: bool = False
     allow_mass_delete: bool = False
+    allow_mass_change: bool = False
     backup_cache: bool = True
     rebuild: bool = True  # False only with --upload-everything-again
 
@@ -44,6 +46,7 @@ class TargetRun:
     device_held_back: bool = False  # the device guard held back this run's deletes
     device_recorded: bool = False
     held_back: bool = False  # its cache could not be rebuilt: nothing is uploaded or deleted
+    change_guard: ChangeGuard | None = None  # set before its walk starts
 
     def job_finished(self) -> None:
         self.pending -= 1

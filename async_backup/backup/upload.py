@@ -41,11 +41,13 @@ import anyio
 
 from ..cache.records import OpenUpload, SentPart, UploadFile
 from ..disk.entries import DiskFile
+from ..disk.kinds import HEAD_BYTES, kind_of
 from ..disk.read import (
     RangeReader,
     check_unchanged,
     feed_range,
     open_regular,
+    os_error,
     read_exact,
     read_range,
 )
@@ -85,6 +87,15 @@ class Uploaded:
     ctime_ns: int = 0
     read_started_ns: int = 0
     part_bytes: int | None = None
+    kind: str | None = None  # what its first bytes showed (disk.kinds)
+
+
+class HeldBack(Exception):
+    """The upload's `admit` refused the file by the kind its first bytes show: nothing was sent."""
+
+
+def admit_all(_kind: str) -> None:
+    """An `admit` that lets every file go."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,13 +188,29 @@ def open_and_read_small(path: bytes, reserved_bytes: int, algorithm: str) -> Who
 
 
 def checksum_range(
-    fd: int, offset: int, length: int, algorithm: str, buffer: bytearray, settled: tuple[int, int]
+    fd: int,
+    offset: int,
+    length: int,
+    algorithm: str,
+    buffer: bytearray,
+    settled: tuple[int, int],
+    head: bytearray | None = None,
 ) -> PartChecksum:
     """The checksum of a range of the file, read through `buffer` (in a worker thread); raises
     FileChanged when the file's (size, mtime_ns) no longer is `settled` after the pass, so a body
-    already known to be inconsistent is never sent."""
+    already known to be inconsistent is never sent. `head`, when given, receives the range's first
+    HEAD_BYTES bytes as they pass (the file's kind, from the read the checksum does anyway)."""
     running = RunningChecksum(algorithm)
-    feed_range(fd, offset, length, buffer, running.update)
+    if head is None:
+        feed_range(fd, offset, length, buffer, running.update)
+    else:
+
+        def update(view: memoryview) -> None:
+            if len(head) < HEAD_BYTES:
+                head.extend(view[: HEAD_BYTES - len(head)])
+            running.update(view)
+
+        feed_range(fd, offset, length, buffer, update)
     check_unchanged(fd, *settled)
     return running.result()
 
@@ -225,6 +252,9 @@ class UploadContext:
     streaming: bool  # S3.can_stream(bucket)
     algorithm: str  # S3.body_checksum(streaming, bucket)
     multipart_log: MultipartLog
+    # Told the kind of the file's first bytes once they are read and before anything is sent;
+    # raises HeldBack to stop the upload there (the change guard's "no longer an image").
+    admit: Callable[[str], None] = admit_all
 
     def read_whole(self, size: int) -> bool:
         """Whether a body of `size` is read whole into memory (a single PutObject of at most one
@@ -242,8 +272,10 @@ async def upload_file(
     settings: UploadSettings,
     limits: MemoryLimits,
     multipart_log: MultipartLog,
+    admit: Callable[[str], None] = admit_all,
 ) -> Uploaded:
-    """Upload `file` to bucket/key; raises FileVanished, FileChanged, FileUnreadable or S3Error.
+    """Upload `file` to bucket/key; raises FileVanished, FileChanged, FileUnreadable, S3Error, or
+    HeldBack when `admit` refuses the kind its first bytes show (told before anything is sent).
 
     The file goes by the size its fstat gives when it is opened, not by the walk's: a file that grew
     since the walk is streamed or sent in parts, never read whole past what was reserved for it."""
@@ -258,6 +290,7 @@ async def upload_file(
         streaming,
         s3.body_checksum(streaming, bucket),
         multipart_log,
+        admit,
     )
     if ctx.read_whole(file.size):
         async with limits.budget.hold(file.size):
@@ -282,6 +315,8 @@ async def upload_file(
 
 async def _put_whole(ctx: UploadContext, body: WholeBody) -> Uploaded:
     """PutObject of a file read whole: it was found consistent before a byte was sent."""
+    kind = kind_of(body.data[:HEAD_BYTES])
+    ctx.admit(kind)
     etag = await ctx.s3.put_object(
         ctx.bucket,
         ctx.key,
@@ -292,7 +327,9 @@ async def _put_whole(ctx: UploadContext, body: WholeBody) -> Uploaded:
     )
     opened = body.opened
     recorded = body.checksum.recorded(etag)
-    return Uploaded(body.size, body.mtime_ns, recorded, opened.ino, opened.ctime_ns, opened.read_started_ns)
+    return Uploaded(
+        body.size, body.mtime_ns, recorded, opened.ino, opened.ctime_ns, opened.read_started_ns, kind=kind
+    )
 
 
 async def _open(path: bytes) -> Opened:
@@ -319,12 +356,19 @@ SendBody = Callable[[BodyStream, PartChecksum], Awaitable[T]]
 
 
 async def _send_streamed(
-    ctx: UploadContext, reader: RangeReader, opened: Opened, offset: int, length: int, send: SendBody[T]
+    ctx: UploadContext,
+    reader: RangeReader,
+    opened: Opened,
+    offset: int,
+    length: int,
+    send: SendBody[T],
+    head: bytearray | None = None,
 ) -> tuple[T, PartChecksum]:
     """Checksum a range of the file, check that the file did not change meanwhile, then send the
     range streamed from the file through two leased buffers; returns what `send` returned and the
     checksum. The lease gives the buffers back at its end, or drops them when the send failed or
-    was cut off mid-body (the body spoils the lease then)."""
+    was cut off mid-body (the body spoils the lease then). With `head` (the range starts the file),
+    the checksum pass fills it and `ctx.admit` is told the file's kind before the send."""
     async with ctx.limits.buffers.lease() as lease:
         async with ctx.limits.checksum_slots:  # a turn first, then one of the file threads
             checksum = await anyio.to_thread.run_sync(
@@ -335,7 +379,10 @@ async def _send_streamed(
                 ctx.algorithm,
                 lease.buffers[0],
                 (opened.size, opened.mtime_ns),
+                head,
             )
+        if head is not None:
+            ctx.admit(kind_of(bytes(head)))
         result = await send(BodyStream(reader, offset, length, lease), checksum)
     return result, checksum
 
@@ -360,10 +407,19 @@ async def _put_streamed(ctx: UploadContext, opened: Opened) -> Uploaded:
             checksum=checksum,
         )
 
+    head = bytearray()
     with _refusal_is_a_change(opened):
-        etag, checksum = await _send_streamed(ctx, RangeReader(opened.fd), opened, 0, opened.size, send)
+        etag, checksum = await _send_streamed(ctx, RangeReader(opened.fd), opened, 0, opened.size, send, head)
     recorded = checksum.recorded(etag)
-    return Uploaded(opened.size, opened.mtime_ns, recorded, opened.ino, opened.ctime_ns, opened.read_started_ns)
+    return Uploaded(
+        opened.size,
+        opened.mtime_ns,
+        recorded,
+        opened.ino,
+        opened.ctime_ns,
+        opened.read_started_ns,
+        kind=kind_of(bytes(head)),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -382,6 +438,10 @@ async def _upload_multipart(ctx: UploadContext, opened: Opened) -> Uploaded:
     aborted otherwise, so a body found inconsistent never becomes an object. Cut off by
     cancellation once S3 holds a part of it, it stays open for the next run to continue."""
     s3, limits = ctx.s3, ctx.limits
+    # The one read beyond the body's own: the parts are read only after CreateMultipartUpload, and
+    # the kind must be known before it. A few bytes of a file of the multipart size, on the open fd.
+    kind = kind_of(await anyio.to_thread.run_sync(read_head, opened.fd))
+    ctx.admit(kind)
     begun = await _continued_or_created(ctx, opened)
     upload_id, part_bytes = begun.upload_id, begun.part_bytes
     ranges = part_ranges(opened.size, part_bytes)
@@ -477,8 +537,16 @@ async def _upload_multipart(ctx: UploadContext, opened: Opened) -> Uploaded:
         [p.checksum for p in completed], lengths, [p.etag for p in completed], full_object=begun.full_object
     )
     return Uploaded(
-        opened.size, opened.mtime_ns, recorded, opened.ino, opened.ctime_ns, opened.read_started_ns, part_bytes
+        opened.size, opened.mtime_ns, recorded, opened.ino, opened.ctime_ns, opened.read_started_ns, part_bytes, kind
     )
+
+
+def read_head(fd: int) -> bytes:
+    """The file's first HEAD_BYTES bytes (fewer for a shorter file)."""
+    try:
+        return os.pread(fd, HEAD_BYTES, 0)
+    except OSError as exc:
+        raise os_error(exc) from None
 
 
 async def _continued_or_created(ctx: UploadContext, opened: Opened) -> Begun:

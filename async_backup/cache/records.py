@@ -50,6 +50,9 @@ class Recorded:
     # described in `s3.checksums`. None: not known
     checksum: str | None = None
     part_bytes: int | None = None  # a multipart upload's part size, to recompute its checksum locally
+    # What its first bytes showed when it was sent (`disk.kinds`); None for rows written before
+    # kinds were kept: unknown, filled in by the next upload.
+    kind: str | None = None
 
 
 def stat_float_mtime(mtime_ns: int) -> float:

@@ -45,6 +45,7 @@ _ADDED_COLUMNS = {
     "ctime_ns": "INTEGER",
     "unsure": "INTEGER NOT NULL DEFAULT 0",
     "part_bytes": "INTEGER",
+    "kind": "TEXT",  # what the file's first bytes showed (disk.kinds); NULL: not known yet
 }
 
 _SCHEMA = """
@@ -59,6 +60,7 @@ CREATE TABLE IF NOT EXISTS files (
     ctime_ns INTEGER,            --   in rows written before they were kept)
     unsure   INTEGER NOT NULL DEFAULT 0,  -- 1: read racily, the next run compares its contents
     part_bytes INTEGER,          -- the part size of a multipart upload (its composite checksum's)
+    kind     TEXT,               -- what its first bytes showed: "tiff", "jpeg", ..., "other" (NULL: not known)
     PRIMARY KEY (bucket, path)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS targets (
@@ -103,6 +105,18 @@ CREATE TABLE IF NOT EXISTS mounts (
     device INTEGER,            -- its st_dev when last seen mounted; NULL: suspected, never seen mounted
     PRIMARY KEY (target, path)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS fixity (     -- the last checks of a file's bytes, on disk and in S3 (fixity/)
+    bucket   TEXT    NOT NULL,
+    path     BLOB    NOT NULL,
+    mtime_ns INTEGER,            -- the file's mtime as checked: a row re-uploaded since is due again
+    local_at REAL,               -- Unix seconds of the last read on disk, and what it found:
+    local_result TEXT,           --   "ok", "first", "rot", "changed", "absent", "unreadable"
+    good_at  REAL,               -- the last read that found the recorded bytes (NULL: none yet)
+    checksum TEXT,               -- "crc32:<b64>" of the whole file, for rows whose own is not recomputable
+    s3_at    REAL,               -- the last HeadObject compared, and what it found:
+    s3_result TEXT,              --   "ok", "mismatch", "missing", "not checkable"
+    PRIMARY KEY (bucket, path)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS unsettled (
     bucket TEXT    NOT NULL,
     path   BLOB    NOT NULL,
@@ -126,6 +140,7 @@ class Stored:
     ctime_ns: int | None = None
     unsure: bool = False  # read racily: the next run compares its contents (records.is_racy)
     part_bytes: int | None = None  # a multipart upload's part size, to recompute its checksum locally
+    kind: str | None = None  # what its first bytes showed (disk.kinds); None: not known
 
     @classmethod
     def of(cls, bucket: str, row: Recorded) -> Stored:
@@ -141,7 +156,28 @@ class Stored:
             row.ctime_ns,
             row.unsure,
             row.part_bytes,
+            row.kind,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class FixityHold:
+    """A file a fixity read found changed while its size and mtime were not: when, and the last
+    read before that found its recorded bytes (None: none did since its upload)."""
+
+    found_at: float
+    good_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class FixityRow:
+    """A row's last fixity check, on disk or in S3 (None: never, or not since it was re-uploaded),
+    the last good read on disk, and the whole-file CRC32 a first pass took for it."""
+
+    checked_at: float | None
+    result: str | None
+    good_at: float | None
+    checksum: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +247,31 @@ class MountsSeen:
 
 
 @dataclass(frozen=True, slots=True)
+class LocalChecked:
+    """A fixity read of one file on disk: what it found (`result`), when, the whole-file CRC32 it
+    took for a row whose own checksum cannot be recomputed, and whether the recorded bytes were
+    found (then `good_at` moves to `at`). A "rot" result holds the file's uploads back."""
+
+    bucket: str
+    path: bytes
+    mtime_ns: int
+    at: float
+    result: str
+    good: bool
+    checksum: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class S3Checked:
+    """A fixity HeadObject of one object: when, and what it found."""
+
+    bucket: str
+    path: bytes
+    at: float
+    result: str
+
+
+@dataclass(frozen=True, slots=True)
 class UnsettledKept:
     """After a target's walk and uploads: the files of `bucket` a run found changing (`paths`)
     keep their count of runs in a row; every other file's count ends."""
@@ -219,7 +280,19 @@ class UnsettledKept:
     paths: frozenset[bytes]
 
 
-Change = Stored | Removed | UploadStarted | PartSent | UploadEnded | Evidence | DeviceSeen | MountsSeen | UnsettledKept
+Change = (
+    Stored
+    | Removed
+    | UploadStarted
+    | PartSent
+    | UploadEnded
+    | Evidence
+    | DeviceSeen
+    | MountsSeen
+    | UnsettledKept
+    | LocalChecked
+    | S3Checked
+)
 
 
 # SQLite's answers that say the storage under the cache failed, not the database itself
@@ -330,11 +403,22 @@ def row_columns(conn: sqlite3.Connection) -> str:
 
 
 # The columns of `files` a `Recorded` is made of, in its fields' order.
-_ROW_COLUMNS = ("path", "size", "mtime_ns", "legacy_mtime", "ino", "ctime_ns", "unsure", "checksum", "part_bytes")
+_ROW_COLUMNS = (
+    "path",
+    "size",
+    "mtime_ns",
+    "legacy_mtime",
+    "ino",
+    "ctime_ns",
+    "unsure",
+    "checksum",
+    "part_bytes",
+    "kind",
+)
 
 
 def _recorded(row: tuple[object, ...]) -> Recorded:
-    path, size, mtime_ns, legacy_mtime, ino, ctime_ns, unsure, checksum, part_bytes = row
+    path, size, mtime_ns, legacy_mtime, ino, ctime_ns, unsure, checksum, part_bytes, kind = row
     return Recorded(
         bytes(path),  # type: ignore[call-overload]
         None if size is None else int(size),  # type: ignore[call-overload]
@@ -345,6 +429,7 @@ def _recorded(row: tuple[object, ...]) -> Recorded:
         bool(unsure),
         None if checksum is None else str(checksum),
         None if part_bytes is None else int(part_bytes),  # type: ignore[call-overload]
+        None if kind is None else str(kind),
     )
 
 
@@ -577,6 +662,8 @@ class StateStore:
         files: list[tuple[object, ...]] = []
         parts: list[tuple[object, ...]] = []
         rare: list[DeviceSeen | MountsSeen | UnsettledKept] = []  # a few per target and run
+        local: list[tuple[object, ...]] = []
+        remote: list[tuple[object, ...]] = []
         for c in changes:
             if isinstance(c, Stored):
                 stored.append(
@@ -591,6 +678,7 @@ class StateStore:
                         c.ctime_ns,
                         int(c.unsure),
                         c.part_bytes,
+                        c.kind,
                     )
                 )
             elif isinstance(c, Evidence):
@@ -608,13 +696,18 @@ class StateStore:
                 parts.append((c.bucket, c.upload_id, p.number, p.size, p.etag, p.digest_hex))
             elif isinstance(c, UploadEnded):
                 ended.append((c.bucket, c.upload_id))
+            elif isinstance(c, LocalChecked):
+                good_at = c.at if c.good else None
+                local.append((c.bucket, c.path, c.mtime_ns, c.at, c.result, good_at, c.checksum))
+            elif isinstance(c, S3Checked):
+                remote.append((c.bucket, c.path, c.at, c.result))
             else:
                 rare.append(c)
         with self._write_lock, self._conn:
             if stored:
                 self._conn.executemany(
                     "INSERT OR REPLACE INTO files(bucket, path, size, mtime_ns, checksum, legacy_mtime, "
-                    "ino, ctime_ns, unsure, part_bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "ino, ctime_ns, unsure, part_bytes, kind) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     stored,
                 )
             if evidence:
@@ -646,6 +739,25 @@ class StateStore:
                 for table in ("multipart_uploads", "multipart_files", "multipart_parts"):
                     self._conn.executemany(f"DELETE FROM {table} WHERE bucket=? AND upload_id=?", ended)
             self._settle(stored, removed)
+            if local:
+                # A checksum taken at a first pass stays until the file's row changes (a new mtime).
+                self._conn.executemany(
+                    "INSERT INTO fixity(bucket, path, mtime_ns, local_at, local_result, good_at, checksum) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(bucket, path) DO UPDATE SET "
+                    "checksum = CASE WHEN fixity.mtime_ns IS excluded.mtime_ns AND excluded.checksum IS NULL "
+                    "THEN fixity.checksum ELSE excluded.checksum END, "
+                    "good_at = CASE WHEN excluded.good_at IS NOT NULL THEN excluded.good_at "
+                    "WHEN fixity.mtime_ns IS excluded.mtime_ns THEN fixity.good_at END, "
+                    "mtime_ns = excluded.mtime_ns, local_at = excluded.local_at, "
+                    "local_result = excluded.local_result",
+                    local,
+                )
+            if remote:
+                self._conn.executemany(
+                    "INSERT INTO fixity(bucket, path, s3_at, s3_result) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT(bucket, path) DO UPDATE SET s3_at = excluded.s3_at, s3_result = excluded.s3_result",
+                    remote,
+                )
             for change in rare:
                 self._apply_rare(change)
 
@@ -701,6 +813,93 @@ class StateStore:
         with self._write_lock, self._conn:
             self._conn.execute("DELETE FROM files")
             self._conn.execute("INSERT OR REPLACE INTO meta(name, value) VALUES ('reset_at', ?)", (str(time.time()),))
+
+    @_mapped
+    def fixity_holds(self, bucket: str) -> dict[bytes, FixityHold]:
+        """The files of `bucket` a fixity read found rotten, which no upload may replace until the
+        operator accepts the change (a handful at most; read whole before a walk)."""
+        if self._conn is None or not _has_table(self._conn, "fixity"):
+            return {}
+        with self._write_lock:
+            rows = self._conn.execute(
+                "SELECT path, local_at, good_at FROM fixity WHERE bucket=? AND local_result='rot'", (bucket,)
+            ).fetchall()
+        return {bytes(p): FixityHold(float(at), None if good is None else float(good)) for p, at, good in rows}
+
+    def fixity_due(self, bucket: str, *, s3: bool) -> Iterator[tuple[Recorded, FixityRow]]:
+        """A bucket's rows, the ones most due for a fixity check first: on disk (`s3` False) rotten
+        ones first (each run reads them again, so a restored file is released), then rows never
+        checked or re-uploaded since their last check, then the oldest checked; in S3 the same
+        without the rot rule. Streamed over a connection of its own; the caller stops at its budget."""
+        if self._conn is None or not self.path.exists():
+            return
+        at, result = ("x.s3_at", "x.s3_result") if s3 else ("x.local_at", "x.local_result")
+        # An object re-uploaded since its HeadObject is not due again sooner: S3 checked it on receipt.
+        moved = f"({at} IS NULL OR x.mtime_ns IS NOT f.mtime_ns)"
+        due = f"({at} IS NULL)" if s3 else f"(x.local_result IS 'rot') DESC, {moved}"
+        columns = ", ".join(f"f.{c}" for c in _ROW_COLUMNS)
+        try:
+            conn = open_readonly(self.path)
+            try:
+                cursor = conn.execute(
+                    f"SELECT {columns}, {at}, {result}, x.good_at, x.checksum, x.mtime_ns FROM files f "
+                    "LEFT JOIN fixity x ON x.bucket = f.bucket AND x.path = f.path WHERE f.bucket=? "
+                    f"ORDER BY {due} DESC, {at}, f.path",
+                    (bucket,),
+                )
+                cursor.arraysize = 1000
+                while rows := cursor.fetchmany():
+                    for row in rows:
+                        checked_at, checked, good_at, checksum, checked_mtime = row[len(_ROW_COLUMNS) :]
+                        recorded = _recorded(row[: len(_ROW_COLUMNS)])
+                        same = checked_mtime is not None and int(checked_mtime) == recorded.mtime_ns
+                        yield (
+                            recorded,
+                            FixityRow(
+                                None if checked_at is None else float(checked_at),
+                                None if checked is None else str(checked),
+                                None if good_at is None or not same else float(good_at),
+                                None if checksum is None or not same else str(checksum),
+                            ),
+                        )
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:
+            raise storage_error(self.path, exc) from None
+
+    @_mapped
+    def fixity_oldest(self) -> dict[str, tuple[int, int, float | None, float | None]]:
+        """Per bucket: (rows, rows never checked on disk, the oldest check on disk, the oldest in S3);
+        an oldest date is None while a row was never checked there."""
+        if self._conn is None or not _has_table(self._conn, "fixity"):
+            return {}
+        rows = self._query(
+            "SELECT f.bucket, COUNT(*), SUM(x.local_at IS NULL), "
+            "CASE WHEN SUM(x.local_at IS NULL) THEN NULL ELSE MIN(x.local_at) END, "
+            "CASE WHEN SUM(x.s3_at IS NULL) THEN NULL ELSE MIN(x.s3_at) END "
+            "FROM files f LEFT JOIN fixity x ON x.bucket = f.bucket AND x.path = f.path GROUP BY f.bucket"
+        )
+        return {
+            str(b): (int(n), int(never or 0), None if lo is None else float(lo), None if so is None else float(so))  # type: ignore[call-overload, arg-type]
+            for b, n, never, lo, so in rows
+        }
+
+    @_mapped
+    def accept_change(self, path: bytes) -> list[str]:
+        """--accept-change: release a rotten file's hold and mark its row unsure, so the next walk
+        compares its contents and uploads them; returns the buckets it was held in."""
+        assert self._conn is not None
+        with self._write_lock, self._conn:
+            rows = self._conn.execute(
+                "SELECT bucket FROM fixity WHERE path=? AND local_result='rot'", (path,)
+            ).fetchall()
+            buckets = [str(b) for (b,) in rows]
+            for bucket in buckets:
+                self._conn.execute(
+                    "UPDATE fixity SET local_result='accepted', good_at=NULL WHERE bucket=? AND path=?", (bucket, path)
+                )
+                self._conn.execute("UPDATE files SET unsure=1 WHERE bucket=? AND path=?", (bucket, path))
+        return buckets
 
     def target_device(self, path: str) -> int | None:
         """The st_dev of a target's folder as the last run that walked it without doubt found it."""

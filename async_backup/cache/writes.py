@@ -102,3 +102,14 @@ class CacheWrites:
         """verify --repair: the corrections verify found, in one transaction, after its checks."""
         if changes:
             await anyio.to_thread.run_sync(self.store.apply, changes)
+
+    async def accept_change(self, path: bytes) -> list[str]:
+        """--accept-change: a rotten file's hold ends and its next walk compares and uploads it;
+        committed before the walk reads the holds. Returns the buckets it was held in."""
+        return await anyio.to_thread.run_sync(self.store.accept_change, path)
+
+    async def fixity_checked(self, changes: Sequence[Change]) -> None:
+        """The `fixity` command's results (it has no writer), one transaction per batch, so a pass
+        cut short keeps the dates of what it checked."""
+        if changes:
+            await anyio.to_thread.run_sync(self.store.apply, changes)

@@ -238,6 +238,8 @@ ADVICE: dict[FailureKind, str] = {
     "or back up a copy made while nothing writes to them.",
     FailureKind.S3: "The next run retries. If the code repeats, check the bucket, the credentials and the endpoint.",
     FailureKind.DELETION_GUARD: "Deletes held back. Mount the share; if the files are gone on purpose:",
+    FailureKind.CHANGE_GUARD: "Overwrites held back: ransomware encrypting files in place looks like this. "
+    "Check the files named; if the re-scan was intended:",
     FailureKind.TARGET_MISSING: "Nothing uploaded or deleted. Mount it or fix config.json; if it is gone for good "
     "(its bucket stays):",
     FailureKind.KEY_TOO_LONG: "S3 keys take at most 1,024 bytes: shorten these paths, or they are never backed up.",
@@ -246,6 +248,8 @@ ADVICE: dict[FailureKind, str] = {
     FailureKind.CACHE_BACKUP: "Only the cache snapshot is missing (the files are backed up); the next run retries.",
     FailureKind.REBUILD: "The target was held back, nothing uploaded or deleted; the next run retries the rebuild.",
     FailureKind.FATAL: "The run stopped early: fix what the message says and run again.",
+    FailureKind.FIXITY: "Bytes that are not what was backed up. A file on disk: its uploads are held back until "
+    "the good version is restored (the command shown) or the change accepted (--accept-change).",
 }
 FOLDER_ADVICE = (
     "Nothing under them was backed up; S3 keeps what it had. Fix their permissions: the next run backs them up."
@@ -255,6 +259,7 @@ FIX_LEAD: dict[Fix, str] = {
     Fix.FORGET_SUBFOLDER: "",
     Fix.FORGET_TARGET: "remove it from config.json, then ",
     Fix.ALLOW_MASS_DELETE: "",
+    Fix.ALLOW_MASS_CHANGE: "",
 }
 # Kinds whose messages are ours and end with advice the card gives once in ADVICE: of these the
 # card shows only the first clause, what happened.
@@ -334,14 +339,15 @@ class _Limits:
 
 
 def _group(failures: Sequence[Failure]) -> list[_Group]:
-    """Failures grouped by `Failure.group`, biggest group first."""
+    """Failures grouped by `Failure.group`: the change guard's first (held-back overwrites may be an
+    attack under way), then the biggest group first."""
     groups: dict[str, _Group] = {}
     for failure in failures:
         group = groups.get(failure.group)
         if group is None:
             group = groups[failure.group] = _Group(failure.group, failure.kind, failure.folder)
         group.add(failure)
-    return sorted(groups.values(), key=lambda g: (-g.count, g.name))
+    return sorted(groups.values(), key=lambda g: (g.kind is not FailureKind.CHANGE_GUARD, -g.count, g.name))
 
 
 def _local_and_utc(ts: float, tz: tzinfo | None) -> str:

@@ -14,6 +14,7 @@ run's `Redactor`, if given), so undecodable file names and secrets never reach t
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -137,6 +138,7 @@ def _target_record(target: TargetStats, clean: Callable[[str], str]) -> dict[str
         "finished_at": _iso(target.finished_at),
         "duration_s": duration_s,
         "throughput_bytes_per_s": throughput,
+        "fixity": dataclasses.asdict(target.fixity),  # what this run's slice checked, on disk and in S3
     }
 
 

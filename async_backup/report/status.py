@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ def gather(config: Config, cache_dir: Path) -> dict[str, Any]:
     store = StateStore(cache_dir, readonly=True)
     try:
         held = store.holdings() if store.damaged is None else {}
+        checked = store.fixity_oldest() if store.damaged is None else {}
         known = store.known_targets()
     finally:
         store.close()
@@ -64,6 +66,7 @@ def gather(config: Config, cache_dir: Path) -> dict[str, Any]:
                 "usd_per_month": round(cost.usd, 9),
                 "overhead_usd_per_month": round(cost.overhead_usd, 9),
                 "never_ran": False,
+                "fixity": _fixity(checked.get(bucket)),
                 "last_run": None
                 if ran is None
                 else {
@@ -147,6 +150,21 @@ def outcome(run: dict[str, Any]) -> str:
     return f"failed (exit code {run.get('exit_code')}, {counted(run.get('failures') or 0, 'failure')})"
 
 
+def _fixity(checked: tuple[int, int, float | None, float | None] | None) -> dict[str, Any]:
+    """When every file of a target was last checked on disk and every object in S3: the oldest
+    check (None while some file or object was never checked)."""
+    _rows, never, oldest_disk, oldest_s3 = checked or (0, 0, None, None)
+
+    def iso(ts: float | None) -> str | None:
+        return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+
+    return {
+        "never_checked_on_disk": never,
+        "oldest_check_on_disk": iso(oldest_disk),
+        "oldest_check_in_s3": iso(oldest_s3),
+    }
+
+
 def render(status: dict[str, Any]) -> str:
     lines = []
     rows = [("target", "bucket", "objects", "bytes", "per month", "last run")]
@@ -172,6 +190,14 @@ def render(status: dict[str, Any]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         lines.append("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
+    for t in status["targets"]:
+        fixity = t.get("fixity")
+        if fixity and t["objects"]:
+            disk = fixity["oldest_check_on_disk"] or f"{fixity['never_checked_on_disk']:,} files never"
+            s3 = fixity["oldest_check_in_s3"] or "some objects never"
+            lines.append(
+                f"  fixity {t['target'] or t['bucket']}: every file checked on disk since {disk}, in S3 since {s3}"
+            )
     totals = status["totals"]
     lines.append(
         f"total: {counted(totals['objects'], 'object')}, {format_bytes(totals['bytes'])}, "

@@ -16,6 +16,32 @@ from ..wording import counted
 
 
 @dataclass(slots=True)
+class FixityCounts:
+    """One fixity slice or pass of a target: files read on disk and what they showed, objects
+    HEADed in S3 and what they showed (fixity/)."""
+
+    budget_bytes: int = 0  # what the slice was allowed to read (0: a whole pass, no budget)
+    files: int = 0  # files read to the end
+    bytes_read: int = 0
+    ok: int = 0  # the recorded bytes
+    first: int = 0  # no recomputable checksum yet: one taken, nothing compared
+    rot: int = 0  # changed while size and mtime did not (held back from upload)
+    passed_over: int = 0  # changed, gone or unreadable since the row: the backup's business
+    objects: int = 0  # HeadObject sent
+    objects_ok: int = 0
+    objects_bad: int = 0  # a checksum that differs from the cache's, or no object at all
+    objects_uncheckable: int = 0  # no comparable checksum on either side
+
+    def line(self) -> str:
+        return (
+            f"fixity: {counted(self.files, 'file')} ({format_bytes(self.bytes_read)}) read on disk: {self.ok} as "
+            f"recorded, {self.first} first checked, {self.rot} bit rot, {self.passed_over} changed or gone; "
+            f"{counted(self.objects, 'object')} in S3: {self.objects_ok} as recorded, {self.objects_bad} differ or "
+            f"missing, {self.objects_uncheckable} not checkable"
+        )
+
+
+@dataclass(slots=True)
 class TargetStats:
     """Counters for one target; `bytes_uploaded` counts only what S3 confirmed."""
 
@@ -41,6 +67,7 @@ class TargetStats:
     walk_finished: bool = False
     # The object requests its plan needs (PutObject, UploadPart, ...): what a dry run would send.
     planned_requests: dict[str, int] = field(default_factory=dict)
+    fixity: FixityCounts = field(default_factory=FixityCounts)
     started_at: float = field(default_factory=time.time)
     finished_at: float | None = None
 

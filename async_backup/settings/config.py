@@ -25,6 +25,8 @@ DEFAULT_REGION = "eu-central-1"
 DEFAULT_STORAGE_CLASS = "DEEP_ARCHIVE"
 DEFAULT_NONCURRENT_DAYS = 180  # DEEP_ARCHIVE bills at least 180 days anyway [S3 pricing]
 DEFAULT_BUCKET_PREFIX = "backup-"
+# Every file is re-read (and every object HEADed) once in this many runs: APTrust's 90 days.
+DEFAULT_FIXITY_DAYS = 90
 
 # S3's upload limits [S3 user guide, "Multipart upload limits"]: the tuning is validated against
 # them here, and the planner sizes parts within them.
@@ -115,6 +117,11 @@ class Tuning:
     parts_in_flight: int = 8
     memory_budget_bytes: int = 16 * MiB
     max_delete_percent: float = 50.0
+    # The change guard (backup/changeguard.py): a share of a target's cached files overwritten in
+    # one run, and images of one target whose new bytes begin like no known kind, that hold back
+    # the target's updates.
+    max_change_percent: float = 20.0
+    unrecognised_images_alarm: int = 2
     max_attempts: int = 5  # total attempts per request, the first included
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 60.0
@@ -152,6 +159,9 @@ class Config:
     cache_bucket: str | None = None
     keep_reports: int = 30
     window: Window = field(default_factory=Window)  # backup.window, or --stop-at / --max-duration
+    # Each run re-reads about 1/fixity_days of every target's bytes and HEADs as many of its objects
+    # (fixity/); 0 turns the nightly slice off (the `fixity` command still runs a whole pass).
+    fixity_days: int = DEFAULT_FIXITY_DAYS
     tuning: Tuning = field(default_factory=Tuning)
     warnings: tuple[str, ...] = ()
     # Overrides of pricing.py's table, validated: {"write_per_1000": {"DEEP_ARCHIVE": 0.06}, ...}
@@ -181,6 +191,7 @@ _KNOWN_KEYS: dict[str, set[str]] = {
         "cache_bucket",
         "keep_reports",
         "window",
+        "fixity_days",
     },
     "notification": {"webhook", "on_success"},
     "aws": {
@@ -201,6 +212,8 @@ _KNOWN_KEYS: dict[str, set[str]] = {
         "parts_in_flight",
         "memory_budget_mib",
         "max_delete_percent",
+        "max_change_percent",
+        "unrecognised_images_alarm",
         "max_attempts",
         "connect_timeout_s",
         "read_timeout_s",
@@ -328,6 +341,7 @@ def parse_config(raw: Any, source: Path, warnings: list[str] | None = None) -> C
         cache_bucket=_opt_str(backup, "cache_bucket", "backup", where),
         keep_reports=_opt_int(backup, "keep_reports", "backup", where, 30, minimum=1),
         window=window_from_config(backup.get("window"), where),
+        fixity_days=_opt_int(backup, "fixity_days", "backup", where, DEFAULT_FIXITY_DAYS, minimum=0),
         tuning=_tuning(_section(raw, "tuning", where, required=False), where),
         warnings=tuple(warnings),
         pricing=_pricing(_section(raw, "pricing", where, required=False), where),
@@ -425,6 +439,10 @@ def _tuning(raw: dict[str, Any], where: str) -> Tuning:
         )
         * MiB,
         max_delete_percent=_opt_float(raw, "max_delete_percent", where, d.max_delete_percent, 0.0, 100.0),
+        max_change_percent=_opt_float(raw, "max_change_percent", where, d.max_change_percent, 0.0, 100.0),
+        unrecognised_images_alarm=_opt_int(
+            raw, "unrecognised_images_alarm", "tuning", where, d.unrecognised_images_alarm, minimum=1, maximum=1_000_000
+        ),
         max_attempts=_opt_int(raw, "max_attempts", "tuning", where, d.max_attempts, minimum=1, maximum=20),
         connect_timeout_s=_opt_float(raw, "connect_timeout_s", where, d.connect_timeout_s, 0.1, 600.0),
         read_timeout_s=_opt_float(raw, "read_timeout_s", where, d.read_timeout_s, 0.1, 3600.0),
