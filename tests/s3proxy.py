@@ -219,12 +219,15 @@ class Fault:
     sequential client sees the same faults on every run (concurrent clients reorder the draws).
     `ops` / `keys` limit the fault to those S3 operations / object keys (empty = any).
     `max_hits` stops the fault after that many injections, e.g. "fail the first attempt only".
+    `header` limits it to requests carrying that header (any case), e.g. a server that refuses
+    x-amz-checksum-type but takes the same request without it.
     """
 
     probability: float = 1.0
     ops: Collection[str] = frozenset()
     keys: Collection[str] = frozenset()
     max_hits: int | None = None
+    header: str = ""
 
     kind: ClassVar[str] = "fault"
 
@@ -235,6 +238,8 @@ class Fault:
 
     def matches(self, record: Record) -> bool:
         if self.ops and record.op not in self.ops:
+            return False
+        if self.header and self.header.lower() not in record.header_names:
             return False
         return not self.keys or record.key in self.keys
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 from conftest import Ran, in_process, make_tree, run_cli, write_config
-from s3proxy import ErrorReply, ProxyServer, Stall
+from s3proxy import CorruptBody, ErrorReply, ProxyServer, Stall
 
 from async_backup.cache.records import Recorded
 from async_backup.disk.keys import key_for_path
@@ -359,30 +359,53 @@ def test_expected_checksum_uses_the_cache_only_for_the_same_upload() -> None:
     assert expected_checksum(head, current, None) is None
 
 
-def test_a_download_that_fails_its_checksum_is_not_written(site: dict[str, Any], tmp_path: Path) -> None:
-    """moto stores no CRC32 for single PUTs, so the cache's value is what the download must match."""
-    photos, cache = site["photos"], site["cache"]
-    with sqlite3.connect(cache / "async-backup.db") as db:
-        db.execute("UPDATE files SET checksum='crc32:AAAAAA==' WHERE path=?", (os.fsencode(photos / "a.txt"),))
+@pytest.mark.parametrize(
+    ("aws_extra", "source"),
+    [({}, "S3"), ({"checksum_calculation": "when_required", "direct_put": False}, "the cache")],
+    ids=["crc32-in-s3", "md5-server"],
+)
+def test_a_download_that_fails_its_checksum_is_not_written(
+    tmp_path: Path, moto_endpoint: str, bucket_prefix: str, aws_extra: dict[str, Any], source: str
+) -> None:
+    """A server that checks nothing stored a body with one byte flipped (the proxy's CorruptBody
+    without verify): the download must match S3's CRC32, or, where S3 keeps none (Content-MD5
+    bodies), the whole-file CRC32 the cache recorded, and a download that fails it is not written."""
+    photos = tmp_path / "photos"
+    make_tree(photos, {"a.txt": b"hello, bit rot", "b.txt": b"untouched"})
+    cache = tmp_path / "cache"
+    with ProxyServer(moto_endpoint) as proxy:
+        write_config(cache, proxy.url, folders=[str(photos)], bucket_prefix=bucket_prefix, aws_extra=aws_extra)
+        proxy.set_faults(
+            CorruptBody(ops={"PutObject"}, keys={key_for_path(os.fsencode(photos / "a.txt"))}, verify=False)
+        )
+        backup = run_cli("--cache", str(cache), "--no-cache-backup")
+        assert backup.returncode == 0, backup.stderr
+        assert proxy.count(faulted=True) == 1
+    write_config(cache, moto_endpoint, folders=[str(photos)], bucket_prefix=bucket_prefix, aws_extra=aws_extra)
+    whole = base64.b64encode(zlib.crc32(b"hello, bit rot").to_bytes(4, "big")).decode()
     out = tmp_path / "out"
     # TARGET may name a file inside a target: the same as TARGET --path FILE.
-    assert restore(cache, str(photos / "a.txt"), "--to", str(out), "--yes").returncode == 0
-    failed = restore(cache, str(photos / "a.txt"), "--to", str(out), "--yes")
+    assert restore(cache, str(photos), "--to", str(out), "--yes").returncode == 0  # asks for the retrievals
+    failed = restore(cache, str(photos), "--to", str(out), "--yes")
     assert failed.returncode == 1, failed.stdout + failed.stderr
-    assert "ChecksumMismatch" in failed.stdout and "the cache says AAAAAA==; nothing was written" in failed.stdout
-    assert "1 failed" in failed.stdout
-    assert not [p for p in out.rglob("*") if p.is_file()]
+    line = next(x.strip() for x in failed.stdout.splitlines() if x.strip().startswith("failed: "))
+    assert line.startswith(f"failed: {photos / 'a.txt'}: ChecksumMismatch: "), line
+    # botocore checks a body against the CRC32 S3 stores as it arrives; restore checks the rest itself.
+    assert (whole in line and "S3 stores" in line) if source == "S3" else f"the cache says {whole}" in line, line
+    assert "1 restored" in failed.stdout and "1 failed" in failed.stdout
+    assert [p.name for p in out.rglob("*") if p.is_file()] == ["b.txt"]
 
 
 def test_a_multipart_download_takes_its_part_size_from_the_cache_row(
-    site: dict[str, Any], tmp_path: Path, proxy: ProxyServer, bucket_prefix: str
+    tmp_path: Path, proxy: ProxyServer, bucket_prefix: str, s3_inspect: Any
 ) -> None:
-    """The row of a multipart upload records its part size: the download's composite checksum is
-    summed over it with no HeadObject PartNumber=1; only a row without it asks S3."""
-    photos, cache = site["photos"], site["cache"]
-    big = os.fsencode(photos / "sub" / "b.bin")
-    with sqlite3.connect(cache / "async-backup.db") as db:
-        assert db.execute("SELECT part_bytes FROM files WHERE path=?", (big,)).fetchone()[0] == 5 * MIB
+    """A composite multipart object (its server refused ChecksumType=FULL_OBJECT, so S3 keeps the
+    CRC32 of the parts' CRC32s): the row records its part size, and the download's composite value
+    is summed over it with no HeadObject PartNumber=1; only a row without it asks S3. A FULL_OBJECT
+    object (S3 keeps the whole file's CRC32) needs no part size: no PartNumber HeadObject at all."""
+    photos, cache = tmp_path / "photos", tmp_path / "cache"
+    composite, full = os.urandom(6 * MIB), os.urandom(6 * MIB)
+    make_tree(photos, {"composite.bin": composite})
     write_config(
         cache,
         proxy.url,
@@ -390,22 +413,60 @@ def test_a_multipart_download_takes_its_part_size_from_the_cache_row(
         bucket_prefix=bucket_prefix,
         tuning={"multipart_threshold_mib": 5, "part_size_mib": 5, "max_attempts": 2},
     )
-    args = (str(photos / "sub" / "b.bin"), "--yes")
-    assert restore(cache, *args, "--to", str(tmp_path / "one")).returncode == 0  # asks for the retrieval
+    # A server that knows no ChecksumType: the tool falls back to a composite checksum.
+    proxy.set_faults(
+        ErrorReply(ops={"CreateMultipartUpload"}, header="x-amz-checksum-type", status=400, code="InvalidArgument")
+    )
+    assert run_cli("--cache", str(cache), "--no-cache-backup").returncode == 0
+    assert proxy.count("CreateMultipartUpload", faulted=True) == 1
+    # The next run's server takes it: the file added then gets a FULL_OBJECT CRC32.
+    proxy.clear()
+    make_tree(photos, {"full.bin": full})
+    assert run_cli("--cache", str(cache), "--no-cache-backup").returncode == 0
+    bucket = stable_bucket_name(bucket_prefix, str(photos))
+    paths = {name: os.fsencode(photos / name) for name in ("composite.bin", "full.bin")}
+    heads = {
+        name: s3_inspect.head_object(Bucket=bucket, Key=key_for_path(path), ChecksumMode="ENABLED")
+        for name, path in paths.items()
+    }
+
+    def b64(crc: int) -> str:
+        return base64.b64encode(crc.to_bytes(4, "big")).decode()
+
+    # COMPOSITE: the CRC32 of the parts' CRC32s (moto leaves off S3's "-2"); FULL_OBJECT: the file's.
+    halves = (composite[: 5 * MIB], composite[5 * MIB :])
+    parts_crc = b"".join(zlib.crc32(h).to_bytes(4, "big") for h in halves)
+    assert heads["composite.bin"].get("ChecksumType") != "FULL_OBJECT"
+    assert heads["composite.bin"]["ChecksumCRC32"].removesuffix("-2") == b64(zlib.crc32(parts_crc))
+    assert heads["full.bin"]["ChecksumType"] == "FULL_OBJECT"
+    assert heads["full.bin"]["ChecksumCRC32"] == b64(zlib.crc32(full))
+    with sqlite3.connect(cache / "async-backup.db") as db:
+        for path in paths.values():
+            assert db.execute("SELECT part_bytes FROM files WHERE path=?", (path,)).fetchone()[0] == 5 * MIB
+    assert restore(cache, str(photos), "--to", str(tmp_path / "one"), "--yes").returncode == 0  # the retrievals
 
     def part_heads() -> int:
         return sum(1 for r in proxy.requests if r.op == "HeadObject" and "partNumber=" in r.query)
 
-    proxy.clear()
-    done = restore(cache, *args, "--to", str(tmp_path / "one"))
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "1 restored (6.0 MiB; 1 checksum verified)" in done.stdout
-    assert proxy.count("GetObject") == 1 and part_heads() == 0
+    def restored(name: str, to: str) -> None:
+        proxy.clear()
+        done = restore(cache, str(photos / name), "--to", str(tmp_path / to), "--yes")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "1 restored (6.0 MiB; 1 checksum verified)" in done.stdout
+        assert proxy.count("GetObject") == 1
 
+    restored("composite.bin", "one")
+    assert part_heads() == 0
     with sqlite3.connect(cache / "async-backup.db") as db:
-        db.execute("UPDATE files SET part_bytes=NULL WHERE path=?", (big,))
-    proxy.clear()
-    asked = restore(cache, *args, "--to", str(tmp_path / "two"))
-    assert asked.returncode == 0, asked.stdout + asked.stderr
-    assert "1 restored (6.0 MiB; 1 checksum verified)" in asked.stdout
+        db.execute("UPDATE files SET part_bytes=NULL WHERE path IN (?, ?)", tuple(paths.values()))
+    restored("composite.bin", "two")
     assert part_heads() == 1
+    # The whole file's CRC32 is checked as it stands, whatever the row says of parts.
+    restored("full.bin", "one")
+    assert part_heads() == 0
+
+    def placed(to: str, name: str) -> bytes:  # --to keeps the file's whole path under it
+        return (tmp_path / to / (photos / name).relative_to("/")).read_bytes()
+
+    assert placed("one", "composite.bin") == placed("two", "composite.bin") == composite
+    assert placed("one", "full.bin") == full

@@ -8,9 +8,12 @@ out as "not checkable", never as a mismatch.
 
 from __future__ import annotations
 
+import base64
 import os
+import re
 import sqlite3
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +66,7 @@ FILES = {
     "gone.txt": b"deleted from S3 behind our back",
     "resized.txt": b"original size",
     "reclassed.txt": b"copied to another storage class",
-    "big.bin": os.urandom(6 * MIB),  # multipart: moto stores its composite CRC32
+    "big.bin": os.urandom(6 * MIB),  # multipart: S3 stores its full-object CRC32
     "fine/ok.txt": b"untouched",
     "fine/also-ok.txt": b"untouched too",
 }
@@ -76,8 +79,9 @@ def test_verify_finds_each_kind_of_damage_and_repair_plus_backup_makes_it_whole(
 
     clean = verify(cache)
     assert clean.returncode == 0, clean.stdout + clean.stderr
-    assert ": whole" in clean.stdout and "1 match" in clean.stdout
-    assert "not checkable (S3 stores no checksum)" in clean.stdout  # moto: single PUTs
+    # Every object, single PUT or multipart, has S3's CRC32 of the whole file to compare with.
+    assert ": whole" in clean.stdout and "checksums: 6 match" in clean.stdout
+    assert "not checkable" not in clean.stdout
     assert "requests sent: " in clean.stdout and "ListObjectsV2 1" in clean.stdout
 
     s3_inspect.delete_object(Bucket=bucket, Key=key_of(data / "gone.txt"))
@@ -98,18 +102,21 @@ def test_verify_finds_each_kind_of_damage_and_repair_plus_backup_makes_it_whole(
         MetadataDirective="COPY",
     )
     set_checksum(cache, data / "big.bin", "crc32:AAAAAA==-2")
-    set_checksum(cache, data / "fine/ok.txt", "crc32:AAAAAA==")  # not checkable on moto: never a mismatch
+    # A single PutObject's CRC32 is kept by S3 (and by moto, the algorithm being named), so a row
+    # that disagrees with it is found too, as a multipart object's is.
+    set_checksum(cache, data / "fine/ok.txt", "crc32:AAAAAA==")
 
     broken = verify(cache)
     assert broken.returncode == 1, broken.stdout + broken.stderr
     out = broken.stdout
-    assert "5 problems" in out
+    assert "6 problems" in out, out
     assert f"missing from S3: {data / 'gone.txt'}: cached" in out
     assert f"unexplained in S3: {data / 'stray.txt'}: no file and no cache row" in out
     assert f"size mismatch: {data / 'resized.txt'}: S3 has 16 bytes, the cache 13" in out
     assert f"wrong storage class: {data / 'reclassed.txt'}: S3 has GLACIER, the config asks for DEEP_ARCHIVE" in out
     assert f"checksum mismatch: {data / 'big.bin'}: S3 stored CRC32" in out
-    assert "fine/ok.txt" not in out
+    ok_crc = base64.b64encode(zlib.crc32(FILES["fine/ok.txt"]).to_bytes(4, "big")).decode()
+    assert f"checksum mismatch: {data / 'fine/ok.txt'}: S3 stored CRC32 {ok_crc}, the cache AAAAAA==" in out
     assert "run `async-backup verify --repair`, then a backup" in out
 
     skipped = verify(cache, "--no-checksums", "--target", bucket)
@@ -119,16 +126,16 @@ def test_verify_finds_each_kind_of_damage_and_repair_plus_backup_makes_it_whole(
 
     repaired = verify(cache, "--repair", "--target", str(data))
     assert repaired.returncode == 1
-    assert "the cache was corrected for 5 files: run a backup now" in repaired.stdout
+    assert "the cache was corrected for 6 files: run a backup now" in repaired.stdout
 
     backup = run_cli("--cache", str(cache))
     assert backup.returncode == 0, backup.stderr
-    assert "4 files uploaded (6.0 MiB), 1 deleted" in backup.stderr
+    assert "5 files uploaded (6.0 MiB), 1 deleted" in backup.stderr, backup.stderr
 
     whole = verify(cache)
     assert whole.returncode == 0, whole.stdout + whole.stderr
     assert ": whole" in whole.stdout and "verify: 1 target whole" in whole.stdout
-    assert "checksums: 1 match" in whole.stdout
+    assert re.search(r"checksums: \d+ match\n", whole.stdout) and "not checkable" not in whole.stdout
 
 
 def test_md5_mode_compares_etags_without_heads(

@@ -1,4 +1,4 @@
-"""The content proof of an unsure row: the file's checksum, in the form its row recorded.
+"""The content proof of an unsure row: the file's checksum, in the form its row recorded first.
 
 Owns `read_content`, which reads a file whose size and mtime match its row but whose row is unsure
 (read racily) or whose inode or ctime moved, and computes its checksum exactly as the upload
@@ -66,8 +66,14 @@ def checksum_of_file(
         check_unchanged(fd, file.size, file.mtime_ns)
     finally:
         os.close(fd)
-    # A whole body: crc32:<base64> or md5:<hex>, as the upload recorded it.
-    checksum = composite_checksum(sums) if parts is not None else sums[0].recorded("")
+    # A whole body: crc32:<base64> or md5:<hex>, as the row's first value has it (`file_value`).
+    whole = sums[0]
+    if parts is not None:
+        checksum = composite_checksum(sums)
+    elif whole.algorithm == "crc32":
+        checksum = f"crc32:{whole.b64}"
+    else:
+        checksum = f"md5:{whole.digest.hex()}"
     return ContentSeen(checksum, st.st_ino, st.st_ctime_ns, started_ns)
 
 

@@ -28,6 +28,7 @@ from ..disk.read import FileChanged, FileUnreadable, FileVanished
 from ..errors import Failure, FailureCollector, FailureKind, FatalError, Fix, S3Error, fix_command
 from ..recovery.rules import checksum_of
 from ..report.summary import format_bytes
+from ..s3.checksums import file_value
 from ..s3.client import S3, endpoint_name
 from ..s3.objects import parse_mtime_metadata
 from ..settings.config import Config
@@ -206,7 +207,7 @@ class UploadPolicy:
             return True
         except (FileChanged, FileUnreadable):
             return False
-        if seen is None or seen.checksum != checksum:
+        if seen is None or seen.checksum != file_value(checksum):
             return False
         row = Stored(
             bucket,

@@ -16,8 +16,15 @@ parts in S3 stays open: its id, its file's evidence and each part S3 confirmed a
 (`MultipartLog`), and the next upload of the same key continues it when the file is unchanged,
 sending only the parts S3 does not hold as recorded. It is aborted when the file changed, and
 started again when S3 no longer knows it (the bucket's lifecycle rule). The parts not sent again
-are still read and checksummed: the object's composite checksum is built from every part's, and
-a part whose bytes no longer match its record is sent again.
+are still read and checksummed: the whole file's CRC32 is combined from every part's, and a part
+whose bytes no longer match its record is sent again.
+
+Every upload records the whole file's CRC32, taken in the read that checksums its bodies (no pass
+of its own): a single PutObject's body CRC32, or for a multipart upload the parts' CRC32s combined
+(`s3.checksums.crc32_combine`). With CRC32 bodies, a multipart upload is created with
+ChecksumType=FULL_OBJECT and completed with that value, so S3 stores the same CRC32 for an object
+of any size; its record says "crc32/full" for the parts' algorithm, so a continued upload is
+completed the way it was created.
 """
 
 from __future__ import annotations
@@ -46,7 +53,7 @@ from ..disk.read import (
 )
 from ..errors import S3Error, unwrapped_group
 from ..s3.buckets import ABORT_INCOMPLETE_DAYS
-from ..s3.checksums import PartChecksum, RunningChecksum, composite_checksum
+from ..s3.checksums import PartChecksum, RunningChecksum, multipart_recorded, whole_crc32
 from ..s3.client import S3, CompletedPart, ListedPart
 from ..s3.fastput.bodies import BodyStream
 from ..s3.objects import mtime_metadata
@@ -63,6 +70,8 @@ ABORT_TIMEOUT_S = 90
 # The buffers of streamed bodies: a body goes to the socket in views of this size. Files of at most
 # this size are read whole instead (one read and one checksum in a single worker-thread call).
 CHUNK_BYTES = 256 * 1024
+# The recorded algorithm of a multipart upload created with ChecksumType=FULL_OBJECT (CRC32 parts).
+FULL_OBJECT_CRC32 = "crc32/full"
 
 
 @dataclass(frozen=True, slots=True)
@@ -421,6 +430,7 @@ class Begun:
     upload_id: str
     part_bytes: int
     held: dict[int, SentPart]
+    full_object: bool  # created with ChecksumType=FULL_OBJECT: completed with the whole file's CRC32
 
 
 async def _upload_multipart(ctx: UploadContext, opened: Opened) -> Uploaded:
@@ -508,7 +518,11 @@ async def _upload_multipart(ctx: UploadContext, opened: Opened) -> Uploaded:
                     tg.start_soon(send_streamed if ctx.streaming else send_whole, number, offset, length)
         check_unchanged(opened.fd, opened.size, opened.mtime_ns)
         completed = [p for p in parts if p is not None]
-        await s3.complete_multipart_upload(ctx.bucket, ctx.key, upload_id, completed)
+        lengths = [length for _, length in ranges]
+        full_crc32 = whole_crc32([(p.checksum.body_crc32, n) for p, n in zip(completed, lengths, strict=True)])
+        await s3.complete_multipart_upload(
+            ctx.bucket, ctx.key, upload_id, completed, full_crc32=full_crc32 if begun.full_object else None
+        )
     except BaseException as exc:
         cut = isinstance(exc, anyio.get_cancelled_exc_class())
         if cut and (begun.held or any(p is not None for p in parts)):
@@ -519,7 +533,9 @@ async def _upload_multipart(ctx: UploadContext, opened: Opened) -> Uploaded:
         await _abort(ctx, upload_id)
         raise
     await ctx.multipart_log.ended(upload_id)
-    recorded = composite_checksum([p.checksum for p in completed], [p.etag for p in completed])
+    recorded = multipart_recorded(
+        [p.checksum for p in completed], lengths, [p.etag for p in completed], full_object=begun.full_object
+    )
     return Uploaded(
         opened.size, opened.mtime_ns, recorded, opened.ino, opened.ctime_ns, opened.read_started_ns, part_bytes, kind
     )
@@ -555,20 +571,20 @@ async def _continued_or_created(ctx: UploadContext, opened: Opened) -> Begun:
                     await ctx.multipart_log.ended(earlier.upload_id)
             else:
                 recorded = await ctx.multipart_log.sent_parts(earlier.upload_id)
-                held = {n: p for n, p in recorded.items() if _same_part(p, listed.get(n), file.algorithm)}
+                held = {n: p for n, p in recorded.items() if _same_part(p, listed.get(n), _parts_algorithm(file))}
                 ctx.s3.continue_upload(earlier.upload_id, file.storage_class)
                 log.info(
                     "continuing the multipart upload of %s an earlier run left open: %d of its parts are in S3",
                     ctx.key,
                     len(held),
                 )
-                return Begun(earlier.upload_id, file.part_bytes, held)
+                return Begun(earlier.upload_id, file.part_bytes, held, file.algorithm == FULL_OBJECT_CRC32)
         else:
             log.info("%s: %s since its multipart upload began; starting it again", ctx.key, why)
             await _abort(ctx, earlier.upload_id)
     part_bytes = part_size_for(opened.size, ctx.settings.part_size_bytes)
-    upload_id = await _create_recorded(ctx, opened, part_bytes)
-    return Begun(upload_id, part_bytes, {})
+    upload_id, full_object = await _create_recorded(ctx, opened, part_bytes)
+    return Begun(upload_id, part_bytes, {}, full_object)
 
 
 def _why_not_continued(ctx: UploadContext, opened: Opened, file: UploadFile | None) -> str | None:
@@ -581,11 +597,16 @@ def _why_not_continued(ctx: UploadContext, opened: Opened, file: UploadFile | No
         return "the file was replaced"
     if file.ctime_ns is not None and opened.ctime_ns and file.ctime_ns != opened.ctime_ns:
         return "the file's ctime moved"
-    if file.algorithm != ctx.algorithm:
+    if _parts_algorithm(file) != ctx.algorithm:
         return "the body checksum changed"
     if file.storage_class != ctx.settings.storage_class:
         return "the storage class changed"
     return None
+
+
+def _parts_algorithm(file: UploadFile) -> str:
+    """The body checksum of an upload's parts ("crc32" for a FULL_OBJECT upload too)."""
+    return file.algorithm.partition("/")[0]
 
 
 def _same_part(sent: SentPart, listed: ListedPart | None, algorithm: str) -> bool:
@@ -598,34 +619,35 @@ def _same_part(sent: SentPart, listed: ListedPart | None, algorithm: str) -> boo
     return True
 
 
-async def _create_recorded(ctx: UploadContext, opened: Opened, part_bytes: int) -> str:
+async def _create_recorded(ctx: UploadContext, opened: Opened, part_bytes: int) -> tuple[str, bool]:
     """CreateMultipartUpload and the record of its id and file, as one region a cancellation
     cannot split: once S3 has created the upload, it is either recorded (so the next run can
     continue or abort it) or aborted here. Only SIGKILL leaves one unrecorded, and it holds no
-    part. botocore's timeouts and retries bound the wait for the reply."""
-    file = UploadFile(
-        ctx.path,
-        opened.size,
-        opened.mtime_ns,
-        opened.ino or None,
-        opened.ctime_ns or None,
-        part_bytes,
-        ctx.algorithm,
-        ctx.settings.storage_class,
-    )
+    part. botocore's timeouts and retries bound the wait for the reply. Returns the upload id and
+    whether S3 keeps a FULL_OBJECT checksum of it."""
     with anyio.CancelScope(shield=True):
-        upload_id = await ctx.s3.create_multipart_upload(
+        upload_id, full_object = await ctx.s3.create_multipart_upload(
             ctx.bucket,
             ctx.key,
             storage_class=ctx.settings.storage_class,
             metadata=mtime_metadata(opened.mtime_ns),
+        )
+        file = UploadFile(
+            ctx.path,
+            opened.size,
+            opened.mtime_ns,
+            opened.ino or None,
+            opened.ctime_ns or None,
+            part_bytes,
+            FULL_OBJECT_CRC32 if full_object else ctx.algorithm,
+            ctx.settings.storage_class,
         )
         try:
             await ctx.multipart_log.started(upload_id, file)
         except BaseException:  # the cache could not record it (a full disk): abort it now
             await _abort(ctx, upload_id, record=False)
             raise
-    return upload_id
+    return upload_id, full_object
 
 
 async def _abort(ctx: UploadContext, upload_id: str, *, record: bool = True) -> None:

@@ -45,7 +45,9 @@ class Recorded:
     ino: int | None = None
     ctime_ns: int | None = None
     unsure: bool = False  # read racily (see RACY_MARGIN_NS): its contents are compared next run
-    # "crc32:<b64>[-parts]" or "md5:<hex>[-parts]" as S3 stored it (`s3.checksums`); None: not known
+    # The whole file's "crc32:<b64>", then what S3 stores when that differs (a composite CRC32 or an
+    # MD5 ETag); older rows: "crc32:<b64>[-parts]" or "md5:<hex>[-parts]" alone. The forms are
+    # described in `s3.checksums`. None: not known
     checksum: str | None = None
     part_bytes: int | None = None  # a multipart upload's part size, to recompute its checksum locally
     # What its first bytes showed when it was sent (`disk.kinds`); None for rows written before
@@ -119,7 +121,9 @@ class UploadFile:
     ino: int | None
     ctime_ns: int | None
     part_bytes: int  # the upload's part size, kept even if tuning.part_size_mib changes
-    algorithm: str  # the parts' body checksum ("crc32", "md5" or "sha256")
+    # the parts' body checksum ("crc32", "md5" or "sha256"); "crc32/full": CRC32 parts of an upload
+    # created with ChecksumType=FULL_OBJECT (completed with the whole file's CRC32)
+    algorithm: str
     storage_class: str  # the object's, fixed by CreateMultipartUpload
 
 

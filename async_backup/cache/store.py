@@ -54,7 +54,7 @@ CREATE TABLE IF NOT EXISTS files (
     path     BLOB    NOT NULL,   -- absolute path bytes; BLOB order is the walk's order
     size     INTEGER,            -- NULL for rows adopted from the old script's cache
     mtime_ns INTEGER NOT NULL,
-    checksum TEXT,               -- "crc32:<b64>[-parts]" or "md5:<hex>[-parts]" as S3 stored it
+    checksum TEXT,               -- the whole file's "crc32:<b64>" [then S3's value if another]; see s3/checksums.py
     legacy_mtime REAL,           -- the old script's float st_mtime, for rows adopted from its cache
     ino      INTEGER,            -- st_ino and st_ctime_ns when the file was read (NULL: not known,
     ctime_ns INTEGER,            --   in rows written before they were kept)
@@ -85,7 +85,7 @@ CREATE TABLE IF NOT EXISTS multipart_files (   -- the file of an open upload, so
     ino       INTEGER,
     ctime_ns  INTEGER,
     part_bytes INTEGER NOT NULL,   -- the upload's part size, whatever tuning says later
-    algorithm TEXT    NOT NULL,    -- the parts' body checksum
+    algorithm TEXT    NOT NULL,    -- the parts' body checksum ("crc32/full": a FULL_OBJECT upload)
     storage_class TEXT NOT NULL,
     PRIMARY KEY (bucket, upload_id)
 );

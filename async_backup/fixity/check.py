@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from ..cache.records import Recorded, is_unchanged
 from ..disk.entries import DiskFile
-from ..s3.checksums import MD5_ETAG, StreamSum, split_checksum, split_stored
+from ..s3.checksums import MD5_ETAG, StreamSum, s3_value, split_checksum, split_stored
 from ..s3.objects import ObjectHead
 
 READ_CHUNK_BYTES = 1024 * 1024
@@ -136,7 +136,9 @@ def compare_head(cached: str | None, first_checksum: str | None, head: ObjectHea
     """What S3 stores against the cache: ("ok", ""), ("mismatch", detail) or ("not checkable",
     why). A CRC32 S3 stores is compared with the row's, or (a row without one) with the whole-file
     CRC32 a first pass took when S3 stores a full-object value; an MD5 row with the ETag."""
-    reference = cached or ""
+    # A row's second value, when it has one, is what S3 stores (a composite CRC32 or the MD5 ETag);
+    # its first, the whole file's CRC32, is compared only where S3 stores that.
+    reference = s3_value(cached) if cached else ""
     algorithm, digest, parts = split_checksum(reference) if reference else ("", "", None)
     if algorithm == "md5":
         etag = head.etag.strip('"').lower()

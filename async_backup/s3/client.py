@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import math
 import ssl
 from collections import Counter
@@ -39,6 +40,7 @@ from botocore.exceptions import (
     ClientError,
     ConnectionClosedError,
     EndpointConnectionError,
+    FlexibleChecksumError,
     ReadTimeoutError,
     SSLError,
 )
@@ -47,7 +49,7 @@ from botocore.httpsession import get_cert_path
 from ..errors import FatalError, S3Error
 from ..settings.config import AwsSettings, Tuning
 from .bandwidth import Limiter
-from .checksums import PartChecksum
+from .checksums import PartChecksum, crc32_b64
 from .credentials import credentials_failure
 from .errormap import ErrorReply, S3Failures, StsFailures
 from .fastput.bodies import BodyStream, PacedFileBody
@@ -56,12 +58,14 @@ from .fastput.signing import BucketEndpoint
 from .objects import ListedObject, ObjectHead, ObjectVersion
 from .pricing import RequestTally
 
+log = logging.getLogger(__name__)
+
 # put_plain_file holds at most this much of a file in memory: one PutObject up to it, else parts of it.
 PLAIN_PART_BYTES = 16 * 1024 * 1024
 
-# A bucket with Object Lock refuses a body without Content-MD5 or an SDK checksum: a CRC32 header goes
-# with this one naming its algorithm there, as the SDKs send it (moto, like S3 once, asks for this one).
-SDK_CHECKSUM_HEADER = "x-amz-sdk-checksum-algorithm"
+# What a server that knows no ChecksumType answers CreateMultipartUpload with it: such a bucket's
+# multipart uploads fall back to a COMPOSITE checksum (S3 itself takes FULL_OBJECT with CRC32).
+_NO_CHECKSUM_TYPE = frozenset({"InvalidArgument", "InvalidRequest", "NotImplemented", "400", "501"})
 
 # Errors of a request that never reached the server (the probe reports them as "cannot reach").
 _CONNECT_ERRORS = frozenset({"EndpointConnectionError", "ConnectTimeoutError"})
@@ -145,6 +149,7 @@ class S3:
         # Ceph each such 404 takes 40-50 ms).
         self._missing: set[str] = set()
         self._streamable: dict[str, bool] = {}  # can_stream's answers, per bucket
+        self._composite_only: set[str] = set()  # buckets whose server refused ChecksumType=FULL_OBJECT
         # Buckets found or made with Object Lock this run: every body sent to them carries
         # Content-MD5 or a CRC32 with its algorithm named, which S3 demands there.
         self._locked: set[str] = set()
@@ -247,28 +252,47 @@ class S3:
             if self._direct is not None and endpoint is not None:
                 # Sent past botocore, so counted here (once per call: DirectPut's own retries are not seen).
                 self.sent.add(operation, billed_class)
+                # A CRC32 names its algorithm in every body's headers (request_headers), which a
+                # bucket with Object Lock demands too: nothing to add for one here.
                 signed = {**headers, **checksum.request_headers()}
-                if bucket in self._locked and checksum.algorithm == "crc32":
-                    signed[SDK_CHECKSUM_HEADER] = "CRC32"
                 return _etag_of(await self._direct.put(endpoint, bucket, key, body, signed, what, query))
             if isinstance(body, BodyStream):
                 raise TypeError("a streamed body needs the fast path: check can_stream() first")
             send = self._client.put_object if operation == "PutObject" else self._client.upload_part
-            named = {"ChecksumAlgorithm": "CRC32"} if bucket in self._locked and checksum.algorithm == "crc32" else {}
-            reply = await send(Bucket=bucket, Key=key, Body=body, **botocore_args, **checksum.request_args(), **named)
+            reply = await send(Bucket=bucket, Key=key, Body=body, **botocore_args, **checksum.request_args())
         return str(reply.get("ETag", ""))
 
     async def create_multipart_upload(
         self, bucket: str, key: str, *, storage_class: str, metadata: Mapping[str, str]
-    ) -> str:
-        extra = {"ChecksumAlgorithm": "CRC32"} if self.checksum_algorithm == "crc32" else {}
-        async with self._mapped(f"CreateMultipartUpload {key}"):
-            reply = await self._client.create_multipart_upload(
-                Bucket=bucket, Key=key, StorageClass=storage_class, Metadata=dict(metadata), **extra
-            )
+    ) -> tuple[str, bool]:
+        """CreateMultipartUpload; returns the upload id and whether S3 keeps a FULL_OBJECT CRC32 of
+        it (the whole file's, as a single PutObject would): asked for with CRC32 bodies, unless the
+        bucket's server refused ChecksumType before (one info line per bucket, then COMPOSITE)."""
+        args: dict[str, Any] = {"Bucket": bucket, "Key": key, "StorageClass": storage_class, "Metadata": dict(metadata)}
+        full_object = self.checksum_algorithm == "crc32" and bucket not in self._composite_only
+        if self.checksum_algorithm == "crc32":
+            args["ChecksumAlgorithm"] = "CRC32"
+        if full_object:
+            try:
+                async with self._mapped(f"CreateMultipartUpload {key}"):
+                    reply = await self._client.create_multipart_upload(**args, ChecksumType="FULL_OBJECT")
+            except S3Error as exc:
+                if exc.code not in _NO_CHECKSUM_TYPE:
+                    raise
+                log.info(
+                    "%s: the server refused a full-object checksum for multipart uploads (%s); its multipart "
+                    "objects get a composite one (the cache still keeps each file's whole CRC32)",
+                    bucket,
+                    exc.code,
+                )
+                self._composite_only.add(bucket)
+                full_object = False
+        if not full_object:
+            async with self._mapped(f"CreateMultipartUpload {key}"):
+                reply = await self._client.create_multipart_upload(**args)
         upload_id = str(reply["UploadId"])
         self._upload_class[upload_id] = storage_class
-        return upload_id
+        return upload_id, full_object
 
     def continue_upload(self, upload_id: str, storage_class: str) -> None:
         """An earlier run's multipart upload goes on in this one: its parts bill at its object's class."""
@@ -315,14 +339,20 @@ class S3:
         return CompletedPart(part_number, etag, checksum)
 
     async def complete_multipart_upload(
-        self, bucket: str, key: str, upload_id: str, parts: Sequence[CompletedPart]
+        self, bucket: str, key: str, upload_id: str, parts: Sequence[CompletedPart], *, full_crc32: int | None = None
     ) -> None:
+        """CompleteMultipartUpload; `full_crc32`, the whole object's CRC32, for an upload created
+        with ChecksumType=FULL_OBJECT (S3 checks it against the parts and stores it)."""
+        extra: dict[str, Any] = {}
+        if full_crc32 is not None:
+            extra = {"ChecksumCRC32": crc32_b64(full_crc32), "ChecksumType": "FULL_OBJECT"}
         async with self._mapped(f"CompleteMultipartUpload {key}"):
             await self._client.complete_multipart_upload(
                 Bucket=bucket,
                 Key=key,
                 UploadId=upload_id,
                 MultipartUpload={"Parts": [_part_args(p) for p in parts]},
+                **extra,
             )
         self._upload_class.pop(upload_id, None)
 
@@ -965,6 +995,12 @@ class ObjectReader:
         """Up to `size_bytes` of the body; b"" at the end."""
         try:
             return bytes(await self._body.read(size_bytes))
+        except FlexibleChecksumError as exc:
+            # botocore checks the body against the CRC32 S3 stores (ChecksumMode=ENABLED) as its
+            # last bytes arrive: the same finding as restore's own check, not a broken connection.
+            raise S3Error(
+                "ChecksumMismatch", f"GetObject {self._key}: the download does not match the checksum S3 stores ({exc})"
+            ) from None
         except (BotoCoreError, aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise S3Error(type(exc).__name__, f"GetObject {self._key}: the download broke off ({exc})") from None
 

@@ -30,7 +30,7 @@ from ..recovery.accountnames import with_account_names
 from ..recovery.snapshots import CACHE_BUCKET
 from ..report.progress import Ticker
 from ..report.summary import format_bytes, format_requests
-from ..s3.checksums import MD5_ETAG
+from ..s3.checksums import MD5_ETAG, s3_value
 from ..s3.client import S3, open_s3
 from ..settings.config import Config
 from ..settings.targets import Target, discover_targets, select_targets
@@ -133,9 +133,10 @@ class Verify:
         verdict, _ = compare_checksum(item.cached, item.etag, None)
         if verdict is not None:
             return False
-        if item.cached.startswith("md5:"):
+        stored = s3_value(item.cached)
+        if stored.startswith("md5:"):
             return bool(MD5_ETAG.match(item.etag))
-        return item.cached.startswith("crc32:") and self.checksums
+        return stored.startswith("crc32:") and self.checksums
 
     async def _checksums(self, s3: S3, check: TargetCheck, spill: Spill) -> None:
         """The checksums left for a HeadObject each, read back from the spill in chunks."""

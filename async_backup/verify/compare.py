@@ -20,7 +20,7 @@ from ..disk.entries import DiskFile, Hole, Skipped, WalkEntry
 from ..disk.walk import Excluder
 from ..errors import Failure
 from ..report.summary import format_bytes
-from ..s3.checksums import MD5_ETAG, split_checksum, split_stored
+from ..s3.checksums import MD5_ETAG, s3_value, split_checksum, split_stored
 from ..s3.objects import ListedObject, ObjectHead
 from ..settings.targets import Target
 
@@ -87,8 +87,9 @@ class TargetCheck:
 def compare_checksum(cached: str, etag: str, head: ObjectHead | None) -> tuple[bool | None, str]:
     """Compare the cache's value with what S3 stored: (True, "") match, (False, detail) mismatch,
     (None, reason) not checkable. `head` is None when no HeadObject was sent (md5 values are
-    compared with the listing's ETag alone). Never reports a mismatch it cannot prove."""
-    algorithm, digest, parts = split_checksum(cached)
+    compared with the listing's ETag alone). Never reports a mismatch it cannot prove. Of a row
+    with two values, the second: what S3 stores where the whole file's CRC32 is not it."""
+    algorithm, digest, parts = split_checksum(s3_value(cached))
     if algorithm == "md5":
         want = digest + (f"-{parts}" if parts is not None else "")
         if not MD5_ETAG.match(etag):
