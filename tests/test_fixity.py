@@ -212,3 +212,30 @@ def test_the_windows_end_ends_the_slice_too(tmp_path: Path, proxy: ProxyServer, 
     report = last_report(cache)
     assert report["targets"][0]["fixity"]["bytes_read"] == 0
     assert "no fixity slice this run" in done.stderr
+
+
+def _head(etag: str, crc32: str | None, checksum_type: str) -> Any:
+    from async_backup.s3.objects import ObjectHead
+
+    return ObjectHead(
+        size=10, etag=f'"{etag}"', storage_class="DEEP_ARCHIVE", version_id="v", metadata={}, restore=None,
+        checksum_crc32=crc32, other_checksum=False, checksum_type=checksum_type, parts_count=None,
+        encrypted_with_key=False,
+    )  # fmt: skip
+
+
+def test_the_s3_side_compares_what_s3_stores_not_the_whole_files_crc32_where_they_differ() -> None:
+    """A row keeps the whole file's CRC32 first and, where S3 stores something else, that second:
+    the S3 check must take the second (a composite CRC32, an MD5 ETag), never report the first
+    against it as a mismatch."""
+    from async_backup.fixity.check import compare_head
+
+    md5 = "0123456789abcdef0123456789abcdef"
+    assert compare_head(f"crc32:AAAAAQ== md5:{md5}", None, _head(md5, None, "")) == ("ok", "")
+    assert compare_head(f"crc32:AAAAAQ== md5:{md5}", None, _head("f" * 32, None, ""))[0] == "mismatch"
+    composite = "crc32:AAAAAQ== crc32:BBBBBB==-3"
+    assert compare_head(composite, None, _head(md5 + "-3", "BBBBBB==-3", "COMPOSITE")) == ("ok", "")
+    assert compare_head(composite, None, _head(md5 + "-3", "CCCCCC==-3", "COMPOSITE"))[0] == "mismatch"
+    whole = "crc32:AAAAAQ=="
+    assert compare_head(whole, None, _head(md5 + "-3", "AAAAAQ==", "FULL_OBJECT")) == ("ok", "")
+    assert compare_head(whole, None, _head(md5 + "-3", "AAAAAg==", "FULL_OBJECT"))[0] == "mismatch"
