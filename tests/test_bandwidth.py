@@ -21,7 +21,7 @@ from conftest import ACCESS_KEY, REGION, SECRET_KEY, in_process, make_tree, writ
 from s3proxy import ProxyServer
 
 from async_backup.backup.budget import ByteBudget
-from async_backup.backup.upload import MemoryLimits, UploadSettings, upload_file
+from async_backup.backup.upload import MemoryLimits, MultipartLog, UploadSettings, upload_file
 from async_backup.disk.entries import DiskFile
 from async_backup.disk.keys import key_for_path
 from async_backup.errors import ConfigError
@@ -274,9 +274,6 @@ def test_uploads_go_at_the_limit_over_30_s_and_the_event_loop_never_stalls(
     samples: list[tuple[float, int]] = []
     worst_lag_s = 0.0
 
-    async def hook(_upload_id: str) -> None:
-        return None
-
     def received() -> int:
         return sum(r.request_bytes for r in proxy.requests if r.op in ("PutObject", "UploadPart"))
 
@@ -292,7 +289,7 @@ def test_uploads_go_at_the_limit_over_30_s_and_the_event_loop_never_stalls(
             await s3.create_bucket(bucket)
 
             async def one(file: DiskFile) -> None:
-                await upload_file(s3, bucket, key_for_path(file.path), file, settings, limits, hook, hook)
+                await upload_file(s3, bucket, key_for_path(file.path), file, settings, limits, MultipartLog())
 
             async with anyio.create_task_group() as tg:
                 tg.start_soon(heartbeat)

@@ -26,7 +26,7 @@ from async_backup.errors import FatalError
 from async_backup.settings.naming import stable_bucket_name
 
 FS_BYTES = 4 * 1024 * 1024
-FREE_BYTES = 192 * 1024  # what is left for the cache once the ballast is in
+FREE_BYTES = 320 * 1024  # what is left for the cache once the ballast is in (its schema and a few batches)
 FILES = 1500
 
 

@@ -100,6 +100,8 @@ def test_faults_lose_nothing_and_a_clean_rerun_makes_the_bucket_whole(
                 "connect_timeout_s": 2,
                 "max_attempts": 3,
                 "workers": 16,
+                # 1,500 of 2,000 files are rewritten on purpose: not the ransomware the guard stops.
+                "max_change_percent": 100,
             },
         )
         # The bucket is set up before the faults start: bucket setup is all-or-nothing per target.
