@@ -11,9 +11,11 @@ root can mount: elsewhere every test that asks for one is skipped with the reaso
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import shutil
+import struct
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -87,3 +89,34 @@ def _image_for(mount_point: Path, fs_type: str) -> Path:
     folder.mkdir(mode=0o700, exist_ok=True)
     digest = hashlib.sha256(os.fsencode(mount_point.absolute())).hexdigest()[:16]
     return folder / f"{digest}.{fs_type}.img"
+
+
+# FS_IOC_FIEMAP (linux/fs.h) and its structs (linux/fiemap.h): a file's extents on its device.
+_FS_IOC_FIEMAP = 0xC020660B
+_FIEMAP_FLAG_SYNC = 0x1
+_FIEMAP_HEADER = struct.Struct("=QQIIII")  # fm_start, fm_length, fm_flags, fm_mapped_extents, fm_extent_count, reserved
+_FIEMAP_EXTENT = struct.Struct("=QQQQQIIII")  # fe_logical, fe_physical, fe_length, 2 reserved, fe_flags, 3 reserved
+
+
+def rot_beneath(mount_point: Path, path: Path, fs_type: str = "ext2") -> None:
+    """Flip one byte of `path` in the image under the mounted file system, as a failing disk does:
+    the file system never sees a write, so size, mtime and ctime stay as they were. The page cache
+    is dropped after, so the next read comes from the (rotten) image."""
+    with open(path, "rb") as f:
+        request = _FIEMAP_HEADER.pack(0, 2**64 - 1, _FIEMAP_FLAG_SYNC, 0, 1, 0) + bytes(_FIEMAP_EXTENT.size)
+        reply = bytearray(request)
+        fcntl.ioctl(f.fileno(), _FS_IOC_FIEMAP, reply)  # filled in place
+    mapped = _FIEMAP_HEADER.unpack_from(reply)[3]
+    assert mapped >= 1, f"{path} has no extent on its device"
+    logical, physical, length = _FIEMAP_EXTENT.unpack_from(reply, _FIEMAP_HEADER.size)[:3]
+    assert logical == 0 and length > 0
+    at = physical + min(length, os.path.getsize(path)) // 2
+    with open(_image_for(Path(mount_point), fs_type), "r+b") as image:
+        image.seek(at)
+        byte = image.read(1)
+        image.seek(at)
+        image.write(bytes([byte[0] ^ 0xFF]))
+        image.flush()
+        os.fsync(image.fileno())
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")

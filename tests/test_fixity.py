@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from conftest import in_process, key_of, last_report, write_config
+from loopfs import loop_mount, rot_beneath
 from s3proxy import PacedBody, ProxyServer
 
 from async_backup.settings.naming import stable_bucket_name
@@ -239,3 +240,40 @@ def test_the_s3_side_compares_what_s3_stores_not_the_whole_files_crc32_where_the
     whole = "crc32:AAAAAQ=="
     assert compare_head(whole, None, _head(md5 + "-3", "AAAAAQ==", "FULL_OBJECT")) == ("ok", "")
     assert compare_head(whole, None, _head(md5 + "-3", "AAAAAg==", "FULL_OBJECT"))[0] == "mismatch"
+
+
+@pytest.mark.slow
+def test_rot_beneath_a_real_file_system_is_found_and_never_uploaded(
+    tmp_path: Path, proxy: ProxyServer, bucket_prefix: str
+) -> None:
+    """Bit rot as a disk makes it: one byte flipped in the ext4 image under the mounted file system,
+    so the file's size, mtime, ctime and inode are its own (no cache row is edited). The slice finds
+    it within fixity_days runs; the file is not uploaded over the good version when its mtime moves."""
+    with loop_mount(tmp_path / "share", "ext4") as root:
+        paths = tree(root)
+        cache = tmp_path / "cache"
+        days = 2
+        write_config(cache, proxy.url, folders=[str(root)], bucket_prefix=bucket_prefix,
+                     backup_extra={"fixity_days": days})  # fmt: skip
+        assert backup(cache)["targets"][0]["new"] == len(paths)
+        rotten = paths[3]
+        good, before = rotten.read_bytes(), rotten.stat()
+        rot_beneath(root, rotten, "ext4")
+        after = rotten.stat()
+        assert rotten.read_bytes() != good, "the byte flipped in the image reached the file"
+        same = ("st_size", "st_mtime_ns", "st_ctime_ns", "st_ino")
+        assert [getattr(after, a) for a in same] == [getattr(before, a) for a in same]
+
+        found: list[dict[str, Any]] = []
+        for _ in range(days):
+            found = fixity_failures(backup(cache))
+            if found:
+                break
+        assert [f["path"] for f in found] == [str(rotten)], found
+        assert f"async-backup restore '{rotten}' --as-of " in found[0]["message"]
+
+        os.utime(rotten)  # someone opens it in an editor and saves nothing: a new mtime, rotten bytes
+        proxy.clear()
+        held = backup(cache)
+        assert puts_of(proxy, key_of(rotten)) == 0
+        assert [f["path"] for f in fixity_failures(held)] == [str(rotten)]
