@@ -32,18 +32,6 @@ class ContentSeen:
     read_started_ns: int
 
 
-def comparable(checksum: str | None, part_bytes: int | None, size: int) -> bool:
-    """Whether a recorded checksum can be recomputed from the file: CRC32 or MD5, and for a
-    composite one the part size it was built with (rows from before it was kept have none)."""
-    if not checksum:
-        return False
-    algorithm, digest, parts = split_checksum(checksum)
-    if algorithm not in ("crc32", "md5") or not digest:
-        return False
-    if parts is None:
-        return True
-    return part_bytes is not None and part_bytes > 0 and len(part_ranges(size, part_bytes)) == parts
-
 
 def checksum_of_file(
     file: DiskFile, recorded: str, part_bytes: int | None, buffer: bytearray

@@ -28,13 +28,13 @@ from ..disk.read import FileChanged, FileUnreadable, FileVanished
 from ..errors import Failure, FailureCollector, FailureKind, FatalError, Fix, S3Error, fix_command
 from ..recovery.rules import checksum_of
 from ..report.summary import format_bytes
-from ..s3.checksums import file_value
+from ..s3.checksums import file_value, recomputable
 from ..s3.client import S3, endpoint_name
 from ..s3.objects import parse_mtime_metadata
 from ..settings.config import Config
 from .changeguard import ChangeGuard
 from .cleanup import CachedUploads
-from .content import comparable, read_content
+from .content import read_content
 from .cutoff import sending
 from .delete import delete_superseded
 from .plan import MAX_OBJECT_BYTES, Proof, deletion_guard, device_guard
@@ -198,7 +198,7 @@ class UploadPolicy:
         if sent is None:
             return False
         checksum, part_bytes = sent.checksum, sent.part_bytes
-        if checksum is None or not comparable(checksum, part_bytes, file.size):
+        if checksum is None or not recomputable(checksum, part_bytes, file.size):
             return None
         try:
             seen = await read_content(self._limits, file, checksum, part_bytes)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from ..cache.records import Recorded, is_unchanged
 from ..disk.entries import DiskFile
-from ..s3.checksums import MD5_ETAG, StreamSum, s3_value, split_checksum, split_stored
+from ..s3.checksums import MD5_ETAG, StreamSum, recomputable, s3_value, split_checksum, split_stored
 from ..s3.objects import ObjectHead
 
 READ_CHUNK_BYTES = 1024 * 1024
@@ -65,18 +65,6 @@ class LocalVerdict:
     checksum: str | None = None  # the whole-file CRC32 taken for a row without a recomputable one
     detail: str = ""
 
-
-def recomputable(checksum: str | None, part_bytes: int | None, size: int) -> bool:
-    """Whether a recorded checksum can be recomputed from the file alone: CRC32 or MD5, and for a
-    composite one the part size it was built with (adopted rows and old rows have none)."""
-    if not checksum:
-        return False
-    algorithm, digest, parts = split_checksum(checksum)
-    if algorithm not in ("crc32", "md5") or not digest:
-        return False
-    if parts is None:
-        return True
-    return bool(part_bytes) and max(1, -(-size // part_bytes)) == parts  # type: ignore[operator]
 
 
 def check_file(row: Recorded, first_checksum: str | None, buffer: bytearray) -> LocalVerdict:

@@ -251,6 +251,20 @@ def split_checksum(value: str) -> tuple[str, str, int | None]:
     return algorithm, digest if count is not None else rest, count
 
 
+def recomputable(checksum: str | None, part_bytes: int | None, size: int) -> bool:
+    """Whether a recorded checksum can be recomputed from the file alone: CRC32 or MD5, and for a
+    composite one the part size it was built with (adopted rows and rows from before it was kept
+    have none). The content check before an upload and the fixity read both ask this."""
+    if not checksum:
+        return False
+    algorithm, digest, parts = split_checksum(checksum)
+    if algorithm not in ("crc32", "md5") or not digest:
+        return False
+    if parts is None:
+        return True
+    return part_bytes is not None and part_bytes > 0 and max(1, -(-size // part_bytes)) == parts
+
+
 def split_stored(value: str) -> tuple[str, int | None]:
     """S3's stored checksum value "AbCd==-3" -> ("AbCd==", 3); the part count is None for a
     full-object value (base64 holds no "-")."""
